@@ -1,0 +1,90 @@
+//! The command line: parses arguments, calls the library, prints. No logic of its own.
+//!
+//! Each command is a file under `cli/` with an `Args` struct (clap) and a `run` function. Errors
+//! from the library arrive typed; here they get context (anyhow) and become a message on stderr
+//! and a non-zero exit code, never a panic.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::store::Store;
+
+/// Recursive reward modeling for book summarization.
+///
+/// A book is split into a tree of small summarization tasks; a language model summarizes the
+/// leaves, then the summaries, up to the root; people rate individual nodes and per-level reward
+/// models learn from them.
+#[derive(Debug, Parser)]
+#[command(name = "rrm", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// The database that holds books, trees, outputs and feedback.
+    #[arg(long, global = true, env = "RRM_DB", default_value = ".rrm/db")]
+    pub db: PathBuf,
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+/// What every command may need, opened lazily.
+pub struct Context {
+    pub db_path: PathBuf,
+    pub quiet: bool,
+    store: Option<Store>,
+}
+
+impl Context {
+    /// The database, opened on first use (so commands that do not need it do not lock it).
+    pub fn store(&mut self) -> anyhow::Result<&Store> {
+        if self.store.is_none() {
+            let store = Store::open(&self.db_path)
+                .with_context(|| format!("opening the database {}", self.db_path.display()))?;
+            self.store = Some(store);
+        }
+        Ok(self.store.as_ref().expect("just opened"))
+    }
+}
+
+fn init_tracing(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RRM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("rrm={level},warn")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose, cli.quiet);
+    let mut ctx = Context { db_path: cli.db.clone(), quiet: cli.quiet, store: None };
+    match run(&mut ctx, cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(_ctx: &mut Context, command: Command) -> anyhow::Result<()> {
+    match command {}
+}

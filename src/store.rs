@@ -1,0 +1,330 @@
+//! The sled database: named tables, a schema version checked on open, typed JSON values.
+//!
+//! Tables are fixed ([`Table`]); values are serde types serialized as JSON, so a table's value
+//! type is decided by the module that owns it (books and trees by `cli`/`tree`, outputs and
+//! candidates by `compose`, feedback by `feedback`). This module imports nothing else from the
+//! crate. Writes that must land together go through [`Store::put_batch`]; [`Store::flush`]
+//! makes them durable.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The on-disk layout version. Bump it when a table's key scheme or value type changes
+/// incompatibly, and add a migration in [`Store::open`].
+pub const SCHEMA_VERSION: u32 = 1;
+
+const META_SCHEMA_KEY: &[u8] = b"schema_version";
+
+/// The named trees of the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// book id → book record (source path, title, sizes).
+    Books,
+    /// book id → task tree record.
+    TaskTrees,
+    /// node content key → chosen output.
+    Outputs,
+    /// node content key → all candidates generated for it.
+    Candidates,
+    /// feedback id → feedback record.
+    Feedback,
+    /// text hash → embedding (encoder cache).
+    Embeddings,
+    /// free-form metadata (schema version, registries).
+    Meta,
+}
+
+impl Table {
+    pub const ALL: [Table; 7] = [
+        Table::Books,
+        Table::TaskTrees,
+        Table::Outputs,
+        Table::Candidates,
+        Table::Feedback,
+        Table::Embeddings,
+        Table::Meta,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Books => "books",
+            Table::TaskTrees => "task_trees",
+            Table::Outputs => "outputs",
+            Table::Candidates => "candidates",
+            Table::Feedback => "feedback",
+            Table::Embeddings => "embeddings",
+            Table::Meta => "meta",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path} is in use by another rrm process (close it, or pass another --db)")]
+    Locked { path: PathBuf },
+    #[error("database {path} has schema version {found}, this rrm understands {expected}")]
+    SchemaMismatch { path: PathBuf, found: u32, expected: u32 },
+    #[error("database {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("could not create the database folder {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("database error in table {table}: {source}")]
+    Sled { table: &'static str, source: sled::Error },
+    #[error("corrupt value in table {table} under key {key}: {source}")]
+    Decode { table: &'static str, key: String, source: serde_json::Error },
+    #[error("could not encode a value for table {table}: {source}")]
+    Encode { table: &'static str, source: serde_json::Error },
+}
+
+/// An open database. Cheap to clone (sled handles are reference counted).
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// The default location, relative to the working directory.
+    pub fn default_path() -> PathBuf {
+        PathBuf::from(".rrm/db")
+    }
+
+    /// Opens (or creates) the database at `path` and checks its schema version. Fails fast with
+    /// [`StoreError::Locked`] when another process holds it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|source| StoreError::CreateDir { path: parent.to_path_buf(), source })?;
+        }
+        let db = sled::Config::new().path(&path).open().map_err(|source| {
+            if is_lock_error(&source) {
+                StoreError::Locked { path: path.clone() }
+            } else {
+                StoreError::Open { path: path.clone(), source }
+            }
+        })?;
+        let store = Store { db, path };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let meta = self.tree(Table::Meta)?;
+        let found = meta
+            .get(META_SCHEMA_KEY)
+            .map_err(|source| StoreError::Sled { table: "meta", source })?;
+        match found {
+            None => {
+                meta.insert(META_SCHEMA_KEY, &SCHEMA_VERSION.to_le_bytes())
+                    .map_err(|source| StoreError::Sled { table: "meta", source })?;
+                self.flush()?;
+                Ok(())
+            }
+            Some(bytes) => {
+                let found = <[u8; 4]>::try_from(bytes.as_ref()).map(u32::from_le_bytes).unwrap_or(0);
+                if found == SCHEMA_VERSION {
+                    Ok(())
+                } else {
+                    Err(StoreError::SchemaMismatch {
+                        path: self.path.clone(),
+                        found,
+                        expected: SCHEMA_VERSION,
+                    })
+                }
+            }
+        }
+    }
+
+    fn tree(&self, table: Table) -> Result<sled::Tree, StoreError> {
+        self.db
+            .open_tree(table.name())
+            .map_err(|source| StoreError::Sled { table: table.name(), source })
+    }
+
+    /// The value under `key`, if any.
+    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, StoreError> {
+        let tree = self.tree(table)?;
+        let Some(bytes) = tree
+            .get(key.as_bytes())
+            .map_err(|source| StoreError::Sled { table: table.name(), source })?
+        else {
+            return Ok(None);
+        };
+        decode(table, key.as_bytes(), &bytes).map(Some)
+    }
+
+    pub fn contains(&self, table: Table, key: &str) -> Result<bool, StoreError> {
+        self.tree(table)?
+            .contains_key(key.as_bytes())
+            .map_err(|source| StoreError::Sled { table: table.name(), source })
+    }
+
+    /// Stores `value` under `key` (not yet flushed: see [`Store::flush`]).
+    pub fn put<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|source| StoreError::Encode { table: table.name(), source })?;
+        self.tree(table)?
+            .insert(key.as_bytes(), bytes)
+            .map_err(|source| StoreError::Sled { table: table.name(), source })?;
+        Ok(())
+    }
+
+    /// Stores all `items` atomically: after a crash either all of them are there or none.
+    pub fn put_batch<T: Serialize>(
+        &self,
+        table: Table,
+        items: &[(String, T)],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in items {
+            let bytes = serde_json::to_vec(value)
+                .map_err(|source| StoreError::Encode { table: table.name(), source })?;
+            batch.insert(key.as_bytes(), bytes);
+        }
+        self.tree(table)?
+            .apply_batch(batch)
+            .map_err(|source| StoreError::Sled { table: table.name(), source })
+    }
+
+    pub fn remove(&self, table: Table, key: &str) -> Result<bool, StoreError> {
+        self.tree(table)?
+            .remove(key.as_bytes())
+            .map(|old| old.is_some())
+            .map_err(|source| StoreError::Sled { table: table.name(), source })
+    }
+
+    /// All keys of a table, in byte order.
+    pub fn keys(&self, table: Table) -> Result<Vec<String>, StoreError> {
+        self.scan_keys(table, "")
+    }
+
+    /// Keys that start with `prefix`, in byte order.
+    pub fn scan_keys(&self, table: Table, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.tree(table)?
+            .scan_prefix(prefix.as_bytes())
+            .keys()
+            .map(|k| {
+                k.map(|k| String::from_utf8_lossy(&k).into_owned())
+                    .map_err(|source| StoreError::Sled { table: table.name(), source })
+            })
+            .collect()
+    }
+
+    /// All entries whose key starts with `prefix`, decoded, in key order.
+    pub fn scan<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        self.tree(table)?
+            .scan_prefix(prefix.as_bytes())
+            .map(|entry| {
+                let (k, v) =
+                    entry.map_err(|source| StoreError::Sled { table: table.name(), source })?;
+                let value = decode(table, &k, &v)?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), value))
+            })
+            .collect()
+    }
+
+    pub fn len(&self, table: Table) -> Result<usize, StoreError> {
+        Ok(self.tree(table)?.len())
+    }
+
+    pub fn is_empty(&self, table: Table) -> Result<bool, StoreError> {
+        Ok(self.tree(table)?.is_empty())
+    }
+
+    /// Bytes the database takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(|source| StoreError::Sled { table: "db", source })
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(|source| StoreError::Sled { table: "db", source })
+    }
+}
+
+fn decode<T: DeserializeOwned>(table: Table, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
+        table: table.name(),
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+fn is_lock_error(error: &sled::Error) -> bool {
+    match error {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("lock")
+                || io.raw_os_error() == Some(11)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_scan_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("db")).unwrap();
+        store.put(Table::Outputs, "k1", &vec![1, 2, 3]).unwrap();
+        store
+            .put_batch(Table::Outputs, &[("k2".to_string(), vec![4]), ("j".to_string(), vec![5])])
+            .unwrap();
+        assert_eq!(store.get::<Vec<i32>>(Table::Outputs, "k1").unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(store.get::<Vec<i32>>(Table::Outputs, "missing").unwrap(), None);
+        let ks: Vec<_> = store.scan::<Vec<i32>>(Table::Outputs, "k").unwrap();
+        assert_eq!(ks.len(), 2);
+        assert!(store.remove(Table::Outputs, "k1").unwrap());
+        assert_eq!(store.len(Table::Outputs).unwrap(), 2);
+    }
+
+    #[test]
+    fn reopen_keeps_data_and_checks_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let store = Store::open(&path).unwrap();
+            store.put(Table::Books, "b", &"x").unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.get::<String>(Table::Books, "b").unwrap().as_deref(), Some("x"));
+        // A future schema is refused, not misread.
+        store.tree(Table::Meta).unwrap().insert(META_SCHEMA_KEY, &99u32.to_le_bytes()).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        match Store::open(&path) {
+            Err(StoreError::SchemaMismatch { found: 99, .. }) => {}
+            other => panic!("expected schema mismatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn corrupt_value_is_a_decode_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("db")).unwrap();
+        store.tree(Table::Outputs).unwrap().insert("bad", b"{not json".as_slice()).unwrap();
+        let err = store.get::<Vec<i32>>(Table::Outputs, "bad").unwrap_err();
+        assert!(err.to_string().contains("outputs"), "{err}");
+    }
+}
