@@ -1,0 +1,362 @@
+//! Indexing of normalized text: paragraphs, sentences and chapter/section headings, as byte spans.
+//!
+//! Pure functions over a `&str`; nothing here reads files or allocates per character. Spans never
+//! cross each other: a heading line is always a paragraph of its own, sentences lie inside
+//! paragraphs, and every span starts and ends on a `char` boundary.
+
+use serde::{Deserialize, Serialize};
+use unicode_segmentation::UnicodeSegmentation;
+
+use super::Span;
+
+/// What a heading line names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadingKind {
+    Volume,
+    Book,
+    Part,
+    Act,
+    Chapter,
+    Stave,
+    Canto,
+    Scene,
+    Section,
+    /// A roman (or arabic) numeral alone on a line.
+    Numeral,
+    /// A Markdown ATX heading (`#` … `######`) with its level.
+    Markdown(u8),
+}
+
+impl HeadingKind {
+    /// Nesting level: 1 for the largest divisions (volume, book, part, act), 2 below.
+    pub fn level(self) -> u8 {
+        match self {
+            HeadingKind::Volume | HeadingKind::Book | HeadingKind::Part | HeadingKind::Act => 1,
+            HeadingKind::Markdown(level) => level,
+            _ => 2,
+        }
+    }
+}
+
+/// A chapter or section heading: the span of its (trimmed) line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heading {
+    pub span: Span,
+    pub kind: HeadingKind,
+}
+
+/// The index of one text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Index {
+    pub paragraphs: Vec<Span>,
+    pub sentences: Vec<Span>,
+    pub headings: Vec<Heading>,
+}
+
+/// Abbreviations after which a period does not end a sentence (compared case-sensitively,
+/// without the final period).
+const ABBREVIATIONS: &[&str] = &[
+    "Mr", "Mrs", "Ms", "Messrs", "Mme", "Mlle", "Dr", "St", "Mt", "Jr", "Sr", "Prof", "Rev",
+    "Capt", "Col", "Gen", "Lt", "Sgt", "Gov", "Hon", "No", "Nos", "vol", "Vol", "pp", "cf", "vs",
+    "viz", "e.g", "i.e", "Esq", "Bros", "Co", "Fig", "ch", "Ch",
+];
+
+pub(crate) fn index(text: &str) -> Index {
+    let mut idx = Index::default();
+    let mut block: Vec<Span> = Vec::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let content = line.strip_suffix('\n').unwrap_or(line);
+        let span = Span::new(offset, offset + content.len());
+        offset += line.len();
+        if content.trim().is_empty() {
+            flush_block(text, &block, &mut idx);
+            block.clear();
+        } else {
+            block.push(span);
+        }
+    }
+    flush_block(text, &block, &mut idx);
+    idx
+}
+
+/// Splits one block of non-blank lines into paragraphs (heading lines stand alone), then
+/// paragraphs into sentences.
+fn flush_block(text: &str, lines: &[Span], idx: &mut Index) {
+    let alone = lines.len() == 1;
+    let mut para_start: Option<usize> = None;
+    let mut para_end = 0;
+    for line in lines {
+        let s = line.slice(text);
+        if let Some(kind) = heading_kind(s, alone) {
+            if let Some(start) = para_start.take() {
+                push_paragraph(text, Span::new(start, para_end), idx);
+            }
+            let lead = s.len() - s.trim_start().len();
+            let span = Span::new(line.start + lead, line.start + s.trim_end().len());
+            idx.headings.push(Heading { span, kind });
+            push_paragraph(text, *line, idx);
+        } else {
+            para_start.get_or_insert(line.start);
+            para_end = line.end;
+        }
+    }
+    if let Some(start) = para_start {
+        push_paragraph(text, Span::new(start, para_end), idx);
+    }
+}
+
+fn push_paragraph(text: &str, span: Span, idx: &mut Index) {
+    let s = span.slice(text);
+    let trimmed = s.trim_end();
+    if trimmed.trim_start().is_empty() {
+        return;
+    }
+    let span = Span::new(span.start, span.start + trimmed.len());
+    idx.paragraphs.push(span);
+    split_sentences(text, span, &mut idx.sentences);
+}
+
+/// UAX #29 sentences of one paragraph, with line breaks read as spaces (hard-wrapped text would
+/// otherwise break at every line), then repaired: a segment is joined to the previous one when
+/// that one ends in an abbreviation or an initial, or when it starts in lower case (dialogue:
+/// `"Stop!" he said.`).
+fn split_sentences(text: &str, para: Span, out: &mut Vec<Span>) {
+    let original = para.slice(text);
+    let flat;
+    let view: &str = if original.contains('\n') {
+        flat = original.replace('\n', " ");
+        &flat
+    } else {
+        original
+    };
+    let first_new = out.len();
+    for (off, seg) in view.split_sentence_bound_indices() {
+        let trimmed_end = seg.trim_end();
+        let trimmed = trimmed_end.trim_start();
+        if trimmed.is_empty() {
+            continue;
+        }
+        let start = para.start + off + (trimmed_end.len() - trimmed.len());
+        let span = Span::new(start, start + trimmed.len());
+        if out.len() > first_new {
+            let prev = out[out.len() - 1];
+            if should_join(prev.slice(text), trimmed) {
+                let last = out.len() - 1;
+                out[last].end = span.end;
+                continue;
+            }
+        }
+        out.push(span);
+    }
+}
+
+fn should_join(prev: &str, next: &str) -> bool {
+    let first = next.chars().find(|c| !matches!(c, '"' | '\'' | '`' | '“' | '‘' | '(' | '['));
+    match first {
+        Some(c) if c.is_lowercase() => return true,
+        Some(',' | ';' | ':' | ')') => return true,
+        _ => {}
+    }
+    let Some(stem) = prev.strip_suffix('.') else { return false };
+    let last_word = stem.rsplit(|c: char| c.is_whitespace() || c == '(').next().unwrap_or(stem);
+    if ABBREVIATIONS.contains(&last_word) {
+        return true;
+    }
+    // An initial: "J." in "J. R. Kennedy".
+    let mut chars = last_word.chars();
+    matches!((chars.next(), chars.next()), (Some(c), None) if c.is_uppercase())
+}
+
+/// The kind of heading `line` is, if it is one. `alone`: the line is a paragraph by itself
+/// (blank lines around it); titles after the number and bare numerals need that.
+pub(crate) fn heading_kind(line: &str, alone: bool) -> Option<HeadingKind> {
+    let t = line.trim();
+    if t.is_empty() || t.len() > 80 {
+        return None;
+    }
+    if let Some(kind) = markdown_heading(t) {
+        return Some(kind);
+    }
+    let mut words = t.split_whitespace();
+    let first = words.next()?;
+    let keyword = first.trim_end_matches(['.', ':']);
+    let kind = match keyword {
+        "VOLUME" | "Volume" => HeadingKind::Volume,
+        "BOOK" | "Book" => HeadingKind::Book,
+        "PART" | "Part" => HeadingKind::Part,
+        "ACT" | "Act" => HeadingKind::Act,
+        "CHAPTER" | "Chapter" => HeadingKind::Chapter,
+        "STAVE" | "Stave" => HeadingKind::Stave,
+        "CANTO" | "Canto" => HeadingKind::Canto,
+        "SCENE" | "Scene" => HeadingKind::Scene,
+        "SECTION" | "Section" => HeadingKind::Section,
+        other => {
+            let bare = other.trim_end_matches(['.', ':']);
+            let is_numeral = is_roman(bare, false) || is_arabic(bare);
+            return (alone && words.next().is_none() && is_numeral).then_some(HeadingKind::Numeral);
+        }
+    };
+    let mut number = words.next()?;
+    if number.eq_ignore_ascii_case("the") {
+        number = words.next()?;
+        if !is_ordinal_word(number.trim_end_matches(['.', ':', ','])) {
+            return None;
+        }
+    } else {
+        let n = number.trim_end_matches(['.', ':', ',']);
+        if !(is_roman(n, true) || is_arabic(n) || is_number_word(n) || is_ordinal_word(n)) {
+            return None;
+        }
+    }
+    let rest: Vec<&str> = words.collect();
+    if rest.is_empty() || alone {
+        return Some(kind);
+    }
+    // Inside a block of lines only "ACT II. SCENE 1."-style compounds count.
+    let compound = rest.join(" ");
+    heading_kind(&compound, false).filter(|_| rest.len() <= 2).map(|_| kind)
+}
+
+fn markdown_heading(t: &str) -> Option<HeadingKind> {
+    let hashes = t.bytes().take_while(|&b| b == b'#').count();
+    if !(1..=6).contains(&hashes) {
+        return None;
+    }
+    let rest = &t[hashes..];
+    (rest.starts_with(' ') && !rest.trim().is_empty())
+        .then_some(HeadingKind::Markdown(hashes as u8))
+}
+
+fn is_roman(s: &str, allow_lower: bool) -> bool {
+    !s.is_empty()
+        && s.len() <= 8
+        && (s.bytes().all(|b| b"IVXLCDM".contains(&b))
+            || (allow_lower && s.bytes().all(|b| b"ivxlcdm".contains(&b))))
+}
+
+fn is_arabic(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 4 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+const NUMBER_WORDS: &[&str] = &[
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+    "last",
+    "final",
+];
+const ORDINAL_WORDS: &[&str] = &[
+    "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth",
+    "eleventh", "twelfth", "last", "final",
+];
+
+fn is_number_word(s: &str) -> bool {
+    NUMBER_WORDS.iter().any(|w| w.eq_ignore_ascii_case(s))
+}
+
+fn is_ordinal_word(s: &str) -> bool {
+    ORDINAL_WORDS.iter().any(|w| w.eq_ignore_ascii_case(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts<'a>(text: &'a str, spans: &[Span]) -> Vec<&'a str> {
+        spans.iter().map(|s| s.slice(text)).collect()
+    }
+
+    #[test]
+    fn paragraphs_split_at_blank_lines_and_headings() {
+        let text = "  First para\nline two.\n\n \nCHAPTER I\nSecond para.\n";
+        let idx = index(text);
+        assert_eq!(
+            texts(text, &idx.paragraphs),
+            ["  First para\nline two.", "CHAPTER I", "Second para."]
+        );
+        assert_eq!(idx.headings.len(), 1);
+        assert_eq!(idx.headings[0].span.slice(text), "CHAPTER I");
+    }
+
+    #[test]
+    fn sentences_handle_wraps_abbreviations_and_dialogue() {
+        let text =
+            "Mr. Smith met\nDr. Jones. \"Stop!\" he said. J. R. Kennedy wrote it. Then we left.";
+        let idx = index(text);
+        assert_eq!(
+            texts(text, &idx.sentences),
+            [
+                "Mr. Smith met\nDr. Jones.",
+                "\"Stop!\" he said.",
+                "J. R. Kennedy wrote it.",
+                "Then we left."
+            ]
+        );
+    }
+
+    #[test]
+    fn heading_forms() {
+        for (line, alone, kind) in [
+            ("CHAPTER I", false, Some(HeadingKind::Chapter)),
+            ("CHAPTER II.", false, Some(HeadingKind::Chapter)),
+            ("Chapter 1", false, Some(HeadingKind::Chapter)),
+            ("Chapter 12: The End", true, Some(HeadingKind::Chapter)),
+            ("Chapter 12: The End of it", false, None),
+            ("BOOK I", true, Some(HeadingKind::Book)),
+            ("Book I ", true, Some(HeadingKind::Book)),
+            ("BOOK THE FIRST", true, Some(HeadingKind::Book)),
+            ("STAVE ONE.", true, Some(HeadingKind::Stave)),
+            ("ACT II. SCENE 1.", false, Some(HeadingKind::Act)),
+            ("SCENE I\tOrchard of Oliver's house.", true, Some(HeadingKind::Scene)),
+            ("SCENE\tOliver's house; Duke Frederick's court", true, None),
+            ("XIV.", true, Some(HeadingKind::Numeral)),
+            ("XIV.", false, None),
+            ("## Part two", true, Some(HeadingKind::Markdown(2))),
+            ("chapter 3 of the book", true, None),
+            ("Book lovers unite", true, None),
+            ("I", true, Some(HeadingKind::Numeral)),
+        ] {
+            assert_eq!(heading_kind(line, alone), kind, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn heading_inside_unbroken_block() {
+        let text = "end of the story.\nCHAPTER II.\nIt began again.\n";
+        let idx = index(text);
+        assert_eq!(idx.headings.len(), 1);
+        assert_eq!(
+            texts(text, &idx.paragraphs),
+            ["end of the story.", "CHAPTER II.", "It began again."]
+        );
+    }
+
+    #[test]
+    fn spans_nest() {
+        let text = "A b. C d!\n\nE f? G.\n\n\n";
+        let idx = index(text);
+        for s in &idx.sentences {
+            assert!(idx.paragraphs.iter().any(|p| p.start <= s.start && s.end <= p.end));
+        }
+        assert_eq!(idx.sentences.len(), 4);
+    }
+}
