@@ -25,7 +25,9 @@ pub use normalize::{normalize, NormalizeReport};
 const BINARY_SNIFF_BYTES: usize = 64 * 1024;
 
 /// A half-open byte range `start..end` of a book's normalized text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct Span {
     pub start: usize,
     pub end: usize,

@@ -5,6 +5,8 @@
 //! then the summaries, up to the root; people rate individual nodes; one reward model per tree
 //! height learns from that feedback and picks the best candidate. See `ARCHITECTURE.md`.
 
+pub mod book;
 pub mod cli;
 pub mod infer;
 pub mod store;
+pub mod tree;
