@@ -7,6 +7,7 @@
 
 pub mod book;
 pub mod cli;
+pub mod decompose;
 pub mod infer;
 pub mod store;
 pub mod tree;
