@@ -10,6 +10,8 @@
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+pub mod encoder;
+pub mod openai;
 
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -160,4 +162,11 @@ pub trait Encoder: Send + Sync {
 pub enum InferError {
     #[error("{0}")]
     Other(String),
+    /// The sentence encoder failed: a model file (named), the tokenizer, the forward pass, the
+    /// embedding cache.
+    #[error(transparent)]
+    Encoder(#[from] encoder::EncoderError),
+    /// The OpenAI-compatible backend failed: connection, timeout, HTTP status, malformed reply.
+    #[error(transparent)]
+    OpenAi(#[from] openai::OpenAiError),
 }
