@@ -11,7 +11,13 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 pub mod encoder;
+pub mod engine;
+pub mod llama;
 pub mod openai;
+pub mod sampling;
+#[doc(hidden)]
+pub mod testing;
+pub mod tokenizer;
 
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -162,6 +168,19 @@ pub trait Encoder: Send + Sync {
 pub enum InferError {
     #[error("{0}")]
     Other(String),
+    /// A model file that cannot be used (truncated, corrupted, unsupported), naming the file.
+    #[error("{}: {message}", path.display())]
+    Model { path: std::path::PathBuf, message: String },
+    #[error("{}: {source}", path.display())]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Tokenizer(#[from] tokenizer::TokenizerError),
+    #[error("the prompt has {tokens} tokens; the model's context holds {limit}")]
+    PromptTooLong { tokens: usize, limit: usize },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("the generation engine has stopped")]
+    EngineStopped,
     /// The sentence encoder failed: a model file (named), the tokenizer, the forward pass, the
     /// embedding cache.
     #[error(transparent)]

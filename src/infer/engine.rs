@@ -1,0 +1,445 @@
+//! The local generator: a continuous-batching engine over [`LlamaModel`].
+//!
+//! One engine thread owns the model and every sequence's KV cache. [`LocalGenerator::generate`]
+//! renders and tokenizes the prompts on the caller's side, sends them to the engine over a
+//! channel, and awaits a oneshot reply. The engine loop:
+//!
+//! 1. takes in new jobs (blocking only when it has nothing to do);
+//! 2. admits waiting sequences while the batch has room (`max_batch`) and the step's prefill
+//!    budget (`max_prefill_tokens`) allows, allocating each one's cache at its full length;
+//! 3. runs one packed forward step: whole prompts for sequences that just joined, one token for
+//!    the others;
+//! 4. samples each row with the sequence's own [`Sampler`]; a sequence that stops (end token,
+//!    `max_tokens`, context full) leaves the batch at once, and a job's reply is sent as soon as
+//!    its last sequence is done.
+//!
+//! Every sequence's result depends only on its own request and seed: the forward pass keeps
+//! sequences apart (see [`super::llama`]) and each has its own RNG.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use candle_core::Device;
+use futures::future::BoxFuture;
+use tokio::sync::oneshot;
+
+use super::llama::{KvCache, LlamaModel};
+use super::sampling::Sampler;
+use super::tokenizer::GgufTokenizer;
+use super::{Completion, FinishReason, GenerationRequest, Generator, InferError, ModelIdentity};
+
+/// How the engine batches.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Most sequences decoded together.
+    pub max_batch: usize,
+    /// Most prompt tokens prefilled in one step (a longer single prompt still runs alone).
+    pub max_prefill_tokens: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { max_batch: 16, max_prefill_tokens: 4096 }
+    }
+}
+
+/// Which device to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    Cpu,
+    Cuda,
+    /// CUDA when built with it and a GPU is present, else CPU.
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!("unknown device `{other}` (cpu, cuda, auto)")),
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// The candle device.
+    pub fn device(self) -> Result<Device, InferError> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda => Device::new_cuda(0).map_err(|e| {
+                InferError::Other(format!(
+                    "cannot use CUDA device 0 (build with `--features cuda`): {e}"
+                ))
+            }),
+            Self::Auto => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        }
+    }
+}
+
+struct Prepared {
+    prompt: Vec<u32>,
+    request: GenerationRequest,
+}
+
+struct Job {
+    prepared: Vec<Prepared>,
+    reply: oneshot::Sender<Result<Vec<Completion>, InferError>>,
+}
+
+/// The local candle generator behind [`Generator`].
+pub struct LocalGenerator {
+    identity: ModelIdentity,
+    tokenizer: Arc<GgufTokenizer>,
+    context_length: usize,
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for LocalGenerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalGenerator").field("identity", &self.identity).finish()
+    }
+}
+
+/// sha256 of a file, hex.
+pub fn file_sha256(path: &Path) -> Result<String, InferError> {
+    use sha2::Digest as _;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| InferError::Io { path: path.to_path_buf(), source: e })?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h)
+        .map_err(|e| InferError::Io { path: path.to_path_buf(), source: e })?;
+    Ok(hex::encode(h.finalize()))
+}
+
+impl LocalGenerator {
+    /// Loads a GGUF file and starts the engine. `sha256` is the file's hash when already known
+    /// (a verified registry download); otherwise it is computed.
+    pub fn load(
+        path: &Path,
+        sha256: Option<String>,
+        device: &Device,
+        config: EngineConfig,
+    ) -> Result<Self, InferError> {
+        let hash = match sha256 {
+            Some(h) => h,
+            None => file_sha256(path)?,
+        };
+        let loaded = LlamaModel::load(path, device)?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".to_string());
+        Ok(Self::from_model(loaded.model, loaded.tokenizer, ModelIdentity { name, hash }, config))
+    }
+
+    /// Starts the engine thread over an already loaded model.
+    pub fn from_model(
+        model: LlamaModel,
+        tokenizer: GgufTokenizer,
+        identity: ModelIdentity,
+        config: EngineConfig,
+    ) -> Self {
+        let context_length = model.config.context_length;
+        let tokenizer = Arc::new(tokenizer);
+        let (tx, rx) = mpsc::channel();
+        let tok = tokenizer.clone();
+        let thread = std::thread::Builder::new()
+            .name("rrm-engine".into())
+            .spawn(move || Engine::new(model, tok, config).run(rx))
+            .ok();
+        Self { identity, tokenizer, context_length, tx: Some(tx), thread }
+    }
+
+    /// The tokenizer (with the chat template) of the loaded model.
+    pub fn tokenizer(&self) -> &GgufTokenizer {
+        &self.tokenizer
+    }
+
+    fn prepare(&self, requests: Vec<GenerationRequest>) -> Result<Vec<Prepared>, InferError> {
+        requests
+            .into_iter()
+            .map(|request| {
+                let text = self.tokenizer.render_chat(&request.messages)?;
+                let prompt = self.tokenizer.encode(&text)?;
+                if prompt.is_empty() {
+                    return Err(InferError::InvalidRequest("the prompt is empty".into()));
+                }
+                if prompt.len() >= self.context_length {
+                    return Err(InferError::PromptTooLong {
+                        tokens: prompt.len(),
+                        limit: self.context_length,
+                    });
+                }
+                Ok(Prepared { prompt, request })
+            })
+            .collect()
+    }
+}
+
+impl Drop for LocalGenerator {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Generator for LocalGenerator {
+    fn identity(&self) -> &ModelIdentity {
+        &self.identity
+    }
+
+    fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    fn count_tokens(&self, text: &str) -> usize {
+        self.tokenizer.encode(text).map(|t| t.len()).unwrap_or(0)
+    }
+
+    fn generate(
+        &self,
+        requests: Vec<GenerationRequest>,
+    ) -> BoxFuture<'_, Result<Vec<Completion>, InferError>> {
+        let prepared = self.prepare(requests);
+        Box::pin(async move {
+            let prepared = prepared?;
+            if prepared.is_empty() {
+                return Ok(Vec::new());
+            }
+            let (reply, rx) = oneshot::channel();
+            let tx = self.tx.as_ref().ok_or(InferError::EngineStopped)?;
+            tx.send(Job { prepared, reply }).map_err(|_| InferError::EngineStopped)?;
+            rx.await.map_err(|_| InferError::EngineStopped)?
+        })
+    }
+}
+
+struct Seq {
+    job: u64,
+    index: usize,
+    prompt: Vec<u32>,
+    generated: Vec<u32>,
+    logprobs: Vec<f32>,
+    max_tokens: usize,
+    sampler: Sampler,
+    cache: KvCache,
+    prefilled: bool,
+}
+
+struct JobState {
+    results: Vec<Option<Completion>>,
+    remaining: usize,
+    reply: Option<oneshot::Sender<Result<Vec<Completion>, InferError>>>,
+}
+
+struct Waiting {
+    job: u64,
+    index: usize,
+    prepared: Prepared,
+}
+
+struct Engine {
+    model: LlamaModel,
+    tokenizer: Arc<GgufTokenizer>,
+    config: EngineConfig,
+    jobs: HashMap<u64, JobState>,
+    waiting: VecDeque<Waiting>,
+    active: Vec<Seq>,
+    next_job: u64,
+}
+
+impl Engine {
+    fn new(model: LlamaModel, tokenizer: Arc<GgufTokenizer>, config: EngineConfig) -> Self {
+        Self {
+            model,
+            tokenizer,
+            config,
+            jobs: HashMap::new(),
+            waiting: VecDeque::new(),
+            active: Vec::new(),
+            next_job: 0,
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        loop {
+            if self.active.is_empty() && self.waiting.is_empty() {
+                match rx.recv() {
+                    Ok(job) => self.enqueue(job),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(job) = rx.try_recv() {
+                self.enqueue(job);
+            }
+            self.admit();
+            if let Err(e) = self.step() {
+                self.fail_active(&e.to_string());
+            }
+        }
+    }
+
+    fn enqueue(&mut self, job: Job) {
+        let id = self.next_job;
+        self.next_job += 1;
+        let n = job.prepared.len();
+        let mut state = JobState { results: vec![None; n], remaining: n, reply: Some(job.reply) };
+        for (index, prepared) in job.prepared.into_iter().enumerate() {
+            if prepared.request.max_tokens == 0 {
+                state.results[index] = Some(Completion {
+                    text: String::new(),
+                    token_ids: Vec::new(),
+                    logprobs: Vec::new(),
+                    finish: FinishReason::Length,
+                    prompt_tokens: prepared.prompt.len(),
+                    completion_tokens: 0,
+                });
+                state.remaining -= 1;
+            } else {
+                self.waiting.push_back(Waiting { job: id, index, prepared });
+            }
+        }
+        self.jobs.insert(id, state);
+        self.finish_job_if_done(id);
+    }
+
+    fn admit(&mut self) {
+        let mut budget = self.config.max_prefill_tokens;
+        let mut admitted_any = false;
+        while self.active.len() < self.config.max_batch.max(1) {
+            let Some(front) = self.waiting.front() else { break };
+            let len = front.prepared.prompt.len();
+            if admitted_any && len > budget {
+                break;
+            }
+            let Some(w) = self.waiting.pop_front() else { break };
+            let capacity = len + w.prepared.request.max_tokens;
+            let cache = match self.model.new_cache(capacity) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.fail_job(
+                        w.job,
+                        InferError::Other(format!("allocating the KV cache: {e}")),
+                    );
+                    continue;
+                }
+            };
+            budget = budget.saturating_sub(len);
+            admitted_any = true;
+            let req = w.prepared.request;
+            self.active.push(Seq {
+                job: w.job,
+                index: w.index,
+                prompt: w.prepared.prompt,
+                generated: Vec::new(),
+                logprobs: Vec::new(),
+                max_tokens: req.max_tokens,
+                sampler: Sampler::new(req.sampling, req.seed),
+                cache,
+                prefilled: false,
+            });
+        }
+    }
+
+    fn step(&mut self) -> Result<(), candle_core::Error> {
+        if self.active.is_empty() {
+            return Ok(());
+        }
+        let logits = {
+            let mut inputs: Vec<(&[u32], &mut KvCache)> = self
+                .active
+                .iter_mut()
+                .map(|s| {
+                    let toks: &[u32] = if s.prefilled {
+                        std::slice::from_ref(s.generated.last().unwrap_or(&0))
+                    } else {
+                        &s.prompt
+                    };
+                    (toks, &mut s.cache)
+                })
+                .collect();
+            self.model.forward(&mut inputs)?
+        };
+        let rows = logits.to_vec2::<f32>()?;
+        let ctx = self.model.config.context_length;
+        let mut finished = Vec::new();
+        for (i, (seq, row)) in self.active.iter_mut().zip(rows.iter()).enumerate() {
+            seq.prefilled = true;
+            let (token, lp) = seq.sampler.sample(row, &seq.prompt, &seq.generated);
+            let finish = if self.tokenizer.eos_ids.contains(&token) {
+                Some(FinishReason::Stop)
+            } else {
+                seq.generated.push(token);
+                seq.logprobs.push(lp);
+                if seq.generated.len() >= seq.max_tokens {
+                    Some(FinishReason::Length)
+                } else if seq.cache.len() >= ctx || seq.cache.len() >= seq.cache.capacity() {
+                    Some(FinishReason::ContextFull)
+                } else {
+                    None
+                }
+            };
+            if let Some(f) = finish {
+                finished.push((i, f));
+            }
+        }
+        for (i, finish) in finished.into_iter().rev() {
+            let seq = self.active.swap_remove(i);
+            let text = self.tokenizer.decode(&seq.generated).unwrap_or_default();
+            let completion = Completion {
+                text,
+                completion_tokens: seq.generated.len(),
+                prompt_tokens: seq.prompt.len(),
+                token_ids: seq.generated,
+                logprobs: seq.logprobs,
+                finish,
+            };
+            if let Some(job) = self.jobs.get_mut(&seq.job) {
+                job.results[seq.index] = Some(completion);
+                job.remaining -= 1;
+            }
+            self.finish_job_if_done(seq.job);
+        }
+        // Keep the batch in arrival order (swap_remove shuffled it); order only affects speed.
+        self.active.sort_by_key(|s| (s.job, s.index));
+        Ok(())
+    }
+
+    fn finish_job_if_done(&mut self, id: u64) {
+        if self.jobs.get(&id).is_some_and(|j| j.remaining == 0) {
+            if let Some(mut job) = self.jobs.remove(&id) {
+                let results = job.results.drain(..).flatten().collect();
+                if let Some(reply) = job.reply.take() {
+                    let _ = reply.send(Ok(results));
+                }
+            }
+        }
+    }
+
+    fn fail_job(&mut self, id: u64, err: InferError) {
+        self.waiting.retain(|w| w.job != id);
+        self.active.retain(|s| s.job != id);
+        if let Some(mut job) = self.jobs.remove(&id) {
+            if let Some(reply) = job.reply.take() {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+
+    fn fail_active(&mut self, message: &str) {
+        let ids: Vec<u64> = self.active.iter().map(|s| s.job).collect();
+        for id in ids {
+            self.fail_job(id, InferError::Other(format!("generation failed: {message}")));
+        }
+    }
+}

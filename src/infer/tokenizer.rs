@@ -1,0 +1,323 @@
+//! Tokenizers built from GGUF metadata, and chat templates rendered with minijinja.
+//!
+//! A GGUF file of a GPT-2-style BPE model (llama 3, SmolLM, qwen2) carries its tokenizer as
+//! metadata: `tokenizer.ggml.tokens`, `.merges`, `.token_type`, the special ids, and often a
+//! Jinja chat template (`tokenizer.chat_template`). [`GgufTokenizer::from_metadata`] turns that
+//! into a `tokenizers::Tokenizer`: BPE over the vocabulary and merges, a byte-level
+//! pre-tokenizer without prefix space and a byte-level decoder; tokens of type 3 (control) and
+//! 4 (user-defined) become special tokens, so `<|im_start|>` in a rendered prompt is one id.
+//!
+//! [`ChatTemplate`] renders a list of [`ChatMessage`]s the way Hugging Face does (the template
+//! sees `messages`, `add_generation_prompt`, `bos_token`, `eos_token`); a model without a
+//! template gets a plain ChatML-like fallback.
+
+use std::collections::HashMap;
+
+use candle_core::quantized::gguf_file::Value;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::{AddedToken, Tokenizer};
+
+use super::{ChatMessage, Role};
+
+/// Why a tokenizer or template could not be built or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("the model has no tokenizer metadata `{0}`")]
+    Missing(&'static str),
+    #[error("tokenizer metadata `{key}` is malformed: {message}")]
+    Malformed { key: &'static str, message: String },
+    #[error("unsupported tokenizer model `{0}` (only GPT-2-style byte-level BPE is supported)")]
+    Unsupported(String),
+    #[error("building the tokenizer: {0}")]
+    Build(String),
+    #[error("tokenizing: {0}")]
+    Encode(String),
+    #[error("chat template: {0}")]
+    Template(String),
+}
+
+/// A tokenizer built from a GGUF file, with the ids generation needs.
+#[derive(Clone)]
+pub struct GgufTokenizer {
+    tokenizer: Tokenizer,
+    /// Ids that end a sequence (the model's eos, and end-of-turn/end-of-text tokens).
+    pub eos_ids: Vec<u32>,
+    pub bos_id: Option<u32>,
+    pub bos_token: String,
+    pub eos_token: String,
+    /// The chat template, from the model or the fallback.
+    pub chat_template: ChatTemplate,
+}
+
+impl std::fmt::Debug for GgufTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufTokenizer")
+            .field("vocab_size", &self.tokenizer.get_vocab_size(true))
+            .field("eos_ids", &self.eos_ids)
+            .field("bos_id", &self.bos_id)
+            .finish()
+    }
+}
+
+fn get<'a>(md: &'a HashMap<String, Value>, key: &'static str) -> Result<&'a Value, TokenizerError> {
+    md.get(key).ok_or(TokenizerError::Missing(key))
+}
+
+fn string_array(
+    md: &HashMap<String, Value>,
+    key: &'static str,
+) -> Result<Vec<String>, TokenizerError> {
+    let values = get(md, key)?
+        .to_vec()
+        .map_err(|e| TokenizerError::Malformed { key, message: e.to_string() })?;
+    values
+        .iter()
+        .map(|v| {
+            v.to_string()
+                .cloned()
+                .map_err(|e| TokenizerError::Malformed { key, message: e.to_string() })
+        })
+        .collect()
+}
+
+fn opt_u32(md: &HashMap<String, Value>, key: &'static str) -> Option<u32> {
+    md.get(key).and_then(|v| match v {
+        Value::U32(x) => Some(*x),
+        Value::I32(x) => u32::try_from(*x).ok(),
+        Value::U64(x) => u32::try_from(*x).ok(),
+        Value::I64(x) => u32::try_from(*x).ok(),
+        _ => None,
+    })
+}
+
+impl GgufTokenizer {
+    /// Builds the tokenizer from a GGUF file's metadata.
+    pub fn from_metadata(md: &HashMap<String, Value>) -> Result<Self, TokenizerError> {
+        let model = get(md, "tokenizer.ggml.model")?
+            .to_string()
+            .map_err(|e| TokenizerError::Malformed {
+                key: "tokenizer.ggml.model",
+                message: e.to_string(),
+            })?
+            .clone();
+        if model != "gpt2" {
+            return Err(TokenizerError::Unsupported(model));
+        }
+        let tokens = string_array(md, "tokenizer.ggml.tokens")?;
+        let merges_raw = string_array(md, "tokenizer.ggml.merges").unwrap_or_default();
+        let types: Vec<i64> = match md.get("tokenizer.ggml.token_type") {
+            Some(v) => v
+                .to_vec()
+                .map_err(|e| TokenizerError::Malformed {
+                    key: "tokenizer.ggml.token_type",
+                    message: e.to_string(),
+                })?
+                .iter()
+                .map(|v| match v {
+                    Value::I32(x) => *x as i64,
+                    Value::U32(x) => *x as i64,
+                    Value::I64(x) => *x,
+                    Value::U8(x) => *x as i64,
+                    Value::I8(x) => *x as i64,
+                    _ => 1,
+                })
+                .collect(),
+            None => vec![1; tokens.len()],
+        };
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let mut merges = Vec::with_capacity(merges_raw.len());
+        for m in &merges_raw {
+            let (a, b) = m.split_once(' ').ok_or_else(|| TokenizerError::Malformed {
+                key: "tokenizer.ggml.merges",
+                message: format!("merge `{m}` is not two tokens separated by a space"),
+            })?;
+            merges.push((a.to_string(), b.to_string()));
+        }
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| TokenizerError::Build(e.to_string()))?;
+        let mut tokenizer = Tokenizer::new(bpe);
+        let byte_level = tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true);
+        tokenizer.with_pre_tokenizer(Some(byte_level));
+        tokenizer.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+        let special: Vec<AddedToken> = tokens
+            .iter()
+            .zip(types.iter().chain(std::iter::repeat(&1)))
+            .filter(|(_, &ty)| ty == 3 || ty == 4)
+            .map(|(t, _)| AddedToken::from(t.clone(), true))
+            .collect();
+        tokenizer.add_special_tokens(special).map_err(|e| TokenizerError::Build(e.to_string()))?;
+
+        let token =
+            |id: Option<u32>| id.and_then(|i| tokens.get(i as usize)).cloned().unwrap_or_default();
+        let bos_id = opt_u32(md, "tokenizer.ggml.bos_token_id");
+        let eos_id = opt_u32(md, "tokenizer.ggml.eos_token_id");
+        let mut eos_ids: Vec<u32> = eos_id.into_iter().collect();
+        if let Some(eot) = opt_u32(md, "tokenizer.ggml.eot_token_id") {
+            eos_ids.push(eot);
+        }
+        for name in
+            ["<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>"]
+        {
+            if let Some(i) = tokens.iter().position(|t| t == name) {
+                eos_ids.push(i as u32);
+            }
+        }
+        eos_ids.sort_unstable();
+        eos_ids.dedup();
+        let chat_template = match md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok())
+        {
+            Some(source) => ChatTemplate::new(source.clone())?,
+            None => ChatTemplate::fallback(),
+        };
+        Ok(Self {
+            tokenizer,
+            eos_ids,
+            bos_id,
+            bos_token: token(bos_id),
+            eos_token: token(eos_id),
+            chat_template,
+        })
+    }
+
+    /// The underlying `tokenizers::Tokenizer`.
+    pub fn inner(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Token ids of `text`; special tokens written in the text (`<|im_start|>`) become their ids.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        self.tokenizer.decode(ids, true).map_err(|e| TokenizerError::Encode(e.to_string()))
+    }
+
+    /// Renders `messages` with the model's chat template, ending with the assistant's turn.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, TokenizerError> {
+        self.chat_template.render(messages, &self.bos_token, &self.eos_token)
+    }
+}
+
+/// A Jinja chat template (Hugging Face's `chat_template`), rendered with minijinja.
+#[derive(Debug, Clone)]
+pub struct ChatTemplate {
+    source: String,
+}
+
+/// The template used when a model carries none: ChatML-like turns.
+const FALLBACK_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message.role }}\n\
+{{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+    }
+}
+
+impl ChatTemplate {
+    /// Checks that `source` compiles.
+    pub fn new(source: String) -> Result<Self, TokenizerError> {
+        let mut env = minijinja::Environment::new();
+        env.add_template("chat", &source).map_err(|e| TokenizerError::Template(e.to_string()))?;
+        Ok(Self { source })
+    }
+
+    /// The plain template for models without one.
+    pub fn fallback() -> Self {
+        Self { source: FALLBACK_TEMPLATE.to_string() }
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders `messages` with `add_generation_prompt = true`.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<String, TokenizerError> {
+        let mut env = minijinja::Environment::new();
+        // Hugging Face templates call `raise_exception` for unsupported message orders.
+        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", &self.source)
+            .map_err(|e| TokenizerError::Template(e.to_string()))?;
+        let tmpl = env.get_template("chat").map_err(|e| TokenizerError::Template(e.to_string()))?;
+        let messages: Vec<minijinja::Value> = messages
+            .iter()
+            .map(|m| {
+                minijinja::context! { role => role_name(m.role), content => m.content.as_str() }
+            })
+            .collect();
+        tmpl.render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => bos_token,
+            eos_token => eos_token,
+        })
+        .map_err(|e| TokenizerError::Template(e.to_string()))
+    }
+}
+
+/// GPT-2's reversible map from bytes to printable characters, used by byte-level BPE vocabularies.
+pub fn byte_to_char_table() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut next = 256u32;
+    for b in 0..256u32 {
+        let printable =
+            (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let c = if printable {
+            b
+        } else {
+            let c = next;
+            next += 1;
+            c
+        };
+        table[b as usize] = char::from_u32(c).unwrap_or('?');
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_table_is_a_bijection_onto_printables() {
+        let t = byte_to_char_table();
+        let mut seen: Vec<char> = t.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 256);
+        assert_eq!(t[b' ' as usize], 'Ġ');
+        assert_eq!(t[b'\n' as usize], 'Ċ');
+        assert_eq!(t[b'a' as usize], 'a');
+    }
+
+    #[test]
+    fn fallback_template_renders_chatml() {
+        let out = ChatTemplate::fallback()
+            .render(&[ChatMessage::system("S"), ChatMessage::user("Hi")], "", "")
+            .unwrap();
+        assert_eq!(out, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn bad_template_is_an_error() {
+        assert!(ChatTemplate::new("{% for %}".into()).is_err());
+    }
+}
