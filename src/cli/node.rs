@@ -1,0 +1,166 @@
+//! `rrm node show ID`: one node of a task tree in full: its input text, parent, children,
+//! context sources and position. The node is looked up in every stored tree, or in one book's
+//! tree with `--book`.
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{Args, Subcommand};
+
+use super::books::{self, BooksDir};
+use super::decompose::TreesDir;
+use super::tree::{child_range, load_target, node_json, tree_for_book, LoadedTree};
+use super::Context;
+use crate::tree::{NodeId, NodeKind};
+
+/// Inspect single nodes of task trees.
+///
+/// Examples:
+///   rrm node show h1.2 --book alice
+///   rrm node show 3fa2c1d0
+///   rrm node show h0.0 --book alice --json
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct NodeArgs {
+    #[command(subcommand)]
+    pub command: NodeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Print a node's full input text (a leaf: its span of the book), parent, children, position.
+    ///
+    /// ID is a node id like h1.7 or a prefix (4+ hex digits) of a node's content hash. Without
+    /// --book it is looked up in every stored tree. Example: rrm node show h0.3 --book alice
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// A node id (h1.7) or a content-hash prefix.
+    pub id: String,
+    /// Look only in the tree of this book (a file, a catalog id, or a tree file).
+    #[arg(long, value_name = "BOOK|TREE.json")]
+    pub book: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Replace invalid UTF-8 in the book instead of failing.
+    #[arg(long)]
+    pub lossy: bool,
+    #[command(flatten)]
+    pub books: BooksDir,
+    #[command(flatten)]
+    pub trees: TreesDir,
+}
+
+pub fn run(ctx: &mut Context, args: NodeArgs) -> anyhow::Result<()> {
+    match args.command {
+        NodeCommand::Show(args) => show(ctx, args),
+    }
+}
+
+const ID_HELP: &str =
+    "ids look like h1.7 (height 1, index 7) or a content-hash prefix of 4+ hex digits";
+
+/// Finds the node: in the tree of `--book`, or in every known tree.
+fn find(ctx: &mut Context, args: &ShowArgs) -> anyhow::Result<(LoadedTree, NodeId)> {
+    if let Some(spec) = &args.book {
+        let loaded =
+            load_target(ctx, spec, &args.books.books_dir, &args.trees.trees_dir, args.lossy)?;
+        let id = loaded.tree.find(&args.id).ok_or_else(|| {
+            anyhow!("no node '{}' in the tree of {} ({ID_HELP})", args.id, loaded.tree.book_title())
+        })?;
+        return Ok((loaded, id));
+    }
+    let trees = super::tree::all_trees(ctx, &args.trees.trees_dir)?;
+    if trees.is_empty() {
+        bail!("no task trees yet; build one with `rrm decompose BOOK`");
+    }
+    let mut matches: Vec<_> =
+        trees.into_iter().filter_map(|tree| tree.find(&args.id).map(|id| (tree, id))).collect();
+    match matches.len() {
+        0 => bail!("no node '{}' in any of the known task trees ({ID_HELP})", args.id),
+        1 => {
+            let (tree, id) = matches.remove(0);
+            let book = books::book_by_id(ctx, tree.book_id())?;
+            // Prefer the tree file on disk if it is newer than the stored one.
+            let tree = match &book {
+                Some(b) => tree_for_book(ctx, b, &args.trees.trees_dir)?.unwrap_or(tree),
+                None => tree,
+            };
+            let id = tree.find(&args.id).unwrap_or(id);
+            Ok((LoadedTree { tree, book }, id))
+        }
+        n => {
+            let titles: Vec<String> = matches
+                .iter()
+                .map(|(t, _)| format!("{} [{}]", t.book_title(), t.book_id().short()))
+                .collect();
+            bail!(
+                "'{}' names nodes in {n} trees ({}); pass --book BOOK",
+                args.id,
+                titles.join(", ")
+            )
+        }
+    }
+}
+
+fn show(ctx: &mut Context, args: ShowArgs) -> anyhow::Result<()> {
+    let (loaded, id) = find(ctx, &args).with_context(|| format!("showing node {}", args.id))?;
+    let (tree, book) = (&loaded.tree, loaded.book.as_ref());
+    let node = tree.node(id);
+    if args.json {
+        let mut value = node_json(tree, id, book, true);
+        value["book"] = serde_json::json!({ "id": tree.book_id(), "title": tree.book_title() });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let level = tree.level(node.height).len();
+    let len = tree.book_len().max(1) as f64;
+    println!("node      {}  ({})", node.label, node.content_hash);
+    println!("book      {}  [{}]", tree.book_title(), tree.book_id().short());
+    println!(
+        "position  height {} of {}, index {} of {level} at this height; bytes {} ({:.1}%–{:.1}% of the book)",
+        node.height,
+        tree.max_height(),
+        node.index,
+        node.covers,
+        100.0 * node.covers.start as f64 / len,
+        100.0 * node.covers.end as f64 / len,
+    );
+    let parent = tree.parent(id).map(|p| tree.node(p).label.clone());
+    println!("parent    {}", parent.as_deref().unwrap_or("none (this is the root)"));
+    if !node.is_leaf() {
+        println!("children  {}", child_range(tree, id));
+    }
+    let context: Vec<String> =
+        tree.context_inputs(id).iter().map(|&c| tree.node(c).label.clone()).collect();
+    println!(
+        "context   {}",
+        if context.is_empty() { "none".to_string() } else { context.join(", ") }
+    );
+    println!("tokens    input {}, output cap {}", node.input_tokens, node.output_tokens);
+    if let Some(output) = &node.output {
+        println!("output    {output}");
+    }
+    println!();
+    match &node.kind {
+        NodeKind::Leaf { span } => match book {
+            Some(book) => {
+                println!("--- input: the book's text, bytes {span} ---");
+                println!("{}", book.slice(*span));
+            }
+            None => println!("--- input: bytes {span} of the book (its file was not found) ---"),
+        },
+        NodeKind::Internal { children } => {
+            println!("--- input: the outputs of its {} children ---", children.len());
+            for &c in children {
+                let child = tree.node(c);
+                match &child.output {
+                    Some(output) => println!("[{}] {output}", child.label),
+                    None => println!("[{}] (not summarized yet)", child.label),
+                }
+            }
+        }
+    }
+    Ok(())
+}
