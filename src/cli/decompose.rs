@@ -13,18 +13,18 @@ use crate::store::Table;
 use crate::tree::{TaskTree, TreeRecord};
 
 /// Split a book into a tree of summarization tasks and save it.
-///
-/// Leaves of about --chunk-tokens tokens are cut at paragraph, then sentence, then word
-/// boundaries; chapter headings start a new leaf; parents group --fanout consecutive children,
-/// up to one root. Writes TREES_DIR/<book-id>.json, records book and tree in the database, and
-/// prints leaves, height and tokens per leaf.
-///
-/// Examples:
-///   rrm decompose alice
-///   rrm decompose my-book.txt --chunk-tokens 400 --fanout 4..8 --seed 7
-///   rrm decompose botchan --context previous --json
 #[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
+#[command(
+    after_help = "Leaves of about --chunk-tokens tokens are cut at paragraph, then sentence, \
+then word boundaries; chapter headings start a new leaf; parents group --fanout consecutive \
+children, up to one root. Writes TREES_DIR/<book-id>.json, records the book and its tree in \
+the database, and prints leaves, height and tokens per leaf. A catalog id is fetched on first use.
+
+Examples:
+  rrm decompose alice
+  rrm decompose my-book.txt --chunk-tokens 400 --fanout 4..8 --seed 7
+  rrm decompose botchan --context previous --json"
+)]
 pub struct DecomposeArgs {
     /// A book file (plain text or Markdown) or a catalog id (see `rrm books list`).
     pub book: String,

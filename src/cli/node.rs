@@ -12,13 +12,11 @@ use super::Context;
 use crate::tree::{NodeId, NodeKind};
 
 /// Inspect single nodes of task trees.
-///
-/// Examples:
-///   rrm node show h1.2 --book alice
-///   rrm node show 3fa2c1d0
-///   rrm node show h0.0 --book alice --json
 #[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = "Examples:
+  rrm node show h1.2 --book alice
+  rrm node show 3fa2c1d0
+  rrm node show h0.0 --book alice --json")]
 pub struct NodeArgs {
     #[command(subcommand)]
     pub command: NodeCommand,

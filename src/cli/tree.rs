@@ -17,13 +17,11 @@ use crate::store::Table;
 use crate::tree::{NodeId, NodeKind, TaskTree, TreeRecord};
 
 /// Inspect task trees.
-///
-/// Examples:
-///   rrm tree show alice
-///   rrm tree show alice --depth 1
-///   rrm tree show task_trees/<book-id>.json --json
 #[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = "Examples:
+  rrm tree show alice
+  rrm tree show alice --depth 1
+  rrm tree show task_trees/<book-id>.json --json")]
 pub struct TreeArgs {
     #[command(subcommand)]
     pub command: TreeCommand,
