@@ -7,6 +7,7 @@
 
 pub mod book;
 pub mod cli;
+pub mod compose;
 pub mod decompose;
 pub mod infer;
 pub mod store;

@@ -1,0 +1,83 @@
+//! Choosing among a node's candidates: the [`Selector`] seam.
+//!
+//! With no reward model the pick is the candidate with the highest mean log-probability
+//! ([`MeanLogprob`]); the reward-model issue plugs its ensemble in through the same trait. A
+//! selector's [`Selector::id`] enters the output key, so changing the reward model recomputes the
+//! picks (and everything above them) but never the candidates.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::Candidate;
+
+/// A candidate's score, with any parts a selector wants recorded (e.g. ensemble mean and std).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateScore {
+    pub score: f32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parts: BTreeMap<String, f32>,
+}
+
+impl CandidateScore {
+    pub fn new(score: f32) -> Self {
+        Self { score, parts: BTreeMap::new() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("selector {selector} failed: {message}")]
+pub struct SelectError {
+    pub selector: String,
+    pub message: String,
+}
+
+/// Scores a node's candidates; the composer picks the highest score.
+pub trait Selector: Send + Sync {
+    /// A stable identity (name plus model hash); part of every output key.
+    fn id(&self) -> String;
+    /// One score per candidate, in order. `input` is the text the node summarizes.
+    fn score(
+        &self,
+        height: u32,
+        input: &str,
+        candidates: &[Candidate],
+    ) -> Result<Vec<CandidateScore>, SelectError>;
+}
+
+/// Picks the candidate the policy itself found most likely (mean log-probability per token).
+/// Candidates that had to be cut because they looped rank below those that did not.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MeanLogprob;
+
+impl Selector for MeanLogprob {
+    fn id(&self) -> String {
+        "mean-logprob@1".to_string()
+    }
+
+    fn score(
+        &self,
+        _height: u32,
+        _input: &str,
+        candidates: &[Candidate],
+    ) -> Result<Vec<CandidateScore>, SelectError> {
+        Ok(candidates
+            .iter()
+            .map(|c| {
+                let base = c.mean_logprob.unwrap_or(0.0);
+                CandidateScore::new(if c.looped { base - 10.0 } else { base })
+            })
+            .collect())
+    }
+}
+
+/// Index of the highest score (the first one on ties).
+pub fn argmax(scores: &[CandidateScore]) -> usize {
+    let mut best = 0;
+    for (i, s) in scores.iter().enumerate() {
+        if s.score > scores[best].score {
+            best = i;
+        }
+    }
+    best
+}

@@ -1,0 +1,221 @@
+//! The composer over a tiny random model: scheduling, batching, caching, previous context and
+//! incremental edits. The model's text is noise, but deterministic, which is what these
+//! behaviours need; the real model is exercised in `tests/summarize_real.rs`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use rrm::book::Book;
+use rrm::compose::{ComposeOptions, Composer, MeanLogprob, NodeOutput, RunRecord, Silent};
+use rrm::decompose::{ContextMode, Decomposer, FixedChunker, FixedConfig};
+use rrm::infer::engine::{EngineConfig, LocalGenerator};
+use rrm::infer::testing::{tiny_gguf, TinyOptions};
+use rrm::store::{Store, Table};
+use rrm::tree::{EdgeKind, TaskTree};
+
+/// A made-up book: four chapters of distinct paragraphs.
+fn book_text(edit: bool) -> String {
+    let mut text = String::new();
+    for chapter in 1..=4 {
+        text.push_str(&format!("CHAPTER {chapter}.\n\n"));
+        for para in 1..=6 {
+            let who = if edit && chapter == 2 && para == 3 { "Miranda" } else { "Marigold" };
+            text.push_str(&format!(
+                "In chapter {chapter}, scene {para}, {who} walked to the mill by the river and \
+                 spoke with the miller about the flood of year {}. The miller said the water \
+                 had risen past the old stone mark, and the village had to move its sheep.\n\n",
+                1800 + chapter * 10 + para
+            ));
+        }
+    }
+    text
+}
+
+fn chunker(context: ContextMode) -> FixedChunker {
+    FixedChunker::new(FixedConfig {
+        chunk_tokens: 90,
+        fanout_min: 2,
+        fanout_max: 3,
+        output_tokens: vec![12, 16, 20],
+        context,
+        context_window: 2,
+        ..FixedConfig::default()
+    })
+    .unwrap()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+    generator: Arc<LocalGenerator>,
+}
+
+fn fixture(max_batch: usize) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    tiny_gguf(&model, 7, &TinyOptions { context_length: 2048, ..TinyOptions::default() }).unwrap();
+    let generator = LocalGenerator::load(
+        &model,
+        None,
+        &candle_core::Device::Cpu,
+        EngineConfig { max_batch, ..EngineConfig::default() },
+    )
+    .unwrap();
+    let store = Store::open(dir.path().join("db")).unwrap();
+    Fixture { _dir: dir, store, generator: Arc::new(generator) }
+}
+
+fn composer(f: &Fixture, options: ComposeOptions) -> Composer {
+    Composer::new(f.generator.clone(), Arc::new(MeanLogprob), f.store.clone(), options)
+}
+
+fn options(batch_size: usize) -> ComposeOptions {
+    ComposeOptions { batch_size, ..ComposeOptions::default() }
+}
+
+/// Sampled decoding: each node's seed comes from its content key, so a changed input gives a
+/// changed output even from a random model (greedy noise tends to ignore its input).
+fn sampled(batch_size: usize) -> ComposeOptions {
+    let mut o = options(batch_size);
+    o.sampling.temperature = 1.0;
+    o
+}
+
+fn run(composer: &Composer, book: &Book, tree: &TaskTree) -> rrm::compose::ComposeReport {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(composer.compose(book, tree, &Silent)).unwrap()
+}
+
+#[test]
+fn composes_every_node_then_rerun_is_all_cache_hits() {
+    let f = fixture(8);
+    let book = Book::from_text("Mill", book_text(false));
+    let tree = chunker(ContextMode::None).decompose(&book).unwrap();
+    assert!(tree.max_height() >= 2, "the fixture should have at least three levels");
+    let c = composer(&f, options(8));
+
+    let first = run(&c, &book, &tree);
+    assert_eq!(first.nodes_total, tree.len());
+    // Nodes with the same content (noise from a random model repeats) are generated once.
+    let record: RunRecord =
+        f.store.get(Table::Meta, &RunRecord::meta_key(book.id().as_str())).unwrap().unwrap();
+    let distinct: BTreeSet<&String> = record.outputs.values().collect();
+    assert_eq!(first.computed, distinct.len());
+    assert_eq!(first.computed + first.cache_hits, tree.len());
+    assert!(first.tokens_generated > 0);
+    assert!(!first.root_summary.is_empty() || first.tokens_generated > 0);
+    // Every node's chosen output and candidates are stored (nodes with the same content share).
+    assert_eq!(record.outputs.len(), tree.len());
+    for key in record.outputs.values() {
+        let out: NodeOutput = f.store.get(Table::Outputs, key).unwrap().expect("stored");
+        assert!(f.store.contains(Table::Candidates, &out.gen_key).unwrap());
+    }
+
+    let second = run(&c, &book, &tree);
+    assert_eq!(second.computed, 0, "a re-run must do no model work");
+    assert_eq!(second.cache_hits, tree.len());
+    assert_eq!(second.root_summary, first.root_summary);
+}
+
+#[test]
+fn output_does_not_depend_on_batch_size() {
+    let book = Book::from_text("Mill", book_text(false));
+    let tree = chunker(ContextMode::None).decompose(&book).unwrap();
+    let f1 = fixture(1);
+    let one = run(&composer(&f1, options(1)), &book, &tree);
+    let f8 = fixture(8);
+    let eight = run(&composer(&f8, options(8)), &book, &tree);
+    assert_eq!(one.root_summary, eight.root_summary);
+    for key in f1.store.keys(Table::Outputs).unwrap() {
+        let a: NodeOutput = f1.store.get(Table::Outputs, &key).unwrap().unwrap();
+        let b: NodeOutput = f8.store.get(Table::Outputs, &key).unwrap().expect("same keys");
+        assert_eq!(a.text, b.text, "node {key}");
+    }
+}
+
+/// The nodes whose output can change when `changed` changes: everything reachable from it over
+/// child and previous-context edges.
+fn affected(tree: &TaskTree, changed: &[String]) -> BTreeSet<String> {
+    let all = tree.nodes_topological();
+    let mut out = BTreeSet::new();
+    let mut stack: Vec<_> =
+        changed.iter().map(|l| tree.find(l).expect("label exists")).collect::<Vec<_>>();
+    while let Some(id) = stack.pop() {
+        if out.insert(tree.node(id).label.clone()) {
+            for &n in &all {
+                if tree.children(n).contains(&id) || tree.context_inputs(n).contains(&id) {
+                    stack.push(n);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn changed_leaves(before: &TaskTree, after: &TaskTree) -> Vec<String> {
+    let a: Vec<_> = before.leaves().iter().map(|&id| before.node(id).clone()).collect();
+    let b: Vec<_> = after.leaves().iter().map(|&id| after.node(id).clone()).collect();
+    assert_eq!(a.len(), b.len(), "a same-length word edit must not move leaf boundaries");
+    a.iter()
+        .zip(&b)
+        .filter(|(x, y)| x.content_hash != y.content_hash)
+        .map(|(_, y)| y.label.clone())
+        .collect()
+}
+
+#[test]
+fn one_paragraph_edit_recomputes_only_its_leaf_and_ancestors() {
+    let f = fixture(8);
+    let c = composer(&f, sampled(8));
+    let book = Book::from_text("Mill", book_text(false));
+    let tree = chunker(ContextMode::None).decompose(&book).unwrap();
+    run(&c, &book, &tree);
+
+    let edited = Book::from_text("Mill", book_text(true));
+    let tree2 = chunker(ContextMode::None).decompose(&edited).unwrap();
+    let changed = changed_leaves(&tree, &tree2);
+    assert_eq!(changed.len(), 1, "one paragraph lies in one leaf");
+    let report = run(&c, &edited, &tree2);
+    let recomputed: BTreeSet<String> = report.computed_labels.iter().cloned().collect();
+    let expected = affected(&tree2, &changed);
+    assert_eq!(recomputed, expected);
+    assert_eq!(recomputed.len(), tree2.max_height() as usize + 1, "the leaf and its ancestors");
+}
+
+#[test]
+fn with_previous_context_an_edit_also_recomputes_the_readers() {
+    let f = fixture(8);
+    let c = composer(&f, sampled(8));
+    let book = Book::from_text("Mill", book_text(false));
+    let tree = chunker(ContextMode::Previous).decompose(&book).unwrap();
+    assert!(tree.graph().edge_weights().any(|e| *e == EdgeKind::PreviousContext));
+    run(&c, &book, &tree);
+
+    let edited = Book::from_text("Mill", book_text(true));
+    let tree2 = chunker(ContextMode::Previous).decompose(&edited).unwrap();
+    let changed = changed_leaves(&tree, &tree2);
+    let report = run(&c, &edited, &tree2);
+    let recomputed: BTreeSet<String> = report.computed_labels.iter().cloned().collect();
+    assert_eq!(recomputed, affected(&tree2, &changed));
+    assert!(recomputed.len() > tree2.max_height() as usize + 1, "readers recompute too");
+    assert!(recomputed.len() < tree2.len(), "earlier leaves stay cached");
+}
+
+#[test]
+fn best_of_n_stores_every_candidate_and_picks_by_logprob() {
+    let f = fixture(8);
+    let c = composer(&f, ComposeOptions { best_of: 3, ..options(8) });
+    let book = Book::from_text("Mill", book_text(false));
+    let tree = chunker(ContextMode::None).decompose(&book).unwrap();
+    run(&c, &book, &tree);
+    for key in f.store.keys(Table::Outputs).unwrap() {
+        let out: NodeOutput = f.store.get(Table::Outputs, &key).unwrap().unwrap();
+        let set: rrm::compose::CandidateSet =
+            f.store.get(Table::Candidates, &out.gen_key).unwrap().unwrap();
+        assert_eq!(set.candidates.len(), 3);
+        assert_eq!(out.scores.len(), 3);
+        let best = out.scores.iter().map(|s| s.score).fold(f32::MIN, f32::max);
+        assert_eq!(out.scores[out.chosen].score, best);
+        assert_eq!(out.text, set.candidates[out.chosen].text);
+    }
+}
