@@ -12,9 +12,11 @@ use clap::{Parser, Subcommand};
 
 use crate::store::Store;
 
+pub mod backend;
 pub mod books;
 pub mod decompose;
 pub mod node;
+pub mod summarize;
 pub mod tree;
 
 /// Recursive reward modeling for book summarization.
@@ -48,6 +50,8 @@ pub enum Command {
     Tree(tree::TreeArgs),
     /// Show one node of a task tree in full (e.g. `rrm node show h0.3 --book alice`).
     Node(node::NodeArgs),
+    /// Summarize books with the policy model, recursively, cached (e.g. `rrm summarize alice`).
+    Summarize(summarize::SummarizeArgs),
 }
 
 /// What every command may need, opened lazily.
@@ -105,5 +109,6 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Decompose(args) => decompose::run(ctx, args),
         Command::Tree(args) => tree::run(ctx, args),
         Command::Node(args) => node::run(ctx, args),
+        Command::Summarize(args) => summarize::run(ctx, args),
     }
 }

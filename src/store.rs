@@ -134,7 +134,8 @@ impl Store {
                 Ok(())
             }
             Some(bytes) => {
-                let found = <[u8; 4]>::try_from(bytes.as_ref()).map(u32::from_le_bytes).unwrap_or(0);
+                let found =
+                    <[u8; 4]>::try_from(bytes.as_ref()).map(u32::from_le_bytes).unwrap_or(0);
                 if found == SCHEMA_VERSION {
                     Ok(())
                 } else {
@@ -155,7 +156,11 @@ impl Store {
     }
 
     /// The value under `key`, if any.
-    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, StoreError> {
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         let tree = self.tree(table)?;
         let Some(bytes) = tree
             .get(key.as_bytes())

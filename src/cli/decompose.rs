@@ -1,14 +1,16 @@
 //! `rrm decompose BOOK`: build a task tree, save it, record it, print a short report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use super::books::{self, BooksDir};
 use super::Context;
+use crate::book::Book;
 use crate::decompose::fixed::parse_fanout;
-use crate::decompose::{ContextMode, Decomposer, FixedChunker, FixedConfig};
+use crate::decompose::{ContextMode, Decomposer, FixedChunker, FixedConfig, TokenCounter};
 use crate::store::Table;
 use crate::tree::{TaskTree, TreeRecord};
 
@@ -28,6 +30,23 @@ Examples:
 pub struct DecomposeArgs {
     /// A book file (plain text or Markdown) or a catalog id (see `rrm books list`).
     pub book: String,
+    #[command(flatten)]
+    pub decomposer: DecomposerOptions,
+    /// Replace invalid UTF-8 instead of failing.
+    #[arg(long)]
+    pub lossy: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub books: BooksDir,
+    #[command(flatten)]
+    pub trees: TreesDir,
+}
+
+/// How a book is split into a tree (shared by `decompose` and `summarize`).
+#[derive(Debug, Clone, Args)]
+pub struct DecomposerOptions {
     /// How to split the book.
     #[arg(long, value_enum, default_value_t = DecomposerArg::Fixed)]
     pub decomposer: DecomposerArg,
@@ -52,16 +71,6 @@ pub struct DecomposeArgs {
     /// Most input tokens of a parent (its children's output caps must fit).
     #[arg(long, default_value_t = 2048, value_name = "N")]
     pub max_input_tokens: usize,
-    /// Replace invalid UTF-8 instead of failing.
-    #[arg(long)]
-    pub lossy: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub books: BooksDir,
-    #[command(flatten)]
-    pub trees: TreesDir,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,7 +95,24 @@ pub struct TreesDir {
     pub trees_dir: PathBuf,
 }
 
-impl DecomposeArgs {
+impl DecomposerOptions {
+    /// The decomposer these options describe, counting tokens with `counter` (the policy
+    /// model's tokenizer where one is loaded; a fast approximation otherwise).
+    pub fn build(
+        &self,
+        counter: Option<Arc<dyn TokenCounter>>,
+    ) -> anyhow::Result<Box<dyn Decomposer>> {
+        Ok(match self.decomposer {
+            DecomposerArg::Fixed => {
+                let chunker = FixedChunker::new(self.fixed_config())?;
+                Box::new(match counter {
+                    Some(counter) => chunker.with_counter(counter),
+                    None => chunker,
+                })
+            }
+        })
+    }
+
     fn fixed_config(&self) -> FixedConfig {
         FixedConfig {
             chunk_tokens: self.chunk_tokens,
@@ -106,22 +132,9 @@ impl DecomposeArgs {
 }
 
 pub fn run(ctx: &mut Context, args: DecomposeArgs) -> anyhow::Result<()> {
-    let decomposer: Box<dyn Decomposer> = match args.decomposer {
-        DecomposerArg::Fixed => Box::new(FixedChunker::new(args.fixed_config())?),
-    };
+    let decomposer = args.decomposer.build(None)?;
     let book = books::open_book(ctx, &args.book, &args.books.books_dir, args.lossy)?;
-    let bar = books::spinner(ctx, format!("decomposing {}", book.title()));
-    let result = decomposer.decompose(&book);
-    bar.finish_and_clear();
-    let tree = result.with_context(|| format!("decomposing {}", book.source()))?;
-    let path = tree.save(&args.trees.trees_dir)?;
-    let store = ctx.store()?;
-    store.put(
-        Table::TaskTrees,
-        tree.book_id().as_str(),
-        &TreeRecord::new(&tree, Some(path.clone())),
-    )?;
-    store.flush()?;
+    let (tree, path) = decompose_and_save(ctx, &book, decomposer.as_ref(), &args.trees.trees_dir)?;
     let report = Report::new(&book, &tree, &path);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -193,4 +206,26 @@ impl Report {
         let per_height: Vec<String> = self.nodes_per_height.iter().map(|n| n.to_string()).collect();
         println!("height    {}  (nodes by height: {})", self.height, per_height.join(" + "));
     }
+}
+
+/// Decomposes `book`, writes the tree file into `trees_dir` and records the tree in the store.
+pub fn decompose_and_save(
+    ctx: &mut Context,
+    book: &Book,
+    decomposer: &dyn Decomposer,
+    trees_dir: &Path,
+) -> anyhow::Result<(TaskTree, PathBuf)> {
+    let bar = books::spinner(ctx, format!("decomposing {}", book.title()));
+    let result = decomposer.decompose(book);
+    bar.finish_and_clear();
+    let tree = result.with_context(|| format!("decomposing {}", book.source()))?;
+    let path = tree.save(trees_dir)?;
+    let store = ctx.store()?;
+    store.put(
+        Table::TaskTrees,
+        tree.book_id().as_str(),
+        &TreeRecord::new(&tree, Some(path.clone())),
+    )?;
+    store.flush()?;
+    Ok((tree, path))
 }

@@ -1,0 +1,242 @@
+//! `rrm summarize BOOK…`: decompose, compose with the policy model, print the book summary.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::backend::GeneratorOptions;
+use super::books::{self, BooksDir};
+use super::decompose::{decompose_and_save, DecomposerOptions, TreesDir};
+use super::Context;
+use crate::book::Book;
+use crate::compose::{ComposeOptions, ComposeReport, Composer, MeanLogprob, Observer};
+use crate::infer::Generator;
+
+/// Summarize books: split each into a task tree, summarize the leaves with the policy model,
+/// then the summaries, up to the root.
+#[derive(Debug, Args)]
+#[command(after_help = "Every node's result is cached by content in the database: a re-run is \
+instant, and after an edit only the changed leaf, its ancestors (and, with --context previous, \
+the nodes that read them) are recomputed. The default model is fetched on first use.
+
+Examples:
+  rrm summarize alice
+  rrm summarize my-book.txt --best-of 4 --out summary.txt
+  rrm summarize books/ --context previous --json
+  rrm summarize alice --backend openai --endpoint http://127.0.0.1:8000 --model qwen2.5-7b")]
+pub struct SummarizeArgs {
+    /// Book files, folders of books (.txt, .md), or catalog ids (see `rrm books list`).
+    #[arg(required = true, value_name = "BOOK")]
+    pub books: Vec<String>,
+    #[command(flatten)]
+    pub decomposer: DecomposerOptions,
+    #[command(flatten)]
+    pub generator: GeneratorOptions,
+    /// Candidates per node; the best is picked by mean log-probability.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub best_of: usize,
+    /// Most sequences generated together.
+    #[arg(long, default_value_t = 8, value_name = "B")]
+    pub batch_size: usize,
+    /// Sampling temperature (0: greedy). With --best-of > 1 a temperature of 0 becomes 0.8.
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f32>,
+    /// Repetition penalty applied to recently generated tokens (1.0: off).
+    #[arg(long, default_value_t = 1.15, value_name = "P")]
+    pub repetition_penalty: f32,
+    /// Seed for sampling (part of every cache key).
+    #[arg(long = "sample-seed", default_value_t = 0, value_name = "S")]
+    pub sample_seed: u64,
+    /// Write the summary (or, with several books, one file per book into this folder).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Print a JSON report per book instead of the summary text.
+    #[arg(long)]
+    pub json: bool,
+    /// Replace invalid UTF-8 instead of failing.
+    #[arg(long)]
+    pub lossy: bool,
+    #[command(flatten)]
+    pub books_dir: BooksDir,
+    #[command(flatten)]
+    pub trees: TreesDir,
+}
+
+impl SummarizeArgs {
+    fn compose_options(&self) -> anyhow::Result<ComposeOptions> {
+        if self.best_of == 0 {
+            bail!("--best-of must be at least 1");
+        }
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        let mut options = ComposeOptions {
+            batch_size: self.batch_size,
+            best_of: self.best_of,
+            seed: self.sample_seed,
+            ..ComposeOptions::default()
+        };
+        for sampling in [&mut options.sampling, &mut options.sampling_best_of] {
+            sampling.repetition_penalty = self.repetition_penalty;
+        }
+        if let Some(t) = self.temperature {
+            if !(0.0..=5.0).contains(&t) {
+                bail!("--temperature must be between 0 and 5 (got {t})");
+            }
+            options.sampling.temperature = t;
+            if t > 0.0 {
+                options.sampling_best_of.temperature = t;
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// The books named on the command line: folders expand to their .txt/.md files, sorted.
+fn expand_books(specs: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let path = Path::new(spec);
+        if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading the folder {spec}"))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "txt" || e == "md"))
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                bail!("the folder {spec} has no .txt or .md files");
+            }
+            out.extend(files.into_iter().map(|p| p.display().to_string()));
+        } else {
+            out.push(spec.clone());
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
+    let options = args.compose_options()?;
+    let specs = expand_books(&args.books)?;
+    let decomposer = args.decomposer.build(None)?;
+    // Open (and fetch) every book before loading the model, so a bad name fails fast.
+    let mut books = Vec::new();
+    for spec in &specs {
+        books.push(books::open_book(ctx, spec, &args.books_dir.books_dir, args.lossy)?);
+    }
+    let loading = books::spinner(ctx, "loading the model");
+    let generator = args.generator.start(args.batch_size);
+    loading.finish_and_clear();
+    let generator = generator?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let several = books.len() > 1;
+    for book in &books {
+        let (tree, _) = decompose_and_save(ctx, book, decomposer.as_ref(), &args.trees.trees_dir)?;
+        let store = ctx.store()?.clone();
+        let composer =
+            Composer::new(Arc::clone(&generator), Arc::new(MeanLogprob), store, options.clone());
+        let progress = Progress::new(ctx.quiet, book.title());
+        let report = runtime
+            .block_on(composer.compose(book, &tree, &progress))
+            .with_context(|| format!("summarizing {}", book.source()))?;
+        progress.finish();
+        output(&args, book, &report, generator.as_ref(), several)?;
+    }
+    Ok(())
+}
+
+fn output(
+    args: &SummarizeArgs,
+    book: &Book,
+    report: &ComposeReport,
+    generator: &dyn Generator,
+    several: bool,
+) -> anyhow::Result<()> {
+    if let Some(out) = &args.out {
+        let path = if several {
+            std::fs::create_dir_all(out)
+                .with_context(|| format!("creating the folder {}", out.display()))?;
+            out.join(format!("{}.summary.txt", book.id().short()))
+        } else {
+            out.clone()
+        };
+        std::fs::write(&path, format!("{}\n", report.root_summary))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.json {
+        let json = serde_json::json!({
+            "book_id": book.id().as_str(),
+            "title": book.title(),
+            "source": book.source().to_string(),
+            "model": generator.identity(),
+            "summary": report.root_summary,
+            "report": report,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        if several {
+            println!("# {}\n", book.title());
+        }
+        println!("{}\n", report.root_summary);
+    }
+    eprintln!("{}", final_line(report));
+    Ok(())
+}
+
+fn final_line(r: &ComposeReport) -> String {
+    let secs = r.elapsed.as_secs_f64();
+    let rate = if secs > 0.0 { r.tokens_generated as f64 / secs } else { 0.0 };
+    format!(
+        "done in {secs:.1} s: {} nodes ({} generated, {} from cache), {} tokens generated \
+         ({rate:.0} tok/s), {} prompt tokens",
+        r.nodes_total, r.computed, r.cache_hits, r.tokens_generated, r.prompt_tokens
+    )
+}
+
+/// A progress bar: nodes done / total, generated tokens per second, ETA.
+struct Progress {
+    bar: ProgressBar,
+    started: Instant,
+    tokens: std::sync::atomic::AtomicUsize,
+}
+
+impl Progress {
+    fn new(quiet: bool, title: &str) -> Progress {
+        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+        if let Ok(style) = ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} nodes  {msg}  ETA {eta}  ({elapsed})",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(title.chars().take(30).collect::<String>());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Progress { bar, started: Instant::now(), tokens: Default::default() }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl Observer for Progress {
+    fn started(&self, total: usize) {
+        self.bar.set_length(total as u64);
+    }
+
+    fn node_done(&self, label: &str, cached: bool, tokens_generated: usize) {
+        use std::sync::atomic::Ordering;
+        let tokens = self.tokens.fetch_add(tokens_generated, Ordering::Relaxed) + tokens_generated;
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        self.bar.set_message(format!("{tokens} tokens, {:.0} tok/s", tokens as f64 / secs));
+        self.bar.inc(1);
+        tracing::info!(node = label, cached, tokens = tokens_generated, "node done");
+    }
+}
