@@ -14,6 +14,7 @@ use crate::store::Store;
 
 pub mod backend;
 pub mod books;
+pub mod cache;
 pub mod decompose;
 pub mod node;
 pub mod summarize;
@@ -52,6 +53,8 @@ pub enum Command {
     Node(node::NodeArgs),
     /// Summarize books with the policy model, recursively, cached (e.g. `rrm summarize alice`).
     Summarize(summarize::SummarizeArgs),
+    /// Inspect and clean the node cache (e.g. `rrm cache stats`, `rrm cache gc`).
+    Cache(cache::CacheArgs),
 }
 
 /// What every command may need, opened lazily.
@@ -85,6 +88,7 @@ fn init_tracing(verbose: u8, quiet: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -110,5 +114,6 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Tree(args) => tree::run(ctx, args),
         Command::Node(args) => node::run(ctx, args),
         Command::Summarize(args) => summarize::run(ctx, args),
+        Command::Cache(args) => cache::run(ctx, args),
     }
 }

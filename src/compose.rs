@@ -15,6 +15,7 @@
 //!
 //! Imports `book`, `tree`, `infer` (seams only) and `store`; never the CLI.
 
+pub mod cache;
 pub mod prompt;
 pub mod select;
 pub mod text;
@@ -146,12 +147,61 @@ pub struct RunRecord {
     /// Node label → output key, for every node of the tree.
     pub outputs: BTreeMap<String, String>,
     pub root_label: String,
+    /// The content hash of the tree's root (covers every leaf and the grouping): outputs are
+    /// attached to a tree only when it is the tree this run composed.
+    pub tree_hash: String,
     pub finished_unix: u64,
 }
 
 impl RunRecord {
     pub fn meta_key(book_id: &str) -> String {
         format!("run/{book_id}")
+    }
+
+    /// The last composition of the book `book_id`, if any.
+    pub fn load(store: &Store, book_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        store.get(Table::Meta, &Self::meta_key(book_id))
+    }
+
+    /// Every run record in the store.
+    pub fn all(store: &Store) -> Result<Vec<RunRecord>, StoreError> {
+        Ok(store.scan::<RunRecord>(Table::Meta, "run/")?.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// Whether this run composed `tree` (same root content hash).
+    pub fn matches(&self, tree: &TaskTree) -> bool {
+        tree.node(tree.root()).content_hash == self.tree_hash
+    }
+
+    /// The stored result of node `label`: its chosen output and all its candidates.
+    pub fn node_result(
+        &self,
+        store: &Store,
+        label: &str,
+    ) -> Result<Option<(NodeOutput, Option<CandidateSet>)>, StoreError> {
+        let Some(key) = self.outputs.get(label) else { return Ok(None) };
+        let Some(output) = store.get::<NodeOutput>(Table::Outputs, key)? else { return Ok(None) };
+        let candidates = store.get::<CandidateSet>(Table::Candidates, &output.gen_key)?;
+        Ok(Some((output, candidates)))
+    }
+
+    /// Fills the output slot of every node of `tree` this run has a stored output for, if the
+    /// tree is the one this run composed. Returns how many nodes got an output.
+    pub fn attach(&self, store: &Store, tree: &mut TaskTree) -> Result<usize, StoreError> {
+        if !self.matches(tree) {
+            return Ok(0);
+        }
+        let mut attached = 0;
+        for id in tree.nodes_topological() {
+            let label = tree.node(id).label.clone();
+            if let Some(key) = self.outputs.get(&label) {
+                if let Some(out) = store.get::<NodeOutput>(Table::Outputs, key)? {
+                    tree.set_output(id, Some(out.text));
+                    attached += 1;
+                }
+            }
+        }
+        Ok(attached)
     }
 }
 
@@ -355,6 +405,7 @@ impl Composer {
 
         let root = tree.root();
         let root_label = tree.node(root).label.clone();
+        let tree_hash = tree.node(root).content_hash.clone();
         report.root_summary = outputs.get(&root).cloned().ok_or_else(|| ComposeError::Tree {
             node: root_label.clone(),
             what: "the root was never reached: the tree's dependencies have a cycle".into(),
@@ -366,6 +417,7 @@ impl Composer {
             options: self.options.clone(),
             outputs: output_keys,
             root_label,
+            tree_hash,
             finished_unix: unix_now(),
         };
         self.store.put(Table::Meta, &RunRecord::meta_key(&run.book_id), &run)?;

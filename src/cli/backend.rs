@@ -8,6 +8,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 
 use crate::infer::engine::{DeviceChoice, EngineConfig, LocalGenerator};
+use crate::infer::fetch;
 use crate::infer::openai::{OpenAiConfig, OpenAiGenerator};
 use crate::infer::Generator;
 
@@ -56,11 +57,11 @@ fn parse_device(s: &str) -> Result<DeviceChoice, String> {
 impl GeneratorOptions {
     /// Starts the generator; `max_batch` is the most sequences decoded together (local) or
     /// requests in flight (OpenAI).
-    pub fn start(&self, max_batch: usize) -> anyhow::Result<Arc<dyn Generator>> {
+    pub fn start(&self, max_batch: usize, quiet: bool) -> anyhow::Result<Arc<dyn Generator>> {
         match self.backend {
             Backend::Local => {
                 let spec = self.model.as_deref().unwrap_or(DEFAULT_POLICY);
-                let (path, sha256) = resolve_policy(spec, self.models_dir.as_deref())?;
+                let (path, sha256) = resolve_policy(spec, self.models_dir.as_deref(), quiet)?;
                 let device = self.device.device()?;
                 let config =
                     EngineConfig { max_batch: max_batch.max(1), ..EngineConfig::default() };
@@ -85,14 +86,15 @@ impl GeneratorOptions {
     }
 }
 
-/// A local model spec → its file and, when verified at download, its sha256.
+/// A local model spec (a known name, fetched on first use, or a .gguf path) → its file and,
+/// when verified at download, its sha256.
 fn resolve_policy(
     spec: &str,
-    _models_dir: Option<&std::path::Path>,
+    models_dir: Option<&std::path::Path>,
+    quiet: bool,
 ) -> anyhow::Result<(PathBuf, Option<String>)> {
-    let path = PathBuf::from(spec);
-    if path.exists() {
-        return Ok((path, None));
-    }
-    bail!("model {spec}: no such file")
+    let dir = fetch::models_dir(models_dir);
+    let resolved = fetch::resolve_model_with(spec, &dir, !quiet)
+        .with_context(|| format!("resolving the model {spec}"))?;
+    Ok((resolved.path, resolved.sha256))
 }

@@ -130,7 +130,7 @@ pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
         books.push(books::open_book(ctx, spec, &args.books_dir.books_dir, args.lossy)?);
     }
     let loading = books::spinner(ctx, "loading the model");
-    let generator = args.generator.start(args.batch_size);
+    let generator = args.generator.start(args.batch_size, ctx.quiet);
     loading.finish_and_clear();
     let generator = generator?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -237,6 +237,6 @@ impl Observer for Progress {
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
         self.bar.set_message(format!("{tokens} tokens, {:.0} tok/s", tokens as f64 / secs));
         self.bar.inc(1);
-        tracing::info!(node = label, cached, tokens = tokens_generated, "node done");
+        tracing::info!(node = %label, cached, tokens = tokens_generated, "node done");
     }
 }

@@ -13,6 +13,7 @@ use super::books::{self, BooksDir};
 use super::decompose::TreesDir;
 use super::Context;
 use crate::book::Book;
+use crate::compose::RunRecord;
 use crate::store::Table;
 use crate::tree::{NodeId, NodeKind, TaskTree, TreeRecord};
 
@@ -60,6 +61,8 @@ pub struct ShowArgs {
 pub struct LoadedTree {
     pub tree: TaskTree,
     pub book: Option<Book>,
+    /// The summarize run whose outputs are attached to the tree, if any.
+    pub run: Option<RunRecord>,
 }
 
 /// The tree named by BOOK|TREE.json: a tree file is read directly (its book looked up in the
@@ -79,13 +82,29 @@ pub fn load_target(
         } else {
             tracing::warn!("the book of {target} is not in the database; showing no text");
         }
-        return Ok(LoadedTree { tree, book });
+        let mut loaded = LoadedTree { tree, book, run: None };
+        attach_outputs(ctx, &mut loaded)?;
+        return Ok(loaded);
     }
     let book = books::open_book(ctx, target, books_dir, lossy)?;
     let tree = tree_for_book(ctx, &book, trees_dir)?.ok_or_else(|| {
         anyhow!("no task tree for '{}' yet; build one with `rrm decompose {target}`", book.title())
     })?;
-    Ok(LoadedTree { tree, book: Some(book) })
+    let mut loaded = LoadedTree { tree, book: Some(book), run: None };
+    attach_outputs(ctx, &mut loaded)?;
+    Ok(loaded)
+}
+
+/// Puts the outputs of the book's last `rrm summarize` into the tree's output slots, if that
+/// run composed this very tree.
+pub fn attach_outputs(ctx: &mut Context, loaded: &mut LoadedTree) -> anyhow::Result<()> {
+    let store = ctx.store()?;
+    if let Some(run) = RunRecord::load(store, loaded.tree.book_id().as_str())? {
+        if run.attach(store, &mut loaded.tree)? > 0 {
+            loaded.run = Some(run);
+        }
+    }
+    Ok(())
 }
 
 /// The tree of `book`: `trees_dir/<book-id>.json`, else the one in the store.
