@@ -78,17 +78,59 @@ pub(crate) fn index(text: &str) -> Index {
         }
     }
     flush_block(text, &block, &mut idx);
+    drop_contents_lists(text, &mut idx);
     idx
+}
+
+/// A run of this many headings with no text between them is a table of contents, not headings.
+const CONTENTS_RUN: usize = 4;
+
+/// Forgets headings that form a table of contents: runs of headings in consecutive paragraphs
+/// (`Letter 1` … `Chapter 24` each on its own line). Their paragraphs stay.
+fn drop_contents_lists(text: &str, idx: &mut Index) {
+    if idx.headings.len() < CONTENTS_RUN {
+        return;
+    }
+    // The paragraph index of each heading (both lists are in text order).
+    let mut para_of = Vec::with_capacity(idx.headings.len());
+    let mut p = 0;
+    for h in &idx.headings {
+        while p + 1 < idx.paragraphs.len() && idx.paragraphs[p].end < h.span.start {
+            p += 1;
+        }
+        para_of.push(p);
+    }
+    let mut keep = vec![true; idx.headings.len()];
+    let mut run_start = 0;
+    for i in 1..=idx.headings.len() {
+        let continues = i < idx.headings.len() && para_of[i] == para_of[i - 1] + 1;
+        if !continues {
+            if i - run_start >= CONTENTS_RUN {
+                // The body's first heading may follow the list directly: it repeats the first
+                // entry (`Chapter 1` … `Chapter 1`), and stays.
+                let same = |a: usize, b: usize| {
+                    idx.headings[a].span.slice(text) == idx.headings[b].span.slice(text)
+                };
+                let end = if same(run_start, i - 1) { i - 1 } else { i };
+                keep[run_start..end].iter_mut().for_each(|k| *k = false);
+            }
+            run_start = i;
+        }
+    }
+    let mut k = keep.into_iter();
+    idx.headings.retain(|_| k.next().unwrap_or(true));
 }
 
 /// Splits one block of non-blank lines into paragraphs (heading lines stand alone), then
 /// paragraphs into sentences.
 fn flush_block(text: &str, lines: &[Span], idx: &mut Index) {
-    let alone = lines.len() == 1;
     let mut para_start: Option<usize> = None;
     let mut para_end = 0;
-    for line in lines {
+    for (i, line) in lines.iter().enumerate() {
         let s = line.slice(text);
+        // A titled heading may wrap onto a line or two ("CHAPTER 56. Of the Less Erroneous
+        // Pictures of Whales, and the True Pictures of Whaling Scenes.").
+        let alone = lines.len() == 1 || (i == 0 && lines.len() <= 3 && titled_heading(s));
         if let Some(kind) = heading_kind(s, alone) {
             if let Some(start) = para_start.take() {
                 push_paragraph(text, Span::new(start, para_end), idx);
@@ -173,7 +215,7 @@ fn should_join(prev: &str, next: &str) -> bool {
 /// (blank lines around it); titles after the number and bare numerals need that.
 pub(crate) fn heading_kind(line: &str, alone: bool) -> Option<HeadingKind> {
     let t = line.trim();
-    if t.is_empty() || t.len() > 80 {
+    if t.is_empty() || t.len() > 120 {
         return None;
     }
     if let Some(kind) = markdown_heading(t) {
@@ -191,11 +233,19 @@ pub(crate) fn heading_kind(line: &str, alone: bool) -> Option<HeadingKind> {
         "STAVE" | "Stave" => HeadingKind::Stave,
         "CANTO" | "Canto" => HeadingKind::Canto,
         "SCENE" | "Scene" => HeadingKind::Scene,
-        "SECTION" | "Section" => HeadingKind::Section,
+        "SECTION" | "Section" | "ADVENTURE" | "Adventure" | "LETTER" | "Letter" => {
+            HeadingKind::Section
+        }
         other => {
             let bare = other.trim_end_matches(['.', ':']);
             let is_numeral = is_roman(bare, false) || is_arabic(bare);
-            return (alone && words.next().is_none() && is_numeral).then_some(HeadingKind::Numeral);
+            let rest = t[first.len()..].trim();
+            // `XIV.` alone, or `VII. THE ADVENTURE OF THE BLUE CARBUNCLE` (a title in capitals).
+            let titled = first.ends_with('.')
+                && rest.chars().any(char::is_alphabetic)
+                && !rest.chars().any(char::is_lowercase);
+            return (alone && is_numeral && (rest.is_empty() || titled))
+                .then_some(HeadingKind::Numeral);
         }
     };
     let mut number = words.next()?;
@@ -217,6 +267,16 @@ pub(crate) fn heading_kind(line: &str, alone: bool) -> Option<HeadingKind> {
     // Inside a block of lines only "ACT II. SCENE 1."-style compounds count.
     let compound = rest.join(" ");
     heading_kind(&compound, false).filter(|_| rest.len() <= 2).map(|_| kind)
+}
+
+/// Whether `line` starts like a keyword heading with a title (`CHAPTER 56. Of the …`).
+fn titled_heading(line: &str) -> bool {
+    let mut words = line.split_whitespace();
+    let first = words.next().unwrap_or("");
+    let number = words.next().unwrap_or("");
+    matches!(first, "CHAPTER" | "Chapter" | "BOOK" | "Book" | "PART" | "Part" | "STAVE" | "Stave")
+        && number.ends_with(['.', ':'])
+        && words.next().is_some()
 }
 
 fn markdown_heading(t: &str) -> Option<HeadingKind> {
@@ -334,6 +394,11 @@ mod tests {
             ("chapter 3 of the book", true, None),
             ("Book lovers unite", true, None),
             ("I", true, Some(HeadingKind::Numeral)),
+            ("ADVENTURE IV. THE BOSCOMBE VALLEY MYSTERY", true, Some(HeadingKind::Section)),
+            ("Letter 4", true, Some(HeadingKind::Section)),
+            ("VII. THE ADVENTURE OF THE BLUE CARBUNCLE", true, Some(HeadingKind::Numeral)),
+            ("VII. The adventure", true, None),
+            ("I. A Scandal in Bohemia", true, None),
         ] {
             assert_eq!(heading_kind(line, alone), kind, "{line:?}");
         }
@@ -348,6 +413,27 @@ mod tests {
             texts(text, &idx.paragraphs),
             ["end of the story.", "CHAPTER II.", "It began again."]
         );
+    }
+
+    #[test]
+    fn contents_lists_are_not_headings() {
+        let toc: String = (1..=6).map(|i| format!("Chapter {i}\n\n")).collect();
+        let body: String = (1..=6).map(|i| format!("Chapter {i}\n\nText of {i}.\n\n")).collect();
+        let text = format!("Contents\n\n{toc}{body}");
+        let idx = index(&text);
+        assert_eq!(idx.headings.len(), 6);
+        assert!(idx.headings[0].span.start > text.find("Text of").unwrap() - 20);
+        // ACT and SCENE together are kept.
+        let idx = index("ACT I\n\nSCENE I\n\nWords.\n");
+        assert_eq!(idx.headings.len(), 2);
+    }
+
+    #[test]
+    fn wrapped_titled_heading() {
+        let text = "end.\n\nCHAPTER 56. Of the Less Erroneous Pictures of Whales, and the True\nPictures of Whaling Scenes.\n\nText.\n";
+        let idx = index(text);
+        assert_eq!(idx.headings.len(), 1);
+        assert!(idx.headings[0].span.slice(text).starts_with("CHAPTER 56."));
     }
 
     #[test]
