@@ -133,7 +133,9 @@ impl DecomposerOptions {
 
 pub fn run(ctx: &mut Context, args: DecomposeArgs) -> anyhow::Result<()> {
     let decomposer = args.decomposer.build(None)?;
+    let started = std::time::Instant::now();
     let book = books::open_book(ctx, &args.book, &args.books.books_dir, args.lossy)?;
+    tracing::debug!(elapsed = ?started.elapsed(), bytes = book.text().len(), "book read and indexed");
     let (tree, path) = decompose_and_save(ctx, &book, decomposer.as_ref(), &args.trees.trees_dir)?;
     let report = Report::new(&book, &tree, &path);
     if args.json {

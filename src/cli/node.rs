@@ -80,12 +80,16 @@ fn find(ctx: &mut Context, args: &ShowArgs) -> anyhow::Result<(LoadedTree, NodeI
         1 => {
             let (tree, id) = matches.remove(0);
             let book = books::book_by_id(ctx, tree.book_id())?;
-            // Prefer the tree file on disk if it is newer than the stored one.
-            let tree = match &book {
-                Some(b) => tree_for_book(ctx, b, &args.trees.trees_dir)?.unwrap_or(tree),
-                None => tree,
+            // Prefer the tree file on disk (it may be newer), if it has the node too: an id of
+            // one tree must never index another.
+            let on_disk = match &book {
+                Some(b) => tree_for_book(ctx, b, &args.trees.trees_dir)?,
+                None => None,
             };
-            let id = tree.find(&args.id).unwrap_or(id);
+            let (tree, id) = match on_disk.and_then(|t| t.find(&args.id).map(|i| (t, i))) {
+                Some(found) => found,
+                None => (tree, id),
+            };
             let mut loaded = LoadedTree { tree, book, run: None };
             super::tree::attach_outputs(ctx, &mut loaded)?;
             Ok((loaded, id))

@@ -399,7 +399,12 @@ impl Decomposer for FixedChunker {
     }
 
     fn decompose(&self, book: &Book) -> Result<TaskTree, DecomposeError> {
+        let _span =
+            tracing::debug_span!("decompose", decomposer = "fixed", book = book.id().short())
+                .entered();
+        let started = std::time::Instant::now();
         let leaves = self.leaves(book)?;
+        tracing::debug!(leaves = leaves.len(), elapsed = ?started.elapsed(), "leaves cut");
         let groups = self.groups(leaves.len());
         let context_window = match self.config.context {
             ContextMode::None => 0,
