@@ -13,9 +13,11 @@ use clap::{Parser, Subcommand};
 use crate::store::Store;
 
 pub mod backend;
+pub mod bench;
 pub mod books;
 pub mod cache;
 pub mod decompose;
+pub mod models;
 pub mod node;
 pub mod summarize;
 pub mod tree;
@@ -55,6 +57,12 @@ pub enum Command {
     Summarize(summarize::SummarizeArgs),
     /// Inspect and clean the node cache (e.g. `rrm cache stats`, `rrm cache gc`).
     Cache(cache::CacheArgs),
+    /// Fetch and list model files (e.g. `rrm models pull`, `rrm models list`).
+    Models(models::ModelsArgs),
+    /// Complete one prompt with the local model, for manual checks (e.g. `rrm generate --prompt Hi`).
+    Generate(models::GenerateArgs),
+    /// Measure throughput (e.g. `rrm bench generate --batch 1,8`).
+    Bench(bench::BenchArgs),
 }
 
 /// What every command may need, opened lazily.
@@ -115,5 +123,8 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Node(args) => node::run(ctx, args),
         Command::Summarize(args) => summarize::run(ctx, args),
         Command::Cache(args) => cache::run(ctx, args),
+        Command::Models(args) => models::run(ctx, args),
+        Command::Generate(args) => models::generate(ctx, args),
+        Command::Bench(args) => bench::run(ctx, args),
     }
 }

@@ -10,8 +10,10 @@
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+pub mod bench;
 pub mod encoder;
 pub mod engine;
+pub mod fetch;
 pub mod llama;
 pub mod openai;
 pub mod sampling;
@@ -181,6 +183,8 @@ pub enum InferError {
     InvalidRequest(String),
     #[error("the generation engine has stopped")]
     EngineStopped,
+    #[error(transparent)]
+    Fetch(#[from] fetch::FetchError),
     /// The sentence encoder failed: a model file (named), the tokenizer, the forward pass, the
     /// embedding cache.
     #[error(transparent)]
