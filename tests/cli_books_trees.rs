@@ -185,6 +185,18 @@ fn decompose_reports_and_writes_the_tree() {
 }
 
 #[test]
+fn trees_are_also_in_the_store() {
+    let ws = Ws::new();
+    let book = ws.write("sample.txt", sample_book(2, 12));
+    stdout(ws.rrm().arg("decompose").arg(&book).assert());
+    std::fs::remove_dir_all(ws.path("trees")).unwrap();
+    let out = stdout(ws.rrm().args(["tree", "show", "--depth", "1"]).arg(&book).assert());
+    assert!(out.lines().nth(1).unwrap().starts_with('h'), "{out}");
+    let out = stdout(ws.rrm().args(["node", "show", "h0.1"]).assert());
+    assert!(out.contains("CHAPTER 1"), "{out}");
+}
+
+#[test]
 fn context_previous_adds_context_edges() {
     let ws = Ws::new();
     let book = ws.write("sample.txt", sample_book(2, 12));
