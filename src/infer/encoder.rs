@@ -16,6 +16,9 @@
 //!   of the store; the caller implements the trait over it ([`embedding_to_bytes`] and
 //!   [`embedding_from_bytes`] give the value encoding).
 //!
+//! Embedding is CPU-bound and blocking (candle's kernels use `RAYON_NUM_THREADS` threads); async
+//! callers run it under `tokio::task::spawn_blocking`.
+//!
 //! Errors name the file at fault: a missing, truncated or malformed `model.safetensors`,
 //! `config.json` or `tokenizer.json` gives an [`EncoderError::File`], never a panic.
 
@@ -262,12 +265,13 @@ impl MiniLmEncoder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        let started = std::time::Instant::now();
         let encodings = self.tokenize(texts)?;
         // Batch by length: sort by token count, cut batches, scatter results back.
         let mut order: Vec<usize> = (0..encodings.len()).collect();
         order.sort_by_key(|&i| encodings[i].get_ids().len());
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-        let mut start = 0;
+        let (mut start, mut batches) = (0, 0usize);
         while start < order.len() {
             let mut end = start;
             while end < order.len() && end - start < self.options.batch_size {
@@ -288,7 +292,15 @@ impl MiniLmEncoder {
                 out[i] = embedding;
             }
             start = end;
+            batches += 1;
         }
+        tracing::debug!(
+            texts = texts.len(),
+            tokens = encodings.iter().map(|e| e.get_ids().len()).sum::<usize>(),
+            batches,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "embedded"
+        );
         Ok(out)
     }
 }

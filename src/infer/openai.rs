@@ -226,12 +226,23 @@ impl OpenAiGenerator {
             url: self.url.clone(),
             reason: "the generator was shut down".into(),
         })?;
+        let started = std::time::Instant::now();
         let mut attempt: u32 = 0;
         loop {
             let logprobs = self.logprobs.load(Ordering::Relaxed);
             let body = request_body(&self.config, &request, logprobs);
             match self.attempt(&body).await {
-                Ok(reply) => return completion(reply, &request, self),
+                Ok(reply) => {
+                    let done = completion(reply, &request, self)?;
+                    tracing::debug!(
+                        url = %self.url,
+                        attempts = attempt + 1,
+                        tokens = done.completion_tokens,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "completed"
+                    );
+                    return Ok(done);
+                }
                 Err(Failure::Fatal(err)) => return Err(err),
                 Err(Failure::LogprobsRejected(err)) => {
                     if !logprobs {
