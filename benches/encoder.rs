@@ -1,14 +1,15 @@
 //! Sentence-encoder throughput: batches of 32 short sentences (sentences/s) and 256-token
 //! passages (tokens/s), on the real all-MiniLM-L6-v2.
 //!
-//! `RRM_MINILM_DIR=DIR cargo bench --bench encoder` (DIR holds `model.safetensors`,
-//! `config.json`, `tokenizer.json`); without it the bench prints a note and measures nothing.
+//! `cargo bench --bench encoder` fetches the default encoder on first use (into `RRM_MODELS` or
+//! the user's cache); `RRM_MINILM_DIR=DIR` uses a model folder instead.
 //! Threads: `RAYON_NUM_THREADS` (candle's CPU kernels), defaulting to all cores.
 
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use rrm::infer::encoder::MiniLmEncoder;
+use rrm::infer::encoder::{EncoderOptions, MiniLmEncoder};
+use rrm::infer::fetch::{models_dir, DEFAULT_ENCODER};
 use rrm::infer::Encoder;
 
 const WORDS: &[&str] = &[
@@ -70,11 +71,16 @@ fn text(seed: u64, count: usize) -> String {
 }
 
 fn bench(c: &mut Criterion) {
-    let Some(dir) = std::env::var_os("RRM_MINILM_DIR").map(PathBuf::from) else {
-        eprintln!("encoder bench skipped: set RRM_MINILM_DIR to the all-MiniLM-L6-v2 directory");
-        return;
+    let loaded = match std::env::var_os("RRM_MINILM_DIR").map(PathBuf::from) {
+        Some(dir) => MiniLmEncoder::load(&dir),
+        None => MiniLmEncoder::resolve_and_load(
+            DEFAULT_ENCODER,
+            &models_dir(None),
+            true,
+            EncoderOptions::default(),
+        ),
     };
-    let encoder = match MiniLmEncoder::load(&dir) {
+    let encoder = match loaded {
         Ok(encoder) => encoder,
         Err(err) => {
             eprintln!("encoder bench skipped: {err}");

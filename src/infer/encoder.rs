@@ -2,7 +2,8 @@
 //! mean pooling over the attention mask and L2 normalization, as sentence-transformers does.
 //!
 //! - [`MiniLmEncoder`] loads `model.safetensors`, `config.json` and `tokenizer.json` from a model
-//!   directory and implements [`Encoder`]. It tokenizes without padding, sorts the inputs by token
+//!   directory ([`MiniLmEncoder::resolve_and_load`] finds or fetches it by name, by default
+//!   `minilm-l6`) and implements [`Encoder`]. It tokenizes without padding, sorts the inputs by token
 //!   length, runs them in batches padded to the batch's longest row (so short sentences do not pay
 //!   for long ones), and returns the embeddings in the caller's order. The shipped tokenizer pads
 //!   and truncates at a fixed 128; that is overridden: truncation at [`DEFAULT_MAX_TOKENS`] (256,
@@ -31,7 +32,7 @@ use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use sha2::{Digest, Sha256};
 use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use super::{Encoder, InferError, ModelIdentity};
+use super::{fetch, Encoder, InferError, ModelIdentity};
 
 /// The weights file in a model directory.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -152,6 +153,20 @@ impl MiniLmEncoder {
     /// `tokenizer.json`) on the CPU with the default options.
     pub fn load(dir: &Path) -> Result<Self, InferError> {
         Self::load_with(dir, EncoderOptions::default())
+    }
+
+    /// Resolves `spec` with [`fetch::resolve_model_with`] — a registered name such as
+    /// [`fetch::DEFAULT_ENCODER`] (fetched into `models_dir` on first use, `progress`: with a
+    /// spinner), a model folder, or a Hugging Face cache entry `ORG/NAME` — and loads it. The
+    /// identity's name becomes the resolved model's name.
+    pub fn resolve_and_load(
+        spec: &str,
+        models_dir: &Path,
+        progress: bool,
+        options: EncoderOptions,
+    ) -> Result<Self, InferError> {
+        let resolved = fetch::resolve_model_with(spec, models_dir, progress)?;
+        Self::load_with(&resolved.path, EncoderOptions { name: resolved.name, ..options })
     }
 
     /// Loads the encoder from `dir` with explicit options (device, window, batch sizes).
