@@ -12,9 +12,11 @@
 //! character that counts more. With a seed, each leaf's target is jittered down by up to
 //! `jitter × chunk_tokens` (reproducibly: the generator is defined here, not by a crate).
 //!
-//! Parents: each level is cut into the fewest groups of at most `max` nodes, sizes as even as
-//! possible, where `max` is `fanout_max`, lowered so that the children's output caps fit
-//! `max_input_tokens`. A level of one node is the root; a book of one leaf is a one-node tree.
+//! Parents: each level is cut into the fewest groups of at most `max` nodes, where `max` is
+//! `fanout_max` lowered so that the children's output caps fit `max_input_tokens`; among those
+//! cuts a dynamic program prefers ones at book/part/act starts, then chapter starts (with
+//! `align_to_headings`), then even sizes. A level of one node is the root; a book of one leaf is
+//! a one-node tree.
 //!
 //! This file never reads files or touches the store; it only proposes a [`TreeSpec`].
 
@@ -69,6 +71,8 @@ pub struct FixedConfig {
     pub seed: Option<u64>,
     /// With a seed, each leaf target is `chunk_tokens × (1 − jitter × u)`, u uniform in [0, 1).
     pub jitter: f64,
+    /// Place parents' boundaries at chapter (and book/part/act) starts where the fanout allows.
+    pub align_to_headings: bool,
 }
 
 impl Default for FixedConfig {
@@ -83,6 +87,7 @@ impl Default for FixedConfig {
             context_window: 3,
             seed: None,
             jitter: 0.25,
+            align_to_headings: true,
         }
     }
 }
@@ -160,6 +165,12 @@ impl FixedChunker {
 
     /// The leaves only (spans tiling the text, with token counts).
     pub fn leaves(&self, book: &Book) -> Result<Vec<LeafSpec>, DecomposeError> {
+        Ok(self.leaves_and_sections(book)?.0)
+    }
+
+    /// The leaves, and for each the strength of the section that starts with it (0: none,
+    /// 1: a chapter-like heading, 2: a book/part/act heading).
+    fn leaves_and_sections(&self, book: &Book) -> Result<(Vec<LeafSpec>, Vec<u8>), DecomposeError> {
         let units = self.units(book);
         if units.is_empty() {
             return Err(DecomposeError::EmptyBook { title: book.title().to_string() });
@@ -167,19 +178,27 @@ impl FixedChunker {
         Ok(self.pack(&units, book.text().len()))
     }
 
-    /// Group sizes for each level above the leaves.
-    pub fn groups(&self, leaves: usize) -> Vec<Vec<usize>> {
+    /// Group sizes for each level above the leaves. `sections[i]` is the strength of the section
+    /// starting at leaf `i` (0 when none; see [`FixedConfig::align_to_headings`]). Each level has
+    /// the fewest groups its fanout allows; among those cuts, the ones before the strongest
+    /// section starts win, then the most even sizes.
+    pub fn groups(&self, sections: &[u8]) -> Vec<Vec<usize>> {
         let mut levels = Vec::new();
-        let mut n = leaves;
+        let mut sections: Vec<u8> =
+            if self.config.align_to_headings { sections.to_vec() } else { vec![0; sections.len()] };
         let mut height = 0u32;
-        while n > 1 {
+        while sections.len() > 1 {
             let cap = output_cap(&self.config.output_tokens, height).max(1);
             let fit = self.config.max_input_tokens / cap;
             let max = self.config.fanout_max.min(fit).max(2);
-            let k = n.div_ceil(max);
-            let (base, extra) = (n / k, n % k);
-            let sizes: Vec<usize> = (0..k).map(|i| base + usize::from(i < extra)).collect();
-            n = k;
+            let sizes = partition(&sections, self.config.fanout_min, max);
+            let mut next = Vec::with_capacity(sizes.len());
+            let mut first = 0;
+            for &size in &sizes {
+                next.push(sections[first]);
+                first += size;
+            }
+            sections = next;
             height += 1;
             levels.push(sizes);
         }
@@ -191,7 +210,11 @@ impl FixedChunker {
         let text = book.text();
         let sentences = book.sentences();
         let paragraphs = book.paragraphs();
-        let mut heading_starts = book.headings().iter().map(|h| h.span.start).peekable();
+        let mut heading_starts = book
+            .headings()
+            .iter()
+            .map(|h| (h.span.start, if h.kind.level() <= 1 { 2u8 } else { 1 }))
+            .peekable();
         let mut para = 0;
         let mut units: Vec<Unit> = Vec::with_capacity(sentences.len());
         let mut prev_sentence_end = 0;
@@ -202,20 +225,22 @@ impl FixedChunker {
             let p = paragraphs.get(para).copied().unwrap_or(*s);
             let first_in_para = prev_sentence_end <= p.start || i == 0;
             prev_sentence_end = s.end;
-            while heading_starts.peek().is_some_and(|&h| h < s.start) {
+            while heading_starts.peek().is_some_and(|&(h, _)| h < s.start) {
                 heading_starts.next();
             }
             // A heading right after another (ACT I / SCENE I) stays in the same leaf.
             let after_heading =
                 units.last().is_some_and(|u: &Unit| u.boundary == Boundary::Heading);
-            let is_heading = heading_starts.peek() == Some(&s.start) && !after_heading;
+            let heading = heading_starts.peek().filter(|&&(h, _)| h == s.start).map(|&(_, l)| l);
+            let is_heading = heading.is_some() && !after_heading;
             let (start, boundary) = match (is_heading, first_in_para) {
                 (true, _) => (p.start.min(s.start), Boundary::Heading),
                 (false, true) => (p.start.min(s.start), Boundary::Paragraph),
                 (false, false) => (s.start, Boundary::Sentence),
             };
             let start = if units.is_empty() { 0 } else { start };
-            units.push(Unit { start, tokens: 0, boundary });
+            let section = if is_heading { heading.unwrap_or(1) } else { 0 };
+            units.push(Unit { start, tokens: 0, boundary, section });
         }
         // Token counts over each unit's whole extent (up to the next unit), splitting any unit
         // that alone exceeds the limit.
@@ -252,7 +277,8 @@ impl FixedChunker {
             let word = &slice[w..w_end];
             let tokens = self.counter.count(word);
             if tokens <= limit {
-                out.push(Unit { start: unit.start + w, tokens, boundary });
+                let section = if k == 0 { unit.section } else { 0 };
+                out.push(Unit { start: unit.start + w, tokens, boundary, section });
                 continue;
             }
             // One word over the limit: cut it into pieces at char boundaries.
@@ -281,7 +307,8 @@ impl FixedChunker {
                     }
                 }
                 let b = if first { boundary } else { Boundary::Word };
-                out.push(Unit { start: unit.start + w + pos, tokens, boundary: b });
+                let section = if k == 0 && first { unit.section } else { 0 };
+                out.push(Unit { start: unit.start + w + pos, tokens, boundary: b, section });
                 first = false;
                 pos = take;
             }
@@ -289,7 +316,7 @@ impl FixedChunker {
     }
 
     /// Packs units into leaves (see the module docs).
-    fn pack(&self, units: &[Unit], text_len: usize) -> Vec<LeafSpec> {
+    fn pack(&self, units: &[Unit], text_len: usize) -> (Vec<LeafSpec>, Vec<u8>) {
         let limit = self.config.chunk_tokens;
         let mut prefix = Vec::with_capacity(units.len() + 1);
         prefix.push(0usize);
@@ -308,6 +335,7 @@ impl FixedChunker {
         }
         let mut rng = self.config.seed.map(SplitMix64::new);
         let mut leaves = Vec::new();
+        let mut sections = Vec::new();
         let mut i = 0;
         while i < n {
             let section_end = next_heading[i];
@@ -329,9 +357,10 @@ impl FixedChunker {
                 span: crate::book::Span::new(start, end),
                 input_tokens: prefix[j] - prefix[i],
             });
+            sections.push(units[i].section);
             i = j;
         }
-        leaves
+        (leaves, sections)
     }
 
     /// Where the leaf that starts at unit `i` ends (exclusive unit index), within `i+1..=end`.
@@ -403,9 +432,9 @@ impl Decomposer for FixedChunker {
             tracing::debug_span!("decompose", decomposer = "fixed", book = book.id().short())
                 .entered();
         let started = std::time::Instant::now();
-        let leaves = self.leaves(book)?;
+        let (leaves, sections) = self.leaves_and_sections(book)?;
         tracing::debug!(leaves = leaves.len(), elapsed = ?started.elapsed(), "leaves cut");
-        let groups = self.groups(leaves.len());
+        let groups = self.groups(&sections);
         let context_window = match self.config.context {
             ContextMode::None => 0,
             ContextMode::Previous => self.config.context_window,
@@ -434,6 +463,54 @@ struct Unit {
     start: usize,
     tokens: usize,
     boundary: Boundary,
+    /// 0, or the strength of the section this unit's heading starts (1 chapter, 2 book/part).
+    section: u8,
+}
+
+/// Cuts `sections.len()` nodes into consecutive groups of at most `max` (and, where the count
+/// allows, at least `min`) nodes: the fewest groups, then cuts before the strongest section
+/// starts, then the most even sizes. A dynamic program over positions, O(n × (max − min)).
+fn partition(sections: &[u8], min: usize, max: usize) -> Vec<usize> {
+    let n = sections.len();
+    if n <= max {
+        return vec![n];
+    }
+    let k = n.div_ceil(max);
+    let min = min.min(n / k).clamp(1, max);
+    // Costs in strict priority: a group, then a cut at a weak boundary, then unevenness.
+    const GROUP: u128 = 1 << 100;
+    const WEAK_CUT: u128 = 1 << 64;
+    let mut cost = vec![u128::MAX; n + 1];
+    let mut size_at = vec![0usize; n + 1];
+    cost[0] = 0;
+    for i in 1..=n {
+        for s in min..=max.min(i) {
+            let start = i - s;
+            if cost[start] == u128::MAX {
+                continue;
+            }
+            let weak = if start == 0 { 0 } else { 2 - sections[start].min(2) } as u128;
+            let uneven = (s * k).abs_diff(n) as u128;
+            let c = cost[start] + GROUP + weak * WEAK_CUT + uneven * uneven;
+            if c < cost[i] {
+                cost[i] = c;
+                size_at[i] = s;
+            }
+        }
+    }
+    if cost[n] == u128::MAX {
+        // Unreachable with min <= n / k, but never panic: fall back to an even split.
+        let (base, extra) = (n / k, n % k);
+        return (0..k).map(|i| base + usize::from(i < extra)).collect();
+    }
+    let mut sizes = Vec::with_capacity(k);
+    let mut i = n;
+    while i > 0 {
+        sizes.push(size_at[i]);
+        i -= size_at[i];
+    }
+    sizes.reverse();
+    sizes
 }
 
 fn floor_char(s: &str, mut i: usize) -> usize {
@@ -571,7 +648,7 @@ mod tests {
     #[test]
     fn grouping_respects_fanout_and_budget() {
         let c = chunker(600);
-        let groups = c.groups(200);
+        let groups = c.groups(&[0; 200]);
         assert_eq!(groups.last().unwrap().len(), 1);
         for (h, level) in groups.iter().enumerate() {
             let cap = output_cap(&[128, 192, 384], h as u32);
@@ -580,8 +657,35 @@ mod tests {
             }
         }
         assert_eq!(groups[0].len(), 16); // ceil(200 / 13)
-        assert!(c.groups(1).is_empty());
-        assert_eq!(c.groups(3), vec![vec![3]]);
+        assert!(c.groups(&[0]).is_empty());
+        assert_eq!(c.groups(&[0; 3]), vec![vec![3]]);
+        assert_eq!(groups[0].iter().sum::<usize>(), 200);
+        assert!(groups[0].iter().all(|&g| g == 12 || g == 13), "{:?}", groups[0]);
+    }
+
+    #[test]
+    fn parents_align_to_chapters() {
+        // 6 chapters of 4 leaves each; groups of at most 9: the fewest groups is 3, and cuts
+        // at chapter starts are possible (8 + 8 + 8).
+        let mut sections = vec![0u8; 24];
+        for c in 0..6 {
+            sections[c * 4] = 1;
+        }
+        assert_eq!(partition(&sections, 5, 9), vec![8, 8, 8]);
+        // Book starts beat chapter starts.
+        sections[12] = 2;
+        let sizes = partition(&sections, 2, 13);
+        assert_eq!(sizes, vec![12, 12]);
+        // Without headings: even sizes.
+        assert_eq!(partition(&[0; 27], 5, 13), vec![9, 9, 9]);
+        // A count that cannot meet the minimum still partitions.
+        assert_eq!(partition(&[0; 7], 5, 6).iter().sum::<usize>(), 7);
+        let c =
+            FixedChunker::new(FixedConfig { align_to_headings: false, ..FixedConfig::default() })
+                .unwrap();
+        let mut many = vec![0u8; 30];
+        many[3] = 2;
+        assert_eq!(c.groups(&many)[0], vec![10, 10, 10]);
     }
 
     #[test]
