@@ -141,11 +141,17 @@ impl LlamaConfig {
 struct Linear {
     w: QMatMul,
     b: Option<Tensor>,
+    /// Zero columns appended to the input (the weight was padded to a fast kernel's width).
+    pad: usize,
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.w.forward(x)?;
+        let y = if self.pad > 0 {
+            self.w.forward(&x.pad_with_zeros(candle_core::D::Minus1, 0, self.pad)?)?
+        } else {
+            self.w.forward(x)?
+        };
         match &self.b {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -174,7 +180,7 @@ pub struct LlamaModel {
     tok_embd: QMatMul,
     layers: Vec<Layer>,
     out_norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     cos: Tensor,
     sin: Tensor,
 }
@@ -210,6 +216,49 @@ fn model_err(path: &Path, message: impl std::fmt::Display) -> InferError {
 /// Whether `dtype` lacks a fast CPU kernel in candle and is better requantized to Q8_0.
 fn slow_on_cpu(dtype: GgmlDType) -> bool {
     matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
+}
+
+/// On x86 CPUs with VNNI, candle multiplies Q8_0 weights with a tiled int8 kernel when the
+/// input width is a multiple of 256 (and falls back to a much slower per-row dot product
+/// otherwise): weights are padded with zero columns to that width. `RRM_NO_PAD=1` turns it off.
+fn cpu_pad_multiple() -> Option<usize> {
+    if std::env::var_os("RRM_NO_PAD").is_some_and(|v| !v.is_empty() && v != "0") {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni")
+        {
+            return Some(256);
+        }
+    }
+    None
+}
+
+/// Readies one weight for its device: on CPU, slow types are requantized to Q8_0, and Q8_0
+/// weights are padded to `pad_to` input columns where that reaches a faster kernel. Returns
+/// the weight and the number of zero columns its input needs.
+fn prepare_weight(
+    t: QTensor,
+    cpu: bool,
+    pad_to: Option<usize>,
+) -> candle_core::Result<(QTensor, usize)> {
+    let Ok((n, k)) = t.shape().dims2() else { return Ok((t, 0)) };
+    if !cpu || k % 32 != 0 {
+        return Ok((t, 0));
+    }
+    let to_q8 = slow_on_cpu(t.dtype()) || t.dtype() == GgmlDType::Q8_0;
+    let pad = match pad_to {
+        Some(m) if to_q8 && k % m != 0 && n % 16 == 0 => k.div_ceil(m) * m - k,
+        _ => 0,
+    };
+    if pad == 0 && !slow_on_cpu(t.dtype()) {
+        return Ok((t, 0));
+    }
+    let f = t.dequantize(&Device::Cpu)?;
+    let f = if pad > 0 { f.pad_with_zeros(1, 0, pad)? } else { f };
+    Ok((QTensor::quantize(&f, GgmlDType::Q8_0)?, pad))
 }
 
 /// Everything [`LlamaModel::load`] reads from one GGUF file.
@@ -259,17 +308,10 @@ impl LlamaModel {
             Ok(t)
         };
         let cpu = device.is_cpu();
-        let matmul = |t: QTensor| -> Result<QMatMul, InferError> {
-            let t = if cpu
-                && slow_on_cpu(t.dtype())
-                && t.shape().dims().last().is_some_and(|k| k % 32 == 0)
-            {
-                let f = t.dequantize(&Device::Cpu).map_err(|e| model_err(path, e))?;
-                QTensor::quantize(&f, GgmlDType::Q8_0).map_err(|e| model_err(path, e))?
-            } else {
-                t
-            };
-            QMatMul::from_qtensor(t).map_err(|e| model_err(path, e))
+        let pad_to = if cpu { cpu_pad_multiple() } else { None };
+        let matmul = |t: QTensor| -> Result<(QMatMul, usize), InferError> {
+            let (t, pad) = prepare_weight(t, cpu, pad_to).map_err(|e| model_err(path, e))?;
+            Ok((QMatMul::from_qtensor(t).map_err(|e| model_err(path, e))?, pad))
         };
         let dense = |t: QTensor| -> Result<Tensor, InferError> {
             t.dequantize(device).map_err(|e| model_err(path, e))
@@ -278,22 +320,9 @@ impl LlamaModel {
         let qwen = cfg.arch == Arch::Qwen2;
         let has = |name: &str| content.tensor_infos.contains_key(name);
         let tok_embd_q = read("token_embd.weight", &[cfg.vocab_size, h])?;
-        let output = if has("output.weight") {
-            matmul(read("output.weight", &[cfg.vocab_size, h])?)?
-        } else {
-            let data = tok_embd_q.data().map_err(|e| model_err(path, e))?.into_owned();
-            let copy = QTensor::new(
-                candle_core::quantized::QStorage::from_data(
-                    data.into(),
-                    device,
-                    tok_embd_q.dtype(),
-                )
-                .map_err(|e| model_err(path, e))?,
-                tok_embd_q.shape().clone(),
-            )
-            .map_err(|e| model_err(path, e))?;
-            matmul(copy)?
-        };
+        let out_name = if has("output.weight") { "output.weight" } else { "token_embd.weight" };
+        let (w, pad) = matmul(read(out_name, &[cfg.vocab_size, h])?)?;
+        let output = Linear { w, b: None, pad };
         let tok_embd = QMatMul::from_qtensor(tok_embd_q).map_err(|e| model_err(path, e))?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
@@ -303,11 +332,11 @@ impl LlamaModel {
                            inp: usize,
                            bias: bool|
              -> Result<Linear, InferError> {
-                let w = matmul(read(&format!("{p}.{name}.weight"), &[out, inp])?)?;
+                let (w, pad) = matmul(read(&format!("{p}.{name}.weight"), &[out, inp])?)?;
                 let bname = format!("{p}.{name}.bias");
                 let b =
                     if bias || has(&bname) { Some(dense(read(&bname, &[out])?)?) } else { None };
-                Ok(Linear { w, b })
+                Ok(Linear { w, b, pad })
             };
             let wq = lin("attn_q", nh * hd, h, qwen)?;
             let wk = lin("attn_k", nkv * hd, h, qwen)?;
