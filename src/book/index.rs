@@ -124,6 +124,7 @@ fn drop_contents_lists(text: &str, idx: &mut Index) {
 /// Splits one block of non-blank lines into paragraphs (heading lines stand alone), then
 /// paragraphs into sentences.
 fn flush_block(text: &str, lines: &[Span], idx: &mut Index) {
+    let ends = soft_paragraph_ends(text, lines);
     let mut para_start: Option<usize> = None;
     let mut para_end = 0;
     for (i, line) in lines.iter().enumerate() {
@@ -140,13 +141,41 @@ fn flush_block(text: &str, lines: &[Span], idx: &mut Index) {
             idx.headings.push(Heading { span, kind });
             push_paragraph(text, *line, idx);
         } else {
-            para_start.get_or_insert(line.start);
+            let start = *para_start.get_or_insert(line.start);
             para_end = line.end;
+            if ends.get(i).copied().unwrap_or(false) {
+                push_paragraph(text, Span::new(start, para_end), idx);
+                para_start = None;
+            }
         }
     }
     if let Some(start) = para_start {
         push_paragraph(text, Span::new(start, para_end), idx);
     }
+}
+
+/// Lines of a block this long may hide paragraphs (texts that lost their blank lines).
+const SOFT_PARAGRAPH_BLOCK: usize = 20;
+
+/// In a long block with no blank lines, the lines that end a paragraph: a sentence ends there
+/// and the line is clearly shorter than the block's full lines (under 80% of the 90th
+/// percentile length), as hard-wrapped prose leaves it. Short blocks: none.
+fn soft_paragraph_ends(text: &str, lines: &[Span]) -> Vec<bool> {
+    if lines.len() < SOFT_PARAGRAPH_BLOCK {
+        return Vec::new();
+    }
+    let lens: Vec<usize> = lines.iter().map(|l| l.slice(text).trim_end().len()).collect();
+    let mut sorted = lens.clone();
+    sorted.sort_unstable();
+    let full = sorted[sorted.len() * 9 / 10];
+    lines
+        .iter()
+        .zip(&lens)
+        .map(|(line, &len)| {
+            let t = line.slice(text).trim_end().trim_end_matches(['"', '\'', '’', '”', ')']);
+            len * 5 < full * 4 && t.ends_with(['.', '!', '?'])
+        })
+        .collect()
 }
 
 fn push_paragraph(text: &str, span: Span, idx: &mut Index) {
@@ -434,6 +463,22 @@ mod tests {
         let idx = index(text);
         assert_eq!(idx.headings.len(), 1);
         assert!(idx.headings[0].span.slice(text).starts_with("CHAPTER 56."));
+    }
+
+    #[test]
+    fn paragraphs_without_blank_lines() {
+        let full = "a line of text that is as long as the lines of this block are, ok\n";
+        let mut text = String::new();
+        for _ in 0..3 {
+            text.push_str(&full.repeat(8));
+            text.push_str("The end of it.\n");
+        }
+        let idx = index(&text);
+        assert_eq!(idx.paragraphs.len(), 3);
+        assert!(idx.paragraphs[0].slice(&text).ends_with("The end of it."));
+        // Short blocks keep their lines together.
+        let idx = index("One line.\nShort.\nAnother line here.\n");
+        assert_eq!(idx.paragraphs.len(), 1);
     }
 
     #[test]
