@@ -115,6 +115,14 @@ pub struct Candidate {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CandidateSet {
     pub gen_key: String,
+    /// What the node summarizes, independent of model and sampling ([`input_key`]): feedback
+    /// and reward models key on this.
+    pub input_key: String,
+    pub height: u32,
+    /// The text the node summarizes (a passage, or its children's summaries joined).
+    pub input: String,
+    /// Previous context shown before the input, if any.
+    pub context: Option<String>,
     pub model: ModelIdentity,
     pub template: String,
     pub sampling: SamplingParams,
@@ -130,6 +138,7 @@ pub struct CandidateSet {
 pub struct NodeOutput {
     pub output_key: String,
     pub gen_key: String,
+    pub input_key: String,
     pub text: String,
     pub chosen: usize,
     pub selector: String,
@@ -263,6 +272,8 @@ struct Prepared {
     label: String,
     height: u32,
     input: String,
+    context: Option<String>,
+    input_key: String,
     gen_key: String,
     output_key: String,
     requests: Vec<GenerationRequest>,
@@ -487,33 +498,19 @@ impl Composer {
         let sampling = self.options.sampling_for_candidates().clone();
         let best_of = self.options.best_of.max(1);
 
-        let model = self.generator.identity();
-        let mut h = blake3::Hasher::new();
-        for part in [
-            "rrm-node-v1",
-            template.id,
-            &template.version.to_string(),
+        let input_key = input_key(template, &input, context.as_deref());
+        let gen_key = hash_parts(&[
+            "rrm-node-v2",
+            &input_key,
             &POSTPROCESS_VERSION.to_string(),
-            &model.hash,
+            &self.generator.identity().hash,
             &serde_json::to_string(&sampling).unwrap_or_default(),
             &max_tokens.to_string(),
             &best_of.to_string(),
             &self.options.seed.to_string(),
             &format!("{}:{}", self.options.loop_ngram, self.options.loop_max_repeats),
-            &input,
-            context.as_deref().unwrap_or("\u{0}none"),
-        ] {
-            // Length-prefix every part so that no two different part lists hash alike.
-            h.update(&(part.len() as u64).to_le_bytes());
-            h.update(part.as_bytes());
-        }
-        let gen_key = h.finalize().to_hex().to_string();
-        let output_key = {
-            let mut h = blake3::Hasher::new();
-            h.update(gen_key.as_bytes());
-            h.update(self.selector.id().as_bytes());
-            h.finalize().to_hex().to_string()
-        };
+        ]);
+        let output_key = hash_parts(&["rrm-output-v1", &gen_key, &self.selector.id()]);
         let requests = (0..best_of)
             .map(|i| GenerationRequest {
                 messages: messages.clone(),
@@ -522,7 +519,17 @@ impl Composer {
                 seed: candidate_seed(&gen_key, i),
             })
             .collect();
-        Ok(Prepared { id, label, height: node.height, input, gen_key, output_key, requests })
+        Ok(Prepared {
+            id,
+            label,
+            height: node.height,
+            input,
+            context,
+            input_key,
+            gen_key,
+            output_key,
+            requests,
+        })
     }
 
     fn candidate_set(
@@ -547,6 +554,10 @@ impl Composer {
         let first = &prepared.requests[0];
         Ok(CandidateSet {
             gen_key: prepared.gen_key.clone(),
+            input_key: prepared.input_key.clone(),
+            height: prepared.height,
+            input: prepared.input.clone(),
+            context: prepared.context.clone(),
             model: self.generator.identity().clone(),
             template: format!(
                 "{}@{}",
@@ -599,6 +610,7 @@ impl Composer {
         let out = NodeOutput {
             output_key: prepared.output_key.clone(),
             gen_key: prepared.gen_key.clone(),
+            input_key: prepared.input_key.clone(),
             text: set.candidates.get(chosen).map(|c| c.text.clone()).unwrap_or_default(),
             chosen,
             selector: self.selector.id(),
@@ -608,6 +620,29 @@ impl Composer {
         self.store.flush()?;
         Ok(out)
     }
+}
+
+/// The key of what a node summarizes: template (id and version), input text and context. It
+/// does not depend on the model or sampling, so feedback on a node applies to candidates from
+/// any model, and survives re-decomposition when the same passage recurs.
+pub fn input_key(template: &prompt::Template, input: &str, context: Option<&str>) -> String {
+    hash_parts(&[
+        "rrm-input-v1",
+        template.id,
+        &template.version.to_string(),
+        input,
+        context.unwrap_or("\u{0}none"),
+    ])
+}
+
+/// blake3 over length-prefixed parts, so that no two different part lists hash alike.
+fn hash_parts(parts: &[&str]) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in parts {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().to_hex().to_string()
 }
 
 fn deps_of(tree: &TaskTree, id: NodeId) -> Vec<NodeId> {
