@@ -9,13 +9,14 @@
 //! says (in seconds); a refused connection, an HTTP 4xx and a malformed reply are not retried and
 //! surface as an [`OpenAiError`] that names the URL and quotes the server's message.
 //!
-//! How the [`SamplingParams`](super::SamplingParams) travel: `temperature`, `top_p`, `seed` and
+//! How the [`SamplingParams`] travel: `temperature`, `top_p`, `seed` and
 //! `max_tokens` are standard fields. `top_k` and `repetition_penalty` are not; with
 //! [`OpenAiConfig::sampling_extensions`] on (the default) they are sent under the names vLLM
 //! (`top_k`, `repetition_penalty`) and the llama.cpp server (`top_k`, `repeat_penalty`) read and
 //! other servers ignore; with it off (for hosted services that reject unknown fields) a repetition
 //! penalty `r` becomes the standard `presence_penalty = clamp(5·(r−1), −2, 2)`, a heuristic, and
-//! `top_k` is dropped. `no_repeat_ngram` has no equivalent in the protocol and is not sent. Seeds
+//! `top_k` is dropped. `presence_penalty` rather than `frequency_penalty`, because our penalty,
+//! like it, applies once to every token already seen, however often (r = 1.2 gives 1.0). `no_repeat_ngram` has no equivalent in the protocol and is not sent. Seeds
 //! are sent modulo 2³¹, which every server accepts.
 //!
 //! The remote tokenizer is unknown, so [`Generator::count_tokens`] approximates (one token per four
