@@ -164,6 +164,23 @@ mod tests {
     }
 
     #[test]
+    fn tokenizer_counter_counts_with_the_tokenizer() {
+        let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+            "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,
+            "decoder":null,"model":{"type":"WordLevel","vocab":{"the":0,"cat":1,"[UNK]":2},
+            "unk_token":"[UNK]"}}"#;
+        let tokenizer: tokenizers::Tokenizer = json.parse().unwrap();
+        let counter = TokenizerCounter::new(Arc::new(tokenizer), "wordlevel-test");
+        assert_eq!(counter.count("the cat sat."), 4);
+        assert_eq!(counter.name(), "wordlevel-test");
+        let chunker = FixedChunker::new(FixedConfig::default()).unwrap();
+        let chunker = chunker.with_counter(Arc::new(counter));
+        let tree = chunker.decompose(&Book::from_text("t", "the cat. the cat.")).unwrap();
+        assert_eq!(tree.decomposer().config["token_counter"], "wordlevel-test");
+        assert_eq!(tree.node(tree.root()).input_tokens, 6);
+    }
+
+    #[test]
     fn approx_is_additive_at_whitespace_and_subadditive_elsewhere() {
         let c = ApproxCounter;
         let text = "Alice was beginning\n\nto get very-tired of sitting.  Yes!";
