@@ -45,6 +45,36 @@ fn check_ragged_batch(opts: &TinyOptions) {
 }
 
 #[test]
+fn cpu_attention_and_tensor_attention_agree() {
+    for arch in ["llama", "qwen2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        tiny_gguf(&path, 2, &TinyOptions { arch, ..TinyOptions::default() }).unwrap();
+        let host = LlamaModel::load(&path, &Device::Cpu).unwrap().model;
+        let mut tensor = LlamaModel::load(&path, &Device::Cpu).unwrap().model;
+        tensor.use_tensor_attention();
+        let mut run = |m: &LlamaModel| {
+            let mut caches: Vec<_> =
+                prompts().iter().map(|p| m.new_cache(p.len() + 2).unwrap()).collect();
+            let ps = prompts();
+            let mut batch: Vec<(&[u32], _)> =
+                ps.iter().map(|p| p.as_slice()).zip(caches.iter_mut()).collect();
+            let a = m.forward(&mut batch).unwrap().to_vec2::<f32>().unwrap();
+            let seven = [7u32];
+            let mut batch: Vec<(&[u32], _)> = caches.iter_mut().map(|c| (&seven[..], c)).collect();
+            let b = m.forward(&mut batch).unwrap().to_vec2::<f32>().unwrap();
+            (a, b)
+        };
+        let (a1, b1) = run(&host);
+        let (a2, b2) = run(&tensor);
+        for i in 0..a1.len() {
+            assert!(max_diff(&a1[i], &a2[i]) < 1e-4, "{arch} prefill row {i}");
+            assert!(max_diff(&b1[i], &b2[i]) < 1e-4, "{arch} decode row {i}");
+        }
+    }
+}
+
+#[test]
 fn ragged_batch_logits_equal_single_sequence_logits_llama() {
     check_ragged_batch(&TinyOptions { tied: false, ..TinyOptions::default() });
 }

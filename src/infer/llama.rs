@@ -30,6 +30,8 @@ use candle_core::{DType, Device, Module, Tensor};
 use super::tokenizer::GgufTokenizer;
 use super::InferError;
 
+mod host_attention;
+
 /// Which member of the family: decides the RoPE layout and the attention biases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -183,16 +185,27 @@ pub struct LlamaModel {
     output: Linear,
     cos: Tensor,
     sin: Tensor,
+    /// The same tables as plain buffers for the CPU attention.
+    cos_host: Vec<f32>,
+    sin_host: Vec<f32>,
+    /// Attention over plain CPU buffers (the default on CPU) rather than tensor ops.
+    host_attention: bool,
 }
 
 /// The keys and values a sequence has seen, one preallocated `(n_kv_head, capacity, head_dim)`
 /// buffer per layer, filled from the front.
 #[derive(Debug)]
 pub struct KvCache {
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
+    store: KvStore,
     len: usize,
     capacity: usize,
+}
+
+/// Where a cache lives: plain buffers on the CPU, tensors on other devices.
+#[derive(Debug)]
+enum KvStore {
+    Host(host_attention::HostKv),
+    Tensors { k: Vec<Tensor>, v: Vec<Tensor> },
 }
 
 impl KvCache {
@@ -350,7 +363,14 @@ impl LlamaModel {
             layers.push(Layer { attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down });
         }
         let out_norm = dense(read("output_norm.weight", &[h])?)?;
-        let (cos, sin) = rope_tables(&cfg, device).map_err(|e| model_err(path, e))?;
+        let (cos_host, sin_host) = rope_tables(&cfg);
+        let half = cfg.head_dim / 2;
+        let (cos, sin) = (|| {
+            let cos = Tensor::from_slice(&cos_host, (cfg.context_length, half), device)?;
+            let sin = Tensor::from_slice(&sin_host, (cfg.context_length, half), device)?;
+            candle_core::Result::Ok((cos, sin))
+        })()
+        .map_err(|e| model_err(path, e))?;
         let model = LlamaModel {
             config: cfg,
             device: device.clone(),
@@ -360,8 +380,18 @@ impl LlamaModel {
             output,
             cos,
             sin,
+            cos_host,
+            sin_host,
+            host_attention: device.is_cpu(),
         };
         Ok(LoadedGguf { model, tokenizer, path: path.to_path_buf() })
+    }
+
+    /// Uses the tensor-op attention (the GPU path) even on the CPU; for tests that check both
+    /// paths agree. Caches made before the switch do not fit the model after it.
+    #[doc(hidden)]
+    pub fn use_tensor_attention(&mut self) {
+        self.host_attention = false;
     }
 
     /// The device the weights live on.
@@ -373,6 +403,10 @@ impl LlamaModel {
     pub fn new_cache(&self, capacity: usize) -> candle_core::Result<KvCache> {
         let c = &self.config;
         let capacity = capacity.min(c.context_length).max(1);
+        if self.host_attention {
+            let store = KvStore::Host(host_attention::HostKv::new(c, capacity));
+            return Ok(KvCache { store, len: 0, capacity });
+        }
         let shape = (c.n_kv_head, capacity, c.head_dim);
         let mut k = Vec::with_capacity(c.n_layer);
         let mut v = Vec::with_capacity(c.n_layer);
@@ -380,7 +414,7 @@ impl LlamaModel {
             k.push(Tensor::zeros(shape, DType::F32, &self.device)?);
             v.push(Tensor::zeros(shape, DType::F32, &self.device)?);
         }
-        Ok(KvCache { k, v, len: 0, capacity })
+        Ok(KvCache { store: KvStore::Tensors { k, v }, len: 0, capacity })
     }
 
     /// Runs one step for a batch of sequences: each gets its new `tokens` appended to its cache,
@@ -411,77 +445,41 @@ impl LlamaModel {
         }
         let n = tokens.len();
         let ids = Tensor::from_vec(tokens, n, dev)?;
-        let pos = Tensor::from_vec(positions, n, dev)?;
-        let cos = self.cos.index_select(&pos, 0)?.contiguous()?;
-        let sin = self.sin.index_select(&pos, 0)?.contiguous()?;
-        // Per-sequence causal masks, shared by all layers (None for a single new token).
-        let group = c.n_head / c.n_kv_head;
-        let masks = spans
-            .iter()
-            .map(|&(_, t, p0)| causal_mask(t, p0, group, dev))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
-
+        let host = self.host_attention;
         let mut x = self.tok_embd.embedding(&ids)?;
+        // The tensor path's RoPE rows and causal masks, shared by all layers.
+        let tensor_prep = if host { None } else { Some(self.tensor_prep(&positions, &spans)?) };
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps as f32)?;
             let q = layer.wq.forward(&h)?;
             let k = layer.wk.forward(&h)?;
             let v = layer.wv.forward(&h)?;
-            // (N, heads*d) -> (1, heads, N, d)
-            let q = q
-                .reshape((n, c.n_head, c.head_dim))?
-                .transpose(0, 1)?
-                .contiguous()?
-                .unsqueeze(0)?;
-            let k = k
-                .reshape((n, c.n_kv_head, c.head_dim))?
-                .transpose(0, 1)?
-                .contiguous()?
-                .unsqueeze(0)?;
-            let v = v.reshape((n, c.n_kv_head, c.head_dim))?.transpose(0, 1)?;
-            let (q, k) = match c.arch {
-                Arch::Llama => (
-                    candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
-                ),
-                Arch::Qwen2 => (
-                    candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
-                ),
+            let attn = match &tensor_prep {
+                None => {
+                    let mut caches = batch
+                        .iter_mut()
+                        .map(|(_, cache)| match &mut cache.store {
+                            KvStore::Host(kv) => Ok((kv, cache.capacity)),
+                            KvStore::Tensors { .. } => {
+                                candle_core::bail!("a device cache was given to the CPU model")
+                            }
+                        })
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    host_attention::attention(
+                        c,
+                        li,
+                        &q,
+                        &k,
+                        &v,
+                        &positions,
+                        &spans,
+                        &mut caches,
+                        &self.cos_host,
+                        &self.sin_host,
+                    )?
+                }
+                Some(prep) => self.tensor_attention(li, &q, &k, &v, prep, &spans, batch)?,
             };
-            let q = (q.squeeze(0)? * scale)?;
-            let k = k.squeeze(0)?;
-            let mut outs = Vec::with_capacity(spans.len());
-            for (bi, &(start, t, p0)) in spans.iter().enumerate() {
-                let cache = &mut *batch[bi].1;
-                let k_new = k.narrow(1, start, t)?.contiguous()?;
-                let v_new = v.narrow(1, start, t)?.contiguous()?;
-                cache.k[li].slice_set(&k_new, 1, p0)?;
-                cache.v[li].slice_set(&v_new, 1, p0)?;
-                let len = p0 + t;
-                let kk = cache.k[li].narrow(1, 0, len)?;
-                let vv = cache.v[li].narrow(1, 0, len)?;
-                // The query heads sharing a KV head become the rows of one matmul.
-                let qi = q.narrow(1, start, t)?.contiguous()?.reshape((
-                    c.n_kv_head,
-                    group * t,
-                    c.head_dim,
-                ))?;
-                let att = qi.matmul(&kk.t()?)?;
-                let att = match &masks[bi] {
-                    Some(m) => att.broadcast_add(m)?,
-                    None => att,
-                };
-                let att = candle_nn::ops::softmax_last_dim(&att)?;
-                let o = att.matmul(&vv)?; // (kv, g*t, d)
-                let o = o
-                    .reshape((c.n_head, t, c.head_dim))?
-                    .transpose(0, 1)?
-                    .reshape((t, c.n_head * c.head_dim))?;
-                outs.push(o);
-            }
-            let attn = if outs.len() == 1 { outs.swap_remove(0) } else { Tensor::cat(&outs, 0)? };
             x = (x + layer.wo.forward(&attn)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.rms_eps as f32)?;
             let gate = candle_nn::ops::silu(&layer.w_gate.forward(&h)?)?;
@@ -496,6 +494,105 @@ impl LlamaModel {
         let x = x.index_select(&last, 0)?;
         let x = candle_nn::ops::rms_norm(&x, &self.out_norm, c.rms_eps as f32)?;
         self.output.forward(&x)?.to_dtype(DType::F32)
+    }
+}
+
+struct TensorPrep {
+    cos: Tensor,
+    sin: Tensor,
+    masks: Vec<Option<Tensor>>,
+}
+
+impl LlamaModel {
+    fn tensor_prep(
+        &self,
+        positions: &[u32],
+        spans: &[(usize, usize, usize)],
+    ) -> candle_core::Result<TensorPrep> {
+        let dev = &self.device;
+        let group = self.config.n_head / self.config.n_kv_head;
+        let pos = Tensor::from_slice(positions, positions.len(), dev)?;
+        Ok(TensorPrep {
+            cos: self.cos.index_select(&pos, 0)?.contiguous()?,
+            sin: self.sin.index_select(&pos, 0)?.contiguous()?,
+            masks: spans
+                .iter()
+                .map(|&(_, t, p0)| causal_mask(t, p0, group, dev))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+        })
+    }
+
+    /// Attention with tensor ops, for devices other than the CPU: RoPE on all rows at once,
+    /// then per sequence a write into its cache and a masked attention over it.
+    #[allow(clippy::too_many_arguments)]
+    fn tensor_attention(
+        &self,
+        li: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        prep: &TensorPrep,
+        spans: &[(usize, usize, usize)],
+        batch: &mut [(&[u32], &mut KvCache)],
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let n = q.dim(0)?;
+        let group = c.n_head / c.n_kv_head;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        // (N, heads*d) -> (1, heads, N, d)
+        let q =
+            q.reshape((n, c.n_head, c.head_dim))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
+        let k =
+            k.reshape((n, c.n_kv_head, c.head_dim))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
+        let v = v.reshape((n, c.n_kv_head, c.head_dim))?.transpose(0, 1)?;
+        let (q, k) = match c.arch {
+            Arch::Llama => (
+                candle_nn::rotary_emb::rope_i(&q, &prep.cos, &prep.sin)?,
+                candle_nn::rotary_emb::rope_i(&k, &prep.cos, &prep.sin)?,
+            ),
+            Arch::Qwen2 => (
+                candle_nn::rotary_emb::rope(&q, &prep.cos, &prep.sin)?,
+                candle_nn::rotary_emb::rope(&k, &prep.cos, &prep.sin)?,
+            ),
+        };
+        let q = (q.squeeze(0)? * scale)?;
+        let k = k.squeeze(0)?;
+        let mut outs = Vec::with_capacity(spans.len());
+        for (bi, &(start, t, p0)) in spans.iter().enumerate() {
+            let KvStore::Tensors { k: ck, v: cv } = &mut batch[bi].1.store else {
+                candle_core::bail!("a CPU cache was given to the device model")
+            };
+            let k_new = k.narrow(1, start, t)?.contiguous()?;
+            let v_new = v.narrow(1, start, t)?.contiguous()?;
+            ck[li].slice_set(&k_new, 1, p0)?;
+            cv[li].slice_set(&v_new, 1, p0)?;
+            let len = p0 + t;
+            let kk = ck[li].narrow(1, 0, len)?;
+            let vv = cv[li].narrow(1, 0, len)?;
+            // The query heads sharing a KV head become the rows of one matmul.
+            let qi = q.narrow(1, start, t)?.contiguous()?.reshape((
+                c.n_kv_head,
+                group * t,
+                c.head_dim,
+            ))?;
+            let att = qi.matmul(&kk.t()?)?;
+            let att = match &prep.masks[bi] {
+                Some(m) => att.broadcast_add(m)?,
+                None => att,
+            };
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let o = att.matmul(&vv)?; // (kv, g*t, d)
+            let o = o
+                .reshape((c.n_head, t, c.head_dim))?
+                .transpose(0, 1)?
+                .reshape((t, c.n_head * c.head_dim))?;
+            outs.push(o);
+        }
+        if outs.len() == 1 {
+            Ok(outs.swap_remove(0))
+        } else {
+            Tensor::cat(&outs, 0)
+        }
     }
 }
 
@@ -524,7 +621,7 @@ fn causal_mask(
     Ok(Some(Tensor::from_vec(m, (1, group * t, len), dev)?))
 }
 
-fn rope_tables(cfg: &LlamaConfig, dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+fn rope_tables(cfg: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
     let half = cfg.head_dim / 2;
     let max = cfg.context_length;
     let inv: Vec<f32> =
@@ -538,7 +635,7 @@ fn rope_tables(cfg: &LlamaConfig, dev: &Device) -> candle_core::Result<(Tensor, 
             sin.push(a.sin());
         }
     }
-    Ok((Tensor::from_vec(cos, (max, half), dev)?, Tensor::from_vec(sin, (max, half), dev)?))
+    (cos, sin)
 }
 
 /// Shape check helper kept for the tests: a `(B, vocab)` logits tensor as rows.
