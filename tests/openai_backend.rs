@@ -417,22 +417,25 @@ async fn servers_that_reject_logprobs_are_asked_without_them() {
 
 #[tokio::test]
 async fn api_key_is_sent_as_a_bearer_token() {
-    let (base, _) = serve(|_, _, headers| {
+    // An environment variable every process has: setting one here could race other threads that
+    // read the environment.
+    let var = "PATH";
+    let key = std::env::var(var).expect("PATH is set").trim().to_string();
+    let expected = format!("Bearer {key}");
+    let (base, _) = serve(move |_, _, headers| {
         let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
-        if auth == "Bearer test-key-123" {
+        if auth == expected {
             success("authorized", None, "stop")
         } else {
             Reply::json(401, json!({"error": {"message": "invalid api key"}}))
         }
     })
     .await;
-    let var = "RRM_TEST_OPENAI_KEY_2B7F";
-    std::env::set_var(var, "test-key-123");
     let mut with_key = config(&base);
     with_key.api_key_env = Some(var.into());
     let generator = OpenAiGenerator::new(with_key).expect("generator");
     assert_eq!(generate_one(&generator, 1).await.expect("completion").text, "authorized");
-    assert!(!format!("{generator:?}").contains("test-key-123"), "Debug must not print the key");
+    assert!(!format!("{generator:?}").contains(&key), "Debug must not print the key");
 
     let without = OpenAiGenerator::new(config(&base)).expect("generator");
     let err = openai_error(generate_one(&without, 1).await);
