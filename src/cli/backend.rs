@@ -4,16 +4,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::{Args, ValueEnum};
 
-use crate::infer::engine::{DeviceChoice, EngineConfig, LocalGenerator};
-use crate::infer::fetch;
+use super::models::LocalModelArgs;
+use crate::infer::engine::{DeviceChoice, EngineConfig};
+use crate::infer::fetch::DEFAULT_GENERATOR;
 use crate::infer::openai::{OpenAiConfig, OpenAiGenerator};
 use crate::infer::Generator;
-
-/// The default local policy model.
-pub const DEFAULT_POLICY: &str = "smollm2-135m";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -60,14 +58,14 @@ impl GeneratorOptions {
     pub fn start(&self, max_batch: usize, quiet: bool) -> anyhow::Result<Arc<dyn Generator>> {
         match self.backend {
             Backend::Local => {
-                let spec = self.model.as_deref().unwrap_or(DEFAULT_POLICY);
-                let (path, sha256) = resolve_policy(spec, self.models_dir.as_deref(), quiet)?;
-                let device = self.device.device()?;
+                let local = LocalModelArgs {
+                    model: self.model.clone().unwrap_or_else(|| DEFAULT_GENERATOR.to_string()),
+                    models_dir: self.models_dir.clone(),
+                    device: self.device,
+                };
                 let config =
                     EngineConfig { max_batch: max_batch.max(1), ..EngineConfig::default() };
-                let generator = LocalGenerator::load(&path, sha256, &device, config)
-                    .with_context(|| format!("loading the model {}", path.display()))?;
-                Ok(Arc::new(generator))
+                Ok(Arc::new(local.load(config, !quiet)?))
             }
             Backend::Openai => {
                 let Some(endpoint) = &self.endpoint else {
@@ -84,17 +82,4 @@ impl GeneratorOptions {
             }
         }
     }
-}
-
-/// A local model spec (a known name, fetched on first use, or a .gguf path) → its file and,
-/// when verified at download, its sha256.
-fn resolve_policy(
-    spec: &str,
-    models_dir: Option<&std::path::Path>,
-    quiet: bool,
-) -> anyhow::Result<(PathBuf, Option<String>)> {
-    let dir = fetch::models_dir(models_dir);
-    let resolved = fetch::resolve_model_with(spec, &dir, !quiet)
-        .with_context(|| format!("resolving the model {spec}"))?;
-    Ok((resolved.path, resolved.sha256))
 }
