@@ -1,0 +1,455 @@
+//! Per-level reward models: given a node's input text and a candidate summary, a scalar.
+//!
+//! - [`features`]: features from the frozen sentence encoder (cached embeddings, long inputs
+//!   windowed and pooled).
+//! - [`model`]: the MLP heads, an ensemble of `K` per tree height (or one shared ensemble with a
+//!   height embedding).
+//! - [`train`]: Bradley–Terry training with bootstrap ensembles and early stopping, the split by
+//!   book, and the metrics.
+//! - [`RewardModel`]: a trained checkpoint (safetensors + a JSON [`Card`]: data used, metrics,
+//!   encoder hash) saved under a folder with a `latest` pointer; [`RewardSelector`] plugs it
+//!   into the composer through the `Selector` seam, picking by ensemble mean − λ·std.
+//!
+//! Imports `feedback` (pairs), `infer` (the `Encoder` seam), `store` (the embedding cache) and
+//! the `compose` selector seam; never the CLI.
+
+pub mod features;
+pub mod model;
+pub mod synth;
+pub mod train;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::compose::select::SelectError;
+use crate::compose::{Candidate, CandidateScore, Selector};
+use crate::feedback::Pair;
+use crate::infer::{Encoder, InferError, ModelIdentity};
+use crate::store::Store;
+use features::Featurizer;
+use model::{mean_std, Heads, Scope};
+use train::{Metrics, PairTensors, TrainConfig};
+
+/// Version of the checkpoint layout.
+pub const FORMAT_VERSION: u32 = 1;
+/// The weights file of a checkpoint.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The card of a checkpoint.
+pub const CARD_FILE: &str = "card.json";
+/// The file in the checkpoints folder naming the newest checkpoint.
+pub const LATEST_FILE: &str = "latest";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RewardError {
+    #[error("no training pairs{0}")]
+    NoData(String),
+    #[error(transparent)]
+    Encoder(#[from] InferError),
+    #[error("reward model tensors: {0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error("{}: {reason}", path.display())]
+    File { path: PathBuf, reason: String },
+    #[error(
+        "the reward model {hash} was trained with encoder {trained}, but the encoder loaded is \
+         {loaded}"
+    )]
+    EncoderMismatch { hash: String, trained: String, loaded: String },
+}
+
+/// What a checkpoint was trained on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataSummary {
+    pub pairs: usize,
+    pub train_pairs: usize,
+    pub val_pairs: usize,
+    pub groups: usize,
+    pub val_groups: Vec<String>,
+    pub pairs_by_height: BTreeMap<u32, usize>,
+    /// Where the pairs came from (`store`, or a file path).
+    pub source: String,
+}
+
+/// The JSON card stored beside a checkpoint's weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Card {
+    pub format: u32,
+    /// blake3 of the weights file (hex, first 16 characters): the checkpoint's name.
+    pub hash: String,
+    pub created_unix: u64,
+    pub encoder: ModelIdentity,
+    pub encoder_max_tokens: usize,
+    pub feature_dim: usize,
+    /// `h0`, `h1`, … or `shared`.
+    pub scopes: Vec<String>,
+    pub config: TrainConfig,
+    pub data: DataSummary,
+    /// Per height (`h0`, …) on the validation books, and `all`.
+    pub metrics: BTreeMap<String, Metrics>,
+    /// Whether `metrics` are on held-out books (false: on the training pairs, for want of
+    /// a second book).
+    pub held_out: bool,
+    pub epochs: BTreeMap<String, Vec<usize>>,
+    pub train_seconds: f64,
+    pub featurize_seconds: f64,
+}
+
+/// A trained reward model: the card and the heads.
+#[derive(Debug, Clone)]
+pub struct RewardModel {
+    pub card: Card,
+    pub heads: Heads,
+}
+
+fn parse_scope(s: &str) -> Option<Scope> {
+    if s == "shared" {
+        Some(Scope::Shared)
+    } else {
+        s.strip_prefix('h').and_then(|h| h.parse().ok()).map(Scope::Height)
+    }
+}
+
+/// Builds feature tensors of `pairs` (their texts must have been prepared).
+pub fn pair_tensors(
+    featurizer: &Featurizer<'_>,
+    pairs: &[&Pair],
+) -> candle_core::Result<PairTensors> {
+    let d = featurizer.dim();
+    let mut c = Vec::with_capacity(pairs.len() * d);
+    let mut r = Vec::with_capacity(pairs.len() * d);
+    for p in pairs {
+        c.extend(featurizer.row(&p.input, &p.chosen));
+        r.extend(featurizer.row(&p.input, &p.rejected));
+    }
+    Ok(PairTensors {
+        chosen: Tensor::from_vec(c, (pairs.len(), d), &Device::Cpu)?,
+        rejected: Tensor::from_vec(r, (pairs.len(), d), &Device::Cpu)?,
+        target: pairs.iter().map(|p| p.target).collect(),
+        heights: pairs.iter().map(|p| p.height).collect(),
+    })
+}
+
+/// Embeds every text of `pairs` (through the store's cache when given).
+pub fn prepare_pairs(featurizer: &mut Featurizer<'_>, pairs: &[Pair]) -> Result<(), InferError> {
+    let mut texts: Vec<&str> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for p in pairs {
+        for t in [&p.input, &p.chosen, &p.rejected] {
+            if seen.insert(t.as_str()) {
+                texts.push(t);
+            }
+        }
+    }
+    // Bounded chunks keep memory flat and make the cache durable in steps.
+    for chunk in texts.chunks(512) {
+        featurizer.prepare(chunk)?;
+    }
+    Ok(())
+}
+
+impl RewardModel {
+    /// Trains on `pairs` (already filtered to the heights wanted): split by group, one ensemble
+    /// per height (or shared), metrics per height on the held-out groups.
+    pub fn train(
+        encoder: &dyn Encoder,
+        store: Option<Store>,
+        pairs: &[Pair],
+        config: &TrainConfig,
+        source: &str,
+    ) -> Result<RewardModel, RewardError> {
+        if pairs.is_empty() {
+            return Err(RewardError::NoData(String::new()));
+        }
+        let t0 = Instant::now();
+        let mut featurizer = Featurizer::new(encoder, store);
+        prepare_pairs(&mut featurizer, pairs)?;
+        let featurize_seconds = t0.elapsed().as_secs_f64();
+        Self::train_prepared(&featurizer, encoder, pairs, config, source, featurize_seconds)
+    }
+
+    /// [`RewardModel::train`] with every text already embedded in `featurizer`.
+    pub fn train_prepared(
+        featurizer: &Featurizer<'_>,
+        encoder: &dyn Encoder,
+        pairs: &[Pair],
+        config: &TrainConfig,
+        source: &str,
+        featurize_seconds: f64,
+    ) -> Result<RewardModel, RewardError> {
+        let t0 = Instant::now();
+        let val_groups = train::validation_groups(pairs, config.val_percent);
+        let (val, train): (Vec<&Pair>, Vec<&Pair>) =
+            pairs.iter().partition(|p| val_groups.contains(&p.group));
+        if train.is_empty() {
+            return Err(RewardError::NoData(" outside the validation books".into()));
+        }
+        let heights: BTreeSet<u32> = pairs.iter().map(|p| p.height).collect();
+        let scopes: Vec<Scope> = if config.shared {
+            vec![Scope::Shared]
+        } else {
+            heights.iter().map(|&h| Scope::Height(h)).collect()
+        };
+        let dim = featurizer.dim();
+        let mut heads = Heads::default();
+        let mut epochs = BTreeMap::new();
+        for &scope in &scopes {
+            let in_scope = |p: &&&Pair| match scope {
+                Scope::Shared => true,
+                Scope::Height(h) => p.height == h,
+            };
+            let tr: Vec<&Pair> = train.iter().filter(in_scope).copied().collect();
+            let va: Vec<&Pair> = val.iter().filter(in_scope).copied().collect();
+            if tr.is_empty() {
+                tracing::warn!("height scope {} has no training pairs; skipped", scope.name());
+                continue;
+            }
+            let tr = pair_tensors(featurizer, &tr)?;
+            let va = if va.is_empty() { None } else { Some(pair_tensors(featurizer, &va)?) };
+            let (members, ran) = train::train_ensemble(&tr, va.as_ref(), dim, scope, config)?;
+            heads.by_scope.insert(scope, members);
+            epochs.insert(scope.name(), ran);
+        }
+        let train_seconds = t0.elapsed().as_secs_f64();
+        let held_out = !val.is_empty();
+        let eval_set: Vec<&Pair> = if held_out { val.clone() } else { train.clone() };
+        let mut metrics = BTreeMap::new();
+        for &h in &heights {
+            let at: Vec<&Pair> = eval_set.iter().filter(|p| p.height == h).copied().collect();
+            if !at.is_empty() {
+                metrics.insert(
+                    format!("h{h}"),
+                    train::evaluate(&heads, &pair_tensors(featurizer, &at)?)?,
+                );
+            }
+        }
+        metrics
+            .insert("all".into(), train::evaluate(&heads, &pair_tensors(featurizer, &eval_set)?)?);
+        let mut pairs_by_height = BTreeMap::new();
+        for p in pairs {
+            *pairs_by_height.entry(p.height).or_default() += 1;
+        }
+        let groups: BTreeSet<&str> = pairs.iter().map(|p| p.group.as_str()).collect();
+        let card = Card {
+            format: FORMAT_VERSION,
+            hash: String::new(),
+            created_unix: crate::feedback::unix_now(),
+            encoder: encoder.identity().clone(),
+            encoder_max_tokens: encoder.max_tokens(),
+            feature_dim: dim,
+            scopes: heads.by_scope.keys().map(|s| s.name()).collect(),
+            config: config.clone(),
+            data: DataSummary {
+                pairs: pairs.len(),
+                train_pairs: train.len(),
+                val_pairs: val.len(),
+                groups: groups.len(),
+                val_groups: val_groups.into_iter().collect(),
+                pairs_by_height,
+                source: source.to_string(),
+            },
+            metrics,
+            held_out,
+            epochs,
+            train_seconds,
+            featurize_seconds,
+        };
+        Ok(RewardModel { card, heads })
+    }
+
+    /// Saves under `dir/<hash>/` and points `dir/latest` at it. Returns the checkpoint folder.
+    pub fn save(&mut self, dir: &Path) -> Result<PathBuf, RewardError> {
+        let file_err = |path: &Path, e: &dyn std::fmt::Display| RewardError::File {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, &e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".ckpt-")
+            .tempdir_in(dir)
+            .map_err(|e| file_err(dir, &e))?;
+        let weights = tmp.path().join(WEIGHTS_FILE);
+        candle_core::safetensors::save(&self.heads.to_tensors(), &weights)?;
+        let bytes = std::fs::read(&weights).map_err(|e| file_err(&weights, &e))?;
+        self.card.hash = blake3::hash(&bytes).to_hex()[..16].to_string();
+        let card = serde_json::to_vec_pretty(&self.card).map_err(|e| file_err(dir, &e))?;
+        std::fs::write(tmp.path().join(CARD_FILE), card).map_err(|e| file_err(dir, &e))?;
+        let target = dir.join(&self.card.hash);
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(|e| file_err(&target, &e))?;
+        }
+        let kept = tmp.keep();
+        std::fs::rename(&kept, &target).map_err(|e| file_err(&target, &e))?;
+        let latest = dir.join(LATEST_FILE);
+        let tmp_latest = dir.join(".latest.tmp");
+        std::fs::write(&tmp_latest, format!("{}\n", self.card.hash))
+            .map_err(|e| file_err(&tmp_latest, &e))?;
+        std::fs::rename(&tmp_latest, &latest).map_err(|e| file_err(&latest, &e))?;
+        Ok(target)
+    }
+
+    /// Resolves `spec`: `latest` (in `dir`), a checkpoint hash in `dir`, or a checkpoint folder.
+    pub fn resolve(spec: &str, dir: &Path) -> Result<PathBuf, RewardError> {
+        let path = if spec == "latest" {
+            let latest = dir.join(LATEST_FILE);
+            let name = std::fs::read_to_string(&latest).map_err(|_| RewardError::File {
+                path: latest.clone(),
+                reason: "no reward model trained yet (run `rrm reward train`)".into(),
+            })?;
+            dir.join(name.trim())
+        } else if Path::new(spec).join(CARD_FILE).exists() {
+            PathBuf::from(spec)
+        } else {
+            dir.join(spec)
+        };
+        if !path.join(CARD_FILE).exists() {
+            return Err(RewardError::File {
+                path,
+                reason: format!("not a reward checkpoint (no {CARD_FILE})"),
+            });
+        }
+        Ok(path)
+    }
+
+    /// Loads a checkpoint folder.
+    pub fn load(path: &Path) -> Result<RewardModel, RewardError> {
+        let card_path = path.join(CARD_FILE);
+        let bad = |p: &Path, reason: String| RewardError::File { path: p.to_path_buf(), reason };
+        let text = std::fs::read(&card_path).map_err(|e| bad(&card_path, e.to_string()))?;
+        let card: Card = serde_json::from_slice(&text)
+            .map_err(|e| bad(&card_path, format!("not a reward model card: {e}")))?;
+        if card.format != FORMAT_VERSION {
+            return Err(bad(&card_path, format!("unknown checkpoint format {}", card.format)));
+        }
+        let weights = path.join(WEIGHTS_FILE);
+        let bytes = std::fs::read(&weights).map_err(|e| bad(&weights, e.to_string()))?;
+        if blake3::hash(&bytes).to_hex()[..16] != card.hash {
+            return Err(bad(
+                &weights,
+                "does not match the card's hash (corrupt or replaced)".into(),
+            ));
+        }
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+        let scopes: Vec<Scope> = card
+            .scopes
+            .iter()
+            .map(|s| parse_scope(s).ok_or_else(|| bad(&card_path, format!("unknown scope {s}"))))
+            .collect::<Result<_, _>>()?;
+        let heads = Heads::from_tensors(&tensors, &scopes, card.config.members.max(1))
+            .map_err(|e| bad(&weights, e))?;
+        Ok(RewardModel { card, heads })
+    }
+
+    /// Checks that `encoder` is the one this model was trained with.
+    pub fn check_encoder(&self, encoder: &dyn Encoder) -> Result<(), RewardError> {
+        if encoder.identity().hash != self.card.encoder.hash {
+            return Err(RewardError::EncoderMismatch {
+                hash: self.card.hash.clone(),
+                trained: self.card.encoder.name.clone(),
+                loaded: encoder.identity().name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Per-member scores (K × n) of `summaries` of `input` at `height`.
+    pub fn member_scores(
+        &self,
+        featurizer: &mut Featurizer<'_>,
+        height: u32,
+        input: &str,
+        summaries: &[&str],
+    ) -> Result<Vec<Vec<f32>>, RewardError> {
+        let mut texts = vec![input];
+        texts.extend_from_slice(summaries);
+        featurizer.prepare(&texts)?;
+        let d = featurizer.dim();
+        let rows: Vec<f32> = summaries.iter().flat_map(|s| featurizer.row(input, s)).collect();
+        let x = Tensor::from_vec(rows, (summaries.len(), d), &Device::Cpu)?;
+        Ok(self.heads.scores(&x, height)?.unwrap_or_default())
+    }
+
+    /// Evaluates on pairs (embedding what is needed).
+    pub fn evaluate(
+        &self,
+        featurizer: &mut Featurizer<'_>,
+        pairs: &[Pair],
+    ) -> Result<BTreeMap<String, Metrics>, RewardError> {
+        prepare_pairs(featurizer, pairs)?;
+        let heights: BTreeSet<u32> = pairs.iter().map(|p| p.height).collect();
+        let mut out = BTreeMap::new();
+        for h in heights {
+            let at: Vec<&Pair> = pairs.iter().filter(|p| p.height == h).collect();
+            out.insert(
+                format!("h{h}"),
+                train::evaluate(&self.heads, &pair_tensors(featurizer, &at)?)?,
+            );
+        }
+        let all: Vec<&Pair> = pairs.iter().collect();
+        out.insert("all".into(), train::evaluate(&self.heads, &pair_tensors(featurizer, &all)?)?);
+        Ok(out)
+    }
+}
+
+/// The reward ensemble as a [`Selector`]: score = mean − λ·std over the ensemble; the parts
+/// record `mean` and `std` of every candidate.
+pub struct RewardSelector {
+    model: Arc<RewardModel>,
+    encoder: Arc<dyn Encoder>,
+    store: Option<Store>,
+    pessimism: f32,
+}
+
+impl RewardSelector {
+    pub fn new(
+        model: Arc<RewardModel>,
+        encoder: Arc<dyn Encoder>,
+        store: Option<Store>,
+        pessimism: f32,
+    ) -> Result<RewardSelector, RewardError> {
+        model.check_encoder(encoder.as_ref())?;
+        Ok(RewardSelector { model, encoder, store, pessimism })
+    }
+
+    /// Mean and std of each summary of `input`.
+    pub fn mean_std(
+        &self,
+        height: u32,
+        input: &str,
+        summaries: &[&str],
+    ) -> Result<Vec<(f32, f32)>, RewardError> {
+        let mut featurizer = Featurizer::new(self.encoder.as_ref(), self.store.clone());
+        let members = self.model.member_scores(&mut featurizer, height, input, summaries)?;
+        Ok(mean_std(&members))
+    }
+}
+
+impl Selector for RewardSelector {
+    fn id(&self) -> String {
+        format!("reward:{}:lambda={}", self.model.card.hash, self.pessimism)
+    }
+
+    fn score(
+        &self,
+        height: u32,
+        input: &str,
+        candidates: &[Candidate],
+    ) -> Result<Vec<CandidateScore>, SelectError> {
+        let texts: Vec<&str> = candidates.iter().map(|c| c.text.as_str()).collect();
+        let stats = self
+            .mean_std(height, input, &texts)
+            .map_err(|e| SelectError { selector: self.id(), message: e.to_string() })?;
+        Ok(stats
+            .into_iter()
+            .map(|(mean, std)| {
+                let mut s = CandidateScore::new(mean - self.pessimism * std);
+                s.parts.insert("mean".into(), mean);
+                s.parts.insert("std".into(), std);
+                s
+            })
+            .collect())
+    }
+}
