@@ -17,8 +17,11 @@ pub mod bench;
 pub mod books;
 pub mod cache;
 pub mod decompose;
+pub mod feedback;
 pub mod models;
 pub mod node;
+pub mod rate;
+pub mod reward;
 pub mod summarize;
 pub mod tree;
 
@@ -63,6 +66,12 @@ pub enum Command {
     Generate(models::GenerateArgs),
     /// Measure throughput (e.g. `rrm bench generate --batch 1,8`).
     Bench(bench::BenchArgs),
+    /// Rate a node's candidate summaries (e.g. `rrm rate h0.3 --book alice`, `rrm rate --next`).
+    Rate(rate::RateArgs),
+    /// Stored feedback: list, export, import, agreement, queue, simulate.
+    Feedback(feedback::FeedbackArgs),
+    /// Per-level reward models: train, eval, score (e.g. `rrm reward train --all`).
+    Reward(reward::RewardArgs),
 }
 
 /// What every command may need, opened lazily.
@@ -126,5 +135,8 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Models(args) => models::run(ctx, args),
         Command::Generate(args) => models::generate(ctx, args),
         Command::Bench(args) => bench::run(ctx, args),
+        Command::Rate(args) => rate::run(ctx, args),
+        Command::Feedback(args) => feedback::run(ctx, args),
+        Command::Reward(args) => reward::run(ctx, args),
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod cache;
 pub mod prompt;
+pub mod sample;
 pub mod select;
 pub mod text;
 

@@ -9,6 +9,8 @@ pub mod book;
 pub mod cli;
 pub mod compose;
 pub mod decompose;
+pub mod feedback;
 pub mod infer;
+pub mod reward;
 pub mod store;
 pub mod tree;

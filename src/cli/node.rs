@@ -29,6 +29,10 @@ pub enum NodeCommand {
     /// ID is a node id like h1.7 or a prefix (4+ hex digits) of a node's content hash. Without
     /// --book it is looked up in every stored tree. Example: rrm node show h0.3 --book alice
     Show(ShowArgs),
+    /// Draw K candidate summaries for a node with the policy model and store them (for rating).
+    ///
+    /// Example: rrm node sample h0.3 --book alice -n 4 --temperature 0.9
+    Sample(super::rate::SampleArgs),
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +57,7 @@ pub struct ShowArgs {
 pub fn run(ctx: &mut Context, args: NodeArgs) -> anyhow::Result<()> {
     match args.command {
         NodeCommand::Show(args) => show(ctx, args),
+        NodeCommand::Sample(args) => super::rate::sample_cmd(ctx, args),
     }
 }
 
@@ -60,7 +65,7 @@ const ID_HELP: &str =
     "ids look like h1.7 (height 1, index 7) or a content-hash prefix of 4+ hex digits";
 
 /// Finds the node: in the tree of `--book`, or in every known tree.
-fn find(ctx: &mut Context, args: &ShowArgs) -> anyhow::Result<(LoadedTree, NodeId)> {
+pub(crate) fn find(ctx: &mut Context, args: &ShowArgs) -> anyhow::Result<(LoadedTree, NodeId)> {
     if let Some(spec) = &args.book {
         let loaded =
             load_target(ctx, spec, &args.books.books_dir, &args.trees.trees_dir, args.lossy)?;

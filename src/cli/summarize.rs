@@ -13,8 +13,9 @@ use super::books::{self, BooksDir};
 use super::decompose::{decompose_and_save, DecomposerOptions, TreesDir};
 use super::Context;
 use crate::book::Book;
-use crate::compose::{ComposeOptions, ComposeReport, Composer, MeanLogprob, Observer};
+use crate::compose::{ComposeOptions, ComposeReport, Composer, MeanLogprob, Observer, Selector};
 use crate::infer::Generator;
+use crate::reward::{RewardModel, RewardSelector};
 
 /// Summarize books: split each into a task tree, summarize the leaves with the policy model,
 /// then the summaries, up to the root.
@@ -36,9 +37,18 @@ pub struct SummarizeArgs {
     pub decomposer: DecomposerOptions,
     #[command(flatten)]
     pub generator: GeneratorOptions,
-    /// Candidates per node; the best is picked by mean log-probability.
+    /// Candidates per node; the best is picked by mean log-probability, or by --reward-model.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub best_of: usize,
+    /// Pick among candidates with this reward model (`latest`, a checkpoint hash or folder):
+    /// by ensemble mean − λ·std, recording every candidate's scores.
+    #[arg(long, value_name = "PATH|latest")]
+    pub reward_model: Option<String>,
+    /// λ, the pessimism of the reward pick (mean − λ·std).
+    #[arg(long, default_value_t = 1.0, value_name = "λ", requires = "reward_model")]
+    pub pessimism: f32,
+    #[command(flatten)]
+    pub reward_dir: super::reward::RewardDir,
     /// Most sequences generated together.
     #[arg(long, default_value_t = 8, value_name = "B")]
     pub batch_size: usize,
@@ -138,11 +148,12 @@ pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let several = books.len() > 1;
+    let selector = selector(ctx, &args)?;
     for book in &books {
         let (tree, _) = decompose_and_save(ctx, book, decomposer.as_ref(), &args.trees.trees_dir)?;
         let store = ctx.store()?.clone();
         let composer =
-            Composer::new(Arc::clone(&generator), Arc::new(MeanLogprob), store, options.clone());
+            Composer::new(Arc::clone(&generator), Arc::clone(&selector), store, options.clone());
         let progress = Progress::new(ctx.quiet, book.title());
         let report = runtime
             .block_on(composer.compose(book, &tree, &progress))
@@ -151,6 +162,24 @@ pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
         output(&args, book, &report, generator.as_ref(), several)?;
     }
     Ok(())
+}
+
+/// The selector: mean log-probability, or the reward model named by --reward-model.
+fn selector(ctx: &mut Context, args: &SummarizeArgs) -> anyhow::Result<Arc<dyn Selector>> {
+    let Some(spec) = &args.reward_model else { return Ok(Arc::new(MeanLogprob)) };
+    if !args.pessimism.is_finite() || args.pessimism < 0.0 {
+        bail!("--pessimism must be a non-negative number (got {})", args.pessimism);
+    }
+    let path = RewardModel::resolve(spec, &args.reward_dir.dir(ctx))?;
+    let model = RewardModel::load(&path)?;
+    let encoder = super::reward::EncoderArgs {
+        encoder: crate::infer::fetch::DEFAULT_ENCODER.to_string(),
+        models_dir: args.generator.models_dir.clone(),
+    };
+    let encoder = super::reward::load_encoder(&encoder, ctx.quiet)?;
+    let store = ctx.store()?.clone();
+    let selector = RewardSelector::new(Arc::new(model), encoder, Some(store), args.pessimism)?;
+    Ok(Arc::new(selector))
 }
 
 fn output(
