@@ -100,3 +100,34 @@ async fn smollm2_summarizes_a_paragraph() {
     assert_eq!(c.token_ids.len(), c.logprobs.len());
     assert!(c.mean_logprob().unwrap() > -3.0, "unlikely text: {:?}", c.mean_logprob());
 }
+
+/// With quantized weights too, a request's tokens do not depend on its batch mates: every
+/// row is quantized and attended on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smollm2_output_does_not_depend_on_the_batch() {
+    let gen =
+        LocalGenerator::load(model_path(), None, &Device::Cpu, EngineConfig::default()).unwrap();
+    let ask = |text: &str, seed: u64, temperature: f32| {
+        let mut sampling = SamplingParams::greedy();
+        sampling.temperature = temperature;
+        sampling.top_p = 0.9;
+        GenerationRequest {
+            messages: vec![ChatMessage::user(text)],
+            max_tokens: 24,
+            sampling,
+            seed,
+        }
+    };
+    let target = ask("Name three colours of the rainbow.", 0, 0.0);
+    let sampled = ask("Write one sentence about a lighthouse.", 5, 0.8);
+    let alone = gen.generate(vec![target.clone(), sampled.clone()]).await.unwrap();
+    let others = vec![
+        ask(&format!("Summarize this: {PARAGRAPH}"), 1, 0.7),
+        target.clone(),
+        ask("What is two plus two?", 2, 0.0),
+        sampled.clone(),
+    ];
+    let together = gen.generate(others).await.unwrap();
+    assert_eq!(together[1].token_ids, alone[0].token_ids);
+    assert_eq!(together[3].token_ids, alone[1].token_ids);
+}

@@ -49,13 +49,21 @@ pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading the model {}", resolved.path.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
     let base = loaded.tokenizer.encode(&BENCH_TEXT.repeat(8)).context("tokenizing")?;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::env::var("CANDLE_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .or_else(|| std::thread::available_parallelism().map(|n| n.get()).ok())
+        .unwrap_or(1);
     if !json {
         println!(
-            "model {} on {:?}, loaded in {load_s:.2}s; {threads} threads; prompts of {prompt_len} tokens, {new_tokens} new tokens",
+            "model {} on {:?}, loaded in {load_s:.2}s; {threads} threads; prompts of {prompt_len} tokens, {new_tokens} new tokens\n\
+             (tok/cpu-s: per second of the main thread's CPU time, meaningful with CANDLE_NUM_THREADS=1)",
             resolved.name, device
         );
-        println!("{:>6} {:>14} {:>20}", "batch", "prompt tok/s", "decode tok/s (sum)");
+        println!(
+            "{:>6} {:>14} {:>20} {:>18} {:>18}",
+            "batch", "prompt tok/s", "decode tok/s (sum)", "prompt tok/cpu-s", "decode tok/cpu-s"
+        );
     }
     // Warm up (thread pools, caches).
     bench_batch(&loaded.model, &make_prompts(&base, 32, 1), 4)?;
@@ -65,7 +73,15 @@ pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
         if json {
             println!("{}", serde_json::to_string(&row)?);
         } else {
-            println!("{:>6} {:>14.1} {:>20.1}", row.batch, row.prompt_tps, row.decode_tps);
+            let f = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
+            println!(
+                "{:>6} {:>14.1} {:>20.1} {:>18} {:>18}",
+                row.batch,
+                row.prompt_tps,
+                row.decode_tps,
+                f(row.prompt_cpu_tps),
+                f(row.decode_cpu_tps)
+            );
         }
     }
     Ok(())

@@ -21,6 +21,17 @@ pub struct BenchRow {
     pub prompt_tps: f64,
     /// Generated tokens per second, summed over the rows.
     pub decode_tps: f64,
+    /// The same rates per second of CPU time of the calling thread (Linux only): with one
+    /// compute thread (`CANDLE_NUM_THREADS=1`) they do not depend on what else runs on the
+    /// machine.
+    pub prompt_cpu_tps: Option<f64>,
+    pub decode_cpu_tps: Option<f64>,
+}
+
+/// Nanoseconds the calling thread has run on a CPU (Linux), from `/proc/thread-self/schedstat`.
+pub fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
 }
 
 /// `batch` prompts of exactly `len` tokens cut from `base` (rotated per row so rows differ).
@@ -52,6 +63,7 @@ pub fn bench_batch(
         .iter()
         .map(|p| model.new_cache(p.len() + new_tokens))
         .collect::<candle_core::Result<Vec<_>>>()?;
+    let c0 = thread_cpu_ns();
     let t0 = Instant::now();
     let logits = {
         let mut inputs: Vec<(&[u32], _)> =
@@ -60,6 +72,7 @@ pub fn bench_batch(
     };
     let mut next: Vec<u32> = logits.to_vec2::<f32>()?.iter().map(|r| argmax(r)).collect();
     let prefill_s = t0.elapsed().as_secs_f64();
+    let c1 = thread_cpu_ns();
     let t1 = Instant::now();
     for _ in 1..new_tokens {
         let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
@@ -69,6 +82,11 @@ pub fn bench_batch(
         next = logits.to_vec2::<f32>()?.iter().map(|r| argmax(r)).collect();
     }
     let decode_s = t1.elapsed().as_secs_f64();
+    let c2 = thread_cpu_ns();
+    let rate = |tokens: usize, a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) if b > a => Some(tokens as f64 / ((b - a) as f64 * 1e-9)),
+        _ => None,
+    };
     // The first token comes from the prefill step; the other new_tokens - 1 from decode steps.
     let decoded = batch * new_tokens.saturating_sub(1);
     Ok(BenchRow {
@@ -79,6 +97,8 @@ pub fn bench_batch(
         decode_s,
         prompt_tps: (batch * prompt_len) as f64 / prefill_s,
         decode_tps: decoded as f64 / decode_s.max(1e-9),
+        prompt_cpu_tps: rate(batch * prompt_len, c0, c1),
+        decode_cpu_tps: rate(decoded, c1, c2),
     })
 }
 
