@@ -219,3 +219,19 @@ fn best_of_n_stores_every_candidate_and_picks_by_logprob() {
         assert_eq!(out.text, set.candidates[out.chosen].text);
     }
 }
+
+#[test]
+fn a_leaf_level_pass_then_the_rest_reuses_the_leaves() {
+    let f = fixture(8);
+    let book = Book::from_text("Mill", book_text(false));
+    let tree = chunker(ContextMode::None).decompose(&book).unwrap();
+    let leaves_only = composer(&f, ComposeOptions { max_height: Some(0), ..options(8) });
+    let partial = run(&leaves_only, &book, &tree);
+    assert!(!partial.complete);
+    assert!(partial.root_summary.is_empty());
+    assert_eq!(partial.nodes_total, tree.leaves().len());
+    let full = run(&composer(&f, options(8)), &book, &tree);
+    assert!(full.complete);
+    assert!(full.cache_hits >= tree.leaves().len());
+    assert_eq!(full.computed + full.cache_hits, tree.len());
+}

@@ -61,6 +61,10 @@ pub struct SummarizeArgs {
     /// Seed for sampling (part of every cache key).
     #[arg(long = "sample-seed", default_value_t = 0, value_name = "S")]
     pub sample_seed: u64,
+    /// Compose only up to this height (0: summarize the leaves only), e.g. to collect
+    /// candidates for rating without paying for the upper levels.
+    #[arg(long, value_name = "H")]
+    pub max_height: Option<u32>,
     /// Write the summary (or, with several books, one file per book into this folder).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -88,6 +92,7 @@ impl SummarizeArgs {
             batch_size: self.batch_size,
             best_of: self.best_of,
             seed: self.sample_seed,
+            max_height: self.max_height,
             ..ComposeOptions::default()
         };
         for sampling in [&mut options.sampling, &mut options.sampling_best_of] {
@@ -210,6 +215,12 @@ fn output(
             "report": report,
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
+    } else if !report.complete {
+        println!(
+            "{}: composed {} nodes up to the height limit; see them with `rrm tree show`",
+            book.title(),
+            report.nodes_total
+        );
     } else {
         if several {
             println!("# {}\n", book.title());
