@@ -235,3 +235,22 @@ fn the_tiny_tokenizer_round_trips_and_knows_chatml() {
     let text = "Ünïcödé 123  spaces\tand code: fn f() {}";
     assert_eq!(tok.decode(&tok.encode(text).unwrap()).unwrap(), text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_call_does_not_block_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    tiny_llama_gguf(&path, 4).unwrap();
+    let cfg = EngineConfig { max_batch: 1, ..EngineConfig::default() };
+    let gen = LocalGenerator::load(&path, None, &Device::Cpu, cfg).unwrap();
+    let long = request("a long one", 400, SamplingParams::greedy(), 0);
+    // Start a long call and give up on it at once.
+    let f = gen.generate(vec![long]);
+    drop(tokio::time::timeout(std::time::Duration::from_millis(1), f).await);
+    let out = gen.generate(vec![request("short", 3, SamplingParams::greedy(), 0)]).await.unwrap();
+    assert_eq!(out[0].completion_tokens, 3);
+    let err = gen
+        .generate(vec![request(&"long prompt ".repeat(100), 3, SamplingParams::greedy(), 0)])
+        .await;
+    assert!(matches!(err, Err(InferError::PromptTooLong { .. })), "{err:?}");
+}

@@ -282,6 +282,7 @@ impl Engine {
             while let Ok(job) = rx.try_recv() {
                 self.enqueue(job);
             }
+            self.drop_cancelled();
             self.admit();
             if let Err(e) = self.step() {
                 self.fail_active(&e.to_string());
@@ -423,6 +424,21 @@ impl Engine {
                     let _ = reply.send(Ok(results));
                 }
             }
+        }
+    }
+
+    /// Forgets the jobs whose caller stopped waiting (its future was dropped).
+    fn drop_cancelled(&mut self) {
+        let gone: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.reply.as_ref().is_some_and(|r| r.is_closed()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.waiting.retain(|w| w.job != id);
+            self.active.retain(|s| s.job != id);
+            self.jobs.remove(&id);
         }
     }
 
