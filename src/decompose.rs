@@ -11,6 +11,7 @@
 //! and never runs a model itself.
 
 pub mod fixed;
+pub mod learned;
 
 use std::sync::Arc;
 
@@ -30,6 +31,8 @@ pub enum DecomposeError {
     Config(String),
     #[error(transparent)]
     Tree(#[from] TreeError),
+    #[error(transparent)]
+    Learned(#[from] learned::LearnedError),
 }
 
 /// Something that splits a book into a tree of summarization tasks.

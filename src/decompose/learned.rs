@@ -1,0 +1,641 @@
+//! Learned decomposition: a boundary scorer over sentence gaps and an exact, length-constrained
+//! segmentation, behind the same [`Decomposer`] seam as fixed chunking.
+//!
+//! - [`features`]: units (sentences, over-long ones cut into word pieces), the gap features
+//!   (encoder similarity of sentence windows on each side at several sizes and their
+//!   TextTiling depth, paragraph break, blank lines, heading on the next line, quote changes,
+//!   lengths, position, the embeddings of the two sentences at the gap), and the book with its
+//!   headings hidden ([`features::strip_headings`]) for training and evaluation.
+//! - [`model`]: the scorer, a small MLP trained in candle, saved as safetensors.
+//! - [`segment`]: the dynamic program: leaves maximize the summed gap log-odds minus a length
+//!   prior with every leaf's tokens in `[min_tokens, chunk_tokens]`; the same program groups
+//!   leaves into parents (fanout limits, the score of a leaf boundary as the parent boundary
+//!   score), level by level up to one root.
+//! - [`eval`]: Pk and WindowDiff; [`evaluate`] runs any decomposers on books with their
+//!   headings hidden and scores their parents' boundaries against the chapter breaks.
+//! - [`feedback`]: split/merge corrections, the sixth feedback kind, as training labels.
+//!
+//! [`LearnedDecomposer`] scores gaps with a trained [`BoundaryModel`] ([`Scorer::Model`]) or, as
+//! the untrained baseline, with the depth of the embedding-similarity valley
+//! ([`Scorer::Similarity`], TextTiling style). Embeddings go through an optional
+//! [`EmbeddingCache`] that the caller backs with its store. This module never reads book files
+//! and never touches the store.
+
+pub mod eval;
+pub mod features;
+pub mod feedback;
+pub mod model;
+pub mod segment;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ApproxCounter, ContextMode, DecomposeError, Decomposer, TokenCounter};
+use crate::book::{Book, Span};
+use crate::infer::encoder::{embed_cached, EmbeddingCache, EmbeddingKey};
+use crate::infer::{Encoder, InferError};
+use crate::tree::{output_cap, LeafSpec, TaskTree, TreeSpec};
+
+pub use features::{strip_headings, FeatureConfig, Units};
+pub use feedback::{SplitAction, SplitFeedback};
+pub use model::{BoundaryModel, ModelMeta, TrainConfig, TrainSummary, TrainingData};
+pub use segment::{segment, LengthPrior, SegmentError};
+
+/// Score of a cut inside a sentence (only taken when a sentence alone exceeds the leaf limit).
+const INTRA_SENTENCE_SCORE: f32 = -20.0;
+/// Weight of a split correction relative to one structure label.
+pub const FEEDBACK_WEIGHT: f32 = 5.0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LearnedError {
+    /// A model file that cannot be used, naming it.
+    #[error("boundary model file {}: {reason}", path.display())]
+    ModelFile { path: std::path::PathBuf, reason: String },
+    #[error("the boundary model was trained with encoder {model} but the encoder loaded is {loaded}; retrain it or load that encoder")]
+    EncoderMismatch { model: String, loaded: String },
+    #[error("training the boundary model: {0}")]
+    Training(String),
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    #[error("boundary model computation: {0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+}
+
+/// Settings of [`LearnedDecomposer`]; all recorded in the trees it builds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LearnedConfig {
+    /// Most tokens per leaf.
+    pub chunk_tokens: usize,
+    /// Fewest tokens per leaf (a book shorter than this is one leaf).
+    pub min_tokens: usize,
+    /// The length prior: leaves near `target_tokens` are preferred with this weight (in log-odds
+    /// units at a leaf of twice the target).
+    pub target_tokens: usize,
+    pub length_weight: f64,
+    pub fanout_min: usize,
+    pub fanout_max: usize,
+    /// Prior weight pulling group sizes towards the middle of the fanout range.
+    pub group_weight: f64,
+    pub output_tokens: Vec<usize>,
+    pub max_input_tokens: usize,
+    pub context: ContextMode,
+    pub context_window: usize,
+}
+
+impl Default for LearnedConfig {
+    fn default() -> Self {
+        LearnedConfig {
+            chunk_tokens: 600,
+            min_tokens: 120,
+            target_tokens: 450,
+            length_weight: 0.5,
+            fanout_min: 5,
+            fanout_max: 13,
+            group_weight: 0.2,
+            output_tokens: vec![128, 192, 384],
+            max_input_tokens: 2048,
+            context: ContextMode::None,
+            context_window: 3,
+        }
+    }
+}
+
+impl LearnedConfig {
+    pub fn validate(&self) -> Result<(), DecomposeError> {
+        let err = |m: String| Err(DecomposeError::Config(m));
+        if self.chunk_tokens < 8 {
+            return err(format!("chunk tokens must be at least 8 (got {})", self.chunk_tokens));
+        }
+        if self.min_tokens > self.chunk_tokens {
+            return err(format!(
+                "min leaf tokens {} exceed the chunk tokens {}",
+                self.min_tokens, self.chunk_tokens
+            ));
+        }
+        if self.fanout_min < 2 || self.fanout_max < self.fanout_min {
+            return err(format!(
+                "fanout must be MIN..MAX with 2 <= MIN <= MAX (got {}..{})",
+                self.fanout_min, self.fanout_max
+            ));
+        }
+        if self.output_tokens.is_empty() || self.output_tokens.contains(&0) {
+            return err("output caps must be a non-empty list of positive numbers".into());
+        }
+        if !(self.length_weight >= 0.0 && self.group_weight >= 0.0) {
+            return err("prior weights must be non-negative".into());
+        }
+        Ok(())
+    }
+}
+
+/// How gaps are scored.
+#[derive(Debug, Clone)]
+pub enum Scorer {
+    /// A trained boundary model.
+    Model(Arc<BoundaryModel>),
+    /// Untrained baseline: the standardized TextTiling depth of the similarity of `window`
+    /// sentences on each side (a cut where similarity dips), minus one where no paragraph ends.
+    Similarity { window: usize },
+}
+
+/// A shared embedding cache (the caller's store, or memory).
+pub type SharedCache = Arc<Mutex<dyn EmbeddingCache + Send>>;
+
+/// Embeds sentences and computes gap features.
+#[derive(Clone)]
+pub struct Featurizer {
+    pub encoder: Arc<dyn Encoder>,
+    pub cache: Option<SharedCache>,
+    pub counter: Arc<dyn TokenCounter>,
+    pub features: FeatureConfig,
+}
+
+impl std::fmt::Debug for Featurizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Featurizer")
+            .field("encoder", self.encoder.identity())
+            .field("counter", &self.counter.name())
+            .field("features", &self.features)
+            .finish()
+    }
+}
+
+/// An in-memory [`EmbeddingCache`] for callers without a store.
+pub fn memory_cache() -> SharedCache {
+    Arc::new(Mutex::new(HashMap::<EmbeddingKey, Vec<f32>>::new()))
+}
+
+impl Featurizer {
+    pub fn new(encoder: Arc<dyn Encoder>, features: FeatureConfig) -> Featurizer {
+        Featurizer { encoder, cache: None, counter: Arc::new(ApproxCounter), features }
+    }
+
+    /// Embeddings of every sentence of `book`, through the cache when there is one.
+    pub fn sentence_embeddings(&self, book: &Book) -> Result<Vec<Vec<f32>>, LearnedError> {
+        let texts: Vec<&str> = book.sentences().iter().map(|s| book.slice(*s)).collect();
+        let started = std::time::Instant::now();
+        let out = match &self.cache {
+            Some(cache) => {
+                let mut guard = cache.lock().map_err(|_| {
+                    LearnedError::Training("the embedding cache was poisoned by a panic".into())
+                })?;
+                embed_cached(self.encoder.as_ref(), &mut *guard, &texts)?
+            }
+            None => self.encoder.embed(&texts)?,
+        };
+        tracing::debug!(sentences = texts.len(), elapsed = ?started.elapsed(), "sentences embedded");
+        Ok(out)
+    }
+
+    /// Units of `book` (leaf limit `max_tokens`), their sentence embeddings and gap feature rows.
+    pub fn gaps(
+        &self,
+        book: &Book,
+        max_tokens: usize,
+    ) -> Result<(Units, Vec<Vec<f32>>, Vec<f32>), LearnedError> {
+        let units = features::units(book, self.counter.as_ref(), max_tokens);
+        let embeddings = self.sentence_embeddings(book)?;
+        let rows = features::gap_features(book, &units, &embeddings, &self.features);
+        Ok((units, embeddings, rows))
+    }
+}
+
+/// The learned decomposer (see the module docs).
+#[derive(Debug, Clone)]
+pub struct LearnedDecomposer {
+    config: LearnedConfig,
+    scorer: Scorer,
+    featurizer: Featurizer,
+}
+
+impl LearnedDecomposer {
+    /// A decomposer scoring with `scorer`, embedding with `featurizer`'s encoder. A model must
+    /// have been trained with the same encoder and features.
+    pub fn new(
+        config: LearnedConfig,
+        scorer: Scorer,
+        mut featurizer: Featurizer,
+    ) -> Result<LearnedDecomposer, DecomposeError> {
+        config.validate()?;
+        if let Scorer::Model(model) = &scorer {
+            let meta = model.meta();
+            let loaded = featurizer.encoder.identity();
+            if meta.encoder_hash != loaded.hash || meta.encoder_dim != featurizer.encoder.dim() {
+                return Err(LearnedError::EncoderMismatch {
+                    model: format!("{} ({})", meta.encoder_name, short(&meta.encoder_hash)),
+                    loaded: format!("{} ({})", loaded.name, short(&loaded.hash)),
+                }
+                .into());
+            }
+            featurizer.features = meta.features.clone();
+        }
+        Ok(LearnedDecomposer { config, scorer, featurizer })
+    }
+
+    pub fn learned_config(&self) -> &LearnedConfig {
+        &self.config
+    }
+
+    /// Calibrated boundary scores of every gap between units.
+    pub fn gap_scores(&self, book: &Book) -> Result<(Units, Vec<f32>), LearnedError> {
+        let (units, _, rows) = self.featurizer.gaps(book, self.config.chunk_tokens)?;
+        let n_gaps = units.len().saturating_sub(1);
+        let mut scores = match &self.scorer {
+            Scorer::Model(model) => model.score(&rows)?,
+            Scorer::Similarity { window } => {
+                similarity_scores(&self.featurizer.features, &rows, n_gaps, *window)
+            }
+        };
+        for g in 0..n_gaps {
+            if units.sentence[g] == units.sentence[g + 1] {
+                scores[g] = INTRA_SENTENCE_SCORE;
+            }
+        }
+        Ok((units, scores))
+    }
+
+    /// Leaves and parent groups for `book`.
+    pub fn plan(&self, book: &Book) -> Result<TreeSpec, DecomposeError> {
+        let c = &self.config;
+        let units = features::units(book, self.featurizer.counter.as_ref(), c.chunk_tokens);
+        if units.is_empty() {
+            return Err(DecomposeError::EmptyBook { title: book.title().to_string() });
+        }
+        let total: usize = units.tokens.iter().sum();
+        let (units, scores) = if total <= c.chunk_tokens {
+            // One leaf: no model needed.
+            (units, Vec::new())
+        } else {
+            self.gap_scores(book).map_err(DecomposeError::from)?
+        };
+        let ends = if total <= c.chunk_tokens {
+            vec![units.len()]
+        } else {
+            let prior =
+                LengthPrior { target: c.target_tokens.max(1) as f64, weight: c.length_weight };
+            match segment(&units.tokens, &scores, c.min_tokens, c.chunk_tokens, prior) {
+                Ok(ends) => ends,
+                Err(SegmentError::Infeasible { .. }) => {
+                    tracing::warn!(
+                        "{}: no cut has every leaf within [{}, {}] tokens; dropping the minimum",
+                        book.title(),
+                        c.min_tokens,
+                        c.chunk_tokens
+                    );
+                    segment(&units.tokens, &scores, 0, c.chunk_tokens, prior)
+                        .map_err(LearnedError::from)?
+                }
+                Err(other) => return Err(LearnedError::from(other).into()),
+            }
+        };
+        let mut leaves = Vec::with_capacity(ends.len());
+        let mut leaf_scores = Vec::with_capacity(ends.len());
+        let mut start = 0;
+        for &end in &ends {
+            let span = Span::new(units.starts[start], units.span(end - 1).end);
+            leaves.push(LeafSpec { span, input_tokens: units.tokens[start..end].iter().sum() });
+            if start > 0 {
+                leaf_scores.push(scores[start - 1]);
+            }
+            start = end;
+        }
+        let groups = self.groups(&leaf_scores)?;
+        let context_window = match c.context {
+            ContextMode::None => 0,
+            ContextMode::Previous => c.context_window,
+        };
+        Ok(TreeSpec { leaves, groups, output_tokens: c.output_tokens.clone(), context_window })
+    }
+
+    /// Group sizes per level above the leaves; `scores[i]` scores the boundary between node
+    /// `i` and node `i + 1` of the leaf level. A parent boundary keeps its leaf boundary's score.
+    pub fn groups(&self, scores: &[f32]) -> Result<Vec<Vec<usize>>, DecomposeError> {
+        let c = &self.config;
+        let mut levels = Vec::new();
+        let mut scores = scores.to_vec();
+        let mut n = scores.len() + 1;
+        let mut height = 0u32;
+        while n > 1 {
+            let cap = output_cap(&c.output_tokens, height).max(1);
+            let max = c.fanout_max.min(c.max_input_tokens / cap).max(2);
+            let sizes = if n <= max {
+                vec![n]
+            } else {
+                let k = n.div_ceil(max);
+                let min = c.fanout_min.min(n / k).max(1);
+                let prior = LengthPrior {
+                    target: (c.fanout_min + c.fanout_max) as f64 / 2.0,
+                    weight: c.group_weight,
+                };
+                let ends =
+                    segment(&vec![1; n], &scores, min, max, prior).map_err(LearnedError::from)?;
+                let mut sizes = Vec::with_capacity(ends.len());
+                let mut start = 0;
+                for end in ends {
+                    sizes.push(end - start);
+                    start = end;
+                }
+                if sizes.len() >= n {
+                    // Never a level that does not shrink: an even split instead.
+                    let (base, extra) = (n / k, n % k);
+                    (0..k).map(|i| base + usize::from(i < extra)).collect()
+                } else {
+                    sizes
+                }
+            };
+            let mut next = Vec::with_capacity(sizes.len().saturating_sub(1));
+            let mut pos = 0;
+            for &size in &sizes[..sizes.len() - 1] {
+                pos += size;
+                next.push(scores[pos - 1]);
+            }
+            scores = next;
+            n = sizes.len();
+            levels.push(sizes);
+            height += 1;
+        }
+        Ok(levels)
+    }
+}
+
+/// The untrained baseline's scores: the depth feature of `window` standardized over the book,
+/// shifted so that a cut needs a depth one standard deviation above the mean; gaps without a
+/// paragraph break lose one more.
+fn similarity_scores(
+    features: &FeatureConfig,
+    rows: &[f32],
+    n_gaps: usize,
+    window: usize,
+) -> Vec<f32> {
+    let dim = rows.len() / n_gaps.max(1);
+    let names = features.names(0);
+    let k = features.windows.iter().position(|&w| w == window).unwrap_or(0);
+    let depth_col = 2 * k + 1;
+    let para_col = names.iter().position(|n| n == "paragraph_break").unwrap_or(0);
+    if n_gaps == 0 || dim == 0 {
+        return Vec::new();
+    }
+    let depths: Vec<f32> = (0..n_gaps).map(|g| rows[g * dim + depth_col]).collect();
+    let mean = depths.iter().sum::<f32>() / n_gaps as f32;
+    let var = depths.iter().map(|d| (d - mean).powi(2)).sum::<f32>() / n_gaps as f32;
+    let std = var.sqrt().max(1e-6);
+    (0..n_gaps)
+        .map(|g| {
+            let z = (depths[g] - mean) / std - 1.0;
+            if rows[g * dim + para_col] > 0.5 {
+                z
+            } else {
+                z - 1.0
+            }
+        })
+        .collect()
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
+
+impl Decomposer for LearnedDecomposer {
+    fn name(&self) -> &str {
+        match self.scorer {
+            Scorer::Model(_) => "learned",
+            Scorer::Similarity { .. } => "similarity",
+        }
+    }
+
+    fn config(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(&self.config).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.insert("token_counter".into(), self.featurizer.counter.name().into());
+            let encoder = self.featurizer.encoder.identity();
+            map.insert(
+                "encoder".into(),
+                format!("{} ({})", encoder.name, short(&encoder.hash)).into(),
+            );
+            match &self.scorer {
+                Scorer::Model(model) => {
+                    let meta = model.meta();
+                    map.insert(
+                        "model".into(),
+                        serde_json::json!({
+                            "hidden": meta.hidden,
+                            "features": meta.features,
+                            "books": meta.training.books,
+                            "feedback_examples": meta.training.feedback_examples,
+                        }),
+                    );
+                }
+                Scorer::Similarity { window } => {
+                    map.insert("similarity_window".into(), (*window).into());
+                }
+            }
+        }
+        value
+    }
+
+    fn decompose(&self, book: &Book) -> Result<TaskTree, DecomposeError> {
+        let _span =
+            tracing::debug_span!("decompose", decomposer = self.name(), book = book.id().short())
+                .entered();
+        let started = std::time::Instant::now();
+        let spec = self.plan(book)?;
+        tracing::debug!(leaves = spec.leaves.len(), elapsed = ?started.elapsed(), "planned");
+        Ok(TaskTree::build(book, self.info(), &spec)?)
+    }
+}
+
+/// A book with its labels for training.
+#[derive(Debug, Clone)]
+pub struct TrainingBook {
+    pub name: String,
+    pub book: Book,
+    /// Split corrections given on this book.
+    pub feedback: Vec<SplitFeedback>,
+}
+
+/// Which views of each book become training rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Views {
+    /// The book with headings hidden, its chapter starts as positives.
+    pub hidden: bool,
+    /// The book as it is, gaps before a heading as positives (teaches the heading feature).
+    pub visible: bool,
+}
+
+impl Default for Views {
+    fn default() -> Self {
+        Views { hidden: true, visible: true }
+    }
+}
+
+/// Feature rows and labels of `books` (see [`Views`]) and their split corrections.
+pub fn training_data(
+    featurizer: &Featurizer,
+    books: &[TrainingBook],
+    views: Views,
+    max_tokens: usize,
+    progress: &dyn Fn(&str),
+) -> Result<(TrainingData, usize), LearnedError> {
+    let dim = featurizer.features.dim(featurizer.encoder.dim());
+    let mut data = TrainingData::new(dim);
+    let mut feedback_rows = 0;
+    for tb in books {
+        progress(&format!("features of {}", tb.name));
+        if views.hidden {
+            let (stripped, refs) = strip_headings(&tb.book);
+            if !refs.is_empty() {
+                let (units, _, rows) = featurizer.gaps(&stripped, max_tokens)?;
+                let mut labels = vec![false; units.len().saturating_sub(1)];
+                for r in refs {
+                    if let Some(g) = units.gap_at(r) {
+                        labels[g] = true;
+                    }
+                }
+                push_rows(&mut data, &rows, &labels, &units, 1.0);
+            }
+        }
+        if views.visible || !tb.feedback.is_empty() {
+            let (units, _, rows) = featurizer.gaps(&tb.book, max_tokens)?;
+            let n_gaps = units.len().saturating_sub(1);
+            if views.visible && !tb.book.headings().is_empty() {
+                let col = featurizer
+                    .features
+                    .names(featurizer.encoder.dim())
+                    .iter()
+                    .position(|n| n == "heading_next")
+                    .unwrap_or(0);
+                let labels: Vec<bool> = (0..n_gaps).map(|g| rows[g * dim + col] > 0.5).collect();
+                push_rows(&mut data, &rows, &labels, &units, 1.0);
+            }
+            for f in &tb.feedback {
+                let (at, label) = f.label();
+                if let Some(g) = units.gap_at(at) {
+                    data.push(&rows[g * dim..(g + 1) * dim], label, FEEDBACK_WEIGHT);
+                    feedback_rows += 1;
+                }
+            }
+        }
+    }
+    Ok((data, feedback_rows))
+}
+
+fn push_rows(data: &mut TrainingData, rows: &[f32], labels: &[bool], units: &Units, weight: f32) {
+    let dim = data.dim;
+    for (g, &label) in labels.iter().enumerate() {
+        // Cuts inside a sentence are never taken by choice: leave them out.
+        if units.sentence[g] == units.sentence[g + 1] {
+            continue;
+        }
+        data.push(&rows[g * dim..(g + 1) * dim], label, weight);
+    }
+}
+
+/// Trains a boundary model on `books` (see [`training_data`]).
+pub fn train(
+    featurizer: &Featurizer,
+    books: &[TrainingBook],
+    views: Views,
+    config: &TrainConfig,
+    progress: &dyn Fn(&str),
+) -> Result<BoundaryModel, LearnedError> {
+    let max_tokens = LearnedConfig::default().chunk_tokens;
+    let (data, feedback_examples) = training_data(featurizer, books, views, max_tokens, progress)?;
+    progress(&format!("training on {} gaps", data.len()));
+    let encoder = featurizer.encoder.identity();
+    let meta = ModelMeta {
+        format: model::MODEL_FORMAT.into(),
+        version: model::MODEL_VERSION,
+        features: featurizer.features.clone(),
+        encoder_name: encoder.name.clone(),
+        encoder_hash: encoder.hash.clone(),
+        encoder_dim: featurizer.encoder.dim(),
+        hidden: config.hidden,
+        prior_shift: 0.0,
+        training: TrainSummary {
+            books: books.iter().map(|b| b.name.clone()).collect(),
+            feedback_examples,
+            ..TrainSummary::default()
+        },
+    };
+    BoundaryModel::train(&data, meta, config)
+}
+
+/// One decomposer's result on one book.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRow {
+    pub book: String,
+    pub method: String,
+    /// Sentences of the book with headings hidden (the units Pk counts in).
+    pub sentences: usize,
+    pub reference_boundaries: usize,
+    pub hypothesis_boundaries: usize,
+    pub k: usize,
+    pub pk: f64,
+    pub window_diff: f64,
+    pub leaves: usize,
+    /// Leaves whose tokens lie within the decomposer's limits.
+    pub leaves_within_limits: usize,
+}
+
+/// Decomposes each book with its headings hidden by every decomposer in `methods`, and scores
+/// the boundaries of the parents just above the leaves against the hidden chapter starts
+/// (Pk and WindowDiff over sentences). `limits` gives each method's leaf token range. Books
+/// without headings give no rows.
+pub fn evaluate(
+    name: &str,
+    book: &Book,
+    methods: &[(&str, &dyn Decomposer, (usize, usize))],
+) -> Result<Vec<EvalRow>, DecomposeError> {
+    let (stripped, refs) = strip_headings(book);
+    if refs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sentences = stripped.sentences();
+    let n = sentences.len();
+    let to_sentence = |offset: usize| sentences.partition_point(|s| s.start < offset);
+    let reference: Vec<usize> = refs.iter().map(|&r| to_sentence(r)).collect();
+    let k = eval::default_k(n, &reference);
+    let mut out = Vec::new();
+    for (method, decomposer, (min, max)) in methods {
+        let tree = decomposer.decompose(&stripped)?;
+        let hypothesis: Vec<usize> = if tree.max_height() >= 2 {
+            tree.level(1)
+                .iter()
+                .skip(1)
+                .map(|&id| to_sentence(tree.node(id).covers.start))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let leaves = tree.leaves().len();
+        let within = tree
+            .leaves()
+            .iter()
+            .filter(|&&l| {
+                let t = tree.node(l).input_tokens;
+                t <= *max && (t >= *min || leaves == 1)
+            })
+            .count();
+        out.push(EvalRow {
+            book: name.to_string(),
+            method: method.to_string(),
+            sentences: n,
+            reference_boundaries: reference.len(),
+            hypothesis_boundaries: hypothesis.len(),
+            k,
+            pk: eval::pk(n, &reference, &hypothesis, k),
+            window_diff: eval::window_diff(n, &reference, &hypothesis, k),
+            leaves,
+            leaves_within_limits: within,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
