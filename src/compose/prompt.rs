@@ -33,13 +33,14 @@ pub const LEAF: Template = Template {
 /// Combine consecutive summaries into one (height ≥ 1).
 pub const COMBINE: Template = Template {
     id: "combine",
-    version: 1,
+    version: 2,
     system: "You are a careful literary assistant. You write short, faithful summaries of \
              books: who does what, where, and why, in plain prose.",
     user: "{% if context %}Summary of the story so far:\n{{ context }}\n\n{% endif %}\
-           Here are summaries of consecutive parts of a book, in order:\n\n{{ input }}\n\n\
-           Combine them into one coherent summary of these parts. Keep the main characters \
-           and events, in order.",
+           Here are summaries of consecutive parts of a book, one paragraph each, in order:\n\n\
+           {{ input }}\n\n\
+           Write one coherent summary of these parts as a single paragraph of plain prose. \
+           Keep the main characters and events, in order.",
 };
 
 /// The template for a node of `height`.
@@ -75,14 +76,11 @@ pub fn render(
     Ok(vec![ChatMessage::system(template.system), ChatMessage::user(user)])
 }
 
-/// Joins the children's summaries into a combine prompt's input, numbered in order.
+/// Joins the children's summaries into a combine prompt's input: one paragraph each, in
+/// order. (Numbered "Part 1:" labels were tried first: the small model copied them into its
+/// output.)
 pub fn join_children(summaries: &[&str]) -> String {
-    summaries
-        .iter()
-        .enumerate()
-        .map(|(i, s)| format!("Part {}: {}", i + 1, s.trim()))
-        .collect::<Vec<_>>()
-        .join("\n\n")
+    summaries.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect::<Vec<_>>().join("\n\n")
 }
 
 /// Keeps the end of `context` so that it takes at most `max_tokens` by `count`: previous
