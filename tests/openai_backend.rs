@@ -163,6 +163,7 @@ async fn completes_with_logprobs_usage_and_the_right_request() {
     assert_eq!(body["max_tokens"], 32);
     assert_eq!(body["seed"], 7);
     assert_eq!(body["logprobs"], true);
+    assert_eq!(body["top_logprobs"], 1);
     assert_eq!(body["stream"], false);
     assert!((body["temperature"].as_f64().unwrap_or(0.0) - 0.5).abs() < 1e-6);
     assert!((body["top_p"].as_f64().unwrap_or(0.0) - 0.9).abs() < 1e-6);

@@ -2,8 +2,9 @@
 //! protocol that vLLM, the llama.cpp server, Ollama and hosted services speak.
 //!
 //! One HTTP request per [`GenerationRequest`] (the server does the batching), at most
-//! [`OpenAiConfig::concurrency`] in flight. Each request asks for `logprobs` and uses them when
-//! the server returns them (servers that reject the field are asked again without it, once for
+//! [`OpenAiConfig::concurrency`] in flight. Each request asks for `logprobs` (with
+//! `top_logprobs: 1`, without which llama-cpp-python's server returns none) and uses them when
+//! the server returns them (servers that reject the fields are asked again without them, once for
 //! all). Transient failures — HTTP 429, 408 and 5xx, a timeout, a connection reset mid-request —
 //! are retried with exponential backoff and jitter, waiting at least what a `Retry-After` header
 //! says (in seconds); a refused connection, an HTTP 4xx and a malformed reply are not retried and
@@ -430,6 +431,9 @@ struct ChatRequest<'a> {
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     logprobs: Option<bool>,
+    /// 1 with `logprobs`: llama-cpp-python's server returns logprobs only when it is at least 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_logprobs: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     presence_penalty: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -458,6 +462,7 @@ fn request_body<'a>(
         n: 1,
         stream: false,
         logprobs: logprobs.then_some(true),
+        top_logprobs: logprobs.then_some(1),
         presence_penalty: (penalized && !extensions)
             .then(|| (5.0 * (repetition_penalty - 1.0)).clamp(-2.0, 2.0)),
         top_k: top_k.filter(|_| extensions),
@@ -656,12 +661,13 @@ mod tests {
         assert_eq!(body["seed"], 0x7fff_ffff);
         assert_eq!(body["top_k"], 40);
         assert_eq!(body["logprobs"], true);
+        assert_eq!(body["top_logprobs"], 1);
         assert!(body.get("presence_penalty").is_none());
         assert!((body["repetition_penalty"].as_f64().unwrap_or(0.0) - 1.2).abs() < 1e-6);
         config.sampling_extensions = false;
         let body = serde_json::to_value(request_body(&config, &request, false)).unwrap_or_default();
         assert!(body.get("top_k").is_none() && body.get("repetition_penalty").is_none());
-        assert!(body.get("logprobs").is_none());
+        assert!(body.get("logprobs").is_none() && body.get("top_logprobs").is_none());
         assert!((body["presence_penalty"].as_f64().unwrap_or(0.0) - 1.0).abs() < 1e-6);
     }
 }
