@@ -173,8 +173,8 @@ pub enum InferError {
     /// A model file that cannot be used (truncated, corrupted, unsupported), naming the file.
     #[error("{}: {message}", path.display())]
     Model { path: std::path::PathBuf, message: String },
-    #[error("{}: {source}", path.display())]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{}: {error}", path.display())]
+    Io { path: std::path::PathBuf, error: std::io::Error },
     #[error(transparent)]
     Tokenizer(#[from] tokenizer::TokenizerError),
     #[error("the prompt has {tokens} tokens; the model's context holds {limit}")]

@@ -112,10 +112,10 @@ impl std::fmt::Debug for LocalGenerator {
 pub fn file_sha256(path: &Path) -> Result<String, InferError> {
     use sha2::Digest as _;
     let mut f = std::fs::File::open(path)
-        .map_err(|e| InferError::Io { path: path.to_path_buf(), source: e })?;
+        .map_err(|e| InferError::Io { path: path.to_path_buf(), error: e })?;
     let mut h = sha2::Sha256::new();
     std::io::copy(&mut f, &mut h)
-        .map_err(|e| InferError::Io { path: path.to_path_buf(), source: e })?;
+        .map_err(|e| InferError::Io { path: path.to_path_buf(), error: e })?;
     Ok(hex::encode(h.finalize()))
 }
 

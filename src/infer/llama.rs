@@ -362,7 +362,7 @@ impl LlamaModel {
     /// A truncated or malformed file is an error naming it.
     pub fn load(path: &Path, device: &Device) -> Result<LoadedGguf, InferError> {
         let mut file =
-            File::open(path).map_err(|e| InferError::Io { path: path.to_path_buf(), source: e })?;
+            File::open(path).map_err(|e| InferError::Io { path: path.to_path_buf(), error: e })?;
         let content = Content::read(&mut file)
             .map_err(|e| model_err(path, format!("not a readable GGUF file: {e}")))?;
         let config = LlamaConfig::from_gguf(&content).map_err(|e| model_err(path, e))?;

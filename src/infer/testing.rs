@@ -156,10 +156,10 @@ pub fn tiny_gguf(path: &Path, seed: u64, o: &TinyOptions) -> Result<(), InferErr
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let file = std::fs::File::create(path)
-        .map_err(|e| InferError::Io { path: path.to_path_buf(), source: e })?;
+        .map_err(|e| InferError::Io { path: path.to_path_buf(), error: e })?;
     let mut w = std::io::BufWriter::new(file);
     candle_core::quantized::gguf_file::write(&mut w, &md_refs, &t_refs).map_err(err)?;
     use std::io::Write as _;
-    w.flush().map_err(|e| InferError::Io { path: path.to_path_buf(), source: e })?;
+    w.flush().map_err(|e| InferError::Io { path: path.to_path_buf(), error: e })?;
     Ok(())
 }
