@@ -43,6 +43,10 @@ pub struct Cli {
     /// Only errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// CPU threads for local inference (default: all cores). On a machine busy with other work,
+    /// 1 can be much faster: the threads of one matmul wait for each other at every step.
+    #[arg(long, global = true, env = "RRM_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -117,6 +121,11 @@ fn init_tracing(verbose: u8, quiet: bool) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose, cli.quiet);
+    if let Some(n) = cli.threads.filter(|&n| n > 0) {
+        // Read once by candle's thread pools, which start later; no other thread runs yet.
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     let mut ctx = Context { db_path: cli.db.clone(), quiet: cli.quiet, store: None };
     match run(&mut ctx, cli.command) {
         Ok(()) => ExitCode::SUCCESS,
