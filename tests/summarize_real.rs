@@ -53,10 +53,11 @@ fn summarizes_a_story_with_the_default_model() {
     assert!(".!?\"'".contains(ends), "ends on a sentence: {summary}");
     let story_words: HashSet<String> =
         STORY.split(|c: char| !c.is_alphabetic()).map(str::to_lowercase).collect();
-    let shared = ["marigold", "tobias", "mill", "miller", "flood", "village", "river", "dam", "mayor"]
-        .iter()
-        .filter(|w| story_words.contains(**w) && summary.to_lowercase().contains(**w))
-        .count();
+    let shared =
+        ["marigold", "tobias", "mill", "miller", "flood", "village", "river", "dam", "mayor"]
+            .iter()
+            .filter(|w| story_words.contains(**w) && summary.to_lowercase().contains(**w))
+            .count();
     assert!(shared >= 2, "the summary should be about the story: {summary}");
 
     let store = Store::open(&db).unwrap();
