@@ -206,6 +206,16 @@ impl MiniLmEncoder {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|err| file_error(&tokenizer_path, err.to_string()))?;
+        let vocab = counter.get_vocab_size(true);
+        if vocab > config.vocab_size {
+            return Err(file_error(
+                &tokenizer_path,
+                format!(
+                    "has {vocab} tokens but {CONFIG_FILE} gives the model {} (mismatched files?)",
+                    config.vocab_size
+                ),
+            ));
+        }
         let pad_id = u32::try_from(config.pad_token_id).map_err(|_| {
             file_error(&config_path, format!("pad_token_id {} is too large", config.pad_token_id))
         })?;
@@ -729,6 +739,12 @@ mod tests {
         std::fs::write(&config_path, "{\"vocab_size\": ").expect("garble config");
         let message = load_error(dir.path());
         assert!(message.contains("config.json"), "{message}");
+        std::fs::write(&config_path, &config).expect("restore config");
+
+        std::fs::write(&config_path, config.replace("\"vocab_size\":26", "\"vocab_size\":20"))
+            .expect("shrink vocabulary");
+        let message = load_error(dir.path());
+        assert!(message.contains("tokenizer.json") && message.contains("26 tokens"), "{message}");
         std::fs::write(&config_path, &config).expect("restore config");
 
         std::fs::write(dir.path().join(TOKENIZER_FILE), "[1, 2, 3]").expect("garble tokenizer");
