@@ -165,6 +165,9 @@ impl std::fmt::Debug for Featurizer {
     }
 }
 
+/// Units, sentence embeddings and gap feature rows (row-major) of one book.
+pub type GapRows = (Units, Vec<Vec<f32>>, Vec<f32>);
+
 /// An in-memory [`EmbeddingCache`] for callers without a store.
 pub fn memory_cache() -> SharedCache {
     Arc::new(Mutex::new(HashMap::<EmbeddingKey, Vec<f32>>::new()))
@@ -197,7 +200,7 @@ impl Featurizer {
         &self,
         book: &Book,
         max_tokens: usize,
-    ) -> Result<(Units, Vec<Vec<f32>>, Vec<f32>), LearnedError> {
+    ) -> Result<GapRows, LearnedError> {
         let units = features::units(book, self.counter.as_ref(), max_tokens);
         let embeddings = self.sentence_embeddings(book)?;
         let rows = features::gap_features(book, &units, &embeddings, &self.features);
@@ -251,9 +254,9 @@ impl LearnedDecomposer {
                 similarity_scores(&self.featurizer.features, &rows, n_gaps, *window)
             }
         };
-        for g in 0..n_gaps {
-            if units.sentence[g] == units.sentence[g + 1] {
-                scores[g] = INTRA_SENTENCE_SCORE;
+        for (score, pair) in scores.iter_mut().zip(units.sentence.windows(2)) {
+            if pair[0] == pair[1] {
+                *score = INTRA_SENTENCE_SCORE;
             }
         }
         Ok((units, scores))
