@@ -53,22 +53,29 @@ fn cpu_attention_and_tensor_attention_agree() {
         let host = LlamaModel::load(&path, &Device::Cpu).unwrap().model;
         let mut tensor = LlamaModel::load(&path, &Device::Cpu).unwrap().model;
         tensor.use_tensor_attention();
-        let mut run = |m: &LlamaModel| {
+        let run = |m: &LlamaModel| {
             let mut caches: Vec<_> =
-                prompts().iter().map(|p| m.new_cache(p.len() + 2).unwrap()).collect();
+                prompts().iter().map(|p| m.new_cache(p.len() + 4).unwrap()).collect();
             let ps = prompts();
             let mut batch: Vec<(&[u32], _)> =
                 ps.iter().map(|p| p.as_slice()).zip(caches.iter_mut()).collect();
             let a = m.forward(&mut batch).unwrap().to_vec2::<f32>().unwrap();
             let seven = [7u32];
             let mut batch: Vec<(&[u32], _)> = caches.iter_mut().map(|c| (&seven[..], c)).collect();
-            let b = m.forward(&mut batch).unwrap().to_vec2::<f32>().unwrap();
+            let mut b = m.forward(&mut batch).unwrap().to_vec2::<f32>().unwrap();
+            // Several new tokens on top of a filled cache (a chunked prefill).
+            let more = [7u32, 8, 9];
+            let mut batch: Vec<(&[u32], _)> = caches.iter_mut().map(|c| (&more[..], c)).collect();
+            b.extend(m.forward(&mut batch).unwrap().to_vec2::<f32>().unwrap());
             (a, b)
         };
         let (a1, b1) = run(&host);
         let (a2, b2) = run(&tensor);
         for i in 0..a1.len() {
             assert!(max_diff(&a1[i], &a2[i]) < 1e-4, "{arch} prefill row {i}");
+        }
+        assert_eq!(b1.len(), 2 * a1.len());
+        for i in 0..b1.len() {
             assert!(max_diff(&b1[i], &b2[i]) < 1e-4, "{arch} decode row {i}");
         }
     }

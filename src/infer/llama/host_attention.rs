@@ -12,7 +12,10 @@ use candle_core::{Device, Tensor};
 
 use super::{causal_mask, Arch, LlamaConfig};
 
-/// One sequence's K and V for all layers: `[layer][kv_head][position][head_dim]`.
+/// One sequence's K and V for all layers. K is stored transposed,
+/// `[layer][kv_head][head_dim][position]`, so the scores of a query against all positions are
+/// a sum of `head_dim` vectorized row updates (no horizontal sum per position); V is
+/// `[layer][kv_head][position][head_dim]`.
 #[derive(Debug)]
 pub(super) struct HostKv {
     pub k: Vec<Vec<f32>>,
@@ -44,23 +47,6 @@ fn rope_row(row: &mut [f32], heads: usize, d: usize, arch: Arch, cos: &[f32], si
             x[b] = x0 * sin[i] + x1 * cos[i];
         }
     }
-}
-
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let mut ca = a.chunks_exact(16);
-    let mut cb = b.chunks_exact(16);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for v in acc {
-        s += v;
-    }
-    s
 }
 
 /// One step of the sequences in `spans` (`(start row, new tokens, cached positions)`), for
@@ -102,8 +88,11 @@ pub(super) fn attention(
             for h in 0..nkv {
                 let src = (start + r) * nkv * d + h * d;
                 let dst = (h * *cap + p0 + r) * d;
-                cache.k[li][dst..dst + d].copy_from_slice(&k[src..src + d]);
                 cache.v[li][dst..dst + d].copy_from_slice(&v[src..src + d]);
+                let kt = &mut cache.k[li][h * d * *cap..(h + 1) * d * *cap];
+                for (i, x) in k[src..src + d].iter().enumerate() {
+                    kt[i * *cap + p0 + r] = *x;
+                }
             }
         }
     }
@@ -124,30 +113,41 @@ pub(super) fn attention(
         let results: Vec<Mutex<Vec<f32>>> =
             host_items.iter().map(|_| Mutex::new(Vec::new())).collect();
         let work = |range: std::ops::Range<usize>| {
-            let mut scores = Vec::new();
+            let mut scores: Vec<f32> = Vec::new();
             for item in range {
                 let (si, hk) = host_items[item];
                 let (start, t, p0) = spans[si];
                 let (cache, cap) = caches[si];
-                let kbase = &cache.k[li][hk * cap * d..(hk + 1) * cap * d];
+                let kt = &cache.k[li][hk * d * cap..(hk + 1) * d * cap];
                 let vbase = &cache.v[li][hk * cap * d..(hk + 1) * cap * d];
                 let mut res = vec![0f32; t * group * d];
                 for r in 0..t {
                     let len = p0 + r + 1;
+                    // Scores of the group's query heads, one row of `len` per head.
+                    scores.clear();
+                    scores.resize(group * len, 0.0);
+                    for i in 0..d {
+                        let krow = &kt[i * cap..i * cap + len];
+                        for g in 0..group {
+                            let qi = q[(start + r) * nh * d + (hk * group + g) * d + i];
+                            let srow = &mut scores[g * len..(g + 1) * len];
+                            for (s, kv) in srow.iter_mut().zip(krow) {
+                                *s += qi * kv;
+                            }
+                        }
+                    }
                     for g in 0..group {
-                        let h = hk * group + g;
-                        let qv = &q[(start + r) * nh * d + h * d..][..d];
-                        scores.clear();
-                        scores.extend((0..len).map(|j| dot(qv, &kbase[j * d..(j + 1) * d])));
-                        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let srow = &mut scores[g * len..(g + 1) * len];
+                        let max = srow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                         let mut sum = 0f32;
-                        for s in scores.iter_mut() {
+                        for s in srow.iter_mut() {
                             *s = (*s - max).exp();
                             sum += *s;
                         }
+                        let inv = 1.0 / sum;
                         let o = &mut res[(r * group + g) * d..(r * group + g + 1) * d];
-                        for (j, s) in scores.iter().enumerate() {
-                            let w = s / sum;
+                        for (j, s) in srow.iter().enumerate() {
+                            let w = s * inv;
                             for (oi, vi) in o.iter_mut().zip(&vbase[j * d..(j + 1) * d]) {
                                 *oi += w * vi;
                             }
