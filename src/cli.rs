@@ -117,6 +117,20 @@ fn init_tracing(verbose: u8, quiet: bool) {
         .try_init();
 }
 
+/// The error and its causes on one line, `: `-separated. A cause whose text the message so far
+/// already contains is left out (library errors often quote their source in their own text).
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut message = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    message
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -130,7 +144,7 @@ pub fn main() -> ExitCode {
     match run(&mut ctx, cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }
