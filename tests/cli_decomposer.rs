@@ -225,7 +225,8 @@ fn train_then_decompose_and_eval_with_the_model() {
     let rows: Vec<serde_json::Value> =
         rows.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let methods: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
-    assert_eq!(methods, ["fixed", "similarity", "learned", "fixed", "similarity", "learned"]);
+    let per_book = ["fixed", "similarity", "learned", "fixed@K", "similarity@K", "learned@K"];
+    assert_eq!(methods, [per_book, per_book].concat());
     for r in &rows {
         assert_eq!(r["leaves"], r["leaves_within_limits"], "{r}");
     }

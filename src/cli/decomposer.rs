@@ -463,14 +463,22 @@ fn eval(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
             tracing::warn!("{name} has no headings: skipped");
         }
         rows.extend(got);
+        let counted = learned::evaluate_count(
+            name,
+            book,
+            &[("similarity", &similarity), ("learned", &learned)],
+        )
+        .with_context(|| format!("evaluating on {name}"))?;
+        rows.extend(counted);
     }
     ctx.store()?.flush()?;
     if rows.is_empty() {
         bail!("none of the books has chapter headings to evaluate against");
     }
-    let means: Vec<EvalRow> = methods
+    let names = ["fixed", "similarity", "learned", "fixed@K", "similarity@K", "learned@K"];
+    let means: Vec<EvalRow> = names
         .iter()
-        .map(|(method, _, _)| {
+        .map(|method| {
             let mine: Vec<&EvalRow> = rows.iter().filter(|r| r.method == *method).collect();
             let n = mine.len().max(1) as f64;
             EvalRow {
@@ -494,12 +502,12 @@ fn eval(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<28} {:<11} {:>6} {:>6} {:>6} {:>7} {:>7} {:>13}",
+        "{:<28} {:<12} {:>6} {:>6} {:>6} {:>7} {:>7} {:>13}",
         "book", "method", "sents", "ref", "hyp", "Pk", "WinDiff", "leaves in lim"
     );
     for r in rows.iter().chain(&means) {
         println!(
-            "{:<28} {:<11} {:>6} {:>6} {:>6} {:>7.3} {:>7.3} {:>6}/{:<6}",
+            "{:<28} {:<12} {:>6} {:>6} {:>6} {:>7.3} {:>7.3} {:>6}/{:<6}",
             truncate(&r.book, 28),
             r.method,
             r.sentences,

@@ -196,11 +196,7 @@ impl Featurizer {
     }
 
     /// Units of `book` (leaf limit `max_tokens`), their sentence embeddings and gap feature rows.
-    pub fn gaps(
-        &self,
-        book: &Book,
-        max_tokens: usize,
-    ) -> Result<GapRows, LearnedError> {
+    pub fn gaps(&self, book: &Book, max_tokens: usize) -> Result<GapRows, LearnedError> {
         let units = features::units(book, self.counter.as_ref(), max_tokens);
         let embeddings = self.sentence_embeddings(book)?;
         let rows = features::gap_features(book, &units, &embeddings, &self.features);
@@ -638,6 +634,64 @@ pub fn evaluate(
         });
     }
     Ok(out)
+}
+
+/// The count-matched protocol: every method places exactly as many boundaries as the book has
+/// hidden chapter starts (the oracle count), so only where they fall is compared. Fixed
+/// chunking spaces them evenly by bytes; a scorer takes its highest-scoring sentence gaps,
+/// greedily, at least `k` sentences apart. Rows are named `METHOD@K`.
+pub fn evaluate_count(
+    name: &str,
+    book: &Book,
+    scorers: &[(&str, &LearnedDecomposer)],
+) -> Result<Vec<EvalRow>, DecomposeError> {
+    let (stripped, refs) = strip_headings(book);
+    if refs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sentences = stripped.sentences();
+    let n = sentences.len();
+    let to_sentence = |offset: usize| sentences.partition_point(|s| s.start < offset);
+    let reference: Vec<usize> = refs.iter().map(|&r| to_sentence(r)).collect();
+    let k = eval::default_k(n, &reference);
+    let count = reference.len();
+    let len = stripped.text().len();
+    let mut rows = Vec::new();
+    let mut push = |method: String, mut hypothesis: Vec<usize>| {
+        hypothesis.sort_unstable();
+        rows.push(EvalRow {
+            book: name.to_string(),
+            method,
+            sentences: n,
+            reference_boundaries: count,
+            hypothesis_boundaries: hypothesis.len(),
+            k,
+            pk: eval::pk(n, &reference, &hypothesis, k),
+            window_diff: eval::window_diff(n, &reference, &hypothesis, k),
+            leaves: 0,
+            leaves_within_limits: 0,
+        });
+    };
+    let even: Vec<usize> = (1..=count).map(|i| to_sentence(i * len / (count + 1))).collect();
+    push("fixed@K".into(), even);
+    for (method, decomposer) in scorers {
+        let (units, scores) = decomposer.gap_scores(&stripped)?;
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        let mut chosen: Vec<usize> = Vec::with_capacity(count);
+        for g in order {
+            if chosen.len() == count {
+                break;
+            }
+            let s = units.sentence[g + 1];
+            if units.sentence[g] == s || chosen.iter().any(|&c| c.abs_diff(s) < k) {
+                continue;
+            }
+            chosen.push(s);
+        }
+        push(format!("{method}@K"), chosen);
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]
