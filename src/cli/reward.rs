@@ -104,7 +104,7 @@ pub struct TrainArgs {
     /// Hidden units per head.
     #[arg(long, default_value_t = 64)]
     pub hidden: usize,
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 40)]
     pub max_epochs: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -353,6 +353,18 @@ fn score(ctx: &mut Context, args: ScoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// CPU seconds (user + system) this process has used, from /proc (Linux); 0 elsewhere. On a
+/// shared, loaded machine wall-clock time overstates cost; CPU time does not.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn bench(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
     let encoder = load_encoder(&args.encoder, ctx.quiet)?;
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
@@ -400,14 +412,17 @@ fn bench(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
     let warm = t0.elapsed().as_secs_f64();
     let config = TrainConfig::default();
     let t0 = Instant::now();
+    let c0 = cpu_seconds();
     let model =
         RewardModel::train_prepared(&warm_f, encoder.as_ref(), &pairs, &config, "bench", warm)?;
     let train_s = t0.elapsed().as_secs_f64();
+    let train_cpu = cpu_seconds() - c0;
     // Scoring throughput on new candidate texts (embedding included), and on cached ones.
     let fresh = synth::corpus(99, args.candidates.div_ceil(36).max(1), 4, 2, 6);
     let mut scored = 0;
     let mut f_nocache = Featurizer::new(encoder.as_ref(), None);
     let t0 = Instant::now();
+    let c0 = cpu_seconds();
     for n in &fresh {
         if scored >= args.candidates {
             break;
@@ -417,6 +432,7 @@ fn bench(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
         scored += texts.len();
     }
     let score_s = t0.elapsed().as_secs_f64();
+    let score_cpu = cpu_seconds() - c0;
     let t0 = Instant::now();
     for n in fresh.iter().take(scored / 6) {
         let texts: Vec<&str> = n.candidates.iter().map(String::as_str).collect();
@@ -429,6 +445,8 @@ fn bench(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
         "embed_cold_s": cold,
         "embed_cached_s": warm,
         "train_s": train_s,
+        "train_cpu_s": train_cpu,
+        "score_cpu_s_with_embedding": score_cpu,
         "train_epochs": model.card.epochs,
         "members": config.members,
         "heldout_metrics": model.card.metrics,
