@@ -360,8 +360,7 @@ type LikertEntry<'a> = (&'a Feedback, &'a Judged, u32);
 pub fn to_pairs(records: &[Feedback]) -> Vec<Pair> {
     let mut pairs = Vec::new();
     // Likert: per (input key, labeler), the latest score of each text.
-    let mut likert: BTreeMap<(String, String), BTreeMap<String, LikertEntry<'_>>> =
-        BTreeMap::new();
+    let mut likert: BTreeMap<(String, String), BTreeMap<String, LikertEntry<'_>>> = BTreeMap::new();
     for fb in records {
         let pair = |chosen: &str, rejected: &str, target: f32| Pair {
             height: fb.height,
