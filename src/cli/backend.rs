@@ -65,7 +65,7 @@ impl GeneratorOptions {
                 };
                 let config =
                     EngineConfig { max_batch: max_batch.max(1), ..EngineConfig::default() };
-                Ok(Arc::new(local.load(config, !quiet)?))
+                Ok(Arc::new(local.load_lazy(config, !quiet)?))
             }
             Backend::Openai => {
                 let Some(endpoint) = &self.endpoint else {

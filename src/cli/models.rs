@@ -3,13 +3,15 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
 use crate::infer::engine::{DeviceChoice, EngineConfig, LocalGenerator};
 use crate::infer::fetch::{self, ModelKind, REGISTRY};
-use crate::infer::{ChatMessage, GenerationRequest, Generator, SamplingParams};
+use crate::infer::lazy::LazyGenerator;
+use crate::infer::{ChatMessage, GenerationRequest, Generator, InferError, SamplingParams};
 
 use super::Context;
 
@@ -131,6 +133,24 @@ impl LocalModelArgs {
         let device = self.device.device()?;
         LocalGenerator::load(&resolved.path, resolved.sha256, &device, config)
             .with_context(|| format!("loading the model {}", resolved.path.display()))
+    }
+
+    /// Resolves (fetching on first use) the model now, and loads it when first used: a run that
+    /// finds everything cached never reads the weights.
+    pub fn load_lazy(&self, config: EngineConfig, progress: bool) -> anyhow::Result<LazyGenerator> {
+        let dir = fetch::models_dir(self.models_dir.as_deref());
+        let resolved = fetch::resolve_model_with(&self.model, &dir, progress)
+            .with_context(|| format!("finding the model `{}`", self.model))?;
+        let identity = LocalGenerator::identity_of(&resolved.path, resolved.sha256.clone())?;
+        let device = self.device.device()?;
+        Ok(LazyGenerator::new(identity, move || {
+            let path = resolved.path;
+            LocalGenerator::load(&path, resolved.sha256, &device, config)
+                .map(|g| Arc::new(g) as Arc<dyn Generator>)
+                .map_err(|e| {
+                    InferError::Other(format!("loading the model {}: {e}", path.display()))
+                })
+        }))
     }
 }
 

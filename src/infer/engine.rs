@@ -128,16 +128,22 @@ impl LocalGenerator {
         device: &Device,
         config: EngineConfig,
     ) -> Result<Self, InferError> {
+        let identity = Self::identity_of(path, sha256)?;
+        let loaded = LlamaModel::load(path, device)?;
+        Ok(Self::from_model(loaded.model, loaded.tokenizer, identity, config))
+    }
+
+    /// The identity [`LocalGenerator::load`] gives the model at `path`, without loading it.
+    pub fn identity_of(path: &Path, sha256: Option<String>) -> Result<ModelIdentity, InferError> {
         let hash = match sha256 {
             Some(h) => h,
             None => file_sha256(path)?,
         };
-        let loaded = LlamaModel::load(path, device)?;
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".to_string());
-        Ok(Self::from_model(loaded.model, loaded.tokenizer, ModelIdentity { name, hash }, config))
+        Ok(ModelIdentity { name, hash })
     }
 
     /// Starts the engine thread over an already loaded model.
