@@ -217,3 +217,44 @@ pub fn mean_std(per_member: &[Vec<f32>]) -> Vec<(f32, f32)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_roundtrip_through_tensors_and_pick_the_nearest_height() {
+        let dev = Device::Cpu;
+        let x =
+            Tensor::from_vec((0..30).map(|i| i as f32 / 30.0).collect::<Vec<_>>(), (3, 10), &dev)
+                .unwrap();
+        for shared in [false, true] {
+            let scopes =
+                if shared { vec![Scope::Shared] } else { vec![Scope::Height(0), Scope::Height(2)] };
+            let mut heads = Heads::default();
+            for (i, &s) in scopes.iter().enumerate() {
+                let members =
+                    (0..2).map(|k| Head::init(10, 8, shared, (i * 10 + k) as u64, &dev).unwrap());
+                heads.by_scope.insert(s, members.collect());
+            }
+            let back = Heads::from_tensors(&heads.to_tensors(), &scopes, 2).unwrap();
+            for h in [0, 1, 2, 7] {
+                assert_eq!(heads.scores(&x, h).unwrap(), back.scores(&x, h).unwrap());
+            }
+            if shared {
+                // The height embedding makes heights score differently.
+                assert_ne!(heads.scores(&x, 0).unwrap(), heads.scores(&x, 1).unwrap());
+            } else {
+                assert_eq!(heads.for_height(1).unwrap().0, Scope::Height(0));
+                assert_eq!(heads.for_height(7).unwrap().0, Scope::Height(2));
+            }
+        }
+        assert!(Heads::from_tensors(&HashMap::new(), &[Scope::Height(0)], 1).is_err());
+    }
+
+    #[test]
+    fn mean_and_std_over_members() {
+        let ms = mean_std(&[vec![1.0, 0.0], vec![3.0, 0.0]]);
+        assert_eq!(ms, vec![(2.0, 1.0), (0.0, 0.0)]);
+    }
+}

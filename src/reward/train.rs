@@ -361,9 +361,11 @@ mod tests {
             heights: vec![0; n],
         };
         let config = TrainConfig { members: 2, max_epochs: 30, ..TrainConfig::default() };
-        let (heads, _) = train_ensemble(&data, None, dim, Scope::Height(0), &config).unwrap();
-        let heads = Heads { by_scope: [(Scope::Height(0), heads)].into_iter().collect() };
-        let m = evaluate(&heads, &data).unwrap();
-        assert!(m.accuracy > 0.95, "{m:?}");
+        for scope in [Scope::Height(0), Scope::Shared] {
+            let (heads, _) = train_ensemble(&data, None, dim, scope, &config).unwrap();
+            let heads = Heads { by_scope: [(scope, heads)].into_iter().collect() };
+            let m = evaluate(&heads, &data).unwrap();
+            assert!(m.accuracy > 0.95, "{scope:?}: {m:?}");
+        }
     }
 }
