@@ -276,6 +276,25 @@ fn simulate_queue_train_eval_score_and_best_of_with_the_reward_model() {
     let ext = ws.stdout(&["reward", "eval", "--data", "ext.jsonl"]);
     assert!(ext.contains("ext.jsonl") && ext.contains("h0"), "{ext}");
 
+    // Training from an external TRL file, one shared head across heights.
+    let ext_train = ws.stdout(&[
+        "reward",
+        "train",
+        "--data",
+        "ext.jsonl",
+        "--shared",
+        "--members",
+        "1",
+        "--json",
+    ]);
+    let ext_card: serde_json::Value = serde_json::from_str(&ext_train).unwrap();
+    assert_eq!(ext_card["scopes"], serde_json::json!(["shared"]), "{ext_card}");
+    std::fs::write(ws.path("broken.jsonl"), "{\"prompt\":\"p\"}\n").unwrap();
+    let err = ws.stderr_fail(&["reward", "train", "--data", "broken.jsonl"]);
+    assert!(err.contains("line 1"), "{err}");
+    // The per-height model stays the one the rest of this test uses.
+    std::fs::write(ws.path("reward/latest"), format!("{hash}\n")).unwrap();
+
     let score = ws.stdout(&["reward", "score", "h0.0", "--book", "orchard.txt", "--json"]);
     let score: serde_json::Value = serde_json::from_str(&score).unwrap();
     assert!(score["candidates"].as_array().unwrap().len() >= 3, "{score}");
