@@ -65,8 +65,10 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
+        // Logistic regression: on held-out books it beat a 16-unit MLP (which fit the training
+        // books almost perfectly and generalized worse).
         TrainConfig {
-            hidden: 16,
+            hidden: 0,
             epochs: 300,
             learning_rate: 0.01,
             weight_decay: 0.01,
