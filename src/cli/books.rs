@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -134,6 +134,30 @@ pub fn book_by_id(ctx: &mut Context, id: &book::BookId) -> anyhow::Result<Option
         return Ok(None);
     }
     Ok(Some(book))
+}
+
+/// The books named on the command line: folders expand to their .txt/.md files, sorted.
+pub fn expand_books(specs: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let path = Path::new(spec);
+        if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading the folder {spec}"))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "txt" || e == "md"))
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                bail!("the folder {spec} has no .txt or .md files");
+            }
+            out.extend(files.into_iter().map(|p| p.display().to_string()));
+        } else {
+            out.push(spec.clone());
+        }
+    }
+    Ok(out)
 }
 
 pub fn run(ctx: &mut Context, args: BooksArgs) -> anyhow::Result<()> {

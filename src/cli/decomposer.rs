@@ -153,11 +153,16 @@ pub fn load_encoder(args: &EncoderArgs, progress: bool) -> anyhow::Result<Arc<dy
     Ok(Arc::new(encoder))
 }
 
-/// Where the default model lives for `encoder`: `MODELS_DIR/decomposer/default-HASH.safetensors`.
+/// The recipe of the default model (books, model kind, training settings). Bump it when the
+/// recipe changes, so a default trained by an older recipe is not reused.
+pub const DEFAULT_RECIPE: u32 = 2;
+
+/// Where the default model lives for `encoder`:
+/// `MODELS_DIR/decomposer/default-rRECIPE-vFORMAT-HASH.safetensors`.
 pub fn default_model_path(models_dir: &Path, encoder: &dyn Encoder) -> PathBuf {
     let hash = &encoder.identity().hash;
     models_dir.join("decomposer").join(format!(
-        "default-v{}-{}.safetensors",
+        "default-r{DEFAULT_RECIPE}-v{}-{}.safetensors",
         learned::model::MODEL_VERSION,
         &hash[..hash.len().min(12)]
     ))
@@ -278,29 +283,6 @@ fn books_dir_default() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("books"))
 }
 
-fn expand_books(specs: &[String]) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::new();
-    for spec in specs {
-        let path = Path::new(spec);
-        if path.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("reading the folder {spec}"))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "txt" || e == "md"))
-                .collect();
-            files.sort();
-            if files.is_empty() {
-                bail!("the folder {spec} has no .txt or .md files");
-            }
-            out.extend(files.into_iter().map(|p| p.display().to_string()));
-        } else {
-            out.push(spec.clone());
-        }
-    }
-    Ok(out)
-}
-
 fn book_name(spec: &str) -> String {
     Path::new(spec)
         .file_stem()
@@ -363,7 +345,7 @@ fn bench(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
-    let specs = expand_books(&args.books)?;
+    let specs = super::books::expand_books(&args.books)?;
     let mut books = Vec::new();
     for spec in &specs {
         let book = books::open_book(ctx, spec, &args.books_dir.books_dir, args.lossy)?;
@@ -415,7 +397,7 @@ fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
 }
 
 fn eval(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
-    let specs = expand_books(&args.books)?;
+    let specs = super::books::expand_books(&args.books)?;
     let mut books = Vec::new();
     for spec in &specs {
         books.push((

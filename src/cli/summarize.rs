@@ -1,6 +1,6 @@
 //! `rrm summarize BOOK…`: decompose, compose with the policy model, print the book summary.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -111,33 +111,9 @@ impl SummarizeArgs {
     }
 }
 
-/// The books named on the command line: folders expand to their .txt/.md files, sorted.
-fn expand_books(specs: &[String]) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::new();
-    for spec in specs {
-        let path = Path::new(spec);
-        if path.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("reading the folder {spec}"))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "txt" || e == "md"))
-                .collect();
-            files.sort();
-            if files.is_empty() {
-                bail!("the folder {spec} has no .txt or .md files");
-            }
-            out.extend(files.into_iter().map(|p| p.display().to_string()));
-        } else {
-            out.push(spec.clone());
-        }
-    }
-    Ok(out)
-}
-
 pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
     let options = args.compose_options()?;
-    let specs = expand_books(&args.books)?;
+    let specs = books::expand_books(&args.books)?;
     let decomposer = args.decomposer.build(None)?;
     // Open (and fetch) every book before loading the model, so a bad name fails fast.
     let mut books = Vec::new();
