@@ -590,23 +590,15 @@ pub fn evaluate(
     book: &Book,
     methods: &[(&str, &dyn Decomposer, (usize, usize))],
 ) -> Result<Vec<EvalRow>, DecomposeError> {
-    let (stripped, refs) = strip_headings(book);
-    if refs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sentences = stripped.sentences();
-    let n = sentences.len();
-    let to_sentence = |offset: usize| sentences.partition_point(|s| s.start < offset);
-    let reference: Vec<usize> = refs.iter().map(|&r| to_sentence(r)).collect();
-    let k = eval::default_k(n, &reference);
+    let Some(held) = HeldOut::new(book) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for (method, decomposer, (min, max)) in methods {
-        let tree = decomposer.decompose(&stripped)?;
+        let tree = decomposer.decompose(&held.book)?;
         let hypothesis: Vec<usize> = if tree.max_height() >= 2 {
             tree.level(1)
                 .iter()
                 .skip(1)
-                .map(|&id| to_sentence(tree.node(id).covers.start))
+                .map(|&id| held.sentence_at(tree.node(id).covers.start))
                 .collect()
         } else {
             Vec::new()
@@ -620,18 +612,7 @@ pub fn evaluate(
                 t <= *max && (t >= *min || leaves == 1)
             })
             .count();
-        out.push(EvalRow {
-            book: name.to_string(),
-            method: method.to_string(),
-            sentences: n,
-            reference_boundaries: reference.len(),
-            hypothesis_boundaries: hypothesis.len(),
-            k,
-            pk: eval::pk(n, &reference, &hypothesis, k),
-            window_diff: eval::window_diff(n, &reference, &hypothesis, k),
-            leaves,
-            leaves_within_limits: within,
-        });
+        out.push(held.row(name, method.to_string(), hypothesis, leaves, within));
     }
     Ok(out)
 }
@@ -645,37 +626,18 @@ pub fn evaluate_count(
     book: &Book,
     scorers: &[(&str, &LearnedDecomposer)],
 ) -> Result<Vec<EvalRow>, DecomposeError> {
-    let (stripped, refs) = strip_headings(book);
-    if refs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sentences = stripped.sentences();
-    let n = sentences.len();
-    let to_sentence = |offset: usize| sentences.partition_point(|s| s.start < offset);
-    let reference: Vec<usize> = refs.iter().map(|&r| to_sentence(r)).collect();
-    let k = eval::default_k(n, &reference);
-    let count = reference.len();
-    let len = stripped.text().len();
-    let mut rows = Vec::new();
-    let mut push = |method: String, mut hypothesis: Vec<usize>| {
-        hypothesis.sort_unstable();
-        rows.push(EvalRow {
-            book: name.to_string(),
-            method,
-            sentences: n,
-            reference_boundaries: count,
-            hypothesis_boundaries: hypothesis.len(),
-            k,
-            pk: eval::pk(n, &reference, &hypothesis, k),
-            window_diff: eval::window_diff(n, &reference, &hypothesis, k),
-            leaves: 0,
-            leaves_within_limits: 0,
-        });
+    let Some(held) = HeldOut::new(book) else { return Ok(Vec::new()) };
+    let count = held.reference.len();
+    let len = held.book.text().len();
+    let k = held.k;
+    let sorted = |mut h: Vec<usize>| {
+        h.sort_unstable();
+        h
     };
-    let even: Vec<usize> = (1..=count).map(|i| to_sentence(i * len / (count + 1))).collect();
-    push("fixed@K".into(), even);
+    let even: Vec<usize> = (1..=count).map(|i| held.sentence_at(i * len / (count + 1))).collect();
+    let mut rows = vec![held.row(name, "fixed@K".into(), sorted(even), 0, 0)];
     for (method, decomposer) in scorers {
-        let (units, scores) = decomposer.gap_scores(&stripped)?;
+        let (units, scores) = decomposer.gap_scores(&held.book)?;
         let mut order: Vec<usize> = (0..scores.len()).collect();
         order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
         let mut chosen: Vec<usize> = Vec::with_capacity(count);
@@ -689,9 +651,59 @@ pub fn evaluate_count(
             }
             chosen.push(s);
         }
-        push(format!("{method}@K"), chosen);
+        rows.push(held.row(name, format!("{method}@K"), sorted(chosen), 0, 0));
     }
     Ok(rows)
+}
+
+/// A book with its headings hidden, the sentences where its chapters start (the reference),
+/// and the Pk window `k`: what both evaluation protocols compare against.
+struct HeldOut {
+    book: Book,
+    reference: Vec<usize>,
+    k: usize,
+}
+
+impl HeldOut {
+    /// `None` for a book without headings (nothing to compare against).
+    fn new(book: &Book) -> Option<HeldOut> {
+        let (book, refs) = strip_headings(book);
+        if refs.is_empty() {
+            return None;
+        }
+        let mut held = HeldOut { book, reference: Vec::new(), k: 0 };
+        held.reference = refs.iter().map(|&r| held.sentence_at(r)).collect();
+        held.k = eval::default_k(held.book.sentences().len(), &held.reference);
+        Some(held)
+    }
+
+    /// The index of the sentence that starts at or after byte `offset`.
+    fn sentence_at(&self, offset: usize) -> usize {
+        self.book.sentences().partition_point(|s| s.start < offset)
+    }
+
+    fn row(
+        &self,
+        name: &str,
+        method: String,
+        hypothesis: Vec<usize>,
+        leaves: usize,
+        leaves_within_limits: usize,
+    ) -> EvalRow {
+        let n = self.book.sentences().len();
+        EvalRow {
+            book: name.to_string(),
+            method,
+            sentences: n,
+            reference_boundaries: self.reference.len(),
+            hypothesis_boundaries: hypothesis.len(),
+            k: self.k,
+            pk: eval::pk(n, &self.reference, &hypothesis, self.k),
+            window_diff: eval::window_diff(n, &self.reference, &hypothesis, self.k),
+            leaves,
+            leaves_within_limits,
+        }
+    }
 }
 
 #[cfg(test)]
