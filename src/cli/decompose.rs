@@ -58,9 +58,11 @@ pub struct DecomposerOptions {
     /// Most tokens per leaf.
     #[arg(long, default_value_t = 600, value_name = "N")]
     pub chunk_tokens: usize,
-    /// Children per parent, MIN..MAX.
-    #[arg(long, default_value = "5..13", value_parser = parse_fanout, value_name = "MIN..MAX")]
-    pub fanout: (usize, usize),
+    /// Children per parent, MIN..MAX (default: 5..13 for fixed chunking; 3..13 for the
+    /// learned decomposers, whose parents follow chapters and a chapter is often only three or
+    /// four leaves long).
+    #[arg(long, value_parser = parse_fanout, value_name = "MIN..MAX")]
+    pub fanout: Option<(usize, usize)>,
     /// Whether nodes read the outputs of earlier nodes at their height.
     #[arg(long, value_enum, default_value_t = ContextArg::None)]
     pub context: ContextArg,
@@ -134,25 +136,27 @@ impl DecomposerOptions {
 
     fn learned_config(&self) -> LearnedConfig {
         let fixed = self.fixed_config();
+        let defaults = LearnedConfig::default();
         LearnedConfig {
             chunk_tokens: fixed.chunk_tokens,
             min_tokens: fixed.chunk_tokens / 5,
             target_tokens: fixed.chunk_tokens * 3 / 4,
-            fanout_min: fixed.fanout_min,
-            fanout_max: fixed.fanout_max,
+            fanout_min: self.fanout.map_or(defaults.fanout_min, |f| f.0),
+            fanout_max: self.fanout.map_or(defaults.fanout_max, |f| f.1),
             output_tokens: fixed.output_tokens,
             max_input_tokens: fixed.max_input_tokens,
             context: fixed.context,
             context_window: fixed.context_window,
-            ..LearnedConfig::default()
+            ..defaults
         }
     }
 
     fn fixed_config(&self) -> FixedConfig {
+        let defaults = FixedConfig::default();
         FixedConfig {
             chunk_tokens: self.chunk_tokens,
-            fanout_min: self.fanout.0,
-            fanout_max: self.fanout.1,
+            fanout_min: self.fanout.map_or(defaults.fanout_min, |f| f.0),
+            fanout_max: self.fanout.map_or(defaults.fanout_max, |f| f.1),
             output_tokens: self.output_tokens.clone(),
             max_input_tokens: self.max_input_tokens,
             context: match self.context {
@@ -161,7 +165,7 @@ impl DecomposerOptions {
             },
             context_window: self.context_window,
             seed: self.seed,
-            ..FixedConfig::default()
+            ..defaults
         }
     }
 }

@@ -13,7 +13,7 @@ use super::decompose::TreesDir;
 use super::Context;
 use crate::book::{self, Book};
 use crate::decompose::learned::{
-    self, memory_cache, BoundaryModel, EvalRow, FeatureConfig, Featurizer, LearnedConfig,
+    self, memory_cache, BoundaryModel, EvalRow, FeatureConfig, Featurizer, Hide, LearnedConfig,
     LearnedDecomposer, Scorer, SharedCache, SplitAction, SplitFeedback, TrainConfig, TrainingBook,
     Views,
 };
@@ -94,9 +94,13 @@ pub struct TrainArgs {
     /// Ignore the split corrections recorded in the database.
     #[arg(long)]
     pub no_feedback: bool,
-    /// Train on the headings-hidden view only (no visible-heading examples).
+    /// Train on the headings-hidden views only (no visible-heading examples).
     #[arg(long)]
     pub hidden_view_only: bool,
+    /// Leave out the view with the blank lines around chapter breaks hidden too (`--hide
+    /// layout` in eval), which teaches the cues of the prose alone.
+    #[arg(long)]
+    pub no_prose_view: bool,
     #[command(flatten)]
     pub encoder: EncoderArgs,
     /// Replace invalid UTF-8 instead of failing.
@@ -117,6 +121,11 @@ pub struct EvalArgs {
     /// Print JSON rows instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// What is hidden of each chapter break: `headings` (the heading and title lines; the
+    /// blank lines before them stay) or `layout` (those blank lines too, so that only the
+    /// prose tells where a chapter starts).
+    #[arg(long, default_value = "headings", value_name = "WHAT")]
+    pub hide: Hide,
     #[command(flatten)]
     pub encoder: EncoderArgs,
     #[arg(long)]
@@ -155,7 +164,7 @@ pub fn load_encoder(args: &EncoderArgs, progress: bool) -> anyhow::Result<Arc<dy
 
 /// The recipe of the default model (books, model kind, training settings). Bump it when the
 /// recipe changes, so a default trained by an older recipe is not reused.
-pub const DEFAULT_RECIPE: u32 = 2;
+pub const DEFAULT_RECIPE: u32 = 3;
 
 /// Where the default model lives for `encoder`:
 /// `MODELS_DIR/decomposer/default-rRECIPE-vFORMAT-HASH.safetensors`.
@@ -372,7 +381,7 @@ fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
     };
     let mut featurizer = Featurizer::new(encoder, features);
     featurizer.cache = Some(store_cache(ctx)?);
-    let views = Views { hidden: true, visible: !args.hidden_view_only };
+    let views = Views { hidden: true, prose: !args.no_prose_view, visible: !args.hidden_view_only };
     let config = TrainConfig { hidden: args.hidden, epochs: args.epochs, ..TrainConfig::default() };
     let bar = spinner(ctx.quiet, "training");
     let started = std::time::Instant::now();
@@ -438,7 +447,7 @@ fn eval(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
     let mut rows: Vec<EvalRow> = Vec::new();
     for (name, book) in &books {
         let bar = spinner(ctx.quiet, &format!("evaluating on {name}"));
-        let result = learned::evaluate(name, book, &methods);
+        let result = learned::evaluate(name, book, args.hide, &methods);
         bar.finish_and_clear();
         let got = result.with_context(|| format!("evaluating on {name}"))?;
         if got.is_empty() {
@@ -448,6 +457,7 @@ fn eval(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
         let counted = learned::evaluate_count(
             name,
             book,
+            args.hide,
             &[("similarity", &similarity), ("learned", &learned)],
         )
         .with_context(|| format!("evaluating on {name}"))?;

@@ -38,7 +38,7 @@ use crate::infer::encoder::{embed_cached, EmbeddingCache, EmbeddingKey};
 use crate::infer::{Encoder, InferError};
 use crate::tree::{output_cap, LeafSpec, TaskTree, TreeSpec};
 
-pub use features::{strip_headings, FeatureConfig, Units};
+pub use features::{strip_headings, FeatureConfig, Hide, Units};
 pub use feedback::{SplitAction, SplitFeedback};
 pub use model::{BoundaryModel, ModelMeta, TrainConfig, TrainSummary, TrainingData};
 pub use segment::{segment, LengthPrior, SegmentError};
@@ -81,6 +81,12 @@ pub struct LearnedConfig {
     pub fanout_max: usize,
     /// Prior weight pulling group sizes towards the middle of the fanout range.
     pub group_weight: f64,
+    /// Log-odds added to the score of every cut between parents. The model is calibrated on
+    /// the sentence gaps of its training books; on other books their chapter breaks score
+    /// lower (layouts and styles differ), and with no bias parents come out as large as the
+    /// fanout allows, several chapters each. Chosen on validation books (see ARCHITECTURE.md).
+    /// The untrained similarity scorer's scores are not log-odds: it gets no bias.
+    pub parent_bias: f64,
     pub output_tokens: Vec<usize>,
     pub max_input_tokens: usize,
     pub context: ContextMode,
@@ -94,9 +100,10 @@ impl Default for LearnedConfig {
             min_tokens: 120,
             target_tokens: 450,
             length_weight: 0.5,
-            fanout_min: 5,
+            fanout_min: 3,
             fanout_max: 13,
             group_weight: 0.2,
+            parent_bias: 3.0,
             output_tokens: vec![128, 192, 384],
             max_input_tokens: 2048,
             context: ContextMode::None,
@@ -128,6 +135,12 @@ impl LearnedConfig {
         }
         if !(self.length_weight >= 0.0 && self.group_weight >= 0.0) {
             return err("prior weights must be non-negative".into());
+        }
+        if !self.parent_bias.is_finite() {
+            return err(format!(
+                "the parent bias must be a finite number (got {})",
+                self.parent_bias
+            ));
         }
         Ok(())
     }
@@ -316,7 +329,12 @@ impl LearnedDecomposer {
     pub fn groups(&self, scores: &[f32]) -> Result<Vec<Vec<usize>>, DecomposeError> {
         let c = &self.config;
         let mut levels = Vec::new();
-        let mut scores = scores.to_vec();
+        // The bias is in log-odds: the similarity baseline's scores are on another scale.
+        let bias = match self.scorer {
+            Scorer::Model(_) => c.parent_bias as f32,
+            Scorer::Similarity { .. } => 0.0,
+        };
+        let mut scores: Vec<f32> = scores.iter().map(|s| s + bias).collect();
         let mut n = scores.len() + 1;
         let mut height = 0u32;
         while n > 1 {
@@ -460,15 +478,18 @@ pub struct TrainingBook {
 /// Which views of each book become training rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Views {
-    /// The book with headings hidden, its chapter starts as positives.
+    /// The book with headings hidden ([`Hide::Headings`]), its chapter starts as positives.
     pub hidden: bool,
+    /// The book with headings and the blank lines around them hidden ([`Hide::Layout`]), its
+    /// chapter starts as positives: teaches the cues of the prose alone.
+    pub prose: bool,
     /// The book as it is, gaps before a heading as positives (teaches the heading feature).
     pub visible: bool,
 }
 
 impl Default for Views {
     fn default() -> Self {
-        Views { hidden: true, visible: true }
+        Views { hidden: true, prose: true, visible: true }
     }
 }
 
@@ -485,8 +506,9 @@ pub fn training_data(
     let mut feedback_rows = 0;
     for tb in books {
         progress(&format!("features of {}", tb.name));
-        if views.hidden {
-            let (stripped, refs) = strip_headings(&tb.book);
+        let hidden = [(views.hidden, Hide::Headings), (views.prose, Hide::Layout)];
+        for hide in hidden.iter().filter(|(on, _)| *on).map(|(_, hide)| *hide) {
+            let (stripped, refs) = strip_headings(&tb.book, hide);
             if !refs.is_empty() {
                 let (units, _, rows) = featurizer.gaps(&stripped, max_tokens)?;
                 let mut labels = vec![false; units.len().saturating_sub(1)];
@@ -588,9 +610,10 @@ pub struct EvalRow {
 pub fn evaluate(
     name: &str,
     book: &Book,
+    hide: Hide,
     methods: &[(&str, &dyn Decomposer, (usize, usize))],
 ) -> Result<Vec<EvalRow>, DecomposeError> {
-    let Some(held) = HeldOut::new(book) else { return Ok(Vec::new()) };
+    let Some(held) = HeldOut::new(book, hide) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for (method, decomposer, (min, max)) in methods {
         let tree = decomposer.decompose(&held.book)?;
@@ -624,9 +647,10 @@ pub fn evaluate(
 pub fn evaluate_count(
     name: &str,
     book: &Book,
+    hide: Hide,
     scorers: &[(&str, &LearnedDecomposer)],
 ) -> Result<Vec<EvalRow>, DecomposeError> {
-    let Some(held) = HeldOut::new(book) else { return Ok(Vec::new()) };
+    let Some(held) = HeldOut::new(book, hide) else { return Ok(Vec::new()) };
     let count = held.reference.len();
     let len = held.book.text().len();
     let k = held.k;
@@ -666,8 +690,8 @@ struct HeldOut {
 
 impl HeldOut {
     /// `None` for a book without headings (nothing to compare against).
-    fn new(book: &Book) -> Option<HeldOut> {
-        let (book, refs) = strip_headings(book);
+    fn new(book: &Book, hide: Hide) -> Option<HeldOut> {
+        let (book, refs) = strip_headings(book, hide);
         if refs.is_empty() {
             return None;
         }

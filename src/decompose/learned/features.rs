@@ -5,14 +5,15 @@
 //!   the candidate boundaries.
 //! - [`gap_features`]: one feature row per gap: encoder similarity of the windows of sentences
 //!   on each side at several window sizes and the TextTiling depth of each similarity valley,
-//!   paragraph break, blank-line run, heading on the next line, dialogue (quote) changes,
+//!   paragraph break, blank-line run and how rare a run that long is in the book, heading on the next line, dialogue (quote) changes,
 //!   paragraph and sentence lengths, relative position, and optionally the embeddings of the
 //!   sentences on either side.
 //! - [`strip_headings`]: the book with its heading lines (and title lines right under them)
-//!   deleted and the blank lines around them collapsed to one paragraph break, plus the
-//!   byte offsets where the deleted sections started. Training on and evaluating against
-//!   chapter structure uses this view, so no feature can see a heading, its text, or the
-//!   extra blank lines around it: the model has to find chapter breaks from the prose.
+//!   deleted, plus the byte offsets where the deleted sections started. Training on and
+//!   evaluating against chapter structure uses this view, so no feature can see a heading or
+//!   its text. [`Hide::Headings`] keeps the blank lines that stood before a heading (the
+//!   book's layout, one of the cues a reader sees); [`Hide::Layout`] also collapses them to
+//!   one paragraph break, so the model has to find chapter breaks from the prose alone.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,7 @@ use crate::decompose::TokenCounter;
 pub const LAYOUT_FEATURES: &[&str] = &[
     "paragraph_break",
     "blank_lines",
+    "blank_rarity",
     "heading_next",
     "after_heading",
     "quote_before",
@@ -280,6 +282,35 @@ pub fn gap_features(
         sims.push(sim);
     }
     let n_units = units.len() as f32;
+    // Blank lines at each gap, and how rare a run at least that long is among the book's
+    // paragraph breaks: layouts differ between books (one blank line between paragraphs and
+    // three before a chapter, or two and four), rarity within the book does not.
+    let blanks: Vec<usize> = (0..n_gaps)
+        .map(|g| {
+            let (a, b) = (units.sentence[g], units.sentence[g + 1]);
+            if a == b {
+                0
+            } else {
+                blank_lines(book.text(), info.spans[a].end, info.spans[b].start)
+            }
+        })
+        .collect();
+    let breaks: Vec<usize> = (0..n_gaps)
+        .filter(|&g| {
+            let (a, b) = (units.sentence[g], units.sentence[g + 1]);
+            a != b && info.para[a] != info.para[b]
+        })
+        .map(|g| blanks[g])
+        .collect();
+    let rarity = |blank: usize| -> f32 {
+        let at_least = breaks.iter().filter(|&&b| b >= blank).count().max(1);
+        let fraction = at_least as f64 / breaks.len().max(1) as f64;
+        ((-fraction.ln()).min(8.0) / 8.0) as f32
+    };
+    let rarity_of: Vec<f32> = {
+        let most = breaks.iter().copied().max().unwrap_or(0);
+        (0..=most).map(rarity).collect()
+    };
     for g in 0..n_gaps {
         let row = &mut rows[g * dim..(g + 1) * dim];
         let (a, b) = (units.sentence[g], units.sentence[g + 1]);
@@ -293,11 +324,9 @@ pub fn gap_features(
             col += 2;
         }
         let para_break = !intra && info.para[a] != info.para[b];
-        let blank = if intra {
-            0
-        } else {
-            blank_lines(book.text(), info.spans[a].end, info.spans[b].start)
-        };
+        let blank = blanks[g];
+        let blank_rarity =
+            if para_break { rarity_of.get(blank).copied().unwrap_or(0.0) } else { 0.0 };
         let heading_next = !intra && info.heading[b] && !info.heading[a];
         let after_heading = !intra && info.heading[a];
         let (qa, qb) = (info.quote[a], info.quote[b]);
@@ -306,6 +335,7 @@ pub fn gap_features(
         let layout = [
             f32::from(u8::from(para_break)),
             blank.min(3) as f32 / 3.0,
+            blank_rarity,
             f32::from(u8::from(heading_next)),
             f32::from(u8::from(after_heading)),
             f32::from(u8::from(qa)),
@@ -410,14 +440,47 @@ pub fn depth_scores(sim: &[f32], reach: usize) -> Vec<f32> {
         .collect()
 }
 
+/// How much of a chapter break [`strip_headings`] hides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hide {
+    /// The heading and title lines; the blank lines before the heading stay as they were.
+    Headings,
+    /// The heading and title lines and the blank lines around them: one paragraph break is
+    /// left, like any other.
+    Layout,
+}
+
+impl Hide {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hide::Headings => "headings",
+            Hide::Layout => "layout",
+        }
+    }
+}
+
+impl std::str::FromStr for Hide {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Hide, String> {
+        match s {
+            "headings" => Ok(Hide::Headings),
+            "layout" => Ok(Hide::Layout),
+            other => Err(format!("`{other}` is not one of: headings, layout")),
+        }
+    }
+}
+
 /// The book with its headings hidden (see the module docs), and the byte offsets in the new
 /// text where each hidden heading's section starts (the reference boundaries).
-pub fn strip_headings(book: &Book) -> (Book, Vec<usize>) {
+pub fn strip_headings(book: &Book, hide: Hide) -> (Book, Vec<usize>) {
     let text = book.text();
     let paragraphs = book.paragraphs();
     // Ranges to delete: each heading line, plus up to two title lines right under it (short,
     // one line, no lower-case letters), with the whitespace around them.
-    let mut cuts: Vec<(usize, usize)> = Vec::new();
+    // (start, end, line breaks before the heading)
+    let mut cuts: Vec<(usize, usize, usize)> = Vec::new();
     for h in book.headings() {
         let mut end = h.span.end;
         let mut p = paragraphs.partition_point(|ps| ps.end <= h.span.start);
@@ -435,27 +498,34 @@ pub fn strip_headings(book: &Book) -> (Book, Vec<usize>) {
             end = next.end;
         }
         let start = text[..h.span.start].trim_end().len();
+        let line_breaks = text[start..h.span.start].matches('\n').count();
         let after = &text[end..];
         let end = end + (after.len() - after.trim_start().len());
         match cuts.last_mut() {
             Some(last) if last.1 >= start => last.1 = last.1.max(end),
-            _ => cuts.push((start, end)),
+            _ => cuts.push((start, end, line_breaks)),
         }
     }
     let mut out = String::with_capacity(text.len());
     let mut boundaries = Vec::new();
     let mut pos = 0;
-    for (start, end) in cuts {
+    for (start, end, line_breaks) in cuts {
         out.push_str(&text[pos..start]);
         let at_start = out.trim().is_empty();
         let at_end = end >= text.len();
         if at_start {
             out.clear();
-        } else if !at_end {
-            out.push_str("\n\n");
-            boundaries.push(out.len());
-        } else {
+        } else if at_end {
             out.push('\n');
+        } else {
+            // Layout: one paragraph break. Headings: as many line breaks as stood before the
+            // heading, but at least a paragraph break.
+            let wanted = match hide {
+                Hide::Layout => 2,
+                Hide::Headings => line_breaks.max(2),
+            };
+            out.push_str(&"\n".repeat(wanted));
+            boundaries.push(out.len());
         }
         pos = end;
     }
@@ -480,14 +550,28 @@ mod tests {
     fn stripping_hides_headings_and_titles() {
         let book = Book::from_text("t", BOOK);
         assert_eq!(book.headings().len(), 2);
-        let (stripped, boundaries) = strip_headings(&book);
+        let (stripped, boundaries) = strip_headings(&book, Hide::Layout);
         let text = stripped.text();
         assert!(!text.contains("CHAPTER") && !text.contains("STORM"), "{text:?}");
         assert!(stripped.headings().is_empty());
         assert_eq!(boundaries.len(), 1);
         assert!(text[boundaries[0]..].starts_with("Rain fell"), "{text:?}");
         // No extra blank lines left where the heading was.
-        assert!(text[..boundaries[0]].ends_with("dog.\n\n"), "{text:?}");
+        assert!(text[..boundaries[0]].ends_with("said the dog.\n\n"), "{text:?}");
+        // Hiding only the headings keeps the blank lines that stood before one.
+        let (kept, boundaries) = strip_headings(&book, Hide::Headings);
+        let text = kept.text();
+        assert!(!text.contains("CHAPTER") && !text.contains("STORM"), "{text:?}");
+        assert_eq!(boundaries.len(), 1);
+        assert!(text[boundaries[0]..].starts_with("Rain fell"), "{text:?}");
+        assert!(text[..boundaries[0]].ends_with("said the dog.\n\n\n\n"), "{text:?}");
+        // A heading right under a line still leaves a paragraph break.
+        let tight = Book::from_text("t", "One line here.\nCHAPTER II\n\nNext part. More.\n");
+        if let [_] = tight.headings() {
+            let (kept, boundaries) = strip_headings(&tight, Hide::Headings);
+            assert_eq!(kept.text(), "One line here.\n\nNext part. More.\n");
+            assert_eq!(boundaries, vec![16]);
+        }
     }
 
     #[test]
@@ -521,7 +605,7 @@ mod tests {
             (0..u.len() - 1).filter(|g| rows[g * dim + col("heading_next")] == 1.0).collect();
         assert_eq!(heading_gaps.len(), 1);
         // Stripped: no gap has a heading or an extra blank line, and the label gap exists.
-        let (stripped, boundaries) = strip_headings(&book);
+        let (stripped, boundaries) = strip_headings(&book, Hide::Layout);
         let u = units(&stripped, &ApproxCounter, 600);
         let rows = gap_features(&stripped, &u, &emb(stripped.sentences().len()), &config);
         for g in 0..u.len() - 1 {
@@ -533,6 +617,35 @@ mod tests {
         let g = u.gap_at(boundaries[0]).unwrap();
         assert_eq!(rows[g * dim + col("paragraph_break")], 1.0);
         assert!(u.span(g + 1).slice(stripped.text()).starts_with("Rain"));
+    }
+
+    #[test]
+    fn blank_rarity_is_relative_to_the_book() {
+        let config = FeatureConfig { windows: vec![1], sentence_embeddings: false };
+        let names = config.names(2);
+        let col = |name: &str| names.iter().position(|n| n == name).unwrap();
+        let dim = config.dim(2);
+        // Paragraphs one blank line apart, one break of three: only that one is rare.
+        let text = "A b c. D e f.\n\nG h i.\n\nJ k l.\n\n\n\nM n o.\n\nP q r.\n\nS t u.\n";
+        let book = Book::from_text("t", text);
+        let u = units(&book, &ApproxCounter, 600);
+        let emb = vec![vec![1.0, 0.0]; book.sentences().len()];
+        let rows = gap_features(&book, &u, &emb, &config);
+        let rarity: Vec<f32> =
+            (0..u.len() - 1).map(|g| rows[g * dim + col("blank_rarity")]).collect();
+        let rare = u.gap_at(text.find("M n o").unwrap()).unwrap();
+        assert!(rarity[rare] > 0.2, "{rarity:?}");
+        for (g, r) in rarity.iter().enumerate() {
+            if g != rare {
+                assert!(*r < 0.05, "gap {g}: {rarity:?}");
+            }
+        }
+        // Two blank lines everywhere: no break is rare, however long.
+        let wide = text.replace("\n\n", "\n\n\n").replace("\n\n\n\n\n\n", "\n\n\n");
+        let book = Book::from_text("t", wide);
+        let u = units(&book, &ApproxCounter, 600);
+        let rows = gap_features(&book, &u, &emb, &config);
+        assert!((0..u.len() - 1).all(|g| rows[g * dim + col("blank_rarity")] < 0.05));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::LearnedError;
 /// The `format` of a model file's metadata.
 pub const MODEL_FORMAT: &str = "rrm-boundary-model";
 /// Bump on any incompatible change of the file or of the features.
-pub const MODEL_VERSION: u32 = 1;
+pub const MODEL_VERSION: u32 = 2;
 const META_KEY: &str = "rrm";
 
 /// What a model file records besides its weights.

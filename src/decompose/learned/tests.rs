@@ -152,7 +152,7 @@ fn recovers_known_boundaries_on_held_out_text() {
         LearnedDecomposer::new(config.clone(), Scorer::Model(model), featurizer()).unwrap();
     // A held-out book (other seed, other topic order), headings hidden.
     let book = Book::from_text("held out", generated(8, 3, 999));
-    let (stripped, refs) = strip_headings(&book);
+    let (stripped, refs) = strip_headings(&book, Hide::Layout);
     assert_eq!(refs.len(), 8); // the title paragraph precedes chapter 1
     let tree = learned.decompose(&stripped).unwrap();
     check_leaves(&tree, &stripped, &config);
@@ -173,6 +173,7 @@ fn recovers_known_boundaries_on_held_out_text() {
     let rows = evaluate(
         "held out",
         &book,
+        Hide::Layout,
         &[("fixed", &fixed, (0, 120)), ("learned", &learned, (30, 120))],
     )
     .unwrap();
@@ -291,4 +292,28 @@ fn grouping_always_shrinks_and_respects_fanout() {
         }
         assert_eq!(width, 1);
     }
+}
+
+#[test]
+fn parent_bias_lets_likely_breaks_start_parents() {
+    // 24 leaves; every sixth leaf gap is a likely break (log-odds -1.5), the rest unlikely.
+    let scores: Vec<f32> = (1..24).map(|i| if i % 6 == 0 { -1.5 } else { -6.0 }).collect();
+    let with = |bias: f64| {
+        let config = LearnedConfig {
+            fanout_min: 3,
+            fanout_max: 13,
+            parent_bias: bias,
+            ..Default::default()
+        };
+        let d = LearnedDecomposer::new(config, Scorer::Model(trained()), featurizer()).unwrap();
+        d.groups(&scores).unwrap()[0].clone()
+    };
+    // No bias: as few parents as the fanout allows.
+    assert_eq!(with(0.0).len(), 2);
+    // The default bias: one parent per six-leaf section.
+    assert_eq!(with(LearnedConfig::default().parent_bias), vec![6, 6, 6, 6]);
+    // The untrained baseline's scores are not log-odds: no bias for it.
+    let config = LearnedConfig { fanout_min: 3, ..Default::default() };
+    let d = LearnedDecomposer::new(config, Scorer::Similarity { window: 3 }, featurizer()).unwrap();
+    assert_eq!(d.groups(&scores).unwrap()[0].len(), 2);
 }
