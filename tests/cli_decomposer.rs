@@ -231,3 +231,41 @@ fn train_then_decompose_and_eval_with_the_model() {
         assert_eq!(r["leaves"], r["leaves_within_limits"], "{r}");
     }
 }
+
+/// Without `--decomposer-model` the built-in model is used: no training, nothing printed with
+/// `-q`, and the sentence embeddings land in the database, so a second run embeds nothing.
+#[test]
+fn the_built_in_model_decomposes_and_caches_embeddings() {
+    let ws = Ws::new();
+    let book = ws.write("book.txt", generated(6, 1, 21));
+    let decompose = || {
+        ws.rrm()
+            .args(["-q", "decompose"])
+            .arg(&book)
+            .args(SMALL)
+            .args(["--decomposer", "learned", "--json"])
+            .assert()
+            .success()
+            .get_output()
+            .clone()
+    };
+    let first = decompose();
+    assert!(
+        first.stderr.is_empty(),
+        "-q prints nothing: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(report["decomposer"]["name"], "learned");
+    assert!(report["leaf_tokens_max"].as_u64().unwrap() <= 120, "{report}");
+    let stats = |ws: &Ws| -> serde_json::Value {
+        let out = stdout(ws.rrm().args(["cache", "stats", "--json"]).assert());
+        serde_json::from_str(&out).unwrap()
+    };
+    let embedded = stats(&ws)["embeddings"].as_u64().unwrap();
+    assert!(embedded > 20, "{embedded} embeddings stored");
+    // Again: the same tree, and no new embeddings.
+    let second = decompose();
+    assert_eq!(first.stdout, second.stdout);
+    assert_eq!(stats(&ws)["embeddings"].as_u64().unwrap(), embedded);
+}

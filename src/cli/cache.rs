@@ -23,7 +23,8 @@ pub struct CacheArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
-    /// Counts of stored outputs, candidate sets, runs, books and trees, and the size on disk.
+    /// Counts of stored outputs, candidate sets, runs, books, trees and embeddings, and the size
+    /// on disk.
     Stats {
         /// Print JSON.
         #[arg(long)]
@@ -73,6 +74,7 @@ pub fn run(ctx: &mut Context, args: CacheArgs) -> anyhow::Result<()> {
                 println!("runs            {}", s.runs);
                 println!("books           {}", s.books);
                 println!("task trees      {}", s.task_trees);
+                println!("embeddings      {}", s.embeddings);
                 println!("on disk         {:.1} MiB", s.bytes_on_disk as f64 / (1024.0 * 1024.0));
             }
         }

@@ -1,7 +1,6 @@
 //! `rrm decompose BOOK`: build a task tree, save it, record it, print a short report.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
@@ -11,7 +10,7 @@ use super::Context;
 use crate::book::Book;
 use crate::decompose::fixed::parse_fanout;
 use crate::decompose::learned::LearnedConfig;
-use crate::decompose::{ContextMode, Decomposer, FixedChunker, FixedConfig, TokenCounter};
+use crate::decompose::{ContextMode, Decomposer, FixedChunker, FixedConfig};
 use crate::store::Table;
 use crate::tree::{TaskTree, TreeRecord};
 
@@ -52,7 +51,7 @@ pub struct DecomposerOptions {
     #[arg(long, value_enum, default_value_t = DecomposerArg::Fixed)]
     pub decomposer: DecomposerArg,
     /// With --decomposer learned: the boundary model (from `rrm decomposer train`); default:
-    /// a model trained on the catalog books on first use and kept in the models folder.
+    /// the model built into rrm (trained on four catalog books).
     #[arg(long, value_name = "PATH")]
     pub decomposer_model: Option<PathBuf>,
     /// Most tokens per leaf.
@@ -108,29 +107,19 @@ pub struct TreesDir {
 }
 
 impl DecomposerOptions {
-    /// The decomposer these options describe, counting tokens with `counter` (the policy
-    /// model's tokenizer where one is loaded; a fast approximation otherwise).
-    pub fn build(
-        &self,
-        counter: Option<Arc<dyn TokenCounter>>,
-    ) -> anyhow::Result<Box<dyn Decomposer>> {
+    /// The decomposer these options describe (the learned ones load their encoder and cache
+    /// its embeddings in `ctx`'s database).
+    pub fn build(&self, ctx: &mut Context) -> anyhow::Result<Box<dyn Decomposer>> {
         Ok(match self.decomposer {
-            DecomposerArg::Fixed => {
-                let chunker = FixedChunker::new(self.fixed_config())?;
-                Box::new(match counter {
-                    Some(counter) => chunker.with_counter(counter),
-                    None => chunker,
-                })
-            }
-            DecomposerArg::Learned | DecomposerArg::Similarity => {
-                super::decomposer::build_learned(super::decomposer::LearnedOptions {
+            DecomposerArg::Fixed => Box::new(FixedChunker::new(self.fixed_config())?),
+            DecomposerArg::Learned | DecomposerArg::Similarity => super::decomposer::build_learned(
+                ctx,
+                super::decomposer::LearnedOptions {
                     config: self.learned_config(),
                     model: self.decomposer_model.as_deref(),
                     similarity: self.decomposer == DecomposerArg::Similarity,
-                    counter,
-                    quiet: false,
-                })?
-            }
+                },
+            )?,
         })
     }
 
@@ -171,7 +160,7 @@ impl DecomposerOptions {
 }
 
 pub fn run(ctx: &mut Context, args: DecomposeArgs) -> anyhow::Result<()> {
-    let decomposer = args.decomposer.build(None)?;
+    let decomposer = args.decomposer.build(ctx)?;
     let started = std::time::Instant::now();
     let book = books::open_book(ctx, &args.book, &args.books.books_dir, args.lossy)?;
     tracing::debug!(elapsed = ?started.elapsed(), bytes = book.text().len(), "book read and indexed");

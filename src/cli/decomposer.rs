@@ -1,5 +1,5 @@
-//! `rrm decomposer train|eval`, the learned decomposer's construction for `--decomposer
-//! learned|similarity` (default model trained on first use), and `rrm node split|merge` (split
+//! `rrm decomposer train|eval|bench`, the learned decomposer's construction for `--decomposer
+//! learned|similarity` (the built-in default model unless one is named), and `rrm node split|merge` (split
 //! corrections, stored in the feedback table under `split/`).
 
 use std::path::{Path, PathBuf};
@@ -11,13 +11,13 @@ use clap::{Args, Subcommand};
 use super::books::{self, BooksDir};
 use super::decompose::TreesDir;
 use super::Context;
-use crate::book::{self, Book};
+use crate::book::Book;
 use crate::decompose::learned::{
     self, memory_cache, BoundaryModel, EvalRow, FeatureConfig, Featurizer, Hide, LearnedConfig,
     LearnedDecomposer, Scorer, SharedCache, SplitAction, SplitFeedback, TrainConfig, TrainingBook,
     Views,
 };
-use crate::decompose::{Decomposer, FixedChunker, FixedConfig, TokenCounter};
+use crate::decompose::{Decomposer, FixedChunker, FixedConfig};
 use crate::infer::encoder::{
     CacheError, EmbeddingCache, EmbeddingKey, EncoderOptions, MiniLmEncoder,
 };
@@ -52,7 +52,7 @@ pub enum DecomposerCommand {
 pub struct BenchArgs {
     /// The book (a file or catalog id).
     pub book: String,
-    /// The learned model (default: the default model, trained on first use).
+    /// The learned model (default: the one built into rrm).
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     #[command(flatten)]
@@ -115,7 +115,7 @@ pub struct EvalArgs {
     /// Evaluation books (files, folders, catalog ids); books without headings are skipped.
     #[arg(long, value_delimiter = ',', num_args = 1.., required = true, value_name = "BOOK")]
     pub books: Vec<String>,
-    /// The learned model (default: the default model, trained on first use).
+    /// The learned model (default: the one built into rrm).
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Print JSON rows instead of a table.
@@ -162,84 +162,12 @@ pub fn load_encoder(args: &EncoderArgs, progress: bool) -> anyhow::Result<Arc<dy
     Ok(Arc::new(encoder))
 }
 
-/// The recipe of the default model (books, model kind, training settings). Bump it when the
-/// recipe changes, so a default trained by an older recipe is not reused.
-pub const DEFAULT_RECIPE: u32 = 3;
-
-/// Where the default model lives for `encoder`:
-/// `MODELS_DIR/decomposer/default-rRECIPE-vFORMAT-HASH.safetensors`.
-pub fn default_model_path(models_dir: &Path, encoder: &dyn Encoder) -> PathBuf {
-    let hash = &encoder.identity().hash;
-    models_dir.join("decomposer").join(format!(
-        "default-r{DEFAULT_RECIPE}-v{}-{}.safetensors",
-        learned::model::MODEL_VERSION,
-        &hash[..hash.len().min(12)]
-    ))
-}
-
-/// The catalog books the default model is trained on.
-pub const DEFAULT_TRAINING_BOOKS: &[&str] =
-    &["alice", "paradise-lost", "as-you-like-it", "electronic-texts", "botchan"];
-
-/// The model at `path`, or the default model (trained on the catalog books on first use and
-/// kept in the models folder).
-pub fn load_or_train_model(
-    path: Option<&Path>,
-    featurizer: &Featurizer,
-    models_dir: &Path,
-    books_dir: &Path,
-    quiet: bool,
-) -> anyhow::Result<Arc<BoundaryModel>> {
-    if let Some(path) = path {
-        return Ok(Arc::new(BoundaryModel::load(path)?));
-    }
-    let default = default_model_path(models_dir, featurizer.encoder.as_ref());
-    if default.exists() {
-        match BoundaryModel::load(&default) {
-            Ok(model) => return Ok(Arc::new(model)),
-            Err(err) => tracing::warn!("{err}; training it again"),
-        }
-    }
-    let bar = spinner(quiet, "training the default boundary model (once)");
-    let catalog = books::load_catalog()?;
-    let mut training = Vec::new();
-    for id in DEFAULT_TRAINING_BOOKS {
-        bar.set_message(format!("default boundary model: fetching {id}"));
-        let book = book::open(id, &catalog, books_dir, false, &|_| {})
-            .with_context(|| format!("opening the catalog book {id}"))?;
-        training.push(TrainingBook { name: id.to_string(), book, feedback: Vec::new() });
-    }
-    let started = std::time::Instant::now();
-    let model =
-        learned::train(featurizer, &training, Views::default(), &TrainConfig::default(), &|m| {
-            bar.set_message(format!("default boundary model: {m}"))
-        })
-        .context("training the default boundary model")?;
-    bar.finish_and_clear();
-    model.save(&default)?;
-    tracing::info!(elapsed = ?started.elapsed(), path = %default.display(), "trained the default boundary model");
-    if !quiet {
-        eprintln!(
-            "trained the default boundary model in {:.0} s: {}",
-            started.elapsed().as_secs_f64(),
-            default.display()
-        );
-    }
-    Ok(Arc::new(model))
-}
-
-fn spinner(quiet: bool, message: &str) -> indicatif::ProgressBar {
-    let bar = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new_spinner()
-    };
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
-        bar.set_style(style);
-    }
-    bar.set_message(message.to_string());
-    bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    bar
+/// The model at `path`, or the built-in default model.
+pub fn load_model(path: Option<&Path>) -> anyhow::Result<Arc<BoundaryModel>> {
+    Ok(Arc::new(match path {
+        Some(path) => BoundaryModel::load(path)?,
+        None => BoundaryModel::built_in()?,
+    }))
 }
 
 /// What `--decomposer learned|similarity` needs besides the shared options.
@@ -247,49 +175,26 @@ pub struct LearnedOptions<'a> {
     pub config: LearnedConfig,
     pub model: Option<&'a Path>,
     pub similarity: bool,
-    pub counter: Option<Arc<dyn TokenCounter>>,
-    pub quiet: bool,
 }
 
-/// Builds the learned (or similarity-baseline) decomposer: loads the encoder and the model
-/// (the default one trained on first use). Embeddings are cached in memory for the process.
-pub fn build_learned(options: LearnedOptions<'_>) -> anyhow::Result<Box<dyn Decomposer>> {
+/// Builds the learned (or similarity-baseline) decomposer: loads the model (the built-in
+/// default unless one is named) and the encoder. Sentence embeddings are cached in the
+/// database, so decomposing a book again (or summarizing it after `decompose`) embeds nothing.
+pub fn build_learned(
+    ctx: &mut Context,
+    options: LearnedOptions<'_>,
+) -> anyhow::Result<Box<dyn Decomposer>> {
     let encoder_args = EncoderArgs { encoder: DEFAULT_ENCODER.into(), models_dir: None };
     // A missing or corrupt model file fails before the encoder is loaded or fetched.
-    let explicit = match options.model {
-        Some(path) => Some(Arc::new(BoundaryModel::load(path)?)),
-        None => None,
-    };
-    let encoder = load_encoder(&encoder_args, !options.quiet)?;
-    let mut featurizer = Featurizer::new(encoder, FeatureConfig::default());
-    featurizer.cache = Some(memory_cache());
-    if let Some(counter) = options.counter {
-        featurizer.counter = counter;
-    }
     let scorer = if options.similarity {
         Scorer::Similarity { window: 3 }
     } else {
-        let model = match explicit {
-            Some(model) => model,
-            None => load_or_train_model(
-                None,
-                &featurizer,
-                &fetch::models_dir(None),
-                &books_dir_default(),
-                options.quiet,
-            )?,
-        };
-        Scorer::Model(model)
+        Scorer::Model(load_model(options.model)?)
     };
+    let encoder = load_encoder(&encoder_args, !ctx.quiet)?;
+    let mut featurizer = Featurizer::new(encoder, FeatureConfig::default());
+    featurizer.cache = Some(store_cache(ctx)?);
     Ok(Box::new(LearnedDecomposer::new(options.config, scorer, featurizer)?))
-}
-
-/// The books folder when no `--books-dir` reaches here: RRM_BOOKS, else `books`.
-fn books_dir_default() -> PathBuf {
-    std::env::var_os("RRM_BOOKS")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("books"))
 }
 
 fn book_name(spec: &str) -> String {
@@ -311,16 +216,9 @@ fn bench(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let book = books::open_book(ctx, &args.book, &args.books_dir.books_dir, false)?;
     let read_s = t0.elapsed().as_secs_f64();
+    let model = load_model(args.model.as_deref())?;
     let encoder = load_encoder(&args.encoder, !ctx.quiet)?;
     let mut featurizer = Featurizer::new(encoder, FeatureConfig::default());
-    let models_dir = fetch::models_dir(args.encoder.models_dir.as_deref());
-    let model = load_or_train_model(
-        args.model.as_deref(),
-        &featurizer,
-        &models_dir,
-        &args.books_dir.books_dir,
-        ctx.quiet,
-    )?;
     // A fresh in-memory cache: the first pass pays for every embedding.
     featurizer.cache = Some(memory_cache());
     let decomposer =
@@ -383,7 +281,7 @@ fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
     featurizer.cache = Some(store_cache(ctx)?);
     let views = Views { hidden: true, prose: !args.no_prose_view, visible: !args.hidden_view_only };
     let config = TrainConfig { hidden: args.hidden, epochs: args.epochs, ..TrainConfig::default() };
-    let bar = spinner(ctx.quiet, "training");
+    let bar = books::spinner(ctx, "training");
     let started = std::time::Instant::now();
     let result =
         learned::train(&featurizer, &books, views, &config, &|m| bar.set_message(m.to_string()));
@@ -414,21 +312,11 @@ fn eval(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
             books::open_book(ctx, spec, &args.books_dir.books_dir, args.lossy)?,
         ));
     }
-    if let Some(path) = &args.model {
-        // A bad model file fails before anything is loaded.
-        BoundaryModel::load(path)?;
-    }
+    // A bad model file fails before the encoder is loaded.
+    let model = load_model(args.model.as_deref())?;
     let encoder = load_encoder(&args.encoder, !ctx.quiet)?;
     let mut featurizer = Featurizer::new(encoder, FeatureConfig::default());
     featurizer.cache = Some(store_cache(ctx)?);
-    let models_dir = fetch::models_dir(args.encoder.models_dir.as_deref());
-    let model = load_or_train_model(
-        args.model.as_deref(),
-        &featurizer,
-        &models_dir,
-        &args.books_dir.books_dir,
-        ctx.quiet,
-    )?;
     let config = LearnedConfig::default();
     let limits = (config.min_tokens, config.chunk_tokens);
     let fixed_config = FixedConfig::default();
@@ -446,7 +334,7 @@ fn eval(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
     ];
     let mut rows: Vec<EvalRow> = Vec::new();
     for (name, book) in &books {
-        let bar = spinner(ctx.quiet, &format!("evaluating on {name}"));
+        let bar = books::spinner(ctx, format!("evaluating on {name}"));
         let result = learned::evaluate(name, book, args.hide, &methods);
         bar.finish_and_clear();
         let got = result.with_context(|| format!("evaluating on {name}"))?;

@@ -114,7 +114,7 @@ impl SummarizeArgs {
 pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
     let options = args.compose_options()?;
     let specs = books::expand_books(&args.books)?;
-    let decomposer = args.decomposer.build(None)?;
+    let decomposer = args.decomposer.build(ctx)?;
     // Open (and fetch) every book before loading the model, so a bad name fails fast.
     let mut books = Vec::new();
     for spec in &specs {

@@ -22,6 +22,8 @@ pub struct CacheStats {
     pub live_outputs: usize,
     pub books: usize,
     pub task_trees: usize,
+    /// Sentence and summary embeddings (keyed by encoder and text; shared by every book).
+    pub embeddings: usize,
     pub bytes_on_disk: u64,
 }
 
@@ -65,6 +67,7 @@ pub fn stats(store: &Store, is_live_book: &dyn Fn(&str) -> bool) -> Result<Cache
         live_outputs: live_outputs.len(),
         books: store.len(Table::Books)?,
         task_trees: store.len(Table::TaskTrees)?,
+        embeddings: store.len(Table::Embeddings)?,
         bytes_on_disk: store.size_on_disk()?,
     })
 }

@@ -23,6 +23,19 @@ pub const MODEL_FORMAT: &str = "rrm-boundary-model";
 pub const MODEL_VERSION: u32 = 2;
 const META_KEY: &str = "rrm";
 
+/// The default boundary model, built into rrm: logistic regression over the default features
+/// and the `minilm-l6` encoder, trained on [`DEFAULT_TRAINING_BOOKS`] with the default
+/// training settings. Regenerate it (after a feature or format change) with
+/// `rrm decomposer train --books alice,paradise-lost,as-you-like-it,botchan --out
+/// src/decompose/learned/default_model.safetensors`.
+const DEFAULT_MODEL: &[u8] = include_bytes!("default_model.safetensors");
+
+/// The catalog books the built-in default model was trained on (chapters, books, acts and
+/// scenes of four public-domain texts of different kinds: a children's novel, an epic poem,
+/// a play and a translated novel).
+pub const DEFAULT_TRAINING_BOOKS: &[&str] =
+    &["alice", "paradise-lost", "as-you-like-it", "botchan"];
+
 /// What a model file records besides its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMeta {
@@ -347,6 +360,11 @@ impl BoundaryModel {
         std::fs::write(&tmp, out).map_err(|e| write_err(format!("cannot be written: {e}")))?;
         std::fs::rename(&tmp, path).map_err(|e| write_err(format!("cannot be written: {e}")))?;
         Ok(())
+    }
+
+    /// The built-in default model (see [`DEFAULT_MODEL`]).
+    pub fn built_in() -> Result<BoundaryModel, LearnedError> {
+        Self::from_bytes(DEFAULT_MODEL, Path::new("<the built-in default model>"))
     }
 
     /// Reads a model written by [`BoundaryModel::save`]. A missing, truncated or foreign file

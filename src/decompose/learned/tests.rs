@@ -317,3 +317,19 @@ fn parent_bias_lets_likely_breaks_start_parents() {
     let d = LearnedDecomposer::new(config, Scorer::Similarity { window: 3 }, featurizer()).unwrap();
     assert_eq!(d.groups(&scores).unwrap()[0].len(), 2);
 }
+
+#[test]
+fn the_built_in_model_matches_the_default_encoder_and_features() {
+    let model = BoundaryModel::built_in().expect("the built-in model parses");
+    let meta = model.meta();
+    let encoder = crate::infer::fetch::registry_model(crate::infer::fetch::DEFAULT_ENCODER)
+        .expect("the default encoder is registered");
+    assert_eq!(meta.encoder_hash, encoder.files[0].sha256, "retrain it (see DEFAULT_MODEL)");
+    assert_eq!(meta.features, FeatureConfig::default());
+    assert_eq!(model.dim(), FeatureConfig::default().dim(meta.encoder_dim));
+    assert_eq!(meta.hidden, 0, "logistic regression");
+    assert_eq!(meta.training.books, model::DEFAULT_TRAINING_BOOKS);
+    // It scores rows of its width.
+    let scores = model.score(&vec![0.0; model.dim() * 2]).unwrap();
+    assert!(scores.iter().all(|s| s.is_finite()));
+}
