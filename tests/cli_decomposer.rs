@@ -230,6 +230,27 @@ fn train_then_decompose_and_eval_with_the_model() {
     for r in &rows {
         assert_eq!(r["leaves"], r["leaves_within_limits"], "{r}");
     }
+    // The stricter protocol (blank lines around the breaks hidden too) gives the same rows;
+    // an unknown protocol is named.
+    let strict = stdout(
+        ws.rrm()
+            .args(["-q", "decomposer", "eval", "--hide", "layout", "--books"])
+            .arg(&held_out)
+            .args(["--model", "model/m.safetensors", "--json"])
+            .assert(),
+    );
+    assert_eq!(strict.lines().count(), rows.len());
+    let err = ws
+        .rrm()
+        .args(["decomposer", "eval", "--hide", "chapters", "--books"])
+        .arg(&held_out)
+        .assert()
+        .failure()
+        .get_output()
+        .stderr
+        .clone();
+    let err = String::from_utf8_lossy(&err);
+    assert!(err.contains("`chapters` is not one of: headings, layout"), "{err}");
 }
 
 /// Without `--decomposer-model` the built-in model is used: no training, nothing printed with

@@ -437,9 +437,11 @@ impl Decomposer for LearnedDecomposer {
             match &self.scorer {
                 Scorer::Model(model) => {
                     let meta = model.meta();
+                    let hash = model.hash().unwrap_or_default();
                     map.insert(
                         "model".into(),
                         serde_json::json!({
+                            "hash": short(&hash),
                             "hidden": meta.hidden,
                             "features": meta.features,
                             "books": meta.training.books,

@@ -286,6 +286,26 @@ impl BoundaryModel {
         &self.meta
     }
 
+    /// blake3 of the model's parameters (hex): tells two models apart whose metadata agree.
+    pub fn hash(&self) -> Result<String, LearnedError> {
+        let mut hasher = blake3::Hasher::new();
+        let mut add = |values: &[f32]| {
+            for v in values {
+                hasher.update(&v.to_le_bytes());
+            }
+        };
+        add(&self.mean);
+        add(&self.std);
+        let mut tensors = vec![&self.l2.0, &self.l2.1];
+        if let Some((w, b)) = &self.l1 {
+            tensors.extend([w, b]);
+        }
+        for t in tensors {
+            add(&t.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(hasher.finalize().to_hex().to_string())
+    }
+
     /// Feature columns this model expects.
     pub fn dim(&self) -> usize {
         self.mean.len()

@@ -329,6 +329,10 @@ fn the_built_in_model_matches_the_default_encoder_and_features() {
     assert_eq!(model.dim(), FeatureConfig::default().dim(meta.encoder_dim));
     assert_eq!(meta.hidden, 0, "logistic regression");
     assert_eq!(meta.training.books, model::DEFAULT_TRAINING_BOOKS);
+    // Its hash tells it apart from another model, and trees record it.
+    let hash = model.hash().unwrap();
+    assert_eq!(hash.len(), 64);
+    assert_ne!(hash, trained().hash().unwrap());
     // It scores rows of its width.
     let scores = model.score(&vec![0.0; model.dim() * 2]).unwrap();
     assert!(scores.iter().all(|s| s.is_finite()));
