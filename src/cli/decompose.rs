@@ -25,7 +25,8 @@ the database, and prints leaves, height and tokens per leaf. A catalog id is fet
 Examples:
   rrm decompose alice
   rrm decompose my-book.txt --chunk-tokens 400 --fanout 4..8 --seed 7
-  rrm decompose botchan --context previous --json"
+  rrm decompose botchan --context previous --json
+  rrm decompose alice --decomposer learned"
 )]
 pub struct DecomposeArgs {
     /// A book file (plain text or Markdown) or a catalog id (see `rrm books list`).

@@ -29,7 +29,8 @@ use crate::store::{Store, Table};
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   rrm decomposer train --books alice,botchan,paradise-lost --out boundary.safetensors
-  rrm decomposer eval --books my-novel.txt --model boundary.safetensors --json")]
+  rrm decomposer eval --books my-novel.txt --model boundary.safetensors --json
+  rrm decomposer eval --books my-novel.txt --hide layout")]
 pub struct DecomposerArgs {
     #[command(subcommand)]
     pub command: DecomposerCommand,
