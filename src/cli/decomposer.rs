@@ -472,9 +472,7 @@ pub fn split(ctx: &mut Context, args: SplitArgs) -> anyhow::Result<()> {
         args.lossy,
     )?;
     let tree = &loaded.tree;
-    let id = tree
-        .find(&args.id)
-        .ok_or_else(|| anyhow!("no node '{}' in the tree of {}", args.id, tree.book_title()))?;
+    let id = loaded.node_id(&args.id)?;
     let node = tree.node(id);
     let span = node
         .span()
@@ -537,9 +535,7 @@ pub fn merge(ctx: &mut Context, args: MergeArgs) -> anyhow::Result<()> {
     let tree = &loaded.tree;
     let mut nodes = Vec::new();
     for spec in &args.ids {
-        let id = tree
-            .find(spec)
-            .ok_or_else(|| anyhow!("no node '{spec}' in the tree of {}", tree.book_title()))?;
+        let id = loaded.node_id(spec)?;
         let node = tree.node(id);
         if !node.is_leaf() {
             bail!("{} is not a leaf; only neighbouring leaves can be merged", node.label);

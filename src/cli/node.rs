@@ -2,7 +2,7 @@
 //! context sources and position. The node is looked up in every stored tree, or in one book's
 //! tree with `--book`.
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 
 use super::books::{self, BooksDir};
@@ -72,7 +72,7 @@ pub fn run(ctx: &mut Context, args: NodeArgs) -> anyhow::Result<()> {
     }
 }
 
-const ID_HELP: &str =
+pub(crate) const ID_HELP: &str =
     "ids look like h1.7 (height 1, index 7) or a content-hash prefix of 4+ hex digits";
 
 /// Finds the node: in the tree of `--book`, or in every known tree.
@@ -80,9 +80,7 @@ pub(crate) fn find(ctx: &mut Context, args: &ShowArgs) -> anyhow::Result<(Loaded
     if let Some(spec) = &args.book {
         let loaded =
             load_target(ctx, spec, &args.books.books_dir, &args.trees.trees_dir, args.lossy)?;
-        let id = loaded.tree.find(&args.id).ok_or_else(|| {
-            anyhow!("no node '{}' in the tree of {} ({ID_HELP})", args.id, loaded.tree.book_title())
-        })?;
+        let id = loaded.node_id(&args.id)?;
         return Ok((loaded, id));
     }
     let trees = super::tree::all_trees(ctx, &args.trees.trees_dir)?;

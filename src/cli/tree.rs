@@ -65,6 +65,19 @@ pub struct LoadedTree {
     pub run: Option<RunRecord>,
 }
 
+impl LoadedTree {
+    /// The node `spec` (a label like h1.7 or a content-hash prefix) names in this tree.
+    pub fn node_id(&self, spec: &str) -> anyhow::Result<NodeId> {
+        self.tree.find(spec).ok_or_else(|| {
+            anyhow!(
+                "no node '{spec}' in the tree of {} ({})",
+                self.tree.book_title(),
+                super::node::ID_HELP
+            )
+        })
+    }
+}
+
 /// The tree named by BOOK|TREE.json: a tree file is read directly (its book looked up in the
 /// store); a book is opened and its tree taken from the trees folder or the store.
 pub fn load_target(
