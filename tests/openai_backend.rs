@@ -181,7 +181,7 @@ async fn identity_depends_on_endpoint_and_model() {
     assert_ne!(a.identity().hash, c.identity().hash);
     assert_ne!(a.identity().hash, d.identity().hash);
     assert_eq!(c.identity().name, "n");
-    assert_eq!(a.count_tokens("abcdefgh"), 2);
+    assert_eq!(a.count_tokens("abcdefgh").unwrap(), 2);
     assert!(matches!(
         OpenAiGenerator::new(OpenAiConfig::new("localhost:8000", "m")),
         Err(InferError::OpenAi(OpenAiError::BadEndpoint { .. }))

@@ -179,7 +179,8 @@ fn recovers_known_boundaries_on_held_out_text() {
     .unwrap();
     assert_eq!(rows.len(), 2);
     let (f, l) = (&rows[0], &rows[1]);
-    assert!(l.pk <= 0.1 && l.pk * 2.0 <= f.pk, "learned {l:?} vs fixed {f:?}");
+    let (lpk, fpk) = (l.pk.unwrap(), f.pk.unwrap());
+    assert!(lpk <= 0.1 && lpk * 2.0 <= fpk, "learned {l:?} vs fixed {f:?}");
     assert_eq!(l.leaves_within_limits, l.leaves);
 }
 
