@@ -285,10 +285,13 @@ impl Composer {
         let mut in_flight = FuturesUnordered::new();
         let mut twins: HashMap<String, Vec<(NodeId, String)>> = HashMap::new();
         let mut sequences_in_flight = 0usize;
+        // The first node that failed: nothing new starts after it, but the nodes already in
+        // flight finish and are stored, so a failure loses no finished work.
+        let mut failed: Option<ComposeError> = None;
         loop {
             // Fill the batch: stored outputs complete at once, the rest go to the generator (or,
             // when their candidates are stored from an interrupted run, to the selector).
-            while let Some(&id) = ready.front() {
+            while let Some(&id) = ready.front().filter(|_| failed.is_none()) {
                 let prepared = self.prepare(book, tree, id, &outputs, context_length)?;
                 if let Some(out) =
                     self.store.get::<NodeOutput>(Table::Outputs, &prepared.output_key)?
@@ -324,7 +327,13 @@ impl Composer {
             let Some(result) = in_flight.next().await else {
                 break;
             };
-            let Finished { prepared, set, generated, output } = result?;
+            let Finished { prepared, set, generated, output } = match result {
+                Ok(finished) => finished,
+                Err(err) => {
+                    failed.get_or_insert(err);
+                    continue;
+                }
+            };
             // Durable before the node counts as done: candidates, the pick, the run's record.
             if generated {
                 sequences_in_flight -= prepared.requests.len();
@@ -361,6 +370,9 @@ impl Composer {
             outputs.insert(prepared.id, output.text);
         }
 
+        if let Some(err) = failed {
+            return Err(err);
+        }
         let root = tree.root();
         let root_label = tree.node(root).label.clone();
         report.complete = tree.node(root).height <= limit;
