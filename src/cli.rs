@@ -18,6 +18,7 @@ pub mod books;
 pub mod cache;
 pub mod decompose;
 pub mod decomposer;
+pub mod eval;
 pub mod feedback;
 pub mod models;
 pub mod node;
@@ -79,6 +80,8 @@ pub enum Command {
     Feedback(feedback::FeedbackArgs),
     /// Per-level reward models: train, eval, score (e.g. `rrm reward train --all`).
     Reward(reward::RewardArgs),
+    /// Summary quality against references, run comparisons, plots (e.g. `rrm eval report --out r/`).
+    Eval(eval::EvalArgs),
 }
 
 /// What every command may need, opened lazily.
@@ -165,5 +168,6 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Rate(args) => rate::run(ctx, args),
         Command::Feedback(args) => feedback::run(ctx, args),
         Command::Reward(args) => reward::run(ctx, args),
+        Command::Eval(args) => eval::run(ctx, args),
     }
 }
