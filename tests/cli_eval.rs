@@ -17,7 +17,8 @@ impl Ws {
     fn new() -> Ws {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("tiny.gguf");
-        tiny_gguf(&model, 11, &TinyOptions::default()).unwrap();
+        tiny_gguf(&model, 11, &TinyOptions { context_length: 2048, ..TinyOptions::default() })
+            .unwrap();
         Ws { dir, model }
     }
 
@@ -42,6 +43,7 @@ impl Ws {
     }
 }
 
+/// A small tree: short leaves and outputs, so the tiny model's context holds every prompt.
 fn story(name: &str, n: usize) -> String {
     let mut t = String::new();
     for i in 0..n {
@@ -73,7 +75,17 @@ fn summaries_are_scored_stored_compared_and_reported() {
         .rrm()
         .args(["-q", "eval", "summaries", "--references"])
         .arg(&refs)
-        .args(["--run", "greedy", "--chunk-tokens", "120", "--json"])
+        .args([
+            "--run",
+            "greedy",
+            "--chunk-tokens",
+            "60",
+            "--fanout",
+            "2..3",
+            "--output-tokens",
+            "8,10,12",
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -87,7 +99,16 @@ fn summaries_are_scored_stored_compared_and_reported() {
     ws.rrm()
         .args(["-q", "eval", "summaries", "--references"])
         .arg(&refs)
-        .args(["--run", "greedy", "--chunk-tokens", "120"])
+        .args([
+            "--run",
+            "greedy",
+            "--chunk-tokens",
+            "60",
+            "--fanout",
+            "2..3",
+            "--output-tokens",
+            "8,10,12",
+        ])
         .assert()
         .failure()
         .stderr(predicate::str::contains("exists already"));
@@ -95,7 +116,19 @@ fn summaries_are_scored_stored_compared_and_reported() {
         .rrm()
         .args(["-q", "eval", "summaries", "--references"])
         .arg(&refs)
-        .args(["--run", "sampled", "--chunk-tokens", "120", "--temperature", "0.9", "--json"])
+        .args([
+            "--run",
+            "sampled",
+            "--chunk-tokens",
+            "60",
+            "--fanout",
+            "2..3",
+            "--output-tokens",
+            "8,10,12",
+            "--temperature",
+            "0.9",
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
@@ -112,7 +145,10 @@ fn summaries_are_scored_stored_compared_and_reported() {
     let out = ws.rrm().args(["eval", "compare", "sampled", "greedy", "--json"]).output().unwrap();
     let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(c["documents"], 2);
-    assert!(c["metrics"]["rouge1"]["low"].as_f64().unwrap() <= c["metrics"]["rouge1"]["high"].as_f64().unwrap());
+    assert!(
+        c["metrics"]["rouge1"]["low"].as_f64().unwrap()
+            <= c["metrics"]["rouge1"]["high"].as_f64().unwrap()
+    );
     ws.rrm()
         .args(["eval", "show", "greedy", "--resamples", "200"])
         .assert()
@@ -128,7 +164,11 @@ fn summaries_are_scored_stored_compared_and_reported() {
     assert!(html.contains("no data yet"));
     assert!(ws.path("report/runs.csv").exists());
     ws.rrm().args(["eval", "remove", "sampled"]).assert().success();
-    ws.rrm().args(["eval", "show", "sampled"]).assert().failure().stderr(predicate::str::contains("no evaluation run"));
+    ws.rrm()
+        .args(["eval", "show", "sampled"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("no evaluation run"));
 }
 
 #[test]
@@ -170,5 +210,9 @@ fn bad_references_are_refused_and_nothing_is_stored() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("invalid run name"));
-    ws.rrm().args(["eval", "list"]).assert().success().stdout(predicate::str::contains("no evaluation runs"));
+    ws.rrm()
+        .args(["eval", "list"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("no evaluation runs"));
 }

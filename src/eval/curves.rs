@@ -62,7 +62,8 @@ pub struct CalibrationBin {
 /// A learning curve and the calibration of the largest model per height.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LearningCurve {
-    /// `book` (held-out books) or `node` (held-out nodes of a single book).
+    /// `book` (held-out split groups: books, or nodes where the feedback names no book) or
+    /// `node` (held-out nodes of a single book).
     pub split: String,
     pub test_groups: usize,
     pub train_pool: BTreeMap<u32, usize>,
@@ -185,7 +186,9 @@ pub fn learning_curve(
                 progress(&point);
                 out.points.push(point);
                 if last && r == 0 {
-                    let (bins, ece) = calibration(h, &margins, &test_t.target, 10, &mut rng);
+                    // Ten bins need a few hundred pairs; fewer get five.
+                    let nbins = if test_h.len() >= 200 { 10 } else { 5 };
+                    let (bins, ece) = calibration(h, &margins, &test_t.target, nbins, &mut rng);
                     out.calibration.extend(bins);
                     out.ece.insert(h, ece);
                 }

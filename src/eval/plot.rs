@@ -141,15 +141,23 @@ const TITLE: (&str, u32) = ("sans-serif", 20);
 const LABEL: (&str, u32) = ("sans-serif", 15);
 
 fn line(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &LinePanel) -> DrawResult {
-    let xs = p.series.iter().flat_map(|s| s.points.iter().chain(&s.scatter).map(|q| q.0));
-    let (x0, x1) = p.x_range.unwrap_or_else(|| {
-        if p.x_log {
-            let (lo, hi) = range_of(xs, 0.0);
-            (lo.max(1e-9) / 1.3, hi * 1.3)
-        } else {
-            range_of(xs, 0.05)
+    // A log x axis is drawn as log2(x) with labels 2^k, so every doubling gets a tick.
+    let owned;
+    let p = if p.x_log {
+        let mut q = p.clone();
+        let t = |x: f64| x.max(1e-9).log2();
+        for s in &mut q.series {
+            s.points.iter_mut().for_each(|pt| pt.0 = t(pt.0));
+            s.scatter.iter_mut().for_each(|pt| pt.0 = t(pt.0));
         }
-    });
+        q.x_range = p.x_range.map(|(a, b)| (t(a), t(b)));
+        owned = q;
+        &owned
+    } else {
+        p
+    };
+    let xs = p.series.iter().flat_map(|s| s.points.iter().chain(&s.scatter).map(|q| q.0));
+    let (x0, x1) = p.x_range.unwrap_or_else(|| range_of(xs, 0.06));
     let (y0, y1) = p.y_range.unwrap_or_else(|| {
         let ys = p.series.iter().flat_map(|s| {
             let errs = s.errors.clone().unwrap_or_default();
@@ -166,32 +174,38 @@ fn line(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &LinePanel) -> DrawResult 
         let extra = p.hline.iter().map(|h| h.0);
         range_of(ys.chain(extra), 0.12)
     });
-    let mut builder = ChartBuilder::on(area);
-    builder.caption(&p.title, TITLE).margin(12).x_label_area_size(48).y_label_area_size(70);
-    if p.x_log {
-        let mut chart = builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1).map_err(e2s)?;
-        chart
-            .configure_mesh()
-            .x_desc(&p.x_label)
-            .y_desc(&p.y_label)
-            .axis_desc_style(LABEL)
-            .label_style(("sans-serif", 13))
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .draw()
-            .map_err(e2s)?;
-        draw_lines(&mut chart, p, (x0, x1))
-    } else {
-        let mut chart = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(e2s)?;
-        chart
-            .configure_mesh()
-            .x_desc(&p.x_label)
-            .y_desc(&p.y_label)
-            .axis_desc_style(LABEL)
-            .label_style(("sans-serif", 13))
-            .draw()
-            .map_err(e2s)?;
-        draw_lines(&mut chart, p, (x0, x1))
-    }
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, TITLE)
+        .margin(12)
+        .x_label_area_size(48)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(e2s)?;
+    let log = p.x_log;
+    let ticks = if log { ((x1.floor() - x0.ceil()) as usize + 1).max(2) } else { 10 };
+    chart
+        .configure_mesh()
+        .x_desc(&p.x_label)
+        .y_desc(&p.y_label)
+        .axis_desc_style(LABEL)
+        .label_style(("sans-serif", 13))
+        .light_line_style(RGBColor(238, 238, 238))
+        .x_labels(ticks)
+        .x_label_formatter(&|x| {
+            if log {
+                if (x - x.round()).abs() < 1e-6 {
+                    format!("{:.0}", 2f64.powf(x.round()))
+                } else {
+                    String::new()
+                }
+            } else {
+                let r = (x * 1000.0).round() / 1000.0;
+                format!("{r}")
+            }
+        })
+        .draw()
+        .map_err(e2s)?;
+    draw_lines(&mut chart, p, (x0, x1))
 }
 
 fn draw_lines<'a, X>(
@@ -310,6 +324,7 @@ fn dots(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &DotPanel) -> DrawResult {
         .y_desc(&p.y_label)
         .axis_desc_style(LABEL)
         .label_style(("sans-serif", 13))
+        .light_line_style(RGBColor(238, 238, 238))
         .draw()
         .map_err(e2s)?;
     if p.zero_line {
@@ -382,6 +397,7 @@ fn bars(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &BarPanel) -> DrawResult {
         .y_desc(&p.y_label)
         .axis_desc_style(LABEL)
         .label_style(("sans-serif", 13))
+        .light_line_style(RGBColor(238, 238, 238))
         .draw()
         .map_err(e2s)?;
     let total = 0.8;

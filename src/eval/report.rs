@@ -162,7 +162,10 @@ fn learning_curve_figure(lc: &LearningCurve) -> Result<(String, String), EvalErr
         })
         .collect();
     let panel = Panel::Line(LinePanel {
-        title: format!("Reward model learning curve (held out by {})", lc.split),
+        title: format!(
+            "Reward model learning curve ({} held-out {} groups)",
+            lc.test_groups, lc.split
+        ),
         x_label: "training comparisons (log scale)".into(),
         y_label: "held-out accuracy (%)".into(),
         series,
@@ -539,9 +542,9 @@ pub fn write(dir: &Path, data: &ReportData) -> Result<Written, EvalError> {
         title: "Reward models: learning curve",
         caption: lc.map_or(String::new(), |lc| format!(
             "Held-out accuracy of reward models trained on random subsets of the stored comparisons, per tree height; \
-             the dot is the mean over repeats, small dots single repeats, bars ±1 sd. Test pairs: a quarter of the {}s \
-             ({} held out), never trained on.",
-            lc.split, lc.test_groups
+             the dot is the mean over repeats, small dots single repeats, bars ±1 sd. Test pairs: those of a quarter \
+             of the split groups ({} {} groups: books, or nodes where the feedback names no book), never trained on.",
+            lc.test_groups, lc.split
         )),
         body: lc.map(learning_curve_figure).transpose().map_err(|e| e.to_string()).and_then(|o| {
             o.ok_or_else(|| "no data yet: run `rrm eval learning-curve` (after `rrm feedback simulate`)".to_string())
