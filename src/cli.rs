@@ -14,6 +14,7 @@ use crate::store::Store;
 
 pub mod backend;
 pub mod bench;
+pub mod bench_encoder;
 pub mod books;
 pub mod cache;
 pub mod decompose;
@@ -25,6 +26,7 @@ pub mod rate;
 pub mod reward;
 pub mod summarize;
 pub mod tree;
+pub mod twin;
 
 /// Recursive reward modeling for book summarization.
 ///
@@ -79,6 +81,8 @@ pub enum Command {
     Feedback(feedback::FeedbackArgs),
     /// Per-level reward models: train, eval, score (e.g. `rrm reward train --all`).
     Reward(reward::RewardArgs),
+    /// Twin models for speed checks (e.g. `rrm twin skeleton smollm2-135m --out s.gguf`).
+    Twin(twin::TwinArgs),
 }
 
 /// What every command may need, opened lazily.
@@ -165,5 +169,6 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Rate(args) => rate::run(ctx, args),
         Command::Feedback(args) => feedback::run(ctx, args),
         Command::Reward(args) => reward::run(ctx, args),
+        Command::Twin(args) => twin::run(ctx, args),
     }
 }

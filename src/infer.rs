@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod bench;
 pub mod encoder;
+pub mod encoder_bench;
 pub mod engine;
 pub mod fetch;
 pub mod lazy;
@@ -21,6 +22,7 @@ pub mod sampling;
 #[doc(hidden)]
 pub mod testing;
 pub mod tokenizer;
+pub mod twin;
 
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -36,10 +36,18 @@ pub enum BenchCommand {
         #[command(flatten)]
         model: LocalModelArgs,
     },
+    /// Sentence-encoder throughput: short sentences (sentences/s) and passages longer than the
+    /// window (tokens/s), e.g. `rrm bench encoder --device cuda`.
+    Encoder(super::bench_encoder::EncoderBenchArgs),
 }
 
 pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
-    let BenchCommand::Generate { batch, prompt_len, new_tokens, json, model } = args.command;
+    let (batch, prompt_len, new_tokens, json, model) = match args.command {
+        BenchCommand::Generate { batch, prompt_len, new_tokens, json, model } => {
+            (batch, prompt_len, new_tokens, json, model)
+        }
+        BenchCommand::Encoder(args) => return super::bench_encoder::run(ctx, args),
+    };
     let dir = fetch::models_dir(model.models_dir.as_deref());
     let resolved = fetch::resolve_model_with(&model.model, &dir, !ctx.quiet)
         .with_context(|| format!("finding the model `{}`", model.model))?;

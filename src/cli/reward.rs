@@ -16,6 +16,7 @@ use crate::compose::sample::candidates_for;
 use crate::feedback::sim::SimLabeler;
 use crate::feedback::{self, io, Pair};
 use crate::infer::encoder::{EncoderOptions, MiniLmEncoder};
+use crate::infer::engine::DeviceChoice;
 use crate::infer::{fetch, Encoder};
 use crate::reward::features::Featurizer;
 use crate::reward::model::mean_std;
@@ -47,14 +48,21 @@ pub struct EncoderArgs {
     /// Folder for fetched models (default: the user's cache folder).
     #[arg(long, env = "RRM_MODELS", value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
+    /// Where the encoder runs (auto: a CUDA GPU when built with `--features cuda` and present).
+    #[arg(long, default_value = "auto", value_parser = parse_device, value_name = "cpu|cuda|auto")]
+    pub device: DeviceChoice,
+}
+
+fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse()
 }
 
 /// Loads (fetching on first use) the encoder.
 pub fn load_encoder(args: &EncoderArgs, quiet: bool) -> anyhow::Result<Arc<dyn Encoder>> {
     let dir = fetch::models_dir(args.models_dir.as_deref());
-    let encoder =
-        MiniLmEncoder::resolve_and_load(&args.encoder, &dir, !quiet, EncoderOptions::default())
-            .with_context(|| format!("loading the encoder {}", args.encoder))?;
+    let options = EncoderOptions::on(args.device.device()?);
+    let encoder = MiniLmEncoder::resolve_and_load(&args.encoder, &dir, !quiet, options)
+        .with_context(|| format!("loading the encoder {}", args.encoder))?;
     Ok(Arc::new(encoder))
 }
 

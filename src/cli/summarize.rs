@@ -156,6 +156,7 @@ fn selector(ctx: &mut Context, args: &SummarizeArgs) -> anyhow::Result<Arc<dyn S
     let encoder = super::reward::EncoderArgs {
         encoder: crate::infer::fetch::DEFAULT_ENCODER.to_string(),
         models_dir: args.generator.models_dir.clone(),
+        device: args.generator.device,
     };
     let encoder = super::reward::load_encoder(&encoder, ctx.quiet)?;
     let store = ctx.store()?.clone();
