@@ -179,7 +179,8 @@ bench encoder-gpu "$gpu" 60 "$rrm" -q bench encoder --device "$gpu" --encoder "$
 
 # 6. End to end, cold.
 step summarize-gpu 240 "$rrm" -q --db "$work/db" summarize "${book[@]}" --trees-dir "$work/trees" \
-    --model "$model" --device "$gpu" --out "$out/alice-summary.txt"
+    --model "$model" --device "$gpu" --encoder "$encoder" --encoder-device "$gpu" \
+    --out "$out/alice-summary.txt"
 
 # CPU rows for the comparison (after the GPU ones: they matter less if the budget runs out).
 bench generate-cpu cpu 120 "$rrm" -q bench generate --device cpu --model "$model" \

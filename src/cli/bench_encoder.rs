@@ -1,11 +1,15 @@
 //! `rrm bench encoder`: sentence-encoder throughput on the chosen device (a subcommand of
 //! `rrm bench`, kept in its own file).
 
+use anyhow::Context as _;
 use clap::Args;
 
-use super::reward::{load_encoder, EncoderArgs};
+use super::args::{parse_device, EncoderArgs, ModelsDir};
 use super::Context;
-use crate::infer::encoder_bench::{bench_encoder, bench_passages, bench_sentences};
+use crate::infer::encoder::{EncoderOptions, MiniLmEncoder};
+use crate::infer::encoder_bench::run_encoder_bench;
+use crate::infer::engine::DeviceChoice;
+use crate::infer::{fetch, Encoder};
 
 #[derive(Debug, Args)]
 pub struct EncoderBenchArgs {
@@ -18,13 +22,22 @@ pub struct EncoderBenchArgs {
     /// Print JSON rows.
     #[arg(long)]
     pub json: bool,
+    /// Where the encoder runs.
+    #[arg(long, default_value = "auto", value_parser = parse_device, value_name = "cpu|cuda|auto")]
+    pub device: DeviceChoice,
     #[command(flatten)]
     pub encoder: EncoderArgs,
+    #[command(flatten)]
+    pub models: ModelsDir,
 }
 
 pub fn run(ctx: &mut Context, args: EncoderBenchArgs) -> anyhow::Result<()> {
-    let device = args.encoder.device.device()?;
-    let encoder = load_encoder(&args.encoder, ctx.quiet)?;
+    let device = args.device.device()?;
+    let dir = fetch::models_dir(args.models.models_dir.as_deref());
+    let options = EncoderOptions::on(device.clone());
+    let encoder =
+        MiniLmEncoder::resolve_and_load(&args.encoder.encoder, &dir, ctx.progress(), options)
+            .with_context(|| format!("loading the encoder `{}`", args.encoder.encoder))?;
     if !args.json {
         println!("encoder {} on {device:?}", encoder.identity().name);
         println!(
@@ -32,12 +45,7 @@ pub fn run(ctx: &mut Context, args: EncoderBenchArgs) -> anyhow::Result<()> {
             "workload", "texts", "tokens", "seconds", "texts/s", "tokens/s"
         );
     }
-    let workloads = [
-        ("sentences", bench_sentences(args.sentences)),
-        ("passages", bench_passages(args.passages)),
-    ];
-    for (name, texts) in workloads.iter().filter(|(_, texts)| !texts.is_empty()) {
-        let row = bench_encoder(encoder.as_ref(), name, texts)?;
+    for row in run_encoder_bench(&encoder, args.sentences, args.passages)? {
         if args.json {
             println!("{}", serde_json::to_string(&row)?);
         } else {

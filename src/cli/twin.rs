@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
+use super::args::ModelsDir;
 use super::Context;
 use crate::infer::{fetch, twin};
 
@@ -37,9 +38,8 @@ pub enum TwinCommand {
         /// Where to write it: a .gguf file for a generator, a folder for an encoder.
         #[arg(long, value_name = "PATH")]
         out: PathBuf,
-        /// Folder for fetched models (default: the user's cache folder).
-        #[arg(long, env = "RRM_MODELS", value_name = "DIR")]
-        models_dir: Option<PathBuf>,
+        #[command(flatten)]
+        models: ModelsDir,
     },
     /// Write a twin model from a skeleton (a .gguf skeleton file or an encoder skeleton folder).
     Inflate {
@@ -55,39 +55,32 @@ pub enum TwinCommand {
 
 pub fn run(ctx: &mut Context, args: TwinArgs) -> anyhow::Result<()> {
     match args.command {
-        TwinCommand::Skeleton { model, out, models_dir } => {
-            let dir = fetch::models_dir(models_dir.as_deref());
-            let resolved = fetch::resolve_model_with(&model, &dir, !ctx.quiet)
+        TwinCommand::Skeleton { model, out, models } => {
+            let dir = fetch::models_dir(models.models_dir.as_deref());
+            let resolved = fetch::resolve_model_with(&model, &dir, ctx.progress())
                 .with_context(|| format!("finding the model `{model}`"))?;
-            if resolved.path.is_dir() {
-                twin::bert_skeleton(&resolved.path, &out)?;
-                if !ctx.quiet {
-                    println!("encoder skeleton of {} in {}", resolved.name, out.display());
-                }
-            } else {
-                let summary = twin::gguf_skeleton(&resolved.path, &out)?;
-                if !ctx.quiet {
-                    println!(
+            let written = twin::skeleton(&resolved.path, &out)
+                .with_context(|| format!("writing the skeleton of {}", resolved.name))?;
+            if !ctx.quiet {
+                match written {
+                    twin::Skeleton::Bert => {
+                        println!("encoder skeleton of {} in {}", resolved.name, out.display())
+                    }
+                    twin::Skeleton::Gguf(summary) => println!(
                         "skeleton of {} ({} tensors, {:.1} MB of weights) in {}",
                         resolved.name,
                         summary.tensors,
                         summary.data_bytes as f64 / 1e6,
                         out.display()
-                    );
+                    ),
                 }
             }
             Ok(())
         }
         TwinCommand::Inflate { skeleton, out, seed } => {
             let t0 = std::time::Instant::now();
-            let bytes = if skeleton.is_dir() {
-                if out != skeleton {
-                    twin::bert_skeleton(&skeleton, &out)?;
-                }
-                twin::bert_inflate(&out, seed)?
-            } else {
-                twin::gguf_inflate(&skeleton, &out, seed)?
-            };
+            let bytes = twin::inflate(&skeleton, &out, seed)
+                .with_context(|| format!("inflating {}", skeleton.display()))?;
             if !ctx.quiet {
                 println!(
                     "twin with {:.1} MB of weights in {} ({:.1} s)",

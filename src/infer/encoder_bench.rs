@@ -64,6 +64,22 @@ pub fn bench_encoder(
     })
 }
 
+/// The two workloads, `sentences` short sentences then `passages` long passages (a count of 0
+/// skips one), on `encoder`.
+pub fn run_encoder_bench(
+    encoder: &dyn Encoder,
+    sentences: usize,
+    passages: usize,
+) -> Result<Vec<EncoderBenchRow>, InferError> {
+    let workloads =
+        [("sentences", bench_sentences(sentences)), ("passages", bench_passages(passages))];
+    workloads
+        .iter()
+        .filter(|(_, texts)| !texts.is_empty())
+        .map(|(name, texts)| bench_encoder(encoder, name, texts))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +99,8 @@ mod tests {
         assert_eq!((row.texts, row.workload.as_str()), (3, "passages"));
         // Each passage is longer than the window: truncated at the window.
         assert_eq!(row.tokens, 3 * encoder.max_tokens());
+        let rows = run_encoder_bench(&encoder, 4, 0).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].workload.as_str(), rows[0].texts), ("sentences", 4));
     }
 }

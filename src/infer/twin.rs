@@ -293,6 +293,40 @@ pub fn bert_inflate(dir: &Path, seed: u64) -> Result<u64, InferError> {
     Ok(bytes)
 }
 
+/// What [`skeleton`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skeleton {
+    /// A GGUF generator's skeleton (a file).
+    Gguf(SkeletonSummary),
+    /// A BERT encoder's skeleton (a folder).
+    Bert,
+}
+
+/// Writes the skeleton of the model at `model`: a BERT encoder folder gives a folder at `out`,
+/// a GGUF file a GGUF skeleton file.
+pub fn skeleton(model: &Path, out: &Path) -> Result<Skeleton, InferError> {
+    if model.is_dir() {
+        bert_skeleton(model, out)?;
+        Ok(Skeleton::Bert)
+    } else {
+        gguf_skeleton(model, out).map(Skeleton::Gguf)
+    }
+}
+
+/// Writes the twin of `skeleton` (a skeleton folder or file) at `out` with weights drawn from
+/// `seed`; returns the bytes of weights written. An encoder skeleton folder may be inflated in
+/// place (`out` the same folder).
+pub fn inflate(skeleton: &Path, out: &Path, seed: u64) -> Result<u64, InferError> {
+    if skeleton.is_dir() {
+        if out != skeleton {
+            bert_skeleton(skeleton, out)?;
+        }
+        bert_inflate(out, seed)
+    } else {
+        gguf_inflate(skeleton, out, seed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
