@@ -148,11 +148,12 @@ encoder="$work/minilm-twin"
 step inflate-policy 60 "$rrm" twin inflate "$bundle/models/smollm2.skeleton.gguf" --out "$model" || exit 1
 step inflate-encoder 60 "$rrm" twin inflate "$bundle/models/minilm.skeleton" --out "$encoder" || exit 1
 
-# 3. Tests.
-require=1
-[[ "$dry" == 1 ]] && require=0
-RRM_REQUIRE_GPU=$require RRM_GPU_CHECK_MODEL="$model" RRM_GPU_CHECK_ENCODER="$encoder" \
-    step tests 150 "$work/cuda-tests" --test-threads 1 --nocapture
+# 3. Tests. In the dry run the CPU stands in for the GPU (RRM_CUDA_TESTS_ON_CPU): that checks
+# the tests and the twins in the CUDA build, not the GPU.
+require=1 on_cpu=0
+[[ "$dry" == 1 ]] && require=0 on_cpu=1
+RRM_REQUIRE_GPU=$require RRM_CUDA_TESTS_ON_CPU=$on_cpu RRM_GPU_CHECK_MODEL="$model" \
+    RRM_GPU_CHECK_ENCODER="$encoder" step tests 150 "$work/cuda-tests" --test-threads 1 --nocapture
 
 # 4-5. Throughput. Each bench prints JSON rows; they are tagged with the device and kept.
 bench() {
