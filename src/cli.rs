@@ -21,6 +21,7 @@ pub mod cache;
 pub mod db;
 pub mod decompose;
 pub mod decomposer;
+pub mod eval;
 pub mod feedback;
 pub mod models;
 pub mod node;
@@ -85,6 +86,8 @@ pub enum Command {
     Reward(reward::RewardArgs),
     /// Check the database and repair it (e.g. `rrm db check`, `rrm db check --repair`).
     Db(db::DbArgs),
+    /// Summary quality against references, run comparisons, plots (e.g. `rrm eval report --out r/`).
+    Eval(eval::EvalArgs),
     /// Twin models for speed checks (e.g. `rrm twin skeleton smollm2-135m --out s.gguf`).
     Twin(twin::TwinArgs),
 }
@@ -184,6 +187,7 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Feedback(args) => feedback::run(ctx, args),
         Command::Reward(args) => reward::run(ctx, args),
         Command::Db(args) => db::run(ctx, args),
+        Command::Eval(args) => eval::run(ctx, args),
         Command::Twin(args) => twin::run(ctx, args),
     }
 }
