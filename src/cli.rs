@@ -15,6 +15,7 @@ use crate::workspace::Workspace;
 
 pub mod args;
 pub mod bench;
+pub mod bench_encoder;
 pub mod books;
 pub mod cache;
 pub mod db;
@@ -28,6 +29,7 @@ pub mod rate;
 pub mod reward;
 pub mod summarize;
 pub mod tree;
+pub mod twin;
 
 /// Recursive reward modeling for book summarization.
 ///
@@ -86,6 +88,8 @@ pub enum Command {
     Db(db::DbArgs),
     /// Summary quality against references, run comparisons, plots (e.g. `rrm eval report --out r/`).
     Eval(eval::EvalArgs),
+    /// Twin models for speed checks (e.g. `rrm twin skeleton smollm2-135m --out s.gguf`).
+    Twin(twin::TwinArgs),
 }
 
 /// What every command may need, opened lazily.
@@ -184,5 +188,6 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Reward(args) => reward::run(ctx, args),
         Command::Db(args) => db::run(ctx, args),
         Command::Eval(args) => eval::run(ctx, args),
+        Command::Twin(args) => twin::run(ctx, args),
     }
 }

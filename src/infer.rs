@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod bench;
 pub mod encoder;
+pub mod encoder_bench;
 pub mod engine;
 pub mod fetch;
 pub mod gguf_check;
@@ -24,6 +25,7 @@ pub mod spec;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tokenizer;
+pub mod twin;
 
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

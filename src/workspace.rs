@@ -49,6 +49,7 @@ use crate::decompose::learned::LearnedError;
 use crate::decompose::DecomposeError;
 use crate::feedback::FeedbackError;
 use crate::infer::encoder::{EncoderOptions, MiniLmEncoder};
+use crate::infer::engine::DeviceChoice;
 use crate::infer::{Encoder, InferError};
 use crate::reward::RewardError;
 use crate::store::{Store, StoreError};
@@ -115,6 +116,9 @@ pub struct WorkspaceConfig {
     pub reward_dir: Option<PathBuf>,
     /// Fetched models (default: `RRM_MODELS`, else the user's cache folder).
     pub models_dir: Option<PathBuf>,
+    /// Where the sentence encoder runs (default `Auto`: a CUDA GPU when built with
+    /// `--features cuda` and one is there, else the CPU).
+    pub encoder_device: DeviceChoice,
 }
 
 impl WorkspaceConfig {
@@ -126,6 +130,7 @@ impl WorkspaceConfig {
             trees_dir: PathBuf::from("task_trees"),
             reward_dir: None,
             models_dir: None,
+            encoder_device: DeviceChoice::Auto,
         }
     }
 }
@@ -138,6 +143,7 @@ pub struct Workspace {
     trees_dir: PathBuf,
     reward_dir: PathBuf,
     models_dir: PathBuf,
+    encoder_device: DeviceChoice,
     catalog: Arc<Catalog>,
 }
 
@@ -170,6 +176,7 @@ impl Workspace {
             trees_dir: config.trees_dir.clone(),
             reward_dir,
             models_dir: crate::infer::fetch::models_dir(config.models_dir.as_deref()),
+            encoder_device: config.encoder_device,
             catalog: Arc::new(load_catalog()?),
         })
     }
@@ -199,9 +206,9 @@ impl Workspace {
     }
 
     /// Loads (fetching on first use) the sentence encoder `spec` (a registry name or a model
-    /// folder) from the workspace's models folder.
+    /// folder) from the workspace's models folder, on the workspace's encoder device.
     pub fn encoder(&self, spec: &str, progress: bool) -> Result<Arc<dyn Encoder>> {
-        let options = EncoderOptions::default();
+        let options = EncoderOptions::on(self.encoder_device.device()?);
         let encoder = MiniLmEncoder::resolve_and_load(spec, &self.models_dir, progress, options)?;
         Ok(Arc::new(encoder))
     }

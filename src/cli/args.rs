@@ -46,6 +46,17 @@ pub struct WorkspaceArgs {
     pub reward_dir: Option<PathBuf>,
     #[command(flatten)]
     pub models: ModelsDir,
+    /// Where the sentence encoder runs (auto: a CUDA GPU when built with `--features cuda` and
+    /// one is there).
+    #[arg(
+        long,
+        global = true,
+        env = "RRM_ENCODER_DEVICE",
+        default_value = "auto",
+        value_parser = parse_device,
+        value_name = "cpu|cuda|auto"
+    )]
+    pub encoder_device: DeviceChoice,
 }
 
 impl WorkspaceArgs {
@@ -56,6 +67,7 @@ impl WorkspaceArgs {
             trees_dir: self.trees_dir.clone(),
             reward_dir: self.reward_dir.clone(),
             models_dir: self.models.models_dir.clone(),
+            encoder_device: self.encoder_device,
         }
     }
 }

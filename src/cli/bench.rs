@@ -45,6 +45,9 @@ pub enum BenchCommand {
         #[command(flatten)]
         model: LocalModelArgs,
     },
+    /// Sentence-encoder throughput: short sentences (sentences/s) and passages longer than the
+    /// window (tokens/s), e.g. `rrm bench encoder --device cuda`.
+    Encoder(super::bench_encoder::EncoderBenchArgs),
     /// What asking people buys (`summarize --ask`): with the simulated labeler answering,
     /// its score of every node and of the root against the number of questions, for each
     /// budget, asking where the reward ensemble is unsure or regardless (the baseline).
@@ -91,6 +94,7 @@ pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Generate { batch, prompt_len, new_tokens, json, model } => {
             (batch, prompt_len, new_tokens, json, model)
         }
+        BenchCommand::Encoder(args) => return super::bench_encoder::run(ctx, args),
         BenchCommand::Ask(a) => return bench_ask(ctx, *a),
     };
     let dir = fetch::models_dir(model.models.models_dir.as_deref());

@@ -20,8 +20,9 @@
 //! Files: this one loads the model and runs it; `window.rs` embeds long texts in windows;
 //! `cache.rs` is the embedding-cache hook.
 //!
-//! Embedding is CPU-bound and blocking (candle's kernels use `RAYON_NUM_THREADS` threads); async
-//! callers run it under `tokio::task::spawn_blocking`.
+//! Embedding is blocking (on the CPU candle's kernels use `RAYON_NUM_THREADS` threads; on a GPU,
+//! [`EncoderOptions::on`] a CUDA device, it waits for the device); async callers run it under
+//! `tokio::task::spawn_blocking`.
 //!
 //! Errors name the file at fault: a missing, truncated or malformed `model.safetensors`,
 //! `config.json` or `tokenizer.json` gives an [`EncoderError::File`], never a panic.
@@ -99,6 +100,19 @@ pub struct EncoderOptions {
     pub name: String,
 }
 
+impl EncoderOptions {
+    /// The default options on `device`. On a GPU a forward pass costs about the same for 32 rows
+    /// as for 256, so batches are larger there (and the CPU's cache-sized cap on attention
+    /// scores becomes a memory cap).
+    pub fn on(device: Device) -> Self {
+        if device.is_cpu() {
+            Self { device, ..Self::default() }
+        } else {
+            Self { device, batch_size: 256, max_batch_tokens: 65_536, ..Self::default() }
+        }
+    }
+}
+
 impl Default for EncoderOptions {
     fn default() -> Self {
         Self {
@@ -125,9 +139,10 @@ pub struct MiniLmEncoder {
     options: EncoderOptions,
 }
 
-/// Bytes of attention scores one forward pass may hold per layer (see
-/// [`EncoderOptions::max_batch_tokens`]).
+/// Bytes of attention scores one forward pass may hold per layer on the CPU (see
+/// [`EncoderOptions::max_batch_tokens`]), and on other devices.
 const MAX_ATTENTION_BYTES: usize = 24 << 20;
+const MAX_DEVICE_ATTENTION_BYTES: usize = 1 << 30;
 
 impl std::fmt::Debug for MiniLmEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -308,6 +323,11 @@ impl MiniLmEncoder {
         order.sort_by_key(|&i| encodings[i].get_ids().len());
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
         let (mut start, mut batches) = (0, 0usize);
+        let max_attention = if self.options.device.is_cpu() {
+            MAX_ATTENTION_BYTES
+        } else {
+            MAX_DEVICE_ATTENTION_BYTES
+        };
         while start < order.len() {
             let mut end = start;
             while end < order.len() && end - start < self.options.batch_size {
@@ -317,7 +337,7 @@ impl MiniLmEncoder {
                 let attention_bytes = rows * self.heads * width * width * 4;
                 if rows > 1
                     && (rows * width > self.options.max_batch_tokens
-                        || attention_bytes > MAX_ATTENTION_BYTES)
+                        || attention_bytes > max_attention)
                 {
                     break;
                 }

@@ -73,10 +73,15 @@ impl DeviceChoice {
     pub fn device(self) -> Result<Device, InferError> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda if !candle_core::utils::cuda_is_available() => Err(InferError::Other(
+                "this rrm was built without CUDA: build it with `--features cuda` to use --device cuda"
+                    .into(),
+            )),
             Self::Cuda => Device::new_cuda(0).map_err(|e| {
-                InferError::Other(format!(
-                    "cannot use CUDA device 0 (build with `--features cuda`): {e}"
-                ))
+                // candle's error may carry a backtrace after its first line.
+                let e = e.to_string();
+                let first = e.lines().next().unwrap_or_default();
+                InferError::Other(format!("cannot use CUDA device 0 (no GPU or driver?): {first}"))
             }),
             Self::Auto => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
         }

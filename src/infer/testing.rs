@@ -83,6 +83,9 @@ pub struct TinyOptions {
     pub context_length: usize,
     /// Share the token embedding with the output layer (no `output.weight`), as SmolLM2 does.
     pub tied: bool,
+    /// The type of the weight matrices (F32 by default; `Q4_1`, `Q8_0`… like real files).
+    /// Norm weights and biases stay F32.
+    pub weights: GgmlDType,
 }
 
 impl Default for TinyOptions {
@@ -96,6 +99,7 @@ impl Default for TinyOptions {
             ffn: 96,
             context_length: 512,
             tied: true,
+            weights: GgmlDType::F32,
         }
     }
 }
@@ -133,7 +137,8 @@ pub fn tiny_gguf(path: &Path, seed: u64, o: &TinyOptions) -> Result<(), InferErr
         let a = std * 3f32.sqrt();
         let data: Vec<f32> = (0..n).map(|_| rng.random_range(-a..a)).collect();
         let t = Tensor::from_vec(data, shape, &Device::Cpu).map_err(err)?;
-        QTensor::quantize(&t, GgmlDType::F32).map_err(err)
+        let dtype = if shape.len() == 2 { o.weights } else { GgmlDType::F32 };
+        QTensor::quantize(&t, dtype).map_err(err)
     };
     let ones = |n: usize| -> Result<QTensor, InferError> {
         let t = Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).map_err(err)?;
@@ -214,5 +219,63 @@ pub fn tiny_gguf(path: &Path, seed: u64, o: &TinyOptions) -> Result<(), InferErr
     candle_core::quantized::gguf_file::write(&mut w, &md_refs, &t_refs).map_err(err)?;
     use std::io::Write as _;
     w.flush().map_err(|e| InferError::Io { path: path.to_path_buf(), error: e })?;
+    Ok(())
+}
+
+/// Words of the tiny BERT's vocabulary (after the five specials `[PAD]` `[UNK]` `[CLS]` `[SEP]`
+/// `[MASK]`, ids 0–4).
+const BERT_WORDS: &[&str] = &[
+    "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "in", "park", "book", "is", "long", ".",
+    ",", "river", "night", "and", "by", "morning",
+];
+
+/// Writes a tiny BERT sentence encoder into `dir` (`config.json`, `tokenizer.json`, random
+/// `model.safetensors` from `seed`): 2 layers, 32-d, 512 positions, a lower-casing word-level
+/// tokenizer that adds `[CLS]` and `[SEP]`.
+pub fn tiny_bert(dir: &Path, seed: u64) -> Result<(), InferError> {
+    use tokenizers::models::bpe::Vocab;
+    use tokenizers::models::wordlevel::WordLevel;
+    use tokenizers::normalizers::utils::Lowercase;
+    use tokenizers::pre_tokenizers::whitespace::Whitespace;
+    use tokenizers::processors::template::TemplateProcessing;
+    use tokenizers::{AddedToken, Tokenizer};
+
+    let err = |e: Box<dyn std::error::Error + Send + Sync>| InferError::Model {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    };
+    let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+    let vocab: Vocab = specials
+        .iter()
+        .chain(BERT_WORDS)
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), i as u32))
+        .collect();
+    let model = WordLevel::builder().vocab(vocab).unk_token("[UNK]".into()).build().map_err(err)?;
+    let mut tokenizer = Tokenizer::new(model);
+    tokenizer.with_normalizer(Some(Lowercase)).map_err(err)?;
+    tokenizer.with_pre_tokenizer(Some(Whitespace {}));
+    let template = TemplateProcessing::builder()
+        .try_single("[CLS] $0 [SEP]")
+        .and_then(|t| t.try_pair("[CLS] $A [SEP] $B:1 [SEP]:1"))
+        .map_err(|e| err(e.into()))?
+        .special_tokens(vec![("[CLS]", 2), ("[SEP]", 3)])
+        .build()
+        .map_err(|e| err(e.into()))?;
+    tokenizer.with_post_processor(Some(template));
+    tokenizer.add_special_tokens(specials.map(|s| AddedToken::from(s, true))).map_err(err)?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| InferError::Io { path: dir.to_path_buf(), error: e })?;
+    tokenizer.save(dir.join(super::encoder::TOKENIZER_FILE), false).map_err(err)?;
+    let config = serde_json::json!({
+        "vocab_size": specials.len() + BERT_WORDS.len(), "hidden_size": 32,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+        "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "max_position_embeddings": 512,
+        "type_vocab_size": 2, "initializer_range": 0.02, "layer_norm_eps": 1e-12,
+        "pad_token_id": 0, "model_type": "bert"
+    });
+    let path = dir.join(super::encoder::CONFIG_FILE);
+    std::fs::write(&path, config.to_string()).map_err(|e| InferError::Io { path, error: e })?;
+    super::twin::bert_inflate(dir, seed)?;
     Ok(())
 }
