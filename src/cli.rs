@@ -21,10 +21,12 @@ pub mod db;
 pub mod decompose;
 pub mod decomposer;
 pub mod feedback;
+pub mod labeler;
 pub mod models;
 pub mod node;
 pub mod rate;
 pub mod reward;
+pub mod serve;
 pub mod summarize;
 pub mod tree;
 
@@ -83,6 +85,10 @@ pub enum Command {
     Reward(reward::RewardArgs),
     /// Check the database and repair it (e.g. `rrm db check`, `rrm db check --repair`).
     Db(db::DbArgs),
+    /// The labeling web app: browse trees, rate nodes with the keyboard (e.g. `rrm serve`).
+    Serve(serve::ServeArgs),
+    /// Labelers of the web app and their sign-in tokens (e.g. `rrm labeler add ann`).
+    Labeler(labeler::LabelerArgs),
 }
 
 /// What every command may need, opened lazily.
@@ -180,5 +186,7 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Feedback(args) => feedback::run(ctx, args),
         Command::Reward(args) => reward::run(ctx, args),
         Command::Db(args) => db::run(ctx, args),
+        Command::Serve(args) => serve::run(ctx, args),
+        Command::Labeler(args) => labeler::run(ctx, args),
     }
 }

@@ -12,6 +12,7 @@ pub mod decompose;
 pub mod feedback;
 pub mod infer;
 pub mod reward;
+pub mod serve;
 pub mod store;
 pub mod tree;
 pub mod workspace;
