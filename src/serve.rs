@@ -384,9 +384,11 @@ pub fn router(state: Shared) -> Router {
             header::X_FRAME_OPTIONS,
             HeaderValue::from_static("DENY"),
         ))
+        // `same-origin`, not `no-referrer`: under `no-referrer` browsers send `Origin: null`
+        // with a form's POST, which the Origin check would refuse.
         .layer(SetResponseHeaderLayer::overriding(
             header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
+            HeaderValue::from_static("same-origin"),
         ))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,

@@ -93,7 +93,15 @@ async fn wait_page(c: &Client, old: &str, selector: &str) -> String {
         if url != old && c.find(Locator::Css(selector)).await.is_ok() {
             return url;
         }
-        assert!(Instant::now() < deadline, "no page with {selector} after {old} (now at {url})");
+        if Instant::now() >= deadline {
+            let source = c.source().await.unwrap_or_default();
+            let dir = artifacts();
+            std::fs::write(dir.join("failed.html"), &source).unwrap();
+            if let Ok(png) = c.screenshot().await {
+                std::fs::write(dir.join("failed.png"), png).unwrap();
+            }
+            panic!("no page with {selector} after {old} (now at {url}); the page:\n{source}");
+        }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
