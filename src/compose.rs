@@ -19,6 +19,7 @@
 //!
 //! Imports `book`, `tree`, `infer` (seams only) and `store`; never the CLI.
 
+pub mod ask;
 pub mod cache;
 pub mod keys;
 pub mod prompt;
@@ -43,7 +44,7 @@ use crate::tree::{NodeId, NodeKind, TaskTree};
 
 pub use keys::input_key;
 pub use record::{Candidate, CandidateOrigin, CandidateSet, NodeOutput, RunRecord};
-pub use select::{CandidateScore, MeanLogprob, Selector};
+pub use select::{CandidateScore, MeanLogprob, SelectNode, Selector};
 
 /// Everything that decides what the composer generates, besides the tree and the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +171,7 @@ pub struct Composer {
 #[derive(Clone)]
 struct Prepared {
     id: NodeId,
+    book_id: String,
     label: String,
     height: u32,
     input: String,
@@ -285,10 +287,13 @@ impl Composer {
         let mut in_flight = FuturesUnordered::new();
         let mut twins: HashMap<String, Vec<(NodeId, String)>> = HashMap::new();
         let mut sequences_in_flight = 0usize;
+        // The first node that failed: nothing new starts after it, but the nodes already in
+        // flight finish and are stored, so a failure loses no finished work.
+        let mut failed: Option<ComposeError> = None;
         loop {
             // Fill the batch: stored outputs complete at once, the rest go to the generator (or,
             // when their candidates are stored from an interrupted run, to the selector).
-            while let Some(&id) = ready.front() {
+            while let Some(&id) = ready.front().filter(|_| failed.is_none()) {
                 let prepared = self.prepare(book, tree, id, &outputs, context_length)?;
                 if let Some(out) =
                     self.store.get::<NodeOutput>(Table::Outputs, &prepared.output_key)?
@@ -324,7 +329,13 @@ impl Composer {
             let Some(result) = in_flight.next().await else {
                 break;
             };
-            let Finished { prepared, set, generated, output } = result?;
+            let Finished { prepared, set, generated, output } = match result {
+                Ok(finished) => finished,
+                Err(err) => {
+                    failed.get_or_insert(err);
+                    continue;
+                }
+            };
             // Durable before the node counts as done: candidates, the pick, the run's record.
             if generated {
                 sequences_in_flight -= prepared.requests.len();
@@ -361,6 +372,9 @@ impl Composer {
             outputs.insert(prepared.id, output.text);
         }
 
+        if let Some(err) = failed {
+            return Err(err);
+        }
         let root = tree.root();
         let root_label = tree.node(root).label.clone();
         report.complete = tree.node(root).height <= limit;
@@ -406,10 +420,22 @@ impl Composer {
             }
         };
         let selector = Arc::clone(&self.selector);
-        let (height, input, candidates) =
-            (prepared.height, prepared.input.clone(), set.candidates.clone());
+        let node = prepared.clone();
+        let candidates = set.candidates.clone();
         let scored = if candidates.len() > 1 {
-            Some(blocking(move || selector.score(height, &input, &candidates)).await??)
+            Some(
+                blocking(move || {
+                    let at = SelectNode {
+                        book_id: &node.book_id,
+                        label: &node.label,
+                        height: node.height,
+                        input: &node.input,
+                        input_key: &node.input_key,
+                    };
+                    selector.score_node(&at, &candidates)
+                })
+                .await??,
+            )
         } else {
             None
         };
@@ -505,6 +531,7 @@ impl Composer {
             .collect();
         Ok(Prepared {
             id,
+            book_id: tree.book_id().to_string(),
             label,
             height: node.height,
             input,

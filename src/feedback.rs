@@ -330,8 +330,13 @@ pub fn put_all(store: &Store, records: Vec<Feedback>) -> Result<usize, FeedbackE
 
 /// Every feedback record, oldest first.
 pub fn all(store: &Store) -> Result<Vec<Feedback>, FeedbackError> {
-    let mut records: Vec<Feedback> =
-        store.scan::<Feedback>(Table::Feedback, KEY_PREFIX)?.into_iter().map(|(_, f)| f).collect();
+    // A corrupt record is reported (naming its key) and skipped: one bad value must not stop
+    // rating, the queue or training (`rrm db check --repair` moves it aside).
+    let mut records: Vec<Feedback> = store
+        .scan_lenient::<Feedback>(Table::Feedback, KEY_PREFIX)?
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect();
     records.sort_by(|a, b| a.time_unix.cmp(&b.time_unix).then_with(|| a.id.cmp(&b.id)));
     Ok(records)
 }
@@ -341,7 +346,8 @@ pub fn find(store: &Store, prefix: &str) -> Result<Option<Feedback>, FeedbackErr
     if prefix.len() < 4 {
         return Err(Invalid("a feedback id prefix needs at least 4 characters".into()).into());
     }
-    let found = store.scan::<Feedback>(Table::Feedback, &format!("{KEY_PREFIX}{prefix}"))?;
+    let found =
+        store.scan_lenient::<Feedback>(Table::Feedback, &format!("{KEY_PREFIX}{prefix}"))?;
     match found.len() {
         0 => Ok(None),
         1 => Ok(found.into_iter().next().map(|(_, f)| f)),

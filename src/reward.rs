@@ -537,3 +537,75 @@ impl Selector for RewardSelector {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feedback::sim::{self, SimLabeler};
+    use crate::feedback::{self, Feedback};
+    use crate::infer::testing::BowEncoder;
+
+    /// Simulated comparisons on synthetic books (one group per book).
+    fn pairs(books: usize) -> Vec<Pair> {
+        let nodes = synth::corpus(3, books, 3, 1, 4);
+        let labeler = SimLabeler::new("sim", 0.0);
+        let mut rng = sim::rng(5);
+        let mut records = Vec::new();
+        for n in &nodes {
+            for i in 0..n.candidates.len() {
+                for j in i + 1..n.candidates.len() {
+                    let kind =
+                        labeler.compare(&n.input, &n.candidates[i], &n.candidates[j], &mut rng);
+                    records.push(
+                        Feedback::new(
+                            "sim",
+                            &feedback::text_hash(&n.input),
+                            &n.input,
+                            n.height,
+                            kind,
+                        )
+                        .at(Some(n.book.clone()), None),
+                    );
+                }
+            }
+        }
+        feedback::to_pairs(&records)
+    }
+
+    #[test]
+    fn reported_metrics_are_on_test_books_never_used_to_choose_the_epoch() {
+        let encoder = BowEncoder::new();
+        let pairs = pairs(8);
+        let config = TrainConfig { members: 2, max_epochs: 5, ..TrainConfig::default() };
+        let model = RewardModel::train(&encoder, None, &pairs, &config, "test").unwrap();
+        let data = &model.card.data;
+        assert!(!data.test_groups.is_empty() && !data.val_groups.is_empty(), "{data:?}");
+        let test: BTreeSet<&String> = data.test_groups.iter().collect();
+        assert!(data.val_groups.iter().all(|g| !test.contains(g)), "validation and test overlap");
+        assert!(model.card.held_out);
+        assert_eq!(model.card.metrics["all"].pairs, data.test_pairs);
+        assert_eq!(model.card.validation_metrics["all"].pairs, data.val_pairs);
+        assert_eq!(data.train_pairs + data.val_pairs + data.test_pairs, pairs.len());
+    }
+
+    #[test]
+    fn a_model_without_heads_is_an_error_not_silence() {
+        let encoder = BowEncoder::new();
+        let config = TrainConfig { members: 1, max_epochs: 2, ..TrainConfig::default() };
+        let mut model = RewardModel::train(&encoder, None, &pairs(3), &config, "test").unwrap();
+        model.heads.by_scope.clear();
+        let mut featurizer = Featurizer::new(&encoder, None);
+        let err = model.member_scores(&mut featurizer, 0, "input text", &["a", "b"]).unwrap_err();
+        assert!(matches!(err, RewardError::NoHead { .. }), "{err}");
+    }
+
+    #[test]
+    fn features_of_a_text_never_embedded_are_an_error_not_zeros() {
+        let encoder = BowEncoder::new();
+        let mut featurizer = Featurizer::new(&encoder, None);
+        featurizer.prepare(&["the input passage"]).unwrap();
+        assert!(featurizer.row("the input passage", "never embedded").is_err());
+        featurizer.prepare(&["never embedded"]).unwrap();
+        assert!(featurizer.row("the input passage", "never embedded").is_ok());
+    }
+}

@@ -577,6 +577,47 @@ mod tests {
     }
 
     #[test]
+    fn version_1_databases_are_migrated_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let store = Store::open(&path).unwrap();
+            // A v1 database: one run record per book under run/<book>.
+            let old =
+                serde_json::json!({"book_id": "b1", "finished_unix": 1700000000u64, "outputs": {}});
+            store.put_raw(Table::Meta, b"run/b1", old.to_string().as_bytes()).unwrap();
+            store.put_raw(Table::Meta, META_SCHEMA_KEY, &1u32.to_le_bytes()).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let runs = store.scan::<serde_json::Value>(Table::Meta, "run/").unwrap();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(runs[0].0, "run/b1/1700000000-migrated");
+        assert_eq!(runs[0].1["complete"], true);
+        assert_eq!(runs[0].1["started_unix"], 1700000000u64);
+        let version = store.tree(Table::Meta).unwrap().get(META_SCHEMA_KEY).unwrap().unwrap();
+        assert_eq!(version.as_ref(), &SCHEMA_VERSION.to_le_bytes());
+    }
+
+    #[test]
+    fn lenient_scans_skip_and_strict_scans_name_a_corrupt_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("db")).unwrap();
+        store.put(Table::Outputs, "a", &vec![1]).unwrap();
+        store.put_raw(Table::Outputs, b"b", b"{oops").unwrap();
+        store.put(Table::Outputs, "c", &vec![3]).unwrap();
+        let err = store.scan::<Vec<i32>>(Table::Outputs, "").unwrap_err();
+        assert!(err.to_string().contains("under key b"), "{err}");
+        let good = store.scan_lenient::<Vec<i32>>(Table::Outputs, "").unwrap();
+        assert_eq!(good.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), vec!["a", "c"]);
+        store.quarantine(Table::Outputs, b"b", "test").unwrap();
+        assert!(store.scan::<Vec<i32>>(Table::Outputs, "").is_ok());
+        let q = store.scan::<serde_json::Value>(Table::Quarantine, "").unwrap();
+        assert_eq!(q[0].0, "outputs/b");
+        assert_eq!(q[0].1["value"], "{oops");
+    }
+
+    #[test]
     fn corrupt_value_is_a_decode_error() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("db")).unwrap();

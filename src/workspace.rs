@@ -17,6 +17,7 @@
 //! - [`queue`]: what to rate next, ranked by the reward ensemble's disagreement; asked nodes and
 //!   pairs in flight.
 //! - [`summarize`]: decomposing and composing a book, selectors.
+//! - [`ask`]: `summarize --ask` (budgets, the asking selector) and its measurement.
 //! - [`embeddings`]: the sentence-embedding cache over the store.
 //! - [`check`]: `rrm db check [--repair]`.
 //! - [`corrections`]: split corrections for the learned decomposer.
@@ -29,6 +30,7 @@
 //!
 //! Imports every library module; nothing but front ends imports it.
 
+pub mod ask;
 pub mod books;
 pub mod check;
 pub mod corrections;

@@ -94,7 +94,11 @@ fn reward_model_learns_the_simulated_labeler_and_best_of_4_beats_best_of_1() {
     )
     .unwrap();
     assert!(store.len(Table::Embeddings).unwrap() > 0, "embeddings are cached in the store");
-    eprintln!("card metrics (validation books): {:?}", model.card.metrics);
+    eprintln!("card metrics (test books): {:?}", model.card.metrics);
+    eprintln!(
+        "card metrics (validation books, chose the epoch): {:?}",
+        model.card.validation_metrics
+    );
     let saved = model.save(&dir.path().join("reward")).unwrap();
     let model = RewardModel::load(&saved).unwrap();
 
