@@ -21,6 +21,7 @@
 
 pub mod answers;
 pub mod api;
+pub mod ask;
 pub mod auth;
 pub mod jobs;
 pub mod pages;
@@ -122,6 +123,8 @@ pub struct AppState {
     pub templates: minijinja::Environment<'static>,
     pub scorer: RwLock<Option<Scorer>>,
     pub writes: answers::WriteLocks,
+    /// Questions of running `summarize --ask` jobs, at the head of every queue.
+    pub asks: Arc<ask::AskHub>,
     generator: tokio::sync::OnceCell<Arc<dyn Generator>>,
     trees: Mutex<HashMap<String, Arc<LoadedTree>>>,
 }
@@ -161,6 +164,7 @@ impl AppState {
             jobs: jobs::Jobs::default(),
             scorer: RwLock::new(scorer),
             writes: answers::WriteLocks::default(),
+            asks: Arc::new(ask::AskHub::default()),
             generator: tokio::sync::OnceCell::new(),
             trees: Mutex::new(HashMap::new()),
         }))
@@ -347,6 +351,8 @@ pub fn router(state: Shared) -> Router {
         .route("/feedback", get(api::feedback_list).post(api::feedback_post))
         .route("/progress", get(api::progress))
         .route("/export", get(api::export))
+        .route("/asks", get(api::asks))
+        .route("/asks/{id}", post(api::ask_answer))
         .route("/jobs", get(api::jobs))
         .route("/jobs/{id}", get(api::job))
         .route("/reward/train", post(api::train))
@@ -363,6 +369,9 @@ pub fn router(state: Shared) -> Router {
         .route("/books/{book}/nodes/{node}/skip", post(pages::skip))
         .route("/books/{book}/nodes/{node}/draw", post(pages::draw))
         .route("/next", get(pages::next))
+        .route("/asks/{id}", get(pages::asked))
+        .route("/asks/{id}/answer", post(pages::ask_answer))
+        .route("/asks/{id}/skip", post(pages::ask_skip))
         .route("/progress", get(pages::progress))
         .route("/jobs", get(pages::jobs))
         .route("/reward/train", post(pages::train))

@@ -582,3 +582,100 @@ async fn a_running_server_owns_the_database_and_says_so() {
     server.await.unwrap().unwrap();
     assert!(!owner.exists(), "the owner file is removed at the end");
 }
+
+/// `summarize --ask` under the web app: a summarize job with asking puts its question at the
+/// head of the queue (`/next` opens it), waits, and goes on with the answer; the answer is one
+/// stored comparison with the labeler who gave it; a skip lets the job go on without a record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_ask_waits_at_the_head_of_the_queue() {
+    let f = fixture(6, 2, 3).await;
+    let ann = labelers::add(&f.ws, "ann", false).unwrap();
+    let bob = labelers::add(&f.ws, "bob", false).unwrap();
+    let state = state(&f, 1);
+    let mut c = Client { bearer: Some(ann.clone()), ..Client::new(&state) };
+    let mut b = Client { bearer: Some(bob.clone()), ..Client::new(&state) };
+    let before = c.get("/api/feedback").await.json();
+    let before = before.as_array().map_or(0, Vec::len);
+
+    // Bad settings are refused before any job starts.
+    let bad = c
+        .post_json(&format!("/api/books/{}/summarize?ask=1&best_of=1", f.book_id), None, &json!({}))
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+    // Best of 2, no reward model: it asks at every node, two questions at most.
+    let r = c
+        .post_json(
+            &format!("/api/books/{}/summarize?ask=1&best_of=2&budget=2", f.book_id),
+            None,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let job = r.json()["job"].as_u64().unwrap();
+
+    let mut answered = Vec::new();
+    for round in 0..2 {
+        // Wait for the job's question.
+        let mut asks = Value::Null;
+        for _ in 0..600 {
+            asks = c.get("/api/asks").await.json();
+            if !asks["asks"].as_array().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let q = asks["asks"][0].clone();
+        assert!(q.is_object(), "no question came: {asks}");
+        assert_eq!(q["job"].as_u64(), Some(job));
+        let id = q["id"].as_u64().unwrap();
+        // The head of ann's queue; reserved for her, so bob does not get it.
+        let next = c.get("/next").await;
+        assert_eq!((next.status, next.location()), (StatusCode::SEE_OTHER, format!("/asks/{id}")));
+        let page = c.get(&format!("/asks/{id}")).await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(page.body.contains("waits for you"), "{}", page.body);
+        assert!(!page.body.contains(SCRIPT), "unescaped markup on the question page");
+        assert_ne!(b.get("/next").await.location(), format!("/asks/{id}"));
+        let taken = b.post_json(&format!("/api/asks/{id}"), None, &json!({"skip": true})).await;
+        assert_eq!(taken.status, StatusCode::CONFLICT, "{}", taken.body);
+        // A pair that is not the question's is refused, and the question stays.
+        let wrong = c
+            .post_json(
+                &format!("/api/asks/{id}"),
+                None,
+                &json!({"a": "00", "b": "11", "prefer": "a"}),
+            )
+            .await;
+        assert_eq!(wrong.status, StatusCode::BAD_REQUEST, "{}", wrong.body);
+        if round == 0 {
+            let r = c
+                .post_json(
+                    &format!("/api/asks/{id}"),
+                    None,
+                    &json!({"a": q["a"]["hash"], "b": q["b"]["hash"], "prefer": "b", "confidence": 8}),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            let record = r.json()["record"].clone();
+            assert_eq!(record["labeler"], "ann");
+            assert_eq!(record["prefer"], "b");
+            assert_eq!(record["node"], q["node"]);
+            answered.push(record);
+        } else {
+            let r = c.post_json(&format!("/api/asks/{id}"), None, &json!({"skip": true})).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        }
+        // Answered once: a second answer finds no question.
+        let again = c.post_json(&format!("/api/asks/{id}"), None, &json!({"skip": true})).await;
+        assert_eq!(again.status, StatusCode::NOT_FOUND);
+    }
+    let done = wait_for_job(&mut c, job).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert!(done["message"].as_str().unwrap().contains("asked 2 question(s)"), "{done}");
+    assert!(c.get("/api/asks").await.json()["asks"].as_array().unwrap().is_empty());
+    // Exactly one new record: the answer, stored once (not again by the selector).
+    let after = c.get("/api/feedback").await.json();
+    let after = after.as_array().unwrap();
+    assert_eq!(after.len(), before + 1, "{after:?}");
+    assert!(after.iter().any(|r| r["id"] == answered[0]["id"]));
+}

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::answers::{self, Answer};
+use super::ask::{self as asking, AskParams, Reply};
 use super::auth::Identity;
 use super::views::CandidateView;
 use super::{blocking, jobs, json_failure, lock, Failure, Shared};
@@ -163,15 +164,18 @@ pub async fn draw(
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response())
 }
 
+/// `POST /api/books/{book}/summarize[?ask=1&best_of=2&budget=N&threshold=T]`.
 pub async fn summarize(
     State(state): State<Shared>,
     Extension(who): Extension<Identity>,
     Path(book): Path<String>,
+    q: Result<Query<AskParams>, QueryRejection>,
 ) -> ApiResult {
     let labeler = who.labeler()?.to_string();
+    let ask = query(q)?.settings()?;
     let s = state.clone();
     let book_id = blocking(move || s.book_id(&book)).await?;
-    let job = jobs::summarize_book(&state, &labeler, &book_id);
+    let job = jobs::summarize_book(&state, &labeler, &book_id, ask);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response())
 }
 
@@ -353,4 +357,49 @@ pub async fn job(State(state): State<Shared>, Path(id): Path<String>) -> ApiResu
         ))
         .into()),
     }
+}
+
+/// `GET /api/asks`: the questions running `summarize --ask` jobs wait on, oldest first.
+pub async fn asks(State(state): State<Shared>, Extension(who): Extension<Identity>) -> ApiResult {
+    who.labeler()?;
+    ok(json!({ "asks": state.asks.all() }))
+}
+
+/// The answer to a question: the pair as shown and a preference, or `{"skip": true}`.
+#[derive(Debug, Deserialize)]
+pub struct AskAnswer {
+    #[serde(default)]
+    pub a: String,
+    #[serde(default)]
+    pub b: String,
+    pub prefer: Option<feedback::Preference>,
+    pub confidence: Option<u8>,
+    #[serde(default)]
+    pub skip: bool,
+}
+
+/// `POST /api/asks/{id}`: answers a question (stored and flushed, then the job goes on).
+pub async fn ask_answer(
+    State(state): State<Shared>,
+    Extension(who): Extension<Identity>,
+    Path(id): Path<String>,
+    b: Result<Json<AskAnswer>, JsonRejection>,
+) -> ApiResult {
+    let labeler = who.labeler()?.to_string();
+    let id: u64 = id.parse().map_err(|_| {
+        Failure::not_found(format!("no question '{}'", id.chars().take(30).collect::<String>()))
+    })?;
+    let a = body(b)?;
+    let reply = if a.skip {
+        Reply::Skip
+    } else {
+        let prefer =
+            a.prefer.ok_or_else(|| Failure::bad_request("give prefer (a, b or tie) or skip"))?;
+        Reply::Prefer { prefer, confidence: a.confidence.unwrap_or(5) }
+    };
+    let s = state.clone();
+    let stored = blocking(move || asking::answer(&s, id, &labeler, &a.a, &a.b, reply)).await?;
+    let status = if stored.is_some() { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(json!({ "id": stored.as_ref().map(|f| f.id.clone()), "record": stored })))
+        .into_response())
 }

@@ -10,11 +10,12 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use super::ask::WebAsker;
 use super::{answers, blocking, lock, Failure, Scorer, Shared};
-use crate::compose::{ComposeOptions, MeanLogprob, Observer};
+use crate::compose::{ComposeOptions, MeanLogprob, Observer, Selector};
 use crate::feedback;
 use crate::reward::train::TrainConfig;
-use crate::reward::RewardModel;
+use crate::reward::{RewardModel, RewardSelector};
 use crate::workspace::{embeddings, rating, summarize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -82,6 +83,11 @@ impl Jobs {
     /// Asks running jobs to stop at their next step (the server is shutting down).
     pub fn cancel_all(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    /// The flag [`Jobs::cancel_all`] sets (for work that polls it on another thread).
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.cancelled)
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -252,11 +258,40 @@ impl Observer for JobObserver {
     }
 }
 
-/// Summarizes book `book_id` along its stored tree (cached nodes are instant).
-pub fn summarize_book(state: &Shared, labeler: &str, book_id: &str) -> u64 {
+/// `summarize --ask` inside the server: where the reward ensemble cannot tell a node's two best
+/// candidates apart, the job asks the labelers (see [`super::ask`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AskSettings {
+    /// Candidates drawn per node to choose between (2 or more).
+    pub best_of: usize,
+    /// Ask when |mean_a − mean_b| < threshold · √(std_a² + std_b²). Without a reward model the
+    /// job asks at every node (within the budget): there is no uncertainty to measure.
+    pub threshold: f32,
+    /// At most this many questions (`None`: no limit).
+    pub budget: Option<usize>,
+}
+
+impl Default for AskSettings {
+    fn default() -> AskSettings {
+        AskSettings { best_of: 2, threshold: 1.0, budget: None }
+    }
+}
+
+/// Summarizes book `book_id` along its stored tree (cached nodes are instant); with `ask`,
+/// labelers decide the nodes the reward ensemble is unsure of.
+pub fn summarize_book(
+    state: &Shared,
+    labeler: &str,
+    book_id: &str,
+    ask: Option<AskSettings>,
+) -> u64 {
     let book = book_id.to_string();
     let link = Some(format!("/books/{book}"));
-    let title = format!("summarize {}", &book[..book.len().min(12)]);
+    let title = format!(
+        "summarize {}{}",
+        &book[..book.len().min(12)],
+        if ask.is_some() { ", asking where unsure" } else { "" }
+    );
     spawn(state, "summarize", title, labeler, link, move |state, id| async move {
         let s = Arc::clone(&state);
         let loaded = blocking(move || Ok(s.tree(&book)?)).await?;
@@ -268,23 +303,64 @@ pub fn summarize_book(state: &Shared, labeler: &str, book_id: &str) -> u64 {
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
         };
+        let mut options = ComposeOptions::default();
+        let mut asking = None;
+        let selector: Arc<dyn Selector> = match ask {
+            None => Arc::new(MeanLogprob),
+            Some(settings) => {
+                if settings.best_of < 2 {
+                    return Err(Failure::bad_request(
+                        "asking chooses between candidates: it needs best-of 2 or more",
+                    ));
+                }
+                options.best_of = settings.best_of;
+                let (inner, threshold): (Arc<dyn Selector>, f32) = match state.scorer() {
+                    Some(scorer) => {
+                        let cache = embeddings::cache(state.ws.store());
+                        let selector =
+                            RewardSelector::new(scorer.model, scorer.encoder, Some(cache), 0.0)
+                                .map_err(crate::workspace::WorkspaceError::from)?;
+                        (Arc::new(selector), settings.threshold)
+                    }
+                    None => (Arc::new(MeanLogprob), f32::INFINITY),
+                };
+                let asker = Arc::new(WebAsker {
+                    hub: Arc::clone(&state.asks),
+                    job: id,
+                    cancelled: state.jobs.cancel_flag(),
+                });
+                let s = crate::workspace::ask::asking_selector(
+                    &state.ws,
+                    inner,
+                    asker,
+                    threshold,
+                    settings.budget,
+                )?;
+                asking = Some(Arc::clone(&s));
+                s
+            }
+        };
         let report = summarize::compose(
             &state.ws,
             &book,
             &loaded.tree,
             generator,
-            Arc::new(MeanLogprob),
-            ComposeOptions::default(),
+            selector,
+            options,
             &observer,
         )
         .await?;
         changed(&state).await?;
         Ok(format!(
-            "{} nodes ({} generated, {} from cache) in {:.1} s",
+            "{} nodes ({} generated, {} from cache) in {:.1} s{}",
             report.nodes_total,
             report.computed,
             report.cache_hits,
-            report.elapsed.as_secs_f64()
+            report.elapsed.as_secs_f64(),
+            match asking {
+                Some(s) => format!("; asked {} question(s)", s.stats().asked),
+                None => String::new(),
+            }
         ))
     })
 }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::answers::{self, AnswerForm};
+use super::ask::{self as asking, AskParams, Reply};
 use super::auth::{pair_key, set_cookie, Identity};
 use super::jobs::{self, JobState};
 use super::views::{self, CandidateView};
@@ -30,6 +31,7 @@ const PROGRESS: &str = include_str!("templates/progress.html");
 const JOBS: &str = include_str!("templates/jobs.html");
 const LOGIN: &str = include_str!("templates/login.html");
 const ERROR: &str = include_str!("templates/error.html");
+const ASK: &str = include_str!("templates/ask.html");
 const SCRIPT: &str = include_str!("static/app.js");
 const STYLE: &str = include_str!("static/app.css");
 
@@ -46,6 +48,7 @@ pub fn templates() -> minijinja::Environment<'static> {
         ("jobs.html", JOBS),
         ("login.html", LOGIN),
         ("error.html", ERROR),
+        ("ask.html", ASK),
     ] {
         if let Err(err) = env.add_template(name, source) {
             tracing::error!("template {name}: {err}");
@@ -430,17 +433,27 @@ pub async fn draw_many(
     Ok(see_other(&format!("/next?job={job}")))
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SummarizeForm {
+    pub csrf: String,
+    #[serde(flatten)]
+    pub ask: AskParams,
+}
+
 pub async fn summarize(
     State(state): State<Shared>,
     Extension(who): Extension<Identity>,
     Path(book): Path<String>,
-    f: Result<Form<CsrfForm>, FormRejection>,
+    f: Result<Form<SummarizeForm>, FormRejection>,
 ) -> PageResult {
-    who.check_csrf(&form(f)?.csrf)?;
+    let f = form(f)?;
+    who.check_csrf(&f.csrf)?;
     let labeler = who.labeler()?.to_string();
+    let ask = f.ask.settings()?;
     let s = state.clone();
     let book_id = blocking(move || s.book_id(&book)).await?;
-    jobs::summarize_book(&state, &labeler, &book_id);
+    jobs::summarize_book(&state, &labeler, &book_id, ask);
     Ok(see_other("/jobs"))
 }
 
@@ -469,6 +482,10 @@ pub async fn next(
 ) -> PageResult {
     let q = query(q)?;
     let labeler = who.labeler()?.to_string();
+    // A running `summarize --ask` waits on these: they come before every ranked item.
+    if let Some(id) = state.asks.next_for(&labeler) {
+        return Ok(see_other(&format!("/asks/{id}")));
+    }
     let skipped: HashSet<_> = who.skipped.clone();
     let item = lock(&state.queue).next(&labeler, state.config.overlap, &skipped);
     if let Some(item) = item {
@@ -530,4 +547,88 @@ pub async fn progress(
 
 pub async fn jobs(State(state): State<Shared>, Extension(who): Extension<Identity>) -> PageResult {
     render(&state, &who, "jobs.html", json!({ "page": "jobs", "jobs": state.jobs.all() }))
+}
+
+// --- questions of running `summarize --ask` jobs ---
+
+fn question_id(id: &str) -> Result<u64, Failure> {
+    id.parse().map_err(|_| {
+        Failure::not_found(format!("no question '{}'", id.chars().take(30).collect::<String>()))
+    })
+}
+
+/// The rating screen for a question a running summary waits on (comparisons only).
+pub async fn asked(
+    State(state): State<Shared>,
+    Extension(who): Extension<Identity>,
+    Path(id): Path<String>,
+) -> PageResult {
+    who.labeler()?;
+    let id = question_id(&id)?;
+    let q = state.asks.get(id).ok_or_else(|| {
+        Failure::not_found(format!(
+            "no waiting question {id}: it was answered already, or its job ended (press n)"
+        ))
+    })?;
+    let s = state.clone();
+    let book = q.book.clone();
+    let title = blocking(move || {
+        Ok(s.tree(&book).ok().and_then(|t| t.book.as_ref().map(|b| b.title().to_string())))
+    })
+    .await?
+    .unwrap_or_else(|| q.book.clone());
+    let pair: Vec<Value> = [&q.a, &q.b]
+        .iter()
+        .map(
+            |c| json!({ "hash": c.hash, "text": c.text, "paragraphs": views::paragraphs(&c.text) }),
+        )
+        .collect();
+    render(
+        &state,
+        &who,
+        "ask.html",
+        json!({
+            "page": "ask",
+            "q": q,
+            "book_title": title,
+            "paragraphs": views::paragraphs(&q.input),
+            "pair": pair,
+        }),
+    )
+}
+
+pub async fn ask_answer(
+    State(state): State<Shared>,
+    Extension(who): Extension<Identity>,
+    Path(id): Path<String>,
+    f: Result<Form<AnswerForm>, FormRejection>,
+) -> PageResult {
+    let f = form(f)?;
+    who.check_csrf(&f.csrf)?;
+    let labeler = who.labeler()?.to_string();
+    let id = question_id(&id)?;
+    let answers::Answer::Comparison { a, b, prefer, confidence } = f.answer()? else {
+        return Err(Failure::bad_request(
+            "a running summary asks which summary is better: answer with 1, 2 or t",
+        )
+        .into());
+    };
+    let s = state.clone();
+    let reply = Reply::Prefer { prefer, confidence };
+    blocking(move || asking::answer(&s, id, &labeler, &a, &b, reply)).await?;
+    Ok(see_other("/next"))
+}
+
+pub async fn ask_skip(
+    State(state): State<Shared>,
+    Extension(who): Extension<Identity>,
+    Path(id): Path<String>,
+    f: Result<Form<CsrfForm>, FormRejection>,
+) -> PageResult {
+    who.check_csrf(&form(f)?.csrf)?;
+    let labeler = who.labeler()?.to_string();
+    let id = question_id(&id)?;
+    let s = state.clone();
+    blocking(move || asking::answer(&s, id, &labeler, "", "", Reply::Skip)).await?;
+    Ok(see_other("/next"))
 }

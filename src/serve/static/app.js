@@ -51,6 +51,8 @@
 
   // --- the rating screen ---
   var form = $('#answer');
+  var rate = $('#rate');
+  var asked = !!(rate && rate.dataset.asked);   // a question of a running summary: comparisons only
   var prompt = $('#prompt');
   var editor = $('#editor');
   var text = $('#text');
@@ -180,6 +182,10 @@
         return false;
       default:
         break;
+    }
+    if (asked && 'lecw'.indexOf(key) >= 0) {
+      say('A running summary asks only which summary is better: 1, 2 or t (s: no answer).');
+      return true;
     }
     switch (key) {
       case '1':
