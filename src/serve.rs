@@ -87,7 +87,7 @@ impl ServeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
-    Workspace(#[from] WorkspaceError),
+    Workspace(Box<WorkspaceError>),
     #[error(
         "refusing to listen on {addr}: with no labelers, rrm serve listens on a loopback address \
          only (anyone who can reach it could rate as you). Add labelers first (`rrm labeler add \
@@ -100,6 +100,12 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("the overlap must be between 1 and 100 (got {0})")]
     Overlap(usize),
+}
+
+impl From<WorkspaceError> for ServeError {
+    fn from(err: WorkspaceError) -> ServeError {
+        ServeError::Workspace(Box::new(err))
+    }
 }
 
 /// A reward model with the encoder its features come from.
