@@ -20,6 +20,7 @@ pub mod cache;
 pub mod db;
 pub mod decompose;
 pub mod decomposer;
+pub mod eval;
 pub mod feedback;
 pub mod labeler;
 pub mod models;
@@ -89,6 +90,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Labelers of the web app and their sign-in tokens (e.g. `rrm labeler add ann`).
     Labeler(labeler::LabelerArgs),
+    /// Summary quality against references, run comparisons, plots (e.g. `rrm eval report --out r/`).
+    Eval(eval::EvalArgs),
 }
 
 /// What every command may need, opened lazily.
@@ -188,5 +191,6 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Db(args) => db::run(ctx, args),
         Command::Serve(args) => serve::run(ctx, args),
         Command::Labeler(args) => labeler::run(ctx, args),
+        Command::Eval(args) => eval::run(ctx, args),
     }
 }
