@@ -5,6 +5,7 @@
 //!
 //! Every chart is drawn into a string and returned; [`super::report`] writes the files.
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -294,6 +295,43 @@ where
         .map_err(e2s)
 }
 
+/// A chart with one x position per category (labelled with its name) and a numeric y axis.
+fn category_chart<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    y: std::ops::Range<f64>,
+) -> Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String> {
+    let k = categories.len().max(1);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, TITLE)
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.5f64..(k as f64 - 0.5), y)
+        .map_err(e2s)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(k + 1)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < categories.len() {
+                categories[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(y_label)
+        .axis_desc_style(LABEL)
+        .label_style(("sans-serif", 13))
+        .light_line_style(RGBColor(238, 238, 238))
+        .draw()
+        .map_err(e2s)?;
+    Ok(chart)
+}
+
 fn dots(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &DotPanel) -> DrawResult {
     let k = p.categories.len().max(1);
     let ns = p.series.len().max(1);
@@ -304,32 +342,7 @@ fn dots(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &DotPanel) -> DrawResult {
         y0 = y0.min(0.0);
         y1 = y1.max(0.0);
     }
-    let mut chart = ChartBuilder::on(area)
-        .caption(&p.title, TITLE)
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(-0.5f64..(k as f64 - 0.5), y0..y1)
-        .map_err(e2s)?;
-    let cats = p.categories.clone();
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(k + 1)
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < cats.len() {
-                cats[i as usize].clone()
-            } else {
-                String::new()
-            }
-        })
-        .y_desc(&p.y_label)
-        .axis_desc_style(LABEL)
-        .label_style(("sans-serif", 13))
-        .light_line_style(RGBColor(238, 238, 238))
-        .draw()
-        .map_err(e2s)?;
+    let mut chart = category_chart(area, &p.title, &p.y_label, &p.categories, y0..y1)?;
     if p.zero_line {
         let style = ShapeStyle::from(&RGBColor(120, 120, 120)).stroke_width(1);
         chart
@@ -374,35 +387,9 @@ fn dots(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &DotPanel) -> DrawResult {
 }
 
 fn bars(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &BarPanel) -> DrawResult {
-    let k = p.groups.len().max(1);
     let ns = p.series.len().max(1);
     let (_, y1) = range_of(p.series.iter().flat_map(|(_, v)| v.iter().flatten().copied()), 0.15);
-    let mut chart = ChartBuilder::on(area)
-        .caption(&p.title, TITLE)
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(-0.5f64..(k as f64 - 0.5), 0f64..y1.max(1e-9))
-        .map_err(e2s)?;
-    let groups = p.groups.clone();
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(k + 1)
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < groups.len() {
-                groups[i as usize].clone()
-            } else {
-                String::new()
-            }
-        })
-        .y_desc(&p.y_label)
-        .axis_desc_style(LABEL)
-        .label_style(("sans-serif", 13))
-        .light_line_style(RGBColor(238, 238, 238))
-        .draw()
-        .map_err(e2s)?;
+    let mut chart = category_chart(area, &p.title, &p.y_label, &p.groups, 0f64..y1.max(1e-9))?;
     let total = 0.8;
     let w = total / ns as f64;
     for (si, (name, vals)) in p.series.iter().enumerate() {
