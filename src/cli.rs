@@ -15,7 +15,6 @@ use crate::workspace::Workspace;
 
 pub mod args;
 pub mod bench;
-pub mod bench_encoder;
 pub mod books;
 pub mod cache;
 pub mod db;
@@ -23,10 +22,12 @@ pub mod decompose;
 pub mod decomposer;
 pub mod eval;
 pub mod feedback;
+pub mod labeler;
 pub mod models;
 pub mod node;
 pub mod rate;
 pub mod reward;
+pub mod serve;
 pub mod summarize;
 pub mod tree;
 pub mod twin;
@@ -86,6 +87,10 @@ pub enum Command {
     Reward(reward::RewardArgs),
     /// Check the database and repair it (e.g. `rrm db check`, `rrm db check --repair`).
     Db(db::DbArgs),
+    /// The labeling web app: browse trees, rate nodes with the keyboard (e.g. `rrm serve`).
+    Serve(serve::ServeArgs),
+    /// Labelers of the web app and their sign-in tokens (e.g. `rrm labeler add ann`).
+    Labeler(labeler::LabelerArgs),
     /// Summary quality against references, run comparisons, plots (e.g. `rrm eval report --out r/`).
     Eval(eval::EvalArgs),
     /// Twin models for speed checks (e.g. `rrm twin skeleton smollm2-135m --out s.gguf`).
@@ -187,6 +192,8 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Feedback(args) => feedback::run(ctx, args),
         Command::Reward(args) => reward::run(ctx, args),
         Command::Db(args) => db::run(ctx, args),
+        Command::Serve(args) => serve::run(ctx, args),
+        Command::Labeler(args) => labeler::run(ctx, args),
         Command::Eval(args) => eval::run(ctx, args),
         Command::Twin(args) => twin::run(ctx, args),
     }

@@ -16,7 +16,8 @@
 //! Submodules: [`io`] (JSONL import/export, TRL), [`sim`] (the simulated labeler), [`queue`]
 //! (what to rate next), [`compared`] (which pairs were compared, by whom), [`split`] (split
 //! corrections for the learned decomposer, under `split/`), [`groups`] (train/validation/test
-//! groups: books, else clusters of near-identical inputs).
+//! groups: books, else clusters of near-identical inputs), [`stats`] (counts per labeler and
+//! height, agreement and Krippendorff's α per height).
 //!
 //! Imports `store` only.
 
@@ -26,6 +27,7 @@ pub mod io;
 pub mod queue;
 pub mod sim;
 pub mod split;
+pub mod stats;
 
 pub use compared::ComparedPairs;
 

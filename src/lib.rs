@@ -13,6 +13,7 @@ pub mod eval;
 pub mod feedback;
 pub mod infer;
 pub mod reward;
+pub mod serve;
 pub mod store;
 pub mod tree;
 pub mod workspace;

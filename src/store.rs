@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The on-disk layout version. Bump it when a table's key scheme or value type changes
 /// incompatibly, and add the step from the previous version to [`MIGRATIONS`].
@@ -90,10 +90,12 @@ pub enum Table {
     BookTexts,
     /// `<table>/<key>` → a record `rrm db check --repair` moved out of its table.
     Quarantine,
+    /// labeler name → labeler record (the hash of their sign-in token, never the token).
+    Labelers,
 }
 
 impl Table {
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Books,
         Table::TaskTrees,
         Table::Outputs,
@@ -103,6 +105,7 @@ impl Table {
         Table::Meta,
         Table::BookTexts,
         Table::Quarantine,
+        Table::Labelers,
     ];
 
     pub fn name(self) -> &'static str {
@@ -116,6 +119,7 @@ impl Table {
             Table::Meta => "meta",
             Table::BookTexts => "book_texts",
             Table::Quarantine => "quarantine",
+            Table::Labelers => "labelers",
         }
     }
 
@@ -127,8 +131,10 @@ impl Table {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database {path} is in use by another rrm process (close it, or pass another --db)")]
-    Locked { path: PathBuf },
+    /// Another process holds the database; `owner` is what that process wrote beside it (see
+    /// [`Owner`]), when it did.
+    #[error("database {} {}", path.display(), locked_message(owner.as_ref()))]
+    Locked { path: PathBuf, owner: Option<Owner> },
     #[error("database {path} has schema version {found}, newer than this rrm understands ({expected}); use a newer rrm")]
     SchemaMismatch { path: PathBuf, found: u32, expected: u32 },
     #[error("database {path}: migrating from schema version {from} failed: {source}")]
@@ -143,6 +149,61 @@ pub enum StoreError {
     Decode { table: &'static str, key: String, source: serde_json::Error },
     #[error("could not encode a value for table {table}: {source}")]
     Encode { table: &'static str, source: serde_json::Error },
+}
+
+/// A long-running process that holds the database (`rrm serve`), as it describes itself in a
+/// small file beside the database ([`Owner::file`]), so that a command which finds the database
+/// locked can say who holds it and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// The command, e.g. `rrm serve`.
+    pub program: String,
+    /// Where it can be reached (e.g. `http://127.0.0.1:8080`), if anywhere.
+    #[serde(default)]
+    pub addr: Option<String>,
+    pub pid: u32,
+    pub started_unix: u64,
+}
+
+impl Owner {
+    /// `<db>.owner.json`, beside the database folder.
+    pub fn file(db: &Path) -> PathBuf {
+        let mut name = db.as_os_str().to_owned();
+        name.push(".owner.json");
+        PathBuf::from(name)
+    }
+
+    /// Writes the file for the database at `db` (the caller holds the database).
+    pub fn write(&self, db: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(Owner::file(db), bytes)
+    }
+
+    /// Removes the file (when the owner lets the database go).
+    pub fn remove(db: &Path) {
+        let _ = std::fs::remove_file(Owner::file(db));
+    }
+
+    /// What the file beside `db` says, if it exists and reads.
+    pub fn read(db: &Path) -> Option<Owner> {
+        let bytes = std::fs::read(Owner::file(db)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+fn locked_message(owner: Option<&Owner>) -> String {
+    match owner {
+        Some(o) => format!(
+            "is held by `{}`{} (pid {}): use it there{}, or stop it (Ctrl-C in its terminal, or \
+             `kill {}`) and run this command again",
+            o.program,
+            o.addr.as_deref().map(|a| format!(" at {a}")).unwrap_or_default(),
+            o.pid,
+            if o.addr.is_some() { " (pages, and the JSON API under /api/)" } else { "" },
+            o.pid
+        ),
+        None => "is in use by another rrm process (close it, or pass another --db)".into(),
+    }
 }
 
 /// A raw entry of a table: key bytes, value bytes.
@@ -177,7 +238,7 @@ impl Store {
         }
         let db = sled::Config::new().path(&path).open().map_err(|source| {
             if is_lock_error(&source) {
-                StoreError::Locked { path: path.clone() }
+                StoreError::Locked { path: path.clone(), owner: Owner::read(&path) }
             } else {
                 StoreError::Open { path: path.clone(), source }
             }
@@ -492,6 +553,27 @@ mod tests {
             Err(StoreError::SchemaMismatch { found: 99, .. }) => {}
             other => panic!("expected schema mismatch, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_held_database_names_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let owner = Owner {
+            program: "rrm serve".into(),
+            addr: Some("http://127.0.0.1:8080".into()),
+            pid: 4242,
+            started_unix: 1,
+        };
+        owner.write(&path).unwrap();
+        assert_eq!(Owner::read(&path), Some(owner.clone()));
+        let err = StoreError::Locked { path: path.clone(), owner: Some(owner) }.to_string();
+        assert!(err.contains("rrm serve` at http://127.0.0.1:8080 (pid 4242)"), "{err}");
+        assert!(err.contains("kill 4242"), "{err}");
+        Owner::remove(&path);
+        assert_eq!(Owner::read(&path), None);
+        let err = StoreError::Locked { path, owner: None }.to_string();
+        assert!(err.contains("another rrm process"), "{err}");
     }
 
     #[test]

@@ -14,13 +14,17 @@
 //!   trees folder is a copy of it, checked by hash) and nodes ([`LoadedTree`]).
 //! - [`rating`]: a node prepared for rating ([`RatingTarget`]), its candidates, drawing more,
 //!   recording answers.
-//! - [`queue`]: what to rate next, ranked by the reward ensemble's disagreement.
+//! - [`queue`]: what to rate next, ranked by the reward ensemble's disagreement; asked nodes and
+//!   pairs in flight.
 //! - [`summarize`]: decomposing and composing a book, selectors.
 //! - [`ask`]: `summarize --ask` (budgets, the asking selector) and its measurement.
 //! - [`embeddings`]: the sentence-embedding cache over the store.
 //! - [`check`]: `rrm db check [--repair]`.
 //! - [`corrections`]: split corrections for the learned decomposer.
 //! - [`gc`]: which books are live, and garbage collection of the node cache.
+//! - [`labelers`]: the people who rate in the web app, and their sign-in tokens (hashed).
+//! - [`overview`]: books with their trees and counts, and per-node counts (the web app's books
+//!   and tree pages).
 //! - [`views`]: the JSON shapes of trees and nodes (CLI `--json` and the web API).
 //! - [`decomposers`]: building a decomposer from a [`decomposers::DecomposerSpec`].
 //!
@@ -34,6 +38,8 @@ pub mod decomposers;
 pub mod embeddings;
 pub mod eval;
 pub mod gc;
+pub mod labelers;
+pub mod overview;
 pub mod queue;
 pub mod rating;
 pub mod summarize;

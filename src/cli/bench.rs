@@ -4,6 +4,8 @@
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
+mod encoder;
+
 use crate::infer::bench::{bench_batch, make_prompts, BENCH_TEXT};
 use crate::infer::fetch;
 use crate::infer::llama::LlamaModel;
@@ -47,7 +49,7 @@ pub enum BenchCommand {
     },
     /// Sentence-encoder throughput: short sentences (sentences/s) and passages longer than the
     /// window (tokens/s), e.g. `rrm bench encoder --device cuda`.
-    Encoder(super::bench_encoder::EncoderBenchArgs),
+    Encoder(encoder::EncoderBenchArgs),
     /// What asking people buys (`summarize --ask`): with the simulated labeler answering,
     /// its score of every node and of the root against the number of questions, for each
     /// budget, asking where the reward ensemble is unsure or regardless (the baseline).
@@ -94,7 +96,7 @@ pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Generate { batch, prompt_len, new_tokens, json, model } => {
             (batch, prompt_len, new_tokens, json, model)
         }
-        BenchCommand::Encoder(args) => return super::bench_encoder::run(ctx, args),
+        BenchCommand::Encoder(args) => return encoder::run(ctx, args),
         BenchCommand::Ask(a) => return bench_ask(ctx, *a),
     };
     let dir = fetch::models_dir(model.models.models_dir.as_deref());

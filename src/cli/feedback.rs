@@ -189,8 +189,11 @@ pub fn run(ctx: &mut Context, args: FeedbackArgs) -> anyhow::Result<()> {
                 Some(_) => Some(ws.encoder(&a.encoder.encoder, progress)?),
                 None => None,
             };
-            let filter =
-                QueueFilter { labeler: a.labeler.clone(), overlap: Some(a.overlap.max(1)) };
+            let filter = QueueFilter {
+                labeler: a.labeler.clone(),
+                overlap: Some(a.overlap.max(1)),
+                ..QueueFilter::default()
+            };
             let items = queue::items(&ws, model.as_ref().zip(encoder.as_deref()), &filter)?;
             let items: Vec<_> = items.into_iter().take(a.count).collect();
             if a.json {

@@ -85,7 +85,7 @@ pub fn run(ctx: &mut Context, args: RateArgs) -> anyhow::Result<()> {
             None => None,
         };
         let ranked = model.as_ref().zip(encoder.as_deref());
-        let filter = QueueFilter { labeler: Some(who.clone()), overlap: None };
+        let filter = QueueFilter { labeler: Some(who.clone()), ..QueueFilter::default() };
         let items = queue::items(&ws, ranked, &filter)?;
         let top = items.into_iter().find(|i| i.book.is_some() && i.node.is_some()).ok_or_else(|| {
             anyhow!("the queue is empty: no stored node has two candidates you have not compared (sample some with `rrm node sample ID`)")

@@ -59,6 +59,12 @@ pub trait Asker: Send + Sync {
     /// The labeler name stored with the answers.
     fn labeler(&self) -> String;
     fn ask(&self, question: &Question) -> Result<Answer, SelectError>;
+    /// Whether the asker stores each answer itself before returning it (the web app writes the
+    /// record, with the labeler who answered, before its page moves on); then the selector does
+    /// not store it a second time.
+    fn stores_answers(&self) -> bool {
+        false
+    }
 }
 
 /// When to ask.
@@ -208,11 +214,13 @@ impl Selector for AskingSelector {
             prefer,
             confidence,
         };
-        let record =
-            Feedback::new(&self.asker.labeler(), node.input_key, node.input, node.height, kind)
-                .at(Some(node.book_id.to_string()), Some(node.label.to_string()));
-        feedback::put(&self.store, record)
-            .map_err(|e| self.err(format!("storing the answer: {e}")))?;
+        if !self.asker.stores_answers() {
+            let record =
+                Feedback::new(&self.asker.labeler(), node.input_key, node.input, node.height, kind)
+                    .at(Some(node.book_id.to_string()), Some(node.label.to_string()));
+            feedback::put(&self.store, record)
+                .map_err(|e| self.err(format!("storing the answer: {e}")))?;
+        }
         let winner = match prefer {
             Preference::A => Some(first),
             Preference::B => Some(other),

@@ -8,6 +8,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::labelers::Labeler;
+use super::queue::AskRequest;
 use super::{Result, Workspace};
 use crate::book::BookRecord;
 use crate::compose::{CandidateSet, NodeOutput, RunRecord};
@@ -213,6 +215,25 @@ pub fn check(ws: &Workspace, repair: bool) -> Result<CheckReport> {
                 Err("the run record does not match the key it is stored under".into())
             }
         })?;
+    c.typed::<AskRequest>(Table::Meta, super::queue::ASK_PREFIX, &|key, r| {
+        if key == format!("{}{}", super::queue::ASK_PREFIX, r.input_key) {
+            Ok(())
+        } else {
+            Err("the ask request does not match the key it is stored under".into())
+        }
+    })?;
+    c.typed::<Labeler>(Table::Labelers, "", &|key, l| {
+        if l.name != key {
+            return Err("the labeler's name differs from the key it is stored under".into());
+        }
+        let hex =
+            l.token_sha256.len() == 64 && l.token_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        if hex {
+            Ok(())
+        } else {
+            Err("the token hash is not a SHA-256 in hex".into())
+        }
+    })?;
     c.typed::<serde_json::Value>(Table::Quarantine, "", &ok)?;
 
     // References: runs → outputs → candidate sets.

@@ -162,6 +162,16 @@ pub fn record(
     labeler: &str,
     kind: FeedbackKind,
 ) -> Result<String> {
+    Ok(record_feedback(ws, target, labeler, kind)?.id)
+}
+
+/// Like [`record`], returning the stored record.
+pub fn record_feedback(
+    ws: &Workspace,
+    target: &RatingTarget,
+    labeler: &str,
+    kind: FeedbackKind,
+) -> Result<Feedback> {
     if labeler.trim().is_empty() {
         return Err(WorkspaceError::Invalid("the labeler name must not be empty".into()));
     }
@@ -173,5 +183,7 @@ pub fn record(
         kind,
     )
     .at(Some(target.book_id().to_string()), Some(target.label().to_string()));
-    Ok(feedback::put(ws.store(), fb)?)
+    let id = feedback::put(ws.store(), fb.clone())?;
+    debug_assert_eq!(id, fb.id);
+    Ok(fb)
 }

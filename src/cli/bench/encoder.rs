@@ -4,8 +4,8 @@
 use anyhow::Context as _;
 use clap::Args;
 
-use super::args::{parse_device, EncoderArgs, ModelsDir};
-use super::Context;
+use super::super::args::{parse_device, EncoderArgs, ModelsDir};
+use super::super::Context;
 use crate::infer::encoder::{EncoderOptions, MiniLmEncoder};
 use crate::infer::encoder_bench::run_encoder_bench;
 use crate::infer::engine::DeviceChoice;

@@ -1,0 +1,300 @@
+//! One path for every answer, whether it comes from a page's form or the JSON API: the node is
+//! found in its book's tree, the candidates it names (by hash, or a 4+ digit prefix) must be
+//! stored candidates of that node, the record is validated, written and flushed, and only then
+//! does the response go out. A labeler's second comparison of the same pair returns the first
+//! record instead of storing another (a double submit is not a second opinion).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::auth::pair_key;
+use super::{lock, Failure, Shared};
+use crate::compose::sample::StoredCandidate;
+use crate::feedback::{Feedback, FeedbackKind, Judged, Likert, Preference};
+use crate::workspace::rating::{self, RatingTarget};
+
+/// The longest text a labeler may send (a written summary, an edit, a critique), in characters.
+pub const MAX_TEXT: usize = 20_000;
+
+/// An answer about a node. Candidates are named by their hash (or 4+ hex digits of it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Answer {
+    /// `a` and `b` as shown (left, right); `confidence` 1–9.
+    Comparison {
+        a: String,
+        b: String,
+        prefer: Preference,
+        confidence: u8,
+    },
+    Likert {
+        summary: String,
+        coverage: u8,
+        accuracy: u8,
+        coherence: u8,
+        overall: u8,
+    },
+    /// A summary the labeler wrote.
+    Demonstration {
+        text: String,
+    },
+    /// `original` edited into `text`.
+    Correction {
+        original: String,
+        text: String,
+    },
+    Critique {
+        summary: String,
+        text: String,
+    },
+}
+
+/// What a page's answer form sends (every field a string; checked by [`AnswerForm::answer`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct AnswerForm {
+    pub csrf: String,
+    pub kind: String,
+    pub a: String,
+    pub b: String,
+    pub prefer: String,
+    pub confidence: String,
+    /// `1` or `2`: which of the shown candidates a Likert rating, edit or critique is about.
+    pub side: String,
+    pub coverage: String,
+    pub accuracy: String,
+    pub coherence: String,
+    pub overall: String,
+    pub text: String,
+    /// `1`: go to the next queued item after a comparison.
+    pub advance: String,
+}
+
+fn number(name: &str, value: &str, range: std::ops::RangeInclusive<u8>) -> Result<u8, Failure> {
+    match value.trim().parse::<u8>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(Failure::bad_request(format!(
+            "{name} must be a number from {} to {} (got '{}')",
+            range.start(),
+            range.end(),
+            value.chars().take(20).collect::<String>()
+        ))),
+    }
+}
+
+impl AnswerForm {
+    /// The answer the form describes.
+    pub fn answer(&self) -> Result<Answer, Failure> {
+        let side = || match self.side.trim() {
+            "1" => Ok(self.a.clone()),
+            "2" => Ok(self.b.clone()),
+            other => Err(Failure::bad_request(format!(
+                "side must be 1 or 2 (got '{}')",
+                other.chars().take(20).collect::<String>()
+            ))),
+        };
+        Ok(match self.kind.as_str() {
+            "comparison" => Answer::Comparison {
+                a: self.a.clone(),
+                b: self.b.clone(),
+                prefer: self.prefer.parse::<Preference>().map_err(Failure::bad_request)?,
+                confidence: if self.confidence.trim().is_empty() {
+                    5
+                } else {
+                    number("confidence", &self.confidence, 1..=9)?
+                },
+            },
+            "likert" => Answer::Likert {
+                summary: side()?,
+                coverage: number("coverage", &self.coverage, 1..=7)?,
+                accuracy: number("accuracy", &self.accuracy, 1..=7)?,
+                coherence: number("coherence", &self.coherence, 1..=7)?,
+                overall: number("overall", &self.overall, 1..=7)?,
+            },
+            "demonstration" => Answer::Demonstration { text: self.text.clone() },
+            "correction" => Answer::Correction { original: side()?, text: self.text.clone() },
+            "critique" => Answer::Critique { summary: side()?, text: self.text.clone() },
+            other => {
+                return Err(Failure::bad_request(format!(
+                    "unknown answer kind '{}' (comparison, likert, demonstration, correction, critique)",
+                    other.chars().take(30).collect::<String>()
+                )))
+            }
+        })
+    }
+}
+
+/// Per-labeler write locks: one labeler's answers are checked and stored one at a time (so a
+/// double submit cannot store twice); different labelers write in parallel.
+#[derive(Default)]
+pub struct WriteLocks {
+    map: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl WriteLocks {
+    fn for_labeler(&self, labeler: &str) -> Arc<Mutex<()>> {
+        Arc::clone(lock(&self.map).entry(labeler.to_string()).or_default())
+    }
+}
+
+/// The node `label` of book `book_id`, ready for rating.
+pub fn target(state: &Shared, book_id: &str, label: &str) -> Result<RatingTarget, Failure> {
+    let loaded = state.tree(book_id)?;
+    let nid = loaded.node_id(label)?;
+    Ok(rating::finish(&state.ws, (*loaded).clone(), nid)?)
+}
+
+/// The node's distinct candidates (from the server's queue state when it has them).
+pub fn candidates(state: &Shared, target: &RatingTarget) -> Result<Vec<StoredCandidate>, Failure> {
+    let cached: Option<Vec<StoredCandidate>> = {
+        let q = lock(&state.queue);
+        q.candidates(&target.input.input_key).map(|(texts, hashes)| {
+            texts
+                .iter()
+                .zip(hashes)
+                .enumerate()
+                .map(|(i, (t, h))| StoredCandidate {
+                    text: t.clone(),
+                    hash: h.clone(),
+                    gen_key: String::new(),
+                    index: i,
+                    mean_logprob: None,
+                })
+                .collect()
+        })
+    };
+    match cached {
+        Some(c) => Ok(c),
+        None => Ok(target.candidates(&state.ws)?),
+    }
+}
+
+fn text(name: &str, t: &str) -> Result<String, Failure> {
+    if t.trim().is_empty() {
+        return Err(Failure::bad_request(format!("the {name} is empty")));
+    }
+    if t.chars().count() > MAX_TEXT {
+        return Err(Failure::bad_request(format!(
+            "the {name} is longer than {MAX_TEXT} characters"
+        )));
+    }
+    // Line endings as the browser sends them (CRLF) are stored as LF.
+    Ok(t.replace("\r\n", "\n"))
+}
+
+/// Stores `answer` about node `label` of book `book_id` by `labeler` (blocking: call it on the
+/// blocking pool). Returns the stored record, or for a repeated comparison the earlier one.
+pub fn store(
+    state: &Shared,
+    labeler: &str,
+    book_id: &str,
+    label: &str,
+    answer: &Answer,
+) -> Result<Feedback, Failure> {
+    let target = target(state, book_id, label)?;
+    let cands = candidates(state, &target)?;
+    let pick = |spec: &str| -> Result<&StoredCandidate, Failure> {
+        let spec = spec.trim();
+        if spec.len() < 4 || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Failure::bad_request(format!(
+                "name a candidate by its hash (4+ hex digits), not '{}'",
+                spec.chars().take(20).collect::<String>()
+            )));
+        }
+        let spec = spec.to_ascii_lowercase();
+        let found: Vec<&StoredCandidate> =
+            cands.iter().filter(|c| c.hash.starts_with(&spec)).collect();
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(Failure::not_found(format!(
+                "node {} has no candidate {spec} (it has {})",
+                target.label(),
+                cands.len()
+            ))),
+            _ => Err(Failure::bad_request(format!(
+                "{spec} matches {} candidates of node {}; give more digits",
+                found.len(),
+                target.label()
+            ))),
+        }
+    };
+    let kind = match answer {
+        Answer::Comparison { a, b, prefer, confidence } => {
+            let (ca, cb) = (pick(a)?, pick(b)?);
+            if ca.hash == cb.hash {
+                return Err(Failure::bad_request("a and b name the same candidate"));
+            }
+            if !(1..=9).contains(confidence) {
+                return Err(Failure::bad_request(format!(
+                    "confidence must be from 1 to 9 (got {confidence})"
+                )));
+            }
+            FeedbackKind::Comparison {
+                a: Judged::new(ca.text.clone()),
+                b: Judged::new(cb.text.clone()),
+                prefer: *prefer,
+                confidence: *confidence,
+            }
+        }
+        Answer::Likert { summary, coverage, accuracy, coherence, overall } => {
+            for (name, v) in [
+                ("coverage", coverage),
+                ("accuracy", accuracy),
+                ("coherence", coherence),
+                ("overall", overall),
+            ] {
+                if !(1..=7).contains(v) {
+                    return Err(Failure::bad_request(format!(
+                        "{name} must be from 1 to 7 (got {v})"
+                    )));
+                }
+            }
+            FeedbackKind::Likert {
+                summary: Judged::new(pick(summary)?.text.clone()),
+                scores: Likert {
+                    coverage: *coverage,
+                    accuracy: *accuracy,
+                    coherence: *coherence,
+                    overall: *overall,
+                },
+            }
+        }
+        Answer::Demonstration { text: t } => {
+            FeedbackKind::Demonstration { summary: Judged::new(text("summary", t)?) }
+        }
+        Answer::Correction { original, text: t } => {
+            let original = pick(original)?;
+            let edited = text("edited summary", t)?;
+            if edited.trim() == original.text.trim() {
+                return Err(Failure::bad_request("the edit does not change the summary"));
+            }
+            FeedbackKind::Correction {
+                original: Judged::new(original.text.clone()),
+                edited: Judged::new(edited),
+            }
+        }
+        Answer::Critique { summary, text: t } => FeedbackKind::Critique {
+            summary: Judged::new(pick(summary)?.text.clone()),
+            critique: text("critique", t)?,
+        },
+    };
+    let guard = state.writes.for_labeler(labeler);
+    let _held = lock(&guard);
+    if let FeedbackKind::Comparison { a, b, .. } = &kind {
+        let key = pair_key(&target.input.input_key, &a.hash, &b.hash);
+        let q = lock(&state.queue);
+        let earlier = q.records.iter().rev().find(|r| {
+            r.labeler == labeler
+                && matches!(&r.kind, FeedbackKind::Comparison { a, b, .. }
+                    if pair_key(&r.input_key, &a.hash, &b.hash) == key)
+        });
+        if let Some(r) = earlier {
+            return Ok(r.clone());
+        }
+    }
+    let fb = rating::record_feedback(&state.ws, &target, labeler, kind)?;
+    lock(&state.queue).stored(fb.clone());
+    Ok(fb)
+}

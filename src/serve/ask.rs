@@ -1,0 +1,312 @@
+//! The web app as the person `summarize --ask` asks ([`crate::compose::ask`]): a summarize job
+//! started with asking puts each question here, at the head of every labeler's queue (`/next`
+//! opens it before any ranked item), and its node waits until someone answers it on the rating
+//! screen (`/asks/{id}`) or through the API (`POST /api/asks/{id}`).
+//!
+//! The answer is written and flushed (an ordinary comparison, with the labeler who gave it)
+//! before the page moves on, and only then handed to the waiting job, which uses it to pick the
+//! node's summary ([`WebAsker::stores_answers`]: the selector does not store it again). A question
+//! shown to one labeler is reserved for them for [`LEASE`]; a skip answers "no answer" (the
+//! ensemble's pick stands). When the server stops, waiting questions end as skips.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::queue::LEASE;
+use super::{lock, Failure, Shared};
+use crate::compose::ask::{Answer, Asker, Question};
+use crate::compose::select::SelectError;
+use crate::feedback::{self, text_hash, Feedback, FeedbackKind, Judged, Preference};
+
+/// A question waiting for its answer.
+struct Pending {
+    id: u64,
+    job: u64,
+    question: Question,
+    a_hash: String,
+    b_hash: String,
+    asked: Instant,
+    /// The labeler it is reserved for, until when.
+    taken: Option<(String, Instant)>,
+    reply: SyncSender<Answer>,
+}
+
+/// A question as pages and the API show it (blind: no scores, no model names).
+#[derive(Debug, Clone, Serialize)]
+pub struct AskedView {
+    pub id: u64,
+    /// The summarize job that waits for it.
+    pub job: u64,
+    pub book: String,
+    pub node: String,
+    pub height: u32,
+    pub input: String,
+    pub input_key: String,
+    /// Summary 1 and summary 2, as shown.
+    pub a: Shown,
+    pub b: Shown,
+    pub waiting_s: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Shown {
+    pub hash: String,
+    pub text: String,
+}
+
+/// The questions of running jobs, oldest first.
+#[derive(Default)]
+pub struct AskHub {
+    pending: Mutex<Vec<Pending>>,
+    next: AtomicU64,
+}
+
+impl AskHub {
+    fn push(&self, job: u64, question: Question) -> (u64, Receiver<Answer>) {
+        let (reply, rx) = mpsc::sync_channel(1);
+        let id = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+        let a_hash = text_hash(&question.a);
+        let b_hash = text_hash(&question.b);
+        lock(&self.pending).push(Pending {
+            id,
+            job,
+            question,
+            a_hash,
+            b_hash,
+            asked: Instant::now(),
+            taken: None,
+            reply,
+        });
+        (id, rx)
+    }
+
+    fn withdraw(&self, id: u64) {
+        lock(&self.pending).retain(|p| p.id != id);
+    }
+
+    fn view(p: &Pending) -> AskedView {
+        AskedView {
+            id: p.id,
+            job: p.job,
+            book: p.question.book_id.clone(),
+            node: p.question.label.clone(),
+            height: p.question.height,
+            input: p.question.input.clone(),
+            input_key: p.question.input_key.clone(),
+            a: Shown { hash: p.a_hash.clone(), text: p.question.a.clone() },
+            b: Shown { hash: p.b_hash.clone(), text: p.question.b.clone() },
+            waiting_s: p.asked.elapsed().as_secs(),
+        }
+    }
+
+    /// Every waiting question, oldest first.
+    pub fn all(&self) -> Vec<AskedView> {
+        lock(&self.pending).iter().map(AskHub::view).collect()
+    }
+
+    pub fn get(&self, id: u64) -> Option<AskedView> {
+        lock(&self.pending).iter().find(|p| p.id == id).map(AskHub::view)
+    }
+
+    /// The oldest question `labeler` may answer (not reserved for someone else), now reserved
+    /// for them.
+    pub fn next_for(&self, labeler: &str) -> Option<u64> {
+        let now = Instant::now();
+        let mut pending = lock(&self.pending);
+        let p = pending.iter_mut().find(|p| match &p.taken {
+            Some((who, until)) => who == labeler || *until <= now,
+            None => true,
+        })?;
+        p.taken = Some((labeler.to_string(), now + LEASE));
+        Some(p.id)
+    }
+
+    /// Takes question `id` out for `labeler` to answer (refused when it is reserved for another).
+    fn take(&self, id: u64, labeler: &str) -> Result<Pending, Failure> {
+        let now = Instant::now();
+        let mut pending = lock(&self.pending);
+        let Some(i) = pending.iter().position(|p| p.id == id) else {
+            return Err(Failure::not_found(format!(
+                "no waiting question {id}: it was answered already, or its job ended"
+            )));
+        };
+        if let Some((who, until)) = &pending[i].taken {
+            if who != labeler && *until > now {
+                return Err(Failure::new(
+                    axum::http::StatusCode::CONFLICT,
+                    format!("question {id} is being answered by another labeler"),
+                ));
+            }
+        }
+        Ok(pending.remove(i))
+    }
+
+    /// Puts a taken question back (its answer could not be stored).
+    fn restore(&self, p: Pending) {
+        let mut pending = lock(&self.pending);
+        let at = pending.iter().position(|q| q.id > p.id).unwrap_or(pending.len());
+        pending.insert(at, p);
+    }
+}
+
+/// What a labeler answered to a question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    Prefer { prefer: Preference, confidence: u8 },
+    Skip,
+}
+
+/// Answers question `id` as `labeler`: `a` and `b` name the shown summaries (by hash, as the
+/// rating screen sends them). A preference is stored and flushed first, then handed to the job.
+/// Returns the stored record (none for a skip). Blocking: call it on the blocking pool.
+pub fn answer(
+    state: &Shared,
+    id: u64,
+    labeler: &str,
+    a: &str,
+    b: &str,
+    reply: Reply,
+) -> Result<Option<Feedback>, Failure> {
+    let p = state.asks.take(id, labeler)?;
+    let (prefer, confidence) = match reply {
+        Reply::Skip => {
+            let _ = p.reply.try_send(Answer::Skip);
+            return Ok(None);
+        }
+        Reply::Prefer { prefer, confidence } => (prefer, confidence),
+    };
+    // The page names the pair as shown; the other order flips the preference.
+    let prefer = if a == p.a_hash && b == p.b_hash {
+        prefer
+    } else if a == p.b_hash && b == p.a_hash {
+        match prefer {
+            Preference::A => Preference::B,
+            Preference::B => Preference::A,
+            Preference::Tie => Preference::Tie,
+        }
+    } else {
+        let shown = format!(
+            "{}…, {}…",
+            &p.a_hash[..8.min(p.a_hash.len())],
+            &p.b_hash[..8.min(p.b_hash.len())]
+        );
+        state.asks.restore(p);
+        return Err(Failure::bad_request(format!(
+            "question {id} is about the summaries {shown}; a and b must name those two"
+        )));
+    };
+    if !(1..=9).contains(&confidence) {
+        state.asks.restore(p);
+        return Err(Failure::bad_request(format!(
+            "confidence must be from 1 to 9 (got {confidence})"
+        )));
+    }
+    let q = &p.question;
+    let kind = FeedbackKind::Comparison {
+        a: Judged::new(q.a.clone()),
+        b: Judged::new(q.b.clone()),
+        prefer,
+        confidence,
+    };
+    let mut fb = Feedback::new(labeler, &q.input_key, &q.input, q.height, kind)
+        .at(Some(q.book_id.clone()), Some(q.label.clone()));
+    match feedback::put(state.ws.store(), fb.clone()) {
+        Ok(stored_id) => fb.id = stored_id,
+        Err(e) => {
+            state.asks.restore(p);
+            return Err(Failure::from(e));
+        }
+    }
+    lock(&state.queue).stored(fb.clone());
+    let answer = match prefer {
+        Preference::A => Answer::A { confidence },
+        Preference::B => Answer::B { confidence },
+        Preference::Tie => Answer::Tie { confidence },
+    };
+    // The job may have ended meanwhile (the server stopping): the record is stored regardless.
+    let _ = p.reply.try_send(answer);
+    Ok(Some(fb))
+}
+
+/// The [`Asker`] of a summarize job inside the server: puts each question into the hub and
+/// waits (on the composer's blocking thread) for a labeler's answer.
+pub struct WebAsker {
+    pub hub: Arc<AskHub>,
+    pub job: u64,
+    /// Set when the server stops: waiting questions end as skips.
+    pub cancelled: Arc<AtomicBool>,
+}
+
+impl Asker for WebAsker {
+    fn labeler(&self) -> String {
+        // Each answer is stored with the labeler who gave it (see `stores_answers`).
+        "web".into()
+    }
+
+    fn stores_answers(&self) -> bool {
+        true
+    }
+
+    fn ask(&self, question: &Question) -> Result<Answer, SelectError> {
+        if self.cancelled.load(Ordering::SeqCst) {
+            return Ok(Answer::Skip);
+        }
+        let (id, rx) = self.hub.push(self.job, question.clone());
+        loop {
+            match rx.recv_timeout(Duration::from_millis(250)) {
+                Ok(answer) => return Ok(answer),
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.cancelled.load(Ordering::SeqCst) {
+                        self.hub.withdraw(id);
+                        return Ok(Answer::Skip);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return Ok(Answer::Skip),
+            }
+        }
+    }
+}
+
+/// The asking settings a form or query gives as strings: `ask` (`1`/`on`/`true` to ask),
+/// `best_of` (2–16, default 2), `budget` (questions, empty: no limit), `threshold` (> 0,
+/// default 1).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct AskParams {
+    pub ask: String,
+    pub best_of: String,
+    pub budget: String,
+    pub threshold: String,
+}
+
+impl AskParams {
+    pub fn settings(&self) -> Result<Option<super::jobs::AskSettings>, Failure> {
+        if !matches!(self.ask.trim(), "1" | "on" | "true" | "yes") {
+            return Ok(None);
+        }
+        let mut s = super::jobs::AskSettings::default();
+        if !self.best_of.trim().is_empty() {
+            s.best_of = match self.best_of.trim().parse::<usize>() {
+                Ok(n) if (2..=16).contains(&n) => n,
+                _ => return Err(Failure::bad_request("best_of must be a number from 2 to 16")),
+            };
+        }
+        if !self.budget.trim().is_empty() {
+            s.budget = match self.budget.trim().parse::<usize>() {
+                Ok(n) if n <= 100_000 => Some(n),
+                _ => return Err(Failure::bad_request("budget must be a number of questions")),
+            };
+        }
+        if !self.threshold.trim().is_empty() {
+            s.threshold = match self.threshold.trim().parse::<f32>() {
+                Ok(t) if t.is_finite() && t > 0.0 => t,
+                _ => return Err(Failure::bad_request("threshold must be a positive number")),
+            };
+        }
+        Ok(Some(s))
+    }
+}
