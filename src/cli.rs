@@ -21,6 +21,7 @@ pub mod decomposer;
 pub mod feedback;
 pub mod models;
 pub mod node;
+pub mod policy;
 pub mod rate;
 pub mod reward;
 pub mod summarize;

@@ -11,6 +11,7 @@ pub mod compose;
 pub mod decompose;
 pub mod feedback;
 pub mod infer;
+pub mod lm;
 pub mod reward;
 pub mod store;
 pub mod tree;

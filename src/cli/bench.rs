@@ -36,10 +36,18 @@ pub enum BenchCommand {
         #[command(flatten)]
         model: LocalModelArgs,
     },
+    /// Training tokens/s (forward + backward + AdamW) for LoRA and full fine-tuning, forward
+    /// tokens/s, peak memory (e.g. `rrm --threads 2 bench train`).
+    Train(super::policy::BenchTrainArgs),
 }
 
 pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
-    let BenchCommand::Generate { batch, prompt_len, new_tokens, json, model } = args.command;
+    let (batch, prompt_len, new_tokens, json, model) = match args.command {
+        BenchCommand::Generate { batch, prompt_len, new_tokens, json, model } => {
+            (batch, prompt_len, new_tokens, json, model)
+        }
+        BenchCommand::Train(args) => return super::policy::bench_train(ctx, args),
+    };
     let dir = fetch::models_dir(model.models_dir.as_deref());
     let resolved = fetch::resolve_model_with(&model.model, &dir, !ctx.quiet)
         .with_context(|| format!("finding the model `{}`", model.model))?;
