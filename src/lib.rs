@@ -12,6 +12,7 @@ pub mod decompose;
 pub mod feedback;
 pub mod infer;
 pub mod lm;
+pub mod policy;
 pub mod reward;
 pub mod store;
 pub mod tree;
