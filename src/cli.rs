@@ -80,6 +80,9 @@ pub enum Command {
     Feedback(feedback::FeedbackArgs),
     /// Per-level reward models: train, eval, score (e.g. `rrm reward train --all`).
     Reward(reward::RewardArgs),
+    /// Train the summarizer from feedback (SFT, DPO, reward-model rounds) and evaluate it
+    /// (e.g. `rrm policy train --method dpo --name smol-dpo`).
+    Policy(policy::PolicyArgs),
 }
 
 /// What every command may need, opened lazily.
@@ -166,5 +169,6 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Rate(args) => rate::run(ctx, args),
         Command::Feedback(args) => feedback::run(ctx, args),
         Command::Reward(args) => reward::run(ctx, args),
+        Command::Policy(args) => policy::run(ctx, args),
     }
 }
