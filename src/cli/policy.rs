@@ -140,6 +140,9 @@ pub struct TrainArgs {
     /// Books always held out as test (catalog ids or files).
     #[arg(long, value_delimiter = ',', value_name = "BOOK")]
     pub test_books: Vec<String>,
+    /// Books always held out for validation (catalog ids or files).
+    #[arg(long, value_delimiter = ',', value_name = "BOOK")]
+    pub val_books: Vec<String>,
     #[arg(long, default_value_t = 1024)]
     pub max_prompt_tokens: usize,
     #[arg(long, default_value_t = 256)]
@@ -264,9 +267,11 @@ pub fn run(ctx: &mut Context, args: PolicyArgs) -> anyhow::Result<()> {
     }
 }
 
-/// A progress bar over optimizer steps; validation and messages printed above it.
+/// A progress bar over optimizer steps; validation and messages printed above it (on stderr
+/// when there is no terminal for the bar).
 struct Progress {
     bar: ProgressBar,
+    quiet: bool,
 }
 
 impl Progress {
@@ -278,7 +283,18 @@ impl Progress {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_prefix("training");
-        Progress { bar }
+        Progress { bar, quiet }
+    }
+
+    fn println(&self, text: String) {
+        if self.quiet {
+            return;
+        }
+        if self.bar.is_hidden() {
+            eprintln!("{text}");
+        } else {
+            self.bar.println(text);
+        }
     }
 }
 
@@ -291,12 +307,13 @@ impl Observer for Progress {
         self.bar.set_length(total as u64);
         self.bar.set_position(resumed_from.unwrap_or(0) as u64);
         if let Some(s) = resumed_from {
-            self.bar.println(format!("resumed from the checkpoint at step {s}"));
+            self.println(format!("resumed from the checkpoint at step {s}"));
         }
     }
     fn step(&self, log: &StepLog) {
         self.bar.set_position(log.step as u64);
-        let acc = log.metrics.get("reward_accuracy").map_or(String::new(), |a| format!(" acc {a:.2}"));
+        let acc =
+            log.metrics.get("reward_accuracy").map_or(String::new(), |a| format!(" acc {a:.2}"));
         self.bar.set_message(format!(
             "loss {:.4}{acc} |g| {:.2} lr {:.1e} {:.0} tok/s",
             log.loss,
@@ -307,7 +324,7 @@ impl Observer for Progress {
         tracing::info!(step = log.step, loss = log.loss, "step");
     }
     fn eval(&self, log: &EvalLog) {
-        self.bar.println(format!(
+        self.println(format!(
             "validation after epoch {} (step {}): {}",
             log.epoch,
             log.step,
@@ -315,7 +332,7 @@ impl Observer for Progress {
         ));
     }
     fn message(&self, text: &str) {
-        self.bar.println(text);
+        self.println(text.to_string());
     }
 }
 
@@ -399,11 +416,16 @@ fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
             (data::from_feedback(&records)?, labelers.into_iter().collect())
         }
     };
-    let mut force_test = BTreeSet::new();
-    for spec in &args.test_books {
-        let book = books::open_book(ctx, spec, &args.books_dir.books_dir, false)?;
-        force_test.insert(book.id().as_str().to_string());
-    }
+    let mut book_ids = |specs: &[String]| -> anyhow::Result<BTreeSet<String>> {
+        let mut ids = BTreeSet::new();
+        for spec in specs {
+            let book = books::open_book(ctx, spec, &args.books_dir.books_dir, false)?;
+            ids.insert(book.id().as_str().to_string());
+        }
+        Ok(ids)
+    };
+    let force_test = book_ids(&args.test_books)?;
+    let force_val = book_ids(&args.val_books)?;
     let lr = args.lr.unwrap_or(match (args.method, args.full) {
         (Method::Sft, false) => 2e-4,
         (_, false) => 1e-4,
@@ -427,7 +449,12 @@ fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
         checkpoint_every: args.checkpoint_every,
     };
     train_cfg.validate()?;
-    let mut sample = SampleOptions { k: args.k, max_tokens: args.output_tokens.clone(), seed: args.seed, ..SampleOptions::default() };
+    let mut sample = SampleOptions {
+        k: args.k,
+        max_tokens: args.output_tokens.clone(),
+        seed: args.seed,
+        ..SampleOptions::default()
+    };
     sample.sampling.temperature = args.temperature;
     let rm = RmDpoConfig {
         rounds: args.rounds,
@@ -448,6 +475,7 @@ fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
         data,
         val_percent: args.val_percent,
         test_percent: args.test_percent,
+        force_val,
         force_test,
         max_prompt_tokens: args.max_prompt_tokens,
         max_completion_tokens: args.max_completion_tokens,
@@ -470,12 +498,8 @@ fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
     let judges = judges_named(&args.judges)?;
     let judge_refs: Vec<&dyn Judge> = judges.iter().map(|j| j.as_ref()).collect();
     let progress = Progress::new(ctx.quiet || args.json);
-    let report = job::run(
-        &job,
-        scorer.as_ref().map(|s| s as &dyn MemberScorer),
-        &judge_refs,
-        &progress,
-    );
+    let report =
+        job::run(&job, scorer.as_ref().map(|s| s as &dyn MemberScorer), &judge_refs, &progress);
     progress.bar.finish_and_clear();
     let report = report.context("training the policy")?;
     if args.json {
@@ -491,7 +515,11 @@ fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
         d.test_groups.len(),
         d.train_examples,
         d.val_examples,
-        if d.too_long > 0 { format!(" ({} left out as too long)", d.too_long) } else { String::new() }
+        if d.too_long > 0 {
+            format!(" ({} left out as too long)", d.too_long)
+        } else {
+            String::new()
+        }
     );
     if let Some(t) = &report.train {
         println!(
@@ -525,7 +553,12 @@ fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
             );
         };
         for rr in &r.rounds {
-            row(rr.round.to_string(), rr.pairs.to_string(), rr.uncertain_pairs.to_string(), &rr.start);
+            row(
+                rr.round.to_string(),
+                rr.pairs.to_string(),
+                rr.uncertain_pairs.to_string(),
+                &rr.start,
+            );
         }
         row("final".into(), "-".into(), "-".into(), &r.last);
     }
@@ -579,7 +612,10 @@ fn evaluate(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
     let mut kl_prompts = Vec::new();
     for book in &opened {
         let (tree, _) = decompose_and_save(ctx, book, decomposer.as_ref(), &args.trees.trees_dir)?;
-        if card.as_ref().is_some_and(|c| c.data.train_groups.iter().any(|g| g == book.id().as_str())) {
+        if card
+            .as_ref()
+            .is_some_and(|c| c.data.train_groups.iter().any(|g| g == book.id().as_str()))
+        {
             eprintln!("warning: {} is among the policy's training books", book.title());
             report.seen_books.push(book.title().to_string());
         }
@@ -627,9 +663,14 @@ fn evaluate(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
         let mut s = format!("{label:>6} {:>6}", c.nodes);
         for n in &names {
             let w = c.judges.get(n).copied().unwrap_or_default();
-            s.push_str(&format!(" {:>17}", format!("{:.1}% ±{:.1}", 100.0 * w.rate, 100.0 * w.ci95)));
+            s.push_str(&format!(
+                " {:>17}",
+                format!("{:.1}% ±{:.1}", 100.0 * w.rate, 100.0 * w.ci95)
+            ));
         }
-        let r = c.reward.map_or("-".to_string(), |w| format!("{:.1}% ±{:.1}", 100.0 * w.rate, 100.0 * w.ci95));
+        let r = c
+            .reward
+            .map_or("-".to_string(), |w| format!("{:.1}% ±{:.1}", 100.0 * w.rate, 100.0 * w.ci95));
         s.push_str(&format!(
             " {r:>15} {:>13} {:>11}",
             format!("{:.0}/{:.0}", c.policy.mean_words, c.baseline.mean_words),
@@ -650,7 +691,10 @@ fn evaluate(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     if !report.seen_books.is_empty() {
-        println!("note: trained on {} of these books: not a held-out result", report.seen_books.join(", "));
+        println!(
+            "note: trained on {} of these books: not a held-out result",
+            report.seen_books.join(", ")
+        );
     }
     Ok(())
 }
@@ -662,8 +706,7 @@ fn estimate_kl(
     prompts: &[Prompt],
 ) -> anyhow::Result<kl::KlEstimate> {
     let step = (prompts.len() / args.kl_prompts.max(1)).max(1);
-    let chosen: Vec<Prompt> =
-        prompts.iter().step_by(step).take(args.kl_prompts).cloned().collect();
+    let chosen: Vec<Prompt> = prompts.iter().step_by(step).take(args.kl_prompts).cloned().collect();
     let policy = fetch::resolve_model_with(&args.model, models_dir, false)?;
     let baseline = fetch::resolve_model_with(&args.baseline, models_dir, false)?;
     let device = args.device.device()?;

@@ -265,20 +265,25 @@ pub struct Split {
 
 impl Split {
     /// Splits `groups` by a stable hash of each (as the reward models split by book):
-    /// `test_percent` to test, `val_percent` to validation. Groups named in `force_test` go to
-    /// test whatever their hash. With three or more groups each part gets at least one (when
+    /// `test_percent` to test, `val_percent` to validation. Groups named in `force_test`
+    /// (`force_val`) go to test (validation) whatever their hash. With three or more groups each part gets at least one (when
     /// its percentage is not 0); with two, one trains and one validates.
     pub fn by_hash(
         groups: &BTreeSet<String>,
         val_percent: u32,
         test_percent: u32,
+        force_val: &BTreeSet<String>,
         force_test: &BTreeSet<String>,
     ) -> Split {
         let bucket = |g: &str| u32::from(blake3::hash(g.as_bytes()).as_bytes()[1]) * 100 / 256;
         let mut s = Split::default();
         for g in groups {
             let b = bucket(g);
-            if force_test.contains(g) || b < test_percent {
+            if force_test.contains(g) {
+                s.test.insert(g.clone());
+            } else if force_val.contains(g) {
+                s.val.insert(g.clone());
+            } else if b < test_percent {
                 s.test.insert(g.clone());
             } else if b < test_percent + val_percent {
                 s.val.insert(g.clone());
@@ -502,17 +507,20 @@ mod tests {
     fn the_split_is_by_group_stable_and_never_empty() {
         let groups: BTreeSet<String> = (0..20).map(|i| format!("book{i}")).collect();
         let none = BTreeSet::new();
-        let s = Split::by_hash(&groups, 10, 10, &none);
+        let s = Split::by_hash(&groups, 10, 10, &none, &none);
         assert_eq!(s.train.len() + s.val.len() + s.test.len(), 20);
         assert!(!s.train.is_empty() && !s.val.is_empty() && !s.test.is_empty());
         assert!(s.train.is_disjoint(&s.test) && s.val.is_disjoint(&s.test));
-        assert_eq!(s, Split::by_hash(&groups, 10, 10, &none));
+        assert_eq!(s, Split::by_hash(&groups, 10, 10, &none, &none));
         let forced: BTreeSet<String> = ["book3".to_string()].into();
-        assert!(Split::by_hash(&groups, 10, 10, &forced).test.contains("book3"));
+        assert!(Split::by_hash(&groups, 10, 10, &none, &forced).test.contains("book3"));
+        let s = Split::by_hash(&groups, 0, 0, &forced, &none);
+        assert_eq!((s.val.len(), s.test.len()), (1, 0));
+        assert!(s.val.contains("book3"));
         let two: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
-        let s = Split::by_hash(&two, 10, 10, &none);
+        let s = Split::by_hash(&two, 10, 10, &none, &none);
         assert_eq!((s.train.len(), s.val.len(), s.test.len()), (1, 1, 0));
         let one: BTreeSet<String> = ["a".to_string()].into();
-        assert_eq!(Split::by_hash(&one, 50, 50, &none).train.len(), 1);
+        assert_eq!(Split::by_hash(&one, 50, 50, &none, &none).train.len(), 1);
     }
 }

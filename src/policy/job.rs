@@ -32,7 +32,8 @@ pub struct TrainJob {
     pub data: Dataset,
     pub val_percent: u32,
     pub test_percent: u32,
-    /// Groups (books) always held out as test.
+    /// Groups (books) always held out for validation, and as test.
+    pub force_val: BTreeSet<String>,
     pub force_test: BTreeSet<String>,
     pub max_prompt_tokens: usize,
     pub max_completion_tokens: usize,
@@ -88,7 +89,8 @@ pub fn run(
     if groups.is_empty() {
         return Err(PolicyError::NoData(format!("{} has no examples", job.data.source)));
     }
-    let split = Split::by_hash(&groups, job.val_percent, job.test_percent, &job.force_test);
+    let split =
+        Split::by_hash(&groups, job.val_percent, job.test_percent, &job.force_val, &job.force_test);
     let part = |set: &BTreeSet<String>| job.data.filter(|g| set.contains(g));
     let (train_set, val_set, test_set) = (part(&split.train), part(&split.val), part(&split.test));
     let (mut model, tokenizer) = TrainableLlama::load(
