@@ -250,3 +250,78 @@ fn a_registered_policy_resolves_by_name_and_lists() {
     assert!(registry::validate_name("../x").is_err());
     assert!(crate::infer::llama::LlamaModel::load(&gguf, &Device::Cpu).is_ok());
 }
+
+/// Prefers shorter texts; three members that disagree a little.
+struct ShortIsBetter;
+
+impl super::judge::MemberScorer for ShortIsBetter {
+    fn name(&self) -> String {
+        "short".into()
+    }
+    fn member_scores(
+        &self,
+        _height: u32,
+        _input: &str,
+        summaries: &[&str],
+    ) -> Result<Vec<Vec<f32>>, crate::reward::RewardError> {
+        Ok((0..3)
+            .map(|m| summaries.iter().map(|s| -(s.len() as f32) + m as f32 * 0.1).collect())
+            .collect())
+    }
+}
+
+#[test]
+fn rm_dpo_rounds_measure_train_and_resume() {
+    use super::judge::{AltLabeler, Judge};
+    use super::rmdpo::{run, RmDpoConfig, RmDpoInputs};
+    use super::sample::SampleOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny(dir.path());
+    let (mut model, tok) = load(&path, lora(4));
+    let enc = Encoder::new(&tok, 512, 64).unwrap();
+    let train_prompts: Vec<Prompt> =
+        ["the mill", "a rabbit", "the queen"].iter().map(|i| prompt(i)).collect();
+    let held: Vec<Prompt> = ["a river", "the hat"].iter().map(|i| prompt(i)).collect();
+    let alt = AltLabeler::default();
+    let judges: [&dyn Judge; 1] = [&alt];
+    let inputs = RmDpoInputs {
+        encoder: &enc,
+        device: &Device::Cpu,
+        train_prompts: &train_prompts,
+        heldout_prompts: &held,
+        scorer: &ShortIsBetter,
+        judges: &judges,
+        reference: None,
+    };
+    let cfg = RmDpoConfig {
+        rounds: 2,
+        sample: SampleOptions { k: 3, max_tokens: vec![12], ..SampleOptions::default() },
+        pessimism: 0.5,
+        kl_samples: 2,
+        dpo: fast(2, 5e-3),
+        ..RmDpoConfig::default()
+    };
+    let run_dir = dir.path().join("rounds");
+    let report = run(&mut model, &inputs, &cfg, &run_dir, &Quiet).unwrap();
+    assert_eq!(report.rounds.len(), 2);
+    let r0 = &report.rounds[0];
+    // Round 0 starts from the reference itself: KL is exactly 0.
+    assert_eq!(r0.start.kl.mean, 0.0);
+    assert!(r0.start.kl.samples > 0);
+    assert!(r0.pairs > 0 && r0.pairs <= 3);
+    assert!(r0.start.heldout_judges.contains_key("sim-alt"));
+    assert!(report.last.kl.samples > 0);
+    // Resuming re-uses the finished rounds.
+    let (mut again, _) = load(&path, lora(4));
+    let resumed = run(&mut again, &inputs, &cfg, &run_dir, &Quiet).unwrap();
+    // (read back from JSON: equal up to the last bits of the floats)
+    assert_eq!(resumed.rounds.len(), 2);
+    for (a, b) in resumed.rounds.iter().zip(&report.rounds) {
+        assert_eq!(
+            (a.pairs, a.uncertain_pairs, a.train_tokens),
+            (b.pairs, b.uncertain_pairs, b.train_tokens)
+        );
+        assert!((a.start.train_reward - b.start.train_reward).abs() < 1e-9);
+    }
+    assert!((resumed.last.kl.mean - report.last.kl.mean).abs() < 1e-9);
+}
