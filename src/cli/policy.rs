@@ -608,6 +608,7 @@ fn evaluate(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
         baseline: baseline.identity().name.clone(),
         ..EvalReport::default()
     };
+    report.trained_on = card.as_ref().map(|c| c.data.labelers.clone()).unwrap_or_default();
     let mut items = Vec::new();
     let mut kl_prompts = Vec::new();
     for book in &opened {
@@ -689,6 +690,11 @@ fn evaluate(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
             "KL(policy‖baseline) on {} held-out samples: {:.2} ± {:.2} nats per summary ({:.0} tokens)",
             k.samples, k.mean, k.std_err, k.mean_tokens
         );
+    }
+    for n in &names {
+        if report.trained_on.contains(n) {
+            println!("({n} labeled the training data: its win rate is on held-out books, not an independent judge)");
+        }
     }
     if !report.seen_books.is_empty() {
         println!(

@@ -107,6 +107,9 @@ pub struct EvalReport {
     pub kl: Option<KlEstimate>,
     /// Books the policy was trained on that were evaluated anyway.
     pub seen_books: Vec<String>,
+    /// The labelers whose feedback trained the policy (from its card): a judge of the same
+    /// name is not independent of the training signal.
+    pub trained_on: Vec<String>,
 }
 
 /// Judges `items` (see the module docs).
