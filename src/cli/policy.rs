@@ -175,6 +175,10 @@ pub struct TrainArgs {
     /// rm-dpo: output caps by height (the last repeats).
     #[arg(long, value_delimiter = ',', default_value = "128,192,384", value_name = "N,N,..")]
     pub output_tokens: Vec<usize>,
+    /// rm-dpo: training prompts sampled every round (spread evenly over the training split;
+    /// 0: all of them).
+    #[arg(long, default_value_t = 64)]
+    pub rm_prompts: usize,
     /// rm-dpo: held-out (validation) prompts measured every round.
     #[arg(long, default_value_t = 24)]
     pub heldout_prompts: usize,
@@ -482,6 +486,7 @@ fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
         train: train_cfg,
         rm,
         heldout_prompts: args.heldout_prompts,
+        rm_prompts: args.rm_prompts,
         name: args.name.clone(),
         export_format: args.export,
         models_dir,

@@ -42,6 +42,8 @@ pub struct TrainJob {
     pub rm: RmDpoConfig,
     /// Held-out prompts measured per rm-dpo round (at most).
     pub heldout_prompts: usize,
+    /// Training prompts sampled each rm-dpo round (at most, spread evenly; 0: all).
+    pub rm_prompts: usize,
     pub name: Option<String>,
     pub export_format: ExportFormat,
     pub models_dir: PathBuf,
@@ -145,9 +147,14 @@ pub fn run(
             examples(&job.data)
         )));
     }
-    let train_prompts = distinct_prompts(
+    let mut train_prompts = distinct_prompts(
         train_set.prefs.iter().map(|e| &e.prompt).chain(train_set.sft.iter().map(|e| &e.prompt)),
     );
+    if job.rm_prompts > 0 && train_prompts.len() > job.rm_prompts {
+        let step = train_prompts.len() as f64 / job.rm_prompts as f64;
+        train_prompts =
+            (0..job.rm_prompts).map(|i| train_prompts[(i as f64 * step) as usize].clone()).collect();
+    }
     let mut heldout = distinct_prompts(
         val_set.prefs.iter().map(|e| &e.prompt).chain(val_set.sft.iter().map(|e| &e.prompt)),
     );
@@ -156,7 +163,7 @@ pub fn run(
         let key = serde_json::json!({
             "method": job.method, "base": job.base.hash, "mode": job.mode,
             "dtype": format!("{:?}", job.dtype), "data": job.data.hash(), "split": &split,
-            "limits": [job.max_prompt_tokens, job.max_completion_tokens],
+            "limits": [job.max_prompt_tokens, job.max_completion_tokens, job.rm_prompts, job.heldout_prompts],
             "train": &job.train, "rm": if job.method == Method::RmDpo { Some(&job.rm) } else { None },
         });
         blake3::hash(key.to_string().as_bytes()).to_hex()[..16].to_string()
