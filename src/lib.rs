@@ -16,3 +16,4 @@ pub mod policy;
 pub mod reward;
 pub mod store;
 pub mod tree;
+pub mod workspace;

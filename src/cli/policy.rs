@@ -1,39 +1,23 @@
 //! `rrm policy train|eval` (training the summarizer itself from feedback) and
 //! `rrm bench train` (training throughput). Parses, calls `crate::policy`, prints.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::books::{self, BooksDir};
-use super::decompose::{decompose_and_save, DecomposerOptions, TreesDir};
-use super::models::LocalModelArgs;
-use super::reward::{load_encoder, EncoderArgs, RewardDir};
+use super::args::{parse_device, DecomposerOptions, EncoderArgs, WorkspaceArgs};
 use super::Context;
-use crate::compose::ComposeOptions;
-use crate::feedback::{self, sim::SimLabeler};
-use crate::infer::engine::{DeviceChoice, EngineConfig, LocalGenerator};
+use crate::infer::engine::DeviceChoice;
 use crate::infer::fetch;
-use crate::infer::Generator;
-use crate::lm::bench::bench_train as run_bench;
 use crate::lm::export::ExportFormat;
-use crate::lm::model::{LoadOptions, Mode, TrainableLlama};
-use crate::lm::{LoraConfig, Target};
-use crate::policy::data::{self, Encoder, Prompt};
-use crate::policy::eval::{self, Comparison, EvalReport};
-use crate::policy::job::{self, TrainJob};
-use crate::policy::judge::{AltLabeler, EnsembleScorer, Judge, MemberScorer};
-use crate::policy::kl;
-use crate::policy::registry;
+use crate::policy::eval::Comparison;
 use crate::policy::rmdpo::RmDpoConfig;
-use crate::policy::sample::{sample_gguf, SampleOptions};
+use crate::policy::sample::SampleOptions;
 use crate::policy::train::{EvalLog, Observer, StepLog, TrainConfig};
 use crate::policy::Method;
-use crate::reward::RewardModel;
+use crate::workspace::policy::{self as wp, Adapt, EvalObserver, EvalRequest, TrainRequest};
 
 /// Train the policy (the summarizer) from feedback, and evaluate it against a baseline.
 #[derive(Debug, Args)]
@@ -167,8 +151,6 @@ pub struct TrainArgs {
     /// rm-dpo: the reward ensemble that labels (`latest`, a hash, a folder).
     #[arg(long, default_value = "latest", value_name = "PATH|latest")]
     pub reward_model: String,
-    #[command(flatten)]
-    pub reward_dir: RewardDir,
     /// rm-dpo: sampling temperature of the candidates.
     #[arg(long, default_value_t = 0.8)]
     pub temperature: f32,
@@ -200,17 +182,13 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub encoder: EncoderArgs,
     #[command(flatten)]
-    pub books_dir: BooksDir,
+    pub ws: WorkspaceArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 fn parse_method(s: &str) -> Result<Method, String> {
-    s.parse()
-}
-
-fn parse_device(s: &str) -> Result<DeviceChoice, String> {
     s.parse()
 }
 
@@ -235,8 +213,6 @@ pub struct EvalArgs {
     /// The reward ensemble to judge by (`latest`, a hash, a folder, or `none`).
     #[arg(long, default_value = "latest", value_name = "PATH|latest|none")]
     pub reward_model: String,
-    #[command(flatten)]
-    pub reward_dir: RewardDir,
     /// Judges (sim-coverage: the simulated labeler; sim-alt: an independent simulated preference).
     #[arg(long, value_delimiter = ',', default_value = "sim-coverage,sim-alt")]
     pub judges: Vec<String>,
@@ -254,11 +230,9 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub decomposer: DecomposerOptions,
     #[command(flatten)]
-    pub books_dir: BooksDir,
-    #[command(flatten)]
-    pub trees: TreesDir,
-    #[command(flatten)]
     pub encoder: EncoderArgs,
+    #[command(flatten)]
+    pub ws: WorkspaceArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -340,172 +314,86 @@ impl Observer for Progress {
     }
 }
 
-fn judges_named(names: &[String]) -> anyhow::Result<Vec<Box<dyn Judge>>> {
-    names
-        .iter()
-        .map(|n| -> anyhow::Result<Box<dyn Judge>> {
-            match n.as_str() {
-                "sim-coverage" | "sim" => Ok(Box::new(SimLabeler::new("sim-coverage", 0.0))),
-                "sim-alt" | "alt" => Ok(Box::new(AltLabeler::default())),
-                other => bail!("unknown judge `{other}` (sim-coverage, sim-alt)"),
-            }
-        })
-        .collect()
-}
-
-/// The reward ensemble as a scorer, or `None` for `none`.
-fn reward_scorer(
-    ctx: &mut Context,
-    spec: &str,
-    dir: &RewardDir,
-    encoder: &EncoderArgs,
-    required: bool,
-) -> anyhow::Result<Option<EnsembleScorer>> {
-    if spec == "none" {
-        return Ok(None);
-    }
-    let path = match RewardModel::resolve(spec, &dir.dir(ctx)) {
-        Ok(p) => p,
-        Err(e) if !required && spec == "latest" => {
-            if !ctx.quiet {
-                eprintln!("(no reward model: {e}; judging without it)");
-            }
-            return Ok(None);
+impl TrainArgs {
+    fn request(&self) -> TrainRequest {
+        let train = TrainConfig {
+            lr: self.lr.unwrap_or(0.0),
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            batch: self.batch,
+            grad_accum: self.grad_accum,
+            warmup_ratio: self.warmup_ratio,
+            min_lr_ratio: 0.1,
+            max_grad_norm: self.max_grad_norm,
+            weight_decay: self.weight_decay,
+            beta: self.beta,
+            label_smoothing: self.label_smoothing,
+            rpo_alpha: self.rpo_alpha,
+            seed: self.seed,
+            checkpoint_every: self.checkpoint_every,
+        };
+        let mut sample = SampleOptions {
+            k: self.k,
+            max_tokens: self.output_tokens.clone(),
+            seed: self.seed,
+            ..SampleOptions::default()
+        };
+        sample.sampling.temperature = self.temperature;
+        let rm = RmDpoConfig {
+            rounds: self.rounds,
+            sample,
+            pessimism: self.pessimism,
+            min_lcb: self.min_margin,
+            pairs_per_prompt: self.pairs_per_prompt,
+            kl_samples: self.kl_samples,
+            dpo: train.clone(),
+        };
+        TrainRequest {
+            method: self.method,
+            data: self.data.clone(),
+            labelers: self.labeler.clone(),
+            heights: self.heights.clone(),
+            name: self.name.clone(),
+            overwrite: self.overwrite,
+            base: self.base.clone(),
+            device: self.device,
+            dtype: self.dtype.clone(),
+            adapt: if self.full {
+                Adapt::Full
+            } else {
+                Adapt::Lora {
+                    rank: self.lora_rank,
+                    alpha: self.lora_alpha,
+                    targets: self.lora_targets.clone(),
+                }
+            },
+            lr: self.lr,
+            train,
+            val_percent: self.val_percent,
+            test_percent: self.test_percent,
+            val_books: self.val_books.clone(),
+            test_books: self.test_books.clone(),
+            max_prompt_tokens: self.max_prompt_tokens,
+            max_completion_tokens: self.max_completion_tokens,
+            rm,
+            rm_prompts: self.rm_prompts,
+            heldout_prompts: self.heldout_prompts,
+            reward_model: self.reward_model.clone(),
+            encoder: self.encoder.encoder.clone(),
+            judges: self.judges.clone(),
+            export: self.export,
+            runs_dir: self.runs_dir.clone(),
+            fresh: self.fresh,
         }
-        Err(e) => return Err(e.into()),
-    };
-    let model = RewardModel::load(&path)?;
-    let encoder = load_encoder(encoder, ctx.quiet)?;
-    let store = ctx.store()?.clone();
-    Ok(Some(EnsembleScorer::new(Arc::new(model), encoder, Some(store))?))
+    }
 }
 
 fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
-    let models_dir = fetch::models_dir(args.encoder.models_dir.as_deref());
-    let base = fetch::resolve_model_with(&args.base, &models_dir, !ctx.quiet)
-        .with_context(|| format!("finding the base model `{}`", args.base))?;
-    let base_identity = LocalGenerator::identity_of(&base.path, base.sha256.clone())?;
-    let base_identity = crate::infer::ModelIdentity { name: base.name.clone(), ..base_identity };
-    let dtype = match args.dtype.as_str() {
-        "f32" => candle_core::DType::F32,
-        "bf16" => candle_core::DType::BF16,
-        "f16" => candle_core::DType::F16,
-        other => bail!("unknown --dtype `{other}` (f32, bf16)"),
-    };
-    let mode = if args.full {
-        Mode::Full
-    } else {
-        Mode::Lora(LoraConfig {
-            rank: args.lora_rank,
-            alpha: args.lora_alpha.unwrap_or(2.0 * args.lora_rank as f64),
-            targets: Target::parse_list(&args.lora_targets).map_err(anyhow::Error::msg)?,
-            seed: args.seed,
-        })
-    };
-    let (data, labelers) = match &args.data {
-        Some(path) => (data::read_jsonl(path)?, Vec::new()),
-        None => {
-            let records: Vec<_> = feedback::all(ctx.store()?)?
-                .into_iter()
-                .filter(|f| args.labeler.is_empty() || args.labeler.contains(&f.labeler))
-                .filter(|f| args.heights.is_empty() || args.heights.contains(&f.height))
-                .collect();
-            if records.is_empty() {
-                bail!(
-                    "no stored feedback{} to train on (rate nodes with `rrm rate`, simulate with                      `rrm feedback simulate`, or pass --data FILE.jsonl)",
-                    if args.labeler.is_empty() && args.heights.is_empty() { "" } else { " matches the filters" }
-                );
-            }
-            let labelers: BTreeSet<String> = records.iter().map(|f| f.labeler.clone()).collect();
-            (data::from_feedback(&records)?, labelers.into_iter().collect())
-        }
-    };
-    let mut book_ids = |specs: &[String]| -> anyhow::Result<BTreeSet<String>> {
-        let mut ids = BTreeSet::new();
-        for spec in specs {
-            let book = books::open_book(ctx, spec, &args.books_dir.books_dir, false)?;
-            ids.insert(book.id().as_str().to_string());
-        }
-        Ok(ids)
-    };
-    let force_test = book_ids(&args.test_books)?;
-    let force_val = book_ids(&args.val_books)?;
-    let lr = args.lr.unwrap_or(match (args.method, args.full) {
-        (Method::Sft, false) => 2e-4,
-        (_, false) => 1e-4,
-        (Method::Sft, true) => 2e-5,
-        (_, true) => 1e-6,
-    });
-    let train_cfg = TrainConfig {
-        lr,
-        epochs: args.epochs,
-        max_steps: args.max_steps,
-        batch: args.batch,
-        grad_accum: args.grad_accum,
-        warmup_ratio: args.warmup_ratio,
-        min_lr_ratio: 0.1,
-        max_grad_norm: args.max_grad_norm,
-        weight_decay: args.weight_decay,
-        beta: args.beta,
-        label_smoothing: args.label_smoothing,
-        rpo_alpha: args.rpo_alpha,
-        seed: args.seed,
-        checkpoint_every: args.checkpoint_every,
-    };
-    train_cfg.validate()?;
-    let mut sample = SampleOptions {
-        k: args.k,
-        max_tokens: args.output_tokens.clone(),
-        seed: args.seed,
-        ..SampleOptions::default()
-    };
-    sample.sampling.temperature = args.temperature;
-    let rm = RmDpoConfig {
-        rounds: args.rounds,
-        sample,
-        pessimism: args.pessimism,
-        min_lcb: args.min_margin,
-        pairs_per_prompt: args.pairs_per_prompt.max(1),
-        kl_samples: args.kl_samples,
-        dpo: train_cfg.clone(),
-    };
-    let job = TrainJob {
-        method: args.method,
-        base_path: base.path.clone(),
-        base: base_identity,
-        device: args.device.device()?,
-        dtype,
-        mode,
-        data,
-        val_percent: args.val_percent,
-        test_percent: args.test_percent,
-        force_val,
-        force_test,
-        max_prompt_tokens: args.max_prompt_tokens,
-        max_completion_tokens: args.max_completion_tokens,
-        train: train_cfg,
-        rm,
-        heldout_prompts: args.heldout_prompts,
-        rm_prompts: args.rm_prompts,
-        name: args.name.clone(),
-        export_format: args.export,
-        models_dir,
-        runs_root: args.runs_dir.clone().unwrap_or_else(|| job::default_runs_root(&ctx.db_path)),
-        fresh: args.fresh,
-        overwrite: args.overwrite,
-        labelers,
-    };
-    let scorer = if args.method == Method::RmDpo {
-        reward_scorer(ctx, &args.reward_model, &args.reward_dir, &args.encoder, true)?
-    } else {
-        None
-    };
-    let judges = judges_named(&args.judges)?;
-    let judge_refs: Vec<&dyn Judge> = judges.iter().map(|j| j.as_ref()).collect();
-    let progress = Progress::new(ctx.quiet || args.json);
-    let report =
-        job::run(&job, scorer.as_ref().map(|s| s as &dyn MemberScorer), &judge_refs, &progress);
-    progress.bar.finish_and_clear();
+    let progress = ctx.progress();
+    let ws = ctx.workspace(&args.ws)?.clone();
+    let observer = Progress::new(ctx.quiet || args.json);
+    let report = wp::train(&ws, &args.request(), progress, &observer);
+    observer.bar.finish_and_clear();
     let report = report.context("training the policy")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -578,87 +466,52 @@ fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Spinners for the evaluation's stages, warnings on stderr.
+struct EvalProgress {
+    quiet: bool,
+    bar: std::cell::RefCell<Option<ProgressBar>>,
+}
+
+impl EvalObserver for EvalProgress {
+    fn stage(&self, what: &str) {
+        *self.bar.borrow_mut() = Some(super::args::spinner(self.quiet, what.to_string()));
+    }
+    fn stage_done(&self) {
+        if let Some(bar) = self.bar.borrow_mut().take() {
+            bar.finish_and_clear();
+        }
+    }
+    fn warn(&self, text: &str) {
+        eprintln!("warning: {text}");
+    }
+}
+
 fn evaluate(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
-    let models_dir = fetch::models_dir(args.encoder.models_dir.as_deref());
-    let policy_args = LocalModelArgs {
+    let progress = ctx.progress();
+    let ws = ctx.workspace(&args.ws)?.clone();
+    let request = EvalRequest {
         model: args.model.clone(),
-        models_dir: args.encoder.models_dir.clone(),
-        device: args.device,
-    };
-    let baseline_args = LocalModelArgs { model: args.baseline.clone(), ..policy_args.clone() };
-    let card = registry::find(&models_dir, &args.model);
-    let judges = judges_named(&args.judges)?;
-    let judge_refs: Vec<&dyn Judge> = judges.iter().map(|j| j.as_ref()).collect();
-    let scorer = reward_scorer(ctx, &args.reward_model, &args.reward_dir, &args.encoder, false)?;
-    let decomposer = args.decomposer.build(ctx)?;
-    let specs = books::expand_books(&args.books)?;
-    let mut opened = Vec::new();
-    for spec in &specs {
-        opened.push(books::open_book(ctx, spec, &args.books_dir.books_dir, false)?);
-    }
-    let config = EngineConfig { max_batch: args.batch_size.max(1), ..EngineConfig::default() };
-    let policy: Arc<dyn Generator> = Arc::new(policy_args.load_lazy(config.clone(), !ctx.quiet)?);
-    let baseline: Arc<dyn Generator> = Arc::new(baseline_args.load_lazy(config, !ctx.quiet)?);
-    let options = ComposeOptions {
-        batch_size: args.batch_size.max(1),
+        baseline: args.baseline.clone(),
+        books: args.books.clone(),
         max_height: args.max_height,
-        ..ComposeOptions::default()
+        reward_model: args.reward_model.clone(),
+        encoder: args.encoder.encoder.clone(),
+        judges: args.judges.clone(),
+        kl_prompts: args.kl_prompts,
+        kl_samples: args.kl_samples,
+        batch_size: args.batch_size,
+        device: args.device,
+        decomposer: args.decomposer.spec(&args.encoder),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let mut report = EvalReport {
-        policy: policy.identity().name.clone(),
-        baseline: baseline.identity().name.clone(),
-        ..EvalReport::default()
-    };
-    report.trained_on = card.as_ref().map(|c| c.data.labelers.clone()).unwrap_or_default();
-    let mut items = Vec::new();
-    let mut kl_prompts = Vec::new();
-    for book in &opened {
-        let (tree, _) = decompose_and_save(ctx, book, decomposer.as_ref(), &args.trees.trees_dir)?;
-        if card
-            .as_ref()
-            .is_some_and(|c| c.data.train_groups.iter().any(|g| g == book.id().as_str()))
-        {
-            eprintln!("warning: {} is among the policy's training books", book.title());
-            report.seen_books.push(book.title().to_string());
-        }
-        report.books.push(book.title().to_string());
-        let bar = books::spinner(ctx, format!("summarizing {} with both models", book.title()));
-        let store = ctx.store()?.clone();
-        let result = runtime.block_on(eval::compose_both(
-            &store,
-            book,
-            &tree,
-            Arc::clone(&policy),
-            Arc::clone(&baseline),
-            &options,
-        ));
-        bar.finish_and_clear();
-        items.extend(result.with_context(|| format!("summarizing {}", book.title()))?);
-        for &leaf in tree.leaves() {
-            let node = tree.node(leaf);
-            kl_prompts.push(Prompt::for_node(book.slice(node.covers), 0, book.id().as_str())?);
-        }
-    }
-    let (heights, root) =
-        eval::report(&items, &judge_refs, scorer.as_ref().map(|s| s as &dyn MemberScorer))?;
-    report.heights = heights;
-    report.root = root;
-    if args.kl_prompts > 0 && !kl_prompts.is_empty() {
-        let bar = books::spinner(ctx, "estimating KL(policy‖baseline)");
-        let result = estimate_kl(&args, &models_dir, &kl_prompts);
-        bar.finish_and_clear();
-        report.kl = Some(result.context("estimating KL")?);
-    }
+    let observer = EvalProgress { quiet: ctx.quiet, bar: std::cell::RefCell::new(None) };
+    let report =
+        wp::evaluate(&ws, &request, progress, &observer).context("evaluating the policy")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     println!("{} vs {} on {}", report.policy, report.baseline, report.books.join(", "));
-    let names: Vec<String> = judge_refs.iter().map(|j| j.name()).collect();
+    let names: Vec<String> = wp::judges_named(&args.judges)?.iter().map(|j| j.name()).collect();
     let mut header = format!("{:>6} {:>6}", "height", "nodes");
     for n in &names {
         header.push_str(&format!(" {:>17}", format!("win {n}")));
@@ -706,115 +559,6 @@ fn evaluate(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
             "note: trained on {} of these books: not a held-out result",
             report.seen_books.join(", ")
         );
-    }
-    Ok(())
-}
-
-/// KL(policy‖baseline) on up to `--kl-prompts` height-0 prompts spread over the books.
-fn estimate_kl(
-    args: &EvalArgs,
-    models_dir: &std::path::Path,
-    prompts: &[Prompt],
-) -> anyhow::Result<kl::KlEstimate> {
-    let step = (prompts.len() / args.kl_prompts.max(1)).max(1);
-    let chosen: Vec<Prompt> = prompts.iter().step_by(step).take(args.kl_prompts).cloned().collect();
-    let policy = fetch::resolve_model_with(&args.model, models_dir, false)?;
-    let baseline = fetch::resolve_model_with(&args.baseline, models_dir, false)?;
-    let device = args.device.device()?;
-    let opts = SampleOptions::pure(args.kl_samples.max(1), vec![128, 192, 384], 7919);
-    let samples = sample_gguf(&policy.path, &device, &chosen, &opts)?;
-    let frozen = LoadOptions { mode: Mode::Frozen, dtype: candle_core::DType::F32 };
-    let (p, tok) = TrainableLlama::load(&policy.path, &device, &frozen)?;
-    let (b, _) = TrainableLlama::load(&baseline.path, &device, &frozen)?;
-    let encoder = Encoder::new(&tok, 4096, 4096)?;
-    Ok(kl::estimate(kl::Pair::Models { policy: &p, reference: &b }, &encoder, &chosen, &samples)?)
-}
-
-#[derive(Debug, Args)]
-pub struct BenchTrainArgs {
-    /// Which modes to measure.
-    #[arg(long, value_delimiter = ',', default_value = "lora,full")]
-    pub modes: Vec<String>,
-    /// Sequences per step.
-    #[arg(long, default_value_t = 2)]
-    pub batch: usize,
-    /// Tokens per sequence.
-    #[arg(long, default_value_t = 256)]
-    pub seq_len: usize,
-    /// Scored (completion) tokens at the end of each sequence.
-    #[arg(long, default_value_t = 64)]
-    pub completion_len: usize,
-    /// Measured steps (after one warm-up).
-    #[arg(long, default_value_t = 3)]
-    pub steps: usize,
-    /// LoRA rank.
-    #[arg(long, default_value_t = 8)]
-    pub lora_rank: usize,
-    /// LoRA target projections.
-    #[arg(long, default_value = "all")]
-    pub lora_targets: String,
-    /// Print JSON rows.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub model: LocalModelArgs,
-}
-
-fn mode_of(name: &str, rank: usize, targets: &str) -> anyhow::Result<Mode> {
-    match name {
-        "lora" => Ok(Mode::Lora(LoraConfig {
-            rank,
-            alpha: 2.0 * rank as f64,
-            targets: Target::parse_list(targets).map_err(anyhow::Error::msg)?,
-            seed: 0,
-        })),
-        "full" => Ok(Mode::Full),
-        other => anyhow::bail!("unknown mode `{other}` (lora, full)"),
-    }
-}
-
-pub fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
-    let dir = fetch::models_dir(args.model.models_dir.as_deref());
-    let resolved = fetch::resolve_model_with(&args.model.model, &dir, !ctx.quiet)
-        .with_context(|| format!("finding the model `{}`", args.model.model))?;
-    let device = args.model.device.device()?;
-    let threads = std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "all".into());
-    if !args.json {
-        println!(
-            "model {} on {device:?}, {threads} threads; batch {} × {} tokens ({} scored)",
-            resolved.name, args.batch, args.seq_len, args.completion_len
-        );
-        println!(
-            "{:>5} {:>12} {:>16} {:>10} {:>18} {:>14}",
-            "mode", "trainable", "train tok/s", "s/step", "forward tok/s", "peak RSS MiB"
-        );
-    }
-    for name in &args.modes {
-        let mode = mode_of(name, args.lora_rank, &args.lora_targets)?;
-        let options = LoadOptions { mode, dtype: candle_core::DType::F32 };
-        let row = run_bench(
-            &resolved.path,
-            &device,
-            &options,
-            args.batch,
-            args.seq_len,
-            args.completion_len,
-            args.steps,
-        )
-        .with_context(|| format!("benchmarking {name} training"))?;
-        if args.json {
-            println!("{}", serde_json::to_string(&row)?);
-        } else {
-            println!(
-                "{:>5} {:>12} {:>16.1} {:>10.2} {:>18.1} {:>14}",
-                row.mode,
-                row.trainable_params,
-                row.train_tokens_per_s,
-                row.step_seconds,
-                row.forward_tokens_per_s,
-                row.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}"))
-            );
-        }
     }
     Ok(())
 }

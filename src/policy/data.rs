@@ -113,7 +113,7 @@ pub fn from_feedback(records: &[Feedback]) -> Result<Dataset, PolicyError> {
             _ => None,
         };
         if let Some(text) = target {
-            let prompt = Prompt::for_node(&fb.input, fb.height, fb.split_group())?;
+            let prompt = Prompt::for_node(&fb.input, fb.height, &fb.split_group())?;
             out.sft.push(SftExample { prompt, completion: text.clone() });
         }
     }

@@ -183,12 +183,22 @@ pub fn report(
     Ok((heights, root))
 }
 
-/// The outputs of the book's last composition, by node label.
-fn outputs(store: &Store, book: &Book) -> Result<BTreeMap<String, Output>, PolicyError> {
+/// The outputs of the newest composition of `tree` by the model `model_hash`, by node label.
+fn outputs(
+    store: &Store,
+    book: &Book,
+    tree: &TaskTree,
+    model_hash: &str,
+) -> Result<BTreeMap<String, Output>, PolicyError> {
     let store_err = |e: crate::store::StoreError| PolicyError::Invalid(e.to_string());
-    let run = RunRecord::load(store, book.id().as_str()).map_err(store_err)?.ok_or_else(|| {
-        PolicyError::Invalid(format!("{}: no composition was stored", book.title()))
-    })?;
+    let run = RunRecord::for_book(store, book.id().as_str())
+        .map_err(store_err)?
+        .into_iter()
+        .rev()
+        .find(|r| r.matches(tree) && r.model.hash == model_hash && !r.outputs.is_empty())
+        .ok_or_else(|| {
+            PolicyError::Invalid(format!("{}: no composition was stored", book.title()))
+        })?;
     let mut out = BTreeMap::new();
     for label in run.outputs.keys() {
         if let Some((o, set)) = run.node_result(store, label).map_err(store_err)? {
@@ -214,10 +224,11 @@ pub async fn compose_both(
     let compose_err = |e: ComposeError| PolicyError::Invalid(format!("{}: {e}", book.title()));
     let mut sides = Vec::new();
     for generator in [policy, baseline] {
+        let model_hash = generator.identity().hash.clone();
         let composer =
             Composer::new(generator, Arc::new(MeanLogprob), store.clone(), options.clone());
         composer.compose(book, tree, &Silent).await.map_err(compose_err)?;
-        sides.push(outputs(store, book)?);
+        sides.push(outputs(store, book, tree, &model_hash)?);
     }
     let root = tree.node(tree.root()).label.clone();
     let mut items = Vec::new();

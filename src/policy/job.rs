@@ -152,8 +152,9 @@ pub fn run(
     );
     if job.rm_prompts > 0 && train_prompts.len() > job.rm_prompts {
         let step = train_prompts.len() as f64 / job.rm_prompts as f64;
-        train_prompts =
-            (0..job.rm_prompts).map(|i| train_prompts[(i as f64 * step) as usize].clone()).collect();
+        train_prompts = (0..job.rm_prompts)
+            .map(|i| train_prompts[(i as f64 * step) as usize].clone())
+            .collect();
     }
     let mut heldout = distinct_prompts(
         val_set.prefs.iter().map(|e| &e.prompt).chain(val_set.sft.iter().map(|e| &e.prompt)),

@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::feedback::sim::{SimLabeler, STOPWORDS};
+use crate::infer::encoder::SharedCache;
 use crate::infer::Encoder;
 use crate::reward::features::Featurizer;
 use crate::reward::{RewardError, RewardModel};
-use crate::store::Store;
 
 /// A preference function over summaries of an input.
 pub trait Judge {
@@ -119,17 +119,18 @@ pub trait MemberScorer {
 pub struct EnsembleScorer {
     pub model: Arc<RewardModel>,
     pub encoder: Arc<dyn Encoder>,
-    pub store: Option<Store>,
+    /// Where embeddings are cached (none: computed every time).
+    pub cache: Option<SharedCache>,
 }
 
 impl EnsembleScorer {
     pub fn new(
         model: Arc<RewardModel>,
         encoder: Arc<dyn Encoder>,
-        store: Option<Store>,
+        cache: Option<SharedCache>,
     ) -> Result<EnsembleScorer, RewardError> {
         model.check_encoder(encoder.as_ref())?;
-        Ok(EnsembleScorer { model, encoder, store })
+        Ok(EnsembleScorer { model, encoder, cache })
     }
 }
 
@@ -144,7 +145,7 @@ impl MemberScorer for EnsembleScorer {
         input: &str,
         summaries: &[&str],
     ) -> Result<Vec<Vec<f32>>, RewardError> {
-        let mut featurizer = Featurizer::new(self.encoder.as_ref(), self.store.clone());
+        let mut featurizer = Featurizer::new(self.encoder.as_ref(), self.cache.clone());
         self.model.member_scores(&mut featurizer, height, input, summaries)
     }
 }
