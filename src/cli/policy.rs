@@ -93,6 +93,9 @@ pub struct TrainArgs {
     /// Stop after N optimizer steps (a quick run).
     #[arg(long, value_name = "N")]
     pub max_steps: Option<usize>,
+    /// Use at most N training examples, spread evenly over the training split (0: all).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_train_examples: usize,
     /// Examples (pairs) per forward pass.
     #[arg(long, default_value_t = 2)]
     pub batch: usize,
@@ -377,6 +380,7 @@ impl TrainArgs {
             max_completion_tokens: self.max_completion_tokens,
             rm,
             rm_prompts: self.rm_prompts,
+            max_train_examples: self.max_train_examples,
             heldout_prompts: self.heldout_prompts,
             reward_model: self.reward_model.clone(),
             encoder: self.encoder.encoder.clone(),

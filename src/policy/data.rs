@@ -15,7 +15,7 @@
 //! names the split group (default: the prompt's hash). Bad lines are reported by number and
 //! nothing is used.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 use std::path::Path;
 
@@ -74,6 +74,10 @@ pub struct Dataset {
     pub source: String,
     /// Ties and other records that gave no example.
     pub skipped: usize,
+    /// Book id → its split group (books that share a near-duplicate passage share one, as in
+    /// `feedback::groups`); what `--val-books` / `--test-books` and the card's books go by.
+    #[serde(default)]
+    pub book_groups: BTreeMap<String, String>,
 }
 
 impl Dataset {
@@ -98,6 +102,7 @@ impl Dataset {
             prefs: self.prefs.iter().filter(|e| keep(&e.prompt.group)).cloned().collect(),
             source: self.source.clone(),
             skipped: self.skipped,
+            book_groups: self.book_groups.clone(),
         }
     }
 }
@@ -106,6 +111,16 @@ impl Dataset {
 /// targets; comparisons, Likert pairs and corrections as preference pairs (ties left out).
 pub fn from_feedback(records: &[Feedback]) -> Result<Dataset, PolicyError> {
     let mut out = Dataset { source: "store".into(), ..Dataset::default() };
+    // The split groups are the reward models' (`feedback::groups`): same book or near-duplicate
+    // passage → one group.
+    let pairs = feedback::to_pairs(records);
+    let group_of_input: BTreeMap<&str, &str> =
+        pairs.iter().map(|p| (p.input.as_str(), p.group.as_str())).collect();
+    for fb in records {
+        if let (Some(book), Some(g)) = (&fb.book, group_of_input.get(fb.input.as_str())) {
+            out.book_groups.entry(book.clone()).or_insert_with(|| g.to_string());
+        }
+    }
     for fb in records {
         let target = match &fb.kind {
             FeedbackKind::Demonstration { summary } => Some(&summary.text),
@@ -113,11 +128,18 @@ pub fn from_feedback(records: &[Feedback]) -> Result<Dataset, PolicyError> {
             _ => None,
         };
         if let Some(text) = target {
-            let prompt = Prompt::for_node(&fb.input, fb.height, &fb.split_group())?;
+            let group = match group_of_input.get(fb.input.as_str()) {
+                Some(g) => g.to_string(),
+                None => match &fb.book {
+                    Some(b) => out.book_groups.get(b).cloned().unwrap_or_else(|| fb.split_group()),
+                    None => fb.split_group(),
+                },
+            };
+            let prompt = Prompt::for_node(&fb.input, fb.height, &group)?;
             out.sft.push(SftExample { prompt, completion: text.clone() });
         }
     }
-    for pair in feedback::to_pairs(records) {
+    for pair in pairs {
         if pair.target <= 0.5 {
             out.skipped += 1;
             continue;
@@ -126,6 +148,11 @@ pub fn from_feedback(records: &[Feedback]) -> Result<Dataset, PolicyError> {
         out.prefs.push(PrefExample { prompt, chosen: pair.chosen, rejected: pair.rejected });
     }
     Ok(out)
+}
+
+/// The split group of book `id` in `data` (its own `book:<id>` key when it has no feedback).
+pub fn group_of_book(data: &Dataset, id: &str) -> String {
+    data.book_groups.get(id).cloned().unwrap_or_else(|| feedback::groups::book_group(id))
 }
 
 /// A message list, a string, or a TRL conversational completion (`[{role, content}]`).
@@ -445,7 +472,8 @@ mod tests {
         assert_eq!(d.skipped, 1);
         let p = &d.prefs[0];
         assert_eq!((p.chosen.as_str(), p.rejected.as_str()), ("A story.", "Alice met a rabbit."));
-        assert_eq!(p.prompt.group, "book1");
+        assert_eq!(p.prompt.group, d.book_groups["book1"]);
+        assert!(p.prompt.group.starts_with("g:"));
         let want = prompt::render(&prompt::LEAF, "Alice met the Rabbit.", None).unwrap();
         assert_eq!(p.prompt.messages, want);
         let demo = d.sft.iter().find(|e| e.completion == "Written.").unwrap();

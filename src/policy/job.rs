@@ -44,6 +44,9 @@ pub struct TrainJob {
     pub heldout_prompts: usize,
     /// Training prompts sampled each rm-dpo round (at most, spread evenly; 0: all).
     pub rm_prompts: usize,
+    /// Training examples used (at most, spread evenly over the training split; 0: all): a
+    /// quick run also skips the reference log-probabilities of the unused ones.
+    pub max_train_examples: usize,
     pub name: Option<String>,
     pub export_format: ExportFormat,
     pub models_dir: PathBuf,
@@ -91,8 +94,12 @@ pub fn run(
     if groups.is_empty() {
         return Err(PolicyError::NoData(format!("{} has no examples", job.data.source)));
     }
-    let split =
-        Split::by_hash(&groups, job.val_percent, job.test_percent, &job.force_val, &job.force_test);
+    // Forced books name their split group (books sharing a passage share one).
+    let to_groups = |books: &BTreeSet<String>| -> BTreeSet<String> {
+        books.iter().map(|b| super::data::group_of_book(&job.data, b)).collect()
+    };
+    let (force_val, force_test) = (to_groups(&job.force_val), to_groups(&job.force_test));
+    let split = Split::by_hash(&groups, job.val_percent, job.test_percent, &force_val, &force_test);
     let part = |set: &BTreeSet<String>| job.data.filter(|g| set.contains(g));
     let (train_set, val_set, test_set) = (part(&split.train), part(&split.val), part(&split.test));
     let (mut model, tokenizer) = TrainableLlama::load(
@@ -125,7 +132,14 @@ pub fn run(
         }
         Ok(out)
     };
-    let train_items = encode(&train_set)?;
+    let mut train_items = encode(&train_set)?;
+    if job.max_train_examples > 0 && train_items.len() > job.max_train_examples {
+        // Spread evenly over the training examples (a deterministic subset).
+        let step = train_items.len() as f64 / job.max_train_examples as f64;
+        train_items = (0..job.max_train_examples)
+            .map(|i| train_items[(i as f64 * step) as usize].clone())
+            .collect();
+    }
     let val_items = encode(&val_set)?;
     let test_count = match job.method {
         Method::Sft => test_set.sft.len(),
@@ -164,7 +178,7 @@ pub fn run(
         let key = serde_json::json!({
             "method": job.method, "base": job.base.hash, "mode": job.mode,
             "dtype": format!("{:?}", job.dtype), "data": job.data.hash(), "split": &split,
-            "limits": [job.max_prompt_tokens, job.max_completion_tokens, job.rm_prompts, job.heldout_prompts],
+            "limits": [job.max_prompt_tokens, job.max_completion_tokens, job.rm_prompts, job.heldout_prompts, job.max_train_examples],
             "train": &job.train, "rm": if job.method == Method::RmDpo { Some(&job.rm) } else { None },
         });
         blake3::hash(key.to_string().as_bytes()).to_hex()[..16].to_string()
@@ -226,6 +240,13 @@ pub fn run(
         source: job.data.source.clone(),
         hash: job.data.hash(),
         train_groups: split.train.iter().cloned().collect(),
+        train_books: job
+            .data
+            .book_groups
+            .iter()
+            .filter(|(_, g)| split.train.contains(*g))
+            .map(|(b, _)| b.clone())
+            .collect(),
         val_groups: split.val.iter().cloned().collect(),
         test_groups: split.test.iter().cloned().collect(),
         train_examples: if job.method == Method::RmDpo {

@@ -27,6 +27,9 @@ pub struct DataCard {
     /// blake3 of the examples used.
     pub hash: String,
     pub train_groups: Vec<String>,
+    /// Book ids in the training groups (when known).
+    #[serde(default)]
+    pub train_books: Vec<String>,
     pub val_groups: Vec<String>,
     pub test_groups: Vec<String>,
     pub train_examples: usize,

@@ -90,6 +90,8 @@ pub struct TrainRequest {
     pub rm: RmDpoConfig,
     pub rm_prompts: usize,
     pub heldout_prompts: usize,
+    /// Training examples used (at most, spread evenly; 0: all).
+    pub max_train_examples: usize,
     /// rm-dpo: the reward ensemble that labels (`latest`, a hash, a folder).
     pub reward_model: String,
     /// The sentence encoder of the reward ensemble.
@@ -224,6 +226,7 @@ pub fn train_job(ws: &Workspace, request: &TrainRequest, progress: bool) -> Resu
         rm,
         heldout_prompts: request.heldout_prompts,
         rm_prompts: request.rm_prompts,
+        max_train_examples: request.max_train_examples,
         name: request.name.clone(),
         export_format: request.export,
         models_dir,
@@ -339,7 +342,7 @@ pub fn evaluate(
         let tree = summarize::decompose(ws, book, decomposer.as_ref())?;
         let seen = card
             .as_ref()
-            .is_some_and(|c| c.data.train_groups.iter().any(|g| g == book.id().as_str()));
+            .is_some_and(|c| c.data.train_books.iter().any(|b| b == book.id().as_str()));
         if seen {
             observer.warn(&format!("{} is among the policy's training books", book.title()));
             report.seen_books.push(book.title().to_string());
