@@ -20,6 +20,7 @@ pub mod cache;
 pub mod db;
 pub mod decompose;
 pub mod decomposer;
+pub mod eval;
 pub mod feedback;
 pub mod models;
 pub mod node;
@@ -87,6 +88,8 @@ pub enum Command {
     Policy(policy::PolicyArgs),
     /// Check the database and repair it (e.g. `rrm db check`, `rrm db check --repair`).
     Db(db::DbArgs),
+    /// Summary quality against references, run comparisons, plots (e.g. `rrm eval report --out r/`).
+    Eval(eval::EvalArgs),
 }
 
 /// What every command may need, opened lazily.
@@ -185,5 +188,6 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Reward(args) => reward::run(ctx, args),
         Command::Policy(args) => policy::run(ctx, args),
         Command::Db(args) => db::run(ctx, args),
+        Command::Eval(args) => eval::run(ctx, args),
     }
 }
