@@ -25,6 +25,7 @@ pub mod feedback;
 pub mod labeler;
 pub mod models;
 pub mod node;
+pub mod policy;
 pub mod rate;
 pub mod reward;
 pub mod serve;
@@ -85,6 +86,9 @@ pub enum Command {
     Feedback(feedback::FeedbackArgs),
     /// Per-level reward models: train, eval, score (e.g. `rrm reward train --all`).
     Reward(reward::RewardArgs),
+    /// Train the summarizer from feedback (SFT, DPO, reward-model rounds) and evaluate it
+    /// (e.g. `rrm policy train --method dpo --name smol-dpo`).
+    Policy(policy::PolicyArgs),
     /// Check the database and repair it (e.g. `rrm db check`, `rrm db check --repair`).
     Db(db::DbArgs),
     /// The labeling web app: browse trees, rate nodes with the keyboard (e.g. `rrm serve`).
@@ -191,6 +195,7 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Rate(args) => rate::run(ctx, args),
         Command::Feedback(args) => feedback::run(ctx, args),
         Command::Reward(args) => reward::run(ctx, args),
+        Command::Policy(args) => policy::run(ctx, args),
         Command::Db(args) => db::run(ctx, args),
         Command::Serve(args) => serve::run(ctx, args),
         Command::Labeler(args) => labeler::run(ctx, args),

@@ -12,6 +12,8 @@ pub mod decompose;
 pub mod eval;
 pub mod feedback;
 pub mod infer;
+pub mod lm;
+pub mod policy;
 pub mod reward;
 pub mod serve;
 pub mod store;

@@ -27,6 +27,8 @@
 //!   and tree pages).
 //! - [`views`]: the JSON shapes of trees and nodes (CLI `--json` and the web API).
 //! - [`decomposers`]: building a decomposer from a [`decomposers::DecomposerSpec`].
+//! - [`policy`]: training the summarizer from the workspace's feedback, evaluating it on
+//!   held-out books, measuring training throughput.
 //!
 //! Imports every library module; nothing but front ends imports it.
 
@@ -40,6 +42,7 @@ pub mod eval;
 pub mod gc;
 pub mod labelers;
 pub mod overview;
+pub mod policy;
 pub mod queue;
 pub mod rating;
 pub mod summarize;
@@ -92,6 +95,8 @@ pub enum WorkspaceError {
     Reward(#[from] RewardError),
     #[error(transparent)]
     Infer(#[from] InferError),
+    #[error(transparent)]
+    Policy(Box<crate::policy::PolicyError>),
     /// Boxed: evaluation errors are large and rare.
     #[error(transparent)]
     Eval(Box<crate::eval::EvalError>),

@@ -1,5 +1,6 @@
 //! `rrm bench generate`: prompt and aggregate decode throughput of the local engine at several
-//! batch sizes.
+//! batch sizes; `rrm bench train`: training tokens/s (LoRA, full) and peak memory; `rrm bench
+//! ask`: what asking people buys.
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -20,6 +21,7 @@ use crate::compose::ComposeOptions;
 use crate::feedback::sim::SimLabeler;
 use crate::workspace::ask::{self, Budget, Experiment};
 use crate::workspace::books;
+use crate::workspace::policy::{bench_model, bench_train as policy_bench, BenchRequest};
 use crate::workspace::summarize::{self, SelectorSpec};
 
 #[derive(Debug, Args)]
@@ -50,6 +52,9 @@ pub enum BenchCommand {
     /// Sentence-encoder throughput: short sentences (sentences/s) and passages longer than the
     /// window (tokens/s), e.g. `rrm bench encoder --device cuda`.
     Encoder(encoder::EncoderBenchArgs),
+    /// Training tokens/s (forward + backward + AdamW) for LoRA and full fine-tuning, forward
+    /// tokens/s, peak memory (e.g. `rrm --threads 2 bench train`).
+    Train(BenchTrainArgs),
     /// What asking people buys (`summarize --ask`): with the simulated labeler answering,
     /// its score of every node and of the root against the number of questions, for each
     /// budget, asking where the reward ensemble is unsure or regardless (the baseline).
@@ -97,6 +102,7 @@ pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
             (batch, prompt_len, new_tokens, json, model)
         }
         BenchCommand::Encoder(args) => return encoder::run(ctx, args),
+        BenchCommand::Train(args) => return bench_train(ctx, args),
         BenchCommand::Ask(a) => return bench_ask(ctx, *a),
     };
     let dir = fetch::models_dir(model.models.models_dir.as_deref());
@@ -144,6 +150,82 @@ pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// Which modes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "lora,full")]
+    pub modes: Vec<String>,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Scored (completion) tokens at the end of each sequence.
+    #[arg(long, default_value_t = 64)]
+    pub completion_len: usize,
+    /// Measured steps (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+    /// LoRA target projections.
+    #[arg(long, default_value = "all")]
+    pub lora_targets: String,
+    /// Print JSON rows.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: LocalModelArgs,
+}
+
+fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
+    let request = BenchRequest {
+        model: args.model.model.clone(),
+        models_dir: args.model.models.models_dir.clone(),
+        device: args.model.device,
+        modes: args.modes.clone(),
+        batch: args.batch,
+        seq_len: args.seq_len,
+        completion_len: args.completion_len,
+        steps: args.steps,
+        lora_rank: args.lora_rank,
+        lora_targets: args.lora_targets.clone(),
+    };
+    let resolved = bench_model(&request, ctx.progress())
+        .with_context(|| format!("finding the model `{}`", args.model.model))?;
+    let threads = std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    if !args.json {
+        println!(
+            "model {} on {:?}, {threads} threads; batch {} × {} tokens ({} scored)",
+            resolved.name, args.model.device, args.batch, args.seq_len, args.completion_len
+        );
+        println!(
+            "{:>5} {:>12} {:>16} {:>10} {:>18} {:>14}",
+            "mode", "trainable", "train tok/s", "s/step", "forward tok/s", "peak RSS MiB"
+        );
+    }
+    let json = args.json;
+    let mut print = |row: crate::lm::bench::TrainBench| -> crate::workspace::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string(&row).unwrap_or_default());
+        } else {
+            println!(
+                "{:>5} {:>12} {:>16.1} {:>10.2} {:>18.1} {:>14}",
+                row.mode,
+                row.trainable_params,
+                row.train_tokens_per_s,
+                row.step_seconds,
+                row.forward_tokens_per_s,
+                row.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}"))
+            );
+        }
+        Ok(())
+    };
+    policy_bench(&request, &resolved, &mut print).context("benchmarking training")
 }
 
 fn bench_ask(ctx: &mut Context, args: AskArgs) -> anyhow::Result<()> {

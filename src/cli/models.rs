@@ -71,7 +71,8 @@ pub fn run(ctx: &mut Context, args: ModelsArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ModelsCommand::List { json } => {
-            let rows: Vec<serde_json::Value> = REGISTRY
+            let trained = crate::policy::registry::list(&dir);
+            let mut rows: Vec<serde_json::Value> = REGISTRY
                 .iter()
                 .map(|m| {
                     serde_json::json!({
@@ -84,6 +85,12 @@ pub fn run(ctx: &mut Context, args: ModelsArgs) -> anyhow::Result<()> {
                     })
                 })
                 .collect();
+            rows.extend(trained.iter().map(|(folder, card)| {
+                serde_json::json!({
+                    "name": card.name, "kind": "policy", "folder": folder, "present": true,
+                    "card": card,
+                })
+            }));
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());
@@ -96,6 +103,19 @@ pub fn run(ctx: &mut Context, args: ModelsArgs) -> anyhow::Result<()> {
                 };
                 let present = if fetch::is_present(m, &dir) { "fetched" } else { "not fetched" };
                 println!("  {:<14} {:<9} {:<11} {}", m.name, kind, present, m.description);
+            }
+            for (_, c) in &trained {
+                let beta = c.beta.map_or(String::new(), |b| format!(", β {b}"));
+                println!(
+                    "  {:<14} {:<9} {:<11} trained from {} by {}{beta} ({}, {} training example(s))",
+                    c.name,
+                    "policy",
+                    "trained",
+                    c.base.name,
+                    c.method.name(),
+                    c.export_format.name(),
+                    c.data.train_examples
+                );
             }
             Ok(())
         }

@@ -16,7 +16,7 @@ use super::queue::QueueNode;
 use super::{text_hash, ComparedPairs, Feedback, FeedbackKind, Judged, Preference};
 
 /// Words that never count as salient.
-const STOPWORDS: &[&str] = &[
+pub(crate) const STOPWORDS: &[&str] = &[
     "a", "about", "after", "again", "all", "also", "an", "and", "any", "are", "as", "at", "be",
     "because", "been", "before", "being", "but", "by", "can", "could", "did", "do", "does", "down",
     "each", "even", "for", "from", "had", "has", "have", "he", "her", "here", "him", "his", "how",

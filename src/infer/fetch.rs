@@ -9,8 +9,9 @@
 //!
 //! A model spec is resolved, in order, as: an existing path (a `.gguf` file, or a folder: a
 //! Hugging Face snapshot or any folder holding one `.gguf` or `model.safetensors`); a registry
-//! name (fetched on first use); a Hugging Face cache entry `ORG/NAME` (offline, read from
-//! `$HF_HOME/hub` or `~/.cache/huggingface/hub`).
+//! name (fetched on first use); a folder of that name in the models folder (a policy trained
+//! here, `rrm policy train --name NAME`); a Hugging Face cache entry `ORG/NAME` (offline, read
+//! from `$HF_HOME/hub` or `~/.cache/huggingface/hub`).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -202,6 +203,14 @@ pub fn resolve_model_with(
             path: registry_path(model, models_dir),
             sha256: Some(model.files[0].sha256.to_string()),
         });
+    }
+    // A model trained here and registered under the models folder (`<dir>/<NAME>/…gguf`).
+    let local = models_dir.join(spec);
+    if !spec.is_empty() && Path::new(spec).components().count() == 1 && local.is_dir() {
+        if let Some(mut found) = resolve_path(&local) {
+            found.name = spec.to_string();
+            return Ok(found);
+        }
     }
     if let Some(found) = hf_cache_lookup(spec) {
         return Ok(found);

@@ -1,0 +1,112 @@
+//! Training throughput: tokens per second of a forward + backward + AdamW step, and of a
+//! forward pass alone (what reference log-probabilities and KL estimates cost), with the
+//! process's peak resident memory.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::Device;
+use serde::Serialize;
+
+use super::model::{LoadOptions, SeqSpec, TrainableLlama};
+use super::optim::{AdamW, ParamsAdamW};
+use super::LmError;
+
+/// One measured configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainBench {
+    pub mode: String,
+    pub trainable_params: usize,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub completion_len: usize,
+    pub steps: usize,
+    /// Tokens (all positions of the batch) per second of a full training step.
+    pub train_tokens_per_s: f64,
+    /// Seconds per training step (median).
+    pub step_seconds: f64,
+    /// Tokens per second of a forward pass with completion log-probabilities, no gradient.
+    pub forward_tokens_per_s: f64,
+    /// Peak resident memory of the process so far (VmHWM), MiB.
+    pub peak_rss_mib: Option<f64>,
+    pub load_seconds: f64,
+}
+
+/// The process's peak resident set size in MiB (Linux), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Measures `steps` training steps (after one warm-up) on `batch` sequences of `seq_len`
+/// tokens, the last `completion_len` of which are scored.
+pub fn bench_train(
+    path: &Path,
+    device: &Device,
+    options: &LoadOptions,
+    batch: usize,
+    seq_len: usize,
+    completion_len: usize,
+    steps: usize,
+) -> Result<TrainBench, LmError> {
+    if batch == 0 || seq_len < 2 || completion_len == 0 || completion_len >= seq_len {
+        return Err(LmError::Invalid(
+            "need batch >= 1 and 1 <= completion length < sequence length".into(),
+        ));
+    }
+    let t0 = Instant::now();
+    let (model, _) = TrainableLlama::load(path, device, options)?;
+    let load_seconds = t0.elapsed().as_secs_f64();
+    let vocab = model.config.vocab_size as u32;
+    let seqs: Vec<SeqSpec> = (0..batch)
+        .map(|b| SeqSpec {
+            tokens: (0..seq_len as u32)
+                .map(|i| 3 + (i * 7919 + b as u32 * 104_729) % (vocab - 3))
+                .collect(),
+            start: seq_len - completion_len,
+        })
+        .collect();
+    let vars = model.trainable();
+    let trainable_params = vars.iter().map(|(_, v)| v.elem_count()).sum();
+    let mut opt = AdamW::new(vars, ParamsAdamW { lr: 1e-6, ..Default::default() })?;
+    let mut times = Vec::new();
+    for i in 0..steps.max(1) + 1 {
+        let start = Instant::now();
+        let scored = model.completion_logprobs(&seqs)?;
+        let loss = scored.tokens.mean_all()?.neg()?;
+        let grads = loss.backward()?;
+        candle_nn::Optimizer::step(&mut opt, &grads)?;
+        if i > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let step_seconds = median(times);
+    let mut ftimes = Vec::new();
+    for _ in 0..steps.max(1) {
+        let start = Instant::now();
+        let scored = model.completion_logprobs(&seqs)?;
+        let _ = scored.sums.detach().to_vec1::<f32>()?;
+        ftimes.push(start.elapsed().as_secs_f64());
+    }
+    let tokens = (batch * seq_len) as f64;
+    Ok(TrainBench {
+        mode: model.mode.name().to_string(),
+        trainable_params,
+        batch,
+        seq_len,
+        completion_len,
+        steps: steps.max(1),
+        train_tokens_per_s: tokens / step_seconds.max(1e-9),
+        step_seconds,
+        forward_tokens_per_s: tokens / median(ftimes).max(1e-9),
+        peak_rss_mib: peak_rss_mib(),
+        load_seconds,
+    })
+}

@@ -1,0 +1,117 @@
+//! Writing a trained model as a GGUF the engine serves: the merged weights (LoRA folded in),
+//! quantized to Q8_0 or stored as F16/F32, with every metadata key of the base file (the
+//! architecture, the tokenizer, the chat template) and a few of our own (`rrm.*`).
+//!
+//! One-dimensional tensors (norms, biases) stay F32, as llama.cpp writes them; a matrix whose
+//! rows are not a multiple of 32 wide (Q8_0's block) falls back to F16. The file is written
+//! under a temporary name and renamed, so a reader never sees half a model.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use serde::{Deserialize, Serialize};
+
+use super::model::TrainableLlama;
+use super::{io_err, LmError};
+
+/// The weight type of an exported model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    /// 8-bit blocks (the engine's fast CPU kernel; ~1/4 of F32's size).
+    Q8_0,
+    F16,
+    /// Exact weights (for tests and comparisons).
+    F32,
+}
+
+impl std::str::FromStr for ExportFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "q8_0" | "q8" => Ok(Self::Q8_0),
+            "f16" => Ok(Self::F16),
+            "f32" => Ok(Self::F32),
+            other => Err(format!("unknown export format `{other}` (q8_0, f16, f32)")),
+        }
+    }
+}
+
+impl ExportFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q8_0 => "q8_0",
+            Self::F16 => "f16",
+            Self::F32 => "f32",
+        }
+    }
+
+    /// llama.cpp's `general.file_type` code.
+    fn file_type(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q8_0 => 7,
+        }
+    }
+}
+
+/// Writes `model`'s merged weights to `out` with the base file's metadata plus `extra` keys
+/// (which replace base keys of the same name).
+pub fn write_gguf(
+    model: &TrainableLlama,
+    out: &Path,
+    format: ExportFormat,
+    extra: &[(String, Value)],
+) -> Result<(), LmError> {
+    let base = &model.path;
+    let mut file = std::fs::File::open(base).map_err(|e| io_err(base, e))?;
+    let content = Content::read(&mut file).map_err(|e| LmError::Model {
+        path: base.to_path_buf(),
+        message: format!("not a readable GGUF file: {e}"),
+    })?;
+    let mut metadata: Vec<(String, Value)> = content
+        .metadata
+        .into_iter()
+        .filter(|(k, _)| k != "general.file_type" && !extra.iter().any(|(e, _)| e == k))
+        .collect();
+    metadata.push(("general.file_type".into(), Value::U32(format.file_type())));
+    metadata.extend(extra.iter().cloned());
+    metadata.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut tensors = Vec::new();
+    for (name, t) in model.merged_tensors()? {
+        let dtype = match (t.rank(), format) {
+            (1, _) | (_, ExportFormat::F32) => GgmlDType::F32,
+            (_, ExportFormat::F16) => GgmlDType::F16,
+            (_, ExportFormat::Q8_0) => {
+                if t.dims().last().is_some_and(|k| k % 32 == 0) {
+                    GgmlDType::Q8_0
+                } else {
+                    GgmlDType::F16
+                }
+            }
+        };
+        tensors.push((name, QTensor::quantize(&t, dtype)?));
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+    }
+    let tmp = out.with_extension(format!("gguf.tmp-{}", std::process::id()));
+    let result = (|| -> Result<(), LmError> {
+        let f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+        let mut w = std::io::BufWriter::new(f);
+        let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        candle_core::quantized::gguf_file::write(&mut w, &md, &ts)?;
+        w.flush().map_err(|e| io_err(&tmp, e))?;
+        let f = w.into_inner().map_err(|e| io_err(&tmp, e.into_error()))?;
+        f.sync_all().map_err(|e| io_err(&tmp, e))?;
+        std::fs::rename(&tmp, out).map_err(|e| io_err(out, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -1,0 +1,193 @@
+//! LoRA adapters (Hu et al. 2021): a frozen projection `W` gains a trainable low-rank update,
+//! `y = x·Wᵀ + (alpha / rank) · (x·Aᵀ)·Bᵀ`, with `A` (rank × in) drawn like PEFT's default
+//! (Kaiming-uniform, bound `1/√in`) and `B` (out × rank) zero, so training starts exactly at
+//! the base model. Merging adds `(alpha / rank) · B·A` to `W`.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// A projection of a transformer block that can carry an adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Target {
+    pub const ALL: [Target; 7] =
+        [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down];
+
+    /// The projection's name in GGUF tensor names (`blk.N.<name>.weight`).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Target::Q => "attn_q",
+            Target::K => "attn_k",
+            Target::V => "attn_v",
+            Target::O => "attn_output",
+            Target::Gate => "ffn_gate",
+            Target::Up => "ffn_up",
+            Target::Down => "ffn_down",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Q => "q",
+            Target::K => "k",
+            Target::V => "v",
+            Target::O => "o",
+            Target::Gate => "gate",
+            Target::Up => "up",
+            Target::Down => "down",
+        }
+    }
+
+    /// Parses a comma-separated list: `q,k,v,o,gate,up,down`, or `all`, `attn` (q,k,v,o),
+    /// `mlp` (gate,up,down); Hugging Face names (`q_proj`, `gate_proj`, …) work too.
+    pub fn parse_list(s: &str) -> Result<Vec<Target>, String> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let part = part.to_ascii_lowercase();
+            let part = part.strip_suffix("_proj").unwrap_or(&part);
+            let add: &[Target] = match part {
+                "all" => &Target::ALL,
+                "attn" => &[Target::Q, Target::K, Target::V, Target::O],
+                "mlp" => &[Target::Gate, Target::Up, Target::Down],
+                "q" => &[Target::Q],
+                "k" => &[Target::K],
+                "v" => &[Target::V],
+                "o" => &[Target::O],
+                "gate" => &[Target::Gate],
+                "up" => &[Target::Up],
+                "down" => &[Target::Down],
+                other => {
+                    return Err(format!(
+                        "unknown LoRA target `{other}` (q, k, v, o, gate, up, down, attn, mlp, all)"
+                    ))
+                }
+            };
+            out.extend_from_slice(add);
+        }
+        out.sort();
+        out.dedup();
+        if out.is_empty() {
+            return Err("no LoRA target given".into());
+        }
+        Ok(out)
+    }
+}
+
+/// Shape of the adapters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub targets: Vec<Target>,
+    /// Seeds the random `A` matrices.
+    pub seed: u64,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self { rank: 8, alpha: 16.0, targets: Target::ALL.to_vec(), seed: 0 }
+    }
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank.max(1) as f64
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rank == 0 {
+            return Err("LoRA rank must be at least 1".into());
+        }
+        if !self.alpha.is_finite() || self.alpha <= 0.0 {
+            return Err(format!("LoRA alpha must be a positive number (got {})", self.alpha));
+        }
+        if self.targets.is_empty() {
+            return Err("no LoRA target given".into());
+        }
+        Ok(())
+    }
+}
+
+/// One adapter: `A` (rank × in) and `B` (out × rank).
+#[derive(Debug, Clone)]
+pub struct Lora {
+    pub a: Var,
+    pub b: Var,
+    pub scale: f64,
+}
+
+impl Lora {
+    /// A fresh adapter for an `out × inp` projection; `A` from `rng`, `B` zero.
+    pub fn new(
+        inp: usize,
+        out: usize,
+        config: &LoraConfig,
+        dtype: DType,
+        device: &Device,
+        rng: &mut rand::rngs::StdRng,
+    ) -> candle_core::Result<Lora> {
+        let bound = 1.0 / (inp as f32).sqrt();
+        let data: Vec<f32> =
+            (0..config.rank * inp).map(|_| rng.random_range(-bound..bound)).collect();
+        let a = Tensor::from_vec(data, (config.rank, inp), device)?.to_dtype(dtype)?;
+        Ok(Lora {
+            a: Var::from_tensor(&a)?,
+            b: Var::zeros((out, config.rank), dtype, device)?,
+            scale: config.scale(),
+        })
+    }
+
+    /// The adapter's contribution for rows `x` (N × in): `scale · (x·Aᵀ)·Bᵀ`, in `x`'s dtype.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dtype = self.a.dtype();
+        let xl = if x.dtype() == dtype { x.clone() } else { x.to_dtype(dtype)? };
+        let y = xl.matmul(&self.a.as_tensor().t()?)?.matmul(&self.b.as_tensor().t()?)?;
+        (y * self.scale)?.to_dtype(x.dtype())
+    }
+
+    /// `scale · B·A` (out × in), to add to the frozen weight.
+    pub fn delta(&self) -> candle_core::Result<Tensor> {
+        self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale
+    }
+}
+
+/// The RNG adapters draw from.
+pub fn rng(seed: u64) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(Target::parse_list("q_proj, v").unwrap(), vec![Target::Q, Target::V]);
+        assert_eq!(Target::parse_list("all").unwrap().len(), 7);
+        assert_eq!(Target::parse_list("mlp,q").unwrap().len(), 4);
+        assert!(Target::parse_list("wq").unwrap_err().contains("wq"));
+        assert!(Target::parse_list(" ,").is_err());
+    }
+
+    #[test]
+    fn a_fresh_adapter_adds_nothing() {
+        let cfg = LoraConfig::default();
+        let l = Lora::new(16, 12, &cfg, DType::F32, &Device::Cpu, &mut rng(1)).unwrap();
+        let x = Tensor::ones((3, 16), DType::F32, &Device::Cpu).unwrap();
+        let y = l.forward(&x).unwrap();
+        assert_eq!(y.dims(), &[3, 12]);
+        assert_eq!(y.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(l.delta().unwrap().dims(), &[12, 16]);
+    }
+}

@@ -1,0 +1,274 @@
+//! Tests of the trainable forward on tiny random models: gradient coverage, finite differences,
+//! agreement with the inference engine, batching, export.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::export::{write_gguf, ExportFormat};
+use super::lora::{LoraConfig, Target};
+use super::model::{LoadOptions, Mode, SeqSpec, TrainableLlama};
+use crate::infer::llama::LlamaModel;
+use crate::infer::testing::{tiny_gguf, TinyOptions};
+
+fn tiny(dir: &Path, arch: &'static str, tied: bool) -> std::path::PathBuf {
+    let path = dir.join(format!("{arch}-{tied}.gguf"));
+    let o = TinyOptions { arch, tied, ..TinyOptions::default() };
+    tiny_gguf(&path, 7, &o).unwrap();
+    path
+}
+
+fn lora_all() -> Mode {
+    Mode::Lora(LoraConfig { rank: 4, alpha: 8.0, targets: Target::ALL.to_vec(), seed: 3 })
+}
+
+fn load(path: &Path, mode: Mode, dtype: DType) -> TrainableLlama {
+    TrainableLlama::load(path, &Device::Cpu, &LoadOptions { mode, dtype }).unwrap().0
+}
+
+/// Gives every LoRA `B` random values (a fresh adapter's `B` is zero, so `A` would get no
+/// gradient and the adapter would change nothing).
+fn randomize_lora_b(model: &TrainableLlama, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for (name, var) in model.trainable() {
+        if name.ends_with("lora_b") {
+            let n = var.elem_count();
+            let data: Vec<f64> = (0..n).map(|_| rng.random_range(-0.2..0.2)).collect();
+            let t = Tensor::from_vec(data, var.shape(), &Device::Cpu)
+                .unwrap()
+                .to_dtype(var.dtype())
+                .unwrap();
+            var.set(&t).unwrap();
+        }
+    }
+}
+
+fn seqs() -> Vec<SeqSpec> {
+    vec![
+        SeqSpec::new(&[1, 40, 41, 42, 43, 2, 1], &[50, 51, 52, 2]),
+        SeqSpec::new(&[1, 60, 61], &[70, 71, 72, 73, 74, 75, 2]),
+    ]
+}
+
+fn loss(model: &TrainableLlama) -> Tensor {
+    // A mix of sequence sums and per-token terms, so both paths are exercised.
+    let s = model.completion_logprobs(&seqs()).unwrap();
+    let a = s.sums.sum_all().unwrap();
+    let b = (s.tokens.sqr().unwrap().sum_all().unwrap() * 0.1).unwrap();
+    (a + b).unwrap()
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+}
+
+#[test]
+fn every_trainable_tensor_gets_a_gradient_and_frozen_weights_none() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, tied) in [("llama", true), ("qwen2", false)] {
+        let path = tiny(dir.path(), arch, tied);
+        for mode in [lora_all(), Mode::Full] {
+            let model = load(&path, mode.clone(), DType::F32);
+            randomize_lora_b(&model, 1);
+            let vars = model.trainable();
+            assert!(!vars.is_empty());
+            let grads = loss(&model).backward().unwrap();
+            for (name, var) in &vars {
+                let g = grads
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("{arch} {}: no gradient for {name}", mode.name()));
+                let norm = scalar(&g.abs().unwrap().sum_all().unwrap());
+                assert!(norm > 0.0, "{arch} {}: zero gradient for {name}", mode.name());
+            }
+            if matches!(mode, Mode::Lora(_)) {
+                // Only the adapters: no gradient was computed for any frozen weight.
+                let n_lora = model.config.n_layer * 7 * 2;
+                assert_eq!(vars.len(), n_lora);
+                let grads_len = vars.iter().filter(|(_, v)| grads.get(v.as_tensor()).is_some());
+                assert_eq!(grads_len.count(), n_lora);
+            } else {
+                let expected = 2
+                    + model.config.n_layer * 9
+                    + usize::from(!tied)
+                    + if arch == "qwen2" { model.config.n_layer * 3 } else { 0 };
+                assert_eq!(vars.len(), expected, "{arch}");
+            }
+        }
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny(dir.path(), "llama", true);
+    for mode in [lora_all(), Mode::Full] {
+        let model = load(&path, mode.clone(), DType::F64);
+        randomize_lora_b(&model, 2);
+        let vars = model.trainable();
+        let grads = loss(&model).backward().unwrap();
+        // A few entries of a few tensors: first, middle and last of the list.
+        let picks = [0, vars.len() / 3, vars.len() / 2, vars.len() - 1];
+        for &vi in &picks {
+            let (name, var) = &vars[vi];
+            let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap();
+            let g = g.to_vec1::<f64>().unwrap();
+            let n = g.len();
+            for &ei in &[0, n / 2, n - 1] {
+                let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                let eval = |delta: f64| {
+                    let mut v = base.clone();
+                    v[ei] += delta;
+                    let t = Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap();
+                    var.set(&t).unwrap();
+                    scalar(&loss(&model))
+                };
+                let h = 1e-5;
+                let numeric = (eval(h) - eval(-h)) / (2.0 * h);
+                var.set(&Tensor::from_vec(base, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                let analytic = g[ei];
+                // Relative error, with an absolute floor for the rounding noise of the
+                // difference quotient (~1e-16 · |loss| / h).
+                let err = (numeric - analytic).abs();
+                assert!(
+                    err < 1e-4 * numeric.abs().max(analytic.abs()) + 1e-7,
+                    "{} {name}[{ei}]: analytic {analytic} vs numeric {numeric}",
+                    mode.name()
+                );
+            }
+        }
+    }
+}
+
+/// Logits of the engine (F32 weights, its own attention) for the last token of `tokens`.
+fn engine_last_logits(path: &Path, tokens: &[u32]) -> Vec<f32> {
+    let loaded = LlamaModel::load(path, &Device::Cpu).unwrap();
+    let mut cache = loaded.model.new_cache(tokens.len()).unwrap();
+    let out = loaded.model.forward(&mut [(tokens, &mut cache)]).unwrap();
+    out.squeeze(0).unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn trainer_logits_match_the_engine_and_do_not_depend_on_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, tied) in [("llama", true), ("qwen2", false)] {
+        let path = tiny(dir.path(), arch, tied);
+        let model = load(&path, Mode::Frozen, DType::F32);
+        let long: Vec<u32> = (0..40).map(|i| 3 + (i * 7) % 250).collect();
+        let short: Vec<u32> = vec![1, 100, 101, 102, 2];
+        let v = model.config.vocab_size;
+        let batch = model.logits(&[&long, &short]).unwrap(); // (2, 40, V)
+        let alone = model.logits(&[&short]).unwrap();
+        let row = |t: &Tensor, b: usize, p: usize| {
+            t.get(b).unwrap().get(p).unwrap().to_vec1::<f32>().unwrap()
+        };
+        assert_eq!(batch.dims(), &[2, 40, v]);
+        // Padding never leaks into real positions.
+        assert!(max_abs_diff(&row(&batch, 1, 4), &row(&alone, 0, 4)) < 1e-5);
+        // The engine agrees at the last position of each sequence.
+        let e_long = engine_last_logits(&path, &long);
+        let e_short = engine_last_logits(&path, &short);
+        let d1 = max_abs_diff(&row(&batch, 0, 39), &e_long);
+        let d2 = max_abs_diff(&row(&batch, 1, 4), &e_short);
+        assert!(d1 < 1e-4 && d2 < 1e-4, "{arch}: {d1} {d2}");
+    }
+}
+
+#[test]
+fn export_reads_back_in_the_engine_with_the_trainers_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny(dir.path(), "llama", true);
+    let model = load(&path, lora_all(), DType::F32);
+    randomize_lora_b(&model, 4);
+    let tokens: Vec<u32> = (0..24).map(|i| 3 + (i * 11) % 250).collect();
+    let trainer = model.logits(&[&tokens]).unwrap().get(0).unwrap().get(23).unwrap();
+    let trainer = trainer.to_vec1::<f32>().unwrap();
+    // The adapters change the model.
+    let mut base = load(&path, lora_all(), DType::F32);
+    base.set_adapters(false);
+    let base_logits = base.logits(&[&tokens]).unwrap().get(0).unwrap().get(23).unwrap();
+    assert!(max_abs_diff(&trainer, &base_logits.to_vec1::<f32>().unwrap()) > 1e-2);
+
+    let out = dir.path().join("out/exported.gguf");
+    let extra = vec![(
+        "rrm.policy.method".to_string(),
+        candle_core::quantized::gguf_file::Value::String("test".into()),
+    )];
+    write_gguf(&model, &out, ExportFormat::F32, &extra).unwrap();
+    let e = engine_last_logits(&out, &tokens);
+    assert!(max_abs_diff(&trainer, &e) < 1e-4, "f32 export: {}", max_abs_diff(&trainer, &e));
+    // The metadata (tokenizer, template, our keys) survived.
+    let loaded = LlamaModel::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(loaded.tokenizer.encode("<|im_start|>the").unwrap()[0], 1);
+    let mut f = std::fs::File::open(&out).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    assert!(content.metadata.contains_key("tokenizer.chat_template"));
+    assert!(content.metadata.contains_key("rrm.policy.method"));
+    // Q8_0: same argmax, small differences (the engine quantizes weights and activations).
+    write_gguf(&model, &out, ExportFormat::Q8_0, &[]).unwrap();
+    let q = engine_last_logits(&out, &tokens);
+    let argmax =
+        |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap();
+    assert_eq!(argmax(&q), argmax(&trainer));
+    assert!(max_abs_diff(&trainer, &q) < 0.5, "q8_0 export: {}", max_abs_diff(&trainer, &q));
+}
+
+#[test]
+fn a_model_that_is_not_llama_family_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("phi.gguf");
+    let o = TinyOptions { arch: "phi2", ..TinyOptions::default() };
+    tiny_gguf(&path, 1, &o).unwrap();
+    let err = TrainableLlama::load(&path, &Device::Cpu, &LoadOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("phi2") && msg.contains("llama-family") && msg.contains("phi.gguf"),
+        "{msg}"
+    );
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let msg =
+        TrainableLlama::load(&junk, &Device::Cpu, &LoadOptions::default()).unwrap_err().to_string();
+    assert!(msg.contains("junk.gguf"), "{msg}");
+}
+
+#[test]
+fn bad_sequences_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny(dir.path(), "llama", true);
+    let model = load(&path, lora_all(), DType::F32);
+    assert!(model.completion_logprobs(&[SeqSpec { tokens: vec![1, 2], start: 2 }]).is_err());
+    assert!(model.completion_logprobs(&[SeqSpec { tokens: vec![1, 99999], start: 1 }]).is_err());
+    assert!(model.logits(&[]).is_err());
+    let long = vec![5u32; 600];
+    assert!(model.logits(&[&long]).unwrap_err().to_string().contains("context"));
+}
+
+#[test]
+fn packed_completions_score_as_separate_sequences() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, tied) in [("llama", true), ("qwen2", false)] {
+        let path = tiny(dir.path(), arch, tied);
+        let model = load(&path, lora_all(), DType::F32);
+        randomize_lora_b(&model, 5);
+        let prompt = vec![1u32, 30, 31, 32, 33, 34, 2, 1];
+        let completions = vec![vec![90u32, 91, 92, 2], vec![80u32, 81, 2], vec![70u32]];
+        let packed = vec![
+            super::Packed { prompt: prompt.clone(), completions: completions.clone() },
+            super::Packed { prompt: vec![1, 5], completions: vec![vec![6, 7]] },
+        ];
+        let got = model.packed_logprobs(&packed).unwrap();
+        assert_eq!(got.counts, vec![4, 3, 1, 2]);
+        let mut seqs: Vec<SeqSpec> = completions.iter().map(|c| SeqSpec::new(&prompt, c)).collect();
+        seqs.push(SeqSpec::new(&[1, 5], &[6, 7]));
+        let want = model.completion_logprobs(&seqs).unwrap();
+        let (g, w) = (got.sums.to_vec1::<f32>().unwrap(), want.sums.to_vec1::<f32>().unwrap());
+        assert!(max_abs_diff(&g, &w) < 1e-4, "{arch}: {g:?} vs {w:?}");
+        let (g, w) = (got.tokens.to_vec1::<f32>().unwrap(), want.tokens.to_vec1::<f32>().unwrap());
+        assert!(max_abs_diff(&g, &w) < 1e-4, "{arch}");
+    }
+}

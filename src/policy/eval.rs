@@ -1,0 +1,291 @@
+//! A trained policy against a baseline, node by node, on books: both compose the same task
+//! tree (the composer's default single-candidate settings, cached in the store like any run),
+//! then every node's two outputs are judged. Win rates per height and at the root, under each
+//! judge and under the reward ensemble; mean length and loop rate of each side.
+//!
+//! Every judge sees the same input for both sides: the part of the book the node covers (at
+//! height 0 exactly the node's input; above it the book text under the node, since the two
+//! policies' own inputs there are their own children's summaries).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::judge::{mean_std, Judge, MemberScorer};
+use super::kl::KlEstimate;
+use super::PolicyError;
+use crate::book::Book;
+use crate::compose::{ComposeError, ComposeOptions, Composer, MeanLogprob, RunRecord, Silent};
+use crate::infer::Generator;
+use crate::store::Store;
+use crate::tree::TaskTree;
+
+/// One output of one side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    pub text: String,
+    pub looped: bool,
+}
+
+/// A node with both sides' outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalItem {
+    pub book: String,
+    pub node: String,
+    pub height: u32,
+    pub is_root: bool,
+    /// The book text the node covers.
+    pub input: String,
+    pub policy: Output,
+    pub baseline: Output,
+}
+
+/// Wins of the policy over the baseline (ties count half).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct WinRate {
+    pub wins: usize,
+    pub ties: usize,
+    pub losses: usize,
+    /// (wins + ties / 2) / n.
+    pub rate: f64,
+    /// Half-width of a 95% normal interval on `rate`.
+    pub ci95: f64,
+}
+
+impl WinRate {
+    fn from_margins(margins: &[f64]) -> WinRate {
+        let mut w = WinRate::default();
+        for &m in margins {
+            if m.abs() < 1e-9 {
+                w.ties += 1;
+            } else if m > 0.0 {
+                w.wins += 1;
+            } else {
+                w.losses += 1;
+            }
+        }
+        let n = margins.len().max(1) as f64;
+        w.rate = (w.wins as f64 + 0.5 * w.ties as f64) / n;
+        w.ci95 = 1.96 * (w.rate * (1.0 - w.rate) / n).sqrt();
+        w
+    }
+}
+
+/// Length and loops of one side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SideStats {
+    pub mean_words: f64,
+    pub loop_rate: f64,
+}
+
+/// The comparison at one height (or at the root).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub nodes: usize,
+    /// Judge name → win rate of the policy.
+    pub judges: BTreeMap<String, WinRate>,
+    /// Judge name → mean score of (policy, baseline).
+    pub judge_means: BTreeMap<String, (f64, f64)>,
+    /// Under the reward ensemble's mean score.
+    pub reward: Option<WinRate>,
+    pub reward_means: Option<(f64, f64)>,
+    pub policy: SideStats,
+    pub baseline: SideStats,
+}
+
+/// The whole evaluation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub policy: String,
+    pub baseline: String,
+    pub books: Vec<String>,
+    /// Height → comparison.
+    pub heights: BTreeMap<u32, Comparison>,
+    pub root: Option<Comparison>,
+    /// KL(π‖π_ref) on held-out prompts, π the policy and π_ref the baseline.
+    pub kl: Option<KlEstimate>,
+    /// Books the policy was trained on that were evaluated anyway.
+    pub seen_books: Vec<String>,
+    /// The labelers whose feedback trained the policy (from its card): a judge of the same
+    /// name is not independent of the training signal.
+    pub trained_on: Vec<String>,
+}
+
+/// Judges `items` (see the module docs).
+pub fn compare(
+    items: &[&EvalItem],
+    judges: &[&dyn Judge],
+    reward: Option<&dyn MemberScorer>,
+) -> Result<Comparison, PolicyError> {
+    let mut c = Comparison { nodes: items.len(), ..Comparison::default() };
+    if items.is_empty() {
+        return Ok(c);
+    }
+    let n = items.len() as f64;
+    for j in judges {
+        let mut margins = Vec::with_capacity(items.len());
+        let (mut sp, mut sb) = (0.0, 0.0);
+        for it in items {
+            let p = j.score(&it.input, &it.policy.text);
+            let b = j.score(&it.input, &it.baseline.text);
+            margins.push(p - b);
+            sp += p / n;
+            sb += b / n;
+        }
+        c.judges.insert(j.name(), WinRate::from_margins(&margins));
+        c.judge_means.insert(j.name(), (sp, sb));
+    }
+    if let Some(r) = reward {
+        let mut margins = Vec::with_capacity(items.len());
+        let (mut sp, mut sb) = (0.0, 0.0);
+        for it in items {
+            let members = r.member_scores(
+                it.height,
+                &it.input,
+                &[it.policy.text.as_str(), it.baseline.text.as_str()],
+            )?;
+            let ms = mean_std(&members);
+            let (p, b) = (ms[0].0, ms[1].0);
+            margins.push(p - b);
+            sp += p / n;
+            sb += b / n;
+        }
+        c.reward = Some(WinRate::from_margins(&margins));
+        c.reward_means = Some((sp, sb));
+    }
+    let side = |f: &dyn Fn(&EvalItem) -> &Output| SideStats {
+        mean_words: items.iter().map(|i| f(i).text.split_whitespace().count() as f64).sum::<f64>()
+            / n,
+        loop_rate: items.iter().filter(|i| f(i).looped).count() as f64 / n,
+    };
+    c.policy = side(&|i| &i.policy);
+    c.baseline = side(&|i| &i.baseline);
+    Ok(c)
+}
+
+/// Per-height and root comparisons of `items`.
+pub fn report(
+    items: &[EvalItem],
+    judges: &[&dyn Judge],
+    reward: Option<&dyn MemberScorer>,
+) -> Result<(BTreeMap<u32, Comparison>, Option<Comparison>), PolicyError> {
+    let mut heights = BTreeMap::new();
+    let mut hs: Vec<u32> = items.iter().map(|i| i.height).collect();
+    hs.sort_unstable();
+    hs.dedup();
+    for h in hs {
+        let at: Vec<&EvalItem> = items.iter().filter(|i| i.height == h).collect();
+        heights.insert(h, compare(&at, judges, reward)?);
+    }
+    let roots: Vec<&EvalItem> = items.iter().filter(|i| i.is_root).collect();
+    let root = if roots.is_empty() { None } else { Some(compare(&roots, judges, reward)?) };
+    Ok((heights, root))
+}
+
+/// The outputs of the newest composition of `tree` by the model `model_hash`, by node label.
+fn outputs(
+    store: &Store,
+    book: &Book,
+    tree: &TaskTree,
+    model_hash: &str,
+) -> Result<BTreeMap<String, Output>, PolicyError> {
+    let store_err = |e: crate::store::StoreError| PolicyError::Invalid(e.to_string());
+    let run = RunRecord::for_book(store, book.id().as_str())
+        .map_err(store_err)?
+        .into_iter()
+        .rev()
+        .find(|r| r.matches(tree) && r.model.hash == model_hash && !r.outputs.is_empty())
+        .ok_or_else(|| {
+            PolicyError::Invalid(format!("{}: no composition was stored", book.title()))
+        })?;
+    let mut out = BTreeMap::new();
+    for label in run.outputs.keys() {
+        if let Some((o, set)) = run.node_result(store, label).map_err(store_err)? {
+            let looped =
+                set.as_ref().and_then(|s| s.candidates.get(o.chosen)).is_some_and(|c| c.looped);
+            out.insert(label.clone(), Output { text: o.text, looped });
+        }
+    }
+    Ok(out)
+}
+
+/// Composes `tree` with the policy and with the baseline (each run cached in the store like
+/// any `rrm summarize`; the baseline runs second, so it stays the book's current run) and
+/// pairs their outputs node by node.
+pub async fn compose_both(
+    store: &Store,
+    book: &Book,
+    tree: &TaskTree,
+    policy: Arc<dyn Generator>,
+    baseline: Arc<dyn Generator>,
+    options: &ComposeOptions,
+) -> Result<Vec<EvalItem>, PolicyError> {
+    let compose_err = |e: ComposeError| PolicyError::Invalid(format!("{}: {e}", book.title()));
+    let mut sides = Vec::new();
+    for generator in [policy, baseline] {
+        let model_hash = generator.identity().hash.clone();
+        let composer =
+            Composer::new(generator, Arc::new(MeanLogprob), store.clone(), options.clone());
+        composer.compose(book, tree, &Silent).await.map_err(compose_err)?;
+        sides.push(outputs(store, book, tree, &model_hash)?);
+    }
+    let root = tree.node(tree.root()).label.clone();
+    let mut items = Vec::new();
+    for id in tree.nodes_topological() {
+        let node = tree.node(id);
+        if options.max_height.is_some_and(|h| node.height > h) {
+            continue;
+        }
+        let (Some(p), Some(b)) = (sides[0].get(&node.label), sides[1].get(&node.label)) else {
+            continue;
+        };
+        items.push(EvalItem {
+            book: book.title().to_string(),
+            node: node.label.clone(),
+            height: node.height,
+            is_root: node.label == root,
+            input: book.slice(node.covers).to_string(),
+            policy: p.clone(),
+            baseline: b.clone(),
+        });
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feedback::sim::SimLabeler;
+
+    fn item(h: u32, root: bool, p: &str, b: &str) -> EvalItem {
+        EvalItem {
+            book: "b".into(),
+            node: format!("h{h}.0"),
+            height: h,
+            is_root: root,
+            input: "Marigold went to the mill. The flood drowned the sheep.".into(),
+            policy: Output { text: p.into(), looped: false },
+            baseline: Output { text: b.into(), looped: true },
+        }
+    }
+
+    #[test]
+    fn win_rates_per_height_and_root() {
+        let items = vec![
+            item(0, false, "Marigold saw the flood drown the sheep.", "Someone went somewhere."),
+            item(0, false, "Same.", "Same."),
+            item(1, true, "A thing.", "Marigold and the flood."),
+        ];
+        let sim = SimLabeler::new("sim", 0.0);
+        let (heights, root) = report(&items, &[&sim], None).unwrap();
+        let h0 = &heights[&0];
+        assert_eq!(h0.nodes, 2);
+        assert_eq!((h0.judges["sim"].wins, h0.judges["sim"].ties), (1, 1));
+        assert!((h0.judges["sim"].rate - 0.75).abs() < 1e-9);
+        assert_eq!(h0.baseline.loop_rate, 1.0);
+        assert_eq!(h0.policy.loop_rate, 0.0);
+        let root = root.unwrap();
+        assert_eq!(root.judges["sim"].losses, 1);
+    }
+}

@@ -1,0 +1,269 @@
+//! `rrm policy train` and `rrm bench train` as a user runs them, over a tiny random model written
+//! by the test: training from TRL files, registration and use of the trained policy, bad input,
+//! and a run killed with SIGKILL that resumes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use rrm::infer::testing::{tiny_gguf, TinyOptions};
+
+struct Ws {
+    dir: tempfile::TempDir,
+    model: PathBuf,
+}
+
+const PASSAGES: &[(&str, &str, &str)] = &[
+    ("Rosalind carried the letters to the harbour.", "Rosalind carries letters.", "A ship."),
+    ("Barnaby counted the ships in the ledger.", "Barnaby counts ships.", "The sea is wet."),
+    ("The orchard flooded in the spring rain.", "The orchard floods.", "Nobody knows."),
+    ("The miller sold the grain at the market.", "The miller sells grain.", "A day."),
+];
+
+impl Ws {
+    fn new() -> Ws {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("tiny.gguf");
+        tiny_gguf(&model, 5, &TinyOptions { context_length: 1024, ..TinyOptions::default() })
+            .unwrap();
+        let ws = Ws { dir, model };
+        let mut prefs = String::new();
+        let mut sft = String::new();
+        for (i, (p, c, r)) in PASSAGES.iter().enumerate() {
+            let book = format!("book{}", i % 3);
+            prefs.push_str(
+                &serde_json::json!({"prompt": p, "chosen": c, "rejected": r, "book": book})
+                    .to_string(),
+            );
+            prefs.push('\n');
+            sft.push_str(
+                &serde_json::json!({"prompt": p, "completion": c, "book": book}).to_string(),
+            );
+            sft.push('\n');
+        }
+        std::fs::write(ws.path("prefs.jsonl"), prefs).unwrap();
+        std::fs::write(ws.path("sft.jsonl"), sft).unwrap();
+        let text: String = (0..6)
+            .map(|i| format!("In week {i}, Rosalind carried the letters from the orchard to the harbour.\n\n"))
+            .collect();
+        std::fs::write(ws.path("orchard.txt"), text).unwrap();
+        ws
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn std(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rrm"));
+        cmd.current_dir(self.dir.path())
+            .env("RRM_DB", self.path("db"))
+            .env("RRM_BOOKS", self.path("books"))
+            .env("RRM_TREES", self.path("trees"))
+            .env("RRM_MODELS", self.path("models"))
+            .env("RRM_REWARD_DIR", self.path("reward"))
+            .env_remove("RRM_MODEL")
+            .env_remove("RRM_LOG");
+        cmd
+    }
+
+    fn rrm(&self) -> Command {
+        Command::from_std(self.std())
+    }
+
+    fn train_args<'a>(&'a self, method: &'a str, data: &'a str, name: &'a str) -> Vec<String> {
+        [
+            "--threads",
+            "1",
+            "policy",
+            "train",
+            "--method",
+            method,
+            "--data",
+            data,
+            "--name",
+            name,
+            "--base",
+            self.model.to_str().unwrap(),
+            "--batch",
+            "2",
+            "--grad-accum",
+            "1",
+            "--lora-rank",
+            "4",
+            "--runs-dir",
+            "runs",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn trained_policies_register_list_and_summarize() {
+    let ws = Ws::new();
+    let mut args = ws.train_args("sft", "sft.jsonl", "t-sft");
+    args.extend(["--max-steps", "3", "--checkpoint-every", "2"].map(String::from));
+    let out = ws.rrm().args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("registered `t-sft`"), "{stdout}");
+    assert!(stdout.contains("split by book"), "{stdout}");
+
+    let mut args = ws.train_args("dpo", "prefs.jsonl", "t-dpo");
+    args.extend(["--max-steps", "2", "--json"].map(String::from));
+    let out = ws.rrm().args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["train"]["steps"], 2);
+    assert_eq!(report["card"]["method"], "dpo");
+    assert_eq!(report["card"]["beta"], 0.1);
+    assert!(report["card"]["data"]["train_groups"].as_array().is_some_and(|g| !g.is_empty()));
+
+    let list = ws.rrm().args(["models", "list", "--json"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let names: Vec<&str> =
+        rows.as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+    assert!(names.contains(&"t-sft") && names.contains(&"t-dpo"), "{names:?}");
+
+    // The engine serves the trained policy by name.
+    let out = ws
+        .rrm()
+        .args([
+            "--threads",
+            "1",
+            "summarize",
+            "orchard.txt",
+            "--model",
+            "t-dpo",
+            "--max-height",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    // Same name again: refused without --overwrite.
+    let mut args = ws.train_args("sft", "sft.jsonl", "t-dpo");
+    args.extend(["--max-steps", "1"].map(String::from));
+    let out = ws.rrm().args(&args).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("--overwrite"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let ws = Ws::new();
+    let check = |args: Vec<String>, want: &[&str]| {
+        let out = ws.rrm().args(&args).output().unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        for w in want {
+            assert!(err.contains(w), "missing `{w}` in: {err}");
+        }
+    };
+    std::fs::write(ws.path("empty.jsonl"), "\n").unwrap();
+    check(ws.train_args("dpo", "empty.jsonl", "x"), &["empty.jsonl", "no examples"]);
+    std::fs::write(
+        ws.path("bad.jsonl"),
+        "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n{oops\n{\"prompt\": \"p\"}\n",
+    )
+    .unwrap();
+    check(ws.train_args("dpo", "bad.jsonl", "x"), &["bad.jsonl", "line 2", "line 3"]);
+    // SFT data but DPO asked for.
+    check(ws.train_args("dpo", "sft.jsonl", "x"), &["no preference pairs"]);
+    // A model that is not llama-family.
+    let phi = ws.path("phi.gguf");
+    tiny_gguf(&phi, 1, &TinyOptions { arch: "phi2", ..TinyOptions::default() }).unwrap();
+    let mut args = ws.train_args("dpo", "prefs.jsonl", "x");
+    let i = args.iter().position(|a| a == "--base").unwrap();
+    args[i + 1] = phi.display().to_string();
+    check(args, &["phi.gguf", "llama-family"]);
+    // No stored feedback.
+    check(
+        vec![
+            "policy".into(),
+            "train".into(),
+            "--method".into(),
+            "sft".into(),
+            "--base".into(),
+            ws.model.display().to_string(),
+        ],
+        &["no stored feedback"],
+    );
+    check(ws.train_args("dpo", "missing.jsonl", "x"), &["missing.jsonl"]);
+    let mut args = ws.train_args("dpo", "prefs.jsonl", "../evil");
+    args.extend(["--max-steps", "1"].map(String::from));
+    check(args, &["not a valid model name"]);
+}
+
+fn checkpoints(runs: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for run in std::fs::read_dir(runs).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(run.path()).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with("ckpt-") {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_run_killed_mid_epoch_resumes_from_its_last_checkpoint() {
+    let ws = Ws::new();
+    let mut args = ws.train_args("dpo", "prefs.jsonl", "t-kill");
+    // Batch 1 over the training pairs: most steps end mid-epoch.
+    let i = args.iter().position(|a| a == "--batch").unwrap();
+    args[i + 1] = "1".into();
+    args.extend(
+        ["--max-steps", "120", "--checkpoint-every", "1", "--val-percent", "0", "--json"]
+            .map(String::from),
+    );
+    let log = std::fs::File::create(ws.path("killed.log")).unwrap();
+    let mut child = ws.std().args(&args).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let started = Instant::now();
+    while checkpoints(&ws.path("runs")).len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        if child.try_wait().unwrap().is_some() {
+            let log = std::fs::read_to_string(ws.path("killed.log")).unwrap_or_default();
+            panic!("the run ended before it could be killed: {log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let out = ws.rrm().args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let resumed = report["train"]["resumed_from"].as_u64().expect("the run did not resume");
+    assert!((1..120).contains(&resumed), "{resumed}");
+    assert_eq!(report["train"]["steps"], 120);
+    assert_eq!(report["train"]["steps_log"].as_array().unwrap().len(), 120);
+}
+
+#[test]
+fn bench_train_reports_lora_and_full_throughput() {
+    let ws = Ws::new();
+    let out = ws
+        .rrm()
+        .args(["--threads", "1", "bench", "train", "--model", ws.model.to_str().unwrap()])
+        .args(["--seq-len", "32", "--completion-len", "8", "--steps", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["mode"], "lora");
+    assert_eq!(rows[1]["mode"], "full");
+    assert!(rows.iter().all(|r| r["train_tokens_per_s"].as_f64().unwrap() > 0.0));
+    assert!(rows[1]["trainable_params"].as_u64() > rows[0]["trainable_params"].as_u64());
+}
