@@ -13,6 +13,7 @@
 //! Imports `feedback` (pairs), `infer` (the `Encoder` seam), `store` (the embedding cache) and
 //! the `compose` selector seam; never the CLI.
 
+pub mod eval;
 pub mod features;
 pub mod model;
 /// Synthetic books and candidates of known quality (the `testing` feature: tests and benches).
@@ -145,6 +146,7 @@ pub fn pair_tensors(
         rejected: Tensor::from_vec(r, (pairs.len(), d), &Device::Cpu)?,
         target: pairs.iter().map(|p| p.target).collect(),
         heights: pairs.iter().map(|p| p.height).collect(),
+        weight: pairs.iter().map(|p| p.weight).collect(),
     })
 }
 
