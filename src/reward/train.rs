@@ -210,8 +210,16 @@ pub fn split_groups(
     val_percent: u32,
     test_percent: u32,
 ) -> (BTreeSet<String>, BTreeSet<String>) {
-    let groups: Vec<&str> =
-        pairs.iter().map(|p| p.group.as_str()).collect::<BTreeSet<&str>>().into_iter().collect();
+    split_group_names(pairs.iter().map(|p| p.group.as_str()), val_percent, test_percent)
+}
+
+/// [`split_groups`] over group names (of pairs and ratings together).
+pub fn split_group_names<'a>(
+    names: impl Iterator<Item = &'a str>,
+    val_percent: u32,
+    test_percent: u32,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let groups: Vec<&str> = names.collect::<BTreeSet<&str>>().into_iter().collect();
     let bucket = |g: &str| {
         let h = blake3::hash(g.as_bytes());
         u32::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1], 0, 0]) as f64 / 65536.0 * 100.0
