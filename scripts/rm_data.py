@@ -35,7 +35,8 @@ Sources (repository, file, licence):
   - frank: artidoro/frank, data/human_annotations.json and the articles and summaries of
     data/articles-wdep-json/*.json at commit 5860706 (Pagnoni et al. 2021), MIT licence.
     Human factuality scores of 4-5 systems' summaries per CNN/DM or XSum article; within an
-    article the more factual summary is chosen.
+    article the more factual summary is chosen (kind comparison), and the article's human
+    reference summary beats each system summary (kind demonstration).
   - dialsummeval: kite99520/DialSummEval, annotation_campus/human_judgment.jsonl (Gao and Wan
     2022); no licence file in the repository (SAMSum dialogues: CC BY-NC-ND 4.0), used here for
     research only. Three annotators' 1-5 ratings (consistency, relevance, fluency, coherence)
@@ -316,6 +317,12 @@ def frank(args):
         if exclude.hit(article):
             dropped += 1
             continue
+        # The article's reference summary (CNN/DM highlights or the XSum lead sentence, both
+        # written by people): a demonstration that beats every system summary, and the
+        # reference for the overlap baseline.
+        reference = next((art[k] for k in sorted(art) if k.endswith("_reference")
+                          and isinstance(art[k], str) and art[k].strip()), None)
+        refs = [reference] if reference else None
         scored = []
         for a in items:
             text = art.get(names.get(a["model_name"], a["model_name"]))
@@ -328,7 +335,11 @@ def frank(args):
                     continue
                 chosen, rejected = (ta, tb) if fa > fb else (tb, ta)
                 rows.append(pair(article, chosen, rejected, "frank:" + h, "comparison",
-                                 weight=min(1.0, abs(fa - fb) / 0.5)))
+                                 weight=min(1.0, abs(fa - fb) / 0.5), references=refs))
+        if reference and not args.no_demonstrations:
+            for _, text in scored:
+                if text.strip().lower() != reference.strip().lower():
+                    rows.append(pair(article, reference, text, "frank:" + h, "demonstration"))
     print(f"frank: {dropped} article(s) dropped as near-duplicates of held-out data", file=sys.stderr)
     write_jsonl(rows, args.out)
 
@@ -378,6 +389,8 @@ def main():
     s = sub.add_parser("frank", help="REPO: the git directory of a FRANK snapshot")
     s.add_argument("repo"); s.add_argument("out"); s.add_argument("--rev", default="5860706")
     s.add_argument("--margin", type=float, default=0.2); s.add_argument("--exclude", nargs="*")
+    s.add_argument("--no-demonstrations", action="store_true",
+                   help="no reference > system summary pairs")
     s.set_defaults(f=frank)
     s = sub.add_parser("dialsummeval"); s.add_argument("input"); s.add_argument("out")
     s.add_argument("--exclude", nargs="*"); s.set_defaults(f=dialsummeval)

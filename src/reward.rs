@@ -739,4 +739,56 @@ mod tests {
         featurizer.prepare(&["never embedded"]).unwrap();
         assert!(featurizer.row("the input passage", "never embedded").is_ok());
     }
+    #[test]
+    fn likert_ratings_alone_train_through_the_ordinal_loss_and_the_card_reports_baselines() {
+        use crate::feedback::learn::Rating;
+        let encoder = BowEncoder::new();
+        // Summaries about the input's topic are rated high, off-topic ones low.
+        let mut ratings = Vec::new();
+        for book in 0..10 {
+            let input = format!("the miller {book} watched the river flood the old mill {book}");
+            for (k, (text, overall)) in [
+                (format!("the mill flooded and the miller {book} watched"), 7u8),
+                (format!("the river rose over the mill of miller {book}"), 6),
+                (format!("ships sailed to distant islands {book}"), 2),
+                (format!("a cat slept on a warm roof {book}"), 1),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                ratings.push(Rating {
+                    height: 0,
+                    input: input.clone(),
+                    summary: text,
+                    overall,
+                    labeler: format!("l{k}"),
+                    group: format!("book:b{book}"),
+                    weight: 1.0,
+                });
+            }
+        }
+        let data = TrainingData { pairs: Vec::new(), ratings };
+        let config = TrainConfig { members: 1, max_epochs: 60, ..TrainConfig::default() };
+        let model = RewardModel::train_data(&encoder, None, &data, &config, "test").unwrap();
+        assert_eq!(model.card.data.ratings, 40);
+        assert_eq!(model.card.data.by_kind["ordinal"], 40);
+        let mut featurizer = Featurizer::new(&encoder, None);
+        let input = "the miller 3 watched the river flood the old mill 3";
+        let s = model
+            .member_scores(
+                &mut featurizer,
+                0,
+                input,
+                &["the mill flooded and the miller 3 watched", "a cat slept on a warm roof 3"],
+            )
+            .unwrap();
+        assert!(s[0][0] > s[0][1], "{s:?}");
+
+        // With pairs and test books, the card carries the report beside the baselines.
+        let config = TrainConfig { members: 1, max_epochs: 5, ..TrainConfig::default() };
+        let model = RewardModel::train(&encoder, None, &pairs(8), &config, "test").unwrap();
+        let report = model.card.report.as_ref().expect("a report on the test pairs");
+        assert_eq!(report.all.model.pairs, model.card.data.test_pairs);
+        assert!((0.0..=1.0).contains(&report.all.length_accuracy));
+    }
 }

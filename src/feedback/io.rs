@@ -522,4 +522,42 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+    #[test]
+    fn data_files_hold_pairs_with_kinds_rating_rows_and_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let rec = serde_json::to_string(&record("alpha text", "beta text")).unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "{{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"kind\":\"demonstration\",\"weight\":0.5,\"references\":[\"ref\"],\"group\":\"doc1\"}}\n\
+                 {{\"prompt\":\"p\",\"completion\":\"c\",\"likert\":{{\"overall\":6}},\"labeler\":\"x\"}}\n{rec}\n"
+            ),
+        )
+        .unwrap();
+        let d = read_data(&path).unwrap();
+        assert_eq!(d.pairs.len(), 1);
+        let p = &d.pairs[0];
+        assert_eq!((p.origin, p.weight, p.references.len()), (Origin::Demonstration, 0.5, 1));
+        assert_eq!(d.records.len(), 2);
+        assert!(
+            matches!(d.records[0].kind, FeedbackKind::Likert { ref scores, .. } if scores.overall == 6 && scores.coverage == 6)
+        );
+        // read_trl refuses what it cannot use rather than dropping it.
+        assert!(read_trl(&path).is_err());
+        for bad in [
+            "{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"kind\":\"vibes\"}",
+            "{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"weight\":-1}",
+            "{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"target\":2}",
+            "{\"prompt\":\"p\",\"completion\":\"c\",\"likert\":{\"overall\":9}}",
+        ] {
+            std::fs::write(&path, format!("{bad}\n")).unwrap();
+            match read_data(&path) {
+                Err(FeedbackError::BadLines { bad: lines, .. }) => {
+                    assert_eq!(lines[0].0, 1, "{bad}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
 }

@@ -613,4 +613,22 @@ mod tests {
             assert!(m.accuracy > 0.95, "{scope:?}: {m:?}");
         }
     }
+    #[test]
+    fn ordinal_loss_prefers_scores_matching_the_level_and_thresholds_stay_ordered() {
+        let dev = Device::Cpu;
+        let raw = init_thresholds(&dev).unwrap();
+        let theta = thresholds(raw.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert!(theta.windows(2).all(|w| w[1] > w[0]), "{theta:?}");
+        let loss = |score: f32, level: u32| {
+            let s = Tensor::from_slice(&[score], 1, &dev).unwrap();
+            ordinal_loss(&s, raw.as_tensor(), &[level], &[1.0]).unwrap().to_scalar::<f32>().unwrap()
+        };
+        // A top rating is likelier for a high score, a bottom one for a low score.
+        assert!(loss(4.0, 6) < loss(-4.0, 6));
+        assert!(loss(-4.0, 0) < loss(4.0, 0));
+        // Weights: a zero-weight row changes nothing.
+        let s = Tensor::from_slice(&[4.0f32, -4.0], 2, &dev).unwrap();
+        let l = ordinal_loss(&s, raw.as_tensor(), &[6, 6], &[1.0, 0.0]).unwrap();
+        assert!((l.to_scalar::<f32>().unwrap() - loss(4.0, 6)).abs() < 1e-5);
+    }
 }
