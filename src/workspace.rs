@@ -16,6 +16,7 @@
 //!   recording answers.
 //! - [`queue`]: what to rate next, ranked by the reward ensemble's disagreement.
 //! - [`summarize`]: decomposing and composing a book, selectors.
+//! - [`ask`]: `summarize --ask` (budgets, the asking selector) and its measurement.
 //! - [`embeddings`]: the sentence-embedding cache over the store.
 //! - [`check`]: `rrm db check [--repair]`.
 //! - [`corrections`]: split corrections for the learned decomposer.
@@ -25,6 +26,7 @@
 //!
 //! Imports every library module; nothing but front ends imports it.
 
+pub mod ask;
 pub mod books;
 pub mod check;
 pub mod corrections;

@@ -5,14 +5,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::args::{DecomposerOptions, EncoderArgs, GeneratorOptions, WorkspaceArgs};
 use super::Context;
 use crate::book::Book;
+use crate::compose::ask::{Answer, Asker, Question};
+use crate::compose::select::SelectError;
+use crate::compose::Selector;
 use crate::compose::{ComposeOptions, ComposeReport, Observer};
 use crate::infer::Generator;
+use crate::workspace::ask::{asking_selector, Budget};
 use crate::workspace::books;
 use crate::workspace::summarize::{self, SelectorSpec};
 
@@ -46,6 +50,24 @@ pub struct SummarizeArgs {
     /// λ, the pessimism of the reward pick (mean − λ·std).
     #[arg(long, default_value_t = 1.0, value_name = "λ", requires = "reward_model")]
     pub pessimism: f32,
+    /// Where the reward ensemble cannot tell the two best candidates apart, ask a person (in
+    /// the terminal: 1 / 2 / t, then a confidence) instead of guessing; answers are stored as
+    /// comparisons. Needs --reward-model and --best-of 2 or more.
+    #[arg(long, requires = "reward_model")]
+    pub ask: bool,
+    /// With --ask: at most this many questions per book, or a share of its nodes (e.g. 20%).
+    #[arg(long, value_name = "N|P%", requires = "ask")]
+    pub ask_budget: Option<Budget>,
+    /// With --ask: ask when |mean_a − mean_b| < T · √(std_a² + std_b²).
+    #[arg(long, default_value_t = 1.0, value_name = "T", requires = "ask")]
+    pub ask_threshold: f32,
+    /// With --ask: who answers — `terminal` (you), or `sim` (the simulated labeler, for
+    /// measurements).
+    #[arg(long, value_enum, default_value_t = AskerArg::Terminal, requires = "ask")]
+    pub asker: AskerArg,
+    /// With --ask: the name stored with the answers.
+    #[arg(long, env = "RRM_LABELER", value_name = "NAME")]
+    pub labeler: Option<String>,
     #[command(flatten)]
     pub encoder: EncoderArgs,
     /// Most sequences generated together.
@@ -77,6 +99,14 @@ pub struct SummarizeArgs {
     pub ws: WorkspaceArgs,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AskerArg {
+    /// You, in this terminal.
+    Terminal,
+    /// The simulated labeler (salient-word coverage with a length penalty).
+    Sim,
+}
+
 impl SummarizeArgs {
     fn compose_options(&self) -> anyhow::Result<ComposeOptions> {
         if self.best_of == 0 {
@@ -84,6 +114,9 @@ impl SummarizeArgs {
         }
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
+        }
+        if self.ask && self.best_of < 2 {
+            bail!("--ask chooses between candidates: it needs --best-of 2 or more");
         }
         let mut options = ComposeOptions {
             batch_size: self.batch_size,
@@ -137,18 +170,41 @@ pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
         bar.finish_and_clear();
         let tree = tree.with_context(|| format!("decomposing {}", book.source()))?;
         let progress_bar = Progress::new(ctx.quiet, book.title());
+        let (selector, asking) = if args.ask {
+            let asker: Arc<dyn Asker> = match args.asker {
+                AskerArg::Terminal => Arc::new(TerminalAsker {
+                    labeler: super::args::labeler(&args.labeler),
+                    bar: progress_bar.bar.clone(),
+                }),
+                AskerArg::Sim => Arc::new(crate::compose::ask::SimAsker::new(
+                    crate::feedback::sim::SimLabeler::new(
+                        args.labeler.as_deref().unwrap_or("sim-coverage"),
+                        0.0,
+                    ),
+                    0,
+                )),
+            };
+            let budget = args.ask_budget.map(|b| b.questions(tree.len()));
+            let s = asking_selector(&ws, Arc::clone(&selector), asker, args.ask_threshold, budget)?;
+            (s.clone() as Arc<dyn Selector>, Some(s))
+        } else {
+            (Arc::clone(&selector), None)
+        };
         let report = runtime
             .block_on(summarize::compose(
                 &ws,
                 book,
                 &tree,
                 Arc::clone(&generator),
-                Arc::clone(&selector),
+                selector,
                 options.clone(),
                 &progress_bar,
             ))
             .with_context(|| format!("summarizing {}", book.source()))?;
         progress_bar.finish();
+        if let Some(s) = asking {
+            eprintln!("asked {} question(s)", s.stats().asked);
+        }
         output(&args, book, &report, generator.as_ref(), several)?;
     }
     Ok(())
@@ -206,6 +262,58 @@ fn final_line(r: &ComposeReport) -> String {
          ({rate:.0} tok/s), {} prompt tokens",
         r.nodes_total, r.computed, r.cache_hits, r.tokens_generated, r.prompt_tokens
     )
+}
+
+/// Asks in the terminal: the node's input and two summaries on stderr (the progress bar
+/// suspended), one answer line from stdin.
+struct TerminalAsker {
+    labeler: String,
+    bar: ProgressBar,
+}
+
+impl Asker for TerminalAsker {
+    fn labeler(&self) -> String {
+        self.labeler.clone()
+    }
+
+    fn ask(&self, q: &Question) -> Result<Answer, SelectError> {
+        let err = |e: std::io::Error| SelectError {
+            selector: "ask".into(),
+            message: format!("reading the answer: {e}"),
+        };
+        self.bar.suspend(|| {
+            eprintln!(
+                "\n=== node {} (height {}): the reward models cannot tell these apart ===",
+                q.label, q.height
+            );
+            eprintln!("--- input ---\n{}", q.input);
+            eprintln!("--- summary 1 ---\n{}\n--- summary 2 ---\n{}", q.a, q.b);
+            loop {
+                eprint!("which is better? [1/2/t, then a confidence 1-9, e.g. `1 7`; s skips] ");
+                let mut line = String::new();
+                if std::io::stdin().read_line(&mut line).map_err(err)? == 0 {
+                    return Ok(Answer::Skip);
+                }
+                let mut parts = line.split_whitespace();
+                let key = parts.next().unwrap_or("");
+                let confidence = parts.next().and_then(|c| c.parse::<u8>().ok()).unwrap_or(5);
+                if !(1..=9).contains(&confidence) {
+                    eprintln!("  the confidence is a number 1-9");
+                    continue;
+                }
+                return Ok(match key {
+                    "1" => Answer::A { confidence },
+                    "2" => Answer::B { confidence },
+                    "t" | "T" => Answer::Tie { confidence },
+                    "s" | "S" => Answer::Skip,
+                    _ => {
+                        eprintln!("  type 1, 2, t or s");
+                        continue;
+                    }
+                });
+            }
+        })
+    }
 }
 
 /// A progress bar: nodes done / total, generated tokens per second, ETA.
