@@ -237,6 +237,11 @@ impl TrainingData {
     }
 }
 
+/// A Likert rating seen by [`build`]: the record, the text, its rank key, its overall score.
+type LikertEntry<'a> = (&'a Feedback, &'a str, u32, u8);
+/// The latest [`LikertEntry`] per (input key, labeler, text hash).
+type LikertMap<'a> = BTreeMap<(String, String, String), LikertEntry<'a>>;
+
 /// Turns `records` (and pairs from a file, `external`, filtered by kind) into training data, by
 /// the rules of the module docs. `candidates_of(input_key)` gives the stored model candidates of
 /// a node (for demonstrations and critiques); return nothing when there is no store.
@@ -250,8 +255,7 @@ pub fn build(
     let mut pairs: Vec<Pair> = Vec::new();
     let mut ratings: Vec<Rating> = Vec::new();
     // Latest Likert score per (input key, labeler, text).
-    type LikertKey = (String, String, String);
-    let mut likert: BTreeMap<LikertKey, (&Feedback, &str, u32, u8)> = BTreeMap::new();
+    let mut likert: LikertMap<'_> = BTreeMap::new();
     // Per node: texts people wrote, and texts a model wrote.
     let mut human: HashMap<&str, BTreeSet<&str>> = HashMap::new();
     let mut model: HashMap<&str, BTreeSet<String>> = HashMap::new();
@@ -307,7 +311,7 @@ pub fn build(
         }
     }
     // Likert: pairs within (node, labeler), and ordinal targets.
-    let mut by_rater: BTreeMap<(&str, &str), Vec<(&Feedback, &str, u32, u8)>> = BTreeMap::new();
+    let mut by_rater: BTreeMap<(&str, &str), Vec<LikertEntry<'_>>> = BTreeMap::new();
     for ((key, labeler, _), &entry) in &likert {
         by_rater.entry((key.as_str(), labeler.as_str())).or_default().push(entry);
     }
@@ -434,7 +438,7 @@ pub fn build(
 /// got a lower Likert score).
 fn judged_below<'a>(
     order: &[&'a Feedback],
-    likert: &BTreeMap<(String, String, String), (&'a Feedback, &'a str, u32, u8)>,
+    likert: &LikertMap<'a>,
     fb: &Feedback,
     text: &str,
 ) -> BTreeSet<&'a str> {
