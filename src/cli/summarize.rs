@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::args::{DecomposerOptions, EncoderArgs, GeneratorOptions, WorkspaceArgs};
+use super::args::{ComposeArgs, DecomposerOptions, EncoderArgs, GeneratorOptions, WorkspaceArgs};
 use super::Context;
 use crate::book::Book;
 use crate::compose::ask::{Answer, Asker, Question};
@@ -40,9 +40,8 @@ pub struct SummarizeArgs {
     pub decomposer: DecomposerOptions,
     #[command(flatten)]
     pub generator: GeneratorOptions,
-    /// Candidates per node; the best is picked by mean log-probability, or by --reward-model.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub best_of: usize,
+    #[command(flatten)]
+    pub compose: ComposeArgs,
     /// Pick among candidates with this reward model (`latest`, a checkpoint hash or folder):
     /// by ensemble mean − λ·std, recording every candidate's scores.
     #[arg(long, value_name = "PATH|latest")]
@@ -70,18 +69,6 @@ pub struct SummarizeArgs {
     pub labeler: Option<String>,
     #[command(flatten)]
     pub encoder: EncoderArgs,
-    /// Most sequences generated together.
-    #[arg(long, default_value_t = 8, value_name = "B")]
-    pub batch_size: usize,
-    /// Sampling temperature (0: greedy). With --best-of > 1 a temperature of 0 becomes 0.8.
-    #[arg(long, value_name = "T")]
-    pub temperature: Option<f32>,
-    /// Repetition penalty applied to recently generated tokens (1.0: off).
-    #[arg(long, default_value_t = 1.15, value_name = "P")]
-    pub repetition_penalty: f32,
-    /// Seed for sampling (part of every cache key).
-    #[arg(long = "sample-seed", default_value_t = 0, value_name = "S")]
-    pub sample_seed: u64,
     /// Compose only up to this height (0: summarize the leaves only), e.g. to collect
     /// candidates for rating without paying for the upper levels.
     #[arg(long, value_name = "H")]
@@ -109,34 +96,11 @@ pub enum AskerArg {
 
 impl SummarizeArgs {
     fn compose_options(&self) -> anyhow::Result<ComposeOptions> {
-        if self.best_of == 0 {
-            bail!("--best-of must be at least 1");
-        }
-        if self.batch_size == 0 {
-            bail!("--batch-size must be at least 1");
-        }
-        if self.ask && self.best_of < 2 {
+        if self.ask && self.compose.best_of < 2 {
             bail!("--ask chooses between candidates: it needs --best-of 2 or more");
         }
-        let mut options = ComposeOptions {
-            batch_size: self.batch_size,
-            best_of: self.best_of,
-            seed: self.sample_seed,
-            max_height: self.max_height,
-            ..ComposeOptions::default()
-        };
-        for sampling in [&mut options.sampling, &mut options.sampling_best_of] {
-            sampling.repetition_penalty = self.repetition_penalty;
-        }
-        if let Some(t) = self.temperature {
-            if !(0.0..=5.0).contains(&t) {
-                bail!("--temperature must be between 0 and 5 (got {t})");
-            }
-            options.sampling.temperature = t;
-            if t > 0.0 {
-                options.sampling_best_of.temperature = t;
-            }
-        }
+        let mut options = self.compose.options()?;
+        options.max_height = self.max_height;
         Ok(options)
     }
 }
@@ -161,7 +125,7 @@ pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
         encoder: args.encoder.encoder.clone(),
     }
     .build(&ws, progress)?;
-    let generator = args.generator.start(&args.ws.models, args.batch_size, progress)?;
+    let generator = args.generator.start(&args.ws.models, args.compose.batch_size, progress)?;
     let runtime = super::args::runtime()?;
     let several = opened.len() > 1;
     for book in &opened {
