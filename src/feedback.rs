@@ -24,6 +24,7 @@
 pub mod compared;
 pub mod groups;
 pub mod io;
+pub mod learn;
 pub mod queue;
 pub mod sim;
 pub mod split;
@@ -358,6 +359,63 @@ pub fn find(store: &Store, prefix: &str) -> Result<Option<Feedback>, FeedbackErr
     }
 }
 
+/// Where a training pair comes from: which kind of feedback implied it (for weighting, the
+/// feedback-kind ablation, and honest reporting). `Synthetic` pairs were judged by a script
+/// (e.g. ROUGE against references), never by a person.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// A person compared the two texts.
+    #[default]
+    Comparison,
+    /// Two texts a person rated on the Likert scale (same node, same labeler).
+    Likert,
+    /// A person's edit of a candidate beats the original.
+    Correction,
+    /// A text a person wrote beats a model's candidate of the same node.
+    Demonstration,
+    /// A candidate a person critiqued loses to a sibling nobody critiqued.
+    Critique,
+    /// Judged by a script, not a person.
+    Synthetic,
+}
+
+impl Origin {
+    pub const ALL: [Origin; 6] = [
+        Origin::Comparison,
+        Origin::Likert,
+        Origin::Correction,
+        Origin::Demonstration,
+        Origin::Critique,
+        Origin::Synthetic,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Comparison => "comparison",
+            Origin::Likert => "likert",
+            Origin::Correction => "correction",
+            Origin::Demonstration => "demonstration",
+            Origin::Critique => "critique",
+            Origin::Synthetic => "synthetic",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Origin> {
+        Origin::ALL.into_iter().find(|o| o.name() == s.trim().to_ascii_lowercase())
+    }
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+fn is_one(x: &f32) -> bool {
+    *x == 1.0
+}
+
 /// A preference pair for a reward model: `chosen` should score above `rejected` on `input`.
 /// `target` is the probability that chosen wins (1 for a clear preference, 0.5 for a tie).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -370,6 +428,49 @@ pub struct Pair {
     /// Train/validation/test split group: pairs from one book, or with near-duplicate inputs,
     /// share one ([`groups::assign`]).
     pub group: String,
+    /// Weight of the pair in the loss (1 unless a labeler's confidence or the kind says less).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub weight: f32,
+    /// Which feedback implied the pair.
+    #[serde(default)]
+    pub origin: Origin,
+    /// Human reference summaries of `input`, when known (for the reference-overlap baseline).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<String>,
+}
+
+impl Pair {
+    /// A pair of weight 1 from a comparison, without references.
+    pub fn new(
+        height: u32,
+        input: &str,
+        chosen: &str,
+        rejected: &str,
+        target: f32,
+        group: &str,
+    ) -> Pair {
+        Pair {
+            height,
+            input: input.to_string(),
+            chosen: chosen.to_string(),
+            rejected: rejected.to_string(),
+            target,
+            group: group.to_string(),
+            weight: 1.0,
+            origin: Origin::Comparison,
+            references: Vec::new(),
+        }
+    }
+
+    pub fn with_origin(mut self, origin: Origin) -> Pair {
+        self.origin = origin;
+        self
+    }
+
+    pub fn with_weight(mut self, weight: f32) -> Pair {
+        self.weight = weight;
+        self
+    }
 }
 
 /// A Likert-rated text of a node: its record, the text, and its rank key.
@@ -383,13 +484,8 @@ pub fn to_pairs(records: &[Feedback]) -> Vec<Pair> {
     // Likert: per (input key, labeler), the latest score of each text.
     let mut likert: BTreeMap<(String, String), BTreeMap<String, LikertEntry<'_>>> = BTreeMap::new();
     for fb in records {
-        let pair = |chosen: &str, rejected: &str, target: f32| Pair {
-            height: fb.height,
-            input: fb.input.clone(),
-            chosen: chosen.to_string(),
-            rejected: rejected.to_string(),
-            target,
-            group: fb.split_group(),
+        let pair = |chosen: &str, rejected: &str, target: f32| {
+            Pair::new(fb.height, &fb.input, chosen, rejected, target, &fb.split_group())
         };
         match &fb.kind {
             FeedbackKind::Comparison { a, b, prefer, .. } => match prefer {
@@ -398,7 +494,7 @@ pub fn to_pairs(records: &[Feedback]) -> Vec<Pair> {
                 Preference::Tie => pairs.push(pair(&a.text, &b.text, 0.5)),
             },
             FeedbackKind::Correction { original, edited } => {
-                pairs.push(pair(&edited.text, &original.text, 1.0))
+                pairs.push(pair(&edited.text, &original.text, 1.0).with_origin(Origin::Correction))
             }
             FeedbackKind::Likert { summary, scores } => {
                 let total = u32::from(scores.overall) * 100
@@ -424,14 +520,17 @@ pub fn to_pairs(records: &[Feedback]) -> Vec<Pair> {
                     std::cmp::Ordering::Less => (jb, ja, 1.0),
                     std::cmp::Ordering::Equal => (ja, jb, 0.5),
                 };
-                pairs.push(Pair {
-                    height: fa.height,
-                    input: fa.input.clone(),
-                    chosen: chosen.text.clone(),
-                    rejected: rejected.text.clone(),
-                    target,
-                    group: fa.split_group(),
-                });
+                pairs.push(
+                    Pair::new(
+                        fa.height,
+                        &fa.input,
+                        &chosen.text,
+                        &rejected.text,
+                        target,
+                        &fa.split_group(),
+                    )
+                    .with_origin(Origin::Likert),
+                );
             }
         }
     }

@@ -13,6 +13,8 @@
 //! Imports `feedback` (pairs), `infer` (the `Encoder` seam), `store` (the embedding cache) and
 //! the `compose` selector seam; never the CLI.
 
+pub mod data;
+pub mod eval;
 pub mod features;
 pub mod model;
 /// Synthetic books and candidates of known quality (the `testing` feature: tests and benches).
@@ -30,12 +32,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::compose::select::SelectError;
 use crate::compose::{Candidate, CandidateScore, Selector};
+use crate::feedback::learn::{Rating, TrainingData};
 use crate::feedback::Pair;
 use crate::infer::encoder::SharedCache;
 use crate::infer::{Encoder, InferError, ModelIdentity};
 use features::Featurizer;
 use model::{mean_std, Heads, Scope};
-use train::{Metrics, PairTensors, TrainConfig};
+use train::{Metrics, PairTensors, RatingTensors, TrainConfig};
 
 /// Version of the checkpoint layout.
 pub const FORMAT_VERSION: u32 = 1;
@@ -83,6 +86,12 @@ pub struct DataSummary {
     pub pairs_by_height: BTreeMap<u32, usize>,
     /// Where the pairs came from (`store`, or a file path).
     pub source: String,
+    /// Likert ratings used as ordinal targets.
+    #[serde(default)]
+    pub ratings: usize,
+    /// Pairs per feedback kind (`comparison`, `likert`, …) and `ordinal` for the ratings.
+    #[serde(default)]
+    pub by_kind: BTreeMap<String, usize>,
 }
 
 /// The JSON card stored beside a checkpoint's weights.
@@ -105,6 +114,10 @@ pub struct Card {
     /// The same on the validation books, which chose the epoch (optimistic; for comparison).
     #[serde(default)]
     pub validation_metrics: BTreeMap<String, Metrics>,
+    /// The test pairs' report beside the length and reference-overlap baselines, on every pair
+    /// and on the length-balanced ones (absent without test books).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<eval::EvalReport>,
     /// Whether `metrics` are on held-out test books (false: on the training pairs, for want of
     /// a second book).
     pub held_out: bool,
@@ -145,7 +158,47 @@ pub fn pair_tensors(
         rejected: Tensor::from_vec(r, (pairs.len(), d), &Device::Cpu)?,
         target: pairs.iter().map(|p| p.target).collect(),
         heights: pairs.iter().map(|p| p.height).collect(),
+        weight: pairs.iter().map(|p| p.weight).collect(),
     })
+}
+
+/// Builds feature tensors of Likert `ratings` (their texts must have been prepared).
+pub fn rating_tensors(
+    featurizer: &Featurizer<'_>,
+    ratings: &[&Rating],
+) -> Result<RatingTensors, RewardError> {
+    let d = featurizer.dim();
+    let mut x = Vec::with_capacity(ratings.len() * d);
+    for r in ratings {
+        x.extend(featurizer.row(&r.input, &r.summary)?);
+    }
+    Ok(RatingTensors {
+        x: Tensor::from_vec(x, (ratings.len(), d), &Device::Cpu)?,
+        level: ratings.iter().map(|r| u32::from(r.overall.clamp(1, 7)) - 1).collect(),
+        heights: ratings.iter().map(|r| r.height).collect(),
+        weight: ratings.iter().map(|r| r.weight).collect(),
+    })
+}
+
+/// Embeds every text of `data` (pairs and ratings).
+pub fn prepare_data(
+    featurizer: &mut Featurizer<'_>,
+    data: &TrainingData,
+) -> Result<(), InferError> {
+    prepare_pairs(featurizer, &data.pairs)?;
+    let mut texts: Vec<&str> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for r in &data.ratings {
+        for t in [&r.input, &r.summary] {
+            if seen.insert(t.as_str()) {
+                texts.push(t);
+            }
+        }
+    }
+    for chunk in texts.chunks(512) {
+        featurizer.prepare(chunk)?;
+    }
+    Ok(())
 }
 
 /// Embeds every text of `pairs` (through the store's cache when given).
@@ -176,14 +229,27 @@ impl RewardModel {
         config: &TrainConfig,
         source: &str,
     ) -> Result<RewardModel, RewardError> {
-        if pairs.is_empty() {
+        let data = TrainingData { pairs: pairs.to_vec(), ratings: Vec::new() };
+        Self::train_data(encoder, cache, &data, config, source)
+    }
+
+    /// Trains on pairs and Likert ratings ([`crate::feedback::learn::build`]): the pairs'
+    /// Bradley–Terry loss plus the ratings' ordinal loss, split by group.
+    pub fn train_data(
+        encoder: &dyn Encoder,
+        cache: Option<SharedCache>,
+        data: &TrainingData,
+        config: &TrainConfig,
+        source: &str,
+    ) -> Result<RewardModel, RewardError> {
+        if data.pairs.is_empty() && data.ratings.is_empty() {
             return Err(RewardError::NoData(String::new()));
         }
         let t0 = Instant::now();
         let mut featurizer = Featurizer::new(encoder, cache);
-        prepare_pairs(&mut featurizer, pairs)?;
+        prepare_data(&mut featurizer, data)?;
         let featurize_seconds = t0.elapsed().as_secs_f64();
-        Self::train_prepared(&featurizer, encoder, pairs, config, source, featurize_seconds)
+        Self::train_prepared_data(&featurizer, encoder, data, config, source, featurize_seconds)
     }
 
     /// [`RewardModel::train`] with every text already embedded in `featurizer`.
@@ -195,19 +261,45 @@ impl RewardModel {
         source: &str,
         featurize_seconds: f64,
     ) -> Result<RewardModel, RewardError> {
+        let data = TrainingData { pairs: pairs.to_vec(), ratings: Vec::new() };
+        Self::train_prepared_data(featurizer, encoder, &data, config, source, featurize_seconds)
+    }
+
+    /// [`RewardModel::train_data`] with every text already embedded in `featurizer`.
+    pub fn train_prepared_data(
+        featurizer: &Featurizer<'_>,
+        encoder: &dyn Encoder,
+        data: &TrainingData,
+        config: &TrainConfig,
+        source: &str,
+        featurize_seconds: f64,
+    ) -> Result<RewardModel, RewardError> {
         let t0 = Instant::now();
-        let (val_groups, test_groups) =
-            train::split_groups(pairs, config.val_percent, config.test_percent);
+        let pairs = &data.pairs;
+        let (val_groups, test_groups) = train::split_group_names(
+            pairs
+                .iter()
+                .map(|p| p.group.as_str())
+                .chain(data.ratings.iter().map(|r| r.group.as_str())),
+            config.val_percent,
+            config.test_percent,
+        );
+        let in_train = |g: &String| !test_groups.contains(g) && !val_groups.contains(g);
+        let train_ratings: Vec<&Rating> =
+            data.ratings.iter().filter(|r| in_train(&r.group)).collect();
+        let val_ratings: Vec<&Rating> =
+            data.ratings.iter().filter(|r| val_groups.contains(&r.group)).collect();
         let test: Vec<&Pair> = pairs.iter().filter(|p| test_groups.contains(&p.group)).collect();
         let val: Vec<&Pair> = pairs.iter().filter(|p| val_groups.contains(&p.group)).collect();
         let train: Vec<&Pair> = pairs
             .iter()
             .filter(|p| !test_groups.contains(&p.group) && !val_groups.contains(&p.group))
             .collect();
-        if train.is_empty() {
+        if train.is_empty() && train_ratings.is_empty() {
             return Err(RewardError::NoData(" outside the held-out books".into()));
         }
-        let heights: BTreeSet<u32> = pairs.iter().map(|p| p.height).collect();
+        let heights: BTreeSet<u32> =
+            pairs.iter().map(|p| p.height).chain(data.ratings.iter().map(|r| r.height)).collect();
         let scopes: Vec<Scope> = if config.shared {
             vec![Scope::Shared]
         } else {
@@ -221,15 +313,31 @@ impl RewardModel {
                 Scope::Shared => true,
                 Scope::Height(h) => p.height == h,
             };
+            let rated = |r: &&&Rating| match scope {
+                Scope::Shared => true,
+                Scope::Height(h) => r.height == h,
+            };
             let tr: Vec<&Pair> = train.iter().filter(in_scope).copied().collect();
             let va: Vec<&Pair> = val.iter().filter(in_scope).copied().collect();
-            if tr.is_empty() {
+            let trr: Vec<&Rating> = train_ratings.iter().filter(rated).copied().collect();
+            let var: Vec<&Rating> = val_ratings.iter().filter(rated).copied().collect();
+            if tr.is_empty() && trr.is_empty() {
                 tracing::warn!("height scope {} has no training pairs; skipped", scope.name());
                 continue;
             }
             let tr = pair_tensors(featurizer, &tr)?;
             let va = if va.is_empty() { None } else { Some(pair_tensors(featurizer, &va)?) };
-            let (members, ran) = train::train_ensemble(&tr, va.as_ref(), dim, scope, config)?;
+            let trr = if trr.is_empty() { None } else { Some(rating_tensors(featurizer, &trr)?) };
+            let var = if var.is_empty() { None } else { Some(rating_tensors(featurizer, &var)?) };
+            let (members, ran) = train::train_ensemble_with(
+                &tr,
+                trr.as_ref(),
+                va.as_ref(),
+                var.as_ref(),
+                dim,
+                scope,
+                config,
+            )?;
             heads.by_scope.insert(scope, members);
             epochs.insert(scope.name(), ran);
         }
@@ -253,6 +361,12 @@ impl RewardModel {
             Ok(out)
         };
         let metrics = if held_out { metrics_on(&test)? } else { metrics_on(&train)? };
+        let report = if held_out {
+            let margins = train::ensemble_margins(&heads, &pair_tensors(featurizer, &test)?)?;
+            Some(eval::report(&margins, &test))
+        } else {
+            None
+        };
         let validation_metrics = metrics_on(&val)?;
         let mut pairs_by_height = BTreeMap::new();
         for p in pairs {
@@ -278,8 +392,11 @@ impl RewardModel {
                 test_groups: test_groups.into_iter().collect(),
                 pairs_by_height,
                 source: source.to_string(),
+                ratings: data.ratings.len(),
+                by_kind: data.counts(),
             },
             metrics,
+            report,
             validation_metrics,
             held_out,
             epochs,
@@ -441,6 +558,20 @@ impl RewardModel {
             });
         }
         Ok(scores)
+    }
+
+    /// The ensemble-mean margin (chosen − rejected) of every pair, embedding what is needed.
+    pub fn margins(
+        &self,
+        featurizer: &mut Featurizer<'_>,
+        pairs: &[Pair],
+    ) -> Result<Vec<f32>, RewardError> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        prepare_pairs(featurizer, pairs)?;
+        let all: Vec<&Pair> = pairs.iter().collect();
+        Ok(train::ensemble_margins(&self.heads, &pair_tensors(featurizer, &all)?)?)
     }
 
     /// Evaluates on pairs (embedding what is needed).
@@ -607,5 +738,57 @@ mod tests {
         assert!(featurizer.row("the input passage", "never embedded").is_err());
         featurizer.prepare(&["never embedded"]).unwrap();
         assert!(featurizer.row("the input passage", "never embedded").is_ok());
+    }
+    #[test]
+    fn likert_ratings_alone_train_through_the_ordinal_loss_and_the_card_reports_baselines() {
+        use crate::feedback::learn::Rating;
+        let encoder = BowEncoder::new();
+        // Summaries about the input's topic are rated high, off-topic ones low.
+        let mut ratings = Vec::new();
+        for book in 0..10 {
+            let input = format!("the miller {book} watched the river flood the old mill {book}");
+            for (k, (text, overall)) in [
+                (format!("the mill flooded and the miller {book} watched"), 7u8),
+                (format!("the river rose over the mill of miller {book}"), 6),
+                (format!("ships sailed to distant islands {book}"), 2),
+                (format!("a cat slept on a warm roof {book}"), 1),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                ratings.push(Rating {
+                    height: 0,
+                    input: input.clone(),
+                    summary: text,
+                    overall,
+                    labeler: format!("l{k}"),
+                    group: format!("book:b{book}"),
+                    weight: 1.0,
+                });
+            }
+        }
+        let data = TrainingData { pairs: Vec::new(), ratings };
+        let config = TrainConfig { members: 1, max_epochs: 60, ..TrainConfig::default() };
+        let model = RewardModel::train_data(&encoder, None, &data, &config, "test").unwrap();
+        assert_eq!(model.card.data.ratings, 40);
+        assert_eq!(model.card.data.by_kind["ordinal"], 40);
+        let mut featurizer = Featurizer::new(&encoder, None);
+        let input = "the miller 3 watched the river flood the old mill 3";
+        let s = model
+            .member_scores(
+                &mut featurizer,
+                0,
+                input,
+                &["the mill flooded and the miller 3 watched", "a cat slept on a warm roof 3"],
+            )
+            .unwrap();
+        assert!(s[0][0] > s[0][1], "{s:?}");
+
+        // With pairs and test books, the card carries the report beside the baselines.
+        let config = TrainConfig { members: 1, max_epochs: 5, ..TrainConfig::default() };
+        let model = RewardModel::train(&encoder, None, &pairs(8), &config, "test").unwrap();
+        let report = model.card.report.as_ref().expect("a report on the test pairs");
+        assert_eq!(report.all.model.pairs, model.card.data.test_pairs);
+        assert!((0.0..=1.0).contains(&report.all.length_accuracy));
     }
 }

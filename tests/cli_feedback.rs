@@ -275,6 +275,13 @@ fn simulate_queue_train_eval_score_and_best_of_with_the_reward_model() {
     std::fs::write(ws.path("ext.jsonl"), "{\"prompt\":\"Rosalind went to the harbour.\",\"chosen\":\"Rosalind went to the harbour.\",\"rejected\":\"Someone sang.\"}\n").unwrap();
     let ext = ws.stdout(&["reward", "eval", "--data", "ext.jsonl"]);
     assert!(ext.contains("ext.jsonl") && ext.contains("h0"), "{ext}");
+    // The baselines are printed beside the model, and again on the length-balanced pairs.
+    assert!(ext.contains("length-balanced") && ext.contains("overlap"), "{ext}");
+    let ext_json = ws.stdout(&["reward", "eval", "--data", "ext.jsonl", "--json"]);
+    let ext_json: serde_json::Value = serde_json::from_str(&ext_json).unwrap();
+    assert_eq!(ext_json["report"]["all"]["length_accuracy"], 1.0, "{ext_json}");
+    let err = ws.stderr_fail(&["reward", "train", "--kinds", "comparison,vibes"]);
+    assert!(err.contains("--kinds") && err.contains("vibes"), "{err}");
 
     // Training from an external TRL file, one shared head across heights.
     let ext_train = ws.stdout(&[

@@ -160,13 +160,15 @@ fn valid_reward() -> &'static (Vec<u8>, Vec<u8>) {
     static CKPT: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
     CKPT.get_or_init(|| {
         let pairs = (0..12)
-            .map(|i| rrm::feedback::Pair {
-                height: i % 2,
-                input: format!("input {i} about gardens and roses"),
-                chosen: "roses in the garden".into(),
-                rejected: format!("ships at sea {i}"),
-                target: 1.0,
-                group: format!("book:{}", i % 4),
+            .map(|i| {
+                rrm::feedback::Pair::new(
+                    i % 2,
+                    &format!("input {i} about gardens and roses"),
+                    "roses in the garden",
+                    &format!("ships at sea {i}"),
+                    1.0,
+                    &format!("book:{}", i % 4),
+                )
             })
             .collect::<Vec<_>>();
         let encoder = BowEncoder::new();

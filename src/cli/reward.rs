@@ -11,11 +11,12 @@ mod bench;
 
 use super::args::{EncoderArgs, WorkspaceArgs};
 use super::Context;
-use crate::feedback::{self, io, Pair};
+use crate::feedback::learn::{ConfidenceUse, Kinds, LearnOptions};
+use crate::feedback::Pair;
 use crate::infer::Encoder;
 use crate::reward::model::mean_std;
 use crate::reward::train::{Metrics, TrainConfig};
-use crate::reward::RewardModel;
+use crate::reward::{data, eval as report, RewardModel};
 use crate::workspace::summarize::load_reward_model;
 use crate::workspace::views::preview;
 use crate::workspace::{embeddings, rating, Workspace};
@@ -27,6 +28,7 @@ use std::sync::Arc;
   rrm reward train --all
   rrm reward train --height 0 --shared
   rrm reward train --data prefs.jsonl
+  rrm reward train --kinds all,-critique --confidence soft
   rrm reward eval --json
   rrm reward eval --data heldout.jsonl
   rrm reward score h0.3 --book alice")]
@@ -64,9 +66,24 @@ pub struct TrainArgs {
     /// One ensemble for all heights, with a height embedding.
     #[arg(long)]
     pub shared: bool,
-    /// Train from a TRL preference file ({prompt, chosen, rejected}[, height]) instead.
+    /// Train from a file instead: TRL pairs ({prompt, chosen, rejected}[, height, group, kind,
+    /// weight, target, references]), rating rows ({prompt, completion, likert}) or feedback
+    /// records.
     #[arg(long, value_name = "FILE.jsonl")]
     pub data: Option<PathBuf>,
+    /// Feedback kinds to learn from: all, none, comparison, likert (pairs), ordinal (Likert as
+    /// an ordinal target), correction, demonstration, critique, synthetic; `-kind` drops one.
+    #[arg(long, default_value = "all", value_name = "LIST")]
+    pub kinds: String,
+    /// How a comparison's confidence enters: weight (loss weight), soft (target), ignore.
+    #[arg(long, default_value = "weight", value_name = "USE")]
+    pub confidence: String,
+    /// Weight of the ordinal (Likert) loss beside the Bradley–Terry loss.
+    #[arg(long, default_value_t = 0.5)]
+    pub ordinal_weight: f64,
+    /// Loss weight of critique-implied pairs.
+    #[arg(long, default_value_t = 0.5)]
+    pub critique_weight: f32,
     /// Ensemble members.
     #[arg(long, default_value_t = 4, value_name = "K")]
     pub members: usize,
@@ -149,17 +166,28 @@ fn train(
     if args.hidden == 0 {
         bail!("--hidden must be at least 1");
     }
-    let (mut pairs, source) = match &args.data {
+    if !(0.0..=100.0).contains(&args.ordinal_weight)
+        || !(0.0..=100.0).contains(&args.critique_weight)
+    {
+        bail!("--ordinal-weight and --critique-weight must be between 0 and 100");
+    }
+    let options = LearnOptions {
+        kinds: Kinds::parse(&args.kinds).map_err(|e| anyhow::anyhow!("--kinds: {e}"))?,
+        confidence: ConfidenceUse::parse(&args.confidence)
+            .map_err(|e| anyhow::anyhow!("--confidence: {e}"))?,
+        critique_weight: args.critique_weight,
+        ..LearnOptions::default()
+    };
+    let (mut training, source) = match &args.data {
         Some(path) => (
-            io::read_trl(path).with_context(|| format!("reading {}", path.display()))?,
+            data::from_file(path, &options)
+                .with_context(|| format!("reading {}", path.display()))?,
             path.display().to_string(),
         ),
-        None => (feedback::to_pairs(&feedback::all(ws.store())?), "store".to_string()),
+        None => (data::from_store(ws.store(), &options)?, "store".to_string()),
     };
-    if !args.height.is_empty() {
-        pairs.retain(|p| args.height.contains(&p.height));
-    }
-    if pairs.is_empty() {
+    training.retain_heights(&args.height);
+    if training.is_empty() {
         bail!(
             "no preference pairs to train on{} (rate nodes with `rrm rate`, or simulate with `rrm feedback simulate`)",
             if args.height.is_empty() { String::new() } else { format!(" at height(s) {:?}", args.height) }
@@ -171,11 +199,17 @@ fn train(
         max_epochs: args.max_epochs.max(1),
         shared: args.shared,
         seed: args.seed,
+        ordinal_weight: args.ordinal_weight,
         ..TrainConfig::default()
     };
-    let bar = ctx.spinner(format!("training on {} pairs", pairs.len()));
+    let bar = ctx.spinner(format!(
+        "training on {} pairs and {} ratings",
+        training.pairs.len(),
+        training.ratings.len()
+    ));
     let cache = embeddings::cache(ws.store());
-    let result = RewardModel::train(encoder.as_ref(), Some(cache), &pairs, &config, &source);
+    let result =
+        RewardModel::train_data(encoder.as_ref(), Some(cache), &training, &config, &source);
     bar.finish_and_clear();
     let mut model = result.context("training the reward model")?;
     let path = model.save(ws.reward_dir())?;
@@ -184,10 +218,11 @@ fn train(
         return Ok(());
     }
     println!(
-        "reward model {} saved to {} ({} pairs from {} book(s); features {:.1} s, training {:.1} s)",
+        "reward model {} saved to {} ({} pairs, {} ratings, from {} group(s); features {:.1} s, training {:.1} s)",
         model.card.hash,
         path.display(),
         model.card.data.pairs,
+        model.card.data.ratings,
         model.card.data.groups,
         model.card.featurize_seconds,
         model.card.train_seconds
@@ -201,6 +236,13 @@ fn train(
         }
     );
     print_metrics(&model.card.metrics);
+    println!("by kind: {:?}", model.card.data.by_kind);
+    if let Some(r) = &model.card.report {
+        println!("test pairs beside the baselines:");
+        for line in report::lines(r) {
+            println!("{line}");
+        }
+    }
     Ok(())
 }
 
@@ -210,11 +252,13 @@ fn eval(ws: &Workspace, encoder: LoadEncoder<'_>, args: EvalArgs) -> anyhow::Res
     let model = load_reward_model(ws, &args.model)?;
     let (pairs, what): (Vec<Pair>, String) = match &args.data {
         Some(path) => (
-            io::read_trl(path).with_context(|| format!("reading {}", path.display()))?,
+            data::from_file(path, &LearnOptions::default())
+                .with_context(|| format!("reading {}", path.display()))?
+                .pairs,
             path.display().to_string(),
         ),
         None => {
-            let all = feedback::to_pairs(&feedback::all(ws.store())?);
+            let all = data::from_store(ws.store(), &LearnOptions::default())?.pairs;
             let held: Vec<Pair> = all
                 .iter()
                 .filter(|p| model.card.data.test_groups.contains(&p.group))
@@ -234,12 +278,21 @@ fn eval(ws: &Workspace, encoder: LoadEncoder<'_>, args: EvalArgs) -> anyhow::Res
     model.check_encoder(encoder.as_ref())?;
     let mut featurizer = embeddings::featurizer(ws, encoder.as_ref());
     let metrics = model.evaluate(&mut featurizer, &pairs)?;
+    let margins = model.margins(&mut featurizer, &pairs)?;
+    let refs: Vec<&Pair> = pairs.iter().collect();
+    let baselines = report::report(&margins, &refs);
     if args.json {
-        let v = serde_json::json!({ "model": model.card.hash, "data": what, "metrics": metrics });
+        let v = serde_json::json!({ "model": model.card.hash, "data": what, "metrics": metrics, "report": baselines });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("reward model {} on {what}:", model.card.hash);
         print_metrics(&metrics);
+        println!(
+            "beside the baselines (length: the longer wins; overlap: word F1 with the references):"
+        );
+        for line in report::lines(&baselines) {
+            println!("{line}");
+        }
     }
     Ok(())
 }

@@ -74,14 +74,25 @@ impl UnionFind {
 /// is not a book key (`book:…`) is ignored. Group names are stable: `g:` and a hash of the
 /// component's smallest member key.
 pub fn assign(pairs: &mut [Pair]) {
-    if pairs.is_empty() {
-        return;
+    let items: Vec<(&str, &str)> =
+        pairs.iter().map(|p| (p.input.as_str(), p.group.as_str())).collect();
+    let names = components(&items);
+    for (p, name) in pairs.iter_mut().zip(names) {
+        p.group = name;
+    }
+}
+
+/// The split group of each `(input, incoming group)` item, by the rule of [`assign`]: items of
+/// one book, or with near-duplicate inputs, share a group.
+pub fn components(items: &[(&str, &str)]) -> Vec<String> {
+    if items.is_empty() {
+        return Vec::new();
     }
     // Distinct inputs are the units; books join them.
     let mut input_ids: BTreeMap<&str, usize> = BTreeMap::new();
-    for p in pairs.iter() {
+    for &(input, _) in items {
         let next = input_ids.len();
-        input_ids.entry(p.input.as_str()).or_insert(next);
+        input_ids.entry(input).or_insert(next);
     }
     let inputs: Vec<&str> = {
         let mut v = vec![""; input_ids.len()];
@@ -94,13 +105,13 @@ pub fn assign(pairs: &mut [Pair]) {
     let mut uf = UnionFind((0..n).collect());
     // Same book → same group.
     let mut first_of_book: HashMap<&str, usize> = HashMap::new();
-    for p in pairs.iter() {
-        if p.group.starts_with("book:") {
-            let i = input_ids[p.input.as_str()];
-            match first_of_book.get(p.group.as_str()) {
+    for &(input, group) in items {
+        if group.starts_with("book:") {
+            let i = input_ids[input];
+            match first_of_book.get(group) {
                 Some(&j) => uf.union(i, j),
                 None => {
-                    first_of_book.insert(p.group.as_str(), i);
+                    first_of_book.insert(group, i);
                 }
             }
         }
@@ -128,17 +139,17 @@ pub fn assign(pairs: &mut [Pair]) {
         }
     }
     // Name each component by its smallest member key (a book key, else the input's hash).
-    let member_key = |p: &Pair| {
-        if p.group.starts_with("book:") {
-            p.group.clone()
+    let member_key = |input: &str, group: &str| {
+        if group.starts_with("book:") {
+            group.to_string()
         } else {
-            format!("text:{}", super::text_hash(&p.input))
+            format!("text:{}", super::text_hash(input))
         }
     };
     let mut names: HashMap<usize, String> = HashMap::new();
-    for p in pairs.iter() {
-        let root = uf.find(input_ids[p.input.as_str()]);
-        let key = member_key(p);
+    for &(input, group) in items {
+        let root = uf.find(input_ids[input]);
+        let key = member_key(input, group);
         names
             .entry(root)
             .and_modify(|k| {
@@ -148,11 +159,13 @@ pub fn assign(pairs: &mut [Pair]) {
             })
             .or_insert(key);
     }
-    let roots: Vec<usize> = pairs.iter().map(|p| uf.find(input_ids[p.input.as_str()])).collect();
-    for (p, root) in pairs.iter_mut().zip(roots) {
-        let name = &names[&root];
-        p.group = format!("g:{}", &blake3::hash(name.as_bytes()).to_hex()[..16]);
-    }
+    items
+        .iter()
+        .map(|&(input, _)| {
+            let name = &names[&uf.find(input_ids[input])];
+            format!("g:{}", &blake3::hash(name.as_bytes()).to_hex()[..16])
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -160,14 +173,7 @@ mod tests {
     use super::*;
 
     fn pair(input: &str, group: &str) -> Pair {
-        Pair {
-            height: 0,
-            input: input.into(),
-            chosen: "c".into(),
-            rejected: "r".into(),
-            target: 1.0,
-            group: group.into(),
-        }
+        Pair::new(0, input, "c", "r", 1.0, group)
     }
 
     const PASSAGE: &str = "Alice was beginning to get very tired of sitting by her sister on the \

@@ -15,7 +15,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::split::SplitFeedback;
-use super::{to_pairs, Feedback, FeedbackError, Pair};
+use super::{to_pairs, Feedback, FeedbackError, FeedbackKind, Judged, Likert, Origin, Pair};
 use crate::store::{Store, Table};
 
 /// What an import did.
@@ -145,6 +145,124 @@ pub struct TrlRow {
     /// train/validation/test split. Without it, rows are grouped by near-duplicate prompts.
     #[serde(default, alias = "book", skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Which feedback implied the pair (`comparison`, `likert`, `correction`, `demonstration`,
+    /// `critique`, `synthetic`); `comparison` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Loss weight (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f32>,
+    /// Probability that `chosen` wins (default 1; 0.5 is a tie).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<f32>,
+    /// Human reference summaries of the prompt, when known (the reference-overlap baseline).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<String>,
+}
+
+impl TrlRow {
+    /// The row as a pair (its group not yet joined with near-duplicates), or what is wrong.
+    pub fn into_pair(self) -> Result<Pair, String> {
+        if self.chosen.trim().is_empty() || self.rejected.trim().is_empty() {
+            return Err("chosen and rejected must not be empty".into());
+        }
+        let origin = match &self.kind {
+            None => Origin::Comparison,
+            Some(k) => Origin::parse(k).ok_or_else(|| {
+                format!("unknown kind '{k}' (one of {})", Origin::ALL.map(Origin::name).join(", "))
+            })?,
+        };
+        let weight = self.weight.unwrap_or(1.0);
+        if !weight.is_finite() || weight <= 0.0 || weight > 100.0 {
+            return Err(format!("weight {weight} is not in (0, 100]"));
+        }
+        let target = self.target.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&target) {
+            return Err(format!("target {target} is not a probability"));
+        }
+        if self.height.is_some_and(|h| h > 64) {
+            return Err(format!("height {:?} is implausible (at most 64)", self.height));
+        }
+        let group = match &self.group {
+            Some(g) => super::groups::book_group(g),
+            None => super::text_hash(&self.prompt),
+        };
+        let mut pair = Pair::new(
+            self.height.unwrap_or(0),
+            &self.prompt,
+            &self.chosen,
+            &self.rejected,
+            target,
+            &group,
+        )
+        .with_origin(origin)
+        .with_weight(weight);
+        pair.references = self.references;
+        Ok(pair)
+    }
+}
+
+/// A rated summary (a Likert rating from outside rrm): `{prompt, completion, likert: {overall,
+/// coverage?, accuracy?, coherence?}, labeler?, height?, group?}`, scores on 1–7 (a missing
+/// dimension takes `overall`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RatingRow {
+    pub prompt: String,
+    pub completion: String,
+    pub likert: RatingScores,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labeler: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    #[serde(default, alias = "book", skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Always `likert` when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// Likert scores of a [`RatingRow`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RatingScores {
+    pub overall: u8,
+    #[serde(default)]
+    pub coverage: Option<u8>,
+    #[serde(default)]
+    pub accuracy: Option<u8>,
+    #[serde(default)]
+    pub coherence: Option<u8>,
+}
+
+impl RatingRow {
+    /// The row as a validated Likert [`Feedback`] record (the prompt's hash is its input key;
+    /// its group, when given, is its book).
+    pub fn into_feedback(self) -> Result<Feedback, String> {
+        if self.kind.as_deref().is_some_and(|k| k != "likert") {
+            return Err(format!("a rating row's kind must be likert (got {:?})", self.kind));
+        }
+        let s = &self.likert;
+        let scores = Likert {
+            overall: s.overall,
+            coverage: s.coverage.unwrap_or(s.overall),
+            accuracy: s.accuracy.unwrap_or(s.overall),
+            coherence: s.coherence.unwrap_or(s.overall),
+        };
+        let labeler = self.labeler.unwrap_or_else(|| "external".to_string());
+        let mut fb = Feedback::new(
+            &labeler,
+            &super::text_hash(&self.prompt),
+            &self.prompt,
+            self.height.unwrap_or(0),
+            FeedbackKind::Likert { summary: Judged::new(self.completion), scores },
+        )
+        .at(self.group, None);
+        fb.time_unix = 0;
+        fb.id = fb.compute_id();
+        fb.validate().map_err(|e| e.0)?;
+        Ok(fb)
+    }
 }
 
 /// The TRL rows of `records`: every pair with a clear winner (ties have no chosen side).
@@ -158,6 +276,10 @@ pub fn trl_rows(records: &[Feedback]) -> Vec<TrlRow> {
             rejected: p.rejected,
             height: Some(p.height),
             group: None,
+            kind: Some(p.origin.name().to_string()),
+            weight: None,
+            target: None,
+            references: Vec::new(),
         })
         .collect()
 }
@@ -175,39 +297,106 @@ pub fn write_trl(out: &mut dyn Write, records: &[Feedback]) -> std::io::Result<(
 /// are reported by number. Rows are grouped for the train/validation/test split by their `group`
 /// (or `book`) field when given, and always with near-duplicate prompts ([`super::groups`]).
 pub fn read_trl(path: &Path) -> Result<Vec<Pair>, FeedbackError> {
+    let data = read_data(path)?;
+    if let Some(first) = data.records.first() {
+        return Err(FeedbackError::BadLines {
+            path: path.display().to_string(),
+            bad: vec![(
+                0,
+                format!(
+                    "holds {} feedback or rating record(s) (the first from labeler {}), not only \
+                     TRL rows",
+                    data.records.len(),
+                    first.labeler
+                ),
+            )],
+        });
+    }
+    let mut pairs = data.pairs;
+    super::groups::assign(&mut pairs);
+    Ok(pairs)
+}
+
+/// What a training or evaluation data file holds: TRL pairs, and feedback records (our JSONL
+/// records, and rating rows made into Likert records) that [`super::learn::build`] turns into
+/// pairs and ratings.
+#[derive(Debug, Clone, Default)]
+pub struct DataFile {
+    pub pairs: Vec<Pair>,
+    pub records: Vec<Feedback>,
+}
+
+/// Reads a data file: one JSON object per line, each a TRL row (`prompt`, `chosen`,
+/// `rejected`, optional `height`, `group`, `kind`, `weight`, `target`, `references`), a rating
+/// row ([`RatingRow`]), or one of our feedback records. Every line must parse and validate; bad
+/// lines are reported by number. Groups are as given (`book:<group>`, else the prompt's hash):
+/// [`super::learn::build`] joins them with near-duplicate inputs.
+pub fn read_data(path: &Path) -> Result<DataFile, FeedbackError> {
     let file = std::fs::File::open(path)
         .map_err(|source| FeedbackError::Io { path: path.display().to_string(), source })?;
-    let mut pairs = Vec::new();
+    let mut out = DataFile::default();
     let mut bad = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line =
-            line.map_err(|source| FeedbackError::Io { path: path.display().to_string(), source })?;
+        let line = match line {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                bad.push((i + 1, "the line is not UTF-8 text".to_string()));
+                continue;
+            }
+            Err(source) => {
+                return Err(FeedbackError::Io { path: path.display().to_string(), source })
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<TrlRow>(&line) {
-            Ok(row) if row.chosen.trim().is_empty() || row.rejected.trim().is_empty() => {
-                bad.push((i + 1, "chosen and rejected must not be empty".to_string()))
+        let value: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                bad.push((i + 1, format!("not JSON: {e}")));
+                continue;
             }
-            Ok(row) => pairs.push(Pair {
-                height: row.height.unwrap_or(0),
-                group: match &row.group {
-                    Some(g) => super::groups::book_group(g),
-                    None => super::text_hash(&row.prompt),
+        };
+        let has = |k: &str| value.get(k).is_some();
+        if has("chosen") || has("rejected") {
+            match serde_json::from_value::<TrlRow>(value).map_err(|e| e.to_string()) {
+                Ok(row) => match row.into_pair() {
+                    Ok(p) => out.pairs.push(p),
+                    Err(e) => bad.push((i + 1, e)),
                 },
-                input: row.prompt,
-                chosen: row.chosen,
-                rejected: row.rejected,
-                target: 1.0,
-            }),
-            Err(e) => bad.push((i + 1, format!("not a TRL row {{prompt, chosen, rejected}}: {e}"))),
+                Err(e) => {
+                    bad.push((i + 1, format!("not a TRL row {{prompt, chosen, rejected}}: {e}")))
+                }
+            }
+        } else if has("completion") {
+            match serde_json::from_value::<RatingRow>(value).map_err(|e| e.to_string()) {
+                Ok(row) => match row.into_feedback() {
+                    Ok(fb) => out.records.push(fb),
+                    Err(e) => bad.push((i + 1, e)),
+                },
+                Err(e) => bad
+                    .push((i + 1, format!("not a rating row {{prompt, completion, likert}}: {e}"))),
+            }
+        } else {
+            match serde_json::from_value::<Feedback>(value) {
+                Ok(mut fb) => match fb.validate() {
+                    Ok(()) => out.records.push(fb),
+                    Err(e) => bad.push((i + 1, e.0)),
+                },
+                Err(e) => bad.push((
+                    i + 1,
+                    format!(
+                        "neither a TRL row {{prompt, chosen, rejected}}, a rating row {{prompt, \
+                         completion, likert}} nor a feedback record: {e}"
+                    ),
+                )),
+            }
         }
     }
     if !bad.is_empty() {
         return Err(FeedbackError::BadLines { path: path.display().to_string(), bad });
     }
-    super::groups::assign(&mut pairs);
-    Ok(pairs)
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -331,6 +520,44 @@ mod tests {
         match read_trl(&path) {
             Err(FeedbackError::BadLines { bad, .. }) => assert_eq!(bad[0].0, 2),
             other => panic!("{other:?}"),
+        }
+    }
+    #[test]
+    fn data_files_hold_pairs_with_kinds_rating_rows_and_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let rec = serde_json::to_string(&record("alpha text", "beta text")).unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "{{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"kind\":\"demonstration\",\"weight\":0.5,\"references\":[\"ref\"],\"group\":\"doc1\"}}\n\
+                 {{\"prompt\":\"p\",\"completion\":\"c\",\"likert\":{{\"overall\":6}},\"labeler\":\"x\"}}\n{rec}\n"
+            ),
+        )
+        .unwrap();
+        let d = read_data(&path).unwrap();
+        assert_eq!(d.pairs.len(), 1);
+        let p = &d.pairs[0];
+        assert_eq!((p.origin, p.weight, p.references.len()), (Origin::Demonstration, 0.5, 1));
+        assert_eq!(d.records.len(), 2);
+        assert!(
+            matches!(d.records[0].kind, FeedbackKind::Likert { ref scores, .. } if scores.overall == 6 && scores.coverage == 6)
+        );
+        // read_trl refuses what it cannot use rather than dropping it.
+        assert!(read_trl(&path).is_err());
+        for bad in [
+            "{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"kind\":\"vibes\"}",
+            "{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"weight\":-1}",
+            "{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"target\":2}",
+            "{\"prompt\":\"p\",\"completion\":\"c\",\"likert\":{\"overall\":9}}",
+        ] {
+            std::fs::write(&path, format!("{bad}\n")).unwrap();
+            match read_data(&path) {
+                Err(FeedbackError::BadLines { bad: lines, .. }) => {
+                    assert_eq!(lines[0].0, 1, "{bad}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
         }
     }
 }

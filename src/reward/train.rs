@@ -38,6 +38,9 @@ pub struct TrainConfig {
     /// One ensemble for all heights, with a height embedding.
     pub shared: bool,
     pub seed: u64,
+    /// Weight of the ordinal (Likert) loss beside the pairs' Bradley–Terry loss.
+    #[serde(default = "default_ordinal_weight")]
+    pub ordinal_weight: f64,
 }
 
 impl Default for TrainConfig {
@@ -54,12 +57,17 @@ impl Default for TrainConfig {
             test_percent: 20,
             shared: false,
             seed: 0,
+            ordinal_weight: default_ordinal_weight(),
         }
     }
 }
 
 fn default_test_percent() -> u32 {
     0
+}
+
+fn default_ordinal_weight() -> f64 {
+    0.5
 }
 
 /// Evaluation of a model on a set of pairs.
@@ -82,6 +90,8 @@ pub struct PairTensors {
     pub rejected: Tensor,
     pub target: Vec<f32>,
     pub heights: Vec<u32>,
+    /// Loss weight per pair.
+    pub weight: Vec<f32>,
 }
 
 impl PairTensors {
@@ -101,8 +111,93 @@ impl PairTensors {
             rejected: self.rejected.index_select(&t, 0)?,
             target: idx.iter().map(|&i| self.target[i as usize]).collect(),
             heights: idx.iter().map(|&i| self.heights[i as usize]).collect(),
+            weight: idx.iter().map(|&i| self.weight[i as usize]).collect(),
         })
     }
+}
+
+/// Likert ratings as feature rows: row i of `x` got `level[i]` (overall − 1, 0..=6).
+pub struct RatingTensors {
+    pub x: Tensor,
+    pub level: Vec<u32>,
+    pub heights: Vec<u32>,
+    pub weight: Vec<f32>,
+}
+
+impl RatingTensors {
+    pub fn len(&self) -> usize {
+        self.level.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.level.is_empty()
+    }
+
+    pub fn select(&self, idx: &[u32]) -> candle_core::Result<RatingTensors> {
+        let t = Tensor::from_slice(idx, idx.len(), self.x.device())?;
+        Ok(RatingTensors {
+            x: self.x.index_select(&t, 0)?,
+            level: idx.iter().map(|&i| self.level[i as usize]).collect(),
+            heights: idx.iter().map(|&i| self.heights[i as usize]).collect(),
+            weight: idx.iter().map(|&i| self.weight[i as usize]).collect(),
+        })
+    }
+}
+
+/// Levels of the Likert scale (1–7): the ordinal model has `LEVELS − 1` thresholds.
+pub const LEVELS: usize = 7;
+
+/// The ordinal model's thresholds: `θ₁ = t₀`, `θₖ = θₖ₋₁ + softplus(dₖ)`, so they stay
+/// ordered. One `Var` of `LEVELS − 1` raw values, initialized evenly from −2.5 to 2.5.
+pub fn init_thresholds(device: &Device) -> candle_core::Result<candle_core::Var> {
+    let gap = (1f32.exp() - 1.0).ln(); // softplus⁻¹(1)
+    let mut raw = vec![-2.5f32];
+    raw.extend(std::iter::repeat_n(gap, LEVELS - 2));
+    candle_core::Var::from_vec(raw, LEVELS - 1, device)
+}
+
+fn thresholds(raw: &Tensor) -> candle_core::Result<Tensor> {
+    let n = raw.dim(0)?;
+    let first = raw.narrow(0, 0, 1)?;
+    let rest = softplus(&raw.narrow(0, 1, n - 1)?)?;
+    let steps = Tensor::cat(&[&first, &rest], 0)?;
+    // Cumulative sum as a lower-triangular matmul.
+    let mut tri = vec![0f32; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            tri[i * n + j] = 1.0;
+        }
+    }
+    let tri = Tensor::from_vec(tri, (n, n), raw.device())?.to_dtype(raw.dtype())?;
+    tri.matmul(&steps.unsqueeze(1)?)?.squeeze(1)
+}
+
+/// Weighted mean negative log-likelihood of Likert `levels` (0-based) under the cumulative-logit
+/// model `P(level ≤ k) = σ(θₖ − score)`.
+pub fn ordinal_loss(
+    scores: &Tensor,
+    raw_thresholds: &Tensor,
+    levels: &[u32],
+    weight: &[f32],
+) -> candle_core::Result<Tensor> {
+    let n = scores.dim(0)?;
+    let dev = scores.device();
+    let theta = thresholds(raw_thresholds)?; // (K−1)
+    let k1 = theta.dim(0)?;
+    let diff = theta.unsqueeze(0)?.broadcast_sub(&scores.unsqueeze(1)?)?; // (n, K−1)
+    let cum = candle_nn::ops::sigmoid(&diff)?;
+    let zeros = Tensor::zeros((n, 1), cum.dtype(), dev)?;
+    let ones = Tensor::ones((n, 1), cum.dtype(), dev)?;
+    let padded = Tensor::cat(&[&zeros, &cum, &ones], 1)?; // (n, K+1)
+    let hi: Vec<u32> = levels.iter().map(|&l| (l as usize).min(k1) as u32 + 1).collect();
+    let lo: Vec<u32> = hi.iter().map(|&h| h - 1).collect();
+    let hi = Tensor::from_vec(hi, (n, 1), dev)?;
+    let lo = Tensor::from_vec(lo, (n, 1), dev)?;
+    let p = (padded.gather(&hi, 1)? - padded.gather(&lo, 1)?)?.squeeze(1)?;
+    let nll = p.clamp(1e-6f32, 1.0f32)?.log()?.neg()?;
+    let w = Tensor::from_slice(weight, n, dev)?.to_dtype(nll.dtype())?;
+    let total = w.sum_all()?.to_scalar::<f32>()?.max(1e-9);
+    (nll * w)?.sum_all()? / f64::from(total)
 }
 
 /// The groups (books, or clusters of near-identical inputs) of the validation set (it chooses
@@ -115,8 +210,16 @@ pub fn split_groups(
     val_percent: u32,
     test_percent: u32,
 ) -> (BTreeSet<String>, BTreeSet<String>) {
-    let groups: Vec<&str> =
-        pairs.iter().map(|p| p.group.as_str()).collect::<BTreeSet<&str>>().into_iter().collect();
+    split_group_names(pairs.iter().map(|p| p.group.as_str()), val_percent, test_percent)
+}
+
+/// [`split_groups`] over group names (of pairs and ratings together).
+pub fn split_group_names<'a>(
+    names: impl Iterator<Item = &'a str>,
+    val_percent: u32,
+    test_percent: u32,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let groups: Vec<&str> = names.collect::<BTreeSet<&str>>().into_iter().collect();
     let bucket = |g: &str| {
         let h = blake3::hash(g.as_bytes());
         u32::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1], 0, 0]) as f64 / 65536.0 * 100.0
@@ -175,6 +278,14 @@ pub fn bt_loss(d: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
     (win + lose)?.mean_all()
 }
 
+/// The Bradley–Terry loss with a weight per pair: `Σ wᵢ·lossᵢ / Σ wᵢ`.
+pub fn bt_loss_weighted(d: &Tensor, t: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let win = (t * softplus(&d.neg()?)?)?;
+    let lose = ((t.ones_like()? - t)? * softplus(d)?)?;
+    let total = w.sum_all()?.to_scalar::<f32>()?.max(1e-9);
+    ((win + lose)? * w)?.sum_all()? / f64::from(total)
+}
+
 fn margins(head: &Head, batch: &PairTensors, shared: bool) -> candle_core::Result<Tensor> {
     let heights =
         if shared { Some(height_tensor(&batch.heights, batch.chosen.device())?) } else { None };
@@ -183,13 +294,51 @@ fn margins(head: &Head, batch: &PairTensors, shared: bool) -> candle_core::Resul
     c - r
 }
 
-fn loss_of(head: &Head, data: &PairTensors, shared: bool) -> candle_core::Result<f32> {
-    let t = Tensor::from_slice(&data.target, data.len(), data.chosen.device())?;
-    bt_loss(&margins(head, data, shared)?, &t)?.to_scalar::<f32>()
+fn pair_loss(head: &Head, data: &PairTensors, shared: bool) -> candle_core::Result<Tensor> {
+    let dev = data.chosen.device();
+    let t = Tensor::from_slice(&data.target, data.len(), dev)?;
+    let w = Tensor::from_slice(&data.weight, data.len(), dev)?;
+    bt_loss_weighted(&margins(head, data, shared)?, &t, &w)
 }
 
-/// Trains one ensemble for `scope` on `train`, early-stopping on `val` when it has pairs.
-/// Returns the heads and the epochs each ran.
+fn rating_loss(
+    head: &Head,
+    thresholds: &Tensor,
+    data: &RatingTensors,
+    shared: bool,
+) -> candle_core::Result<Tensor> {
+    let heights = if shared { Some(height_tensor(&data.heights, data.x.device())?) } else { None };
+    let scores = head.forward(&data.x, heights.as_ref())?;
+    ordinal_loss(&scores, thresholds, &data.level, &data.weight)
+}
+
+/// The training objective on `pairs` and `ratings` (either may be absent): the pairs'
+/// Bradley–Terry loss plus `ordinal_weight` times the ratings' ordinal loss.
+fn objective(
+    head: &Head,
+    thresholds: &Tensor,
+    pairs: Option<&PairTensors>,
+    ratings: Option<&RatingTensors>,
+    shared: bool,
+    ordinal_weight: f64,
+) -> candle_core::Result<Option<Tensor>> {
+    let mut loss: Option<Tensor> = None;
+    if let Some(p) = pairs.filter(|p| !p.is_empty()) {
+        loss = Some(pair_loss(head, p, shared)?);
+    }
+    if let Some(r) = ratings.filter(|r| !r.is_empty() && ordinal_weight > 0.0) {
+        let l = (rating_loss(head, thresholds, r, shared)? * ordinal_weight)?;
+        loss = Some(match loss {
+            Some(x) => (x + l)?,
+            None => l,
+        });
+    }
+    Ok(loss)
+}
+
+/// Trains one ensemble for `scope` on the `train` pairs (and Likert `ratings`, if any),
+/// early-stopping on the validation pairs and ratings when there are any. Returns the heads and
+/// the epochs each ran.
 pub fn train_ensemble(
     train: &PairTensors,
     val: Option<&PairTensors>,
@@ -197,43 +346,99 @@ pub fn train_ensemble(
     scope: Scope,
     config: &TrainConfig,
 ) -> candle_core::Result<(Vec<Head>, Vec<usize>)> {
+    train_ensemble_with(train, None, val, None, feature_dim, scope, config)
+}
+
+/// [`train_ensemble`] with ratings beside the pairs.
+#[allow(clippy::too_many_arguments)]
+pub fn train_ensemble_with(
+    train: &PairTensors,
+    ratings: Option<&RatingTensors>,
+    val: Option<&PairTensors>,
+    val_ratings: Option<&RatingTensors>,
+    feature_dim: usize,
+    scope: Scope,
+    config: &TrainConfig,
+) -> candle_core::Result<(Vec<Head>, Vec<usize>)> {
     let device = Device::Cpu;
     let shared = scope == Scope::Shared;
     let n = train.len();
+    let nr = ratings.map_or(0, RatingTensors::len);
+    let has_val = val.is_some_and(|v| !v.is_empty())
+        || (val_ratings.is_some_and(|v| !v.is_empty()) && config.ordinal_weight > 0.0);
     let mut heads = Vec::new();
     let mut epochs_run = Vec::new();
     for k in 0..config.members.max(1) {
         let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(k as u64 * 7919 + 1);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        // Bootstrap sample (member 0 sees the data as it is).
-        let sample: Vec<u32> = if k == 0 || n == 0 {
-            (0..n as u32).collect()
-        } else {
-            (0..n).map(|_| rng.random_range(0..n as u32)).collect()
+        // Bootstrap samples (member 0 sees the data as it is).
+        let boot = |len: usize, rng: &mut rand::rngs::StdRng| -> Vec<u32> {
+            if k == 0 || len == 0 {
+                (0..len as u32).collect()
+            } else {
+                (0..len).map(|_| rng.random_range(0..len as u32)).collect()
+            }
         };
+        let sample = boot(n, &mut rng);
+        let rsample = boot(nr, &mut rng);
         let head = Head::init(feature_dim, config.hidden, shared, seed, &device)?;
+        let theta = init_thresholds(&device)?;
+        let mut vars = head.vars();
+        if nr > 0 {
+            vars.push(theta.clone());
+        }
         let params = ParamsAdamW {
             lr: config.learning_rate,
             weight_decay: config.weight_decay,
             ..ParamsAdamW::default()
         };
-        let mut opt = AdamW::new(head.vars(), params)?;
+        let mut opt = AdamW::new(vars, params)?;
         let mut best: Option<(f32, Vec<Tensor>)> = None;
         let mut since_best = 0;
         let mut epochs = 0;
-        let max_epochs = if val.is_some() { config.max_epochs } else { config.max_epochs / 3 + 1 };
+        let max_epochs = if has_val { config.max_epochs } else { config.max_epochs / 3 + 1 };
+        let batch = config.batch_size.max(1);
+        let steps = n.div_ceil(batch).max(nr.div_ceil(batch)).max(1);
         for _ in 0..max_epochs {
             epochs += 1;
             let mut order = sample.clone();
             order.shuffle(&mut rng);
-            for chunk in order.chunks(config.batch_size.max(1)) {
-                let batch = train.select(chunk)?;
-                let t = Tensor::from_slice(&batch.target, batch.len(), &device)?;
-                let loss = bt_loss(&margins(&head, &batch, shared)?, &t)?;
-                opt.backward_step(&loss)?;
+            let mut rorder = rsample.clone();
+            rorder.shuffle(&mut rng);
+            for step in 0..steps {
+                let slice = |v: &[u32]| -> Vec<u32> {
+                    let per = v.len().div_ceil(steps);
+                    v.iter().skip(step * per).take(per).copied().collect()
+                };
+                let (pi, ri) = (slice(&order), slice(&rorder));
+                let pb = if pi.is_empty() { None } else { Some(train.select(&pi)?) };
+                let rb = match ratings {
+                    Some(r) if !ri.is_empty() => Some(r.select(&ri)?),
+                    _ => None,
+                };
+                if let Some(loss) = objective(
+                    &head,
+                    theta.as_tensor(),
+                    pb.as_ref(),
+                    rb.as_ref(),
+                    shared,
+                    config.ordinal_weight,
+                )? {
+                    opt.backward_step(&loss)?;
+                }
             }
-            if let Some(val) = val {
-                let l = loss_of(&head, val, shared)?;
+            if has_val {
+                let l = objective(
+                    &head,
+                    theta.as_tensor(),
+                    val,
+                    val_ratings,
+                    shared,
+                    config.ordinal_weight,
+                )?
+                .map(|t| t.to_scalar::<f32>())
+                .transpose()?
+                .unwrap_or(0.0);
                 if best.as_ref().is_none_or(|(b, _)| l < *b - 1e-5) {
                     let snapshot = head
                         .vars()
@@ -362,14 +567,7 @@ mod tests {
 
     #[test]
     fn validation_split_is_by_group_and_never_empty() {
-        let pair = |g: &str| Pair {
-            height: 0,
-            input: "i".into(),
-            chosen: "c".into(),
-            rejected: "r".into(),
-            target: 1.0,
-            group: g.into(),
-        };
+        let pair = |g: &str| Pair::new(0, "i", "c", "r", 1.0, g);
         let pairs: Vec<Pair> = (0..10).map(|i| pair(&format!("book{}", i % 5))).collect();
         let (val, test) = split_groups(&pairs, 20, 20);
         assert!(!val.is_empty() && !test.is_empty() && val.len() + test.len() < 5);
@@ -405,6 +603,7 @@ mod tests {
             rejected: Tensor::from_vec(r, (n, dim), &dev).unwrap(),
             target: vec![1.0; n],
             heights: vec![0; n],
+            weight: vec![1.0; n],
         };
         let config = TrainConfig { members: 2, max_epochs: 30, ..TrainConfig::default() };
         for scope in [Scope::Height(0), Scope::Shared] {
@@ -413,5 +612,23 @@ mod tests {
             let m = evaluate(&heads, &data).unwrap();
             assert!(m.accuracy > 0.95, "{scope:?}: {m:?}");
         }
+    }
+    #[test]
+    fn ordinal_loss_prefers_scores_matching_the_level_and_thresholds_stay_ordered() {
+        let dev = Device::Cpu;
+        let raw = init_thresholds(&dev).unwrap();
+        let theta = thresholds(raw.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert!(theta.windows(2).all(|w| w[1] > w[0]), "{theta:?}");
+        let loss = |score: f32, level: u32| {
+            let s = Tensor::from_slice(&[score], 1, &dev).unwrap();
+            ordinal_loss(&s, raw.as_tensor(), &[level], &[1.0]).unwrap().to_scalar::<f32>().unwrap()
+        };
+        // A top rating is likelier for a high score, a bottom one for a low score.
+        assert!(loss(4.0, 6) < loss(-4.0, 6));
+        assert!(loss(-4.0, 0) < loss(4.0, 0));
+        // Weights: a zero-weight row changes nothing.
+        let s = Tensor::from_slice(&[4.0f32, -4.0], 2, &dev).unwrap();
+        let l = ordinal_loss(&s, raw.as_tensor(), &[6, 6], &[1.0, 0.0]).unwrap();
+        assert!((l.to_scalar::<f32>().unwrap() - loss(4.0, 6)).abs() < 1e-5);
     }
 }
