@@ -77,6 +77,7 @@ pub async fn fixture(paragraphs: usize, drawn: usize, k: usize) -> Fixture {
         trees_dir: dir.path().join("trees"),
         reward_dir: Some(dir.path().join("reward")),
         models_dir: Some(dir.path().join("models")),
+        ..WorkspaceConfig::new(dir.path().join("db"))
     };
     let ws = Workspace::open(&config).expect("the workspace");
     let path = dir.path().join("orchard.txt");
