@@ -14,6 +14,7 @@ pub mod bench;
 pub mod encoder;
 pub mod engine;
 pub mod fetch;
+pub mod kernels;
 pub mod lazy;
 pub mod llama;
 pub mod openai;

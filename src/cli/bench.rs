@@ -36,10 +36,28 @@ pub enum BenchCommand {
         #[command(flatten)]
         model: LocalModelArgs,
     },
+    /// Time the prefill matmul kernels on SmolLM2's shapes (random weights): candle's Q8_0
+    /// matmul against the f16 GEMM at each kernel level this CPU has.
+    Kernels {
+        /// Rows (prompt tokens) per matmul.
+        #[arg(long, default_value_t = 256)]
+        rows: usize,
+        /// Calls per measurement (the fastest is reported).
+        #[arg(long, default_value_t = 15)]
+        reps: usize,
+        /// Print JSON rows.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
-    let BenchCommand::Generate { batch, prompt_len, new_tokens, json, model } = args.command;
+    let (batch, prompt_len, new_tokens, json, model) = match args.command {
+        BenchCommand::Generate { batch, prompt_len, new_tokens, json, model } => {
+            (batch, prompt_len, new_tokens, json, model)
+        }
+        BenchCommand::Kernels { rows, reps, json } => return kernels(rows, reps, json),
+    };
     let dir = fetch::models_dir(model.models_dir.as_deref());
     let resolved = fetch::resolve_model_with(&model.model, &dir, !ctx.quiet)
         .with_context(|| format!("finding the model `{}`", model.model))?;
@@ -81,6 +99,34 @@ pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
                 row.decode_tps,
                 f(row.prompt_cpu_tps),
                 f(row.decode_cpu_tps)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn kernels(rows: usize, reps: usize, json: bool) -> anyhow::Result<()> {
+    // SmolLM2-135M: hidden 576, 9 heads / 3 KV heads of 64, FFN 1536.
+    let shapes = [(960, 576), (576, 576), (3072, 576), (576, 1536)];
+    let threads = crate::infer::kernels::pool::default_threads();
+    if !json {
+        println!(
+            "{rows} rows, {threads} threads, kernel level {} (best on this CPU: {})",
+            crate::infer::kernels::level().name(),
+            crate::infer::kernels::Level::detect().name()
+        );
+        println!("{:>18} {:>12} {:>10} {:>10}", "path", "n x k", "ms", "GFLOP/s");
+    }
+    for row in crate::infer::bench::bench_kernels(rows, &shapes, threads, reps.max(1))? {
+        if json {
+            println!("{}", serde_json::to_string(&row)?);
+        } else {
+            println!(
+                "{:>18} {:>12} {:>10.3} {:>10.1}",
+                row.path,
+                format!("{}x{}", row.n, row.k),
+                row.ms,
+                row.gflops
             );
         }
     }

@@ -22,11 +22,13 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
+use super::kernels::{self, gemm::F16Weights, pool::Pool};
 use super::tokenizer::GgufTokenizer;
 use super::InferError;
 
@@ -107,7 +109,7 @@ impl LlamaConfig {
         }
         let head_dim =
             md_usize(md, &format!("{arch_name}.attention.key_length")).unwrap_or(hidden / n_head);
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(format!("head dimension {head_dim} is odd"));
         }
         let ffn_shape =
@@ -145,6 +147,11 @@ struct Linear {
     b: Option<Tensor>,
     /// Zero columns appended to the input (the weight was padded to a fast kernel's width).
     pad: usize,
+    /// On CPU, the same weight as f16 panels for the blocked GEMM that prompt rows go through;
+    /// generated rows (decode) take the quantized path.
+    dense: Option<Arc<F16Weights>>,
+    /// The bias as a plain buffer (CPU).
+    bias: Option<Vec<f32>>,
 }
 
 /// Rows per matmul call on the CPU: the quantized input of a longer call no longer stays in
@@ -153,6 +160,16 @@ struct Linear {
 const CPU_ROW_CHUNK: usize = 256;
 
 impl Linear {
+    fn new(w: QMatMul, b: Option<Tensor>, pad: usize, dense: Option<Arc<F16Weights>>) -> Self {
+        let bias = if dense.is_some() {
+            b.as_ref().and_then(|b| b.flatten_all().and_then(|b| b.to_vec1::<f32>()).ok())
+        } else {
+            None
+        };
+        Self { w, b, pad, dense, bias }
+    }
+
+    /// The quantized path (and the only one on devices other than the CPU).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let rows = x.dim(0)?;
         let y = if x.device().is_cpu() && x.rank() == 2 && rows > CPU_ROW_CHUNK {
@@ -177,11 +194,89 @@ impl Linear {
             self.w.forward(&x.contiguous()?)
         }
     }
+
+    /// `x` as a tensor, rows split by `prompt` as in [`Self::host`]; on devices other than the
+    /// CPU (no f16 copy), the quantized path.
+    fn apply(&self, x: &Tensor, prompt: &[bool], k: &Kernels) -> candle_core::Result<Tensor> {
+        let Some(d) = &self.dense else { return self.forward(x) };
+        let rows = x.dim(0)?;
+        let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; rows * d.n()];
+        self.host(&xs, prompt, &mut out, false, k)?;
+        Tensor::from_vec(out, (rows, d.n()), x.device())
+    }
+
+    /// `out (m, n) [+]= x (m, k) · wᵀ + b` on CPU buffers: rows with `prompt[r]` through the
+    /// f16 GEMM, the others through the quantized matmul. Which path a row takes depends only
+    /// on whether it is a prompt token, never on what else is in the step, so a sequence's
+    /// result does not depend on its batch.
+    fn host(
+        &self,
+        x: &[f32],
+        prompt: &[bool],
+        out: &mut [f32],
+        accumulate: bool,
+        k: &Kernels,
+    ) -> candle_core::Result<()> {
+        let m = prompt.len();
+        let Some(d) = &self.dense else {
+            candle_core::bail!("internal error: a CPU layer without its f16 weights")
+        };
+        let (n, kin) = (d.n(), d.k());
+        let n_prompt = if k.prefill_gemm { prompt.iter().filter(|&&p| p).count() } else { 0 };
+        if n_prompt == m {
+            kernels::gemm::matmul(x, m, d, out, accumulate, k.level, k.pool);
+            if let Some(b) = &self.bias {
+                for row in out.chunks_exact_mut(n) {
+                    row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+                }
+            }
+            return Ok(());
+        }
+        if n_prompt == 0 {
+            let t = Tensor::from_slice(x, (m, kin), &Device::Cpu)?;
+            let y = self.forward(&t)?.flatten_all()?.to_vec1::<f32>()?;
+            if accumulate {
+                out.iter_mut().zip(&y).for_each(|(o, y)| *o += y);
+            } else {
+                out.copy_from_slice(&y);
+            }
+            return Ok(());
+        }
+        // A mixed step: each kind of row on its own path, then back in place.
+        for kind in [true, false] {
+            let idx: Vec<usize> = (0..m).filter(|&r| prompt[r] == kind).collect();
+            let xs: Vec<f32> =
+                idx.iter().flat_map(|&r| &x[r * kin..(r + 1) * kin]).copied().collect();
+            let mut ys = vec![0f32; idx.len() * n];
+            let flags = vec![kind; idx.len()];
+            self.host(&xs, &flags, &mut ys, false, k)?;
+            for (j, &r) in idx.iter().enumerate() {
+                let (dst, src) = (&mut out[r * n..(r + 1) * n], &ys[j * n..(j + 1) * n]);
+                if accumulate {
+                    dst.iter_mut().zip(src).for_each(|(o, y)| *o += y);
+                } else {
+                    dst.copy_from_slice(src);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The CPU kernels' settings for one step.
+struct Kernels<'a> {
+    level: kernels::Level,
+    pool: &'a Pool,
+    /// Prompt rows through the f16 GEMM (else everything through the quantized path).
+    prefill_gemm: bool,
 }
 
 #[derive(Debug, Clone)]
 struct Layer {
     attn_norm: Tensor,
+    attn_norm_host: Vec<f32>,
+    ffn_norm_host: Vec<f32>,
     /// Q, K and V.
     qkv: Projections,
     wo: Linear,
@@ -201,11 +296,16 @@ enum Projections {
 }
 
 impl Projections {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        prompt: &[bool],
+        k: &Kernels,
+    ) -> candle_core::Result<Vec<Tensor>> {
         match self {
-            Self::Separate(ls) => ls.iter().map(|l| l.forward(x)).collect(),
+            Self::Separate(ls) => ls.iter().map(|l| l.apply(x, prompt, k)).collect(),
             Self::Fused { w, sizes } => {
-                let y = w.forward(x)?;
+                let y = w.apply(x, prompt, k)?;
                 let mut at = 0;
                 sizes
                     .iter()
@@ -228,6 +328,7 @@ pub struct LlamaModel {
     tok_embd: QMatMul,
     layers: Vec<Layer>,
     out_norm: Tensor,
+    out_norm_host: Vec<f32>,
     output: Linear,
     cos: Tensor,
     sin: Tensor,
@@ -236,6 +337,22 @@ pub struct LlamaModel {
     sin_host: Vec<f32>,
     /// Attention over plain CPU buffers (the default on CPU) rather than tensor ops.
     host_attention: bool,
+    /// Prompt rows run the f16 GEMM (CPU).
+    prefill_gemm: bool,
+    /// Reused activation buffers of the CPU forward pass.
+    scratch: std::sync::Mutex<Scratch>,
+}
+
+/// Activation buffers of the CPU forward pass, kept between steps (fresh multi-megabyte
+/// allocations per layer cost page faults and zeroing).
+#[derive(Debug, Default)]
+struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
 }
 
 /// The keys and values a sequence has seen, one preallocated `(n_kv_head, capacity, head_dim)`
@@ -245,6 +362,9 @@ pub struct KvCache {
     store: KvStore,
     len: usize,
     capacity: usize,
+    /// Positions before this are the prompt (their rows take the prefill GEMM on CPU); set by
+    /// [`KvCache::set_prompt_len`], else to the end of the first step's tokens.
+    prompt_len: Option<usize>,
 }
 
 /// Where a cache lives: plain buffers on the CPU, tensors on other devices.
@@ -266,6 +386,20 @@ impl KvCache {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+    /// Declares the first `n` positions the prompt, for a prompt fed in several steps (chunked
+    /// prefill). Without it, the first step's tokens are the prompt.
+    pub fn set_prompt_len(&mut self, n: usize) {
+        self.prompt_len = Some(n);
+    }
+    /// Bytes of K/V this cache holds.
+    pub fn bytes(&self) -> usize {
+        match &self.store {
+            KvStore::Host(kv) => kv.bytes(),
+            KvStore::Tensors { k, v } => {
+                k.iter().chain(v).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+            }
+        }
+    }
 }
 
 fn model_err(path: &Path, message: impl std::fmt::Display) -> InferError {
@@ -284,6 +418,11 @@ fn cpu_pad_multiple() -> Option<usize> {
     if std::env::var_os("RRM_NO_PAD").is_some_and(|v| !v.is_empty() && v != "0") {
         return None;
     }
+    // Kernels forced below what the CPU has (`RRM_CPU_KERNELS=avx2` on an AVX-512 machine)
+    // stand for a CPU without VNNI: no padding either.
+    if kernels::level() < kernels::Level::detect() {
+        return None;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512vnni")
@@ -295,58 +434,95 @@ fn cpu_pad_multiple() -> Option<usize> {
     None
 }
 
-/// Readies one weight for its device: on CPU, slow types are requantized to Q8_0, and Q8_0
-/// weights are padded to `pad_to` input columns where that reaches a faster kernel. Returns
-/// the weight and the number of zero columns its input needs.
-fn prepare_weight(
-    t: QTensor,
+/// How [`LlamaModel::load`] readies the weights of linear layers for the device.
+struct WeightPrep {
     cpu: bool,
+    /// Pad Q8_0 weights to this many input columns (see [`cpu_pad_multiple`]).
     pad_to: Option<usize>,
-) -> candle_core::Result<(QTensor, usize)> {
-    let Ok((n, k)) = t.shape().dims2() else { return Ok((t, 0)) };
-    if !cpu || k % 32 != 0 {
-        return Ok((t, 0));
-    }
-    let to_q8 = slow_on_cpu(t.dtype()) || t.dtype() == GgmlDType::Q8_0;
-    let pad = match pad_to {
-        Some(m) if to_q8 && k % m != 0 && n % 16 == 0 => k.div_ceil(m) * m - k,
-        _ => 0,
-    };
-    if pad == 0 && !slow_on_cpu(t.dtype()) {
-        return Ok((t, 0));
-    }
-    let f = t.dequantize(&Device::Cpu)?;
-    let f = if pad > 0 { f.pad_with_zeros(1, 0, pad)? } else { f };
-    Ok((QTensor::quantize(&f, GgmlDType::Q8_0)?, pad))
+    /// Also keep f16 panels for the prefill GEMM (CPU with vector kernels).
+    dense: bool,
 }
 
-/// Stacks weights (and biases) by rows on the CPU, as F32 when they are F32 and as Q8_0
-/// otherwise (which [`prepare_weight`] then keeps).
-fn stack_rows(
-    parts: &[(QTensor, Option<Tensor>)],
-) -> candle_core::Result<(QTensor, Option<Tensor>)> {
-    let all_f32 = parts.iter().all(|(w, _)| w.dtype() == GgmlDType::F32);
-    let ws = parts
-        .iter()
-        .map(|(w, _)| w.dequantize(&Device::Cpu))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let w = Tensor::cat(&ws, 0)?;
-    let k = w.dim(1)?;
-    let dtype = if all_f32 || k % 32 != 0 { GgmlDType::F32 } else { GgmlDType::Q8_0 };
-    let w = QTensor::quantize(&w, dtype)?;
-    let b = if parts.iter().any(|(_, b)| b.is_some()) {
-        let bs = parts
+impl WeightPrep {
+    /// One weight as stored in the file, with its bias.
+    fn linear(&self, t: QTensor, b: Option<Tensor>) -> candle_core::Result<Linear> {
+        let Ok(dims) = t.shape().dims2() else {
+            return Ok(Linear::new(QMatMul::from_qtensor(t)?, b, 0, None));
+        };
+        if !self.cpu || dims.1 % 32 != 0 {
+            return Ok(Linear::new(QMatMul::from_qtensor(t)?, b, 0, None));
+        }
+        let requant = slow_on_cpu(t.dtype()) || self.pad(t.dtype(), &dims) > 0;
+        if !requant && !self.dense {
+            return Ok(Linear::new(QMatMul::from_qtensor(t)?, b, 0, None));
+        }
+        let dtype = if slow_on_cpu(t.dtype()) { GgmlDType::Q8_0 } else { t.dtype() };
+        let f = t.dequantize(&Device::Cpu)?;
+        if requant {
+            self.linear_from_f32(f, dtype, b)
+        } else {
+            let dense = self.dense_of(&f)?;
+            Ok(Linear::new(QMatMul::from_qtensor(t)?, b, 0, dense))
+        }
+    }
+
+    /// Zero input columns a weight of `dtype` and shape `(n, k)` gets.
+    fn pad(&self, dtype: GgmlDType, &(n, k): &(usize, usize)) -> usize {
+        let to_q8 = slow_on_cpu(dtype) || dtype == GgmlDType::Q8_0;
+        match self.pad_to {
+            Some(m) if to_q8 && k % m != 0 && n % 16 == 0 => k.div_ceil(m) * m - k,
+            _ => 0,
+        }
+    }
+
+    /// A linear layer from f32 weights `(n, k)`, quantized to `dtype` (padded where that
+    /// reaches a faster kernel), plus f16 panels when [`Self::dense`].
+    fn linear_from_f32(
+        &self,
+        f: Tensor,
+        dtype: GgmlDType,
+        b: Option<Tensor>,
+    ) -> candle_core::Result<Linear> {
+        let dims = f.dims2()?;
+        let dense = self.dense_of(&f)?;
+        let pad = self.pad(dtype, &dims);
+        let q = if pad > 0 { f.pad_with_zeros(1, 0, pad)? } else { f };
+        Ok(Linear::new(QMatMul::from_qtensor(QTensor::quantize(&q, dtype)?)?, b, pad, dense))
+    }
+
+    fn dense_of(&self, f: &Tensor) -> candle_core::Result<Option<Arc<F16Weights>>> {
+        if !self.dense {
+            return Ok(None);
+        }
+        let (n, k) = f.dims2()?;
+        let v = f.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Some(Arc::new(F16Weights::from_rows(&v, n, k))))
+    }
+
+    /// Weights (and biases) stacked by rows into one layer: F32 when all are F32, else Q8_0.
+    fn stacked(&self, parts: Vec<(QTensor, Option<Tensor>)>) -> candle_core::Result<Linear> {
+        let all_f32 = parts.iter().all(|(w, _)| w.dtype() == GgmlDType::F32);
+        let ws = parts
             .iter()
-            .map(|(w, b)| match b {
-                Some(b) => Ok(b.clone()),
-                None => Tensor::zeros(w.shape().dims()[0], DType::F32, &Device::Cpu),
-            })
+            .map(|(w, _)| w.dequantize(&Device::Cpu))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Some(Tensor::cat(&bs, 0)?)
-    } else {
-        None
-    };
-    Ok((w, b))
+        let w = Tensor::cat(&ws, 0)?;
+        let k = w.dim(1)?;
+        let dtype = if all_f32 || k % 32 != 0 { GgmlDType::F32 } else { GgmlDType::Q8_0 };
+        let b = if parts.iter().any(|(_, b)| b.is_some()) {
+            let bs = parts
+                .iter()
+                .map(|(w, b)| match b {
+                    Some(b) => Ok(b.clone()),
+                    None => Tensor::zeros(w.shape().dims()[0], DType::F32, &Device::Cpu),
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Some(Tensor::cat(&bs, 0)?)
+        } else {
+            None
+        };
+        self.linear_from_f32(w, dtype, b)
+    }
 }
 
 /// Everything [`LlamaModel::load`] reads from one GGUF file.
@@ -397,10 +573,10 @@ impl LlamaModel {
         };
         let cpu = device.is_cpu();
         let pad_to = if cpu { cpu_pad_multiple() } else { None };
-        let matmul = |t: QTensor| -> Result<(QMatMul, usize), InferError> {
-            let (t, pad) = prepare_weight(t, cpu, pad_to).map_err(|e| model_err(path, e))?;
-            Ok((QMatMul::from_qtensor(t).map_err(|e| model_err(path, e))?, pad))
-        };
+        // On CPU every layer also gets f16 panels, for the prefill GEMM.
+        let prep = WeightPrep { cpu, pad_to, dense: cpu };
+        // The output layer only sees each sequence's last row: no GEMM copy.
+        let out_prep = WeightPrep { cpu, pad_to, dense: false };
         let dense = |t: QTensor| -> Result<Tensor, InferError> {
             t.dequantize(device).map_err(|e| model_err(path, e))
         };
@@ -409,8 +585,9 @@ impl LlamaModel {
         let has = |name: &str| content.tensor_infos.contains_key(name);
         let tok_embd_q = read("token_embd.weight", &[cfg.vocab_size, h])?;
         let out_name = if has("output.weight") { "output.weight" } else { "token_embd.weight" };
-        let (w, pad) = matmul(read(out_name, &[cfg.vocab_size, h])?)?;
-        let output = Linear { w, b: None, pad };
+        let output = out_prep
+            .linear(read(out_name, &[cfg.vocab_size, h])?, None)
+            .map_err(|e| model_err(path, e))?;
         let tok_embd = QMatMul::from_qtensor(tok_embd_q).map_err(|e| model_err(path, e))?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
@@ -432,15 +609,14 @@ impl LlamaModel {
                     if !cpu {
                         return parts
                             .into_iter()
-                            .map(|(w, b)| matmul(w).map(|(w, pad)| Linear { w, b, pad }))
+                            .map(|(w, b)| prep.linear(w, b).map_err(|e| model_err(path, e)))
                             .collect::<Result<Vec<_>, _>>()
                             .map(Projections::Separate);
                     }
                     let sizes: Vec<usize> =
                         parts.iter().map(|(w, _)| w.shape().dims()[0]).collect();
-                    let stacked = stack_rows(&parts).map_err(|e| model_err(path, e))?;
-                    let (w, pad) = matmul(stacked.0)?;
-                    Ok(Projections::Fused { w: Linear { w, b: stacked.1, pad }, sizes })
+                    let w = prep.stacked(parts).map_err(|e| model_err(path, e))?;
+                    Ok(Projections::Fused { w, sizes })
                 };
             let qkv = projections(vec![
                 raw("attn_q", nh * hd, h, qwen)?,
@@ -452,14 +628,25 @@ impl LlamaModel {
                 raw("ffn_up", cfg.ffn, h, false)?,
             ])?;
             let (w, b) = raw("attn_output", h, nh * hd, false)?;
-            let (w, pad) = matmul(w)?;
-            let wo = Linear { w, b, pad };
+            let wo = prep.linear(w, b).map_err(|e| model_err(path, e))?;
             let (w, b) = raw("ffn_down", h, cfg.ffn, false)?;
-            let (w, pad) = matmul(w)?;
-            let w_down = Linear { w, b, pad };
+            let w_down = prep.linear(w, b).map_err(|e| model_err(path, e))?;
             let attn_norm = dense(read(&format!("{p}.attn_norm.weight"), &[h])?)?;
             let ffn_norm = dense(read(&format!("{p}.ffn_norm.weight"), &[h])?)?;
-            layers.push(Layer { attn_norm, qkv, wo, ffn_norm, gate_up, w_down });
+            let host = |t: &Tensor| -> Result<Vec<f32>, InferError> {
+                t.to_vec1::<f32>().map_err(|e| model_err(path, e))
+            };
+            let (attn_norm_host, ffn_norm_host) = (host(&attn_norm)?, host(&ffn_norm)?);
+            layers.push(Layer {
+                attn_norm,
+                attn_norm_host,
+                ffn_norm_host,
+                qkv,
+                wo,
+                ffn_norm,
+                gate_up,
+                w_down,
+            });
         }
         let out_norm = dense(read("output_norm.weight", &[h])?)?;
         let (cos_host, sin_host) = rope_tables(&cfg);
@@ -475,6 +662,7 @@ impl LlamaModel {
             device: device.clone(),
             tok_embd,
             layers,
+            out_norm_host: out_norm.to_vec1::<f32>().map_err(|e| model_err(path, e))?,
             out_norm,
             output,
             cos,
@@ -482,6 +670,8 @@ impl LlamaModel {
             cos_host,
             sin_host,
             host_attention: device.is_cpu(),
+            prefill_gemm: true,
+            scratch: Default::default(),
         };
         Ok(LoadedGguf { model, tokenizer, path: path.to_path_buf() })
     }
@@ -491,6 +681,13 @@ impl LlamaModel {
     #[doc(hidden)]
     pub fn use_tensor_attention(&mut self) {
         self.host_attention = false;
+    }
+
+    /// Runs every step through the quantized matmuls, as before the prefill GEMM existed; for
+    /// tests that compare the two paths.
+    #[doc(hidden)]
+    pub fn use_quantized_prefill(&mut self) {
+        self.prefill_gemm = false;
     }
 
     /// The device the weights live on.
@@ -504,7 +701,7 @@ impl LlamaModel {
         let capacity = capacity.min(c.context_length).max(1);
         if self.host_attention {
             let store = KvStore::Host(host_attention::HostKv::new(c, capacity));
-            return Ok(KvCache { store, len: 0, capacity });
+            return Ok(KvCache { store, len: 0, capacity, prompt_len: None });
         }
         let shape = (c.n_kv_head, capacity, c.head_dim);
         let mut k = Vec::with_capacity(c.n_layer);
@@ -513,18 +710,18 @@ impl LlamaModel {
             k.push(Tensor::zeros(shape, DType::F32, &self.device)?);
             v.push(Tensor::zeros(shape, DType::F32, &self.device)?);
         }
-        Ok(KvCache { store: KvStore::Tensors { k, v }, len: 0, capacity })
+        Ok(KvCache { store: KvStore::Tensors { k, v }, len: 0, capacity, prompt_len: None })
     }
 
     /// Runs one step for a batch of sequences: each gets its new `tokens` appended to its cache,
     /// and the result holds, per sequence, the logits after its last new token: `(B, vocab)`.
     pub fn forward(&self, batch: &mut [(&[u32], &mut KvCache)]) -> candle_core::Result<Tensor> {
         let c = &self.config;
-        let dev = &self.device;
         let mut tokens = Vec::new();
         let mut positions = Vec::new();
+        let mut prompt = Vec::new();
         let mut spans = Vec::with_capacity(batch.len());
-        for (toks, cache) in batch.iter() {
+        for (toks, cache) in batch.iter_mut() {
             if toks.is_empty() {
                 candle_core::bail!("a sequence in the batch has no new tokens");
             }
@@ -538,59 +735,129 @@ impl LlamaModel {
             if let Some(&bad) = toks.iter().find(|&&t| t as usize >= c.vocab_size) {
                 candle_core::bail!("token id {bad} is outside the vocabulary of {}", c.vocab_size);
             }
+            let prompt_len = *cache.prompt_len.get_or_insert(cache.len + toks.len());
             spans.push((tokens.len(), toks.len(), cache.len));
             tokens.extend_from_slice(toks);
             positions.extend((cache.len..cache.len + toks.len()).map(|p| p as u32));
+            prompt.extend((cache.len..cache.len + toks.len()).map(|p| p < prompt_len));
         }
+        let k = Kernels {
+            level: kernels::level(),
+            pool: Pool::global(),
+            prefill_gemm: self.prefill_gemm,
+        };
+        let logits = if self.host_attention {
+            self.forward_host(tokens, &positions, &spans, &prompt, batch, &k)?
+        } else {
+            self.forward_tensors(tokens, &positions, &spans, &prompt, batch, &k)?
+        };
+        for (bi, &(_, t, _)) in spans.iter().enumerate() {
+            batch[bi].1.len += t;
+        }
+        Ok(logits)
+    }
+
+    /// The CPU forward pass over plain buffers: the kernels of [`super::kernels`] on their
+    /// pool, candle only for the quantized matmuls of generated rows and the output layer.
+    fn forward_host(
+        &self,
+        tokens: Vec<u32>,
+        positions: &[u32],
+        spans: &[(usize, usize, usize)],
+        prompt: &[bool],
+        batch: &mut [(&[u32], &mut KvCache)],
+        k: &Kernels,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let n = tokens.len();
+        let (hd, nh, nkv, d) = (c.hidden, c.n_head, c.n_kv_head, c.head_dim);
+        let eps = c.rms_eps as f32;
+        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let sc = &mut *guard;
+        let ids = Tensor::from_vec(tokens, n, &self.device)?;
+        sc.x = self.tok_embd.embedding(&ids)?.flatten_all()?.to_vec1::<f32>()?;
+        sc.h.resize(n * hd, 0.0);
+        sc.qkv.resize(n * (nh + 2 * nkv) * d, 0.0);
+        sc.attn.resize(n * nh * d, 0.0);
+        sc.gate_up.resize(n * 2 * c.ffn, 0.0);
+        sc.act.resize(n * c.ffn, 0.0);
+        let mut caches = batch
+            .iter_mut()
+            .map(|(_, cache)| match &mut cache.store {
+                KvStore::Host(kv) => Ok((kv, cache.capacity)),
+                KvStore::Tensors { .. } => {
+                    candle_core::bail!("a device cache was given to the CPU model")
+                }
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let (Projections::Fused { w: qkv, .. }, Projections::Fused { w: gate_up, .. }) =
+                (&layer.qkv, &layer.gate_up)
+            else {
+                candle_core::bail!("internal error: CPU layers have fused projections")
+            };
+            kernels::ops::rms_norm(&sc.x, &layer.attn_norm_host, eps, &mut sc.h, k.level, k.pool);
+            qkv.host(&sc.h, prompt, &mut sc.qkv, false, k)?;
+            let step = host_attention::Step {
+                cfg: c,
+                layer: li,
+                positions,
+                spans,
+                cos: &self.cos_host,
+                sin: &self.sin_host,
+                level: k.level,
+                pool: k.pool,
+            };
+            host_attention::attention(&step, &mut sc.qkv, &mut caches, &mut sc.attn);
+            layer.wo.host(&sc.attn, prompt, &mut sc.x, true, k)?;
+            kernels::ops::rms_norm(&sc.x, &layer.ffn_norm_host, eps, &mut sc.h, k.level, k.pool);
+            gate_up.host(&sc.h, prompt, &mut sc.gate_up, false, k)?;
+            kernels::ops::silu_mul(&sc.gate_up, c.ffn, &mut sc.act, k.level, k.pool);
+            layer.w_down.host(&sc.act, prompt, &mut sc.x, true, k)?;
+        }
+        let last: Vec<f32> = spans
+            .iter()
+            .flat_map(|&(s, t, _)| &sc.x[(s + t - 1) * hd..(s + t) * hd])
+            .copied()
+            .collect();
+        let mut normed = vec![0f32; last.len()];
+        kernels::ops::rms_norm(&last, &self.out_norm_host, eps, &mut normed, k.level, k.pool);
+        let x = Tensor::from_vec(normed, (spans.len(), hd), &self.device)?;
+        self.output.forward(&x)?.to_dtype(DType::F32)
+    }
+
+    /// The forward pass with tensor ops (devices other than the CPU; on the CPU, for tests).
+    fn forward_tensors(
+        &self,
+        tokens: Vec<u32>,
+        positions: &[u32],
+        spans: &[(usize, usize, usize)],
+        prompt: &[bool],
+        batch: &mut [(&[u32], &mut KvCache)],
+        k: &Kernels,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let dev = &self.device;
         let n = tokens.len();
         let ids = Tensor::from_vec(tokens, n, dev)?;
-        let host = self.host_attention;
         let mut x = self.tok_embd.embedding(&ids)?;
-        // The tensor path's RoPE rows and causal masks, shared by all layers.
-        let tensor_prep = if host { None } else { Some(self.tensor_prep(&positions, &spans)?) };
+        // RoPE rows and causal masks, shared by all layers.
+        let prep = self.tensor_prep(positions, spans)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps as f32)?;
-            let mut qkv = layer.qkv.forward(&h)?.into_iter();
-            let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+            let mut qkv = layer.qkv.forward(&h, prompt, k)?.into_iter();
+            let (Some(q), Some(kk), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
                 candle_core::bail!("internal error: the QKV projection gave fewer than 3 parts")
             };
-            let attn = match &tensor_prep {
-                None => {
-                    let mut caches = batch
-                        .iter_mut()
-                        .map(|(_, cache)| match &mut cache.store {
-                            KvStore::Host(kv) => Ok((kv, cache.capacity)),
-                            KvStore::Tensors { .. } => {
-                                candle_core::bail!("a device cache was given to the CPU model")
-                            }
-                        })
-                        .collect::<candle_core::Result<Vec<_>>>()?;
-                    host_attention::attention(
-                        c,
-                        li,
-                        &q,
-                        &k,
-                        &v,
-                        &positions,
-                        &spans,
-                        &mut caches,
-                        &self.cos_host,
-                        &self.sin_host,
-                    )?
-                }
-                Some(prep) => self.tensor_attention(li, &q, &k, &v, prep, &spans, batch)?,
-            };
-            x = (x + layer.wo.forward(&attn)?)?;
+            let attn = self.tensor_attention(li, &q, &kk, &v, &prep, spans, batch)?;
+            x = (x + layer.wo.apply(&attn, prompt, k)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.rms_eps as f32)?;
-            let mut gate_up = layer.gate_up.forward(&h)?.into_iter();
+            let mut gate_up = layer.gate_up.forward(&h, prompt, k)?.into_iter();
             let (Some(gate), Some(up)) = (gate_up.next(), gate_up.next()) else {
                 candle_core::bail!("internal error: the gate/up projection gave fewer than 2 parts")
             };
             let gate = candle_nn::ops::silu(&gate)?;
-            x = (x + layer.w_down.forward(&(gate * up)?)?)?;
-        }
-        for (bi, &(_, t, _)) in spans.iter().enumerate() {
-            batch[bi].1.len += t;
+            x = (x + layer.w_down.apply(&(gate * up)?, prompt, k)?)?;
         }
         let last: Vec<u32> = spans.iter().map(|&(s, t, _)| (s + t - 1) as u32).collect();
         let last = Tensor::from_vec(last, spans.len(), dev)?;
