@@ -82,6 +82,10 @@ fn cpu_attention_and_tensor_attention_agree() {
             let d = max_diff(&a1[i], &a2[i]);
             assert!(d < tol, "{arch} prefill row {i}: {d} (tolerance {tol})");
         }
+        // Decode rows go through the 8-bit matmul, which quantizes its input per block of 32
+        // (step: 1/127 of the block's largest value): the f16 difference above can move a
+        // value across a rounding step, so these agree within the 8-bit tolerance instead.
+        let tol = 2.5e-2 * scale(&a2);
         assert_eq!(b1.len(), 2 * a1.len());
         for i in 0..b1.len() {
             let d = max_diff(&b1[i], &b2[i]);
@@ -100,8 +104,8 @@ fn ragged_batch_logits_equal_single_sequence_logits_qwen2() {
     check_ragged_batch(&TinyOptions { arch: "qwen2", ..TinyOptions::default() });
 }
 
-/// The prefill GEMM (f16 weights) against the quantized path the prompt used to take (here the
-/// tiny model's F32 weights, so the difference is the f16 rounding alone).
+/// The prefill GEMM (f16 weights, f32 activations) against the 8-bit path (Q8_0 weights and
+/// activations, per block of 32) that prompt rows took before the GEMM and decode rows take.
 #[test]
 fn the_prefill_gemm_agrees_with_the_quantized_path() {
     for arch in ["llama", "qwen2"] {
@@ -123,9 +127,10 @@ fn the_prefill_gemm_agrees_with_the_quantized_path() {
             rows
         };
         let (a, b) = (run(&gemm), run(&quant));
-        // f16 keeps 11 significant bits: relative error ~5e-4 per weight, summed over the
-        // layers into the logits.
-        let tol = 5e-3 * scale(&b);
+        // The 8-bit side dominates: each value is rounded to 1/254 of its block's range (about
+        // 0.4% relative, weights and activations both), through every layer into the logits.
+        // Tolerance: 3% of the largest logit.
+        let tol = 3e-2 * scale(&b);
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
             let d = max_diff(x, y);
             assert!(d < tol, "{arch} row {i}: {d} (tolerance {tol})");
@@ -323,4 +328,29 @@ async fn a_dropped_call_does_not_block_the_others() {
         .generate(vec![request(&"long prompt ".repeat(100), 3, SamplingParams::greedy(), 0)])
         .await;
     assert!(matches!(err, Err(InferError::PromptTooLong { .. })), "{err:?}");
+}
+
+/// Prompts fed in small chunks mixed with decode steps (a tiny step budget) give the
+/// completions a large budget gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_prefill_gives_the_same_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    tiny_llama_gguf(&path, 21).unwrap();
+    let load = |max_step_tokens: usize| {
+        let loaded = LlamaModel::load(&path, &Device::Cpu).unwrap();
+        let id = LocalGenerator::identity_of(&path, None).unwrap();
+        let cfg = EngineConfig { max_batch: 3, max_step_tokens };
+        LocalGenerator::from_model(loaded.model, loaded.tokenizer, id, cfg)
+    };
+    let reqs: Vec<GenerationRequest> = (0..5)
+        .map(|i| {
+            let mut sampling = SamplingParams::greedy();
+            sampling.temperature = if i % 2 == 0 { 0.0 } else { 0.9 };
+            request(&"once upon a time ".repeat(3 + 4 * i), 12, sampling, i as u64)
+        })
+        .collect();
+    let big = load(4096).generate(reqs.clone()).await.unwrap();
+    let small = load(7).generate(reqs).await.unwrap();
+    same(&big, &small);
 }

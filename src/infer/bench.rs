@@ -114,7 +114,8 @@ long enough to listen. ";
 /// One measured matmul: a path on one shape.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct KernelRow {
-    /// `candle-q8_0` (the quantized path) or `f16-gemm/<level>`.
+    /// `candle-q8_0` (candle's quantized matmul), `f16-gemm/<level>` (prefill) or
+    /// `q8/<level>` (decode).
     pub path: String,
     pub m: usize,
     pub n: usize,
@@ -174,6 +175,7 @@ pub fn bench_kernels(
         let wv = w.flatten_all()?.to_vec1::<f32>()?;
         let xv = x.flatten_all()?.to_vec1::<f32>()?;
         let packed = gemm::F16Weights::from_rows(&wv, n, k);
+        let q8w = super::kernels::q8::Q8Weights::from_rows(&wv, n, k);
         let mut out = vec![0f32; m * n];
         for level in [Level::Scalar, Level::Avx2, Level::Avx512] {
             if level > super::kernels::level() {
@@ -187,6 +189,14 @@ pub fn bench_kernels(
                 times.push(t.elapsed().as_secs_f64());
             }
             push(format!("f16-gemm/{}", level.name()), times);
+            super::kernels::q8::matmul(&xv, m, &q8w, &mut out, false, level, &pool);
+            let mut times = Vec::new();
+            for _ in 0..if level == Level::Scalar { 1 } else { reps } {
+                let t = Instant::now();
+                super::kernels::q8::matmul(&xv, m, &q8w, &mut out, false, level, &pool);
+                times.push(t.elapsed().as_secs_f64());
+            }
+            push(format!("q8/{}", level.name()), times);
         }
     }
     Ok(rows)

@@ -15,6 +15,7 @@
 pub mod gemm;
 pub mod ops;
 pub mod pool;
+pub mod q8;
 
 use std::sync::OnceLock;
 

@@ -25,10 +25,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-use super::kernels::{self, gemm::F16Weights, pool::Pool};
+use super::kernels::{self, gemm::F16Weights, pool::Pool, q8::Q8Weights};
 use super::tokenizer::GgufTokenizer;
 use super::InferError;
 
@@ -140,76 +140,53 @@ impl LlamaConfig {
     }
 }
 
-/// A linear layer: a (possibly quantized) weight and an optional bias.
+/// A linear layer: its weight in the forms the device's kernels read, and an optional bias.
 #[derive(Debug, Clone)]
-struct Linear {
-    w: QMatMul,
-    b: Option<Tensor>,
-    /// Zero columns appended to the input (the weight was padded to a fast kernel's width).
-    pad: usize,
-    /// On CPU, the same weight as f16 panels for the blocked GEMM that prompt rows go through;
-    /// generated rows (decode) take the quantized path.
-    dense: Option<Arc<F16Weights>>,
-    /// The bias as a plain buffer (CPU).
-    bias: Option<Vec<f32>>,
+enum Linear {
+    /// On the CPU: 8-bit blocks for generated rows (decode) and, for the layers prompt rows go
+    /// through, f16 panels for the prefill GEMM.
+    Cpu { q8: Arc<Q8Weights>, dense: Option<Arc<F16Weights>>, bias: Option<Vec<f32>> },
+    /// On other devices: the weight as shipped, through candle.
+    Device { w: QMatMul, b: Option<Tensor> },
 }
 
-/// Rows per matmul call on the CPU: the quantized input of a longer call no longer stays in
-/// cache while the weight tiles stream past it (measured: a 2,400-row prefill ran ~35% slower
-/// per token than a 300-row one).
-const CPU_ROW_CHUNK: usize = 256;
-
 impl Linear {
-    fn new(w: QMatMul, b: Option<Tensor>, pad: usize, dense: Option<Arc<F16Weights>>) -> Self {
-        let bias = if dense.is_some() {
-            b.as_ref().and_then(|b| b.flatten_all().and_then(|b| b.to_vec1::<f32>()).ok())
-        } else {
-            None
-        };
-        Self { w, b, pad, dense, bias }
-    }
-
-    /// The quantized path (and the only one on devices other than the CPU).
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let rows = x.dim(0)?;
-        let y = if x.device().is_cpu() && x.rank() == 2 && rows > CPU_ROW_CHUNK {
-            let parts = (0..rows)
-                .step_by(CPU_ROW_CHUNK)
-                .map(|r| self.matmul(&x.narrow(0, r, CPU_ROW_CHUNK.min(rows - r))?))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            Tensor::cat(&parts, 0)?
-        } else {
-            self.matmul(x)?
-        };
-        match &self.b {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+    /// Output features.
+    fn n(&self) -> candle_core::Result<usize> {
+        match self {
+            Linear::Cpu { q8, .. } => Ok(q8.n()),
+            Linear::Device { w, .. } => match w {
+                QMatMul::QTensor(t) => Ok(t.shape().dims2()?.0),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dim(0),
+            },
         }
     }
 
-    fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if self.pad > 0 {
-            self.w.forward(&x.pad_with_zeros(candle_core::D::Minus1, 0, self.pad)?)
-        } else {
-            self.w.forward(&x.contiguous()?)
-        }
-    }
-
-    /// `x` as a tensor, rows split by `prompt` as in [`Self::host`]; on devices other than the
-    /// CPU (no f16 copy), the quantized path.
+    /// `x (rows, k)` as a tensor; rows split by `prompt` as in [`Self::host`] on the CPU.
     fn apply(&self, x: &Tensor, prompt: &[bool], k: &Kernels) -> candle_core::Result<Tensor> {
-        let Some(d) = &self.dense else { return self.forward(x) };
-        let rows = x.dim(0)?;
-        let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let mut out = vec![0f32; rows * d.n()];
-        self.host(&xs, prompt, &mut out, false, k)?;
-        Tensor::from_vec(out, (rows, d.n()), x.device())
+        match self {
+            Linear::Device { w, b } => {
+                let y = w.forward(&x.contiguous()?)?;
+                match b {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+            Linear::Cpu { .. } => {
+                let rows = x.dim(0)?;
+                let n = self.n()?;
+                let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let mut out = vec![0f32; rows * n];
+                self.host(&xs, prompt, &mut out, false, k)?;
+                Tensor::from_vec(out, (rows, n), x.device())
+            }
+        }
     }
 
     /// `out (m, n) [+]= x (m, k) · wᵀ + b` on CPU buffers: rows with `prompt[r]` through the
-    /// f16 GEMM, the others through the quantized matmul. Which path a row takes depends only
-    /// on whether it is a prompt token, never on what else is in the step, so a sequence's
-    /// result does not depend on its batch.
+    /// f16 GEMM, the others through the 8-bit matmul. Which path a row takes depends only on
+    /// whether it is a prompt token, never on what else is in the step, and each path computes
+    /// a row from that row alone, so a sequence's result does not depend on its batch.
     fn host(
         &self,
         x: &[f32],
@@ -218,46 +195,42 @@ impl Linear {
         accumulate: bool,
         k: &Kernels,
     ) -> candle_core::Result<()> {
-        let m = prompt.len();
-        let Some(d) = &self.dense else {
-            candle_core::bail!("internal error: a CPU layer without its f16 weights")
+        let Linear::Cpu { q8, dense, bias } = self else {
+            candle_core::bail!("internal error: a device layer on the CPU path")
         };
-        let (n, kin) = (d.n(), d.k());
-        let n_prompt = if k.prefill_gemm { prompt.iter().filter(|&&p| p).count() } else { 0 };
-        if n_prompt == m {
-            kernels::gemm::matmul(x, m, d, out, accumulate, k.level, k.pool);
-            if let Some(b) = &self.bias {
-                for row in out.chunks_exact_mut(n) {
-                    row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+        let m = prompt.len();
+        let n = q8.n();
+        let dense = dense.as_deref().filter(|_| k.prefill_gemm);
+        let n_prompt = if dense.is_some() { prompt.iter().filter(|&&p| p).count() } else { 0 };
+        if n_prompt > 0 && n_prompt < m {
+            // A mixed step: each kind of row on its own path, then back in place.
+            let kin = q8.k();
+            for kind in [true, false] {
+                let idx: Vec<usize> = (0..m).filter(|&r| prompt[r] == kind).collect();
+                let xs: Vec<f32> =
+                    idx.iter().flat_map(|&r| &x[r * kin..(r + 1) * kin]).copied().collect();
+                let mut ys = vec![0f32; idx.len() * n];
+                self.host(&xs, &vec![kind; idx.len()], &mut ys, false, k)?;
+                for (j, &r) in idx.iter().enumerate() {
+                    let (dst, src) = (&mut out[r * n..(r + 1) * n], &ys[j * n..(j + 1) * n]);
+                    if accumulate {
+                        dst.iter_mut().zip(src).for_each(|(o, y)| *o += y);
+                    } else {
+                        dst.copy_from_slice(src);
+                    }
                 }
             }
             return Ok(());
         }
-        if n_prompt == 0 {
-            let t = Tensor::from_slice(x, (m, kin), &Device::Cpu)?;
-            let y = self.forward(&t)?.flatten_all()?.to_vec1::<f32>()?;
-            if accumulate {
-                out.iter_mut().zip(&y).for_each(|(o, y)| *o += y);
-            } else {
-                out.copy_from_slice(&y);
+        match dense {
+            Some(d) if n_prompt == m => {
+                kernels::gemm::matmul(x, m, d, out, accumulate, k.level, k.pool)
             }
-            return Ok(());
+            _ => kernels::q8::matmul(x, m, q8, out, accumulate, k.level, k.pool),
         }
-        // A mixed step: each kind of row on its own path, then back in place.
-        for kind in [true, false] {
-            let idx: Vec<usize> = (0..m).filter(|&r| prompt[r] == kind).collect();
-            let xs: Vec<f32> =
-                idx.iter().flat_map(|&r| &x[r * kin..(r + 1) * kin]).copied().collect();
-            let mut ys = vec![0f32; idx.len() * n];
-            let flags = vec![kind; idx.len()];
-            self.host(&xs, &flags, &mut ys, false, k)?;
-            for (j, &r) in idx.iter().enumerate() {
-                let (dst, src) = (&mut out[r * n..(r + 1) * n], &ys[j * n..(j + 1) * n]);
-                if accumulate {
-                    dst.iter_mut().zip(src).for_each(|(o, y)| *o += y);
-                } else {
-                    dst.copy_from_slice(src);
-                }
+        if let Some(b) = bias {
+            for row in out.chunks_exact_mut(n) {
+                row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
             }
         }
         Ok(())
@@ -406,114 +379,46 @@ fn model_err(path: &Path, message: impl std::fmt::Display) -> InferError {
     InferError::Model { path: path.to_path_buf(), message: message.to_string() }
 }
 
-/// Whether `dtype` lacks a fast CPU kernel in candle and is better requantized to Q8_0.
-fn slow_on_cpu(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
-}
-
-/// On x86 CPUs with VNNI, candle multiplies Q8_0 weights with a tiled int8 kernel when the
-/// input width is a multiple of 256 (and falls back to a much slower per-row dot product
-/// otherwise): weights are padded with zero columns to that width. `RRM_NO_PAD=1` turns it off.
-fn cpu_pad_multiple() -> Option<usize> {
-    if std::env::var_os("RRM_NO_PAD").is_some_and(|v| !v.is_empty() && v != "0") {
-        return None;
-    }
-    // Kernels forced below what the CPU has (`RRM_CPU_KERNELS=avx2` on an AVX-512 machine)
-    // stand for a CPU without VNNI: no padding either.
-    if kernels::level() < kernels::Level::detect() {
-        return None;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512vnni")
-            || std::arch::is_x86_feature_detected!("avxvnni")
-        {
-            return Some(256);
-        }
-    }
-    None
-}
-
 /// How [`LlamaModel::load`] readies the weights of linear layers for the device.
 struct WeightPrep {
     cpu: bool,
-    /// Pad Q8_0 weights to this many input columns (see [`cpu_pad_multiple`]).
-    pad_to: Option<usize>,
-    /// Also keep f16 panels for the prefill GEMM (CPU with vector kernels).
+    /// On CPU, also keep f16 panels for the prefill GEMM.
     dense: bool,
 }
 
 impl WeightPrep {
     /// One weight as stored in the file, with its bias.
     fn linear(&self, t: QTensor, b: Option<Tensor>) -> candle_core::Result<Linear> {
-        let Ok(dims) = t.shape().dims2() else {
-            return Ok(Linear::new(QMatMul::from_qtensor(t)?, b, 0, None));
-        };
-        if !self.cpu || dims.1 % 32 != 0 {
-            return Ok(Linear::new(QMatMul::from_qtensor(t)?, b, 0, None));
+        if !self.cpu {
+            return Ok(Linear::Device { w: QMatMul::from_qtensor(t)?, b });
         }
-        let requant = slow_on_cpu(t.dtype()) || self.pad(t.dtype(), &dims) > 0;
-        if !requant && !self.dense {
-            return Ok(Linear::new(QMatMul::from_qtensor(t)?, b, 0, None));
-        }
-        let dtype = if slow_on_cpu(t.dtype()) { GgmlDType::Q8_0 } else { t.dtype() };
         let f = t.dequantize(&Device::Cpu)?;
-        if requant {
-            self.linear_from_f32(f, dtype, b)
-        } else {
-            let dense = self.dense_of(&f)?;
-            Ok(Linear::new(QMatMul::from_qtensor(t)?, b, 0, dense))
-        }
+        self.cpu_linear(&f, b)
     }
 
-    /// Zero input columns a weight of `dtype` and shape `(n, k)` gets.
-    fn pad(&self, dtype: GgmlDType, &(n, k): &(usize, usize)) -> usize {
-        let to_q8 = slow_on_cpu(dtype) || dtype == GgmlDType::Q8_0;
-        match self.pad_to {
-            Some(m) if to_q8 && k % m != 0 && n % 16 == 0 => k.div_ceil(m) * m - k,
-            _ => 0,
-        }
-    }
-
-    /// A linear layer from f32 weights `(n, k)`, quantized to `dtype` (padded where that
-    /// reaches a faster kernel), plus f16 panels when [`Self::dense`].
-    fn linear_from_f32(
-        &self,
-        f: Tensor,
-        dtype: GgmlDType,
-        b: Option<Tensor>,
-    ) -> candle_core::Result<Linear> {
-        let dims = f.dims2()?;
-        let dense = self.dense_of(&f)?;
-        let pad = self.pad(dtype, &dims);
-        let q = if pad > 0 { f.pad_with_zeros(1, 0, pad)? } else { f };
-        Ok(Linear::new(QMatMul::from_qtensor(QTensor::quantize(&q, dtype)?)?, b, pad, dense))
-    }
-
-    fn dense_of(&self, f: &Tensor) -> candle_core::Result<Option<Arc<F16Weights>>> {
-        if !self.dense {
-            return Ok(None);
-        }
+    /// A CPU layer from f32 weights `(n, k)`.
+    fn cpu_linear(&self, f: &Tensor, b: Option<Tensor>) -> candle_core::Result<Linear> {
         let (n, k) = f.dims2()?;
         let v = f.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Some(Arc::new(F16Weights::from_rows(&v, n, k))))
+        let dense = self.dense.then(|| Arc::new(F16Weights::from_rows(&v, n, k)));
+        let q8 = Arc::new(Q8Weights::from_rows(&v, n, k));
+        let bias = b.map(|b| b.flatten_all()?.to_vec1::<f32>()).transpose()?;
+        Ok(Linear::Cpu { q8, dense, bias })
     }
 
-    /// Weights (and biases) stacked by rows into one layer: F32 when all are F32, else Q8_0.
+    /// Weights (and biases) stacked by rows into one CPU layer: one pass over the input for
+    /// several projections of it (Q, K, V; gate, up).
     fn stacked(&self, parts: Vec<(QTensor, Option<Tensor>)>) -> candle_core::Result<Linear> {
-        let all_f32 = parts.iter().all(|(w, _)| w.dtype() == GgmlDType::F32);
         let ws = parts
             .iter()
             .map(|(w, _)| w.dequantize(&Device::Cpu))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let w = Tensor::cat(&ws, 0)?;
-        let k = w.dim(1)?;
-        let dtype = if all_f32 || k % 32 != 0 { GgmlDType::F32 } else { GgmlDType::Q8_0 };
         let b = if parts.iter().any(|(_, b)| b.is_some()) {
             let bs = parts
                 .iter()
                 .map(|(w, b)| match b {
-                    Some(b) => Ok(b.clone()),
+                    Some(b) => Ok(b.to_device(&Device::Cpu)?),
                     None => Tensor::zeros(w.shape().dims()[0], DType::F32, &Device::Cpu),
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
@@ -521,7 +426,7 @@ impl WeightPrep {
         } else {
             None
         };
-        self.linear_from_f32(w, dtype, b)
+        self.cpu_linear(&w, b)
     }
 }
 
@@ -572,11 +477,10 @@ impl LlamaModel {
             Ok(t)
         };
         let cpu = device.is_cpu();
-        let pad_to = if cpu { cpu_pad_multiple() } else { None };
         // On CPU every layer also gets f16 panels, for the prefill GEMM.
-        let prep = WeightPrep { cpu, pad_to, dense: cpu };
+        let prep = WeightPrep { cpu, dense: true };
         // The output layer only sees each sequence's last row: no GEMM copy.
-        let out_prep = WeightPrep { cpu, pad_to, dense: false };
+        let out_prep = WeightPrep { cpu, dense: false };
         let dense = |t: QTensor| -> Result<Tensor, InferError> {
             t.dequantize(device).map_err(|e| model_err(path, e))
         };
@@ -822,8 +726,11 @@ impl LlamaModel {
             .collect();
         let mut normed = vec![0f32; last.len()];
         kernels::ops::rms_norm(&last, &self.out_norm_host, eps, &mut normed, k.level, k.pool);
-        let x = Tensor::from_vec(normed, (spans.len(), hd), &self.device)?;
-        self.output.forward(&x)?.to_dtype(DType::F32)
+        // Every sequence's last row through the 8-bit path, prompt or not.
+        let decode_rows = vec![false; spans.len()];
+        let mut logits = vec![0f32; spans.len() * c.vocab_size];
+        self.output.host(&normed, &decode_rows, &mut logits, false, k)?;
+        Tensor::from_vec(logits, (spans.len(), c.vocab_size), &self.device)
     }
 
     /// The forward pass with tensor ops (devices other than the CPU; on the CPU, for tests).
@@ -863,7 +770,8 @@ impl LlamaModel {
         let last = Tensor::from_vec(last, spans.len(), dev)?;
         let x = x.index_select(&last, 0)?;
         let x = candle_nn::ops::rms_norm(&x, &self.out_norm, c.rms_eps as f32)?;
-        self.output.forward(&x)?.to_dtype(DType::F32)
+        let decode_rows = vec![false; spans.len()];
+        self.output.apply(&x, &decode_rows, k)?.to_dtype(DType::F32)
     }
 }
 
