@@ -1,8 +1,9 @@
 //! The command line: parses arguments, calls the library, prints. No logic of its own.
 //!
-//! Each command is a file under `cli/` with an `Args` struct (clap) and a `run` function. Errors
-//! from the library arrive typed; here they get context (anyhow) and become a message on stderr
-//! and a non-zero exit code, never a panic.
+//! Each command is a file under `cli/` with an `Args` struct (clap) and a `run` function; flags
+//! several commands share live in [`args`]. A command file imports `args` and the library, never
+//! another command file. Errors from the library arrive typed; here they get context (anyhow)
+//! and become a message on stderr and a non-zero exit code, never a panic.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,12 +11,13 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::store::Store;
+use crate::workspace::Workspace;
 
-pub mod backend;
+pub mod args;
 pub mod bench;
 pub mod books;
 pub mod cache;
+pub mod db;
 pub mod decompose;
 pub mod decomposer;
 pub mod feedback;
@@ -79,24 +81,36 @@ pub enum Command {
     Feedback(feedback::FeedbackArgs),
     /// Per-level reward models: train, eval, score (e.g. `rrm reward train --all`).
     Reward(reward::RewardArgs),
+    /// Check the database and repair it (e.g. `rrm db check`, `rrm db check --repair`).
+    Db(db::DbArgs),
 }
 
 /// What every command may need, opened lazily.
 pub struct Context {
     pub db_path: PathBuf,
     pub quiet: bool,
-    store: Option<Store>,
+    workspace: Option<Workspace>,
 }
 
 impl Context {
-    /// The database, opened on first use (so commands that do not need it do not lock it).
-    pub fn store(&mut self) -> anyhow::Result<&Store> {
-        if self.store.is_none() {
-            let store = Store::open(&self.db_path)
+    /// The workspace (database and folders), opened on first use, so commands that do not need
+    /// the database do not lock it.
+    pub fn workspace(&mut self, args: &args::WorkspaceArgs) -> anyhow::Result<&Workspace> {
+        if self.workspace.is_none() {
+            let ws = Workspace::open(&args.config(&self.db_path))
                 .with_context(|| format!("opening the database {}", self.db_path.display()))?;
-            self.store = Some(store);
+            self.workspace = Some(ws);
         }
-        Ok(self.store.as_ref().expect("just opened"))
+        self.workspace.as_ref().context("the workspace was just opened")
+    }
+
+    /// Whether to show progress (spinners, bars, fetch messages).
+    pub fn progress(&self) -> bool {
+        !self.quiet
+    }
+
+    pub fn spinner(&self, message: impl Into<String>) -> indicatif::ProgressBar {
+        args::spinner(self.quiet, message)
     }
 }
 
@@ -140,7 +154,7 @@ pub fn main() -> ExitCode {
         std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    let mut ctx = Context { db_path: cli.db.clone(), quiet: cli.quiet, store: None };
+    let mut ctx = Context { db_path: cli.db.clone(), quiet: cli.quiet, workspace: None };
     match run(&mut ctx, cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -165,5 +179,6 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Rate(args) => rate::run(ctx, args),
         Command::Feedback(args) => feedback::run(ctx, args),
         Command::Reward(args) => reward::run(ctx, args),
+        Command::Db(args) => db::run(ctx, args),
     }
 }

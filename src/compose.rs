@@ -6,22 +6,28 @@
 //! concurrently, up to the batch size in sequences; the generator batches them together, and a
 //! parent is sent as soon as its last child finishes, not when the whole level is done.
 //!
-//! Cache: a node's *generation key* is a blake3 hash of its input text, its context text, the
-//! template id and version, the model's hash, the sampling parameters, the output cap, the
-//! number of candidates and the seed; its *output key* adds the selector's identity. Candidates
-//! are stored under the generation key, the chosen output under the output key, and both are
-//! flushed before the node counts as done: a crash loses at most the nodes in flight, and a
-//! re-run does no model work for anything already stored.
+//! Cache ([`keys`]): a node's *generation key* is a blake3 hash of its input text, its context
+//! text, the template id and version, the model's hash, the sampling parameters, the output cap,
+//! the number of candidates and the seed; its *output key* adds the selector's identity.
+//! Candidates are stored under the generation key, the chosen output under the output key, and
+//! both are flushed, with the run's record ([`RunRecord`]), before the node counts as done: a
+//! crash loses at most the nodes in flight, and a re-run does no model work for anything already
+//! stored.
+//!
+//! Nothing slow runs on the async runtime: the model's (lazy) load and the selector's scoring
+//! (a reward model embeds texts) run on blocking threads.
 //!
 //! Imports `book`, `tree`, `infer` (seams only) and `store`; never the CLI.
 
 pub mod cache;
+pub mod keys;
 pub mod prompt;
+pub mod record;
 pub mod sample;
 pub mod select;
 pub mod text;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,16 +36,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::book::Book;
 use crate::infer::{
-    Completion, FinishReason, GenerationRequest, Generator, InferError, ModelIdentity,
-    SamplingParams,
+    Completion, FinishReason, GenerationRequest, Generator, InferError, SamplingParams,
 };
 use crate::store::{Store, StoreError, Table};
 use crate::tree::{NodeId, NodeKind, TaskTree};
 
+pub use keys::input_key;
+pub use record::{Candidate, CandidateOrigin, CandidateSet, NodeOutput, RunRecord};
 pub use select::{CandidateScore, MeanLogprob, Selector};
-
-/// Version of the post-processing applied to raw completions (trim, loop cut). Part of every key.
-const POSTPROCESS_VERSION: u32 = 1;
 
 /// Everything that decides what the composer generates, besides the tree and the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,131 +95,13 @@ impl Default for ComposeOptions {
 }
 
 impl ComposeOptions {
-    fn sampling_for_candidates(&self) -> &SamplingParams {
+    /// The sampling the candidates of a node are drawn with.
+    pub fn sampling_for_candidates(&self) -> &SamplingParams {
         if self.best_of > 1 {
             &self.sampling_best_of
         } else {
             &self.sampling
         }
-    }
-}
-
-/// One generated candidate summary of a node, after post-processing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Candidate {
-    /// The summary as stored and shown (trimmed, loop cut).
-    pub text: String,
-    /// The model's raw completion.
-    pub raw_text: String,
-    pub completion_tokens: usize,
-    pub mean_logprob: Option<f32>,
-    pub sum_logprob: Option<f32>,
-    pub finish: FinishReason,
-    /// The raw completion looped and was cut.
-    pub looped: bool,
-    pub seed: u64,
-}
-
-/// All candidates of a node, stored under its generation key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CandidateSet {
-    pub gen_key: String,
-    /// What the node summarizes, independent of model and sampling ([`input_key`]): feedback
-    /// and reward models key on this.
-    pub input_key: String,
-    pub height: u32,
-    /// The text the node summarizes (a passage, or its children's summaries joined).
-    pub input: String,
-    /// Previous context shown before the input, if any.
-    pub context: Option<String>,
-    pub model: ModelIdentity,
-    pub template: String,
-    pub sampling: SamplingParams,
-    pub max_tokens: usize,
-    pub prompt_tokens: usize,
-    pub candidates: Vec<Candidate>,
-    pub elapsed_ms: u64,
-    pub created_unix: u64,
-}
-
-/// The chosen output of a node, stored under its output key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeOutput {
-    pub output_key: String,
-    pub gen_key: String,
-    pub input_key: String,
-    pub text: String,
-    pub chosen: usize,
-    pub selector: String,
-    pub scores: Vec<CandidateScore>,
-}
-
-/// Where a book's last composition put each node's output: the map from the tree to the
-/// content-addressed store. Stored in [`Table::Meta`] under `run/<book-id>`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub book_id: String,
-    pub model: ModelIdentity,
-    pub selector: String,
-    pub options: ComposeOptions,
-    /// Node label → output key, for every node of the tree.
-    pub outputs: BTreeMap<String, String>,
-    pub root_label: String,
-    /// The content hash of the tree's root (covers every leaf and the grouping): outputs are
-    /// attached to a tree only when it is the tree this run composed.
-    pub tree_hash: String,
-    pub finished_unix: u64,
-}
-
-impl RunRecord {
-    pub fn meta_key(book_id: &str) -> String {
-        format!("run/{book_id}")
-    }
-
-    /// The last composition of the book `book_id`, if any.
-    pub fn load(store: &Store, book_id: &str) -> Result<Option<RunRecord>, StoreError> {
-        store.get(Table::Meta, &Self::meta_key(book_id))
-    }
-
-    /// Every run record in the store.
-    pub fn all(store: &Store) -> Result<Vec<RunRecord>, StoreError> {
-        Ok(store.scan::<RunRecord>(Table::Meta, "run/")?.into_iter().map(|(_, r)| r).collect())
-    }
-
-    /// Whether this run composed `tree` (same root content hash).
-    pub fn matches(&self, tree: &TaskTree) -> bool {
-        tree.node(tree.root()).content_hash == self.tree_hash
-    }
-
-    /// The stored result of node `label`: its chosen output and all its candidates.
-    pub fn node_result(
-        &self,
-        store: &Store,
-        label: &str,
-    ) -> Result<Option<(NodeOutput, Option<CandidateSet>)>, StoreError> {
-        let Some(key) = self.outputs.get(label) else { return Ok(None) };
-        let Some(output) = store.get::<NodeOutput>(Table::Outputs, key)? else { return Ok(None) };
-        let candidates = store.get::<CandidateSet>(Table::Candidates, &output.gen_key)?;
-        Ok(Some((output, candidates)))
-    }
-
-    /// Fills the output slot of every node of `tree` this run has a stored output for, if the
-    /// tree is the one this run composed. Returns how many nodes got an output.
-    pub fn attach(&self, store: &Store, tree: &mut TaskTree) -> Result<usize, StoreError> {
-        if !self.matches(tree) {
-            return Ok(0);
-        }
-        let mut attached = 0;
-        for id in tree.nodes_topological() {
-            let label = tree.node(id).label.clone();
-            if let Some(key) = self.outputs.get(&label) {
-                if let Some(out) = store.get::<NodeOutput>(Table::Outputs, key)? {
-                    tree.set_output(id, Some(out.text));
-                    attached += 1;
-                }
-            }
-        }
-        Ok(attached)
     }
 }
 
@@ -252,6 +138,8 @@ impl Observer for Silent {}
 pub enum ComposeError {
     #[error("generation failed for node {node}: {source}")]
     Generate { node: String, source: InferError },
+    #[error("node {node}: {source}")]
+    Model { node: String, source: InferError },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -260,10 +148,14 @@ pub enum ComposeError {
     Select(#[from] select::SelectError),
     #[error("node {node}: the generator returned {got} completions for {want} requests")]
     Protocol { node: String, got: usize, want: usize },
+    #[error("node {node}: the selector {selector} gave {got} scores for {want} candidates")]
+    Scores { node: String, selector: String, got: usize, want: usize },
     #[error("task tree is for book {tree} but the book given is {book}")]
     BookMismatch { tree: String, book: String },
     #[error("node {node}: {what}")]
     Tree { node: String, what: String },
+    #[error("a background task of the composer failed: {0}")]
+    Join(String),
 }
 
 /// Walks a task tree bottom-up with a generator, a selector and the store.
@@ -275,6 +167,7 @@ pub struct Composer {
 }
 
 /// A node ready to run: its prompt input, its keys, and whether its result is stored.
+#[derive(Clone)]
 struct Prepared {
     id: NodeId,
     label: String,
@@ -285,6 +178,22 @@ struct Prepared {
     gen_key: String,
     output_key: String,
     requests: Vec<GenerationRequest>,
+}
+
+/// What an in-flight node comes back with: its candidates (new, or found stored) and the pick.
+struct Finished {
+    prepared: Prepared,
+    set: CandidateSet,
+    /// The candidates were generated now (not found stored).
+    generated: bool,
+    output: NodeOutput,
+}
+
+/// Runs blocking work (a model load, reward scoring) off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ComposeError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ComposeError::Join(e.to_string()))
 }
 
 impl Composer {
@@ -301,7 +210,8 @@ impl Composer {
         &self.options
     }
 
-    /// Summarizes `tree` (built from `book`) up to its root.
+    /// Summarizes `tree` (built from `book`) up to its root (or the height limit). Must run
+    /// inside a tokio runtime (blocking work is handed to its blocking threads).
     pub async fn compose(
         &self,
         book: &Book,
@@ -324,6 +234,19 @@ impl Composer {
             .collect();
         observer.started(order.len());
 
+        // Previous context is truncated to the model's window: that needs the model loaded,
+        // which happens here, on a blocking thread, not inside the scheduler.
+        let has_context = order.iter().any(|&id| !tree.context_inputs(id).is_empty());
+        let context_length = if has_context {
+            let generator = Arc::clone(&self.generator);
+            let n = blocking(move || generator.context_length()).await?.map_err(|source| {
+                ComposeError::Model { node: tree.node(tree.root()).label.clone(), source }
+            })?;
+            Some(n)
+        } else {
+            None
+        };
+
         // Dependencies: children and previous-context sources.
         let mut waiting: HashMap<NodeId, usize> = HashMap::new();
         let mut dependents: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
@@ -337,7 +260,16 @@ impl Composer {
         let mut ready: VecDeque<NodeId> =
             order.iter().copied().filter(|id| waiting[id] == 0).collect();
         let mut outputs: HashMap<NodeId, String> = HashMap::new();
-        let mut output_keys: BTreeMap<String, String> = BTreeMap::new();
+        let mut run = RunRecord::start(
+            tree,
+            self.generator.identity().clone(),
+            self.selector.id(),
+            self.options.clone(),
+            keys::unix_now(),
+        );
+        // The run's record is written once it has something of its own (a node stored now), and
+        // rewritten as nodes finish; a re-run that finds everything stored adds no record.
+        let mut run_written = false;
         let mut report = ComposeReport {
             root_summary: String::new(),
             complete: false,
@@ -353,17 +285,21 @@ impl Composer {
         let mut in_flight = FuturesUnordered::new();
         let mut twins: HashMap<String, Vec<(NodeId, String)>> = HashMap::new();
         let mut sequences_in_flight = 0usize;
+        // The first node that failed: nothing new starts after it, but the nodes already in
+        // flight finish and are stored, so a failure loses no finished work.
+        let mut failed: Option<ComposeError> = None;
         loop {
-            // Fill the batch: cached nodes complete at once, the rest go to the generator.
-            while let Some(&id) = ready.front() {
-                let prepared = self.prepare(book, tree, id, &outputs)?;
+            // Fill the batch: stored outputs complete at once, the rest go to the generator (or,
+            // when their candidates are stored from an interrupted run, to the selector).
+            while let Some(&id) = ready.front().filter(|_| failed.is_none()) {
+                let prepared = self.prepare(book, tree, id, &outputs, context_length)?;
                 if let Some(out) =
                     self.store.get::<NodeOutput>(Table::Outputs, &prepared.output_key)?
                 {
                     ready.pop_front();
                     report.cache_hits += 1;
                     observer.node_done(&prepared.label, true, 0);
-                    output_keys.insert(prepared.label.clone(), prepared.output_key.clone());
+                    run.outputs.insert(prepared.label.clone(), prepared.output_key.clone());
                     outputs.insert(id, out.text);
                     release(id, &dependents, &mut waiting, &mut ready);
                     continue;
@@ -374,64 +310,71 @@ impl Composer {
                     waiters.push((id, prepared.label));
                     continue;
                 }
-                let need = prepared.requests.len();
-                if sequences_in_flight > 0 && sequences_in_flight + need > self.options.batch_size {
+                let stored =
+                    self.store.get::<CandidateSet>(Table::Candidates, &prepared.gen_key)?;
+                let need = if stored.is_some() { 0 } else { prepared.requests.len() };
+                if need > 0
+                    && sequences_in_flight > 0
+                    && sequences_in_flight + need > self.options.batch_size
+                {
                     break;
                 }
                 ready.pop_front();
-                // Candidates may be stored from a run that died before picking: reuse them.
-                if let Some(set) =
-                    self.store.get::<CandidateSet>(Table::Candidates, &prepared.gen_key)?
-                {
-                    let out = self.select_and_store(&prepared, &set)?;
-                    report.cache_hits += 1;
-                    observer.node_done(&prepared.label, true, 0);
-                    output_keys.insert(prepared.label.clone(), prepared.output_key.clone());
-                    outputs.insert(id, out.text);
-                    release(id, &dependents, &mut waiting, &mut ready);
-                    continue;
-                }
                 sequences_in_flight += need;
                 twins.insert(prepared.gen_key.clone(), Vec::new());
-                let generator = Arc::clone(&self.generator);
-                in_flight.push(async move {
-                    let t0 = Instant::now();
-                    let result = generator.generate(prepared.requests.clone()).await;
-                    (prepared, result, t0.elapsed())
-                });
+                in_flight.push(self.run_node(prepared, stored));
             }
-            let Some((prepared, result, elapsed)) = in_flight.next().await else {
+            let Some(result) = in_flight.next().await else {
                 break;
             };
-            sequences_in_flight -= prepared.requests.len();
-            let completions = result.map_err(|source| ComposeError::Generate {
-                node: prepared.label.clone(),
-                source,
-            })?;
-            let set = self.candidate_set(&prepared, completions, elapsed)?;
-            report.prompt_tokens += set.prompt_tokens;
-            let generated: usize = set.candidates.iter().map(|c| c.completion_tokens).sum();
-            report.tokens_generated += generated;
-            self.store.put(Table::Candidates, &prepared.gen_key, &set)?;
-            let out = self.select_and_store(&prepared, &set)?;
-            report.computed += 1;
-            report.computed_labels.push(prepared.label.clone());
-            observer.node_done(&prepared.label, false, generated);
-            output_keys.insert(prepared.label.clone(), prepared.output_key.clone());
+            let Finished { prepared, set, generated, output } = match result {
+                Ok(finished) => finished,
+                Err(err) => {
+                    failed.get_or_insert(err);
+                    continue;
+                }
+            };
+            // Durable before the node counts as done: candidates, the pick, the run's record.
+            if generated {
+                sequences_in_flight -= prepared.requests.len();
+                self.store.put(Table::Candidates, &prepared.gen_key, &set)?;
+            }
+            self.store.put(Table::Outputs, &prepared.output_key, &output)?;
+            run.outputs.insert(prepared.label.clone(), prepared.output_key.clone());
+            let twin_list = twins.remove(&prepared.gen_key).unwrap_or_default();
+            for (_, label) in &twin_list {
+                run.outputs.insert(label.clone(), prepared.output_key.clone());
+            }
+            run.updated_unix = keys::unix_now();
+            self.store.put(Table::Meta, &run.key(), &run)?;
+            self.store.flush()?;
+            run_written = true;
+            if generated {
+                report.prompt_tokens += set.prompt_tokens;
+                let tokens: usize = set.candidates.iter().map(|c| c.completion_tokens).sum();
+                report.tokens_generated += tokens;
+                report.computed += 1;
+                report.computed_labels.push(prepared.label.clone());
+                observer.node_done(&prepared.label, false, tokens);
+            } else {
+                report.cache_hits += 1;
+                observer.node_done(&prepared.label, true, 0);
+            }
             release(prepared.id, &dependents, &mut waiting, &mut ready);
-            for (twin, label) in twins.remove(&prepared.gen_key).unwrap_or_default() {
+            for (twin, label) in twin_list {
                 report.cache_hits += 1;
                 observer.node_done(&label, true, 0);
-                output_keys.insert(label, prepared.output_key.clone());
-                outputs.insert(twin, out.text.clone());
+                outputs.insert(twin, output.text.clone());
                 release(twin, &dependents, &mut waiting, &mut ready);
             }
-            outputs.insert(prepared.id, out.text);
+            outputs.insert(prepared.id, output.text);
         }
 
+        if let Some(err) = failed {
+            return Err(err);
+        }
         let root = tree.root();
         let root_label = tree.node(root).label.clone();
-        let tree_hash = tree.node(root).content_hash.clone();
         report.complete = tree.node(root).height <= limit;
         report.root_summary = match outputs.get(&root) {
             Some(text) => text.clone(),
@@ -443,20 +386,47 @@ impl Composer {
                 })
             }
         };
-        let run = RunRecord {
-            book_id: book.id().to_string(),
-            model: self.generator.identity().clone(),
-            selector: self.selector.id(),
-            options: self.options.clone(),
-            outputs: output_keys,
-            root_label,
-            tree_hash,
-            finished_unix: unix_now(),
-        };
-        self.store.put(Table::Meta, &RunRecord::meta_key(&run.book_id), &run)?;
-        self.store.flush()?;
+        run.complete = order.iter().all(|id| outputs.contains_key(id));
+        run.finished_unix = keys::unix_now();
+        run.updated_unix = run.finished_unix;
+        let duplicate = !run_written
+            && RunRecord::for_book(&self.store, &run.book_id)?.iter().any(|r| r.same_result(&run));
+        if !duplicate {
+            self.store.put(Table::Meta, &run.key(), &run)?;
+            self.store.flush()?;
+        }
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// One node in flight: generate its candidates (unless `stored`), then pick one on a
+    /// blocking thread (a reward selector embeds texts).
+    async fn run_node(
+        &self,
+        prepared: Prepared,
+        stored: Option<CandidateSet>,
+    ) -> Result<Finished, ComposeError> {
+        let (set, generated) = match stored {
+            Some(set) => (set, false),
+            None => {
+                let t0 = Instant::now();
+                let completions =
+                    self.generator.generate(prepared.requests.clone()).await.map_err(|source| {
+                        ComposeError::Generate { node: prepared.label.clone(), source }
+                    })?;
+                (self.candidate_set(&prepared, completions, t0.elapsed())?, true)
+            }
+        };
+        let selector = Arc::clone(&self.selector);
+        let (height, input, candidates) =
+            (prepared.height, prepared.input.clone(), set.candidates.clone());
+        let scored = if candidates.len() > 1 {
+            Some(blocking(move || selector.score(height, &input, &candidates)).await??)
+        } else {
+            None
+        };
+        let output = self.pick(&prepared, &set, scored)?;
+        Ok(Finished { prepared, set, generated, output })
     }
 
     /// Builds a node's input text, context, keys and requests from its inputs' outputs.
@@ -466,6 +436,7 @@ impl Composer {
         tree: &TaskTree,
         id: NodeId,
         outputs: &HashMap<NodeId, String>,
+        context_length: Option<usize>,
     ) -> Result<Prepared, ComposeError> {
         let node = tree.node(id);
         let label = node.label.clone();
@@ -505,40 +476,43 @@ impl Composer {
                 );
             }
             let joined = parts.join(" ");
+            let model_err = |source| ComposeError::Model { node: label.clone(), source };
+            let window = context_length.ok_or_else(|| missing("the model's window is unknown"))?;
             // Room left in the window after the prompt without context and the answer.
             let bare = prompt::render(template, &input, None)?;
-            let used =
-                bare.iter().map(|m| self.generator.count_tokens(&m.content) + 8).sum::<usize>()
-                    + max_tokens
-                    + 32;
-            let room = self.generator.context_length().saturating_sub(used).min(1024);
+            let mut used = max_tokens + 32;
+            for m in &bare {
+                used += self.generator.count_tokens(&m.content).map_err(model_err)? + 8;
+            }
+            let room = window.saturating_sub(used).min(1024);
             let generator = Arc::clone(&self.generator);
             let count = move |s: &str| generator.count_tokens(s);
-            Some(prompt::truncate_context_start(&joined, room, &count))
+            Some(prompt::truncate_context_start(&joined, room, &count).map_err(model_err)?)
         };
         let messages = prompt::render(template, &input, context.as_deref())?;
         let sampling = self.options.sampling_for_candidates().clone();
         let best_of = self.options.best_of.max(1);
 
         let input_key = input_key(template, &input, context.as_deref());
-        let gen_key = hash_parts(&[
-            "rrm-node-v2",
+        let gen_key = keys::generation_key(
             &input_key,
-            &POSTPROCESS_VERSION.to_string(),
-            &self.generator.identity().hash,
-            &serde_json::to_string(&sampling).unwrap_or_default(),
-            &max_tokens.to_string(),
-            &best_of.to_string(),
-            &self.options.seed.to_string(),
-            &format!("{}:{}", self.options.loop_ngram, self.options.loop_max_repeats),
-        ]);
-        let output_key = hash_parts(&["rrm-output-v1", &gen_key, &self.selector.id()]);
+            &keys::GenerationParts {
+                model_hash: &self.generator.identity().hash,
+                sampling: &sampling,
+                max_tokens,
+                best_of,
+                seed: self.options.seed,
+                loop_ngram: self.options.loop_ngram,
+                loop_max_repeats: self.options.loop_max_repeats,
+            },
+        );
+        let output_key = keys::output_key(&gen_key, &self.selector.id());
         let requests = (0..best_of)
             .map(|i| GenerationRequest {
                 messages: messages.clone(),
                 max_tokens,
                 sampling: sampling.clone(),
-                seed: candidate_seed(&gen_key, i),
+                seed: keys::candidate_seed(&gen_key, i),
             })
             .collect();
         Ok(Prepared {
@@ -571,9 +545,12 @@ impl Composer {
         let candidates = completions
             .into_iter()
             .zip(&prepared.requests)
-            .map(|(c, req)| self.postprocess(c, req.seed))
+            .map(|(c, req)| {
+                postprocess(c, req.seed, self.options.loop_ngram, self.options.loop_max_repeats)
+            })
             .collect();
         let first = &prepared.requests[0];
+        let template = prompt::template_for(prepared.height);
         Ok(CandidateSet {
             gen_key: prepared.gen_key.clone(),
             input_key: prepared.input_key.clone(),
@@ -581,90 +558,76 @@ impl Composer {
             input: prepared.input.clone(),
             context: prepared.context.clone(),
             model: self.generator.identity().clone(),
-            template: format!(
-                "{}@{}",
-                prompt::template_for(prepared.height).id,
-                prompt::template_for(prepared.height).version
-            ),
+            template: format!("{}@{}", template.id, template.version),
             sampling: first.sampling.clone(),
             max_tokens: first.max_tokens,
             prompt_tokens,
             candidates,
             elapsed_ms: elapsed.as_millis() as u64,
-            created_unix: unix_now(),
+            created_unix: keys::unix_now(),
+            origin: CandidateOrigin::Compose,
         })
     }
 
-    /// Trims a raw completion to whole sentences and cuts loops.
-    fn postprocess(&self, c: Completion, seed: u64) -> Candidate {
-        let raw = c.text.trim().to_string();
-        let (mut text, looped) =
-            match text::cut_loop(&raw, self.options.loop_ngram, self.options.loop_max_repeats) {
-                Some(cut) => (cut, true),
-                None => (raw.clone(), false),
-            };
-        if !looped && c.finish != FinishReason::Stop {
-            text = text::trim_to_last_sentence(&text).to_string();
-        }
-        Candidate {
-            text,
-            raw_text: raw,
-            completion_tokens: c.completion_tokens,
-            mean_logprob: c.mean_logprob(),
-            sum_logprob: (!c.logprobs.is_empty()).then(|| c.logprobs.iter().sum()),
-            finish: c.finish,
-            looped,
-            seed,
-        }
-    }
-
-    fn select_and_store(
+    /// The chosen output: the best-scored candidate (scores are checked: one per candidate), or
+    /// the only one.
+    fn pick(
         &self,
         prepared: &Prepared,
         set: &CandidateSet,
+        scores: Option<Vec<CandidateScore>>,
     ) -> Result<NodeOutput, ComposeError> {
-        let scores = if set.candidates.len() == 1 {
-            vec![CandidateScore::new(set.candidates[0].mean_logprob.unwrap_or(0.0))]
-        } else {
-            self.selector.score(prepared.height, &prepared.input, &set.candidates)?
-        };
+        let scores = scores.unwrap_or_default();
+        if set.candidates.len() > 1 && scores.len() != set.candidates.len() {
+            return Err(ComposeError::Scores {
+                node: prepared.label.clone(),
+                selector: self.selector.id(),
+                got: scores.len(),
+                want: set.candidates.len(),
+            });
+        }
         let chosen = select::argmax(&scores);
-        let out = NodeOutput {
+        let text = set.candidates.get(chosen).map(|c| c.text.clone()).ok_or_else(|| {
+            ComposeError::Protocol { node: prepared.label.clone(), got: 0, want: 1 }
+        })?;
+        Ok(NodeOutput {
             output_key: prepared.output_key.clone(),
             gen_key: prepared.gen_key.clone(),
             input_key: prepared.input_key.clone(),
-            text: set.candidates.get(chosen).map(|c| c.text.clone()).unwrap_or_default(),
+            text,
             chosen,
             selector: self.selector.id(),
             scores,
-        };
-        self.store.put(Table::Outputs, &prepared.output_key, &out)?;
-        self.store.flush()?;
-        Ok(out)
+        })
     }
 }
 
-/// The key of what a node summarizes: template (id and version), input text and context. It
-/// does not depend on the model or sampling, so feedback on a node applies to candidates from
-/// any model, and survives re-decomposition when the same passage recurs.
-pub fn input_key(template: &prompt::Template, input: &str, context: Option<&str>) -> String {
-    hash_parts(&[
-        "rrm-input-v1",
-        template.id,
-        &template.version.to_string(),
-        input,
-        context.unwrap_or("\u{0}none"),
-    ])
-}
-
-/// blake3 over length-prefixed parts, so that no two different part lists hash alike.
-fn hash_parts(parts: &[&str]) -> String {
-    let mut h = blake3::Hasher::new();
-    for part in parts {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
+/// Trims a raw completion to whole sentences and cuts loops (a word `loop_ngram`-gram occurring
+/// more than `loop_max_repeats` times).
+pub(crate) fn postprocess(
+    c: Completion,
+    seed: u64,
+    loop_ngram: usize,
+    loop_max_repeats: usize,
+) -> Candidate {
+    let raw = c.text.trim().to_string();
+    let (mut text, looped) = match text::cut_loop(&raw, loop_ngram, loop_max_repeats) {
+        Some(cut) => (cut, true),
+        None => (raw.clone(), false),
+    };
+    if !looped && c.finish != FinishReason::Stop {
+        text = text::trim_to_last_sentence(&text).to_string();
     }
-    h.finalize().to_hex().to_string()
+    Candidate {
+        text,
+        raw_text: raw,
+        completion_tokens: c.completion_tokens,
+        mean_logprob: c.mean_logprob(),
+        sum_logprob: (!c.logprobs.is_empty()).then(|| c.logprobs.iter().sum()),
+        finish: c.finish,
+        looped,
+        seed,
+    }
 }
 
 fn deps_of(tree: &TaskTree, id: NodeId) -> Vec<NodeId> {
@@ -691,21 +654,4 @@ fn release(
             }
         }
     }
-}
-
-/// A candidate's seed depends only on the node's content key and its index: the same content
-/// anywhere in any book gets the same candidates.
-fn candidate_seed(gen_key: &str, index: usize) -> u64 {
-    let mut h = blake3::Hasher::new();
-    h.update(gen_key.as_bytes());
-    h.update(&(index as u64).to_le_bytes());
-    let bytes = h.finalize();
-    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or([0; 8]))
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -14,13 +14,20 @@
 //! here reads or writes outside `fb/`.
 //!
 //! Submodules: [`io`] (JSONL import/export, TRL), [`sim`] (the simulated labeler), [`queue`]
-//! (what to rate next).
+//! (what to rate next), [`compared`] (which pairs were compared, by whom), [`split`] (split
+//! corrections for the learned decomposer, under `split/`), [`groups`] (train/validation/test
+//! groups: books, else clusters of near-identical inputs).
 //!
 //! Imports `store` only.
 
+pub mod compared;
+pub mod groups;
 pub mod io;
 pub mod queue;
 pub mod sim;
+pub mod split;
+
+pub use compared::ComparedPairs;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -210,9 +217,14 @@ impl Feedback {
         format!("{KEY_PREFIX}{}", self.id)
     }
 
-    /// The group a record belongs to for the train/validation split: its book, else its input.
-    pub fn split_group(&self) -> &str {
-        self.book.as_deref().unwrap_or(&self.input_key)
+    /// The key a record's pairs start from for the train/validation/test split: its book
+    /// (`book:<id>`), else its input key (refined by [`groups::assign`], which joins
+    /// near-duplicate inputs).
+    pub fn split_group(&self) -> String {
+        match &self.book {
+            Some(book) => groups::book_group(book),
+            None => self.input_key.clone(),
+        }
     }
 
     /// Checks every field; fills in a missing id. Hashes must match their texts.
@@ -316,8 +328,13 @@ pub fn put_all(store: &Store, records: Vec<Feedback>) -> Result<usize, FeedbackE
 
 /// Every feedback record, oldest first.
 pub fn all(store: &Store) -> Result<Vec<Feedback>, FeedbackError> {
-    let mut records: Vec<Feedback> =
-        store.scan::<Feedback>(Table::Feedback, KEY_PREFIX)?.into_iter().map(|(_, f)| f).collect();
+    // A corrupt record is reported (naming its key) and skipped: one bad value must not stop
+    // rating, the queue or training (`rrm db check --repair` moves it aside).
+    let mut records: Vec<Feedback> = store
+        .scan_lenient::<Feedback>(Table::Feedback, KEY_PREFIX)?
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect();
     records.sort_by(|a, b| a.time_unix.cmp(&b.time_unix).then_with(|| a.id.cmp(&b.id)));
     Ok(records)
 }
@@ -327,7 +344,8 @@ pub fn find(store: &Store, prefix: &str) -> Result<Option<Feedback>, FeedbackErr
     if prefix.len() < 4 {
         return Err(Invalid("a feedback id prefix needs at least 4 characters".into()).into());
     }
-    let found = store.scan::<Feedback>(Table::Feedback, &format!("{KEY_PREFIX}{prefix}"))?;
+    let found =
+        store.scan_lenient::<Feedback>(Table::Feedback, &format!("{KEY_PREFIX}{prefix}"))?;
     match found.len() {
         0 => Ok(None),
         1 => Ok(found.into_iter().next().map(|(_, f)| f)),
@@ -347,7 +365,8 @@ pub struct Pair {
     pub chosen: String,
     pub rejected: String,
     pub target: f32,
-    /// Train/validation split group (book id, or input key when the book is unknown).
+    /// Train/validation/test split group: pairs from one book, or with near-duplicate inputs,
+    /// share one ([`groups::assign`]).
     pub group: String,
 }
 
@@ -368,7 +387,7 @@ pub fn to_pairs(records: &[Feedback]) -> Vec<Pair> {
             chosen: chosen.to_string(),
             rejected: rejected.to_string(),
             target,
-            group: fb.split_group().to_string(),
+            group: fb.split_group(),
         };
         match &fb.kind {
             FeedbackKind::Comparison { a, b, prefer, .. } => match prefer {
@@ -409,11 +428,12 @@ pub fn to_pairs(records: &[Feedback]) -> Vec<Pair> {
                     chosen: chosen.text.clone(),
                     rejected: rejected.text.clone(),
                     target,
-                    group: fa.split_group().to_string(),
+                    group: fa.split_group(),
                 });
             }
         }
     }
+    groups::assign(&mut pairs);
     pairs
 }
 

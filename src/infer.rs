@@ -14,12 +14,15 @@ pub mod bench;
 pub mod encoder;
 pub mod engine;
 pub mod fetch;
+pub mod gguf_check;
 pub mod kernels;
 pub mod lazy;
 pub mod llama;
 pub mod openai;
 pub mod sampling;
-#[doc(hidden)]
+pub mod spec;
+/// Tiny random models for tests (the `testing` feature; not part of the shipped API).
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tokenizer;
 
@@ -147,10 +150,11 @@ pub struct ModelIdentity {
 /// own sequences finish.
 pub trait Generator: Send + Sync {
     fn identity(&self) -> &ModelIdentity;
-    /// The model's context window in tokens.
-    fn context_length(&self) -> usize;
-    /// Number of tokens `text` takes in this model's tokenizer.
-    fn count_tokens(&self, text: &str) -> usize;
+    /// The model's context window in tokens (an error when the model could not be loaded).
+    fn context_length(&self) -> Result<usize, InferError>;
+    /// Number of tokens `text` takes in this model's tokenizer (an error when the model could not
+    /// be loaded or the text cannot be tokenized: never a silent 0).
+    fn count_tokens(&self, text: &str) -> Result<usize, InferError>;
     fn generate(
         &self,
         requests: Vec<GenerationRequest>,

@@ -14,3 +14,4 @@ pub mod infer;
 pub mod reward;
 pub mod store;
 pub mod tree;
+pub mod workspace;

@@ -15,6 +15,8 @@
 
 pub mod features;
 pub mod model;
+/// Synthetic books and candidates of known quality (the `testing` feature: tests and benches).
+#[cfg(any(test, feature = "testing"))]
 pub mod synth;
 pub mod train;
 
@@ -29,8 +31,8 @@ use serde::{Deserialize, Serialize};
 use crate::compose::select::SelectError;
 use crate::compose::{Candidate, CandidateScore, Selector};
 use crate::feedback::Pair;
+use crate::infer::encoder::SharedCache;
 use crate::infer::{Encoder, InferError, ModelIdentity};
-use crate::store::Store;
 use features::Featurizer;
 use model::{mean_std, Heads, Scope};
 use train::{Metrics, PairTensors, TrainConfig};
@@ -59,6 +61,8 @@ pub enum RewardError {
          {loaded}"
     )]
     EncoderMismatch { hash: String, trained: String, loaded: String },
+    #[error("the reward model {hash} has no trained head at all (its card lists no heights)")]
+    NoHead { hash: String },
 }
 
 /// What a checkpoint was trained on.
@@ -67,8 +71,15 @@ pub struct DataSummary {
     pub pairs: usize,
     pub train_pairs: usize,
     pub val_pairs: usize,
+    /// Pairs of the test groups (the reported metrics are on these).
+    #[serde(default)]
+    pub test_pairs: usize,
     pub groups: usize,
+    /// The validation groups: they chose each member's epoch.
     pub val_groups: Vec<String>,
+    /// The test groups: never seen in training or epoch choice.
+    #[serde(default)]
+    pub test_groups: Vec<String>,
     pub pairs_by_height: BTreeMap<u32, usize>,
     /// Where the pairs came from (`store`, or a file path).
     pub source: String,
@@ -88,9 +99,13 @@ pub struct Card {
     pub scopes: Vec<String>,
     pub config: TrainConfig,
     pub data: DataSummary,
-    /// Per height (`h0`, …) on the validation books, and `all`.
+    /// Per height (`h0`, …) and `all`, on the test books (never used for training or for
+    /// choosing the epoch); on the training pairs when there is no test book (`held_out` false).
     pub metrics: BTreeMap<String, Metrics>,
-    /// Whether `metrics` are on held-out books (false: on the training pairs, for want of
+    /// The same on the validation books, which chose the epoch (optimistic; for comparison).
+    #[serde(default)]
+    pub validation_metrics: BTreeMap<String, Metrics>,
+    /// Whether `metrics` are on held-out test books (false: on the training pairs, for want of
     /// a second book).
     pub held_out: bool,
     pub epochs: BTreeMap<String, Vec<usize>>,
@@ -117,13 +132,13 @@ fn parse_scope(s: &str) -> Option<Scope> {
 pub fn pair_tensors(
     featurizer: &Featurizer<'_>,
     pairs: &[&Pair],
-) -> candle_core::Result<PairTensors> {
+) -> Result<PairTensors, RewardError> {
     let d = featurizer.dim();
     let mut c = Vec::with_capacity(pairs.len() * d);
     let mut r = Vec::with_capacity(pairs.len() * d);
     for p in pairs {
-        c.extend(featurizer.row(&p.input, &p.chosen));
-        r.extend(featurizer.row(&p.input, &p.rejected));
+        c.extend(featurizer.row(&p.input, &p.chosen)?);
+        r.extend(featurizer.row(&p.input, &p.rejected)?);
     }
     Ok(PairTensors {
         chosen: Tensor::from_vec(c, (pairs.len(), d), &Device::Cpu)?,
@@ -156,7 +171,7 @@ impl RewardModel {
     /// per height (or shared), metrics per height on the held-out groups.
     pub fn train(
         encoder: &dyn Encoder,
-        store: Option<Store>,
+        cache: Option<SharedCache>,
         pairs: &[Pair],
         config: &TrainConfig,
         source: &str,
@@ -165,7 +180,7 @@ impl RewardModel {
             return Err(RewardError::NoData(String::new()));
         }
         let t0 = Instant::now();
-        let mut featurizer = Featurizer::new(encoder, store);
+        let mut featurizer = Featurizer::new(encoder, cache);
         prepare_pairs(&mut featurizer, pairs)?;
         let featurize_seconds = t0.elapsed().as_secs_f64();
         Self::train_prepared(&featurizer, encoder, pairs, config, source, featurize_seconds)
@@ -181,11 +196,16 @@ impl RewardModel {
         featurize_seconds: f64,
     ) -> Result<RewardModel, RewardError> {
         let t0 = Instant::now();
-        let val_groups = train::validation_groups(pairs, config.val_percent);
-        let (val, train): (Vec<&Pair>, Vec<&Pair>) =
-            pairs.iter().partition(|p| val_groups.contains(&p.group));
+        let (val_groups, test_groups) =
+            train::split_groups(pairs, config.val_percent, config.test_percent);
+        let test: Vec<&Pair> = pairs.iter().filter(|p| test_groups.contains(&p.group)).collect();
+        let val: Vec<&Pair> = pairs.iter().filter(|p| val_groups.contains(&p.group)).collect();
+        let train: Vec<&Pair> = pairs
+            .iter()
+            .filter(|p| !test_groups.contains(&p.group) && !val_groups.contains(&p.group))
+            .collect();
         if train.is_empty() {
-            return Err(RewardError::NoData(" outside the validation books".into()));
+            return Err(RewardError::NoData(" outside the held-out books".into()));
         }
         let heights: BTreeSet<u32> = pairs.iter().map(|p| p.height).collect();
         let scopes: Vec<Scope> = if config.shared {
@@ -214,20 +234,26 @@ impl RewardModel {
             epochs.insert(scope.name(), ran);
         }
         let train_seconds = t0.elapsed().as_secs_f64();
-        let held_out = !val.is_empty();
-        let eval_set: Vec<&Pair> = if held_out { val.clone() } else { train.clone() };
-        let mut metrics = BTreeMap::new();
-        for &h in &heights {
-            let at: Vec<&Pair> = eval_set.iter().filter(|p| p.height == h).copied().collect();
-            if !at.is_empty() {
-                metrics.insert(
-                    format!("h{h}"),
-                    train::evaluate(&heads, &pair_tensors(featurizer, &at)?)?,
-                );
+        let held_out = !test.is_empty();
+        let metrics_on = |set: &[&Pair]| -> Result<BTreeMap<String, Metrics>, RewardError> {
+            let mut out = BTreeMap::new();
+            if set.is_empty() {
+                return Ok(out);
             }
-        }
-        metrics
-            .insert("all".into(), train::evaluate(&heads, &pair_tensors(featurizer, &eval_set)?)?);
+            for &h in &heights {
+                let at: Vec<&Pair> = set.iter().filter(|p| p.height == h).copied().collect();
+                if !at.is_empty() && heads.for_height(h).is_some() {
+                    out.insert(
+                        format!("h{h}"),
+                        train::evaluate(&heads, &pair_tensors(featurizer, &at)?)?,
+                    );
+                }
+            }
+            out.insert("all".into(), train::evaluate(&heads, &pair_tensors(featurizer, set)?)?);
+            Ok(out)
+        };
+        let metrics = if held_out { metrics_on(&test)? } else { metrics_on(&train)? };
+        let validation_metrics = metrics_on(&val)?;
         let mut pairs_by_height = BTreeMap::new();
         for p in pairs {
             *pairs_by_height.entry(p.height).or_default() += 1;
@@ -246,12 +272,15 @@ impl RewardModel {
                 pairs: pairs.len(),
                 train_pairs: train.len(),
                 val_pairs: val.len(),
+                test_pairs: test.len(),
                 groups: groups.len(),
                 val_groups: val_groups.into_iter().collect(),
+                test_groups: test_groups.into_iter().collect(),
                 pairs_by_height,
                 source: source.to_string(),
             },
             metrics,
+            validation_metrics,
             held_out,
             epochs,
             train_seconds,
@@ -355,7 +384,27 @@ impl RewardModel {
         Ok(())
     }
 
-    /// Per-member scores (K × n) of `summaries` of `input` at `height`.
+    /// The head scope that scores nodes of `height`: the shared one, that height's own, or —
+    /// said in the log, since it was never trained on that height — the nearest trained height's.
+    pub fn scope_for(&self, height: u32) -> Result<Scope, RewardError> {
+        let (scope, _) = self
+            .heads
+            .for_height(height)
+            .ok_or_else(|| RewardError::NoHead { hash: self.card.hash.clone() })?;
+        if let Scope::Height(h) = scope {
+            if h != height {
+                tracing::warn!(
+                    "reward model {} has no head for height {height}; scoring with the head of \
+                     the nearest trained height {h}",
+                    self.card.hash
+                );
+            }
+        }
+        Ok(scope)
+    }
+
+    /// Per-member scores (K × n) of `summaries` of `input` at `height`: exactly one score per
+    /// member and summary, or an error.
     pub fn member_scores(
         &self,
         featurizer: &mut Featurizer<'_>,
@@ -363,13 +412,35 @@ impl RewardModel {
         input: &str,
         summaries: &[&str],
     ) -> Result<Vec<Vec<f32>>, RewardError> {
+        if summaries.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.scope_for(height)?;
         let mut texts = vec![input];
         texts.extend_from_slice(summaries);
         featurizer.prepare(&texts)?;
         let d = featurizer.dim();
-        let rows: Vec<f32> = summaries.iter().flat_map(|s| featurizer.row(input, s)).collect();
+        let mut rows: Vec<f32> = Vec::with_capacity(summaries.len() * d);
+        for s in summaries {
+            rows.extend(featurizer.row(input, s)?);
+        }
         let x = Tensor::from_vec(rows, (summaries.len(), d), &Device::Cpu)?;
-        Ok(self.heads.scores(&x, height)?.unwrap_or_default())
+        let scores = self
+            .heads
+            .scores(&x, height)?
+            .ok_or_else(|| RewardError::NoHead { hash: self.card.hash.clone() })?;
+        if scores.is_empty() || scores.iter().any(|m| m.len() != summaries.len()) {
+            return Err(RewardError::File {
+                path: PathBuf::from(&self.card.hash),
+                reason: format!(
+                    "the ensemble gave {} member(s) with {:?} scores for {} summaries",
+                    scores.len(),
+                    scores.iter().map(Vec::len).collect::<Vec<_>>(),
+                    summaries.len()
+                ),
+            });
+        }
+        Ok(scores)
     }
 
     /// Evaluates on pairs (embedding what is needed).
@@ -394,12 +465,25 @@ impl RewardModel {
     }
 }
 
+/// How much the ensemble members disagree about candidate `i` against `j`: the standard
+/// deviation over members of the score difference (`per_member`: K × n scores).
+pub fn pair_disagreement(per_member: &[Vec<f32>], i: usize, j: usize) -> f64 {
+    let diffs: Vec<f64> =
+        per_member.iter().filter_map(|s| Some(f64::from(*s.get(i)? - *s.get(j)?))).collect();
+    if diffs.is_empty() {
+        return 0.0;
+    }
+    let k = diffs.len() as f64;
+    let mean = diffs.iter().sum::<f64>() / k;
+    (diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / k).sqrt()
+}
+
 /// The reward ensemble as a [`Selector`]: score = mean − λ·std over the ensemble; the parts
 /// record `mean` and `std` of every candidate.
 pub struct RewardSelector {
     model: Arc<RewardModel>,
     encoder: Arc<dyn Encoder>,
-    store: Option<Store>,
+    cache: Option<SharedCache>,
     pessimism: f32,
 }
 
@@ -407,11 +491,11 @@ impl RewardSelector {
     pub fn new(
         model: Arc<RewardModel>,
         encoder: Arc<dyn Encoder>,
-        store: Option<Store>,
+        cache: Option<SharedCache>,
         pessimism: f32,
     ) -> Result<RewardSelector, RewardError> {
         model.check_encoder(encoder.as_ref())?;
-        Ok(RewardSelector { model, encoder, store, pessimism })
+        Ok(RewardSelector { model, encoder, cache, pessimism })
     }
 
     /// Mean and std of each summary of `input`.
@@ -421,7 +505,7 @@ impl RewardSelector {
         input: &str,
         summaries: &[&str],
     ) -> Result<Vec<(f32, f32)>, RewardError> {
-        let mut featurizer = Featurizer::new(self.encoder.as_ref(), self.store.clone());
+        let mut featurizer = Featurizer::new(self.encoder.as_ref(), self.cache.clone());
         let members = self.model.member_scores(&mut featurizer, height, input, summaries)?;
         Ok(mean_std(&members))
     }
@@ -451,5 +535,77 @@ impl Selector for RewardSelector {
                 s
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feedback::sim::{self, SimLabeler};
+    use crate::feedback::{self, Feedback};
+    use crate::infer::testing::BowEncoder;
+
+    /// Simulated comparisons on synthetic books (one group per book).
+    fn pairs(books: usize) -> Vec<Pair> {
+        let nodes = synth::corpus(3, books, 3, 1, 4);
+        let labeler = SimLabeler::new("sim", 0.0);
+        let mut rng = sim::rng(5);
+        let mut records = Vec::new();
+        for n in &nodes {
+            for i in 0..n.candidates.len() {
+                for j in i + 1..n.candidates.len() {
+                    let kind =
+                        labeler.compare(&n.input, &n.candidates[i], &n.candidates[j], &mut rng);
+                    records.push(
+                        Feedback::new(
+                            "sim",
+                            &feedback::text_hash(&n.input),
+                            &n.input,
+                            n.height,
+                            kind,
+                        )
+                        .at(Some(n.book.clone()), None),
+                    );
+                }
+            }
+        }
+        feedback::to_pairs(&records)
+    }
+
+    #[test]
+    fn reported_metrics_are_on_test_books_never_used_to_choose_the_epoch() {
+        let encoder = BowEncoder::new();
+        let pairs = pairs(8);
+        let config = TrainConfig { members: 2, max_epochs: 5, ..TrainConfig::default() };
+        let model = RewardModel::train(&encoder, None, &pairs, &config, "test").unwrap();
+        let data = &model.card.data;
+        assert!(!data.test_groups.is_empty() && !data.val_groups.is_empty(), "{data:?}");
+        let test: BTreeSet<&String> = data.test_groups.iter().collect();
+        assert!(data.val_groups.iter().all(|g| !test.contains(g)), "validation and test overlap");
+        assert!(model.card.held_out);
+        assert_eq!(model.card.metrics["all"].pairs, data.test_pairs);
+        assert_eq!(model.card.validation_metrics["all"].pairs, data.val_pairs);
+        assert_eq!(data.train_pairs + data.val_pairs + data.test_pairs, pairs.len());
+    }
+
+    #[test]
+    fn a_model_without_heads_is_an_error_not_silence() {
+        let encoder = BowEncoder::new();
+        let config = TrainConfig { members: 1, max_epochs: 2, ..TrainConfig::default() };
+        let mut model = RewardModel::train(&encoder, None, &pairs(3), &config, "test").unwrap();
+        model.heads.by_scope.clear();
+        let mut featurizer = Featurizer::new(&encoder, None);
+        let err = model.member_scores(&mut featurizer, 0, "input text", &["a", "b"]).unwrap_err();
+        assert!(matches!(err, RewardError::NoHead { .. }), "{err}");
+    }
+
+    #[test]
+    fn features_of_a_text_never_embedded_are_an_error_not_zeros() {
+        let encoder = BowEncoder::new();
+        let mut featurizer = Featurizer::new(&encoder, None);
+        featurizer.prepare(&["the input passage"]).unwrap();
+        assert!(featurizer.row("the input passage", "never embedded").is_err());
+        featurizer.prepare(&["never embedded"]).unwrap();
+        assert!(featurizer.row("the input passage", "never embedded").is_ok());
     }
 }

@@ -12,8 +12,60 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The on-disk layout version. Bump it when a table's key scheme or value type changes
-/// incompatibly, and add a migration in [`Store::open`].
-pub const SCHEMA_VERSION: u32 = 1;
+/// incompatibly, and add the step from the previous version to [`MIGRATIONS`].
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// A migration step: upgrades a database of version `from` to `from + 1`. Steps are idempotent
+/// (a step interrupted by a crash runs again on the next open) and the version is written only
+/// after a step has been flushed.
+pub struct Migration {
+    pub from: u32,
+    pub what: &'static str,
+    pub run: fn(&Store) -> Result<usize, StoreError>,
+}
+
+/// The migrations, oldest first. `MIGRATIONS[i].from == i + 1`.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    from: 1,
+    what: "run records: one per run (run/<book>/<run-id>) instead of one per book (run/<book>)",
+    run: migrate_runs_v1_to_v2,
+}];
+
+/// v1 kept one run record per book under `run/<book-id>`; v2 keeps every run under
+/// `run/<book-id>/<run-id>` with its start time and completeness. Old records were finished runs.
+fn migrate_runs_v1_to_v2(store: &Store) -> Result<usize, StoreError> {
+    let meta = store.tree(Table::Meta)?;
+    let sled_err = |source| StoreError::Sled { table: "meta", source };
+    let mut moved = 0;
+    for entry in meta.scan_prefix(b"run/") {
+        let (k, v) = entry.map_err(sled_err)?;
+        let key = String::from_utf8_lossy(&k).into_owned();
+        let Some(book) = key.strip_prefix("run/").filter(|rest| !rest.contains('/')) else {
+            continue;
+        };
+        let mut value: serde_json::Value = match serde_json::from_slice(&v) {
+            Ok(value) => value,
+            // A corrupt old record stays where it is, for `rrm db check` to report.
+            Err(_) => continue,
+        };
+        let finished = value.get("finished_unix").and_then(|f| f.as_u64()).unwrap_or(0);
+        let run_id = format!("{finished:010}-migrated");
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("run_id".into(), run_id.clone().into());
+            obj.insert("started_unix".into(), finished.into());
+            obj.insert("updated_unix".into(), finished.into());
+            obj.insert("complete".into(), true.into());
+        }
+        let bytes = serde_json::to_vec(&value)
+            .map_err(|source| StoreError::Encode { table: "meta", source })?;
+        let mut batch = sled::Batch::default();
+        batch.insert(format!("run/{book}/{run_id}").into_bytes(), bytes);
+        batch.remove(k);
+        meta.apply_batch(batch).map_err(sled_err)?;
+        moved += 1;
+    }
+    Ok(moved)
+}
 
 const META_SCHEMA_KEY: &[u8] = b"schema_version";
 
@@ -32,12 +84,16 @@ pub enum Table {
     Feedback,
     /// text hash → embedding (encoder cache).
     Embeddings,
-    /// free-form metadata (schema version, registries).
+    /// free-form metadata (schema version, run records, registries).
     Meta,
+    /// book id → normalized text, for books that have no file (built from text).
+    BookTexts,
+    /// `<table>/<key>` → a record `rrm db check --repair` moved out of its table.
+    Quarantine,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 9] = [
         Table::Books,
         Table::TaskTrees,
         Table::Outputs,
@@ -45,6 +101,8 @@ impl Table {
         Table::Feedback,
         Table::Embeddings,
         Table::Meta,
+        Table::BookTexts,
+        Table::Quarantine,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,7 +114,14 @@ impl Table {
             Table::Feedback => "feedback",
             Table::Embeddings => "embeddings",
             Table::Meta => "meta",
+            Table::BookTexts => "book_texts",
+            Table::Quarantine => "quarantine",
         }
+    }
+
+    /// The table called `name`.
+    pub fn from_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.name() == name)
     }
 }
 
@@ -64,19 +129,24 @@ impl Table {
 pub enum StoreError {
     #[error("database {path} is in use by another rrm process (close it, or pass another --db)")]
     Locked { path: PathBuf },
-    #[error("database {path} has schema version {found}, this rrm understands {expected}")]
+    #[error("database {path} has schema version {found}, newer than this rrm understands ({expected}); use a newer rrm")]
     SchemaMismatch { path: PathBuf, found: u32, expected: u32 },
+    #[error("database {path}: migrating from schema version {from} failed: {source}")]
+    Migration { path: PathBuf, from: u32, source: Box<StoreError> },
     #[error("database {path}: {source}")]
     Open { path: PathBuf, source: sled::Error },
     #[error("could not create the database folder {path}: {source}")]
     CreateDir { path: PathBuf, source: std::io::Error },
     #[error("database error in table {table}: {source}")]
     Sled { table: &'static str, source: sled::Error },
-    #[error("corrupt value in table {table} under key {key}: {source}")]
+    #[error("corrupt value in table {table} under key {key}: {source} (run `rrm db check --repair` to move it aside)")]
     Decode { table: &'static str, key: String, source: serde_json::Error },
     #[error("could not encode a value for table {table}: {source}")]
     Encode { table: &'static str, source: serde_json::Error },
 }
+
+/// A raw entry of a table: key bytes, value bytes.
+pub type RawEntry = (Vec<u8>, Vec<u8>);
 
 /// An open database. Cheap to clone (sled handles are reference counted).
 #[derive(Clone)]
@@ -123,30 +193,60 @@ impl Store {
 
     fn check_schema(&self) -> Result<(), StoreError> {
         let meta = self.tree(Table::Meta)?;
-        let found = meta
-            .get(META_SCHEMA_KEY)
-            .map_err(|source| StoreError::Sled { table: "meta", source })?;
-        match found {
-            None => {
-                meta.insert(META_SCHEMA_KEY, &SCHEMA_VERSION.to_le_bytes())
-                    .map_err(|source| StoreError::Sled { table: "meta", source })?;
-                self.flush()?;
-                Ok(())
-            }
-            Some(bytes) => {
-                let found =
-                    <[u8; 4]>::try_from(bytes.as_ref()).map(u32::from_le_bytes).unwrap_or(0);
-                if found == SCHEMA_VERSION {
-                    Ok(())
-                } else {
-                    Err(StoreError::SchemaMismatch {
-                        path: self.path.clone(),
-                        found,
-                        expected: SCHEMA_VERSION,
-                    })
+        let sled_err = |source| StoreError::Sled { table: "meta", source };
+        let found = meta.get(META_SCHEMA_KEY).map_err(sled_err)?;
+        let mut version = match found {
+            // A new database (no tables written yet) starts at the current version.
+            None if self.is_new()? => SCHEMA_VERSION,
+            None => 1,
+            Some(bytes) => <[u8; 4]>::try_from(bytes.as_ref()).map(u32::from_le_bytes).unwrap_or(0),
+        };
+        if version > SCHEMA_VERSION || version == 0 {
+            return Err(StoreError::SchemaMismatch {
+                path: self.path.clone(),
+                found: version,
+                expected: SCHEMA_VERSION,
+            });
+        }
+        while version < SCHEMA_VERSION {
+            let step = MIGRATIONS.iter().find(|m| m.from == version).ok_or_else(|| {
+                StoreError::SchemaMismatch {
+                    path: self.path.clone(),
+                    found: version,
+                    expected: SCHEMA_VERSION,
                 }
+            })?;
+            let wrap = |e: StoreError| StoreError::Migration {
+                path: self.path.clone(),
+                from: version,
+                source: Box::new(e),
+            };
+            let changed = (step.run)(self).map_err(wrap)?;
+            self.flush().map_err(wrap)?;
+            tracing::info!(
+                "database {}: migrated from schema version {version} ({}; {changed} records)",
+                self.path.display(),
+                step.what
+            );
+            version += 1;
+            meta.insert(META_SCHEMA_KEY, &version.to_le_bytes()).map_err(sled_err)?;
+            self.flush()?;
+        }
+        if found_missing(&meta)? {
+            meta.insert(META_SCHEMA_KEY, &SCHEMA_VERSION.to_le_bytes()).map_err(sled_err)?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Whether no table holds anything yet.
+    fn is_new(&self) -> Result<bool, StoreError> {
+        for table in Table::ALL {
+            if !self.tree(table)?.is_empty() {
+                return Ok(false);
             }
         }
+        Ok(true)
     }
 
     fn tree(&self, table: Table) -> Result<sled::Tree, StoreError> {
@@ -245,6 +345,69 @@ impl Store {
             .collect()
     }
 
+    /// Like [`Store::scan`], but a value that does not decode is reported (naming its table and
+    /// key, and how to repair it) and skipped instead of failing the whole scan: one corrupt
+    /// record must not stop rating, the queue or training.
+    pub fn scan_lenient<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.tree(table)?.scan_prefix(prefix.as_bytes()) {
+            let (k, v) =
+                entry.map_err(|source| StoreError::Sled { table: table.name(), source })?;
+            match decode(table, &k, &v) {
+                Ok(value) => out.push((String::from_utf8_lossy(&k).into_owned(), value)),
+                Err(err) => tracing::warn!("skipped: {err}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every raw entry whose key starts with `prefix` (for `rrm db check`).
+    pub fn scan_raw(&self, table: Table, prefix: &str) -> Result<Vec<RawEntry>, StoreError> {
+        self.tree(table)?
+            .scan_prefix(prefix.as_bytes())
+            .map(|entry| {
+                entry
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(|source| StoreError::Sled { table: table.name(), source })
+            })
+            .collect()
+    }
+
+    /// Stores raw bytes under a raw key (for moving records aside, and for tests that corrupt a
+    /// value on purpose).
+    pub fn put_raw(&self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.tree(table)?
+            .insert(key, value)
+            .map(|_| ())
+            .map_err(|source| StoreError::Sled { table: table.name(), source })
+    }
+
+    /// Moves the raw entry `key` of `table` into [`Table::Quarantine`] (as `<table>/<key>`,
+    /// with the reason and the raw bytes). The copy is written and flushed before the original is
+    /// removed: a crash in between leaves two copies, never none.
+    pub fn quarantine(&self, table: Table, key: &[u8], reason: &str) -> Result<(), StoreError> {
+        let tree = self.tree(table)?;
+        let sled_err = |source| StoreError::Sled { table: table.name(), source };
+        let Some(value) = tree.get(key).map_err(sled_err)? else { return Ok(()) };
+        let record = serde_json::json!({
+            "table": table.name(),
+            "key": String::from_utf8_lossy(key),
+            "reason": reason,
+            "value": String::from_utf8_lossy(&value),
+            "value_hex": hex::encode(&value),
+        });
+        let mut qkey = format!("{}/", table.name()).into_bytes();
+        qkey.extend_from_slice(key);
+        self.put(Table::Quarantine, &String::from_utf8_lossy(&qkey), &record)?;
+        self.flush()?;
+        tree.remove(key).map_err(sled_err)?;
+        self.flush()
+    }
+
     pub fn len(&self, table: Table) -> Result<usize, StoreError> {
         Ok(self.tree(table)?.len())
     }
@@ -262,6 +425,13 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(|source| StoreError::Sled { table: "db", source })
     }
+}
+
+fn found_missing(meta: &sled::Tree) -> Result<bool, StoreError> {
+    Ok(meta
+        .get(META_SCHEMA_KEY)
+        .map_err(|source| StoreError::Sled { table: "meta", source })?
+        .is_none())
 }
 
 fn decode<T: DeserializeOwned>(table: Table, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
@@ -322,6 +492,47 @@ mod tests {
             Err(StoreError::SchemaMismatch { found: 99, .. }) => {}
             other => panic!("expected schema mismatch, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn version_1_databases_are_migrated_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let store = Store::open(&path).unwrap();
+            // A v1 database: one run record per book under run/<book>.
+            let old =
+                serde_json::json!({"book_id": "b1", "finished_unix": 1700000000u64, "outputs": {}});
+            store.put_raw(Table::Meta, b"run/b1", old.to_string().as_bytes()).unwrap();
+            store.put_raw(Table::Meta, META_SCHEMA_KEY, &1u32.to_le_bytes()).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let runs = store.scan::<serde_json::Value>(Table::Meta, "run/").unwrap();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(runs[0].0, "run/b1/1700000000-migrated");
+        assert_eq!(runs[0].1["complete"], true);
+        assert_eq!(runs[0].1["started_unix"], 1700000000u64);
+        let version = store.tree(Table::Meta).unwrap().get(META_SCHEMA_KEY).unwrap().unwrap();
+        assert_eq!(version.as_ref(), &SCHEMA_VERSION.to_le_bytes());
+    }
+
+    #[test]
+    fn lenient_scans_skip_and_strict_scans_name_a_corrupt_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("db")).unwrap();
+        store.put(Table::Outputs, "a", &vec![1]).unwrap();
+        store.put_raw(Table::Outputs, b"b", b"{oops").unwrap();
+        store.put(Table::Outputs, "c", &vec![3]).unwrap();
+        let err = store.scan::<Vec<i32>>(Table::Outputs, "").unwrap_err();
+        assert!(err.to_string().contains("under key b"), "{err}");
+        let good = store.scan_lenient::<Vec<i32>>(Table::Outputs, "").unwrap();
+        assert_eq!(good.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), vec!["a", "c"]);
+        store.quarantine(Table::Outputs, b"b", "test").unwrap();
+        assert!(store.scan::<Vec<i32>>(Table::Outputs, "").is_ok());
+        let q = store.scan::<serde_json::Value>(Table::Quarantine, "").unwrap();
+        assert_eq!(q[0].0, "outputs/b");
+        assert_eq!(q[0].1["value"], "{oops");
     }
 
     #[test]

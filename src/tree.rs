@@ -13,12 +13,16 @@
 //! and the decomposer with its config. Loading validates everything: one root, children
 //! contiguous and ordered, leaf spans tiling the book, context edges pointing backwards, hashes.
 //!
+//! Files: this one holds the graph and its accessors; `file.rs` the JSON file format (parse,
+//! load, save); `validate.rs` the checks that turn a parsed file into a graph and that tie a
+//! tree to its book; `record.rs` the store record ([`TreeRecord`]).
+//!
 //! This module imports only [`crate::book`]; it knows nothing of decomposers (they build trees
 //! through [`TreeSpec`]) nor of the store or outputs' meaning.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
@@ -26,6 +30,13 @@ use petgraph::Direction;
 use serde::{Deserialize, Serialize};
 
 use crate::book::{Book, BookId, Span};
+
+mod file;
+mod record;
+mod validate;
+
+use file::{NodeFile, TreeFile};
+pub use record::TreeRecord;
 
 /// Version of the JSON file format. Bump on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
@@ -303,120 +314,6 @@ impl TaskTree {
         Ok(tree)
     }
 
-    /// Parses and validates a tree file's contents (structure only: no book at hand).
-    pub fn from_json_str(json: &str) -> Result<TaskTree, TreeError> {
-        TaskTree::parse(json, "task tree JSON")
-    }
-
-    fn parse(json: &str, origin: &str) -> Result<TaskTree, TreeError> {
-        // Check the header first, so an old or foreign file gets the right message.
-        #[derive(Deserialize)]
-        struct Header {
-            format: Option<String>,
-            format_version: Option<u32>,
-        }
-        let json_err = |source| TreeError::Json { origin: origin.to_string(), source };
-        let header: Header = serde_json::from_str(json).map_err(json_err)?;
-        match header.format {
-            Some(f) if f == FORMAT_NAME => {}
-            found => {
-                return Err(TreeError::Format {
-                    origin: origin.to_string(),
-                    found: found.unwrap_or_else(|| "missing".into()),
-                })
-            }
-        }
-        match header.format_version {
-            Some(FORMAT_VERSION) => {}
-            found => {
-                return Err(TreeError::Version {
-                    origin: origin.to_string(),
-                    found: found.unwrap_or(0),
-                })
-            }
-        }
-        let file: TreeFile = serde_json::from_str(json).map_err(json_err)?;
-        TaskTree::from_file(file, origin)
-    }
-
-    /// Reads `path` and validates it, including against `book` (its id, spans and leaf hashes).
-    pub fn load(path: impl AsRef<Path>, book: &Book) -> Result<TaskTree, TreeError> {
-        let path = path.as_ref();
-        let tree = TaskTree::load_unchecked(path)?;
-        tree.check_book(book, &path.display().to_string())?;
-        Ok(tree)
-    }
-
-    /// Reads `path` and validates its structure, without the book.
-    pub fn load_unchecked(path: impl AsRef<Path>) -> Result<TaskTree, TreeError> {
-        let path = path.as_ref();
-        let json = std::fs::read_to_string(path)
-            .map_err(|source| TreeError::Read { path: path.to_path_buf(), source })?;
-        TaskTree::parse(&json, &path.display().to_string())
-    }
-
-    /// The file name of this tree's JSON under a trees folder: `<book-id>.json`.
-    pub fn file_name(&self) -> String {
-        format!("{}.json", self.book.id)
-    }
-
-    /// Writes `dir/<book-id>.json` atomically (creating `dir`) and returns its path.
-    pub fn save(&self, dir: impl AsRef<Path>) -> Result<PathBuf, TreeError> {
-        let dir = dir.as_ref();
-        let path = dir.join(self.file_name());
-        let err = |source| TreeError::Write { path: path.clone(), source };
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-        std::io::Write::write_all(&mut tmp, self.to_json_string().as_bytes()).map_err(err)?;
-        // Temporary files are private (0600); the result is an ordinary file.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644));
-        }
-        tmp.persist(&path).map_err(|e| err(e.error))?;
-        Ok(path)
-    }
-
-    /// The tree as pretty JSON (the file format).
-    pub fn to_json_string(&self) -> String {
-        // Serializing plain structs of strings and numbers cannot fail.
-        serde_json::to_string_pretty(&self.to_file()).unwrap_or_default() + "\n"
-    }
-
-    /// Checks that this tree belongs to `book`: same id and length, leaf hashes match.
-    pub fn check_book(&self, book: &Book, origin: &str) -> Result<(), TreeError> {
-        if self.book.id != *book.id() {
-            return Err(TreeError::BookMismatch {
-                origin: origin.to_string(),
-                expected: self.book.id.to_string(),
-                found: book.id().to_string(),
-                title: book.title().to_string(),
-            });
-        }
-        let invalid = |message: String| TreeError::Invalid { origin: origin.to_string(), message };
-        if self.book.len != book.text().len() {
-            return Err(invalid(format!(
-                "book length is {} bytes in the file, {} in the book",
-                self.book.len,
-                book.text().len()
-            )));
-        }
-        for &leaf in self.leaves() {
-            let node = self.node(leaf);
-            let text = node.span().and_then(|s| s.get(book.text())).ok_or_else(|| {
-                invalid(format!("{}: span {} splits a character", node.label, node.covers))
-            })?;
-            if leaf_hash(text) != node.content_hash {
-                return Err(invalid(format!(
-                    "{}: content hash does not match the book text",
-                    node.label
-                )));
-            }
-        }
-        Ok(())
-    }
-
     pub fn book_id(&self) -> &BookId {
         &self.book.id
     }
@@ -533,336 +430,10 @@ impl TaskTree {
     pub fn graph(&self) -> &StableDiGraph<TaskNode, EdgeKind> {
         &self.graph
     }
-
-    fn to_file(&self) -> TreeFile {
-        let nodes = self
-            .nodes_topological()
-            .into_iter()
-            .map(|id| {
-                let n = self.node(id);
-                NodeFile {
-                    id: n.label.clone(),
-                    height: n.height,
-                    index: n.index,
-                    hash: n.content_hash.clone(),
-                    span: n.span(),
-                    children: self
-                        .children(id)
-                        .iter()
-                        .map(|&c| self.node(c).label.clone())
-                        .collect(),
-                    context: self
-                        .context_inputs(id)
-                        .iter()
-                        .map(|&c| self.node(c).label.clone())
-                        .collect(),
-                    input_tokens: n.input_tokens,
-                    output_tokens: n.output_tokens,
-                    output: n.output.clone(),
-                }
-            })
-            .collect();
-        TreeFile {
-            format: FORMAT_NAME.to_string(),
-            format_version: FORMAT_VERSION,
-            book: self.book.clone(),
-            decomposer: self.decomposer.clone(),
-            root: self.node(self.root).label.clone(),
-            nodes,
-        }
-    }
-
-    /// Validates a parsed file and builds the graph.
-    fn from_file(file: TreeFile, origin: &str) -> Result<TaskTree, TreeError> {
-        let invalid = |message: String| TreeError::Invalid { origin: origin.to_string(), message };
-        if file.nodes.is_empty() {
-            return Err(invalid("it has no nodes".into()));
-        }
-        // Order nodes by (height, index) and check labels and numbering.
-        let mut order: Vec<usize> = (0..file.nodes.len()).collect();
-        order.sort_by_key(|&i| (file.nodes[i].height, file.nodes[i].index));
-        let mut levels_pos: Vec<Vec<usize>> = Vec::new();
-        for &i in &order {
-            let n = &file.nodes[i];
-            if n.id != label(n.height, n.index) {
-                return Err(invalid(format!(
-                    "node '{}' has height {} and index {}, so its id should be '{}'",
-                    n.id,
-                    n.height,
-                    n.index,
-                    label(n.height, n.index)
-                )));
-            }
-            let h = n.height as usize;
-            if h > levels_pos.len() {
-                return Err(invalid(format!(
-                    "no nodes at height {} but some at height {h}",
-                    levels_pos.len()
-                )));
-            }
-            if h == levels_pos.len() {
-                levels_pos.push(Vec::new());
-            }
-            let expected = levels_pos[h].len() as u32;
-            if n.index != expected {
-                let what = if n.index < expected {
-                    "appears twice"
-                } else {
-                    "follows a gap in the numbering"
-                };
-                return Err(invalid(format!("node '{}' {what} (expected h{h}.{expected})", n.id)));
-            }
-            if !n.hash.len().eq(&64) || !n.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(invalid(format!("node '{}': hash is not 64 hex digits", n.id)));
-            }
-            levels_pos[h].push(i);
-        }
-        let top = levels_pos.len() - 1;
-        if levels_pos[top].len() != 1 {
-            return Err(invalid(format!(
-                "it has {} nodes at the top height {top}; a tree has exactly one root",
-                levels_pos[top].len()
-            )));
-        }
-        let root_pos = levels_pos[top][0];
-        if file.nodes[root_pos].id != file.root {
-            return Err(invalid(format!(
-                "root is '{}' but the only top node is '{}'",
-                file.root, file.nodes[root_pos].id
-            )));
-        }
-        // Leaves tile the book.
-        let mut cursor = 0;
-        for &i in &levels_pos[0] {
-            let n = &file.nodes[i];
-            let Some(span) = n.span else {
-                return Err(invalid(format!("leaf '{}' has no span", n.id)));
-            };
-            if !n.children.is_empty() {
-                return Err(invalid(format!("leaf '{}' has children", n.id)));
-            }
-            if span.start != cursor {
-                let what = if span.start > cursor {
-                    "a gap before it"
-                } else {
-                    "an overlap with the leaf before"
-                };
-                return Err(invalid(format!(
-                    "leaf '{}' starts at byte {} but the previous leaf ends at {cursor}: {what}",
-                    n.id, span.start
-                )));
-            }
-            if span.end <= span.start {
-                return Err(invalid(format!("leaf '{}' has an empty span {span}", n.id)));
-            }
-            cursor = span.end;
-        }
-        if cursor != file.book.len {
-            return Err(invalid(format!(
-                "leaves end at byte {cursor}, but the book is {} bytes long",
-                file.book.len
-            )));
-        }
-        // Internal nodes: children are the level below, contiguous and in order; hashes match.
-        for h in 1..levels_pos.len() {
-            let mut expected_child = 0u32;
-            for &i in &levels_pos[h] {
-                let n = &file.nodes[i];
-                if n.span.is_some() {
-                    return Err(invalid(format!("internal node '{}' has a span", n.id)));
-                }
-                if n.children.is_empty() {
-                    return Err(invalid(format!("internal node '{}' has no children", n.id)));
-                }
-                for c in &n.children {
-                    let want = label(h as u32 - 1, expected_child);
-                    if *c != want {
-                        return Err(invalid(format!(
-                            "node '{}': child '{c}' out of place (children must be contiguous and in order; expected '{want}')",
-                            n.id
-                        )));
-                    }
-                    expected_child += 1;
-                }
-            }
-            if expected_child as usize != levels_pos[h - 1].len() {
-                return Err(invalid(format!(
-                    "node 'h{}.{expected_child}' has no parent (only the root may lack one)",
-                    h - 1
-                )));
-            }
-            let below = &levels_pos[h - 1];
-            let mut first = 0;
-            for &i in &levels_pos[h] {
-                let n = &file.nodes[i];
-                let end = first + n.children.len();
-                let hash =
-                    internal_hash(below[first..end].iter().map(|&c| file.nodes[c].hash.as_str()));
-                if !hash.eq_ignore_ascii_case(&n.hash) {
-                    return Err(invalid(format!(
-                        "node '{}': content hash does not match its children",
-                        n.id
-                    )));
-                }
-                first = end;
-            }
-        }
-        // Build the graph in (height, index) order, so NodeId index = topological position.
-        let mut graph = StableDiGraph::with_capacity(file.nodes.len(), file.nodes.len() * 2);
-        let mut ids = vec![NodeId(NodeIndex::new(0)); file.nodes.len()];
-        let mut levels = Vec::with_capacity(levels_pos.len());
-        for level in &levels_pos {
-            let mut ids_here = Vec::with_capacity(level.len());
-            for &i in level {
-                let n = &file.nodes[i];
-                let node = TaskNode {
-                    label: n.id.clone(),
-                    height: n.height,
-                    index: n.index,
-                    content_hash: n.hash.to_ascii_lowercase(),
-                    covers: n.span.unwrap_or_default(),
-                    input_tokens: n.input_tokens,
-                    output_tokens: n.output_tokens,
-                    kind: match n.span {
-                        Some(span) => NodeKind::Leaf { span },
-                        None => NodeKind::Internal { children: Vec::new() },
-                    },
-                    output: n.output.clone(),
-                };
-                let id = NodeId(graph.add_node(node));
-                ids[i] = id;
-                ids_here.push(id);
-            }
-            levels.push(ids_here);
-        }
-        let by_label: HashMap<String, NodeId> =
-            file.nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), ids[i])).collect();
-        let mut parents = vec![None; file.nodes.len()];
-        for (h, level) in levels_pos.iter().enumerate().skip(1) {
-            for &i in level {
-                let parent = ids[i];
-                let children: Vec<NodeId> =
-                    file.nodes[i].children.iter().map(|c| by_label[c]).collect();
-                let first = graph[children[0].0].covers.start;
-                let last = graph[children[children.len() - 1].0].covers.end;
-                for &c in &children {
-                    graph.add_edge(c.0, parent.0, EdgeKind::Child);
-                    parents[c.index()] = Some(parent);
-                }
-                let node = &mut graph[parent.0];
-                node.covers = Span::new(first, last);
-                node.kind = NodeKind::Internal { children };
-                debug_assert_eq!(node.height as usize, h);
-            }
-        }
-        // Previous-context edges: same height, earlier index, no repeats.
-        for n in &file.nodes {
-            let mut last_index: Option<u32> = None;
-            for c in &n.context {
-                let Some(&source) = by_label.get(c) else {
-                    return Err(invalid(format!(
-                        "node '{}': context source '{c}' does not exist",
-                        n.id
-                    )));
-                };
-                let s = &graph[source.0];
-                if s.height != n.height
-                    || s.index >= n.index
-                    || last_index.is_some_and(|l| l >= s.index)
-                {
-                    return Err(invalid(format!(
-                        "node '{}': context source '{c}' must be an earlier node at the same height, listed in order",
-                        n.id
-                    )));
-                }
-                last_index = Some(s.index);
-                graph.add_edge(source.0, by_label[&n.id].0, EdgeKind::PreviousContext);
-            }
-        }
-        if petgraph::algo::is_cyclic_directed(&graph) {
-            return Err(invalid("it contains a cycle".into()));
-        }
-        let root = ids[root_pos];
-        Ok(TaskTree {
-            graph,
-            book: file.book,
-            decomposer: file.decomposer,
-            root,
-            levels,
-            parents,
-            by_label,
-        })
-    }
 }
 
 fn label(height: u32, index: u32) -> String {
     format!("h{height}.{index}")
-}
-
-/// The JSON file: a flat list of nodes, each naming its children and context sources by id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TreeFile {
-    format: String,
-    format_version: u32,
-    book: TreeBook,
-    decomposer: DecomposerInfo,
-    root: String,
-    nodes: Vec<NodeFile>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodeFile {
-    id: String,
-    height: u32,
-    index: u32,
-    hash: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    span: Option<Span>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    children: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    context: Vec<String>,
-    input_tokens: usize,
-    output_tokens: usize,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    output: Option<String>,
-}
-
-/// What the store keeps about a book's tree (table `task_trees`, key: the book id): the whole
-/// tree file, so a tree can be shown even when `task_trees/` is gone.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TreeRecord {
-    pub book_id: BookId,
-    pub book_title: String,
-    /// Where the tree file was written.
-    pub path: Option<PathBuf>,
-    pub decomposer: String,
-    pub leaves: usize,
-    pub nodes: usize,
-    pub height: u32,
-    /// The tree file's contents ([`TaskTree::from_json_str`] reads it back).
-    pub tree_json: String,
-}
-
-impl TreeRecord {
-    pub fn new(tree: &TaskTree, path: Option<PathBuf>) -> TreeRecord {
-        TreeRecord {
-            book_id: tree.book_id().clone(),
-            book_title: tree.book_title().to_string(),
-            path,
-            decomposer: tree.decomposer().name.clone(),
-            leaves: tree.leaves().len(),
-            nodes: tree.len(),
-            height: tree.max_height(),
-            tree_json: tree.to_json_string(),
-        }
-    }
-
-    pub fn tree(&self) -> Result<TaskTree, TreeError> {
-        TaskTree::parse(&self.tree_json, &format!("stored tree of book {}", self.book_id.short()))
-    }
 }
 
 #[cfg(test)]

@@ -283,16 +283,28 @@ fn corrupted_tree_files() {
     let good = std::fs::read_to_string(&file).unwrap();
     let name = file.file_name().unwrap().to_string_lossy().into_owned();
 
-    // Truncated JSON.
+    // Truncated JSON. The database holds the tree (the file is a copy of it): the stored tree is
+    // shown and the damaged copy is named in a warning, not silently used or ignored.
     std::fs::write(&file, &good[..good.len() / 2]).unwrap();
-    fails_with(ws.rrm().args(["tree", "show"]).arg(&book).assert(), &name);
+    let out = ws.rrm().args(["tree", "show"]).arg(&book).assert().success();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains(&name) && err.contains("differs"), "{err}");
+    assert!(String::from_utf8_lossy(&out.get_output().stdout).contains("h1.0"));
     fails_with(ws.rrm().args(["tree", "show"]).arg(&file).assert(), "not a valid task tree file");
+    // Without the database's copy, the file is all there is: a damaged one is an error.
+    let fresh = ws.path("fresh-db");
+    fails_with(ws.rrm().arg("--db").arg(&fresh).args(["tree", "show"]).arg(&book).assert(), &name);
 
     // Well-formed JSON, broken tree: a leaf span that overlaps the previous one.
     let mut value: serde_json::Value = serde_json::from_str(&good).unwrap();
     value["nodes"][1]["span"]["start"] = 3.into();
     std::fs::write(&file, serde_json::to_string(&value).unwrap()).unwrap();
-    let err = fails_with(ws.rrm().args(["tree", "show"]).arg(&book).assert(), "invalid task tree");
+    let err = fails_with(
+        ws.rrm().arg("--db").arg(&fresh).args(["tree", "show"]).arg(&book).assert(),
+        "invalid task tree",
+    );
+    assert!(err.contains("h0.1") && err.contains("overlap"), "{err}");
+    let err = fails_with(ws.rrm().args(["tree", "show"]).arg(&file).assert(), "invalid task tree");
     assert!(err.contains("h0.1") && err.contains("overlap"), "{err}");
 
     // A future format version.

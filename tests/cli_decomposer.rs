@@ -149,7 +149,7 @@ fn split_and_merge_corrections_are_recorded_and_checked() {
     assert!(out.contains("recorded: split h0.1"), "{out}");
     fails_with(
         ws.rrm().args(["node", "split", "h0.1", "--book", b, "--after-sentence", "999"]).assert(),
-        "--after-sentence takes",
+        "after-sentence takes",
     );
     fails_with(
         ws.rrm().args(["node", "split", "h0.1", "--book", b, "--at", "0"]).assert(),

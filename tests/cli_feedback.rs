@@ -305,6 +305,17 @@ fn simulate_queue_train_eval_score_and_best_of_with_the_reward_model() {
     assert!(q.as_array().unwrap().iter().all(|i| i["disagreement"].is_number()), "{q}");
     let next = ws.rrm().args(["rate", "--next"]).write_stdin("1\n\nq\n").assert().success();
     assert!(String::from_utf8_lossy(&next.get_output().stdout).contains("1 answer(s) stored"));
+    // `rate --next` reads the reward folder and model it is given, like every other command.
+    let elsewhere = ws.path("other-reward");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let out = ws
+        .rrm()
+        .env("RRM_REWARD_DIR", &elsewhere)
+        .args(["rate", "--next", "--reward-model", hash])
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("other-reward") && err.contains("not a reward checkpoint"), "{err}");
 
     // Best-of-2 with the reward model records every candidate's mean and std.
     let out = ws.stdout(&[

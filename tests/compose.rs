@@ -97,8 +97,10 @@ fn composes_every_node_then_rerun_is_all_cache_hits() {
     let first = run(&c, &book, &tree);
     assert_eq!(first.nodes_total, tree.len());
     // Nodes with the same content (noise from a random model repeats) are generated once.
-    let record: RunRecord =
-        f.store.get(Table::Meta, &RunRecord::meta_key(book.id().as_str())).unwrap().unwrap();
+    let runs = RunRecord::for_book(&f.store, book.id().as_str()).unwrap();
+    assert_eq!(runs.len(), 1, "one run, one record");
+    let record = runs[0].clone();
+    assert!(record.complete && record.finished_unix > 0);
     let distinct: BTreeSet<&String> = record.outputs.values().collect();
     assert_eq!(first.computed, distinct.len());
     assert_eq!(first.computed + first.cache_hits, tree.len());
@@ -115,6 +117,8 @@ fn composes_every_node_then_rerun_is_all_cache_hits() {
     assert_eq!(second.computed, 0, "a re-run must do no model work");
     assert_eq!(second.cache_hits, tree.len());
     assert_eq!(second.root_summary, first.root_summary);
+    // A re-run that found everything stored adds no duplicate record.
+    assert_eq!(RunRecord::for_book(&f.store, book.id().as_str()).unwrap().len(), 1);
 }
 
 #[test]

@@ -341,7 +341,7 @@ async fn chunked_prefill_gives_the_same_completions() {
         let loaded = LlamaModel::load(&path, &Device::Cpu).unwrap();
         let id = LocalGenerator::identity_of(&path, None).unwrap();
         let cfg = EngineConfig { max_batch: 3, max_step_tokens };
-        LocalGenerator::from_model(loaded.model, loaded.tokenizer, id, cfg)
+        LocalGenerator::from_model(loaded.model, loaded.tokenizer, id, cfg).unwrap()
     };
     let reqs: Vec<GenerationRequest> = (0..5)
         .map(|i| {

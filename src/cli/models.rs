@@ -2,24 +2,20 @@
 //! engine, for manual checks).
 
 use std::io::Write as _;
-use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
-use crate::infer::engine::{DeviceChoice, EngineConfig, LocalGenerator};
-use crate::infer::fetch::{self, ModelKind, REGISTRY};
-use crate::infer::lazy::LazyGenerator;
-use crate::infer::{ChatMessage, GenerationRequest, Generator, InferError, SamplingParams};
-
+use super::args::{LocalModelArgs, ModelsDir};
 use super::Context;
+use crate::infer::engine::EngineConfig;
+use crate::infer::fetch::{self, ModelKind, REGISTRY};
+use crate::infer::{ChatMessage, GenerationRequest, Generator, SamplingParams};
 
 #[derive(Debug, Args)]
 pub struct ModelsArgs {
-    /// Folder for fetched models (default: the user's cache folder, `rrm/models`).
-    #[arg(long, global = true, env = "RRM_MODELS", value_name = "DIR")]
-    pub models_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub models: ModelsDir,
     #[command(subcommand)]
     pub command: ModelsCommand,
 }
@@ -43,7 +39,7 @@ pub enum ModelsCommand {
 }
 
 pub fn run(ctx: &mut Context, args: ModelsArgs) -> anyhow::Result<()> {
-    let dir = fetch::models_dir(args.models_dir.as_deref());
+    let dir = fetch::models_dir(args.models.models_dir.as_deref());
     match args.command {
         ModelsCommand::Pull { name, force } => {
             let models: Vec<_> = match &name {
@@ -106,54 +102,6 @@ pub fn run(ctx: &mut Context, args: ModelsArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Which local model and device: shared by `generate` and `bench`.
-#[derive(Debug, Clone, Args)]
-pub struct LocalModelArgs {
-    /// A known model name, a .gguf path, a folder with one, or ORG/NAME in the Hugging Face cache.
-    #[arg(long, default_value = fetch::DEFAULT_GENERATOR, value_name = "SPEC")]
-    pub model: String,
-    /// Folder for fetched models (default: the user's cache folder, `rrm/models`).
-    #[arg(long, env = "RRM_MODELS", value_name = "DIR")]
-    pub models_dir: Option<PathBuf>,
-    /// Where the model runs.
-    #[arg(long, default_value = "auto", value_parser = parse_device, value_name = "cpu|cuda|auto")]
-    pub device: DeviceChoice,
-}
-
-fn parse_device(s: &str) -> Result<DeviceChoice, String> {
-    s.parse()
-}
-
-impl LocalModelArgs {
-    /// Resolves (fetching on first use) and loads the model.
-    pub fn load(&self, config: EngineConfig, progress: bool) -> anyhow::Result<LocalGenerator> {
-        let dir = fetch::models_dir(self.models_dir.as_deref());
-        let resolved = fetch::resolve_model_with(&self.model, &dir, progress)
-            .with_context(|| format!("finding the model `{}`", self.model))?;
-        let device = self.device.device()?;
-        LocalGenerator::load(&resolved.path, resolved.sha256, &device, config)
-            .with_context(|| format!("loading the model {}", resolved.path.display()))
-    }
-
-    /// Resolves (fetching on first use) the model now, and loads it when first used: a run that
-    /// finds everything cached never reads the weights.
-    pub fn load_lazy(&self, config: EngineConfig, progress: bool) -> anyhow::Result<LazyGenerator> {
-        let dir = fetch::models_dir(self.models_dir.as_deref());
-        let resolved = fetch::resolve_model_with(&self.model, &dir, progress)
-            .with_context(|| format!("finding the model `{}`", self.model))?;
-        let identity = LocalGenerator::identity_of(&resolved.path, resolved.sha256.clone())?;
-        let device = self.device.device()?;
-        Ok(LazyGenerator::new(identity, move || {
-            let path = resolved.path;
-            LocalGenerator::load(&path, resolved.sha256, &device, config)
-                .map(|g| Arc::new(g) as Arc<dyn Generator>)
-                .map_err(|e| {
-                    InferError::Other(format!("loading the model {}: {e}", path.display()))
-                })
-        }))
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// The user message.
@@ -179,7 +127,11 @@ pub struct GenerateArgs {
 }
 
 pub fn generate(ctx: &mut Context, args: GenerateArgs) -> anyhow::Result<()> {
-    let generator = args.model.load(EngineConfig::default(), !ctx.quiet)?;
+    let generator = args
+        .model
+        .spec()
+        .load_local(EngineConfig::default(), ctx.progress())
+        .with_context(|| format!("loading the model `{}`", args.model.model))?;
     let mut messages = Vec::new();
     if let Some(s) = args.system {
         messages.push(ChatMessage::system(s));

@@ -1,22 +1,25 @@
-//! `rrm node show ID`: one node of a task tree in full: its input text, parent, children,
-//! context sources and position. The node is looked up in every stored tree, or in one book's
-//! tree with `--book`.
+//! `rrm node show|sample|split|merge ID`: one node of a task tree in full, drawing candidates for
+//! it, and split corrections on leaves.
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 
-use super::books::{self, BooksDir};
-use super::decompose::TreesDir;
-use super::tree::{child_range, load_target, node_json, tree_for_book, LoadedTree};
+use super::args::{GeneratorOptions, WorkspaceArgs};
 use super::Context;
-use crate::tree::{NodeId, NodeKind};
+use crate::compose::sample::StoredCandidate;
+use crate::tree::NodeKind;
+use crate::workspace::corrections::{self, SplitPoint};
+use crate::workspace::views::{child_range, node_json};
+use crate::workspace::{rating, trees};
 
-/// Inspect single nodes of task trees.
+/// Inspect single nodes of task trees, draw candidates, record split corrections.
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   rrm node show h1.2 --book alice
   rrm node show 3fa2c1d0
-  rrm node show h0.0 --book alice --json")]
+  rrm node show h0.0 --book alice --json
+  rrm node sample h0.3 --book alice -n 4
+  rrm node split h0.3 --book alice --after-sentence 4")]
 pub struct NodeArgs {
     #[command(subcommand)]
     pub command: NodeCommand,
@@ -24,7 +27,8 @@ pub struct NodeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
-    /// Print a node's full input text (a leaf: its span of the book), parent, children, position.
+    /// Print a node's full input text (a leaf: its span of the book), parent, children, position,
+    /// and its candidates and output once summarized.
     ///
     /// ID is a node id like h1.7 or a prefix (4+ hex digits) of a node's content hash. Without
     /// --book it is looked up in every stored tree. Example: rrm node show h0.3 --book alice
@@ -32,16 +36,16 @@ pub enum NodeCommand {
     /// Draw K candidate summaries for a node with the policy model and store them (for rating).
     ///
     /// Example: rrm node sample h0.3 --book alice -n 4 --temperature 0.9
-    Sample(super::rate::SampleArgs),
+    Sample(SampleArgs),
     /// Record a correction: this leaf should be split at a byte offset or after a sentence
     /// (a training signal for the learned decomposer).
     ///
     /// Example: rrm node split h0.3 --book alice --after-sentence 4
-    Split(super::decomposer::SplitArgs),
+    Split(SplitArgs),
     /// Record a correction: these two neighbouring leaves should be one leaf.
     ///
     /// Example: rrm node merge h0.3 h0.4 --book alice
-    Merge(super::decomposer::MergeArgs),
+    Merge(MergeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -58,76 +62,87 @@ pub struct ShowArgs {
     #[arg(long)]
     pub lossy: bool,
     #[command(flatten)]
-    pub books: BooksDir,
+    pub ws: WorkspaceArgs,
+}
+
+/// `rrm node sample ID -n K`.
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// A node id (h1.7) or a content-hash prefix.
+    pub id: String,
+    /// How many candidates to draw (1-64).
+    #[arg(short = 'n', long = "count", default_value_t = 4, value_name = "K")]
+    pub count: usize,
+    /// Sampling temperature (default 0.8).
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f32>,
+    /// Sampling seed (default: the first seed not drawn yet, so every call draws new ones).
+    #[arg(long = "sample-seed", value_name = "S")]
+    pub seed: Option<u64>,
+    /// Look only in the tree of this book.
+    #[arg(long, value_name = "BOOK|TREE.json")]
+    pub book: Option<String>,
+    #[arg(long)]
+    pub lossy: bool,
     #[command(flatten)]
-    pub trees: TreesDir,
+    pub generator: GeneratorOptions,
+    #[command(flatten)]
+    pub ws: WorkspaceArgs,
+}
+
+/// `rrm node split ID --book BOOK --at BYTE | --after-sentence N`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("where").required(true).args(["at", "after_sentence"])))]
+pub struct SplitArgs {
+    /// A leaf id (h0.7) or a content-hash prefix.
+    pub id: String,
+    /// The book (a file or catalog id) or tree file the leaf belongs to.
+    #[arg(long, value_name = "BOOK|TREE.json")]
+    pub book: String,
+    /// Split at this byte offset of the book (inside the leaf).
+    #[arg(long, value_name = "BYTE")]
+    pub at: Option<usize>,
+    /// Split after the N-th sentence of the leaf (1-based).
+    #[arg(long, value_name = "N")]
+    pub after_sentence: Option<usize>,
+    #[arg(long)]
+    pub lossy: bool,
+    #[command(flatten)]
+    pub ws: WorkspaceArgs,
+}
+
+/// `rrm node merge ID ID --book BOOK`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Two neighbouring leaves (ids like h0.7 h0.8, or content-hash prefixes).
+    #[arg(num_args = 2, required = true, value_name = "ID")]
+    pub ids: Vec<String>,
+    /// The book (a file or catalog id) or tree file the leaves belong to.
+    #[arg(long, value_name = "BOOK|TREE.json")]
+    pub book: String,
+    #[arg(long)]
+    pub lossy: bool,
+    #[command(flatten)]
+    pub ws: WorkspaceArgs,
 }
 
 pub fn run(ctx: &mut Context, args: NodeArgs) -> anyhow::Result<()> {
     match args.command {
         NodeCommand::Show(args) => show(ctx, args),
-        NodeCommand::Split(args) => super::decomposer::split(ctx, args),
-        NodeCommand::Merge(args) => super::decomposer::merge(ctx, args),
-        NodeCommand::Sample(args) => super::rate::sample_cmd(ctx, args),
-    }
-}
-
-pub(crate) const ID_HELP: &str =
-    "ids look like h1.7 (height 1, index 7) or a content-hash prefix of 4+ hex digits";
-
-/// Finds the node: in the tree of `--book`, or in every known tree.
-pub(crate) fn find(ctx: &mut Context, args: &ShowArgs) -> anyhow::Result<(LoadedTree, NodeId)> {
-    if let Some(spec) = &args.book {
-        let loaded =
-            load_target(ctx, spec, &args.books.books_dir, &args.trees.trees_dir, args.lossy)?;
-        let id = loaded.node_id(&args.id)?;
-        return Ok((loaded, id));
-    }
-    let trees = super::tree::all_trees(ctx, &args.trees.trees_dir)?;
-    if trees.is_empty() {
-        bail!("no task trees yet; build one with `rrm decompose BOOK`");
-    }
-    let mut matches: Vec<_> =
-        trees.into_iter().filter_map(|tree| tree.find(&args.id).map(|id| (tree, id))).collect();
-    match matches.len() {
-        0 => bail!("no node '{}' in any of the known task trees ({ID_HELP})", args.id),
-        1 => {
-            let (tree, id) = matches.remove(0);
-            let book = books::book_by_id(ctx, tree.book_id())?;
-            // Prefer the tree file on disk (it may be newer), if it has the node too: an id of
-            // one tree must never index another.
-            let on_disk = match &book {
-                Some(b) => tree_for_book(ctx, b, &args.trees.trees_dir)?,
-                None => None,
-            };
-            let (tree, id) = match on_disk.and_then(|t| t.find(&args.id).map(|i| (t, i))) {
-                Some(found) => found,
-                None => (tree, id),
-            };
-            let mut loaded = LoadedTree { tree, book, run: None };
-            super::tree::attach_outputs(ctx, &mut loaded)?;
-            Ok((loaded, id))
-        }
-        n => {
-            let titles: Vec<String> = matches
-                .iter()
-                .map(|(t, _)| format!("{} [{}]", t.book_title(), t.book_id().short()))
-                .collect();
-            bail!(
-                "'{}' names nodes in {n} trees ({}); pass --book BOOK",
-                args.id,
-                titles.join(", ")
-            )
-        }
+        NodeCommand::Sample(args) => sample(ctx, args),
+        NodeCommand::Split(args) => split(ctx, args),
+        NodeCommand::Merge(args) => merge(ctx, args),
     }
 }
 
 fn show(ctx: &mut Context, args: ShowArgs) -> anyhow::Result<()> {
-    let (loaded, id) = find(ctx, &args).with_context(|| format!("showing node {}", args.id))?;
+    let ws = ctx.workspace(&args.ws)?;
+    let (loaded, id) = trees::find_node(ws, &args.id, args.book.as_deref(), args.lossy)
+        .with_context(|| format!("showing node {}", args.id))?;
     let (tree, book) = (&loaded.tree, loaded.book.as_ref());
     let node = tree.node(id);
     let result = match &loaded.run {
-        Some(run) => run.node_result(ctx.store()?, &node.label)?,
+        Some(run) => run.node_result(ws.store(), &node.label)?,
         None => None,
     };
     if args.json {
@@ -182,9 +197,10 @@ fn show(ctx: &mut Context, args: ShowArgs) -> anyhow::Result<()> {
                 );
                 for (i, c) in set.candidates.iter().enumerate() {
                     let mark = if i == output.chosen { "*" } else { " " };
-                    let score = output.scores.get(i).map(|s| s.score).unwrap_or(f32::NAN);
+                    let score =
+                        output.scores.get(i).map_or("-".to_string(), |s| format!("{:.3}", s.score));
                     println!(
-                        "{mark} candidate {i}: score {score:.3}, {} tokens, mean logprob {}, finish {:?}{}",
+                        "{mark} candidate {i}: score {score}, {} tokens, mean logprob {}, finish {:?}{}",
                         c.completion_tokens,
                         c.mean_logprob.map_or("-".to_string(), |l| format!("{l:.3}")),
                         c.finish,
@@ -217,5 +233,72 @@ fn show(ctx: &mut Context, args: ShowArgs) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn print_candidates(cands: &[StoredCandidate]) {
+    for (i, c) in cands.iter().enumerate() {
+        println!("[{i}] {}  {}", &c.hash[..8], c.text);
+    }
+}
+
+fn sample(ctx: &mut Context, args: SampleArgs) -> anyhow::Result<()> {
+    if args.count == 0 || args.count > 64 {
+        bail!("-n must be between 1 and 64 (got {})", args.count);
+    }
+    let progress = ctx.progress();
+    let ws = ctx.workspace(&args.ws)?.clone();
+    let target = rating::resolve(&ws, &args.id, args.book.as_deref(), args.lossy)?;
+    let generator = args.generator.start(&args.ws.models, args.count, progress)?;
+    let before = target.candidates(&ws)?.len();
+    let runtime = super::args::runtime()?;
+    let all = runtime
+        .block_on(rating::draw(
+            &ws,
+            generator.as_ref(),
+            &target,
+            args.count,
+            args.temperature,
+            args.seed,
+        ))
+        .with_context(|| format!("sampling candidates for node {}", target.label()))?;
+    println!(
+        "node {} (height {}): {} candidates stored ({} new)",
+        target.label(),
+        target.input.height,
+        all.len(),
+        all.len().saturating_sub(before)
+    );
+    print_candidates(&all);
+    Ok(())
+}
+
+fn split(ctx: &mut Context, args: SplitArgs) -> anyhow::Result<()> {
+    let ws = ctx.workspace(&args.ws)?;
+    let loaded = trees::load_target(ws, &args.book, args.lossy)?;
+    let point = match (args.at, args.after_sentence) {
+        (Some(at), _) => SplitPoint::Byte(at),
+        (None, Some(n)) => SplitPoint::AfterSentence(n),
+        (None, None) => bail!("pass --at BYTE or --after-sentence N"),
+    };
+    let (feedback, key) = corrections::record_split(ws, &loaded, &args.id, point)?;
+    let (at, _) = feedback.label();
+    let book = loaded.require_book()?;
+    let preview: String = book.text()[at..].chars().take(60).collect();
+    println!("recorded: split {} at byte {at} (before {:?})", feedback.nodes[0], preview.trim());
+    println!("key       {key}  (retrain with `rrm decomposer train --books ...`)");
+    Ok(())
+}
+
+fn merge(ctx: &mut Context, args: MergeArgs) -> anyhow::Result<()> {
+    let ws = ctx.workspace(&args.ws)?;
+    let loaded = trees::load_target(ws, &args.book, args.lossy)?;
+    let (feedback, key) = corrections::record_merge(ws, &loaded, &args.ids[0], &args.ids[1])?;
+    let (at, _) = feedback.label();
+    println!(
+        "recorded: merge {} and {} (no boundary at byte {at})",
+        feedback.nodes[0], feedback.nodes[1]
+    );
+    println!("key       {key}  (retrain with `rrm decomposer train --books ...`)");
     Ok(())
 }

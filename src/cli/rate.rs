@@ -1,210 +1,23 @@
-//! `rrm rate ID` (interactive or scripted) and `rrm node sample ID -n K`: drawing candidates for
-//! a node and recording a person's judgments of them as feedback.
+//! `rrm rate ID` (interactive or scripted): recording a person's judgments of a node's
+//! candidates as feedback.
 //!
 //! The interactive rater reads one answer per line from stdin (its first character is the key),
-//! so it works in any terminal and can be driven by a script; every answer is stored the moment
-//! it is given.
+//! so it works in any terminal and can be driven by a script; every answer is stored (and
+//! flushed) the moment it is given.
+
+use std::io::{BufRead, Write};
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::Args;
-use std::io::{BufRead, Write};
 
-use super::backend::GeneratorOptions;
-use super::books::{self, BooksDir};
-use super::decompose::TreesDir;
-use super::node::ShowArgs;
-use super::tree::{all_trees, attach_outputs, LoadedTree};
+use super::args::{labeler, EncoderArgs, GeneratorOptions, WorkspaceArgs};
 use super::Context;
-use crate::book::Book;
-use crate::compose::sample::{self, candidates_for, NodeInput, StoredCandidate};
-use crate::compose::ComposeOptions;
-use crate::feedback::{self, Feedback, FeedbackKind, Judged, Likert, Preference};
-use crate::infer::{Generator, SamplingParams};
-use crate::tree::NodeId;
-
-/// A node found for rating: its tree, book and rebuilt input.
-pub struct Target {
-    pub loaded: LoadedTree,
-    pub id: NodeId,
-    pub book: Book,
-    pub input: NodeInput,
-}
-
-impl Target {
-    pub fn label(&self) -> &str {
-        &self.input.label
-    }
-}
-
-/// Finds node `id` (a label like h1.2 or a content-hash prefix), in `book` or in every tree.
-pub fn resolve(
-    ctx: &mut Context,
-    id: &str,
-    book: Option<&str>,
-    lossy: bool,
-    books: &BooksDir,
-    trees: &TreesDir,
-) -> anyhow::Result<Target> {
-    let args = ShowArgs {
-        id: id.to_string(),
-        book: book.map(str::to_string),
-        json: false,
-        lossy,
-        books: books.clone(),
-        trees: trees.clone(),
-    };
-    let (loaded, nid) = super::node::find(ctx, &args)?;
-    finish(ctx, loaded, nid)
-}
-
-/// Finds the node labelled `label` in the tree of the book with id `book_id`.
-pub fn resolve_in_book(
-    ctx: &mut Context,
-    book_id: &str,
-    label: &str,
-    trees: &TreesDir,
-) -> anyhow::Result<Target> {
-    let tree = all_trees(ctx, &trees.trees_dir)?
-        .into_iter()
-        .find(|t| t.book_id().as_str() == book_id)
-        .ok_or_else(|| anyhow!("no task tree for book {book_id}"))?;
-    let book = books::book_by_id(ctx, tree.book_id())?;
-    let mut loaded = LoadedTree { tree, book, run: None };
-    attach_outputs(ctx, &mut loaded)?;
-    let nid =
-        loaded.tree.find(label).ok_or_else(|| anyhow!("no node {label} in book {book_id}"))?;
-    finish(ctx, loaded, nid)
-}
-
-fn finish(ctx: &mut Context, loaded: LoadedTree, nid: NodeId) -> anyhow::Result<Target> {
-    let label = loaded.tree.node(nid).label.clone();
-    let book = loaded.book.clone().ok_or_else(|| {
-        anyhow!(
-            "the book of node {label} ({}) was not found on disk; open it again with `rrm decompose BOOK`",
-            loaded.tree.book_title()
-        )
-    })?;
-    let input = sample::node_input(ctx.store()?, &book, &loaded.tree, loaded.run.as_ref(), nid)
-        .with_context(|| format!("rebuilding the input of node {label}"))?;
-    Ok(Target { loaded, id: nid, book, input })
-}
-
-/// Sampling for extra candidates: the composer's best-of-N settings, at `temperature`.
-fn sampling(temperature: Option<f32>) -> anyhow::Result<SamplingParams> {
-    let mut s = ComposeOptions::default().sampling_best_of;
-    if let Some(t) = temperature {
-        if !(0.0..=5.0).contains(&t) {
-            bail!("--temperature must be between 0 and 5 (got {t})");
-        }
-        s.temperature = t;
-    }
-    Ok(s)
-}
-
-/// Generates `k` candidates for the target and stores them.
-pub fn draw(
-    ctx: &mut Context,
-    generator: &dyn Generator,
-    target: &Target,
-    k: usize,
-    temperature: Option<f32>,
-    seed: Option<u64>,
-) -> anyhow::Result<Vec<StoredCandidate>> {
-    let store = ctx.store()?.clone();
-    let seed = match seed {
-        Some(s) => s,
-        None => candidates_for(&store, &target.input.input_key)?.len() as u64,
-    };
-    let params = sampling(temperature)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime
-        .block_on(sample::sample(generator, &store, &target.input, k, &params, seed))
-        .with_context(|| format!("sampling candidates for node {}", target.label()))?;
-    Ok(candidates_for(&store, &target.input.input_key)?)
-}
-
-/// `rrm node sample ID -n K`.
-#[derive(Debug, Args)]
-pub struct SampleArgs {
-    /// A node id (h1.7) or a content-hash prefix.
-    pub id: String,
-    /// How many candidates to draw.
-    #[arg(short = 'n', long = "count", default_value_t = 4, value_name = "K")]
-    pub count: usize,
-    /// Sampling temperature (default 0.8).
-    #[arg(long, value_name = "T")]
-    pub temperature: Option<f32>,
-    /// Sampling seed (default: the number of candidates already stored, so every call draws new
-    /// ones).
-    #[arg(long = "sample-seed", value_name = "S")]
-    pub seed: Option<u64>,
-    /// Look only in the tree of this book.
-    #[arg(long, value_name = "BOOK|TREE.json")]
-    pub book: Option<String>,
-    #[arg(long)]
-    pub lossy: bool,
-    #[command(flatten)]
-    pub generator: GeneratorOptions,
-    #[command(flatten)]
-    pub books: BooksDir,
-    #[command(flatten)]
-    pub trees: TreesDir,
-}
-
-pub fn sample_cmd(ctx: &mut Context, args: SampleArgs) -> anyhow::Result<()> {
-    if args.count == 0 || args.count > 64 {
-        bail!("-n must be between 1 and 64 (got {})", args.count);
-    }
-    let target =
-        resolve(ctx, &args.id, args.book.as_deref(), args.lossy, &args.books, &args.trees)?;
-    let generator = args.generator.start(args.count, ctx.quiet)?;
-    let before = candidates_for(ctx.store()?, &target.input.input_key)?.len();
-    let all = draw(ctx, generator.as_ref(), &target, args.count, args.temperature, args.seed)?;
-    println!(
-        "node {} (height {}): {} candidates stored ({} new)",
-        target.label(),
-        target.input.height,
-        all.len(),
-        all.len().saturating_sub(before)
-    );
-    print_candidates(&all);
-    Ok(())
-}
-
-fn print_candidates(cands: &[StoredCandidate]) {
-    for (i, c) in cands.iter().enumerate() {
-        println!("[{i}] {}  {}", &c.hash[..8], c.text);
-    }
-}
-
-/// Finds a candidate by index or hash prefix.
-pub fn pick_candidate(cands: &[StoredCandidate], spec: &str, label: &str) -> anyhow::Result<usize> {
-    if let Ok(i) = spec.parse::<usize>() {
-        if i < cands.len() {
-            return Ok(i);
-        }
-        if spec.len() < 4 {
-            bail!(
-                "node {label} has no candidate {i}: it has {} (indices 0..{}; see `rrm rate {label}` or `rrm node sample {label}`)",
-                cands.len(),
-                cands.len().saturating_sub(1)
-            );
-        }
-    }
-    let matches: Vec<usize> =
-        (0..cands.len()).filter(|&i| spec.len() >= 4 && cands[i].hash.starts_with(spec)).collect();
-    match matches.as_slice() {
-        [i] => Ok(*i),
-        [] => bail!(
-            "node {label} has no candidate '{spec}' (give an index 0..{} or 4+ hex digits of a candidate's hash)",
-            cands.len().saturating_sub(1)
-        ),
-        _ => bail!("'{spec}' matches {} candidates of node {label}; give more digits", matches.len()),
-    }
-}
+use crate::compose::sample::StoredCandidate;
+use crate::feedback::{FeedbackKind, Judged, Likert, Preference};
+use crate::workspace::queue::{self, QueueFilter};
+use crate::workspace::rating::{self, RatingTarget};
+use crate::workspace::summarize::load_reward_model_if_any;
+use crate::workspace::Workspace;
 
 /// `rrm rate`.
 #[derive(Debug, Args)]
@@ -220,9 +33,13 @@ pub struct RateArgs {
     /// A node id (h1.7) or a content-hash prefix.
     #[arg(required_unless_present = "next", conflicts_with = "next")]
     pub id: Option<String>,
-    /// Rate the top of `rrm feedback queue`.
+    /// Rate the top of `rrm feedback queue` (ranked with --reward-model when one is trained).
     #[arg(long)]
     pub next: bool,
+    /// With --next: the reward model whose disagreement ranks the queue (`latest`, a hash, a
+    /// folder, or `none`).
+    #[arg(long, default_value = "latest", value_name = "PATH|latest|none")]
+    pub reward_model: String,
     /// Look only in the tree of this book.
     #[arg(long, value_name = "BOOK|TREE.json")]
     pub book: Option<String>,
@@ -249,42 +66,46 @@ pub struct RateArgs {
     #[command(flatten)]
     pub generator: GeneratorOptions,
     #[command(flatten)]
-    pub books: BooksDir,
+    pub encoder: EncoderArgs,
     #[command(flatten)]
-    pub trees: TreesDir,
-}
-
-fn labeler(arg: &Option<String>) -> String {
-    arg.clone()
-        .or_else(|| std::env::var("USER").ok())
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| "anonymous".to_string())
+    pub ws: WorkspaceArgs,
 }
 
 pub fn run(ctx: &mut Context, args: RateArgs) -> anyhow::Result<()> {
     let who = labeler(&args.labeler);
+    let progress = ctx.progress();
+    let ws = ctx.workspace(&args.ws)?.clone();
     let (target, first_pair) = if args.next {
-        let items = super::feedback::queue_items(ctx, None, args.generator.models_dir.as_deref())?;
+        let model = match args.reward_model.as_str() {
+            "none" => None,
+            spec => load_reward_model_if_any(&ws, spec)?,
+        };
+        let encoder = match &model {
+            Some(_) => Some(ws.encoder(&args.encoder.encoder, progress)?),
+            None => None,
+        };
+        let ranked = model.as_ref().zip(encoder.as_deref());
+        let filter = QueueFilter { labeler: Some(who.clone()), overlap: None };
+        let items = queue::items(&ws, ranked, &filter)?;
         let top = items.into_iter().find(|i| i.book.is_some() && i.node.is_some()).ok_or_else(|| {
-            anyhow!("the queue is empty: no stored node has two candidates not yet compared (sample some with `rrm node sample ID`)")
+            anyhow!("the queue is empty: no stored node has two candidates you have not compared (sample some with `rrm node sample ID`)")
         })?;
         let (book, node) =
             (top.book.clone().unwrap_or_default(), top.node.clone().unwrap_or_default());
-        let target = resolve_in_book(ctx, &book, &node, &args.trees)?;
-        let cands = candidates_for(ctx.store()?, &target.input.input_key)?;
+        let target = rating::resolve_in_book(&ws, &book, &node)?;
+        let cands = target.candidates(&ws)?;
         let a = cands.iter().position(|c| c.hash == top.a_hash);
         let b = cands.iter().position(|c| c.hash == top.b_hash);
         (target, a.zip(b))
     } else {
         let id = args.id.as_deref().unwrap_or_default();
-        (resolve(ctx, id, args.book.as_deref(), args.lossy, &args.books, &args.trees)?, None)
+        (rating::resolve(&ws, id, args.book.as_deref(), args.lossy)?, None)
     };
-    let store = ctx.store()?.clone();
-    let mut cands = candidates_for(&store, &target.input.input_key)?;
+    let mut cands = target.candidates(&ws)?;
 
     if let (Some(a), Some(b), Some(prefer)) = (&args.a, &args.b, args.prefer) {
-        let ia = pick_candidate(&cands, a, target.label())?;
-        let ib = pick_candidate(&cands, b, target.label())?;
+        let ia = rating::pick_candidate(&cands, a, target.label())?;
+        let ib = rating::pick_candidate(&cands, b, target.label())?;
         if cands[ia].hash == cands[ib].hash {
             bail!("--a and --b name the same candidate");
         }
@@ -297,15 +118,18 @@ pub fn run(ctx: &mut Context, args: RateArgs) -> anyhow::Result<()> {
             prefer,
             confidence: args.confidence,
         };
-        let id = store_answer(ctx, &target, &who, kind)?;
+        let id = rating::record(&ws, &target, &who, kind)?;
         println!("stored comparison {id} on node {}", target.label());
         return Ok(());
     }
 
     if cands.len() < 2 {
         eprintln!("node {} has {} candidate(s); drawing more…", target.label(), cands.len());
-        let generator = args.generator.start(2, ctx.quiet)?;
-        cands = draw(ctx, generator.as_ref(), &target, 2, args.temperature, None)?;
+        let generator = args.generator.start(&args.ws.models, 2, progress)?;
+        let runtime = super::args::runtime()?;
+        cands = runtime
+            .block_on(rating::draw(&ws, generator.as_ref(), &target, 2, args.temperature, None))
+            .with_context(|| format!("sampling candidates for node {}", target.label()))?;
         if cands.len() < 2 {
             bail!("the model gave fewer than two distinct candidates for node {}", target.label());
         }
@@ -314,10 +138,10 @@ pub fn run(ctx: &mut Context, args: RateArgs) -> anyhow::Result<()> {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut out = std::io::stdout();
-    interactive(ctx, &target, &who, &cands, first_pair, &mut input, &mut out)
+    interactive(&ws, &target, &who, &cands, first_pair, &mut input, &mut out)
 }
 
-fn show_input(target: &Target) {
+fn show_input(target: &RatingTarget) {
     let t = &target.loaded.tree;
     println!(
         "=== node {} of {}, height {} ===",
@@ -336,21 +160,6 @@ fn show_input(target: &Target) {
     if let Some(c) = &target.input.context {
         println!("--- previous context ---\n{c}");
     }
-}
-
-fn store_answer(
-    ctx: &mut Context,
-    target: &Target,
-    who: &str,
-    kind: FeedbackKind,
-) -> anyhow::Result<String> {
-    let fb =
-        Feedback::new(who, &target.input.input_key, &target.input.input, target.input.height, kind)
-            .at(
-                Some(target.loaded.tree.book_id().as_str().to_string()),
-                Some(target.label().to_string()),
-            );
-    Ok(feedback::put(ctx.store()?, fb)?)
 }
 
 /// Reads one line; `None` at end of input.
@@ -414,8 +223,8 @@ fn ask_text(
 }
 
 fn interactive(
-    ctx: &mut Context,
-    target: &Target,
+    ws: &Workspace,
+    target: &RatingTarget,
     who: &str,
     cands: &[StoredCandidate],
     first: Option<(usize, usize)>,
@@ -423,26 +232,7 @@ fn interactive(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     // Pairs this labeler has not compared yet, the suggested one first.
-    let done: std::collections::HashSet<(String, String)> = feedback::all(ctx.store()?)?
-        .into_iter()
-        .filter(|f| f.labeler == who && f.input_key == target.input.input_key)
-        .filter_map(|f| match f.kind {
-            FeedbackKind::Comparison { a, b, .. } => Some((a.hash, b.hash)),
-            _ => None,
-        })
-        .flat_map(|(a, b)| [(a.clone(), b.clone()), (b, a)])
-        .collect();
-    let mut pairs: Vec<(usize, usize)> = Vec::new();
-    pairs.extend(first);
-    for i in 0..cands.len() {
-        for j in i + 1..cands.len() {
-            if !done.contains(&(cands[i].hash.clone(), cands[j].hash.clone()))
-                && first != Some((i, j))
-            {
-                pairs.push((i, j));
-            }
-        }
-    }
+    let pairs = rating::open_pairs(ws, target, who, cands, first)?;
     if pairs.is_empty() {
         writeln!(out, "you have compared every pair of this node's candidates; draw more with `rrm node sample {}`", target.label())?;
         return Ok(());
@@ -536,7 +326,7 @@ fn interactive(
             };
             let compared = matches!(kind, FeedbackKind::Comparison { .. });
             let name = kind.name();
-            let id = store_answer(ctx, target, who, kind)?;
+            let id = rating::record(ws, target, who, kind)?;
             stored += 1;
             writeln!(out, "  stored {name} {}", &id[..12])?;
             if compared {

@@ -8,14 +8,13 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::backend::GeneratorOptions;
-use super::books::{self, BooksDir};
-use super::decompose::{decompose_and_save, DecomposerOptions, TreesDir};
+use super::args::{DecomposerOptions, EncoderArgs, GeneratorOptions, WorkspaceArgs};
 use super::Context;
 use crate::book::Book;
-use crate::compose::{ComposeOptions, ComposeReport, Composer, MeanLogprob, Observer, Selector};
+use crate::compose::{ComposeOptions, ComposeReport, Observer};
 use crate::infer::Generator;
-use crate::reward::{RewardModel, RewardSelector};
+use crate::workspace::books;
+use crate::workspace::summarize::{self, SelectorSpec};
 
 /// Summarize books: split each into a task tree, summarize the leaves with the policy model,
 /// then the summaries, up to the root.
@@ -48,7 +47,7 @@ pub struct SummarizeArgs {
     #[arg(long, default_value_t = 1.0, value_name = "λ", requires = "reward_model")]
     pub pessimism: f32,
     #[command(flatten)]
-    pub reward_dir: super::reward::RewardDir,
+    pub encoder: EncoderArgs,
     /// Most sequences generated together.
     #[arg(long, default_value_t = 8, value_name = "B")]
     pub batch_size: usize,
@@ -75,9 +74,7 @@ pub struct SummarizeArgs {
     #[arg(long)]
     pub lossy: bool,
     #[command(flatten)]
-    pub books_dir: BooksDir,
-    #[command(flatten)]
-    pub trees: TreesDir,
+    pub ws: WorkspaceArgs,
 }
 
 impl SummarizeArgs {
@@ -113,54 +110,48 @@ impl SummarizeArgs {
 
 pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
     let options = args.compose_options()?;
-    let specs = books::expand_books(&args.books)?;
-    let decomposer = args.decomposer.build(ctx)?;
+    let progress = ctx.progress();
+    let ws = ctx.workspace(&args.ws)?.clone();
+    let specs = books::expand(&args.books)?;
+    let decomposer = args.decomposer.spec(&args.encoder).build(&ws, progress)?;
     // Open (and fetch) every book before loading the model, so a bad name fails fast.
-    let mut books = Vec::new();
+    let mut opened = Vec::new();
     for spec in &specs {
-        books.push(books::open_book(ctx, spec, &args.books_dir.books_dir, args.lossy)?);
+        let bar = ctx.spinner(format!("reading {spec}"));
+        let book = ws.open_book(spec, args.lossy, &|m| bar.set_message(m.to_string()));
+        bar.finish_and_clear();
+        opened.push(book?);
     }
-    let loading = books::spinner(ctx, "loading the model");
-    let generator = args.generator.start(args.batch_size, ctx.quiet);
-    loading.finish_and_clear();
-    let generator = generator?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let several = books.len() > 1;
-    let selector = selector(ctx, &args)?;
-    for book in &books {
-        let (tree, _) = decompose_and_save(ctx, book, decomposer.as_ref(), &args.trees.trees_dir)?;
-        let store = ctx.store()?.clone();
-        let composer =
-            Composer::new(Arc::clone(&generator), Arc::clone(&selector), store, options.clone());
-        let progress = Progress::new(ctx.quiet, book.title());
+    let selector = SelectorSpec {
+        reward_model: args.reward_model.clone(),
+        pessimism: args.pessimism,
+        encoder: args.encoder.encoder.clone(),
+    }
+    .build(&ws, progress)?;
+    let generator = args.generator.start(&args.ws.models, args.batch_size, progress)?;
+    let runtime = super::args::runtime()?;
+    let several = opened.len() > 1;
+    for book in &opened {
+        let bar = ctx.spinner(format!("decomposing {}", book.title()));
+        let tree = summarize::decompose(&ws, book, decomposer.as_ref());
+        bar.finish_and_clear();
+        let tree = tree.with_context(|| format!("decomposing {}", book.source()))?;
+        let progress_bar = Progress::new(ctx.quiet, book.title());
         let report = runtime
-            .block_on(composer.compose(book, &tree, &progress))
+            .block_on(summarize::compose(
+                &ws,
+                book,
+                &tree,
+                Arc::clone(&generator),
+                Arc::clone(&selector),
+                options.clone(),
+                &progress_bar,
+            ))
             .with_context(|| format!("summarizing {}", book.source()))?;
-        progress.finish();
+        progress_bar.finish();
         output(&args, book, &report, generator.as_ref(), several)?;
     }
     Ok(())
-}
-
-/// The selector: mean log-probability, or the reward model named by --reward-model.
-fn selector(ctx: &mut Context, args: &SummarizeArgs) -> anyhow::Result<Arc<dyn Selector>> {
-    let Some(spec) = &args.reward_model else { return Ok(Arc::new(MeanLogprob)) };
-    if !args.pessimism.is_finite() || args.pessimism < 0.0 {
-        bail!("--pessimism must be a non-negative number (got {})", args.pessimism);
-    }
-    let path = RewardModel::resolve(spec, &args.reward_dir.dir(ctx))?;
-    let model = RewardModel::load(&path)?;
-    let encoder = super::reward::EncoderArgs {
-        encoder: crate::infer::fetch::DEFAULT_ENCODER.to_string(),
-        models_dir: args.generator.models_dir.clone(),
-    };
-    let encoder = super::reward::load_encoder(&encoder, ctx.quiet)?;
-    let store = ctx.store()?.clone();
-    let selector = RewardSelector::new(Arc::new(model), encoder, Some(store), args.pessimism)?;
-    Ok(Arc::new(selector))
 }
 
 fn output(

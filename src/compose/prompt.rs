@@ -85,20 +85,20 @@ pub fn join_children(summaries: &[&str]) -> String {
 
 /// Keeps the end of `context` so that it takes at most `max_tokens` by `count`: previous
 /// context is truncated from the start (the most recent events matter most).
-pub fn truncate_context_start(
+pub fn truncate_context_start<E>(
     context: &str,
     max_tokens: usize,
-    count: &dyn Fn(&str) -> usize,
-) -> String {
-    if count(context) <= max_tokens {
-        return context.to_string();
+    count: &dyn Fn(&str) -> Result<usize, E>,
+) -> Result<String, E> {
+    if count(context)? <= max_tokens {
+        return Ok(context.to_string());
     }
     // Binary search on the char boundary where the tail fits.
     let boundaries: Vec<usize> = context.char_indices().map(|(i, _)| i).collect();
     let (mut lo, mut hi) = (0usize, boundaries.len());
     while lo < hi {
         let mid = (lo + hi) / 2;
-        if count(&context[boundaries[mid]..]) <= max_tokens {
+        if count(&context[boundaries[mid]..])? <= max_tokens {
             hi = mid;
         } else {
             lo = mid + 1;
@@ -106,10 +106,10 @@ pub fn truncate_context_start(
     }
     let tail = boundaries.get(lo).map_or("", |&b| &context[b..]);
     // Start at a word boundary.
-    match tail.find(char::is_whitespace) {
+    Ok(match tail.find(char::is_whitespace) {
         Some(ws) if lo > 0 => format!("…{}", tail[ws..].trim_start()),
         _ => tail.to_string(),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -128,11 +128,14 @@ mod tests {
 
     #[test]
     fn context_is_truncated_from_the_start() {
-        let words = |s: &str| s.split_whitespace().count();
+        let words = |s: &str| Ok::<_, ()>(s.split_whitespace().count());
         let text = "one two three four five six seven eight";
-        let kept = truncate_context_start(text, 3, &words);
+        let kept = truncate_context_start(text, 3, &words).unwrap();
         assert!(kept.ends_with("six seven eight"), "{kept}");
-        assert!(words(&kept) <= 4);
-        assert_eq!(truncate_context_start(text, 100, &words), text);
+        assert!(kept.split_whitespace().count() <= 4);
+        assert_eq!(truncate_context_start(text, 100, &words).unwrap(), text);
+        // A counter that fails is an error, not a guess.
+        let failing = |_: &str| Err::<usize, &str>("no tokenizer");
+        assert_eq!(truncate_context_start(text, 3, &failing), Err("no tokenizer"));
     }
 }

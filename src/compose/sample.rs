@@ -12,12 +12,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
+use super::keys::{self, input_key, unix_now};
 use super::{
-    hash_parts, input_key, prompt, text, unix_now, Candidate, CandidateSet, ComposeError,
-    NodeOutput, RunRecord,
+    postprocess, prompt, CandidateOrigin, CandidateSet, ComposeError, NodeOutput, RunRecord,
 };
 use crate::book::Book;
-use crate::infer::{FinishReason, GenerationRequest, Generator, SamplingParams};
+use crate::infer::{GenerationRequest, Generator, SamplingParams};
 use crate::store::{Store, StoreError, Table};
 use crate::tree::{NodeId, NodeKind, TaskTree};
 
@@ -103,15 +103,7 @@ pub async fn sample(
 ) -> Result<CandidateSet, ComposeError> {
     let template = prompt::template_for(node.height);
     let k = k.max(1);
-    let gen_key = hash_parts(&[
-        "rrm-sample-v1",
-        &node.input_key,
-        &generator.identity().hash,
-        &serde_json::to_string(sampling).unwrap_or_default(),
-        &node.max_tokens.to_string(),
-        &k.to_string(),
-        &seed.to_string(),
-    ]);
+    let gen_key = sample_key(generator, node, k, sampling, seed);
     if let Some(set) = store.get::<CandidateSet>(Table::Candidates, &gen_key)? {
         return Ok(set);
     }
@@ -140,26 +132,7 @@ pub async fn sample(
     let candidates = completions
         .into_iter()
         .zip(&requests)
-        .map(|(c, req)| {
-            let raw = c.text.trim().to_string();
-            let (mut out, looped) = match text::cut_loop(&raw, 4, 3) {
-                Some(cut) => (cut, true),
-                None => (raw.clone(), false),
-            };
-            if !looped && c.finish != FinishReason::Stop {
-                out = text::trim_to_last_sentence(&out).to_string();
-            }
-            Candidate {
-                text: out,
-                raw_text: raw,
-                completion_tokens: c.completion_tokens,
-                mean_logprob: c.mean_logprob(),
-                sum_logprob: (!c.logprobs.is_empty()).then(|| c.logprobs.iter().sum()),
-                finish: c.finish,
-                looped,
-                seed: req.seed,
-            }
-        })
+        .map(|(c, req)| postprocess(c, req.seed, 4, 3))
         .collect();
     let set = CandidateSet {
         gen_key: gen_key.clone(),
@@ -175,10 +148,30 @@ pub async fn sample(
         candidates,
         elapsed_ms: t0.elapsed().as_millis() as u64,
         created_unix: unix_now(),
+        origin: CandidateOrigin::Sample,
     };
     store.put(Table::Candidates, &gen_key, &set)?;
     store.flush()?;
     Ok(set)
+}
+
+/// The key under which [`sample`] stores `k` candidates of `node` drawn with `sampling` and
+/// `seed` by `generator`.
+pub fn sample_key(
+    generator: &dyn Generator,
+    node: &NodeInput,
+    k: usize,
+    sampling: &SamplingParams,
+    seed: u64,
+) -> String {
+    keys::sample_key(
+        &node.input_key,
+        &generator.identity().hash,
+        sampling,
+        node.max_tokens,
+        k.max(1),
+        seed,
+    )
 }
 
 /// A distinct candidate text stored for a node.
@@ -208,8 +201,11 @@ pub struct StoredNode {
 
 /// Every input key with stored candidates → its distinct candidates (see [`candidates_for`]).
 pub fn candidates_by_input(store: &Store) -> Result<BTreeMap<String, StoredNode>, StoreError> {
-    let mut sets: Vec<CandidateSet> =
-        store.scan::<CandidateSet>(Table::Candidates, "")?.into_iter().map(|(_, s)| s).collect();
+    let mut sets: Vec<CandidateSet> = store
+        .scan_lenient::<CandidateSet>(Table::Candidates, "")?
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
     sets.sort_by(|a, b| {
         a.created_unix.cmp(&b.created_unix).then_with(|| a.gen_key.cmp(&b.gen_key))
     });

@@ -46,7 +46,9 @@ pub trait Selector: Send + Sync {
 }
 
 /// Picks the candidate the policy itself found most likely (mean log-probability per token).
-/// Candidates that had to be cut because they looped rank below those that did not.
+/// Candidates that had to be cut because they looped rank below those that did not. A candidate
+/// without log-probabilities (a server that gives none) is an error: a missing value must not
+/// rank as the best one.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MeanLogprob;
 
@@ -61,13 +63,21 @@ impl Selector for MeanLogprob {
         _input: &str,
         candidates: &[Candidate],
     ) -> Result<Vec<CandidateScore>, SelectError> {
-        Ok(candidates
+        candidates
             .iter()
-            .map(|c| {
-                let base = c.mean_logprob.unwrap_or(0.0);
-                CandidateScore::new(if c.looped { base - 10.0 } else { base })
+            .enumerate()
+            .map(|(i, c)| {
+                let base = c.mean_logprob.ok_or_else(|| SelectError {
+                    selector: self.id(),
+                    message: format!(
+                        "candidate {i} has no log-probabilities (the backend gave none), so \
+                         mean log-probability cannot rank the candidates; pick with a reward \
+                         model (--reward-model) or use --best-of 1"
+                    ),
+                })?;
+                Ok(CandidateScore::new(if c.looped { base - 10.0 } else { base }))
             })
-            .collect())
+            .collect()
     }
 }
 

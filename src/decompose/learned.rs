@@ -11,8 +11,10 @@
 //!   prior with every leaf's tokens in `[min_tokens, chunk_tokens]`; the same program groups
 //!   leaves into parents (fanout limits, the score of a leaf boundary as the parent boundary
 //!   score), level by level up to one root.
-//! - [`eval`]: Pk and WindowDiff; [`evaluate`] runs any decomposers on books with their
-//!   headings hidden and scores their parents' boundaries against the chapter breaks.
+//! - [`eval`]: Pk and WindowDiff; [`evaluate`](mod@evaluate) runs any decomposers on books with
+//!   their headings hidden and scores their parents' boundaries against the chapter breaks.
+//! - [`train`](mod@train): training rows from books (chapter structure in several views, split
+//!   corrections) and the boundary model's training.
 //! - [`feedback`]: split/merge corrections, the sixth feedback kind, as training labels.
 //!
 //! [`LearnedDecomposer`] scores gaps with a trained [`BoundaryModel`] ([`Scorer::Model`]) or, as
@@ -22,10 +24,12 @@
 //! and never touches the store.
 
 pub mod eval;
+pub mod evaluate;
 pub mod features;
 pub mod feedback;
 pub mod model;
 pub mod segment;
+pub mod train;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,14 +38,16 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApproxCounter, ContextMode, DecomposeError, Decomposer, TokenCounter};
 use crate::book::{Book, Span};
-use crate::infer::encoder::{embed_cached, EmbeddingCache, EmbeddingKey};
+use crate::infer::encoder::{embed_cached, EmbeddingKey};
 use crate::infer::{Encoder, InferError};
 use crate::tree::{output_cap, LeafSpec, TaskTree, TreeSpec};
 
+pub use evaluate::{evaluate, evaluate_count, means, EvalRow};
 pub use features::{strip_headings, FeatureConfig, Hide, Units};
 pub use feedback::{SplitAction, SplitFeedback};
 pub use model::{BoundaryModel, ModelMeta, TrainConfig, TrainSummary, TrainingData};
 pub use segment::{segment, LengthPrior, SegmentError};
+pub use train::{train, training_data, TrainingBook, Views};
 
 /// Score of a cut inside a sentence (only taken when a sentence alone exceeds the leaf limit).
 const INTRA_SENTENCE_SCORE: f32 = -20.0;
@@ -157,7 +163,7 @@ pub enum Scorer {
 }
 
 /// A shared embedding cache (the caller's store, or memory).
-pub type SharedCache = Arc<Mutex<dyn EmbeddingCache + Send>>;
+pub use crate::infer::encoder::SharedCache;
 
 /// Embeds sentences and computes gap features.
 #[derive(Clone)]
@@ -465,270 +471,6 @@ impl Decomposer for LearnedDecomposer {
         let spec = self.plan(book)?;
         tracing::debug!(leaves = spec.leaves.len(), elapsed = ?started.elapsed(), "planned");
         Ok(TaskTree::build(book, self.info(), &spec)?)
-    }
-}
-
-/// A book with its labels for training.
-#[derive(Debug, Clone)]
-pub struct TrainingBook {
-    pub name: String,
-    pub book: Book,
-    /// Split corrections given on this book.
-    pub feedback: Vec<SplitFeedback>,
-}
-
-/// Which views of each book become training rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Views {
-    /// The book with headings hidden ([`Hide::Headings`]), its chapter starts as positives.
-    pub hidden: bool,
-    /// The book with headings and the blank lines around them hidden ([`Hide::Layout`]), its
-    /// chapter starts as positives: teaches the cues of the prose alone.
-    pub prose: bool,
-    /// The book as it is, gaps before a heading as positives (teaches the heading feature).
-    pub visible: bool,
-}
-
-impl Default for Views {
-    fn default() -> Self {
-        Views { hidden: true, prose: true, visible: true }
-    }
-}
-
-/// Feature rows and labels of `books` (see [`Views`]) and their split corrections.
-pub fn training_data(
-    featurizer: &Featurizer,
-    books: &[TrainingBook],
-    views: Views,
-    max_tokens: usize,
-    progress: &dyn Fn(&str),
-) -> Result<(TrainingData, usize), LearnedError> {
-    let dim = featurizer.features.dim(featurizer.encoder.dim());
-    let mut data = TrainingData::new(dim);
-    let mut feedback_rows = 0;
-    for tb in books {
-        progress(&format!("features of {}", tb.name));
-        let hidden = [(views.hidden, Hide::Headings), (views.prose, Hide::Layout)];
-        for hide in hidden.iter().filter(|(on, _)| *on).map(|(_, hide)| *hide) {
-            let (stripped, refs) = strip_headings(&tb.book, hide);
-            if !refs.is_empty() {
-                let (units, _, rows) = featurizer.gaps(&stripped, max_tokens)?;
-                let mut labels = vec![false; units.len().saturating_sub(1)];
-                for r in refs {
-                    if let Some(g) = units.gap_at(r) {
-                        labels[g] = true;
-                    }
-                }
-                push_rows(&mut data, &rows, &labels, &units, 1.0);
-            }
-        }
-        if views.visible || !tb.feedback.is_empty() {
-            let (units, _, rows) = featurizer.gaps(&tb.book, max_tokens)?;
-            let n_gaps = units.len().saturating_sub(1);
-            if views.visible && !tb.book.headings().is_empty() {
-                let col = featurizer
-                    .features
-                    .names(featurizer.encoder.dim())
-                    .iter()
-                    .position(|n| n == "heading_next")
-                    .unwrap_or(0);
-                let labels: Vec<bool> = (0..n_gaps).map(|g| rows[g * dim + col] > 0.5).collect();
-                push_rows(&mut data, &rows, &labels, &units, 1.0);
-            }
-            for f in &tb.feedback {
-                let (at, label) = f.label();
-                if let Some(g) = units.gap_at(at) {
-                    data.push(&rows[g * dim..(g + 1) * dim], label, FEEDBACK_WEIGHT);
-                    feedback_rows += 1;
-                }
-            }
-        }
-    }
-    Ok((data, feedback_rows))
-}
-
-fn push_rows(data: &mut TrainingData, rows: &[f32], labels: &[bool], units: &Units, weight: f32) {
-    let dim = data.dim;
-    for (g, &label) in labels.iter().enumerate() {
-        // Cuts inside a sentence are never taken by choice: leave them out.
-        if units.sentence[g] == units.sentence[g + 1] {
-            continue;
-        }
-        data.push(&rows[g * dim..(g + 1) * dim], label, weight);
-    }
-}
-
-/// Trains a boundary model on `books` (see [`training_data`]).
-pub fn train(
-    featurizer: &Featurizer,
-    books: &[TrainingBook],
-    views: Views,
-    config: &TrainConfig,
-    progress: &dyn Fn(&str),
-) -> Result<BoundaryModel, LearnedError> {
-    let max_tokens = LearnedConfig::default().chunk_tokens;
-    let (data, feedback_examples) = training_data(featurizer, books, views, max_tokens, progress)?;
-    progress(&format!("training on {} gaps", data.len()));
-    let encoder = featurizer.encoder.identity();
-    let meta = ModelMeta {
-        format: model::MODEL_FORMAT.into(),
-        version: model::MODEL_VERSION,
-        features: featurizer.features.clone(),
-        encoder_name: encoder.name.clone(),
-        encoder_hash: encoder.hash.clone(),
-        encoder_dim: featurizer.encoder.dim(),
-        hidden: config.hidden,
-        prior_shift: 0.0,
-        training: TrainSummary {
-            books: books.iter().map(|b| b.name.clone()).collect(),
-            feedback_examples,
-            ..TrainSummary::default()
-        },
-    };
-    BoundaryModel::train(&data, meta, config)
-}
-
-/// One decomposer's result on one book.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalRow {
-    pub book: String,
-    pub method: String,
-    /// Sentences of the book with headings hidden (the units Pk counts in).
-    pub sentences: usize,
-    pub reference_boundaries: usize,
-    pub hypothesis_boundaries: usize,
-    pub k: usize,
-    pub pk: f64,
-    pub window_diff: f64,
-    pub leaves: usize,
-    /// Leaves whose tokens lie within the decomposer's limits.
-    pub leaves_within_limits: usize,
-}
-
-/// Decomposes each book with its headings hidden by every decomposer in `methods`, and scores
-/// the boundaries of the parents just above the leaves against the hidden chapter starts
-/// (Pk and WindowDiff over sentences). `limits` gives each method's leaf token range. Books
-/// without headings give no rows.
-pub fn evaluate(
-    name: &str,
-    book: &Book,
-    hide: Hide,
-    methods: &[(&str, &dyn Decomposer, (usize, usize))],
-) -> Result<Vec<EvalRow>, DecomposeError> {
-    let Some(held) = HeldOut::new(book, hide) else { return Ok(Vec::new()) };
-    let mut out = Vec::new();
-    for (method, decomposer, (min, max)) in methods {
-        let tree = decomposer.decompose(&held.book)?;
-        let hypothesis: Vec<usize> = if tree.max_height() >= 2 {
-            tree.level(1)
-                .iter()
-                .skip(1)
-                .map(|&id| held.sentence_at(tree.node(id).covers.start))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let leaves = tree.leaves().len();
-        let within = tree
-            .leaves()
-            .iter()
-            .filter(|&&l| {
-                let t = tree.node(l).input_tokens;
-                t <= *max && (t >= *min || leaves == 1)
-            })
-            .count();
-        out.push(held.row(name, method.to_string(), hypothesis, leaves, within));
-    }
-    Ok(out)
-}
-
-/// The count-matched protocol: every method places exactly as many boundaries as the book has
-/// hidden chapter starts (the oracle count), so only where they fall is compared. Fixed
-/// chunking spaces them evenly by bytes; a scorer takes its highest-scoring sentence gaps,
-/// greedily, at least `k` sentences apart. Rows are named `METHOD@K`.
-pub fn evaluate_count(
-    name: &str,
-    book: &Book,
-    hide: Hide,
-    scorers: &[(&str, &LearnedDecomposer)],
-) -> Result<Vec<EvalRow>, DecomposeError> {
-    let Some(held) = HeldOut::new(book, hide) else { return Ok(Vec::new()) };
-    let count = held.reference.len();
-    let len = held.book.text().len();
-    let k = held.k;
-    let sorted = |mut h: Vec<usize>| {
-        h.sort_unstable();
-        h
-    };
-    let even: Vec<usize> = (1..=count).map(|i| held.sentence_at(i * len / (count + 1))).collect();
-    let mut rows = vec![held.row(name, "fixed@K".into(), sorted(even), 0, 0)];
-    for (method, decomposer) in scorers {
-        let (units, scores) = decomposer.gap_scores(&held.book)?;
-        let mut order: Vec<usize> = (0..scores.len()).collect();
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-        let mut chosen: Vec<usize> = Vec::with_capacity(count);
-        for g in order {
-            if chosen.len() == count {
-                break;
-            }
-            let s = units.sentence[g + 1];
-            if units.sentence[g] == s || chosen.iter().any(|&c| c.abs_diff(s) < k) {
-                continue;
-            }
-            chosen.push(s);
-        }
-        rows.push(held.row(name, format!("{method}@K"), sorted(chosen), 0, 0));
-    }
-    Ok(rows)
-}
-
-/// A book with its headings hidden, the sentences where its chapters start (the reference),
-/// and the Pk window `k`: what both evaluation protocols compare against.
-struct HeldOut {
-    book: Book,
-    reference: Vec<usize>,
-    k: usize,
-}
-
-impl HeldOut {
-    /// `None` for a book without headings (nothing to compare against).
-    fn new(book: &Book, hide: Hide) -> Option<HeldOut> {
-        let (book, refs) = strip_headings(book, hide);
-        if refs.is_empty() {
-            return None;
-        }
-        let mut held = HeldOut { book, reference: Vec::new(), k: 0 };
-        held.reference = refs.iter().map(|&r| held.sentence_at(r)).collect();
-        held.k = eval::default_k(held.book.sentences().len(), &held.reference);
-        Some(held)
-    }
-
-    /// The index of the sentence that starts at or after byte `offset`.
-    fn sentence_at(&self, offset: usize) -> usize {
-        self.book.sentences().partition_point(|s| s.start < offset)
-    }
-
-    fn row(
-        &self,
-        name: &str,
-        method: String,
-        hypothesis: Vec<usize>,
-        leaves: usize,
-        leaves_within_limits: usize,
-    ) -> EvalRow {
-        let n = self.book.sentences().len();
-        EvalRow {
-            book: name.to_string(),
-            method,
-            sentences: n,
-            reference_boundaries: self.reference.len(),
-            hypothesis_boundaries: hypothesis.len(),
-            k: self.k,
-            pk: eval::pk(n, &self.reference, &hypothesis, self.k),
-            window_diff: eval::window_diff(n, &self.reference, &hypothesis, self.k),
-            leaves,
-            leaves_within_limits,
-        }
     }
 }
 

@@ -1,9 +1,10 @@
 //! JSONL import and export of feedback, and TRL's preference format.
 //!
-//! - Our JSONL: one [`Feedback`] record per line, exactly as stored. Import validates every
-//!   line first and reports each bad one by its 1-based number; with any bad line nothing is
-//!   stored (all or nothing), unless `skip_bad`, which stores the good lines and reports the bad.
-//!   The good records are written in one atomic batch, so a crash mid-import stores none.
+//! - Our JSONL: one [`Feedback`] record per line, exactly as stored, and one line
+//!   `{"split": {…}}` per split correction ([`SplitFeedback`]). Import validates every line
+//!   first and reports each bad one by its 1-based number; with any bad line nothing is stored
+//!   (all or nothing), unless `skip_bad`, which stores the good lines and reports the bad. The
+//!   good records are written in one atomic batch, so a crash mid-import stores none.
 //! - TRL (`{"prompt", "chosen", "rejected"}`, optional `"height"`): exported from comparisons,
 //!   corrections and Likert pairs (ties left out); read back as [`Pair`]s by [`read_trl`] for
 //!   training and evaluating reward models on external preference sets.
@@ -13,43 +14,73 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{put_all, to_pairs, Feedback, FeedbackError, Pair};
-use crate::store::Store;
+use super::split::SplitFeedback;
+use super::{to_pairs, Feedback, FeedbackError, Pair};
+use crate::store::{Store, Table};
 
 /// What an import did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportReport {
-    /// Records stored (including ones already present, which are overwritten by identical ones).
+    /// Feedback records stored (including ones already present, which are overwritten by
+    /// identical ones).
     pub imported: usize,
+    /// Split corrections stored.
+    #[serde(default)]
+    pub splits: usize,
     /// Blank lines ignored.
     pub blank: usize,
     /// Bad lines (1-based number, what is wrong), skipped with `skip_bad`.
     pub bad: Vec<(usize, String)>,
 }
 
-/// Parses and validates JSONL text; returns the good records and the bad lines.
-pub fn parse_jsonl(text: &str) -> (Vec<Feedback>, Vec<(usize, String)>, usize) {
-    let mut good = Vec::new();
-    let mut bad = Vec::new();
-    let mut blank = 0;
+/// A split-correction line of our JSONL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitLine {
+    split: SplitFeedback,
+}
+
+/// What a JSONL text holds: good records, good split corrections, bad lines, blank lines.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parsed {
+    pub feedback: Vec<Feedback>,
+    pub splits: Vec<SplitFeedback>,
+    pub bad: Vec<(usize, String)>,
+    pub blank: usize,
+}
+
+/// Parses and validates JSONL text.
+pub fn parse_jsonl(text: &str) -> Parsed {
+    let mut out = Parsed::default();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         if line.trim().is_empty() {
-            blank += 1;
+            out.blank += 1;
+            continue;
+        }
+        if line.trim_start().starts_with("{\"split\"") {
+            match serde_json::from_str::<SplitLine>(line) {
+                Ok(SplitLine { split }) => match split.validate() {
+                    Ok(()) => out.splits.push(split),
+                    Err(e) => out.bad.push((n, format!("bad split correction: {e}"))),
+                },
+                Err(e) => out.bad.push((n, format!("not a split correction: {e}"))),
+            }
             continue;
         }
         match serde_json::from_str::<Feedback>(line) {
             Ok(mut fb) => match fb.validate() {
-                Ok(()) => good.push(fb),
-                Err(e) => bad.push((n, e.0)),
+                Ok(()) => out.feedback.push(fb),
+                Err(e) => out.bad.push((n, e.0)),
             },
-            Err(e) => bad.push((n, format!("not a feedback record: {e}"))),
+            Err(e) => out.bad.push((n, format!("not a feedback record: {e}"))),
         }
     }
-    (good, bad, blank)
+    out
 }
 
-/// Imports a JSONL file (all or nothing unless `skip_bad`).
+/// Imports a JSONL file (all or nothing unless `skip_bad`), feedback and split corrections in
+/// one atomic batch.
 pub fn import_file(
     store: &Store,
     path: &Path,
@@ -61,18 +92,42 @@ pub fn import_file(
         path: path.display().to_string(),
         bad: vec![(0, format!("the file is not UTF-8 text: {e}"))],
     })?;
-    let (good, bad, blank) = parse_jsonl(&text);
-    if !bad.is_empty() && !skip_bad {
-        return Err(FeedbackError::BadLines { path: path.display().to_string(), bad });
+    let parsed = parse_jsonl(&text);
+    if !parsed.bad.is_empty() && !skip_bad {
+        return Err(FeedbackError::BadLines { path: path.display().to_string(), bad: parsed.bad });
     }
-    let imported = put_all(store, good)?;
-    Ok(ImportReport { imported, blank, bad })
+    let mut items: Vec<(String, serde_json::Value)> = Vec::new();
+    let encode = |e: serde_json::Error| {
+        FeedbackError::Store(crate::store::StoreError::Encode { table: "feedback", source: e })
+    };
+    for fb in &parsed.feedback {
+        items.push((fb.key(), serde_json::to_value(fb).map_err(encode)?));
+    }
+    for split in &parsed.splits {
+        items.push((split.key(), serde_json::to_value(split).map_err(encode)?));
+    }
+    store.put_batch(Table::Feedback, &items)?;
+    store.flush()?;
+    Ok(ImportReport {
+        imported: parsed.feedback.len(),
+        splits: parsed.splits.len(),
+        blank: parsed.blank,
+        bad: parsed.bad,
+    })
 }
 
-/// Writes records as JSONL.
-pub fn write_jsonl(out: &mut dyn Write, records: &[Feedback]) -> std::io::Result<()> {
+/// Writes records and split corrections as JSONL.
+pub fn write_jsonl(
+    out: &mut dyn Write,
+    records: &[Feedback],
+    splits: &[SplitFeedback],
+) -> std::io::Result<()> {
     for fb in records {
         serde_json::to_writer(&mut *out, fb)?;
+        out.write_all(b"\n")?;
+    }
+    for split in splits {
+        serde_json::to_writer(&mut *out, &SplitLine { split: split.clone() })?;
         out.write_all(b"\n")?;
     }
     Ok(())
@@ -86,6 +141,10 @@ pub struct TrlRow {
     pub rejected: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub height: Option<u32>,
+    /// The row's source document or book, when known: rows of one source never straddle the
+    /// train/validation/test split. Without it, rows are grouped by near-duplicate prompts.
+    #[serde(default, alias = "book", skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// The TRL rows of `records`: every pair with a clear winner (ties have no chosen side).
@@ -98,6 +157,7 @@ pub fn trl_rows(records: &[Feedback]) -> Vec<TrlRow> {
             chosen: p.chosen,
             rejected: p.rejected,
             height: Some(p.height),
+            group: None,
         })
         .collect()
 }
@@ -112,7 +172,8 @@ pub fn write_trl(out: &mut dyn Write, records: &[Feedback]) -> std::io::Result<(
 }
 
 /// Reads a TRL preference file as pairs (height 0 when absent). Every line must parse; bad lines
-/// are reported by number. Rows are grouped for the train/validation split by their prompt.
+/// are reported by number. Rows are grouped for the train/validation/test split by their `group`
+/// (or `book`) field when given, and always with near-duplicate prompts ([`super::groups`]).
 pub fn read_trl(path: &Path) -> Result<Vec<Pair>, FeedbackError> {
     let file = std::fs::File::open(path)
         .map_err(|source| FeedbackError::Io { path: path.display().to_string(), source })?;
@@ -130,7 +191,10 @@ pub fn read_trl(path: &Path) -> Result<Vec<Pair>, FeedbackError> {
             }
             Ok(row) => pairs.push(Pair {
                 height: row.height.unwrap_or(0),
-                group: super::text_hash(&row.prompt),
+                group: match &row.group {
+                    Some(g) => super::groups::book_group(g),
+                    None => super::text_hash(&row.prompt),
+                },
                 input: row.prompt,
                 chosen: row.chosen,
                 rejected: row.rejected,
@@ -142,6 +206,7 @@ pub fn read_trl(path: &Path) -> Result<Vec<Pair>, FeedbackError> {
     if !bad.is_empty() {
         return Err(FeedbackError::BadLines { path: path.display().to_string(), bad });
     }
+    super::groups::assign(&mut pairs);
     Ok(pairs)
 }
 
@@ -167,7 +232,7 @@ mod tests {
 
     fn jsonl(records: &[Feedback]) -> String {
         let mut out = Vec::new();
-        write_jsonl(&mut out, records).unwrap();
+        write_jsonl(&mut out, records, &[]).unwrap();
         String::from_utf8(out).unwrap()
     }
 
@@ -200,9 +265,9 @@ mod tests {
     #[test]
     fn export_roundtrips_and_trl_has_the_three_fields() {
         let records = vec![record("good one", "bad one")];
-        let (back, bad, _) = parse_jsonl(&jsonl(&records));
-        assert!(bad.is_empty());
-        assert_eq!(back, records);
+        let parsed = parse_jsonl(&jsonl(&records));
+        assert!(parsed.bad.is_empty());
+        assert_eq!(parsed.feedback, records);
         let mut out = Vec::new();
         write_trl(&mut out, &records).unwrap();
         let line: serde_json::Value =
@@ -211,6 +276,47 @@ mod tests {
         assert_eq!(line["chosen"], "good one");
         assert_eq!(line["rejected"], "bad one");
         assert_eq!(line["height"], 0);
+    }
+
+    #[test]
+    fn split_corrections_travel_with_the_export() {
+        use crate::feedback::split::{SplitAction, SplitFeedback};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("db")).unwrap();
+        let split = SplitFeedback {
+            book: crate::book::BookId::of_text("a book"),
+            action: SplitAction::Split { at: 40 },
+            nodes: vec!["h0.2".into()],
+            node_hashes: vec!["ab12".into()],
+            created: 7,
+        };
+        let mut out = Vec::new();
+        write_jsonl(&mut out, &[record("x", "y")], std::slice::from_ref(&split)).unwrap();
+        let path = dir.path().join("all.jsonl");
+        std::fs::write(&path, &out).unwrap();
+        let report = import_file(&store, &path, false).unwrap();
+        assert_eq!((report.imported, report.splits), (1, 1));
+        let back: Vec<SplitFeedback> = store
+            .scan::<SplitFeedback>(Table::Feedback, crate::feedback::split::KEY_PREFIX)
+            .unwrap()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        assert_eq!(back, vec![split]);
+        // A bad split line is named by number and nothing is stored.
+        let dir2 = tempfile::tempdir().unwrap();
+        let store2 = Store::open(dir2.path().join("db")).unwrap();
+        let bad = dir.path().join("bad.jsonl");
+        std::fs::write(
+            &bad,
+            format!("{}{{\"split\": {{\"book\": 3}}}}\n", String::from_utf8(out).unwrap()),
+        )
+        .unwrap();
+        match import_file(&store2, &bad, false) {
+            Err(FeedbackError::BadLines { bad, .. }) => assert_eq!(bad[0].0, 3),
+            other => panic!("{other:?}"),
+        }
+        assert!(store2.is_empty(Table::Feedback).unwrap());
     }
 
     #[test]

@@ -5,11 +5,11 @@
 //! a disagreement function supplied by the caller (the reward ensemble's spread of the score
 //! difference of a pair), so this module needs no model.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{text_hash, Feedback, FeedbackKind};
+use super::{text_hash, ComparedPairs, Feedback, FeedbackKind};
 
 /// A node that could be rated: its candidates' texts (distinct).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,21 +41,21 @@ pub struct QueueItem {
     pub priority: f64,
 }
 
-/// One item per node (its most disputed uncompared pair), highest priority first. Pairs anyone
-/// has compared already are left out. Priority = disagreement + 1 / (1 + comparisons at the
-/// node's height).
+/// One item per node (its most disputed open pair), highest priority first. A pair is open when
+/// fewer than `overlap` labelers compared it and `labeler` (when given) did not. Priority =
+/// disagreement + 1 / (1 + comparisons at the node's height).
 pub fn build(
     nodes: &[QueueNode],
     records: &[Feedback],
+    compared: &ComparedPairs,
+    labeler: Option<&str>,
+    overlap: usize,
     disagreement: &dyn Fn(&QueueNode, usize, usize) -> Option<f64>,
 ) -> Vec<QueueItem> {
     let mut per_height: BTreeMap<u32, usize> = BTreeMap::new();
-    let mut compared: HashSet<(String, String, String)> = HashSet::new();
     for fb in records {
-        if let FeedbackKind::Comparison { a, b, .. } = &fb.kind {
+        if let FeedbackKind::Comparison { .. } = &fb.kind {
             *per_height.entry(fb.height).or_default() += 1;
-            compared.insert((fb.input_key.clone(), a.hash.clone(), b.hash.clone()));
-            compared.insert((fb.input_key.clone(), b.hash.clone(), a.hash.clone()));
         }
     }
     let mut items = Vec::new();
@@ -64,34 +64,23 @@ pub fn build(
         let height_data = per_height.get(&node.height).copied().unwrap_or(0);
         let scarcity = 1.0 / (1.0 + height_data as f64);
         let mut best: Option<QueueItem> = None;
-        for i in 0..hashes.len() {
-            for j in i + 1..hashes.len() {
-                if hashes[i] == hashes[j]
-                    || compared.contains(&(
-                        node.input_key.clone(),
-                        hashes[i].clone(),
-                        hashes[j].clone(),
-                    ))
-                {
-                    continue;
-                }
-                let d = disagreement(node, i, j);
-                let priority = d.unwrap_or(0.0) + scarcity;
-                if best.as_ref().is_none_or(|b| priority > b.priority) {
-                    best = Some(QueueItem {
-                        input_key: node.input_key.clone(),
-                        height: node.height,
-                        book: node.book.clone(),
-                        node: node.node.clone(),
-                        a: i,
-                        b: j,
-                        a_hash: hashes[i].clone(),
-                        b_hash: hashes[j].clone(),
-                        disagreement: d,
-                        height_data,
-                        priority,
-                    });
-                }
+        for (i, j) in compared.open_pairs(&node.input_key, &hashes, labeler, Some(overlap.max(1))) {
+            let d = disagreement(node, i, j);
+            let priority = d.unwrap_or(0.0) + scarcity;
+            if best.as_ref().is_none_or(|b| priority > b.priority) {
+                best = Some(QueueItem {
+                    input_key: node.input_key.clone(),
+                    height: node.height,
+                    book: node.book.clone(),
+                    node: node.node.clone(),
+                    a: i,
+                    b: j,
+                    a_hash: hashes[i].clone(),
+                    b_hash: hashes[j].clone(),
+                    disagreement: d,
+                    height_data,
+                    priority,
+                });
             }
         }
         items.extend(best);
@@ -133,16 +122,27 @@ mod tests {
                 confidence: 5,
             },
         );
+        let records = std::slice::from_ref(&done);
+        let compared = ComparedPairs::from_records(records);
         // No model: the height without data comes first.
-        let q = build(&nodes, std::slice::from_ref(&done), &|_, _, _| None);
+        let q = build(&nodes, records, &compared, None, 1, &|_, _, _| None);
         assert_eq!(q[0].input_key, "n1");
         // The compared pair (x, y) of n0 is not suggested again.
         let n0 = q.iter().find(|i| i.input_key == "n0").unwrap();
         assert_ne!((n0.a, n0.b), (0, 1));
         // A strong disagreement outranks scarcity.
-        let q = build(&nodes, &[done], &|n, a, b| {
+        let q = build(&nodes, records, &compared, None, 1, &|n, a, b| {
             Some(if n.input_key == "n0" && (a, b) == (1, 2) { 5.0 } else { 0.0 })
         });
         assert_eq!((q[0].input_key.as_str(), q[0].a, q[0].b), ("n0", 1, 2));
+        // With an overlap of 2, another labeler still gets the pair ann compared; ann does not.
+        let for_bob = build(&nodes, records, &compared, Some("bob"), 2, &|n, a, b| {
+            Some(if n.input_key == "n0" && (a, b) == (0, 1) { 9.0 } else { 0.0 })
+        });
+        assert_eq!((for_bob[0].input_key.as_str(), for_bob[0].a, for_bob[0].b), ("n0", 0, 1));
+        let for_ann = build(&nodes, records, &compared, Some("ann"), 2, &|n, a, b| {
+            Some(if n.input_key == "n0" && (a, b) == (0, 1) { 9.0 } else { 0.0 })
+        });
+        assert!(for_ann.iter().all(|i| !(i.input_key == "n0" && (i.a, i.b) == (0, 1))));
     }
 }

@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rand::{Rng, SeedableRng};
 
-use super::{FeedbackKind, Judged, Preference};
+use super::queue::QueueNode;
+use super::{text_hash, ComparedPairs, Feedback, FeedbackKind, Judged, Preference};
 
 /// Words that never count as salient.
 const STOPWORDS: &[&str] = &[
@@ -114,6 +115,55 @@ impl SimLabeler {
 }
 
 /// A seeded RNG for simulations.
+/// A simulated labeling campaign: up to `count` comparisons by `labeler` over `nodes`, on pairs it
+/// has not compared yet (per [`ComparedPairs`] of `records`), shuffled within each node and taken
+/// round-robin over nodes so every node gets some. Returns the records (not stored).
+pub fn campaign(
+    labeler: &SimLabeler,
+    nodes: &[QueueNode],
+    records: &[Feedback],
+    count: usize,
+    seed: u64,
+) -> Vec<Feedback> {
+    use rand::seq::SliceRandom;
+    let mut rng = rng(seed);
+    let compared = ComparedPairs::from_records(records);
+    let mut per_node: Vec<Vec<(usize, usize)>> = nodes
+        .iter()
+        .map(|n| {
+            let hashes: Vec<String> = n.candidates.iter().map(|c| text_hash(c)).collect();
+            let mut pairs: Vec<(usize, usize)> = compared
+                .open_pairs(&n.input_key, &hashes, Some(&labeler.name), None)
+                .into_iter()
+                .map(|(i, j)| if rng.random_bool(0.5) { (i, j) } else { (j, i) })
+                .collect();
+            pairs.shuffle(&mut rng);
+            pairs
+        })
+        .collect();
+    let mut out = Vec::new();
+    'outer: loop {
+        let mut any = false;
+        for (n, pairs) in nodes.iter().zip(per_node.iter_mut()) {
+            if out.len() >= count {
+                break 'outer;
+            }
+            if let Some((i, j)) = pairs.pop() {
+                any = true;
+                let kind = labeler.compare(&n.input, &n.candidates[i], &n.candidates[j], &mut rng);
+                out.push(
+                    Feedback::new(&labeler.name, &n.input_key, &n.input, n.height, kind)
+                        .at(n.book.clone(), n.node.clone()),
+                );
+            }
+        }
+        if !any {
+            break;
+        }
+    }
+    out
+}
+
 pub fn rng(seed: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
 }

@@ -17,13 +17,15 @@
 //!   of the store; the caller implements the trait over it ([`embedding_to_bytes`] and
 //!   [`embedding_from_bytes`] give the value encoding).
 //!
+//! Files: this one loads the model and runs it; `window.rs` embeds long texts in windows;
+//! `cache.rs` is the embedding-cache hook.
+//!
 //! Embedding is CPU-bound and blocking (candle's kernels use `RAYON_NUM_THREADS` threads); async
 //! callers run it under `tokio::task::spawn_blocking`.
 //!
 //! Errors name the file at fault: a missing, truncated or malformed `model.safetensors`,
 //! `config.json` or `tokenizer.json` gives an [`EncoderError::File`], never a panic.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -33,6 +35,15 @@ use sha2::{Digest, Sha256};
 use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::{fetch, Encoder, InferError, ModelIdentity};
+
+mod cache;
+mod window;
+
+pub use cache::{
+    embed_cached, embedding_from_bytes, embedding_key, embedding_to_bytes, EmbeddingCache,
+    EmbeddingKey, SharedCache,
+};
+pub use window::{embed_long, split_windows};
 
 /// The weights file in a model directory.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -358,183 +369,6 @@ impl Encoder for MiniLmEncoder {
     }
 }
 
-/// Cuts `text` at word boundaries into consecutive windows of at most `encoder.max_tokens()`
-/// tokens each (by [`Encoder::count_tokens`]), without overlap. A text that fits is one window;
-/// an empty text is one empty window; a single word longer than the window is a window of its own
-/// (and gets truncated when embedded).
-pub fn split_windows<'t>(encoder: &dyn Encoder, text: &'t str) -> Vec<&'t str> {
-    windows_with_counts(encoder, text).into_iter().map(|(window, _)| window).collect()
-}
-
-/// [`split_windows`] with each window's token count.
-fn windows_with_counts<'t>(encoder: &dyn Encoder, text: &'t str) -> Vec<(&'t str, usize)> {
-    let max = encoder.max_tokens();
-    let whole = encoder.count_tokens(text);
-    if whole <= max {
-        return vec![(text, whole)];
-    }
-    // Byte offsets where words start, and the end of the text.
-    let mut starts = Vec::new();
-    let mut in_space = true;
-    for (i, c) in text.char_indices() {
-        if c.is_whitespace() {
-            in_space = true;
-        } else if in_space {
-            starts.push(i);
-            in_space = false;
-        }
-    }
-    starts.push(text.len());
-    let words = starts.len() - 1;
-    let mut windows = Vec::new();
-    let mut first = 0;
-    while first < words {
-        // Every word is at least one token, so at most `max` words fit. Binary search for the
-        // most words [first, last) whose text fits; at least one word per window.
-        let piece = |last: usize| text[starts[first]..starts[last]].trim_end();
-        let (mut lo, mut hi) = (first + 1, words.min(first + max));
-        let mut lo_count = encoder.count_tokens(piece(lo));
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            let count = encoder.count_tokens(piece(mid));
-            if count <= max {
-                lo = mid;
-                lo_count = count;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        windows.push((piece(lo), lo_count.min(max)));
-        first = lo;
-    }
-    windows
-}
-
-/// Embeds texts of any length: each is cut by [`split_windows`], every window is embedded (all
-/// windows of all texts batched together, through `cache` when one is given), and a text's
-/// embedding is the mean of its windows' embeddings weighted by their token counts, L2-normalized.
-/// A text that fits the window gets exactly its plain embedding.
-pub fn embed_long(
-    encoder: &dyn Encoder,
-    texts: &[&str],
-    cache: Option<&mut dyn EmbeddingCache>,
-) -> Result<Vec<Vec<f32>>, InferError> {
-    let per_text: Vec<Vec<(&str, usize)>> =
-        texts.iter().map(|text| windows_with_counts(encoder, text)).collect();
-    let flat: Vec<&str> = per_text.iter().flatten().map(|&(window, _)| window).collect();
-    let embeddings = match cache {
-        Some(cache) => embed_cached(encoder, cache, &flat)?,
-        None => encoder.embed(&flat)?,
-    };
-    let mut embeddings = embeddings.into_iter();
-    let mut out = Vec::with_capacity(texts.len());
-    for windows in &per_text {
-        if windows.len() == 1 {
-            out.push(embeddings.next().unwrap_or_default());
-            continue;
-        }
-        let mut pooled = vec![0f32; encoder.dim()];
-        for &(_, tokens) in windows {
-            let embedding = embeddings.next().unwrap_or_default();
-            for (acc, x) in pooled.iter_mut().zip(&embedding) {
-                *acc += x * tokens as f32;
-            }
-        }
-        let norm = pooled.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        pooled.iter_mut().for_each(|x| *x /= norm);
-        out.push(pooled);
-    }
-    Ok(out)
-}
-
-/// The key of a cached embedding.
-pub type EmbeddingKey = [u8; 32];
-
-/// Where embeddings are kept between runs. The caller implements it over its store (this module
-/// never imports the store); a `HashMap` implements it for in-memory use.
-pub trait EmbeddingCache {
-    /// The embedding stored under `key`, if any.
-    fn get(&mut self, key: &EmbeddingKey) -> Result<Option<Vec<f32>>, CacheError>;
-    /// Stores `embedding` under `key`.
-    fn put(&mut self, key: &EmbeddingKey, embedding: &[f32]) -> Result<(), CacheError>;
-}
-
-impl EmbeddingCache for HashMap<EmbeddingKey, Vec<f32>> {
-    fn get(&mut self, key: &EmbeddingKey) -> Result<Option<Vec<f32>>, CacheError> {
-        Ok(HashMap::get(self, key).cloned())
-    }
-
-    fn put(&mut self, key: &EmbeddingKey, embedding: &[f32]) -> Result<(), CacheError> {
-        self.insert(*key, embedding.to_vec());
-        Ok(())
-    }
-}
-
-/// The cache key of `text`'s embedding under `encoder`: blake3 over a version tag, the model's
-/// hash, the window size (it decides truncation) and the text.
-pub fn embedding_key(encoder: &dyn Encoder, text: &str) -> EmbeddingKey {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"rrm.embedding.v1\0");
-    hasher.update(encoder.identity().hash.as_bytes());
-    hasher.update(b"\0");
-    hasher.update(&(encoder.max_tokens() as u64).to_le_bytes());
-    hasher.update(text.as_bytes());
-    *hasher.finalize().as_bytes()
-}
-
-/// Little-endian `f32`s: how an embedding is stored as bytes.
-pub fn embedding_to_bytes(embedding: &[f32]) -> Vec<u8> {
-    embedding.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// The inverse of [`embedding_to_bytes`]; `None` when the length is not a multiple of 4.
-pub fn embedding_from_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
-    if !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    Some(
-        bytes
-            .chunks_exact(4)
-            .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
-            .collect(),
-    )
-}
-
-/// [`Encoder::embed`] through a cache: looks every text up by [`embedding_key`], embeds only the
-/// misses (each distinct text once), stores them, and returns all embeddings in order. A cached
-/// value of the wrong dimension is treated as a miss and overwritten.
-pub fn embed_cached(
-    encoder: &dyn Encoder,
-    cache: &mut dyn EmbeddingCache,
-    texts: &[&str],
-) -> Result<Vec<Vec<f32>>, InferError> {
-    let dim = encoder.dim();
-    let keys: Vec<EmbeddingKey> = texts.iter().map(|text| embedding_key(encoder, text)).collect();
-    let mut out: Vec<Option<Vec<f32>>> = Vec::with_capacity(texts.len());
-    let mut misses: HashMap<EmbeddingKey, usize> = HashMap::new();
-    let mut miss_texts: Vec<&str> = Vec::new();
-    for (key, text) in keys.iter().zip(texts) {
-        let hit = cache.get(key).map_err(EncoderError::Cache)?.filter(|e| e.len() == dim);
-        if hit.is_none() && !misses.contains_key(key) {
-            misses.insert(*key, miss_texts.len());
-            miss_texts.push(text);
-        }
-        out.push(hit);
-    }
-    if !miss_texts.is_empty() {
-        let computed = encoder.embed(&miss_texts)?;
-        for (text, embedding) in miss_texts.iter().zip(&computed) {
-            cache.put(&embedding_key(encoder, text), embedding).map_err(EncoderError::Cache)?;
-        }
-        for (slot, key) in out.iter_mut().zip(&keys) {
-            if slot.is_none() {
-                *slot = misses.get(key).and_then(|&i| computed.get(i)).cloned();
-            }
-        }
-    }
-    Ok(out.into_iter().map(Option::unwrap_or_default).collect())
-}
-
 /// Cosine similarity of two embeddings (their dot product when both are normalized, as the
 /// encoder's are). 0 when either is zero.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -553,6 +387,7 @@ mod tests {
     use super::*;
     use candle_nn::VarMap;
     use serde_json::json;
+    use std::collections::HashMap;
 
     const WORDS: &[&str] = &[
         "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "in", "park", "book", "is", "long",

@@ -138,7 +138,7 @@ impl LocalGenerator {
     ) -> Result<Self, InferError> {
         let identity = Self::identity_of(path, sha256)?;
         let loaded = LlamaModel::load(path, device)?;
-        Ok(Self::from_model(loaded.model, loaded.tokenizer, identity, config))
+        Self::from_model(loaded.model, loaded.tokenizer, identity, config)
     }
 
     /// The identity [`LocalGenerator::load`] gives the model at `path`, without loading it.
@@ -160,7 +160,7 @@ impl LocalGenerator {
         tokenizer: GgufTokenizer,
         identity: ModelIdentity,
         config: EngineConfig,
-    ) -> Self {
+    ) -> Result<Self, InferError> {
         let context_length = model.config.context_length;
         let tokenizer = Arc::new(tokenizer);
         let (tx, rx) = mpsc::channel();
@@ -168,8 +168,8 @@ impl LocalGenerator {
         let thread = std::thread::Builder::new()
             .name("rrm-engine".into())
             .spawn(move || Engine::new(model, tok, config).run(rx))
-            .ok();
-        Self { identity, tokenizer, context_length, tx: Some(tx), thread }
+            .map_err(|e| InferError::Other(format!("could not start the engine thread: {e}")))?;
+        Ok(Self { identity, tokenizer, context_length, tx: Some(tx), thread: Some(thread) })
     }
 
     /// The tokenizer (with the chat template) of the loaded model.
@@ -212,12 +212,12 @@ impl Generator for LocalGenerator {
         &self.identity
     }
 
-    fn context_length(&self) -> usize {
-        self.context_length
+    fn context_length(&self) -> Result<usize, InferError> {
+        Ok(self.context_length)
     }
 
-    fn count_tokens(&self, text: &str) -> usize {
-        self.tokenizer.encode(text).map(|t| t.len()).unwrap_or(0)
+    fn count_tokens(&self, text: &str) -> Result<usize, InferError> {
+        Ok(self.tokenizer.encode(text)?.len())
     }
 
     fn generate(
@@ -446,7 +446,21 @@ impl Engine {
         }
         for (i, finish) in finished.into_iter().rev() {
             let seq = self.active.swap_remove(i);
-            let text = self.tokenizer.decode(&seq.generated).unwrap_or_default();
+            let text = match self.tokenizer.decode(&seq.generated) {
+                Ok(text) => text,
+                Err(e) => {
+                    // A sequence whose tokens cannot be decoded fails its whole request: an
+                    // empty text would pass for a real (if terse) summary.
+                    self.fail_job(
+                        seq.job,
+                        InferError::Other(format!(
+                            "decoding {} generated tokens failed: {e}",
+                            seq.generated.len()
+                        )),
+                    );
+                    continue;
+                }
+            };
             let completion = Completion {
                 text,
                 completion_tokens: seq.generated.len(),

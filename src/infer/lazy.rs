@@ -50,12 +50,12 @@ impl Generator for LazyGenerator {
         &self.identity
     }
 
-    fn context_length(&self) -> usize {
-        self.get().map(|g| g.context_length()).unwrap_or(0)
+    fn context_length(&self) -> Result<usize, InferError> {
+        self.get()?.context_length()
     }
 
-    fn count_tokens(&self, text: &str) -> usize {
-        self.get().map(|g| g.count_tokens(text)).unwrap_or(0)
+    fn count_tokens(&self, text: &str) -> Result<usize, InferError> {
+        self.get()?.count_tokens(text)
     }
 
     fn generate(
@@ -83,6 +83,9 @@ mod tests {
         let err = rt.block_on(lazy.generate(vec![])).unwrap_err();
         assert!(err.to_string().contains("no weights"));
         assert!(lazy.is_loaded());
-        assert_eq!(lazy.count_tokens("abc"), 0);
+        // A failed load is an error for every use, never a silent zero.
+        let err = lazy.count_tokens("abc").unwrap_err();
+        assert!(err.to_string().contains("no weights"), "{err}");
+        assert!(lazy.context_length().is_err());
     }
 }

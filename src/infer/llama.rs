@@ -442,25 +442,17 @@ impl LlamaModel {
     /// Loads a GGUF file: config, weights (requantized on CPU where that is faster) and tokenizer.
     /// A truncated or malformed file is an error naming it.
     pub fn load(path: &Path, device: &Device) -> Result<LoadedGguf, InferError> {
-        let mut file =
-            File::open(path).map_err(|e| InferError::Io { path: path.to_path_buf(), error: e })?;
+        let io_err = |e| InferError::Io { path: path.to_path_buf(), error: e };
+        let mut file = File::open(path).map_err(io_err)?;
+        let file_len = file.metadata().map_err(io_err)?.len();
+        // Every length and tensor of the header is checked against the file first (a truncated
+        // download, a damaged or hostile file): candle's reader trusts them.
+        super::gguf_check::check(&mut file, file_len)
+            .map_err(|e| model_err(path, format!("not a readable GGUF file: {e}")))?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(io_err)?;
         let content = Content::read(&mut file)
             .map_err(|e| model_err(path, format!("not a readable GGUF file: {e}")))?;
         let config = LlamaConfig::from_gguf(&content).map_err(|e| model_err(path, e))?;
-        let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        // Check every tensor lies inside the file before reading any (a truncated download).
-        for (name, info) in &content.tensor_infos {
-            let elems = info.shape.elem_count();
-            let bs = info.ggml_dtype.block_size();
-            let bytes = (elems / bs.max(1)) as u64 * info.ggml_dtype.type_size() as u64;
-            let end = content.tensor_data_offset + info.offset + bytes;
-            if end > file_len {
-                return Err(model_err(
-                    path,
-                    format!("truncated: tensor `{name}` ends at byte {end} but the file has {file_len} bytes"),
-                ));
-            }
-        }
         let tokenizer =
             GgufTokenizer::from_metadata(&content.metadata).map_err(|e| model_err(path, e))?;
         let cfg = config.clone();

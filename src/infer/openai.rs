@@ -540,14 +540,14 @@ fn completion(
     let usage = reply.usage.unwrap_or(Usage { prompt_tokens: None, completion_tokens: None });
     let completion_tokens = usage.completion_tokens.unwrap_or_else(|| {
         if logprobs.is_empty() {
-            generator.count_tokens(&text)
+            approx_tokens(&text)
         } else {
             logprobs.len()
         }
     });
-    let prompt_tokens = usage.prompt_tokens.unwrap_or_else(|| {
-        request.messages.iter().map(|m| generator.count_tokens(&m.content)).sum()
-    });
+    let prompt_tokens = usage
+        .prompt_tokens
+        .unwrap_or_else(|| request.messages.iter().map(|m| approx_tokens(&m.content)).sum());
     let finish = match choice.finish_reason.as_deref() {
         Some("length") if completion_tokens < request.max_tokens => FinishReason::ContextFull,
         Some("length") => FinishReason::Length,
@@ -567,19 +567,24 @@ fn completion(
     })
 }
 
+/// One token per four characters, rounded up: the server's tokenizer is unknown here.
+fn approx_tokens(text: &str) -> usize {
+    text.chars().count().div_ceil(4)
+}
+
 impl Generator for OpenAiGenerator {
     fn identity(&self) -> &ModelIdentity {
         &self.identity
     }
 
-    fn context_length(&self) -> usize {
-        self.config.context_length
+    fn context_length(&self) -> Result<usize, InferError> {
+        Ok(self.config.context_length)
     }
 
     /// An approximation: one token per four characters, rounded up (the server's tokenizer is
     /// unknown here).
-    fn count_tokens(&self, text: &str) -> usize {
-        text.chars().count().div_ceil(4)
+    fn count_tokens(&self, text: &str) -> Result<usize, InferError> {
+        Ok(approx_tokens(text))
     }
 
     /// Sends every request concurrently (at most `concurrency` in flight) and returns the

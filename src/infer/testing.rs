@@ -6,6 +6,9 @@
 //! `<|endoftext|>` = 0, `<|im_start|>` = 1, `<|im_end|>` = 2) with a ChatML chat template. The
 //! text it generates is noise, but deterministic for a seed, which is what tests of batching,
 //! caching and scheduling need.
+//!
+//! [`BowEncoder`] is a deterministic bag-of-words sentence encoder for tests of code that needs
+//! an [`Encoder`](super::Encoder) but not a real model.
 
 use std::path::Path;
 
@@ -15,7 +18,57 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
 use super::tokenizer::byte_to_char_table;
-use super::InferError;
+use super::{Encoder, InferError, ModelIdentity};
+
+/// A deterministic bag-of-words "encoder": hashed counts of words longer than three characters,
+/// L2-normalized, in [`BowEncoder::DIM`] dimensions.
+pub struct BowEncoder {
+    identity: ModelIdentity,
+}
+
+impl BowEncoder {
+    pub const DIM: usize = 64;
+
+    pub fn new() -> BowEncoder {
+        BowEncoder { identity: ModelIdentity { name: "bow".into(), hash: "bow-test".into() } }
+    }
+}
+
+impl Default for BowEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Encoder for BowEncoder {
+    fn identity(&self) -> &ModelIdentity {
+        &self.identity
+    }
+    fn dim(&self) -> usize {
+        Self::DIM
+    }
+    fn max_tokens(&self) -> usize {
+        256
+    }
+    fn count_tokens(&self, text: &str) -> usize {
+        text.split_whitespace().count() + 2
+    }
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferError> {
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let mut v = vec![0f32; Self::DIM];
+                for w in t.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() > 3) {
+                    let h = blake3::hash(w.to_lowercase().as_bytes());
+                    v[h.as_bytes()[0] as usize % Self::DIM] += 1.0;
+                }
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+                v.iter_mut().for_each(|x| *x /= norm);
+                v
+            })
+            .collect())
+    }
+}
 
 /// The shape of a tiny test model.
 #[derive(Debug, Clone)]

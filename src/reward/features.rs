@@ -1,14 +1,13 @@
 //! Features of (node input, candidate summary) from the frozen sentence encoder: the input's
 //! and the summary's embeddings, their elementwise product and difference, their cosine, and
 //! length features. Inputs longer than the encoder's window are embedded in windows and pooled
-//! ([`embed_long`]). Embeddings are cached by text hash in [`Table::Embeddings`] through
-//! [`StoreCache`], so retraining and rescoring never re-encode a text.
+//! ([`embed_long`]). Embeddings go through a [`SharedCache`] (the workspace's is over the store),
+//! so retraining and rescoring never re-encode a text.
 
 use std::collections::HashMap;
 
-use crate::infer::encoder::{embed_long, CacheError, EmbeddingCache, EmbeddingKey};
+use crate::infer::encoder::{embed_long, EncoderError, SharedCache};
 use crate::infer::{Encoder, InferError};
-use crate::store::{Store, Table};
 
 /// Length features after the four embedding blocks: log summary words, log input words,
 /// summary/input word ratio, cosine of the two embeddings.
@@ -19,44 +18,25 @@ pub fn feature_dim(dim: usize) -> usize {
     4 * dim + EXTRA_FEATURES
 }
 
-/// An [`EmbeddingCache`] over the store's embeddings table (values: JSON arrays of f32).
-pub struct StoreCache {
-    store: Store,
-}
-
-impl StoreCache {
-    pub fn new(store: Store) -> StoreCache {
-        StoreCache { store }
-    }
-}
-
-impl EmbeddingCache for StoreCache {
-    fn get(&mut self, key: &EmbeddingKey) -> Result<Option<Vec<f32>>, CacheError> {
-        Ok(self.store.get::<Vec<f32>>(Table::Embeddings, &hex::encode(key))?)
-    }
-
-    fn put(&mut self, key: &EmbeddingKey, embedding: &[f32]) -> Result<(), CacheError> {
-        Ok(self.store.put(Table::Embeddings, &hex::encode(key), &embedding)?)
-    }
-}
-
-/// Embeds texts once each (through an optional store cache) and builds feature rows.
+/// Embeds texts once each (through an optional shared cache, usually the store's) and builds
+/// feature rows.
 pub struct Featurizer<'e> {
     encoder: &'e dyn Encoder,
-    store: Option<Store>,
+    cache: Option<SharedCache>,
     memo: HashMap<String, Vec<f32>>,
 }
 
 impl<'e> Featurizer<'e> {
-    pub fn new(encoder: &'e dyn Encoder, store: Option<Store>) -> Featurizer<'e> {
-        Featurizer { encoder, store, memo: HashMap::new() }
+    pub fn new(encoder: &'e dyn Encoder, cache: Option<SharedCache>) -> Featurizer<'e> {
+        Featurizer { encoder, cache, memo: HashMap::new() }
     }
 
     pub fn dim(&self) -> usize {
         feature_dim(self.encoder.dim())
     }
 
-    /// Embeds every text not seen yet (long ones windowed and pooled), in one batch.
+    /// Embeds every text not seen yet (long ones windowed and pooled), in one batch, and makes
+    /// the cache durable, so a later run finds these even if this one is killed.
     pub fn prepare(&mut self, texts: &[&str]) -> Result<(), InferError> {
         let mut todo: Vec<&str> = Vec::new();
         for &t in texts {
@@ -67,12 +47,15 @@ impl<'e> Featurizer<'e> {
         if todo.is_empty() {
             return Ok(());
         }
-        let embeddings = match &self.store {
-            Some(store) => {
-                let mut cache = StoreCache::new(store.clone());
-                let out = embed_long(self.encoder, &todo, Some(&mut cache))?;
-                // Durable cache: a later run finds these even if this one is killed.
-                let _ = store.flush();
+        let embeddings = match &self.cache {
+            Some(cache) => {
+                let mut guard = cache.lock().map_err(|_| {
+                    InferError::Encoder(EncoderError::Cache(
+                        "the embedding cache lock is poisoned".into(),
+                    ))
+                })?;
+                let out = embed_long(self.encoder, &todo, Some(&mut *guard))?;
+                guard.flush().map_err(|e| InferError::Encoder(EncoderError::Cache(e)))?;
                 out
             }
             None => embed_long(self.encoder, &todo, None)?,
@@ -83,13 +66,18 @@ impl<'e> Featurizer<'e> {
         Ok(())
     }
 
-    /// The feature row of (`input`, `summary`); both must have been prepared.
-    pub fn row(&self, input: &str, summary: &str) -> Vec<f32> {
-        let d = self.encoder.dim();
-        let zero = vec![0f32; d];
-        let u = self.memo.get(input).unwrap_or(&zero);
-        let v = self.memo.get(summary).unwrap_or(&zero);
-        features(u, v, input, summary)
+    /// The feature row of (`input`, `summary`). Both must have been prepared: a text never
+    /// embedded is an error, not a row of zeros.
+    pub fn row(&self, input: &str, summary: &str) -> Result<Vec<f32>, InferError> {
+        let get = |t: &str| {
+            self.memo.get(t).ok_or_else(|| {
+                InferError::InvalidRequest(format!(
+                    "reward features: the text {:?} was not embedded before use (call prepare first)",
+                    t.chars().take(40).collect::<String>()
+                ))
+            })
+        };
+        Ok(features(get(input)?, get(summary)?, input, summary))
     }
 }
 

@@ -30,8 +30,11 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Epochs without validation improvement before stopping.
     pub patience: usize,
-    /// Share of split groups (books) held out for validation, in percent.
+    /// Share of split groups (books) held out for validation (early stopping), in percent.
     pub val_percent: u32,
+    /// Share of split groups held out for the test metrics the card reports, in percent.
+    #[serde(default = "default_test_percent")]
+    pub test_percent: u32,
     /// One ensemble for all heights, with a height embedding.
     pub shared: bool,
     pub seed: u64,
@@ -47,11 +50,16 @@ impl Default for TrainConfig {
             learning_rate: 3e-3,
             weight_decay: 1e-3,
             patience: 4,
-            val_percent: 25,
+            val_percent: 20,
+            test_percent: 20,
             shared: false,
             seed: 0,
         }
     }
+}
+
+fn default_test_percent() -> u32 {
+    0
 }
 
 /// Evaluation of a model on a set of pairs.
@@ -97,29 +105,63 @@ impl PairTensors {
     }
 }
 
-/// Which groups (books) go to validation: a stable hash of the group decides, and with two or
-/// more groups at least one is held out and at least one kept.
-pub fn validation_groups(pairs: &[Pair], val_percent: u32) -> BTreeSet<String> {
-    let groups: BTreeSet<&str> = pairs.iter().map(|p| p.group.as_str()).collect();
-    if groups.len() < 2 {
-        return BTreeSet::new();
-    }
-    let bucket = |g: &str| u32::from(blake3::hash(g.as_bytes()).as_bytes()[0]) * 100 / 256;
-    let mut val: BTreeSet<String> =
-        groups.iter().filter(|g| bucket(g) < val_percent).map(|g| g.to_string()).collect();
-    if val_percent > 0 {
-        if val.is_empty() {
-            if let Some(g) = groups.iter().min_by_key(|g| bucket(g)) {
-                val.insert(g.to_string());
+/// The groups (books, or clusters of near-identical inputs) of the validation set (it chooses
+/// the epoch) and of the test set (it gives the reported metrics); all others train. A stable
+/// hash of the group decides. With three or more groups each set gets at least one; with two,
+/// one trains and one is the test set (no validation: training runs its full epochs); with one,
+/// nothing is held out.
+pub fn split_groups(
+    pairs: &[Pair],
+    val_percent: u32,
+    test_percent: u32,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let groups: Vec<&str> =
+        pairs.iter().map(|p| p.group.as_str()).collect::<BTreeSet<&str>>().into_iter().collect();
+    let bucket = |g: &str| {
+        let h = blake3::hash(g.as_bytes());
+        u32::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1], 0, 0]) as f64 / 65536.0 * 100.0
+    };
+    let mut order: Vec<(f64, &str)> = groups.iter().map(|g| (bucket(g), *g)).collect();
+    order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
+    let (mut val, mut test) = (BTreeSet::new(), BTreeSet::new());
+    match order.len() {
+        0 | 1 => {}
+        2 => {
+            if test_percent > 0 || val_percent > 0 {
+                test.insert(order[0].1.to_string());
             }
         }
-        if val.len() == groups.len() {
-            if let Some(g) = groups.iter().max_by_key(|g| bucket(g)) {
-                val.remove(*g);
+        _ => {
+            for &(b, g) in &order {
+                if b < f64::from(test_percent) {
+                    test.insert(g.to_string());
+                } else if b < f64::from(test_percent + val_percent) {
+                    val.insert(g.to_string());
+                }
+            }
+            // At least one group in each held-out set asked for, and at least one to train on.
+            let mut free: Vec<&str> = order
+                .iter()
+                .map(|&(_, g)| g)
+                .filter(|g| !test.contains(*g) && !val.contains(*g))
+                .collect();
+            if test_percent > 0 && test.is_empty() && free.len() > 1 {
+                test.insert(free.remove(0).to_string());
+            }
+            if val_percent > 0 && val.is_empty() && free.len() > 1 {
+                val.insert(free.remove(0).to_string());
+            }
+            if free.is_empty() {
+                if let Some(g) =
+                    val.iter().next_back().cloned().or_else(|| test.iter().next_back().cloned())
+                {
+                    val.remove(&g);
+                    test.remove(&g);
+                }
             }
         }
     }
-    val
+    (val, test)
 }
 
 fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -329,9 +371,13 @@ mod tests {
             group: g.into(),
         };
         let pairs: Vec<Pair> = (0..10).map(|i| pair(&format!("book{}", i % 5))).collect();
-        let val = validation_groups(&pairs, 25);
-        assert!(!val.is_empty() && val.len() < 5);
-        assert!(validation_groups(&[pair("one")], 25).is_empty());
+        let (val, test) = split_groups(&pairs, 20, 20);
+        assert!(!val.is_empty() && !test.is_empty() && val.len() + test.len() < 5);
+        assert!(val.is_disjoint(&test));
+        let (v1, t1) = split_groups(&[pair("one")], 20, 20);
+        assert!(v1.is_empty() && t1.is_empty());
+        let (v2, t2) = split_groups(&[pair("one"), pair("two")], 20, 20);
+        assert!(v2.is_empty() && t2.len() == 1);
     }
 
     #[test]

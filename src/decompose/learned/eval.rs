@@ -45,21 +45,23 @@ fn windows(n: usize, reference: &[usize], hypothesis: &[usize], k: usize) -> Vec
 
 /// Pk: the share of windows whose ends are in the same segment in one segmentation and not in
 /// the other. 0 when there are no windows (`n ≤ k`).
-pub fn pk(n: usize, reference: &[usize], hypothesis: &[usize], k: usize) -> f64 {
+/// `None` when there is no window (fewer than `k + 1` units): undefined, not perfect.
+pub fn pk(n: usize, reference: &[usize], hypothesis: &[usize], k: usize) -> Option<f64> {
     let w = windows(n, reference, hypothesis, k.max(1));
     if w.is_empty() {
-        return 0.0;
+        return None;
     }
-    w.iter().filter(|&&(r, h)| (r == 0) != (h == 0)).count() as f64 / w.len() as f64
+    Some(w.iter().filter(|&&(r, h)| (r == 0) != (h == 0)).count() as f64 / w.len() as f64)
 }
 
-/// WindowDiff: the share of windows holding different numbers of boundaries.
-pub fn window_diff(n: usize, reference: &[usize], hypothesis: &[usize], k: usize) -> f64 {
+/// WindowDiff: the share of windows holding different numbers of boundaries; `None` when there
+/// is no window.
+pub fn window_diff(n: usize, reference: &[usize], hypothesis: &[usize], k: usize) -> Option<f64> {
     let w = windows(n, reference, hypothesis, k.max(1));
     if w.is_empty() {
-        return 0.0;
+        return None;
     }
-    w.iter().filter(|&&(r, h)| r != h).count() as f64 / w.len() as f64
+    Some(w.iter().filter(|&&(r, h)| r != h).count() as f64 / w.len() as f64)
 }
 
 #[cfg(test)]
@@ -68,9 +70,11 @@ mod tests {
 
     #[test]
     fn perfect_and_empty() {
-        assert_eq!(pk(20, &[5, 10, 15], &[5, 10, 15], 3), 0.0);
-        assert_eq!(window_diff(20, &[5, 10, 15], &[5, 10, 15], 3), 0.0);
-        assert_eq!(pk(3, &[1], &[2], 5), 0.0);
+        assert_eq!(pk(20, &[5, 10, 15], &[5, 10, 15], 3), Some(0.0));
+        assert_eq!(window_diff(20, &[5, 10, 15], &[5, 10, 15], 3), Some(0.0));
+        // Fewer units than a window: undefined, not perfect.
+        assert_eq!(pk(3, &[1], &[2], 5), None);
+        assert_eq!(window_diff(3, &[1], &[2], 5), None);
         assert_eq!(default_k(20, &[5, 10, 15]), 3); // 4 segments of 5: 2.5 rounds to 3
         assert_eq!(default_k(10, &[]), 5);
     }
@@ -81,17 +85,17 @@ mod tests {
         // straddle gap 4 (the boundary) when i = 3 or 4.
         let reference = [5];
         // No hypothesis boundary: the 2 straddling windows disagree.
-        assert_eq!(pk(10, &reference, &[], 2), 2.0 / 8.0);
-        assert_eq!(window_diff(10, &reference, &[], 2), 2.0 / 8.0);
+        assert_eq!(pk(10, &reference, &[], 2), Some(2.0 / 8.0));
+        assert_eq!(window_diff(10, &reference, &[], 2), Some(2.0 / 8.0));
         // Off by one (boundary before unit 6): windows i = 3 (ref only) and i = 5 (hyp only).
-        assert_eq!(pk(10, &reference, &[6], 2), 2.0 / 8.0);
+        assert_eq!(pk(10, &reference, &[6], 2), Some(2.0 / 8.0));
         // Two hypothesis boundaries in one window: Pk sees agreement, WindowDiff does not.
         // Window i = 4 holds gaps 4 and 5 (ref 1, hyp 2); i = 5 holds only the extra one.
-        assert_eq!(pk(10, &reference, &[5, 6], 2), 1.0 / 8.0);
-        assert_eq!(window_diff(10, &reference, &[5, 6], 2), 2.0 / 8.0);
+        assert_eq!(pk(10, &reference, &[5, 6], 2), Some(1.0 / 8.0));
+        assert_eq!(window_diff(10, &reference, &[5, 6], 2), Some(2.0 / 8.0));
         // Boundaries everywhere: every window without a reference boundary disagrees.
         let all: Vec<usize> = (1..10).collect();
-        assert_eq!(pk(10, &reference, &all, 2), 6.0 / 8.0);
-        assert_eq!(window_diff(10, &reference, &all, 2), 1.0);
+        assert_eq!(pk(10, &reference, &all, 2), Some(6.0 / 8.0));
+        assert_eq!(window_diff(10, &reference, &all, 2), Some(1.0));
     }
 }

@@ -231,6 +231,8 @@ fn tile(
 }
 
 #[cfg(target_arch = "x86_64")]
+// Row indices address several arrays at once (accumulators, activations, results).
+#[allow(clippy::needless_range_loop)]
 mod x86 {
     use std::arch::x86_64::*;
 

@@ -1,0 +1,272 @@
+//! The flags several commands share, in one place: the workspace's folders, the sentence
+//! encoder, the generator, the local model, the decomposer, node ids. Command files depend on
+//! this file and the library only (never on each other).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::decompose::fixed::parse_fanout;
+use crate::decompose::ContextMode;
+use crate::infer::engine::DeviceChoice;
+use crate::infer::fetch;
+use crate::infer::spec::{Backend, GeneratorSpec};
+use crate::workspace::decomposers::{DecomposerKind, DecomposerSpec};
+use crate::workspace::WorkspaceConfig;
+
+pub use crate::workspace::trees::ID_HELP;
+
+/// Folder for fetched models.
+#[derive(Debug, Clone, Args)]
+pub struct ModelsDir {
+    /// Folder for fetched models (default: RRM_MODELS, else the user's cache folder `rrm/models`).
+    #[arg(long, global = true, env = "RRM_MODELS", value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+}
+
+/// The folders of a workspace (the database is the global `--db`).
+#[derive(Debug, Clone, Args)]
+pub struct WorkspaceArgs {
+    /// Folder for fetched books.
+    #[arg(long, global = true, env = "RRM_BOOKS", default_value = "books", value_name = "DIR")]
+    pub books_dir: PathBuf,
+    /// Folder for task tree files (copies of the trees stored in the database).
+    #[arg(
+        long,
+        global = true,
+        env = "RRM_TREES",
+        default_value = "task_trees",
+        value_name = "DIR"
+    )]
+    pub trees_dir: PathBuf,
+    /// Folder of reward model checkpoints (default: `reward/` beside the database).
+    #[arg(long, global = true, env = "RRM_REWARD_DIR", value_name = "DIR")]
+    pub reward_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub models: ModelsDir,
+}
+
+impl WorkspaceArgs {
+    pub fn config(&self, db: &std::path::Path) -> WorkspaceConfig {
+        WorkspaceConfig {
+            db: db.to_path_buf(),
+            books_dir: self.books_dir.clone(),
+            trees_dir: self.trees_dir.clone(),
+            reward_dir: self.reward_dir.clone(),
+            models_dir: self.models.models_dir.clone(),
+        }
+    }
+}
+
+/// Which sentence encoder gives features and embeddings.
+#[derive(Debug, Clone, Args)]
+pub struct EncoderArgs {
+    /// Sentence encoder: a registry name (fetched on first use) or a folder with
+    /// model.safetensors, config.json and tokenizer.json.
+    #[arg(long, global = true, default_value = fetch::DEFAULT_ENCODER, value_name = "NAME|DIR")]
+    pub encoder: String,
+}
+
+/// Where text generation runs.
+#[derive(Debug, Clone, Args)]
+pub struct GeneratorOptions {
+    /// Generation backend.
+    #[arg(long, value_enum, default_value_t = BackendArg::Local)]
+    pub backend: BackendArg,
+    /// Local: a known model name (`rrm models list`) or a .gguf path. OpenAI: the served
+    /// model's name.
+    #[arg(long, env = "RRM_MODEL", value_name = "SPEC")]
+    pub model: Option<String>,
+    /// Local: where the model runs.
+    #[arg(long, default_value = "auto", value_parser = parse_device, value_name = "cpu|cuda|auto")]
+    pub device: DeviceChoice,
+    /// OpenAI backend: the server's base URL, e.g. http://127.0.0.1:8000.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// OpenAI backend: the environment variable that holds the API key (none: no key sent).
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
+    /// OpenAI backend: the served model's context window in tokens.
+    #[arg(long, default_value_t = 8192, value_name = "N")]
+    pub context_length: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// The embedded candle engine over a GGUF model (fetched on first use).
+    Local,
+    /// A server speaking the OpenAI chat-completions protocol (vLLM, llama.cpp server, Ollama).
+    Openai,
+}
+
+pub fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse()
+}
+
+impl GeneratorOptions {
+    /// Starts the generator these flags name (checking the flags each backend needs).
+    pub fn start(
+        &self,
+        models: &ModelsDir,
+        max_batch: usize,
+        progress: bool,
+    ) -> anyhow::Result<std::sync::Arc<dyn crate::infer::Generator>> {
+        if self.backend == BackendArg::Openai {
+            if self.endpoint.is_none() {
+                anyhow::bail!("--backend openai needs --endpoint URL (e.g. http://127.0.0.1:8000)");
+            }
+            if self.model.is_none() {
+                anyhow::bail!("--backend openai needs --model NAME (the name the server serves)");
+            }
+        }
+        Ok(self.spec(models).start(max_batch, progress)?)
+    }
+
+    pub fn spec(&self, models: &ModelsDir) -> GeneratorSpec {
+        GeneratorSpec {
+            backend: match self.backend {
+                BackendArg::Local => Backend::Local,
+                BackendArg::Openai => Backend::Openai,
+            },
+            model: self.model.clone(),
+            models_dir: models.models_dir.clone(),
+            device: self.device,
+            endpoint: self.endpoint.clone(),
+            api_key_env: self.api_key_env.clone(),
+            context_length: self.context_length,
+        }
+    }
+}
+
+/// Which local model and device (`generate`, `bench`).
+#[derive(Debug, Clone, Args)]
+pub struct LocalModelArgs {
+    /// A known model name, a .gguf path, a folder with one, or ORG/NAME in the Hugging Face cache.
+    #[arg(long, default_value = fetch::DEFAULT_GENERATOR, value_name = "SPEC")]
+    pub model: String,
+    /// Where the model runs.
+    #[arg(long, default_value = "auto", value_parser = parse_device, value_name = "cpu|cuda|auto")]
+    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub models: ModelsDir,
+}
+
+impl LocalModelArgs {
+    pub fn spec(&self) -> GeneratorSpec {
+        GeneratorSpec {
+            model: Some(self.model.clone()),
+            models_dir: self.models.models_dir.clone(),
+            device: self.device,
+            ..GeneratorSpec::local_default()
+        }
+    }
+}
+
+/// How a book is split into a tree (shared by `decompose` and `summarize`).
+#[derive(Debug, Clone, Args)]
+pub struct DecomposerOptions {
+    /// How to split the book.
+    #[arg(long, value_enum, default_value_t = DecomposerArg::Fixed)]
+    pub decomposer: DecomposerArg,
+    /// With --decomposer learned: the boundary model (from `rrm decomposer train`); default:
+    /// the model built into rrm (trained on four catalog books).
+    #[arg(long, value_name = "PATH")]
+    pub decomposer_model: Option<PathBuf>,
+    /// Most tokens per leaf.
+    #[arg(long, default_value_t = 600, value_name = "N")]
+    pub chunk_tokens: usize,
+    /// Children per parent, MIN..MAX (default: 5..13 for fixed chunking; 3..13 for the
+    /// learned decomposers, whose parents follow chapters and a chapter is often only three or
+    /// four leaves long).
+    #[arg(long, value_parser = parse_fanout, value_name = "MIN..MAX")]
+    pub fanout: Option<(usize, usize)>,
+    /// Whether nodes read the outputs of earlier nodes at their height.
+    #[arg(long, value_enum, default_value_t = ContextArg::None)]
+    pub context: ContextArg,
+    /// With --context previous: how many earlier nodes each one reads.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub context_window: usize,
+    /// Jitter leaf sizes reproducibly with this seed.
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Output caps in tokens by height (the last repeats).
+    #[arg(long, value_delimiter = ',', default_value = "128,192,384", value_name = "N,N,..")]
+    pub output_tokens: Vec<usize>,
+    /// Most input tokens of a parent (its children's output caps must fit).
+    #[arg(long, default_value_t = 2048, value_name = "N")]
+    pub max_input_tokens: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DecomposerArg {
+    /// Fixed-size chunking (Wu et al. 2021).
+    Fixed,
+    /// A trained boundary scorer and an exact length-constrained segmentation.
+    Learned,
+    /// The untrained baseline: cuts where the embedding similarity of neighbouring sentence
+    /// windows dips (TextTiling style), same segmentation.
+    Similarity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ContextArg {
+    /// Leaves are independent.
+    None,
+    /// Nodes read the outputs of earlier nodes at the same height.
+    Previous,
+}
+
+impl DecomposerOptions {
+    pub fn spec(&self, encoder: &EncoderArgs) -> DecomposerSpec {
+        DecomposerSpec {
+            kind: match self.decomposer {
+                DecomposerArg::Fixed => DecomposerKind::Fixed,
+                DecomposerArg::Learned => DecomposerKind::Learned,
+                DecomposerArg::Similarity => DecomposerKind::Similarity,
+            },
+            model: self.decomposer_model.clone(),
+            encoder: encoder.encoder.clone(),
+            chunk_tokens: self.chunk_tokens,
+            fanout: self.fanout,
+            context: match self.context {
+                ContextArg::None => ContextMode::None,
+                ContextArg::Previous => ContextMode::Previous,
+            },
+            context_window: self.context_window,
+            seed: self.seed,
+            output_tokens: self.output_tokens.clone(),
+            max_input_tokens: self.max_input_tokens,
+        }
+    }
+}
+
+/// A spinner on stderr (hidden with `-q` or when stderr is not a terminal).
+pub fn spinner(quiet: bool, message: impl Into<String>) -> ProgressBar {
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.set_message(message.into());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// The name of whoever rates: `--labeler`, else `RRM_LABELER`, else `USER`, else "anonymous".
+pub fn labeler(arg: &Option<String>) -> String {
+    arg.clone()
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "anonymous".to_string())
+}
+
+/// The async runtime a command runs library futures on (blocking work goes to its blocking
+/// threads).
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

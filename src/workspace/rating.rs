@@ -1,0 +1,177 @@
+//! Rating a node: finding it, rebuilding what it summarizes, its stored candidates, drawing more,
+//! the pairs a labeler can still compare, and recording answers (each written and flushed before
+//! the call returns).
+
+use super::{trees, LoadedTree, Result, Workspace, WorkspaceError};
+use crate::book::Book;
+use crate::compose::sample::{self, candidates_for, NodeInput, StoredCandidate};
+use crate::compose::ComposeOptions;
+use crate::feedback::{self, ComparedPairs, Feedback, FeedbackKind};
+use crate::infer::{Generator, SamplingParams};
+use crate::tree::NodeId;
+
+/// A node found for rating: its tree, book and rebuilt input.
+#[derive(Debug, Clone)]
+pub struct RatingTarget {
+    pub loaded: LoadedTree,
+    pub id: NodeId,
+    pub book: Book,
+    pub input: NodeInput,
+}
+
+impl RatingTarget {
+    pub fn label(&self) -> &str {
+        &self.input.label
+    }
+
+    pub fn book_id(&self) -> &str {
+        self.loaded.tree.book_id().as_str()
+    }
+
+    /// The node's distinct stored candidates, oldest first.
+    pub fn candidates(&self, ws: &Workspace) -> Result<Vec<StoredCandidate>> {
+        Ok(candidates_for(ws.store(), &self.input.input_key)?)
+    }
+}
+
+/// Finds node `id` (a label or content-hash prefix) in `book`'s tree or in every tree, and
+/// rebuilds its input.
+pub fn resolve(ws: &Workspace, id: &str, book: Option<&str>, lossy: bool) -> Result<RatingTarget> {
+    let (loaded, nid) = trees::find_node(ws, id, book, lossy)?;
+    finish(ws, loaded, nid)
+}
+
+/// The node labelled `label` in the tree of the book with id `book_id`.
+pub fn resolve_in_book(ws: &Workspace, book_id: &str, label: &str) -> Result<RatingTarget> {
+    let loaded = trees::by_book_id(ws, book_id)?;
+    let nid = loaded.node_id(label)?;
+    finish(ws, loaded, nid)
+}
+
+/// A target from an already loaded tree.
+pub fn finish(ws: &Workspace, loaded: LoadedTree, nid: NodeId) -> Result<RatingTarget> {
+    let book = loaded.require_book()?.clone();
+    let input = sample::node_input(ws.store(), &book, &loaded.tree, loaded.run.as_ref(), nid)?;
+    Ok(RatingTarget { loaded, id: nid, book, input })
+}
+
+/// Sampling for candidates drawn for rating: the composer's best-of-N settings, at
+/// `temperature` when given.
+pub fn rating_sampling(temperature: Option<f32>) -> Result<SamplingParams> {
+    let mut s = ComposeOptions::default().sampling_best_of;
+    if let Some(t) = temperature {
+        if !(0.0..=5.0).contains(&t) || !t.is_finite() {
+            return Err(WorkspaceError::Invalid(format!(
+                "the temperature must be between 0 and 5 (got {t})"
+            )));
+        }
+        s.temperature = t;
+    }
+    Ok(s)
+}
+
+/// Draws `k` candidates for the target with `generator` and stores them (flushed). Without an
+/// explicit seed, the first seed whose draw is not stored yet is used, so every call draws anew
+/// even when an earlier draw added no new text. Returns all distinct candidates now stored.
+pub async fn draw(
+    ws: &Workspace,
+    generator: &dyn Generator,
+    target: &RatingTarget,
+    k: usize,
+    temperature: Option<f32>,
+    seed: Option<u64>,
+) -> Result<Vec<StoredCandidate>> {
+    if k == 0 || k > 64 {
+        return Err(WorkspaceError::Invalid(format!(
+            "the number of candidates to draw must be between 1 and 64 (got {k})"
+        )));
+    }
+    let params = rating_sampling(temperature)?;
+    let store = ws.store();
+    let seed = match seed {
+        Some(s) => s,
+        None => {
+            let mut s = 0u64;
+            while store.contains(
+                crate::store::Table::Candidates,
+                &sample::sample_key(generator, &target.input, k, &params, s),
+            )? {
+                s += 1;
+            }
+            s
+        }
+    };
+    sample::sample(generator, store, &target.input, k, &params, seed).await?;
+    target.candidates(ws)
+}
+
+/// Finds a candidate by index or by a prefix (4+ hex digits) of its hash.
+pub fn pick_candidate(cands: &[StoredCandidate], spec: &str, label: &str) -> Result<usize> {
+    if let Ok(i) = spec.parse::<usize>() {
+        if i < cands.len() {
+            return Ok(i);
+        }
+        if spec.len() < 4 {
+            return Err(WorkspaceError::NotFound(format!(
+                "node {label} has no candidate {i}: it has {} (indices 0..{}; see `rrm rate {label}` or `rrm node sample {label}`)",
+                cands.len(),
+                cands.len().saturating_sub(1)
+            )));
+        }
+    }
+    let matches: Vec<usize> =
+        (0..cands.len()).filter(|&i| spec.len() >= 4 && cands[i].hash.starts_with(spec)).collect();
+    match matches.as_slice() {
+        [i] => Ok(*i),
+        [] => Err(WorkspaceError::NotFound(format!(
+            "node {label} has no candidate '{spec}' (give an index 0..{} or 4+ hex digits of a candidate's hash)",
+            cands.len().saturating_sub(1)
+        ))),
+        _ => Err(WorkspaceError::Invalid(format!(
+            "'{spec}' matches {} candidates of node {label}; give more digits",
+            matches.len()
+        ))),
+    }
+}
+
+/// The pairs of `cands` that `labeler` has not compared yet, `first` (if given and open) first.
+pub fn open_pairs(
+    ws: &Workspace,
+    target: &RatingTarget,
+    labeler: &str,
+    cands: &[StoredCandidate],
+    first: Option<(usize, usize)>,
+) -> Result<Vec<(usize, usize)>> {
+    let compared = ComparedPairs::from_records(&feedback::all(ws.store())?);
+    let hashes: Vec<String> = cands.iter().map(|c| c.hash.clone()).collect();
+    let mut pairs = compared.open_pairs(&target.input.input_key, &hashes, Some(labeler), None);
+    if let Some((i, j)) = first {
+        let key = (i.min(j), i.max(j));
+        if let Some(pos) = pairs.iter().position(|&p| p == key) {
+            pairs.remove(pos);
+            pairs.insert(0, (i, j));
+        }
+    }
+    Ok(pairs)
+}
+
+/// Records one answer about the target (validated, written and flushed); returns its id.
+pub fn record(
+    ws: &Workspace,
+    target: &RatingTarget,
+    labeler: &str,
+    kind: FeedbackKind,
+) -> Result<String> {
+    if labeler.trim().is_empty() {
+        return Err(WorkspaceError::Invalid("the labeler name must not be empty".into()));
+    }
+    let fb = Feedback::new(
+        labeler,
+        &target.input.input_key,
+        &target.input.input,
+        target.input.height,
+        kind,
+    )
+    .at(Some(target.book_id().to_string()), Some(target.label().to_string()));
+    Ok(feedback::put(ws.store(), fb)?)
+}
