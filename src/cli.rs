@@ -20,6 +20,7 @@ pub mod cache;
 pub mod db;
 pub mod decompose;
 pub mod decomposer;
+pub mod eval;
 pub mod feedback;
 pub mod models;
 pub mod node;
@@ -83,6 +84,8 @@ pub enum Command {
     Reward(reward::RewardArgs),
     /// Check the database and repair it (e.g. `rrm db check`, `rrm db check --repair`).
     Db(db::DbArgs),
+    /// Summary quality against references, run comparisons, plots (e.g. `rrm eval report --out r/`).
+    Eval(eval::EvalArgs),
 }
 
 /// What every command may need, opened lazily.
@@ -180,5 +183,6 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Feedback(args) => feedback::run(ctx, args),
         Command::Reward(args) => reward::run(ctx, args),
         Command::Db(args) => db::run(ctx, args),
+        Command::Eval(args) => eval::run(ctx, args),
     }
 }

@@ -19,6 +19,7 @@
 //!
 //! Imports `book`, `tree`, `infer` (seams only) and `store`; never the CLI.
 
+pub mod ask;
 pub mod cache;
 pub mod keys;
 pub mod prompt;
@@ -43,7 +44,7 @@ use crate::tree::{NodeId, NodeKind, TaskTree};
 
 pub use keys::input_key;
 pub use record::{Candidate, CandidateOrigin, CandidateSet, NodeOutput, RunRecord};
-pub use select::{CandidateScore, MeanLogprob, Selector};
+pub use select::{CandidateScore, MeanLogprob, SelectNode, Selector};
 
 /// Everything that decides what the composer generates, besides the tree and the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +171,7 @@ pub struct Composer {
 #[derive(Clone)]
 struct Prepared {
     id: NodeId,
+    book_id: String,
     label: String,
     height: u32,
     input: String,
@@ -418,10 +420,22 @@ impl Composer {
             }
         };
         let selector = Arc::clone(&self.selector);
-        let (height, input, candidates) =
-            (prepared.height, prepared.input.clone(), set.candidates.clone());
+        let node = prepared.clone();
+        let candidates = set.candidates.clone();
         let scored = if candidates.len() > 1 {
-            Some(blocking(move || selector.score(height, &input, &candidates)).await??)
+            Some(
+                blocking(move || {
+                    let at = SelectNode {
+                        book_id: &node.book_id,
+                        label: &node.label,
+                        height: node.height,
+                        input: &node.input,
+                        input_key: &node.input_key,
+                    };
+                    selector.score_node(&at, &candidates)
+                })
+                .await??,
+            )
         } else {
             None
         };
@@ -517,6 +531,7 @@ impl Composer {
             .collect();
         Ok(Prepared {
             id,
+            book_id: tree.book_id().to_string(),
             label,
             height: node.height,
             input,

@@ -9,6 +9,7 @@ pub mod book;
 pub mod cli;
 pub mod compose;
 pub mod decompose;
+pub mod eval;
 pub mod feedback;
 pub mod infer;
 pub mod reward;

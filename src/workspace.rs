@@ -16,6 +16,7 @@
 //!   recording answers.
 //! - [`queue`]: what to rate next, ranked by the reward ensemble's disagreement.
 //! - [`summarize`]: decomposing and composing a book, selectors.
+//! - [`ask`]: `summarize --ask` (budgets, the asking selector) and its measurement.
 //! - [`embeddings`]: the sentence-embedding cache over the store.
 //! - [`check`]: `rrm db check [--repair]`.
 //! - [`corrections`]: split corrections for the learned decomposer.
@@ -25,11 +26,13 @@
 //!
 //! Imports every library module; nothing but front ends imports it.
 
+pub mod ask;
 pub mod books;
 pub mod check;
 pub mod corrections;
 pub mod decomposers;
 pub mod embeddings;
+pub mod eval;
 pub mod gc;
 pub mod queue;
 pub mod rating;
@@ -82,6 +85,9 @@ pub enum WorkspaceError {
     Reward(#[from] RewardError),
     #[error(transparent)]
     Infer(#[from] InferError),
+    /// Boxed: evaluation errors are large and rare.
+    #[error(transparent)]
+    Eval(Box<crate::eval::EvalError>),
     /// Something named does not exist (a node, a tree, a candidate); the message says what and
     /// how to get it.
     #[error("{0}")]
@@ -89,6 +95,12 @@ pub enum WorkspaceError {
     /// A value given is out of range or inconsistent; the message names it.
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<crate::eval::EvalError> for WorkspaceError {
+    fn from(e: crate::eval::EvalError) -> WorkspaceError {
+        WorkspaceError::Eval(Box::new(e))
+    }
 }
 
 pub type Result<T, E = WorkspaceError> = std::result::Result<T, E>;

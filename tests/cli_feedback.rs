@@ -343,4 +343,51 @@ fn simulate_queue_train_eval_score_and_best_of_with_the_reward_model() {
 
     let err = ws.stderr_fail(&["summarize", "orchard.txt", "--reward-model", "nosuch"]);
     assert!(err.contains("not a reward checkpoint"), "{err}");
+
+    // --ask: where the ensemble is unsure (a threshold that makes it unsure everywhere), the
+    // terminal asks; two questions (the budget), answered "2" with confidence 7, stored.
+    let before = ws.feedback_json().len();
+    let summarize = [
+        "summarize",
+        "orchard.txt",
+        "--chunk-tokens",
+        "60",
+        "--fanout",
+        "2..3",
+        "--output-tokens",
+        "10,12,14",
+        "--best-of",
+        "2",
+        "--reward-model",
+        "latest",
+        "--ask",
+        "--ask-threshold",
+        "1000",
+        "--ask-budget",
+        "2",
+        "--labeler",
+        "ida",
+    ];
+    let asked = ws.rrm().args(summarize).write_stdin("2 7\n2 7\n2 7\n").assert().success();
+    let err = String::from_utf8_lossy(&asked.get_output().stderr).into_owned();
+    assert!(err.contains("summary 1") && err.contains("asked 2 question(s)"), "{err}");
+    let after = ws.feedback_json();
+    assert_eq!(after.len(), before + 2, "two answers stored");
+    let new: Vec<_> = after.iter().filter(|r| r["labeler"] == "ida").collect();
+    assert_eq!(new.len(), 2);
+    assert!(new.iter().all(|r| r["kind"] == "comparison" && r["confidence"] == 7), "{new:?}");
+    let err = ws.stderr_fail(&["summarize", "orchard.txt", "--reward-model", "latest", "--ask"]);
+    assert!(err.contains("--best-of 2"), "{err}");
+    let err = ws.stderr_fail(&[
+        "summarize",
+        "orchard.txt",
+        "--best-of",
+        "2",
+        "--reward-model",
+        "latest",
+        "--ask",
+        "--ask-budget",
+        "lots",
+    ]);
+    assert!(err.contains("'lots' is not a question budget"), "{err}");
 }

@@ -239,3 +239,117 @@ fn a_leaf_level_pass_then_the_rest_reuses_the_leaves() {
     assert!(full.cache_hits >= tree.leaves().len());
     assert_eq!(full.computed + full.cache_hits, tree.len());
 }
+
+/// An ensemble stand-in whose spread is `std` around equal means: unsure everywhere when `std` is
+/// large, sure when it is zero and the means differ.
+struct Ensemble {
+    gap: f32,
+    std: f32,
+}
+
+impl rrm::compose::Selector for Ensemble {
+    fn id(&self) -> String {
+        format!("ensemble:{}:{}", self.gap, self.std)
+    }
+    fn score(
+        &self,
+        _height: u32,
+        _input: &str,
+        candidates: &[rrm::compose::Candidate],
+    ) -> Result<Vec<rrm::compose::CandidateScore>, rrm::compose::select::SelectError> {
+        Ok((0..candidates.len())
+            .map(|k| {
+                let mean = -(k as f32) * self.gap;
+                let mut s = rrm::compose::CandidateScore::new(mean - self.std);
+                s.parts.insert("mean".into(), mean);
+                s.parts.insert("std".into(), self.std);
+                s
+            })
+            .collect())
+    }
+}
+
+/// A person who always prefers the second summary shown, and remembers what they were asked.
+#[derive(Default)]
+struct Scripted {
+    asked: std::sync::Mutex<Vec<rrm::compose::ask::Question>>,
+}
+
+impl rrm::compose::ask::Asker for Scripted {
+    fn labeler(&self) -> String {
+        "scripted".into()
+    }
+    fn ask(
+        &self,
+        q: &rrm::compose::ask::Question,
+    ) -> Result<rrm::compose::ask::Answer, rrm::compose::select::SelectError> {
+        self.asked.lock().unwrap().push(q.clone());
+        Ok(rrm::compose::ask::Answer::B { confidence: 7 })
+    }
+}
+
+fn asking(
+    f: &Fixture,
+    ensemble: Ensemble,
+    asker: Arc<Scripted>,
+    budget: Option<usize>,
+) -> (Composer, Arc<rrm::compose::ask::AskingSelector>) {
+    let policy = rrm::compose::ask::AskPolicy { threshold: 1.0, budget };
+    let selector = Arc::new(rrm::compose::ask::AskingSelector::new(
+        Arc::new(ensemble),
+        asker,
+        policy,
+        f.store.clone(),
+    ));
+    let c = Composer::new(
+        f.generator.clone(),
+        selector.clone(),
+        f.store.clone(),
+        ComposeOptions { best_of: 3, ..sampled(8) },
+    );
+    (c, selector)
+}
+
+#[test]
+fn ask_where_unsure_stores_the_answers_and_follows_them() {
+    let f = fixture(8);
+    let book = Book::from_text("Mill", book_text(false));
+    let tree = chunker(ContextMode::None).decompose(&book).unwrap();
+    let asker = Arc::new(Scripted::default());
+    let (c, selector) = asking(&f, Ensemble { gap: 0.01, std: 1.0 }, asker.clone(), Some(3));
+    run(&c, &book, &tree);
+
+    // The budget holds: three questions, three comparisons stored under the asker's name.
+    let questions = asker.asked.lock().unwrap().clone();
+    assert_eq!(questions.len(), 3);
+    assert_eq!(selector.stats().asked, 3);
+    let stored = rrm::feedback::all(&f.store).unwrap();
+    assert_eq!(stored.len(), 3);
+    assert!(stored.iter().all(|fb| fb.labeler == "scripted"));
+    // Each asked node took the answer (the second summary shown), and the output says so.
+    let run_record = RunRecord::for_book(&f.store, book.id().as_str()).unwrap().pop().unwrap();
+    for q in &questions {
+        assert_eq!(q.book_id, book.id().as_str());
+        assert_ne!(q.a, q.b, "a question shows two different summaries");
+        let key = &run_record.outputs[&q.label];
+        let out: NodeOutput = f.store.get(Table::Outputs, key).unwrap().unwrap();
+        assert_eq!(out.text, q.b, "node {} follows the person's answer", q.label);
+        assert!(out.scores[out.chosen].parts.contains_key("chosen_by_person"));
+    }
+    // A re-run finds the answered picks stored: nobody is asked twice.
+    run(&c, &book, &tree);
+    assert_eq!(asker.asked.lock().unwrap().len(), 3);
+    assert_eq!(rrm::feedback::all(&f.store).unwrap().len(), 3);
+}
+
+#[test]
+fn a_sure_ensemble_asks_nobody() {
+    let f = fixture(8);
+    let book = Book::from_text("Mill", book_text(false));
+    let tree = chunker(ContextMode::None).decompose(&book).unwrap();
+    let asker = Arc::new(Scripted::default());
+    let (c, _) = asking(&f, Ensemble { gap: 1.0, std: 0.0 }, asker.clone(), None);
+    run(&c, &book, &tree);
+    assert!(asker.asked.lock().unwrap().is_empty());
+    assert!(rrm::feedback::all(&f.store).unwrap().is_empty());
+}

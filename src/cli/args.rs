@@ -69,6 +69,63 @@ pub struct EncoderArgs {
     pub encoder: String,
 }
 
+/// How the composer draws and picks candidates (shared by `summarize` and `eval summaries`).
+#[derive(Debug, Clone, Args)]
+pub struct ComposeArgs {
+    /// Candidates per node; the best is picked by mean log-probability, or by --reward-model.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub best_of: usize,
+    /// Most sequences generated together.
+    #[arg(long, default_value_t = 8, value_name = "B")]
+    pub batch_size: usize,
+    /// Sampling temperature (0: greedy). With --best-of > 1 a temperature of 0 becomes 0.8.
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f32>,
+    /// Repetition penalty applied to recently generated tokens (1.0: off).
+    #[arg(long, default_value_t = 1.15, value_name = "P")]
+    pub repetition_penalty: f32,
+    /// Seed for sampling (part of every cache key).
+    #[arg(long = "sample-seed", default_value_t = 0, value_name = "S")]
+    pub sample_seed: u64,
+}
+
+impl ComposeArgs {
+    /// The compose options these flags give (checked).
+    pub fn options(&self) -> anyhow::Result<crate::compose::ComposeOptions> {
+        if self.best_of == 0 {
+            anyhow::bail!("--best-of must be at least 1");
+        }
+        if self.batch_size == 0 {
+            anyhow::bail!("--batch-size must be at least 1");
+        }
+        let mut options = crate::compose::ComposeOptions {
+            batch_size: self.batch_size,
+            best_of: self.best_of,
+            seed: self.sample_seed,
+            ..crate::compose::ComposeOptions::default()
+        };
+        if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
+            anyhow::bail!(
+                "--repetition-penalty must be a positive number (got {})",
+                self.repetition_penalty
+            );
+        }
+        for sampling in [&mut options.sampling, &mut options.sampling_best_of] {
+            sampling.repetition_penalty = self.repetition_penalty;
+        }
+        if let Some(t) = self.temperature {
+            if !(0.0..=5.0).contains(&t) {
+                anyhow::bail!("--temperature must be between 0 and 5 (got {t})");
+            }
+            options.sampling.temperature = t;
+            if t > 0.0 {
+                options.sampling_best_of.temperature = t;
+            }
+        }
+        Ok(options)
+    }
+}
+
 /// Where text generation runs.
 #[derive(Debug, Clone, Args)]
 pub struct GeneratorOptions {

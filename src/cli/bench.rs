@@ -8,8 +8,17 @@ use crate::infer::bench::{bench_batch, make_prompts, BENCH_TEXT};
 use crate::infer::fetch;
 use crate::infer::llama::LlamaModel;
 
-use super::args::LocalModelArgs;
+use std::sync::Arc;
+
+use super::args::{
+    DecomposerOptions, EncoderArgs, GeneratorOptions, LocalModelArgs, WorkspaceArgs,
+};
 use super::Context;
+use crate::compose::ComposeOptions;
+use crate::feedback::sim::SimLabeler;
+use crate::workspace::ask::{self, Budget, Experiment};
+use crate::workspace::books;
+use crate::workspace::summarize::{self, SelectorSpec};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -49,6 +58,45 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What asking people buys (`summarize --ask`): with the simulated labeler answering,
+    /// its score of every node and of the root against the number of questions, for each
+    /// budget, asking where the reward ensemble is unsure or regardless (the baseline).
+    Ask(Box<AskArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    /// Books (files, folders, catalog ids).
+    #[arg(long, value_delimiter = ',', num_args = 1.., required = true, value_name = "BOOK")]
+    pub books: Vec<String>,
+    /// Question budgets (counts or shares of the nodes).
+    #[arg(long, value_delimiter = ',', default_value = "5%,20%,100%", value_name = "N|P%,..")]
+    pub budgets: Vec<Budget>,
+    /// Candidates per node.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub best_of: usize,
+    /// The reward model that picks (`latest`, a hash, a folder).
+    #[arg(long, default_value = "latest", value_name = "PATH|latest")]
+    pub reward_model: String,
+    /// λ in mean − λ·std.
+    #[arg(long, default_value_t = 1.0)]
+    pub pessimism: f32,
+    /// Ask when |mean_a − mean_b| < T · √(std_a² + std_b²).
+    #[arg(long, default_value_t = 1.0)]
+    pub threshold: f32,
+    /// Most sequences generated together.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub decomposer: DecomposerOptions,
+    #[command(flatten)]
+    pub generator: GeneratorOptions,
+    #[command(flatten)]
+    pub encoder: EncoderArgs,
+    #[command(flatten)]
+    pub ws: WorkspaceArgs,
 }
 
 pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
@@ -57,6 +105,7 @@ pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
             (batch, prompt_len, new_tokens, json, model)
         }
         BenchCommand::Kernels { rows, reps, json } => return kernels(rows, reps, json),
+        BenchCommand::Ask(a) => return bench_ask(ctx, *a),
     };
     let dir = fetch::models_dir(model.models.models_dir.as_deref());
     let resolved = fetch::resolve_model_with(&model.model, &dir, !ctx.quiet)
@@ -129,6 +178,63 @@ fn kernels(rows: usize, reps: usize, json: bool) -> anyhow::Result<()> {
                 row.gflops
             );
         }
+    }
+    Ok(())
+}
+
+fn bench_ask(ctx: &mut Context, args: AskArgs) -> anyhow::Result<()> {
+    let progress = ctx.progress();
+    let ws = ctx.workspace(&args.ws)?.clone();
+    let decomposer = args.decomposer.spec(&args.encoder).build(&ws, progress)?;
+    let mut books = Vec::new();
+    for spec in books::expand(&args.books)? {
+        let book = ws.open_book(&spec, false, &|_| {})?;
+        let tree = summarize::decompose(&ws, &book, decomposer.as_ref())?;
+        books.push((book, tree));
+    }
+    let reward = SelectorSpec {
+        reward_model: Some(args.reward_model.clone()),
+        pessimism: args.pessimism,
+        encoder: args.encoder.encoder.clone(),
+    }
+    .build(&ws, progress)?;
+    let generator = args.generator.start(&args.ws.models, args.batch_size, progress)?;
+    let options = ComposeOptions {
+        best_of: args.best_of.max(2),
+        batch_size: args.batch_size.max(1),
+        ..ComposeOptions::default()
+    };
+    let experiment = Experiment {
+        books: &books,
+        generator: Arc::clone(&generator),
+        reward,
+        labeler: SimLabeler::new("sim-asked", 0.0),
+        options,
+        threshold: args.threshold,
+    };
+    let bar = ctx.spinner("composing every configuration");
+    let rows = super::args::runtime()?.block_on(ask::experiment(&ws, &experiment, &args.budgets));
+    bar.finish_and_clear();
+    let rows = rows.context("running the ask experiment")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{} book(s), {} nodes; best-of-{}; the simulated labeler answers and judges",
+        books.len(),
+        books.iter().map(|(_, t)| t.len()).sum::<usize>(),
+        args.best_of
+    );
+    println!(
+        "{:<10} {:>7} {:>9} {:>12} {:>12}",
+        "strategy", "budget", "questions", "root score", "node score"
+    );
+    for r in &rows {
+        println!(
+            "{:<10} {:>7} {:>9} {:>12.3} {:>12.3}",
+            r.strategy, r.budget, r.questions, r.root_score, r.node_score
+        );
     }
     Ok(())
 }

@@ -5,14 +5,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::args::{DecomposerOptions, EncoderArgs, GeneratorOptions, WorkspaceArgs};
+use super::args::{ComposeArgs, DecomposerOptions, EncoderArgs, GeneratorOptions, WorkspaceArgs};
 use super::Context;
 use crate::book::Book;
+use crate::compose::ask::{Answer, Asker, Question};
+use crate::compose::select::SelectError;
+use crate::compose::Selector;
 use crate::compose::{ComposeOptions, ComposeReport, Observer};
 use crate::infer::Generator;
+use crate::workspace::ask::{asking_selector, Budget};
 use crate::workspace::books;
 use crate::workspace::summarize::{self, SelectorSpec};
 
@@ -36,9 +40,8 @@ pub struct SummarizeArgs {
     pub decomposer: DecomposerOptions,
     #[command(flatten)]
     pub generator: GeneratorOptions,
-    /// Candidates per node; the best is picked by mean log-probability, or by --reward-model.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub best_of: usize,
+    #[command(flatten)]
+    pub compose: ComposeArgs,
     /// Pick among candidates with this reward model (`latest`, a checkpoint hash or folder):
     /// by ensemble mean − λ·std, recording every candidate's scores.
     #[arg(long, value_name = "PATH|latest")]
@@ -46,20 +49,26 @@ pub struct SummarizeArgs {
     /// λ, the pessimism of the reward pick (mean − λ·std).
     #[arg(long, default_value_t = 1.0, value_name = "λ", requires = "reward_model")]
     pub pessimism: f32,
+    /// Where the reward ensemble cannot tell the two best candidates apart, ask a person (in
+    /// the terminal: 1 / 2 / t, then a confidence) instead of guessing; answers are stored as
+    /// comparisons. Needs --reward-model and --best-of 2 or more.
+    #[arg(long, requires = "reward_model")]
+    pub ask: bool,
+    /// With --ask: at most this many questions per book, or a share of its nodes (e.g. 20%).
+    #[arg(long, value_name = "N|P%", requires = "ask")]
+    pub ask_budget: Option<Budget>,
+    /// With --ask: ask when |mean_a − mean_b| < T · √(std_a² + std_b²).
+    #[arg(long, default_value_t = 1.0, value_name = "T", requires = "ask")]
+    pub ask_threshold: f32,
+    /// With --ask: who answers — `terminal` (you), or `sim` (the simulated labeler, for
+    /// measurements).
+    #[arg(long, value_enum, default_value_t = AskerArg::Terminal, requires = "ask")]
+    pub asker: AskerArg,
+    /// With --ask: the name stored with the answers.
+    #[arg(long, env = "RRM_LABELER", value_name = "NAME")]
+    pub labeler: Option<String>,
     #[command(flatten)]
     pub encoder: EncoderArgs,
-    /// Most sequences generated together.
-    #[arg(long, default_value_t = 8, value_name = "B")]
-    pub batch_size: usize,
-    /// Sampling temperature (0: greedy). With --best-of > 1 a temperature of 0 becomes 0.8.
-    #[arg(long, value_name = "T")]
-    pub temperature: Option<f32>,
-    /// Repetition penalty applied to recently generated tokens (1.0: off).
-    #[arg(long, default_value_t = 1.15, value_name = "P")]
-    pub repetition_penalty: f32,
-    /// Seed for sampling (part of every cache key).
-    #[arg(long = "sample-seed", default_value_t = 0, value_name = "S")]
-    pub sample_seed: u64,
     /// Compose only up to this height (0: summarize the leaves only), e.g. to collect
     /// candidates for rating without paying for the upper levels.
     #[arg(long, value_name = "H")]
@@ -77,33 +86,21 @@ pub struct SummarizeArgs {
     pub ws: WorkspaceArgs,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AskerArg {
+    /// You, in this terminal.
+    Terminal,
+    /// The simulated labeler (salient-word coverage with a length penalty).
+    Sim,
+}
+
 impl SummarizeArgs {
     fn compose_options(&self) -> anyhow::Result<ComposeOptions> {
-        if self.best_of == 0 {
-            bail!("--best-of must be at least 1");
+        if self.ask && self.compose.best_of < 2 {
+            bail!("--ask chooses between candidates: it needs --best-of 2 or more");
         }
-        if self.batch_size == 0 {
-            bail!("--batch-size must be at least 1");
-        }
-        let mut options = ComposeOptions {
-            batch_size: self.batch_size,
-            best_of: self.best_of,
-            seed: self.sample_seed,
-            max_height: self.max_height,
-            ..ComposeOptions::default()
-        };
-        for sampling in [&mut options.sampling, &mut options.sampling_best_of] {
-            sampling.repetition_penalty = self.repetition_penalty;
-        }
-        if let Some(t) = self.temperature {
-            if !(0.0..=5.0).contains(&t) {
-                bail!("--temperature must be between 0 and 5 (got {t})");
-            }
-            options.sampling.temperature = t;
-            if t > 0.0 {
-                options.sampling_best_of.temperature = t;
-            }
-        }
+        let mut options = self.compose.options()?;
+        options.max_height = self.max_height;
         Ok(options)
     }
 }
@@ -128,7 +125,7 @@ pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
         encoder: args.encoder.encoder.clone(),
     }
     .build(&ws, progress)?;
-    let generator = args.generator.start(&args.ws.models, args.batch_size, progress)?;
+    let generator = args.generator.start(&args.ws.models, args.compose.batch_size, progress)?;
     let runtime = super::args::runtime()?;
     let several = opened.len() > 1;
     for book in &opened {
@@ -137,18 +134,41 @@ pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
         bar.finish_and_clear();
         let tree = tree.with_context(|| format!("decomposing {}", book.source()))?;
         let progress_bar = Progress::new(ctx.quiet, book.title());
+        let (selector, asking) = if args.ask {
+            let asker: Arc<dyn Asker> = match args.asker {
+                AskerArg::Terminal => Arc::new(TerminalAsker {
+                    labeler: super::args::labeler(&args.labeler),
+                    bar: progress_bar.bar.clone(),
+                }),
+                AskerArg::Sim => Arc::new(crate::compose::ask::SimAsker::new(
+                    crate::feedback::sim::SimLabeler::new(
+                        args.labeler.as_deref().unwrap_or("sim-coverage"),
+                        0.0,
+                    ),
+                    0,
+                )),
+            };
+            let budget = args.ask_budget.map(|b| b.questions(tree.len()));
+            let s = asking_selector(&ws, Arc::clone(&selector), asker, args.ask_threshold, budget)?;
+            (s.clone() as Arc<dyn Selector>, Some(s))
+        } else {
+            (Arc::clone(&selector), None)
+        };
         let report = runtime
             .block_on(summarize::compose(
                 &ws,
                 book,
                 &tree,
                 Arc::clone(&generator),
-                Arc::clone(&selector),
+                selector,
                 options.clone(),
                 &progress_bar,
             ))
             .with_context(|| format!("summarizing {}", book.source()))?;
         progress_bar.finish();
+        if let Some(s) = asking {
+            eprintln!("asked {} question(s)", s.stats().asked);
+        }
         output(&args, book, &report, generator.as_ref(), several)?;
     }
     Ok(())
@@ -206,6 +226,58 @@ fn final_line(r: &ComposeReport) -> String {
          ({rate:.0} tok/s), {} prompt tokens",
         r.nodes_total, r.computed, r.cache_hits, r.tokens_generated, r.prompt_tokens
     )
+}
+
+/// Asks in the terminal: the node's input and two summaries on stderr (the progress bar
+/// suspended), one answer line from stdin.
+struct TerminalAsker {
+    labeler: String,
+    bar: ProgressBar,
+}
+
+impl Asker for TerminalAsker {
+    fn labeler(&self) -> String {
+        self.labeler.clone()
+    }
+
+    fn ask(&self, q: &Question) -> Result<Answer, SelectError> {
+        let err = |e: std::io::Error| SelectError {
+            selector: "ask".into(),
+            message: format!("reading the answer: {e}"),
+        };
+        self.bar.suspend(|| {
+            eprintln!(
+                "\n=== node {} (height {}): the reward models cannot tell these apart ===",
+                q.label, q.height
+            );
+            eprintln!("--- input ---\n{}", q.input);
+            eprintln!("--- summary 1 ---\n{}\n--- summary 2 ---\n{}", q.a, q.b);
+            loop {
+                eprint!("which is better? [1/2/t, then a confidence 1-9, e.g. `1 7`; s skips] ");
+                let mut line = String::new();
+                if std::io::stdin().read_line(&mut line).map_err(err)? == 0 {
+                    return Ok(Answer::Skip);
+                }
+                let mut parts = line.split_whitespace();
+                let key = parts.next().unwrap_or("");
+                let confidence = parts.next().and_then(|c| c.parse::<u8>().ok()).unwrap_or(5);
+                if !(1..=9).contains(&confidence) {
+                    eprintln!("  the confidence is a number 1-9");
+                    continue;
+                }
+                return Ok(match key {
+                    "1" => Answer::A { confidence },
+                    "2" => Answer::B { confidence },
+                    "t" | "T" => Answer::Tie { confidence },
+                    "s" | "S" => Answer::Skip,
+                    _ => {
+                        eprintln!("  type 1, 2, t or s");
+                        continue;
+                    }
+                });
+            }
+        })
+    }
 }
 
 /// A progress bar: nodes done / total, generated tokens per second, ETA.

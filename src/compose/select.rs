@@ -32,10 +32,33 @@ pub struct SelectError {
     pub message: String,
 }
 
-/// Scores a node's candidates; the composer picks the highest score.
+/// The node whose candidates are being scored: what a selector that asks a person, or records
+/// anything about the node, needs beyond its input text.
+#[derive(Debug, Clone, Copy)]
+pub struct SelectNode<'a> {
+    pub book_id: &'a str,
+    pub label: &'a str,
+    pub height: u32,
+    /// The text the node summarizes.
+    pub input: &'a str,
+    /// What the node summarizes, as feedback keys it ([`super::input_key`]).
+    pub input_key: &'a str,
+}
+
+/// Scores a node's candidates; the composer picks the highest score. Scoring runs on a blocking
+/// thread (it may embed texts, run a model, or wait for a person).
 pub trait Selector: Send + Sync {
     /// A stable identity (name plus model hash); part of every output key.
     fn id(&self) -> String;
+    /// One score per candidate of `node`, in order. By default [`Selector::score`] on the node's
+    /// height and input.
+    fn score_node(
+        &self,
+        node: &SelectNode<'_>,
+        candidates: &[Candidate],
+    ) -> Result<Vec<CandidateScore>, SelectError> {
+        self.score(node.height, node.input, candidates)
+    }
     /// One score per candidate, in order. `input` is the text the node summarizes.
     fn score(
         &self,

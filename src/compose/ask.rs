@@ -1,0 +1,292 @@
+//! Asking people only when it matters (the assistance-game idea): a selector that picks with a
+//! reward ensemble, and where the ensemble cannot tell the two best candidates apart, asks a
+//! person instead of guessing.
+//!
+//! [`AskingSelector`] wraps a selector whose scores carry the ensemble's `mean` and `std` (the
+//! reward selector's do). For each node it finds the two best candidates; when their mean
+//! difference is below `threshold` times the spread of the difference (√(std_a² + std_b²)) and
+//! the question budget is not spent, it puts the two to an [`Asker`] — the terminal, the web
+//! app's queue, or a simulated labeler — in random order, blind to scores. The answer is stored as
+//! an ordinary comparison (so it also trains the next reward model) and decides the pick; a tie
+//! or a skip keeps the ensemble's pick. Scoring runs on a blocking thread, so a node waiting for
+//! its answer holds up only its parents: other nodes go on.
+//!
+//! The selector's id names the inner selector and the policy: a run with asking is cached apart
+//! from one without, and a re-run finds the answered picks stored (no one is asked twice).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::select::{CandidateScore, SelectError, SelectNode, Selector};
+use super::Candidate;
+use crate::feedback::{self, Feedback, FeedbackKind, Judged, Preference};
+use crate::store::Store;
+
+/// One question: which of two summaries of a node is better.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Question {
+    pub book_id: String,
+    pub label: String,
+    pub height: u32,
+    pub input: String,
+    pub input_key: String,
+    /// Shown as summary 1 and summary 2 (the order is random).
+    pub a: String,
+    pub b: String,
+}
+
+/// A person's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    A {
+        confidence: u8,
+    },
+    B {
+        confidence: u8,
+    },
+    Tie {
+        confidence: u8,
+    },
+    /// No answer (skipped, or nobody there): the ensemble's pick stands, nothing is stored.
+    Skip,
+}
+
+/// Whoever answers: blocking (the composer calls it on a blocking thread).
+pub trait Asker: Send + Sync {
+    /// The labeler name stored with the answers.
+    fn labeler(&self) -> String;
+    fn ask(&self, question: &Question) -> Result<Answer, SelectError>;
+}
+
+/// When to ask.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AskPolicy {
+    /// Ask when |mean_a − mean_b| < threshold · √(std_a² + std_b²) (∞: always ask).
+    pub threshold: f32,
+    /// At most this many questions in one run (`None`: no limit).
+    pub budget: Option<usize>,
+}
+
+/// A selector that asks a person where its inner (ensemble) selector is unsure.
+pub struct AskingSelector {
+    inner: Arc<dyn Selector>,
+    asker: Arc<dyn Asker>,
+    policy: AskPolicy,
+    store: Store,
+    asked: AtomicUsize,
+    /// One question at a time (a terminal has one person at it).
+    turn: Mutex<()>,
+}
+
+/// What the asking did in a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AskStats {
+    pub asked: usize,
+}
+
+impl AskingSelector {
+    pub fn new(
+        inner: Arc<dyn Selector>,
+        asker: Arc<dyn Asker>,
+        policy: AskPolicy,
+        store: Store,
+    ) -> AskingSelector {
+        AskingSelector {
+            inner,
+            asker,
+            policy,
+            store,
+            asked: AtomicUsize::new(0),
+            turn: Mutex::new(()),
+        }
+    }
+
+    pub fn stats(&self) -> AskStats {
+        AskStats { asked: self.asked.load(Ordering::SeqCst) }
+    }
+
+    fn err(&self, message: String) -> SelectError {
+        SelectError { selector: self.id(), message }
+    }
+
+    /// Takes one question from the budget; false when it is spent.
+    fn take_question(&self) -> bool {
+        match self.policy.budget {
+            None => {
+                self.asked.fetch_add(1, Ordering::SeqCst);
+                true
+            }
+            Some(max) => self
+                .asked
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+                .is_ok(),
+        }
+    }
+}
+
+/// The two best candidates by score, and whether the ensemble can tell them apart.
+pub fn top_two_uncertain(
+    scores: &[CandidateScore],
+    threshold: f32,
+) -> Option<(usize, usize, bool)> {
+    if scores.len() < 2 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].score.total_cmp(&scores[a].score));
+    let (i, j) = (order[0], order[1]);
+    let part = |k: usize, name: &str| scores[k].parts.get(name).copied();
+    let uncertain = match (part(i, "mean"), part(j, "mean"), part(i, "std"), part(j, "std")) {
+        (Some(mi), Some(mj), Some(si), Some(sj)) => {
+            threshold.is_infinite() || (mi - mj).abs() < threshold * (si * si + sj * sj).sqrt()
+        }
+        // Without an ensemble's spread there is no uncertainty to act on (unless always asking).
+        _ => threshold.is_infinite(),
+    };
+    Some((i, j, uncertain))
+}
+
+impl Selector for AskingSelector {
+    fn id(&self) -> String {
+        format!("ask:{}:t={}:b={:?}", self.inner.id(), self.policy.threshold, self.policy.budget)
+    }
+
+    fn score(
+        &self,
+        height: u32,
+        input: &str,
+        candidates: &[Candidate],
+    ) -> Result<Vec<CandidateScore>, SelectError> {
+        // Without the node's identity nothing can be asked or stored: the inner pick.
+        self.inner.score(height, input, candidates)
+    }
+
+    fn score_node(
+        &self,
+        node: &SelectNode<'_>,
+        candidates: &[Candidate],
+    ) -> Result<Vec<CandidateScore>, SelectError> {
+        let mut scores = self.inner.score_node(node, candidates)?;
+        let Some((best, second, uncertain)) = top_two_uncertain(&scores, self.policy.threshold)
+        else {
+            return Ok(scores);
+        };
+        if !uncertain || candidates[best].text == candidates[second].text || !self.take_question() {
+            return Ok(scores);
+        }
+        // Blind and in random order (seeded by the node, so a re-run asks the same way).
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&blake3::hash(node.input_key.as_bytes()).as_bytes()[..8]);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from_le_bytes(seed));
+        let (first, other) = if rng.random_bool(0.5) { (best, second) } else { (second, best) };
+        let question = Question {
+            book_id: node.book_id.to_string(),
+            label: node.label.to_string(),
+            height: node.height,
+            input: node.input.to_string(),
+            input_key: node.input_key.to_string(),
+            a: candidates[first].text.clone(),
+            b: candidates[other].text.clone(),
+        };
+        let answer = {
+            let _turn =
+                self.turn.lock().map_err(|_| self.err("the question lock is poisoned".into()))?;
+            self.asker.ask(&question)?
+        };
+        let (prefer, confidence) = match answer {
+            Answer::A { confidence } => (Preference::A, confidence),
+            Answer::B { confidence } => (Preference::B, confidence),
+            Answer::Tie { confidence } => (Preference::Tie, confidence),
+            Answer::Skip => return Ok(scores),
+        };
+        let kind = FeedbackKind::Comparison {
+            a: Judged::new(question.a.clone()),
+            b: Judged::new(question.b.clone()),
+            prefer,
+            confidence,
+        };
+        let record =
+            Feedback::new(&self.asker.labeler(), node.input_key, node.input, node.height, kind)
+                .at(Some(node.book_id.to_string()), Some(node.label.to_string()));
+        feedback::put(&self.store, record)
+            .map_err(|e| self.err(format!("storing the answer: {e}")))?;
+        let winner = match prefer {
+            Preference::A => Some(first),
+            Preference::B => Some(other),
+            Preference::Tie => None,
+        };
+        for (k, s) in scores.iter_mut().enumerate() {
+            s.parts.insert("asked".into(), 1.0);
+            if Some(k) == winner {
+                s.parts.insert("chosen_by_person".into(), 1.0);
+            }
+        }
+        if let Some(w) = winner {
+            let top = scores.iter().map(|s| s.score).fold(f32::NEG_INFINITY, f32::max);
+            scores[w].score = top + 1.0;
+        }
+        Ok(scores)
+    }
+}
+
+/// A simulated person for measurements: answers with the simulated labeler's known preference.
+pub struct SimAsker {
+    pub labeler: crate::feedback::sim::SimLabeler,
+    rng: Mutex<rand::rngs::StdRng>,
+}
+
+impl SimAsker {
+    pub fn new(labeler: crate::feedback::sim::SimLabeler, seed: u64) -> SimAsker {
+        SimAsker { labeler, rng: Mutex::new(crate::feedback::sim::rng(seed)) }
+    }
+}
+
+impl Asker for SimAsker {
+    fn labeler(&self) -> String {
+        self.labeler.name.clone()
+    }
+
+    fn ask(&self, q: &Question) -> Result<Answer, SelectError> {
+        let mut rng = self.rng.lock().map_err(|_| SelectError {
+            selector: "sim-asker".into(),
+            message: "the random generator lock is poisoned".into(),
+        })?;
+        Ok(match self.labeler.compare(&q.input, &q.a, &q.b, &mut *rng) {
+            FeedbackKind::Comparison { prefer: Preference::A, confidence, .. } => {
+                Answer::A { confidence }
+            }
+            FeedbackKind::Comparison { prefer: Preference::B, confidence, .. } => {
+                Answer::B { confidence }
+            }
+            FeedbackKind::Comparison { confidence, .. } => Answer::Tie { confidence },
+            _ => Answer::Skip,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn score(mean: f32, std: f32) -> CandidateScore {
+        let mut s = CandidateScore::new(mean - std);
+        s.parts.insert("mean".into(), mean);
+        s.parts.insert("std".into(), std);
+        s
+    }
+
+    #[test]
+    fn uncertainty_compares_the_gap_with_the_spread() {
+        // Clearly apart: 1.0 vs 0.0 with spreads 0.1.
+        let (i, j, u) = top_two_uncertain(&[score(0.0, 0.1), score(1.0, 0.1)], 1.0).unwrap();
+        assert_eq!((i, j, u), (1, 0, false));
+        // Close: 0.5 vs 0.45 with spreads 0.3.
+        assert!(top_two_uncertain(&[score(0.5, 0.3), score(0.45, 0.3)], 1.0).unwrap().2);
+        // Always asking.
+        assert!(top_two_uncertain(&[score(0.0, 0.1), score(1.0, 0.1)], f32::INFINITY).unwrap().2);
+        assert!(top_two_uncertain(&[score(1.0, 0.0)], 1.0).is_none());
+    }
+}

@@ -1,0 +1,248 @@
+//! `rrm eval` in a workspace: summarizing documents with references through the ordinary
+//! decompose-and-compose path (same cache as `rrm summarize`, trees stored like any book's),
+//! the reward ensemble that scores the roots, learning curves and best-of-N from the stored
+//! feedback and candidates, and the report over everything stored.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{summarize, Result, Workspace, WorkspaceError};
+use crate::compose::{ComposeOptions, RunRecord, Selector};
+use crate::decompose::learned::EvalRow;
+use crate::decompose::Decomposer;
+use crate::eval::curves::{
+    self, BestOfN, CurvePoint, LearningCurve, BEST_OF_N_KEY, LEARNING_CURVE_KEY,
+};
+use crate::eval::references::Document;
+use crate::eval::report::{self, PolicyLog, ReportData, Written, DECOMPOSITION_KEY, POLICY_PREFIX};
+use crate::eval::runs::{self, BootstrapOptions, DocScores};
+use crate::eval::summaries::{self, DocProgress, Scorers};
+use crate::eval::EvalError;
+use crate::feedback::sim::SimLabeler;
+use crate::infer::Generator;
+use crate::reward::train::TrainConfig;
+use crate::reward::RewardSelector;
+use crate::store::Table;
+
+/// The simulated labeler that scores summaries in evaluations.
+pub fn labeler() -> SimLabeler {
+    SimLabeler::new("sim-coverage", 0.0)
+}
+
+/// The reward ensemble `spec` names as a scorer (mean and std of a summary), λ = `pessimism`.
+pub fn reward_scorer(
+    ws: &Workspace,
+    spec: &str,
+    pessimism: f32,
+    encoder: &str,
+    progress: bool,
+) -> Result<Arc<RewardSelector>> {
+    if !pessimism.is_finite() || pessimism < 0.0 {
+        return Err(WorkspaceError::Invalid(format!(
+            "the pessimism λ must be a non-negative number (got {pessimism})"
+        )));
+    }
+    let model = summarize::load_reward_model(ws, spec)?;
+    let encoder = ws.encoder(encoder, progress)?;
+    let cache = super::embeddings::cache(ws.store());
+    Ok(Arc::new(RewardSelector::new(Arc::new(model), encoder, Some(cache), pessimism)?))
+}
+
+/// What summarizes the documents of an evaluation.
+pub struct Summarizer<'a> {
+    pub generator: Arc<dyn Generator>,
+    pub selector: Arc<dyn Selector>,
+    pub options: ComposeOptions,
+    pub decomposer: &'a dyn Decomposer,
+    pub scorers: Scorers,
+}
+
+/// Summarizes and scores every document, in order: each is recorded as a book, decomposed (its
+/// tree stored), composed with the cache, and its root scored. Fails on the first document that
+/// fails (what was composed stays cached; no run is stored by this function).
+pub async fn summarize_documents(
+    ws: &Workspace,
+    s: &Summarizer<'_>,
+    docs: &[Document],
+    progress: &dyn DocProgress,
+) -> Result<Vec<DocScores>> {
+    let mut out = Vec::with_capacity(docs.len());
+    for (i, doc) in docs.iter().enumerate() {
+        progress.document(i, docs.len(), doc);
+        let book = summaries::book_of(doc)?;
+        let tree = summarize::decompose(ws, &book, s.decomposer)?;
+        let report = summarize::compose(
+            ws,
+            &book,
+            &tree,
+            Arc::clone(&s.generator),
+            Arc::clone(&s.selector),
+            s.options.clone(),
+            progress.observer(),
+        )
+        .await?;
+        let missing = |what: &str| EvalError::Document { id: doc.id.clone(), what: what.into() };
+        let run = RunRecord::latest_for_tree(ws.store(), &tree)?
+            .ok_or_else(|| missing("no run record after composing"))?;
+        let label = &tree.node(tree.root()).label;
+        let (_, set) = run
+            .node_result(ws.store(), label)?
+            .ok_or_else(|| missing("the root has no stored output"))?;
+        let set = set.ok_or_else(|| missing("the root's candidates are not stored"))?;
+        out.push(summaries::score(doc, &book, &report, (set.height, &set.input), &s.scorers)?);
+    }
+    Ok(out)
+}
+
+/// The reward models' learning curve and calibration from the stored feedback; stored for the
+/// report.
+pub fn learning_curve(
+    ws: &Workspace,
+    encoder: &str,
+    repeats: usize,
+    config: &TrainConfig,
+    progress: bool,
+    on_point: impl FnMut(&CurvePoint),
+) -> Result<LearningCurve> {
+    if config.members == 0 || config.members > 32 {
+        return Err(WorkspaceError::Invalid(format!(
+            "the ensemble size must be between 1 and 32 (got {})",
+            config.members
+        )));
+    }
+    let records = crate::feedback::all(ws.store())?;
+    let pairs = crate::feedback::to_pairs(&records);
+    let encoder = ws.encoder(encoder, progress)?;
+    let cache = super::embeddings::cache(ws.store());
+    let lc =
+        curves::learning_curve(encoder.as_ref(), Some(cache), &pairs, repeats, config, on_point)?;
+    ws.store().put(Table::Meta, LEARNING_CURVE_KEY, &lc)?;
+    ws.store().flush()?;
+    Ok(lc)
+}
+
+/// Best-of-N with reward model `spec` as the proxy and the simulated labeler as the gold
+/// score, over stored nodes with at least `candidates` sampled candidates; stored for the
+/// report.
+pub fn best_of_n(
+    ws: &Workspace,
+    spec: &str,
+    candidates: usize,
+    encoder: &str,
+    progress: bool,
+    on_node: impl FnMut(usize, usize),
+) -> Result<BestOfN> {
+    if candidates < 2 {
+        return Err(WorkspaceError::Invalid(format!(
+            "best-of-N needs at least 2 candidates per node (got {candidates})"
+        )));
+    }
+    let model = summarize::load_reward_model(ws, spec)?;
+    let (nodes, excluded) = curves::sampled_nodes(ws.store(), candidates)?;
+    let encoder = ws.encoder(encoder, progress)?;
+    let cache = super::embeddings::cache(ws.store());
+    let b = curves::best_of_n(
+        &model,
+        encoder.as_ref(),
+        Some(cache),
+        &labeler(),
+        &nodes,
+        excluded,
+        on_node,
+    )?;
+    ws.store().put(Table::Meta, BEST_OF_N_KEY, &b)?;
+    ws.store().flush()?;
+    Ok(b)
+}
+
+/// Reads `rrm decomposer eval --json` rows (one per line) and keeps the per-book rows for the
+/// report. All or nothing: bad lines are named by number and nothing is stored.
+pub fn import_decomposition(ws: &Workspace, path: &Path) -> Result<usize> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EvalError::Io { path: path.display().to_string(), source: e })?;
+    let mut rows = Vec::new();
+    let mut bad = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<EvalRow>(line) {
+            // The per-method means and the count-matched protocol are not per-book bars.
+            Ok(r) if r.book != "MEAN" && !r.method.contains('@') => rows.push(r),
+            Ok(_) => {}
+            Err(e) => bad.push((i + 1, format!("not a `decomposer eval --json` row: {e}"))),
+        }
+    }
+    if !bad.is_empty() {
+        return Err(EvalError::BadLines { path: path.display().to_string(), lines: bad }.into());
+    }
+    if rows.is_empty() {
+        return Err(EvalError::Data(format!("{}: no decomposition rows", path.display())).into());
+    }
+    ws.store().put(Table::Meta, DECOMPOSITION_KEY, &rows)?;
+    ws.store().flush()?;
+    Ok(rows.len())
+}
+
+/// Reads a policy-training log (`NAME=FILE.jsonl`: JSONL of {step|round, loss, kl, reward}) and
+/// keeps it for the report.
+pub fn import_policy_log(ws: &Workspace, spec: &str) -> Result<PolicyLog> {
+    let Some((name, file)) = spec.split_once('=') else {
+        return Err(WorkspaceError::Invalid(format!(
+            "a policy log is named NAME=FILE.jsonl (got '{spec}')"
+        )));
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| EvalError::Io { path: file.to_string(), source: e })?;
+    let log = report::parse_policy_log(name, &text).map_err(|e| match e {
+        EvalError::BadLines { lines, .. } => EvalError::BadLines { path: file.to_string(), lines },
+        EvalError::NoDocuments { .. } => {
+            EvalError::Data(format!("{file}: no log point (the file is empty)"))
+        }
+        other => other,
+    })?;
+    ws.store().put(Table::Meta, &format!("{POLICY_PREFIX}{name}"), &log)?;
+    ws.store().flush()?;
+    Ok(log)
+}
+
+/// Writes the report over everything stored into `out`. `compare` lists the run pairs (A, B)
+/// to draw; empty: every run against the oldest.
+pub fn write_report(
+    ws: &Workspace,
+    out: &Path,
+    compare: &[(String, String)],
+    bootstrap: BootstrapOptions,
+) -> Result<Written> {
+    let store = ws.store();
+    let mut all = runs::all(store)?;
+    all.sort_by_key(|r| r.created_unix);
+    let comparisons: Vec<(String, String)> = if compare.is_empty() {
+        all.iter().skip(1).map(|r| (r.name.clone(), all[0].name.clone())).collect()
+    } else {
+        compare.to_vec()
+    };
+    for (a, b) in &comparisons {
+        for n in [a, b] {
+            if !runs::exists(store, n)? {
+                return Err(EvalError::UnknownRun(n.clone()).into());
+            }
+        }
+    }
+    let data = ReportData {
+        runs: all,
+        comparisons,
+        learning_curve: store.get::<LearningCurve>(Table::Meta, LEARNING_CURVE_KEY)?,
+        best_of_n: store.get::<BestOfN>(Table::Meta, BEST_OF_N_KEY)?,
+        decomposition: store
+            .get::<Vec<EvalRow>>(Table::Meta, DECOMPOSITION_KEY)?
+            .unwrap_or_default(),
+        policy: store
+            .scan::<PolicyLog>(Table::Meta, POLICY_PREFIX)?
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect(),
+        bootstrap,
+    };
+    Ok(report::write(out, &data)?)
+}

@@ -1,0 +1,218 @@
+//! `rrm eval` as a user runs it, on a tiny random model written by the test: a run stored
+//! whole, a cached re-run, compare with intervals, the report with "no data yet" for what is
+//! missing, and bad references files refused before anything is stored.
+
+use std::path::PathBuf;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use rrm::infer::testing::{tiny_gguf, TinyOptions};
+
+struct Ws {
+    dir: tempfile::TempDir,
+    model: PathBuf,
+}
+
+impl Ws {
+    fn new() -> Ws {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("tiny.gguf");
+        tiny_gguf(&model, 11, &TinyOptions { context_length: 2048, ..TinyOptions::default() })
+            .unwrap();
+        Ws { dir, model }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn rrm(&self) -> Command {
+        let mut cmd = Command::cargo_bin("rrm").unwrap();
+        cmd.current_dir(self.dir.path())
+            .env("RRM_DB", self.path("db"))
+            .env("RRM_TREES", self.path("trees"))
+            .env("RRM_MODEL", &self.model)
+            .env_remove("RRM_LOG");
+        cmd
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+/// A small tree: short leaves and outputs, so the tiny model's context holds every prompt.
+fn story(name: &str, n: usize) -> String {
+    let mut t = String::new();
+    for i in 0..n {
+        t.push_str(&format!(
+            "{name} rowed to the island on day {i} and counted the gulls on the old stone pier. \
+             The keeper's daughter watched the tide and wrote the numbers in a ledger.\n\n"
+        ));
+    }
+    t
+}
+
+fn references_file(ws: &Ws) -> PathBuf {
+    let lines = [
+        serde_json::json!({"id": "marigold", "text": story("Marigold", 12),
+            "references": ["Marigold rows to the island and counts gulls.", "A girl counts gulls on a pier."]}),
+        serde_json::json!({"metadata": {"uid": "tobias"}, "document": story("Tobias", 9),
+            "questions": [{"question_text": "What is the plot of the story?",
+                "responses": [{"response_text": "Tobias counts gulls while the keeper's daughter keeps a ledger."}]}]}),
+    ];
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    ws.write("refs.jsonl", &(text.join("\n") + "\n"))
+}
+
+#[test]
+fn summaries_are_scored_stored_compared_and_reported() {
+    let ws = Ws::new();
+    let refs = references_file(&ws);
+    let out = ws
+        .rrm()
+        .args(["-q", "eval", "summaries", "--references"])
+        .arg(&refs)
+        .args([
+            "--run",
+            "greedy",
+            "--chunk-tokens",
+            "60",
+            "--fanout",
+            "2..3",
+            "--output-tokens",
+            "8,10,12",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let docs = run["documents"].as_array().unwrap();
+    assert_eq!(docs.len(), 2);
+    assert_eq!(docs[1]["id"], "tobias");
+    assert!(docs[0]["rouge"]["rouge1_max"].as_f64().unwrap() >= 0.0);
+    assert!(docs[0]["labeler"].as_f64().is_some());
+    // The same name again is refused; with --replace it is served from the cache.
+    ws.rrm()
+        .args(["-q", "eval", "summaries", "--references"])
+        .arg(&refs)
+        .args([
+            "--run",
+            "greedy",
+            "--chunk-tokens",
+            "60",
+            "--fanout",
+            "2..3",
+            "--output-tokens",
+            "8,10,12",
+        ])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("exists already"));
+    let again = ws
+        .rrm()
+        .args(["-q", "eval", "summaries", "--references"])
+        .arg(&refs)
+        .args([
+            "--run",
+            "sampled",
+            "--chunk-tokens",
+            "60",
+            "--fanout",
+            "2..3",
+            "--output-tokens",
+            "8,10,12",
+            "--temperature",
+            "0.9",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    ws.rrm()
+        .args(["eval", "list"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("greedy").and(predicate::str::contains("sampled")));
+    ws.rrm()
+        .args(["eval", "compare", "sampled", "greedy", "--resamples", "500"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("95% interval").and(predicate::str::contains("rouge1")));
+    let out = ws.rrm().args(["eval", "compare", "sampled", "greedy", "--json"]).output().unwrap();
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["documents"], 2);
+    assert!(
+        c["metrics"]["rouge1"]["low"].as_f64().unwrap()
+            <= c["metrics"]["rouge1"]["high"].as_f64().unwrap()
+    );
+    ws.rrm()
+        .args(["eval", "show", "greedy", "--resamples", "200"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("marigold").and(predicate::str::contains("lead")));
+    ws.rrm()
+        .args(["eval", "report", "--out", "report", "--resamples", "200"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("no data yet"));
+    let html = std::fs::read_to_string(ws.path("report/index.html")).unwrap();
+    assert!(html.contains("runs.svg") && html.contains("compare.svg"));
+    assert!(html.contains("no data yet"));
+    assert!(ws.path("report/runs.csv").exists());
+    ws.rrm().args(["eval", "remove", "sampled"]).assert().success();
+    ws.rrm()
+        .args(["eval", "show", "sampled"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("no evaluation run"));
+}
+
+#[test]
+fn bad_references_are_refused_and_nothing_is_stored() {
+    let ws = Ws::new();
+    let bad = ws.write(
+        "bad.jsonl",
+        "{\"id\": \"a\", \"text\": \"fine\", \"references\": [\"ok\"]}\n{oops\n{\"id\": \"b\", \"text\": \"x\", \"references\": []}\n",
+    );
+    ws.rrm()
+        .args(["eval", "summaries", "--references"])
+        .arg(&bad)
+        .args(["--run", "r"])
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("line 2")
+                .and(predicate::str::contains("line 3"))
+                .and(predicate::str::contains("no reference summary"))
+                .and(predicate::str::contains("panicked").not()),
+        );
+    let empty = ws.write("empty.jsonl", "\n\n");
+    ws.rrm()
+        .args(["eval", "summaries", "--references"])
+        .arg(&empty)
+        .args(["--run", "r"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("no document"));
+    ws.rrm()
+        .args(["eval", "summaries", "--references", "missing.jsonl", "--run", "r"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("missing.jsonl"));
+    ws.rrm()
+        .args(["eval", "summaries", "--references"])
+        .arg(&bad)
+        .args(["--run", "no/slash"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("invalid run name"));
+    ws.rrm()
+        .args(["eval", "list"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("no evaluation runs"));
+}
