@@ -6,7 +6,8 @@
 #   scripts/alice_peer.sh PYTHON MODEL.gguf [RRM_BINARY]
 #
 # PYTHON: a Python whose environment has llama-cpp-python (a throwaway venv outside the
-# repository; benchmark-only). Env: BOOK (default alice), THREADS (default 2), PORT (8111).
+# repository; benchmark-only). Env: BOOK (default alice), THREADS (default 2), PORT (8111),
+# BOOKS_DIR (default: a temporary folder; the book is fetched there before any timing).
 set -euo pipefail
 py="$1"
 model="$2"
@@ -16,6 +17,9 @@ threads="${THREADS:-2}"
 port="${PORT:-8111}"
 here="$(cd "$(dirname "$0")" && pwd)"
 tmp="$(mktemp -d)"
+
+books="${BOOKS_DIR:-$tmp/books}"
+[ -e "$book" ] || "$rrm" -q books fetch "$book" --books-dir "$books"
 
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 echo "load before: $(cat /proc/loadavg)"
@@ -28,7 +32,8 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 t0=$(date +%s.%N)
-"$rrm" -q summarize "$book" --db "$tmp/peer" --backend openai \
+"$rrm" -q summarize "$book" --db "$tmp/peer" \
+  --books-dir "$books" --trees-dir "$tmp/trees-peer" --backend openai \
   --endpoint "http://127.0.0.1:$port" --model smollm2 --batch-size 1 --temperature 0 \
   --out "$tmp/peer.txt"
 t1=$(date +%s.%N)
@@ -39,7 +44,8 @@ echo "load: $(cat /proc/loadavg)"
 
 t0=$(date +%s.%N)
 /usr/bin/time -f "rrm peak RSS %M KiB" "$rrm" -q summarize "$book" --db "$tmp/rrm" \
-  --model "$model" --threads "$threads" --temperature 0 --out "$tmp/rrm.txt"
+  --books-dir "$books" --trees-dir "$tmp/trees-rrm" --model "$model" --threads "$threads" \
+  --temperature 0 --out "$tmp/rrm.txt"
 t1=$(date +%s.%N)
 echo "rrm local engine: $(echo "$t1 - $t0" | bc) s"
 echo "summary words: peer $(wc -w <"$tmp/peer.txt"), rrm $(wc -w <"$tmp/rrm.txt")"
