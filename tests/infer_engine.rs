@@ -10,6 +10,11 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// The largest |logit| of some rows (tolerances are relative to it).
+fn scale(rows: &[Vec<f32>]) -> f32 {
+    rows.iter().flatten().fold(0f32, |m, x| m.max(x.abs())).max(1.0)
+}
+
 fn prompts() -> Vec<Vec<u32>> {
     vec![(3..40).collect(), vec![1, 50, 60, 70], (100..211).map(|i| i % 250 + 3).collect(), vec![9]]
 }
@@ -71,12 +76,20 @@ fn cpu_attention_and_tensor_attention_agree() {
         };
         let (a1, b1) = run(&host);
         let (a2, b2) = run(&tensor);
+        // The CPU path keeps K/V in f16 (11 significant bits), the tensor path in f32.
+        let tol = 2e-3 * scale(&a2);
         for i in 0..a1.len() {
-            assert!(max_diff(&a1[i], &a2[i]) < 1e-4, "{arch} prefill row {i}");
+            let d = max_diff(&a1[i], &a2[i]);
+            assert!(d < tol, "{arch} prefill row {i}: {d} (tolerance {tol})");
         }
+        // Decode rows go through the 8-bit matmul, which quantizes its input per block of 32
+        // (step: 1/127 of the block's largest value): the f16 difference above can move a
+        // value across a rounding step, so these agree within the 8-bit tolerance instead.
+        let tol = 2.5e-2 * scale(&a2);
         assert_eq!(b1.len(), 2 * a1.len());
         for i in 0..b1.len() {
-            assert!(max_diff(&b1[i], &b2[i]) < 1e-4, "{arch} decode row {i}");
+            let d = max_diff(&b1[i], &b2[i]);
+            assert!(d < tol, "{arch} decode row {i}: {d} (tolerance {tol})");
         }
     }
 }
@@ -89,6 +102,61 @@ fn ragged_batch_logits_equal_single_sequence_logits_llama() {
 #[test]
 fn ragged_batch_logits_equal_single_sequence_logits_qwen2() {
     check_ragged_batch(&TinyOptions { arch: "qwen2", ..TinyOptions::default() });
+}
+
+/// The prefill GEMM (f16 weights, f32 activations) against the 8-bit path (Q8_0 weights and
+/// activations, per block of 32) that prompt rows took before the GEMM and decode rows take.
+#[test]
+fn the_prefill_gemm_agrees_with_the_quantized_path() {
+    for arch in ["llama", "qwen2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        tiny_gguf(&path, 3, &TinyOptions { arch, ..TinyOptions::default() }).unwrap();
+        let gemm = LlamaModel::load(&path, &Device::Cpu).unwrap().model;
+        let mut quant = LlamaModel::load(&path, &Device::Cpu).unwrap().model;
+        quant.use_quantized_prefill();
+        let run = |m: &LlamaModel| {
+            let ps = prompts();
+            let mut caches: Vec<_> = ps.iter().map(|p| m.new_cache(p.len() + 2).unwrap()).collect();
+            let mut batch: Vec<(&[u32], _)> =
+                ps.iter().map(|p| p.as_slice()).zip(caches.iter_mut()).collect();
+            let mut rows = m.forward(&mut batch).unwrap().to_vec2::<f32>().unwrap();
+            let six = [6u32];
+            let mut batch: Vec<(&[u32], _)> = caches.iter_mut().map(|c| (&six[..], c)).collect();
+            rows.extend(m.forward(&mut batch).unwrap().to_vec2::<f32>().unwrap());
+            rows
+        };
+        let (a, b) = (run(&gemm), run(&quant));
+        // The 8-bit side dominates: each value is rounded to 1/254 of its block's range (about
+        // 0.4% relative, weights and activations both), through every layer into the logits.
+        // Tolerance: 3% of the largest logit.
+        let tol = 3e-2 * scale(&b);
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            let d = max_diff(x, y);
+            assert!(d < tol, "{arch} row {i}: {d} (tolerance {tol})");
+        }
+    }
+}
+
+/// A prompt fed in chunks (chunked prefill) gives the logits it gives in one step.
+#[test]
+fn a_chunked_prompt_equals_the_whole_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    tiny_llama_gguf(&path, 8).unwrap();
+    let model = LlamaModel::load(&path, &Device::Cpu).unwrap().model;
+    let prompt: Vec<u32> = (0..70).map(|i| (i * 37 % 250) + 3).collect();
+    let mut whole = model.new_cache(72).unwrap();
+    let want = model.forward(&mut [(prompt.as_slice(), &mut whole)]).unwrap();
+    let want = want.to_vec2::<f32>().unwrap();
+    let mut cache = model.new_cache(72).unwrap();
+    cache.set_prompt_len(prompt.len());
+    let mut got = Vec::new();
+    // Uneven chunks, the last one a single token.
+    for chunk in [&prompt[..17], &prompt[17..50], &prompt[50..69], &prompt[69..]] {
+        got = model.forward(&mut [(chunk, &mut cache)]).unwrap().to_vec2::<f32>().unwrap();
+    }
+    assert!(max_diff(&got[0], &want[0]) < 1e-4, "{}", max_diff(&got[0], &want[0]));
 }
 
 fn greedy_steps(model: &LlamaModel, prompt: &[u32], n: usize) -> Vec<u32> {
@@ -260,4 +328,29 @@ async fn a_dropped_call_does_not_block_the_others() {
         .generate(vec![request(&"long prompt ".repeat(100), 3, SamplingParams::greedy(), 0)])
         .await;
     assert!(matches!(err, Err(InferError::PromptTooLong { .. })), "{err:?}");
+}
+
+/// Prompts fed in small chunks mixed with decode steps (a tiny step budget) give the
+/// completions a large budget gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_prefill_gives_the_same_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    tiny_llama_gguf(&path, 21).unwrap();
+    let load = |max_step_tokens: usize| {
+        let loaded = LlamaModel::load(&path, &Device::Cpu).unwrap();
+        let id = LocalGenerator::identity_of(&path, None).unwrap();
+        let cfg = EngineConfig { max_batch: 3, max_step_tokens };
+        LocalGenerator::from_model(loaded.model, loaded.tokenizer, id, cfg).unwrap()
+    };
+    let reqs: Vec<GenerationRequest> = (0..5)
+        .map(|i| {
+            let mut sampling = SamplingParams::greedy();
+            sampling.temperature = if i % 2 == 0 { 0.0 } else { 0.9 };
+            request(&"once upon a time ".repeat(3 + 4 * i), 12, sampling, i as u64)
+        })
+        .collect();
+    let big = load(4096).generate(reqs.clone()).await.unwrap();
+    let small = load(7).generate(reqs).await.unwrap();
+    same(&big, &small);
 }

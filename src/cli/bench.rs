@@ -55,6 +55,19 @@ pub enum BenchCommand {
     /// Training tokens/s (forward + backward + AdamW) for LoRA and full fine-tuning, forward
     /// tokens/s, peak memory (e.g. `rrm --threads 2 bench train`).
     Train(BenchTrainArgs),
+    /// Time the prefill matmul kernels on SmolLM2's shapes (random weights): candle's Q8_0
+    /// matmul against the f16 GEMM at each kernel level this CPU has.
+    Kernels {
+        /// Rows (prompt tokens) per matmul.
+        #[arg(long, default_value_t = 256)]
+        rows: usize,
+        /// Calls per measurement (the fastest is reported).
+        #[arg(long, default_value_t = 15)]
+        reps: usize,
+        /// Print JSON rows.
+        #[arg(long)]
+        json: bool,
+    },
     /// What asking people buys (`summarize --ask`): with the simulated labeler answering,
     /// its score of every node and of the root against the number of questions, for each
     /// budget, asking where the reward ensemble is unsure or regardless (the baseline).
@@ -103,6 +116,7 @@ pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
         }
         BenchCommand::Encoder(args) => return encoder::run(ctx, args),
         BenchCommand::Train(args) => return bench_train(ctx, args),
+        BenchCommand::Kernels { rows, reps, json } => return kernels(rows, reps, json),
         BenchCommand::Ask(a) => return bench_ask(ctx, *a),
     };
     let dir = fetch::models_dir(model.models.models_dir.as_deref());
@@ -226,6 +240,34 @@ fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
         Ok(())
     };
     policy_bench(&request, &resolved, &mut print).context("benchmarking training")
+}
+
+fn kernels(rows: usize, reps: usize, json: bool) -> anyhow::Result<()> {
+    // SmolLM2-135M: hidden 576, 9 heads / 3 KV heads of 64, FFN 1536.
+    let shapes = [(960, 576), (576, 576), (3072, 576), (576, 1536)];
+    let threads = crate::infer::kernels::pool::default_threads();
+    if !json {
+        println!(
+            "{rows} rows, {threads} threads, kernel level {} (best on this CPU: {})",
+            crate::infer::kernels::level().name(),
+            crate::infer::kernels::Level::detect().name()
+        );
+        println!("{:>18} {:>12} {:>10} {:>10}", "path", "n x k", "ms", "GFLOP/s");
+    }
+    for row in crate::infer::bench::bench_kernels(rows, &shapes, threads, reps.max(1))? {
+        if json {
+            println!("{}", serde_json::to_string(&row)?);
+        } else {
+            println!(
+                "{:>18} {:>12} {:>10.3} {:>10.1}",
+                row.path,
+                format!("{}x{}", row.n, row.k),
+                row.ms,
+                row.gflops
+            );
+        }
+    }
+    Ok(())
 }
 
 fn bench_ask(ctx: &mut Context, args: AskArgs) -> anyhow::Result<()> {

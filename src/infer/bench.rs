@@ -110,3 +110,94 @@ that the old bridge had been built by a man who never learned to swim. Nobody be
 part. In the evenings the heat lifted slowly from the fields, the swallows came low over the \
 water, and the miller's daughter read aloud from a book of voyages to anyone who would sit still \
 long enough to listen. ";
+
+/// One measured matmul: a path on one shape.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KernelRow {
+    /// `candle-q8_0` (candle's quantized matmul), `f16-gemm/<level>` (prefill) or
+    /// `q8/<level>` (decode).
+    pub path: String,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// Fastest wall time of one call, milliseconds (the minimum is the figure least disturbed
+    /// by other work on the machine).
+    pub ms: f64,
+    /// `2·m·n·k` per second, in GFLOP/s (wall).
+    pub gflops: f64,
+}
+
+/// The prefill matmul shapes `(n, k)` of a model: fused QKV, attention output, fused gate/up,
+/// down.
+pub fn model_shapes(cfg: &super::llama::LlamaConfig) -> Vec<(usize, usize)> {
+    let qkv = (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim;
+    vec![
+        (qkv, cfg.hidden),
+        (cfg.hidden, cfg.n_head * cfg.head_dim),
+        (2 * cfg.ffn, cfg.hidden),
+        (cfg.hidden, cfg.ffn),
+    ]
+}
+
+/// Times `m`-row matmuls of each shape `(n, k)` on random weights: candle's Q8_0 matmul and the
+/// f16 GEMM at every kernel level this CPU has, on `threads` threads.
+pub fn bench_kernels(
+    m: usize,
+    shapes: &[(usize, usize)],
+    threads: usize,
+    reps: usize,
+) -> candle_core::Result<Vec<KernelRow>> {
+    use super::kernels::{gemm, pool::Pool, Level};
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::{Device, Module, Tensor};
+    let pool = Pool::new(threads);
+    let mut rows = Vec::new();
+    let fastest = |v: Vec<f64>| v.into_iter().fold(f64::INFINITY, f64::min);
+    for &(n, k) in shapes {
+        let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu)?;
+        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+        let flops = 2.0 * (m * n * k) as f64;
+        let mut push = |path: String, times: Vec<f64>| {
+            let s = fastest(times);
+            rows.push(KernelRow { path, m, n, k, ms: s * 1e3, gflops: flops / s / 1e9 });
+        };
+        if k % 32 == 0 {
+            let q = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0)?)?;
+            q.forward(&x)?;
+            let mut times = Vec::new();
+            for _ in 0..reps {
+                let t = Instant::now();
+                q.forward(&x)?;
+                times.push(t.elapsed().as_secs_f64());
+            }
+            push("candle-q8_0".into(), times);
+        }
+        let wv = w.flatten_all()?.to_vec1::<f32>()?;
+        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        let packed = gemm::F16Weights::from_rows(&wv, n, k);
+        let q8w = super::kernels::q8::Q8Weights::from_rows(&wv, n, k);
+        let mut out = vec![0f32; m * n];
+        for level in [Level::Scalar, Level::Avx2, Level::Avx512] {
+            if level > super::kernels::level() {
+                continue;
+            }
+            gemm::matmul(&xv, m, &packed, &mut out, false, level, &pool);
+            let mut times = Vec::new();
+            for _ in 0..if level == Level::Scalar { 1 } else { reps } {
+                let t = Instant::now();
+                gemm::matmul(&xv, m, &packed, &mut out, false, level, &pool);
+                times.push(t.elapsed().as_secs_f64());
+            }
+            push(format!("f16-gemm/{}", level.name()), times);
+            super::kernels::q8::matmul(&xv, m, &q8w, &mut out, false, level, &pool);
+            let mut times = Vec::new();
+            for _ in 0..if level == Level::Scalar { 1 } else { reps } {
+                let t = Instant::now();
+                super::kernels::q8::matmul(&xv, m, &q8w, &mut out, false, level, &pool);
+                times.push(t.elapsed().as_secs_f64());
+            }
+            push(format!("q8/{}", level.name()), times);
+        }
+    }
+    Ok(rows)
+}

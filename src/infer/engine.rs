@@ -5,10 +5,12 @@
 //! channel, and awaits a oneshot reply. The engine loop:
 //!
 //! 1. takes in new jobs (blocking only when it has nothing to do);
-//! 2. admits waiting sequences while the batch has room (`max_batch`) and the step's prefill
-//!    budget (`max_prefill_tokens`) allows, allocating each one's cache at its full length;
-//! 3. runs one packed forward step: whole prompts for sequences that just joined, one token for
-//!    the others;
+//! 2. admits waiting sequences while the batch has room (`max_batch`), allocating each one's
+//!    cache at its full length;
+//! 3. runs one packed forward step of at most `max_step_tokens` rows: one token for every
+//!    decoding sequence, and the rest of the budget as prompt chunks for the sequences still
+//!    prefilling, oldest first (chunked prefill: a long prompt never stalls the decoding
+//!    sequences for more than a step, and the step's activations stay bounded);
 //! 4. samples each row with the sequence's own [`Sampler`]; a sequence that stops (end token,
 //!    `max_tokens`, context full) leaves the batch at once, and a job's reply is sent as soon as
 //!    its last sequence is done.
@@ -36,13 +38,19 @@ use super::{Completion, FinishReason, GenerationRequest, Generator, InferError, 
 pub struct EngineConfig {
     /// Most sequences decoded together.
     pub max_batch: usize,
-    /// Most prompt tokens prefilled in one step (a longer single prompt still runs alone).
-    pub max_prefill_tokens: usize,
+    /// Most rows (decode tokens plus prompt tokens) in one forward step; prompts longer than
+    /// what is left are fed in chunks over several steps. At least one prompt chunk runs per
+    /// step while any prompt is pending.
+    pub max_step_tokens: usize,
 }
+
+/// Step rows by default: enough rows for the prefill GEMM to run at full speed (it gains
+/// little past a few hundred), few enough that a decode step waits at most one chunk.
+pub const DEFAULT_STEP_TOKENS: usize = 512;
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { max_batch: 16, max_prefill_tokens: 4096 }
+        Self { max_batch: 16, max_step_tokens: DEFAULT_STEP_TOKENS }
     }
 }
 
@@ -244,7 +252,14 @@ struct Seq {
     max_tokens: usize,
     sampler: Sampler,
     cache: KvCache,
-    prefilled: bool,
+    /// Prompt tokens already in the cache.
+    fed: usize,
+}
+
+impl Seq {
+    fn prefilled(&self) -> bool {
+        self.fed >= self.prompt.len()
+    }
 }
 
 struct JobState {
@@ -326,17 +341,11 @@ impl Engine {
     }
 
     fn admit(&mut self) {
-        let mut budget = self.config.max_prefill_tokens;
-        let mut admitted_any = false;
         while self.active.len() < self.config.max_batch.max(1) {
-            let Some(front) = self.waiting.front() else { break };
-            let len = front.prepared.prompt.len();
-            if admitted_any && len > budget {
-                break;
-            }
             let Some(w) = self.waiting.pop_front() else { break };
+            let len = w.prepared.prompt.len();
             let capacity = len + w.prepared.request.max_tokens;
-            let cache = match self.model.new_cache(capacity) {
+            let mut cache = match self.model.new_cache(capacity) {
                 Ok(c) => c,
                 Err(e) => {
                     self.fail_job(
@@ -346,8 +355,7 @@ impl Engine {
                     continue;
                 }
             };
-            budget = budget.saturating_sub(len);
-            admitted_any = true;
+            cache.set_prompt_len(len);
             let req = w.prepared.request;
             self.active.push(Seq {
                 job: w.job,
@@ -358,35 +366,71 @@ impl Engine {
                 max_tokens: req.max_tokens,
                 sampler: Sampler::new(req.sampling, req.seed),
                 cache,
-                prefilled: false,
+                fed: 0,
             });
         }
+    }
+
+    /// The rows of the next step for each active sequence (0: it sits this step out): 1 for a
+    /// decoding one, a chunk of its prompt for a prefilling one while the budget lasts.
+    fn plan_step(&self) -> Vec<usize> {
+        let decoding = self.active.iter().filter(|s| s.prefilled()).count();
+        let mut budget = self.config.max_step_tokens.max(1).saturating_sub(decoding);
+        let mut chunked = false;
+        self.active
+            .iter()
+            .map(|s| {
+                if s.prefilled() {
+                    return 1;
+                }
+                let left = s.prompt.len() - s.fed;
+                // The first prompt of the step runs even when decode rows took the budget.
+                let take = if chunked { left.min(budget) } else { left.min(budget.max(1)) };
+                budget -= take.min(budget);
+                chunked |= take > 0;
+                take
+            })
+            .collect()
     }
 
     fn step(&mut self) -> Result<(), candle_core::Error> {
         if self.active.is_empty() {
             return Ok(());
         }
+        let rows = self.plan_step();
         let logits = {
             let mut inputs: Vec<(&[u32], &mut KvCache)> = self
                 .active
                 .iter_mut()
-                .map(|s| {
-                    let toks: &[u32] = if s.prefilled {
+                .zip(&rows)
+                .filter(|(_, &n)| n > 0)
+                .map(|(s, &n)| {
+                    let toks: &[u32] = if s.prefilled() {
                         std::slice::from_ref(s.generated.last().unwrap_or(&0))
                     } else {
-                        &s.prompt
+                        &s.prompt[s.fed..s.fed + n]
                     };
                     (toks, &mut s.cache)
                 })
                 .collect();
             self.model.forward(&mut inputs)?
         };
-        let rows = logits.to_vec2::<f32>()?;
+        let logits = logits.to_vec2::<f32>()?;
         let ctx = self.model.config.context_length;
         let mut finished = Vec::new();
-        for (i, (seq, row)) in self.active.iter_mut().zip(rows.iter()).enumerate() {
-            seq.prefilled = true;
+        let mut out_rows = logits.iter();
+        for (i, (seq, &n)) in self.active.iter_mut().zip(&rows).enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let Some(row) = out_rows.next() else { break };
+            if !seq.prefilled() {
+                seq.fed += n;
+                if !seq.prefilled() {
+                    // A chunk in the middle of the prompt: its logits are not needed.
+                    continue;
+                }
+            }
             let (token, lp) = seq.sampler.sample(row, &seq.prompt, &seq.generated);
             let finish = if self.tokenizer.eos_ids.contains(&token) {
                 Some(FinishReason::Stop)
@@ -436,7 +480,8 @@ impl Engine {
             }
             self.finish_job_if_done(seq.job);
         }
-        // Keep the batch in arrival order (swap_remove shuffled it); order only affects speed.
+        // Keep the batch in arrival order (swap_remove shuffled it): prompts are chunked
+        // oldest first.
         self.active.sort_by_key(|s| (s.job, s.index));
         Ok(())
     }

@@ -170,7 +170,7 @@ pub fn check_bytes(head: &[u8], file_len: u64) -> Result<(), String> {
         let ty = r.u32(&name)?;
         let (block, bytes_per_block) =
             ggml_type(ty).ok_or_else(|| format!("tensor `{name}` has unknown type {ty}"))?;
-        if elems % block != 0 {
+        if !elems.is_multiple_of(block) {
             return Err(format!(
                 "tensor `{name}`: {elems} elements are not whole blocks of {block}"
             ));

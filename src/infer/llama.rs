@@ -22,11 +22,13 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
+use super::kernels::{self, gemm::F16Weights, pool::Pool, q8::Q8Weights};
 use super::tokenizer::GgufTokenizer;
 use super::InferError;
 
@@ -107,7 +109,7 @@ impl LlamaConfig {
         }
         let head_dim =
             md_usize(md, &format!("{arch_name}.attention.key_length")).unwrap_or(hidden / n_head);
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(format!("head dimension {head_dim} is odd"));
         }
         let ffn_shape =
@@ -138,50 +140,116 @@ impl LlamaConfig {
     }
 }
 
-/// A linear layer: a (possibly quantized) weight and an optional bias.
+/// A linear layer: its weight in the forms the device's kernels read, and an optional bias.
 #[derive(Debug, Clone)]
-struct Linear {
-    w: QMatMul,
-    b: Option<Tensor>,
-    /// Zero columns appended to the input (the weight was padded to a fast kernel's width).
-    pad: usize,
+enum Linear {
+    /// On the CPU: 8-bit blocks for generated rows (decode) and, for the layers prompt rows go
+    /// through, f16 panels for the prefill GEMM.
+    Cpu { q8: Arc<Q8Weights>, dense: Option<Arc<F16Weights>>, bias: Option<Vec<f32>> },
+    /// On other devices: the weight as shipped, through candle.
+    Device { w: QMatMul, b: Option<Tensor> },
 }
 
-/// Rows per matmul call on the CPU: the quantized input of a longer call no longer stays in
-/// cache while the weight tiles stream past it (measured: a 2,400-row prefill ran ~35% slower
-/// per token than a 300-row one).
-const CPU_ROW_CHUNK: usize = 256;
-
 impl Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let rows = x.dim(0)?;
-        let y = if x.device().is_cpu() && x.rank() == 2 && rows > CPU_ROW_CHUNK {
-            let parts = (0..rows)
-                .step_by(CPU_ROW_CHUNK)
-                .map(|r| self.matmul(&x.narrow(0, r, CPU_ROW_CHUNK.min(rows - r))?))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            Tensor::cat(&parts, 0)?
-        } else {
-            self.matmul(x)?
-        };
-        match &self.b {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+    /// Output features.
+    fn n(&self) -> candle_core::Result<usize> {
+        match self {
+            Linear::Cpu { q8, .. } => Ok(q8.n()),
+            Linear::Device { w, .. } => match w {
+                QMatMul::QTensor(t) => Ok(t.shape().dims2()?.0),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dim(0),
+            },
         }
     }
 
-    fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if self.pad > 0 {
-            self.w.forward(&x.pad_with_zeros(candle_core::D::Minus1, 0, self.pad)?)
-        } else {
-            self.w.forward(&x.contiguous()?)
+    /// `x (rows, k)` as a tensor; rows split by `prompt` as in [`Self::host`] on the CPU.
+    fn apply(&self, x: &Tensor, prompt: &[bool], k: &Kernels) -> candle_core::Result<Tensor> {
+        match self {
+            Linear::Device { w, b } => {
+                let y = w.forward(&x.contiguous()?)?;
+                match b {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+            Linear::Cpu { .. } => {
+                let rows = x.dim(0)?;
+                let n = self.n()?;
+                let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let mut out = vec![0f32; rows * n];
+                self.host(&xs, prompt, &mut out, false, k)?;
+                Tensor::from_vec(out, (rows, n), x.device())
+            }
         }
     }
+
+    /// `out (m, n) [+]= x (m, k) · wᵀ + b` on CPU buffers: rows with `prompt[r]` through the
+    /// f16 GEMM, the others through the 8-bit matmul. Which path a row takes depends only on
+    /// whether it is a prompt token, never on what else is in the step, and each path computes
+    /// a row from that row alone, so a sequence's result does not depend on its batch.
+    fn host(
+        &self,
+        x: &[f32],
+        prompt: &[bool],
+        out: &mut [f32],
+        accumulate: bool,
+        k: &Kernels,
+    ) -> candle_core::Result<()> {
+        let Linear::Cpu { q8, dense, bias } = self else {
+            candle_core::bail!("internal error: a device layer on the CPU path")
+        };
+        let m = prompt.len();
+        let n = q8.n();
+        let dense = dense.as_deref().filter(|_| k.prefill_gemm);
+        let n_prompt = if dense.is_some() { prompt.iter().filter(|&&p| p).count() } else { 0 };
+        if n_prompt > 0 && n_prompt < m {
+            // A mixed step: each kind of row on its own path, then back in place.
+            let kin = q8.k();
+            for kind in [true, false] {
+                let idx: Vec<usize> = (0..m).filter(|&r| prompt[r] == kind).collect();
+                let xs: Vec<f32> =
+                    idx.iter().flat_map(|&r| &x[r * kin..(r + 1) * kin]).copied().collect();
+                let mut ys = vec![0f32; idx.len() * n];
+                self.host(&xs, &vec![kind; idx.len()], &mut ys, false, k)?;
+                for (j, &r) in idx.iter().enumerate() {
+                    let (dst, src) = (&mut out[r * n..(r + 1) * n], &ys[j * n..(j + 1) * n]);
+                    if accumulate {
+                        dst.iter_mut().zip(src).for_each(|(o, y)| *o += y);
+                    } else {
+                        dst.copy_from_slice(src);
+                    }
+                }
+            }
+            return Ok(());
+        }
+        match dense {
+            Some(d) if n_prompt == m => {
+                kernels::gemm::matmul(x, m, d, out, accumulate, k.level, k.pool)
+            }
+            _ => kernels::q8::matmul(x, m, q8, out, accumulate, k.level, k.pool),
+        }
+        if let Some(b) = bias {
+            for row in out.chunks_exact_mut(n) {
+                row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The CPU kernels' settings for one step.
+struct Kernels<'a> {
+    level: kernels::Level,
+    pool: &'a Pool,
+    /// Prompt rows through the f16 GEMM (else everything through the quantized path).
+    prefill_gemm: bool,
 }
 
 #[derive(Debug, Clone)]
 struct Layer {
     attn_norm: Tensor,
+    attn_norm_host: Vec<f32>,
+    ffn_norm_host: Vec<f32>,
     /// Q, K and V.
     qkv: Projections,
     wo: Linear,
@@ -201,11 +269,16 @@ enum Projections {
 }
 
 impl Projections {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        prompt: &[bool],
+        k: &Kernels,
+    ) -> candle_core::Result<Vec<Tensor>> {
         match self {
-            Self::Separate(ls) => ls.iter().map(|l| l.forward(x)).collect(),
+            Self::Separate(ls) => ls.iter().map(|l| l.apply(x, prompt, k)).collect(),
             Self::Fused { w, sizes } => {
-                let y = w.forward(x)?;
+                let y = w.apply(x, prompt, k)?;
                 let mut at = 0;
                 sizes
                     .iter()
@@ -228,6 +301,7 @@ pub struct LlamaModel {
     tok_embd: QMatMul,
     layers: Vec<Layer>,
     out_norm: Tensor,
+    out_norm_host: Vec<f32>,
     output: Linear,
     cos: Tensor,
     sin: Tensor,
@@ -236,6 +310,22 @@ pub struct LlamaModel {
     sin_host: Vec<f32>,
     /// Attention over plain CPU buffers (the default on CPU) rather than tensor ops.
     host_attention: bool,
+    /// Prompt rows run the f16 GEMM (CPU).
+    prefill_gemm: bool,
+    /// Reused activation buffers of the CPU forward pass.
+    scratch: std::sync::Mutex<Scratch>,
+}
+
+/// Activation buffers of the CPU forward pass, kept between steps (fresh multi-megabyte
+/// allocations per layer cost page faults and zeroing).
+#[derive(Debug, Default)]
+struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
 }
 
 /// The keys and values a sequence has seen, one preallocated `(n_kv_head, capacity, head_dim)`
@@ -245,6 +335,9 @@ pub struct KvCache {
     store: KvStore,
     len: usize,
     capacity: usize,
+    /// Positions before this are the prompt (their rows take the prefill GEMM on CPU); set by
+    /// [`KvCache::set_prompt_len`], else to the end of the first step's tokens.
+    prompt_len: Option<usize>,
 }
 
 /// Where a cache lives: plain buffers on the CPU, tensors on other devices.
@@ -266,87 +359,75 @@ impl KvCache {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+    /// Declares the first `n` positions the prompt, for a prompt fed in several steps (chunked
+    /// prefill). Without it, the first step's tokens are the prompt.
+    pub fn set_prompt_len(&mut self, n: usize) {
+        self.prompt_len = Some(n);
+    }
+    /// Bytes of K/V this cache holds.
+    pub fn bytes(&self) -> usize {
+        match &self.store {
+            KvStore::Host(kv) => kv.bytes(),
+            KvStore::Tensors { k, v } => {
+                k.iter().chain(v).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+            }
+        }
+    }
 }
 
 fn model_err(path: &Path, message: impl std::fmt::Display) -> InferError {
     InferError::Model { path: path.to_path_buf(), message: message.to_string() }
 }
 
-/// Whether `dtype` lacks a fast CPU kernel in candle and is better requantized to Q8_0.
-fn slow_on_cpu(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
-}
-
-/// On x86 CPUs with VNNI, candle multiplies Q8_0 weights with a tiled int8 kernel when the
-/// input width is a multiple of 256 (and falls back to a much slower per-row dot product
-/// otherwise): weights are padded with zero columns to that width. `RRM_NO_PAD=1` turns it off.
-fn cpu_pad_multiple() -> Option<usize> {
-    if std::env::var_os("RRM_NO_PAD").is_some_and(|v| !v.is_empty() && v != "0") {
-        return None;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512vnni")
-            || std::arch::is_x86_feature_detected!("avxvnni")
-        {
-            return Some(256);
-        }
-    }
-    None
-}
-
-/// Readies one weight for its device: on CPU, slow types are requantized to Q8_0, and Q8_0
-/// weights are padded to `pad_to` input columns where that reaches a faster kernel. Returns
-/// the weight and the number of zero columns its input needs.
-fn prepare_weight(
-    t: QTensor,
+/// How [`LlamaModel::load`] readies the weights of linear layers for the device.
+struct WeightPrep {
     cpu: bool,
-    pad_to: Option<usize>,
-) -> candle_core::Result<(QTensor, usize)> {
-    let Ok((n, k)) = t.shape().dims2() else { return Ok((t, 0)) };
-    if !cpu || k % 32 != 0 {
-        return Ok((t, 0));
-    }
-    let to_q8 = slow_on_cpu(t.dtype()) || t.dtype() == GgmlDType::Q8_0;
-    let pad = match pad_to {
-        Some(m) if to_q8 && k % m != 0 && n % 16 == 0 => k.div_ceil(m) * m - k,
-        _ => 0,
-    };
-    if pad == 0 && !slow_on_cpu(t.dtype()) {
-        return Ok((t, 0));
-    }
-    let f = t.dequantize(&Device::Cpu)?;
-    let f = if pad > 0 { f.pad_with_zeros(1, 0, pad)? } else { f };
-    Ok((QTensor::quantize(&f, GgmlDType::Q8_0)?, pad))
+    /// On CPU, also keep f16 panels for the prefill GEMM.
+    dense: bool,
 }
 
-/// Stacks weights (and biases) by rows on the CPU, as F32 when they are F32 and as Q8_0
-/// otherwise (which [`prepare_weight`] then keeps).
-fn stack_rows(
-    parts: &[(QTensor, Option<Tensor>)],
-) -> candle_core::Result<(QTensor, Option<Tensor>)> {
-    let all_f32 = parts.iter().all(|(w, _)| w.dtype() == GgmlDType::F32);
-    let ws = parts
-        .iter()
-        .map(|(w, _)| w.dequantize(&Device::Cpu))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let w = Tensor::cat(&ws, 0)?;
-    let k = w.dim(1)?;
-    let dtype = if all_f32 || k % 32 != 0 { GgmlDType::F32 } else { GgmlDType::Q8_0 };
-    let w = QTensor::quantize(&w, dtype)?;
-    let b = if parts.iter().any(|(_, b)| b.is_some()) {
-        let bs = parts
+impl WeightPrep {
+    /// One weight as stored in the file, with its bias.
+    fn linear(&self, t: QTensor, b: Option<Tensor>) -> candle_core::Result<Linear> {
+        if !self.cpu {
+            return Ok(Linear::Device { w: QMatMul::from_qtensor(t)?, b });
+        }
+        let f = t.dequantize(&Device::Cpu)?;
+        self.cpu_linear(&f, b)
+    }
+
+    /// A CPU layer from f32 weights `(n, k)`.
+    fn cpu_linear(&self, f: &Tensor, b: Option<Tensor>) -> candle_core::Result<Linear> {
+        let (n, k) = f.dims2()?;
+        let v = f.flatten_all()?.to_vec1::<f32>()?;
+        let dense = self.dense.then(|| Arc::new(F16Weights::from_rows(&v, n, k)));
+        let q8 = Arc::new(Q8Weights::from_rows(&v, n, k));
+        let bias = b.map(|b| b.flatten_all()?.to_vec1::<f32>()).transpose()?;
+        Ok(Linear::Cpu { q8, dense, bias })
+    }
+
+    /// Weights (and biases) stacked by rows into one CPU layer: one pass over the input for
+    /// several projections of it (Q, K, V; gate, up).
+    fn stacked(&self, parts: Vec<(QTensor, Option<Tensor>)>) -> candle_core::Result<Linear> {
+        let ws = parts
             .iter()
-            .map(|(w, b)| match b {
-                Some(b) => Ok(b.clone()),
-                None => Tensor::zeros(w.shape().dims()[0], DType::F32, &Device::Cpu),
-            })
+            .map(|(w, _)| w.dequantize(&Device::Cpu))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Some(Tensor::cat(&bs, 0)?)
-    } else {
-        None
-    };
-    Ok((w, b))
+        let w = Tensor::cat(&ws, 0)?;
+        let b = if parts.iter().any(|(_, b)| b.is_some()) {
+            let bs = parts
+                .iter()
+                .map(|(w, b)| match b {
+                    Some(b) => Ok(b.to_device(&Device::Cpu)?),
+                    None => Tensor::zeros(w.shape().dims()[0], DType::F32, &Device::Cpu),
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Some(Tensor::cat(&bs, 0)?)
+        } else {
+            None
+        };
+        self.cpu_linear(&w, b)
+    }
 }
 
 /// Everything [`LlamaModel::load`] reads from one GGUF file.
@@ -388,11 +469,10 @@ impl LlamaModel {
             Ok(t)
         };
         let cpu = device.is_cpu();
-        let pad_to = if cpu { cpu_pad_multiple() } else { None };
-        let matmul = |t: QTensor| -> Result<(QMatMul, usize), InferError> {
-            let (t, pad) = prepare_weight(t, cpu, pad_to).map_err(|e| model_err(path, e))?;
-            Ok((QMatMul::from_qtensor(t).map_err(|e| model_err(path, e))?, pad))
-        };
+        // On CPU every layer also gets f16 panels, for the prefill GEMM.
+        let prep = WeightPrep { cpu, dense: true };
+        // The output layer only sees each sequence's last row: no GEMM copy.
+        let out_prep = WeightPrep { cpu, dense: false };
         let dense = |t: QTensor| -> Result<Tensor, InferError> {
             t.dequantize(device).map_err(|e| model_err(path, e))
         };
@@ -401,8 +481,9 @@ impl LlamaModel {
         let has = |name: &str| content.tensor_infos.contains_key(name);
         let tok_embd_q = read("token_embd.weight", &[cfg.vocab_size, h])?;
         let out_name = if has("output.weight") { "output.weight" } else { "token_embd.weight" };
-        let (w, pad) = matmul(read(out_name, &[cfg.vocab_size, h])?)?;
-        let output = Linear { w, b: None, pad };
+        let output = out_prep
+            .linear(read(out_name, &[cfg.vocab_size, h])?, None)
+            .map_err(|e| model_err(path, e))?;
         let tok_embd = QMatMul::from_qtensor(tok_embd_q).map_err(|e| model_err(path, e))?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
@@ -424,15 +505,14 @@ impl LlamaModel {
                     if !cpu {
                         return parts
                             .into_iter()
-                            .map(|(w, b)| matmul(w).map(|(w, pad)| Linear { w, b, pad }))
+                            .map(|(w, b)| prep.linear(w, b).map_err(|e| model_err(path, e)))
                             .collect::<Result<Vec<_>, _>>()
                             .map(Projections::Separate);
                     }
                     let sizes: Vec<usize> =
                         parts.iter().map(|(w, _)| w.shape().dims()[0]).collect();
-                    let stacked = stack_rows(&parts).map_err(|e| model_err(path, e))?;
-                    let (w, pad) = matmul(stacked.0)?;
-                    Ok(Projections::Fused { w: Linear { w, b: stacked.1, pad }, sizes })
+                    let w = prep.stacked(parts).map_err(|e| model_err(path, e))?;
+                    Ok(Projections::Fused { w, sizes })
                 };
             let qkv = projections(vec![
                 raw("attn_q", nh * hd, h, qwen)?,
@@ -444,14 +524,25 @@ impl LlamaModel {
                 raw("ffn_up", cfg.ffn, h, false)?,
             ])?;
             let (w, b) = raw("attn_output", h, nh * hd, false)?;
-            let (w, pad) = matmul(w)?;
-            let wo = Linear { w, b, pad };
+            let wo = prep.linear(w, b).map_err(|e| model_err(path, e))?;
             let (w, b) = raw("ffn_down", h, cfg.ffn, false)?;
-            let (w, pad) = matmul(w)?;
-            let w_down = Linear { w, b, pad };
+            let w_down = prep.linear(w, b).map_err(|e| model_err(path, e))?;
             let attn_norm = dense(read(&format!("{p}.attn_norm.weight"), &[h])?)?;
             let ffn_norm = dense(read(&format!("{p}.ffn_norm.weight"), &[h])?)?;
-            layers.push(Layer { attn_norm, qkv, wo, ffn_norm, gate_up, w_down });
+            let host = |t: &Tensor| -> Result<Vec<f32>, InferError> {
+                t.to_vec1::<f32>().map_err(|e| model_err(path, e))
+            };
+            let (attn_norm_host, ffn_norm_host) = (host(&attn_norm)?, host(&ffn_norm)?);
+            layers.push(Layer {
+                attn_norm,
+                attn_norm_host,
+                ffn_norm_host,
+                qkv,
+                wo,
+                ffn_norm,
+                gate_up,
+                w_down,
+            });
         }
         let out_norm = dense(read("output_norm.weight", &[h])?)?;
         let (cos_host, sin_host) = rope_tables(&cfg);
@@ -467,6 +558,7 @@ impl LlamaModel {
             device: device.clone(),
             tok_embd,
             layers,
+            out_norm_host: out_norm.to_vec1::<f32>().map_err(|e| model_err(path, e))?,
             out_norm,
             output,
             cos,
@@ -474,6 +566,8 @@ impl LlamaModel {
             cos_host,
             sin_host,
             host_attention: device.is_cpu(),
+            prefill_gemm: true,
+            scratch: Default::default(),
         };
         Ok(LoadedGguf { model, tokenizer, path: path.to_path_buf() })
     }
@@ -483,6 +577,13 @@ impl LlamaModel {
     #[doc(hidden)]
     pub fn use_tensor_attention(&mut self) {
         self.host_attention = false;
+    }
+
+    /// Runs every step through the quantized matmuls, as before the prefill GEMM existed; for
+    /// tests that compare the two paths.
+    #[doc(hidden)]
+    pub fn use_quantized_prefill(&mut self) {
+        self.prefill_gemm = false;
     }
 
     /// The device the weights live on.
@@ -496,7 +597,7 @@ impl LlamaModel {
         let capacity = capacity.min(c.context_length).max(1);
         if self.host_attention {
             let store = KvStore::Host(host_attention::HostKv::new(c, capacity));
-            return Ok(KvCache { store, len: 0, capacity });
+            return Ok(KvCache { store, len: 0, capacity, prompt_len: None });
         }
         let shape = (c.n_kv_head, capacity, c.head_dim);
         let mut k = Vec::with_capacity(c.n_layer);
@@ -505,18 +606,18 @@ impl LlamaModel {
             k.push(Tensor::zeros(shape, DType::F32, &self.device)?);
             v.push(Tensor::zeros(shape, DType::F32, &self.device)?);
         }
-        Ok(KvCache { store: KvStore::Tensors { k, v }, len: 0, capacity })
+        Ok(KvCache { store: KvStore::Tensors { k, v }, len: 0, capacity, prompt_len: None })
     }
 
     /// Runs one step for a batch of sequences: each gets its new `tokens` appended to its cache,
     /// and the result holds, per sequence, the logits after its last new token: `(B, vocab)`.
     pub fn forward(&self, batch: &mut [(&[u32], &mut KvCache)]) -> candle_core::Result<Tensor> {
         let c = &self.config;
-        let dev = &self.device;
         let mut tokens = Vec::new();
         let mut positions = Vec::new();
+        let mut prompt = Vec::new();
         let mut spans = Vec::with_capacity(batch.len());
-        for (toks, cache) in batch.iter() {
+        for (toks, cache) in batch.iter_mut() {
             if toks.is_empty() {
                 candle_core::bail!("a sequence in the batch has no new tokens");
             }
@@ -530,65 +631,139 @@ impl LlamaModel {
             if let Some(&bad) = toks.iter().find(|&&t| t as usize >= c.vocab_size) {
                 candle_core::bail!("token id {bad} is outside the vocabulary of {}", c.vocab_size);
             }
+            let prompt_len = *cache.prompt_len.get_or_insert(cache.len + toks.len());
             spans.push((tokens.len(), toks.len(), cache.len));
             tokens.extend_from_slice(toks);
             positions.extend((cache.len..cache.len + toks.len()).map(|p| p as u32));
+            prompt.extend((cache.len..cache.len + toks.len()).map(|p| p < prompt_len));
         }
+        let k = Kernels {
+            level: kernels::level(),
+            pool: Pool::global(),
+            prefill_gemm: self.prefill_gemm,
+        };
+        let logits = if self.host_attention {
+            self.forward_host(tokens, &positions, &spans, &prompt, batch, &k)?
+        } else {
+            self.forward_tensors(tokens, &positions, &spans, &prompt, batch, &k)?
+        };
+        for (bi, &(_, t, _)) in spans.iter().enumerate() {
+            batch[bi].1.len += t;
+        }
+        Ok(logits)
+    }
+
+    /// The CPU forward pass over plain buffers: the kernels of [`super::kernels`] on their
+    /// pool, candle only for the quantized matmuls of generated rows and the output layer.
+    fn forward_host(
+        &self,
+        tokens: Vec<u32>,
+        positions: &[u32],
+        spans: &[(usize, usize, usize)],
+        prompt: &[bool],
+        batch: &mut [(&[u32], &mut KvCache)],
+        k: &Kernels,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let n = tokens.len();
+        let (hd, nh, nkv, d) = (c.hidden, c.n_head, c.n_kv_head, c.head_dim);
+        let eps = c.rms_eps as f32;
+        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let sc = &mut *guard;
+        let ids = Tensor::from_vec(tokens, n, &self.device)?;
+        sc.x = self.tok_embd.embedding(&ids)?.flatten_all()?.to_vec1::<f32>()?;
+        sc.h.resize(n * hd, 0.0);
+        sc.qkv.resize(n * (nh + 2 * nkv) * d, 0.0);
+        sc.attn.resize(n * nh * d, 0.0);
+        sc.gate_up.resize(n * 2 * c.ffn, 0.0);
+        sc.act.resize(n * c.ffn, 0.0);
+        let mut caches = batch
+            .iter_mut()
+            .map(|(_, cache)| match &mut cache.store {
+                KvStore::Host(kv) => Ok((kv, cache.capacity)),
+                KvStore::Tensors { .. } => {
+                    candle_core::bail!("a device cache was given to the CPU model")
+                }
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let (Projections::Fused { w: qkv, .. }, Projections::Fused { w: gate_up, .. }) =
+                (&layer.qkv, &layer.gate_up)
+            else {
+                candle_core::bail!("internal error: CPU layers have fused projections")
+            };
+            kernels::ops::rms_norm(&sc.x, &layer.attn_norm_host, eps, &mut sc.h, k.level, k.pool);
+            qkv.host(&sc.h, prompt, &mut sc.qkv, false, k)?;
+            let step = host_attention::Step {
+                cfg: c,
+                layer: li,
+                positions,
+                spans,
+                cos: &self.cos_host,
+                sin: &self.sin_host,
+                level: k.level,
+                pool: k.pool,
+            };
+            host_attention::attention(&step, &mut sc.qkv, &mut caches, &mut sc.attn);
+            layer.wo.host(&sc.attn, prompt, &mut sc.x, true, k)?;
+            kernels::ops::rms_norm(&sc.x, &layer.ffn_norm_host, eps, &mut sc.h, k.level, k.pool);
+            gate_up.host(&sc.h, prompt, &mut sc.gate_up, false, k)?;
+            kernels::ops::silu_mul(&sc.gate_up, c.ffn, &mut sc.act, k.level, k.pool);
+            layer.w_down.host(&sc.act, prompt, &mut sc.x, true, k)?;
+        }
+        let last: Vec<f32> = spans
+            .iter()
+            .flat_map(|&(s, t, _)| &sc.x[(s + t - 1) * hd..(s + t) * hd])
+            .copied()
+            .collect();
+        let mut normed = vec![0f32; last.len()];
+        kernels::ops::rms_norm(&last, &self.out_norm_host, eps, &mut normed, k.level, k.pool);
+        // Every sequence's last row through the 8-bit path, prompt or not.
+        let decode_rows = vec![false; spans.len()];
+        let mut logits = vec![0f32; spans.len() * c.vocab_size];
+        self.output.host(&normed, &decode_rows, &mut logits, false, k)?;
+        Tensor::from_vec(logits, (spans.len(), c.vocab_size), &self.device)
+    }
+
+    /// The forward pass with tensor ops (devices other than the CPU; on the CPU, for tests).
+    fn forward_tensors(
+        &self,
+        tokens: Vec<u32>,
+        positions: &[u32],
+        spans: &[(usize, usize, usize)],
+        prompt: &[bool],
+        batch: &mut [(&[u32], &mut KvCache)],
+        k: &Kernels,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let dev = &self.device;
         let n = tokens.len();
         let ids = Tensor::from_vec(tokens, n, dev)?;
-        let host = self.host_attention;
         let mut x = self.tok_embd.embedding(&ids)?;
-        // The tensor path's RoPE rows and causal masks, shared by all layers.
-        let tensor_prep = if host { None } else { Some(self.tensor_prep(&positions, &spans)?) };
+        // RoPE rows and causal masks, shared by all layers.
+        let prep = self.tensor_prep(positions, spans)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps as f32)?;
-            let mut qkv = layer.qkv.forward(&h)?.into_iter();
-            let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+            let mut qkv = layer.qkv.forward(&h, prompt, k)?.into_iter();
+            let (Some(q), Some(kk), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
                 candle_core::bail!("internal error: the QKV projection gave fewer than 3 parts")
             };
-            let attn = match &tensor_prep {
-                None => {
-                    let mut caches = batch
-                        .iter_mut()
-                        .map(|(_, cache)| match &mut cache.store {
-                            KvStore::Host(kv) => Ok((kv, cache.capacity)),
-                            KvStore::Tensors { .. } => {
-                                candle_core::bail!("a device cache was given to the CPU model")
-                            }
-                        })
-                        .collect::<candle_core::Result<Vec<_>>>()?;
-                    host_attention::attention(
-                        c,
-                        li,
-                        &q,
-                        &k,
-                        &v,
-                        &positions,
-                        &spans,
-                        &mut caches,
-                        &self.cos_host,
-                        &self.sin_host,
-                    )?
-                }
-                Some(prep) => self.tensor_attention(li, &q, &k, &v, prep, &spans, batch)?,
-            };
-            x = (x + layer.wo.forward(&attn)?)?;
+            let attn = self.tensor_attention(li, &q, &kk, &v, &prep, spans, batch)?;
+            x = (x + layer.wo.apply(&attn, prompt, k)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.rms_eps as f32)?;
-            let mut gate_up = layer.gate_up.forward(&h)?.into_iter();
+            let mut gate_up = layer.gate_up.forward(&h, prompt, k)?.into_iter();
             let (Some(gate), Some(up)) = (gate_up.next(), gate_up.next()) else {
                 candle_core::bail!("internal error: the gate/up projection gave fewer than 2 parts")
             };
             let gate = candle_nn::ops::silu(&gate)?;
-            x = (x + layer.w_down.forward(&(gate * up)?)?)?;
-        }
-        for (bi, &(_, t, _)) in spans.iter().enumerate() {
-            batch[bi].1.len += t;
+            x = (x + layer.w_down.apply(&(gate * up)?, prompt, k)?)?;
         }
         let last: Vec<u32> = spans.iter().map(|&(s, t, _)| (s + t - 1) as u32).collect();
         let last = Tensor::from_vec(last, spans.len(), dev)?;
         let x = x.index_select(&last, 0)?;
         let x = candle_nn::ops::rms_norm(&x, &self.out_norm, c.rms_eps as f32)?;
-        self.output.forward(&x)?.to_dtype(DType::F32)
+        let decode_rows = vec![false; spans.len()];
+        self.output.apply(&x, &decode_rows, k)?.to_dtype(DType::F32)
     }
 }
 

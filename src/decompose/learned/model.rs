@@ -314,7 +314,7 @@ impl BoundaryModel {
     /// Calibrated log-odds of a boundary for each row of `rows` (`n × dim`).
     pub fn score(&self, rows: &[f32]) -> Result<Vec<f32>, LearnedError> {
         let dim = self.dim();
-        if dim == 0 || rows.len() % dim != 0 {
+        if dim == 0 || !rows.len().is_multiple_of(dim) {
             return Err(LearnedError::Training(format!(
                 "feature rows of {} values do not split into rows of {dim}",
                 rows.len()

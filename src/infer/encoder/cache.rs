@@ -55,7 +55,7 @@ pub fn embedding_to_bytes(embedding: &[f32]) -> Vec<u8> {
 
 /// The inverse of [`embedding_to_bytes`]; `None` when the length is not a multiple of 4.
 pub fn embedding_from_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     Some(
