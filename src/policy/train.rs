@@ -517,7 +517,9 @@ pub fn train(
                         state.val_history.push(log);
                     }
                 }
-                if state.step.is_multiple_of(cfg.checkpoint_every.max(1)) || state.step == total_steps {
+                if state.step.is_multiple_of(cfg.checkpoint_every.max(1))
+                    || state.step == total_steps
+                {
                     save(&state, &opt, model)?;
                 }
                 step_loss = 0.0;
