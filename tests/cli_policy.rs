@@ -198,6 +198,10 @@ fn bad_input_is_a_clear_error() {
         &["no stored feedback"],
     );
     check(ws.train_args("dpo", "missing.jsonl", "x"), &["missing.jsonl"]);
+    // A held-out book the data never mentions would silently hold out nothing.
+    let mut args = ws.train_args("dpo", "prefs.jsonl", "x");
+    args.extend(["--val-books", "orchard.txt"].map(String::from));
+    check(args, &["--val-books", "has no examples"]);
     let mut args = ws.train_args("dpo", "prefs.jsonl", "../evil");
     args.extend(["--max-steps", "1"].map(String::from));
     check(args, &["not a valid model name"]);

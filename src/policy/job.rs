@@ -99,6 +99,18 @@ pub fn run(
         books.iter().map(|b| super::data::group_of_book(&job.data, b)).collect()
     };
     let (force_val, force_test) = (to_groups(&job.force_val), to_groups(&job.force_test));
+    // A forced book that has no examples would silently change nothing: say so instead.
+    for (flag, books) in [("--val-books", &job.force_val), ("--test-books", &job.force_test)] {
+        if let Some(book) =
+            books.iter().find(|b| !groups.contains(&super::data::group_of_book(&job.data, b)))
+        {
+            return Err(PolicyError::Invalid(format!(
+                "{flag}: book {book} has no examples in {} (its feedback carries no book, or the \
+                 data file has no book field); drop the flag or use --val-percent/--test-percent",
+                job.data.source
+            )));
+        }
+    }
     let split = Split::by_hash(&groups, job.val_percent, job.test_percent, &force_val, &force_test);
     let part = |set: &BTreeSet<String>| job.data.filter(|g| set.contains(g));
     let (train_set, val_set, test_set) = (part(&split.train), part(&split.val), part(&split.test));
