@@ -14,6 +14,7 @@
 //! - [`answers`]: one path for every answer, from a form or JSON: validated against the node's
 //!   stored candidates, written and flushed before the response.
 //! - [`views`]: what the rating screen and the API show of a node.
+//! - [`report`]: the evaluation report (`/report/`), drawn by the library's `write_report`.
 //! - [`api`], [`pages`]: thin handlers (parse, call, render); templates and the client script
 //!   live in `serve/templates/` and `serve/static/`.
 //!
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod jobs;
 pub mod pages;
 pub mod queue;
+pub mod report;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod views;
@@ -131,6 +133,8 @@ pub struct AppState {
     pub writes: answers::WriteLocks,
     /// Questions of running `summarize --ask` jobs, at the head of every queue.
     pub asks: Arc<ask::AskHub>,
+    /// The last drawn evaluation report (`/report/`).
+    pub report: report::ReportCache,
     generator: tokio::sync::OnceCell<Arc<dyn Generator>>,
     trees: Mutex<HashMap<String, Arc<LoadedTree>>>,
 }
@@ -171,6 +175,7 @@ impl AppState {
             scorer: RwLock::new(scorer),
             writes: answers::WriteLocks::default(),
             asks: Arc::new(ask::AskHub::default()),
+            report: report::ReportCache::default(),
             generator: tokio::sync::OnceCell::new(),
             trees: Mutex::new(HashMap::new()),
         }))
@@ -380,6 +385,9 @@ pub fn router(state: Shared) -> Router {
         .route("/asks/{id}/skip", post(pages::ask_skip))
         .route("/progress", get(pages::progress))
         .route("/jobs", get(pages::jobs))
+        .route("/report", get(pages::report_redirect))
+        .route("/report/", get(pages::report_index))
+        .route("/report/{name}", get(pages::report_file))
         .route("/reward/train", post(pages::train))
         .route("/static/app.js", get(pages::script))
         .route("/static/app.css", get(pages::style))

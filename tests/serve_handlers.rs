@@ -679,3 +679,115 @@ async fn a_running_ask_waits_at_the_head_of_the_queue() {
     assert_eq!(after.len(), before + 1, "{after:?}");
     assert!(after.iter().any(|r| r["id"] == answered[0]["id"]));
 }
+
+fn eval_doc(id: &str, r1: f64) -> rrm::eval::runs::DocScores {
+    use rrm::eval::rouge::RougeMulti;
+    rrm::eval::runs::DocScores {
+        id: id.into(),
+        book_id: format!("book-{id}"),
+        document_words: 100,
+        summary: "a summary".into(),
+        summary_words: 10,
+        references: 2,
+        reference_words: 12.0,
+        rouge: RougeMulti {
+            rouge1_max: r1,
+            rouge2_max: r1 / 2.0,
+            rouge_l_max: r1 * 0.8,
+            rouge1_mean: r1 * 0.9,
+            rouge2_mean: r1 / 3.0,
+            rouge_l_mean: r1 * 0.7,
+        },
+        lead: RougeMulti { rouge1_max: 0.2, ..RougeMulti::default() },
+        length_ratio: 10.0 / 12.0,
+        reward: None,
+        reward_std: None,
+        labeler: Some(r1),
+        labeler_lead: Some(0.1),
+        nodes: 3,
+        computed: 3,
+        tokens_generated: 30,
+    }
+}
+
+fn save_eval_run(f: &Fixture, name: &str, created_unix: u64, shift: f64) {
+    let run = rrm::eval::runs::EvalRun {
+        name: name.into(),
+        created_unix,
+        settings: json!({}),
+        documents: ["d1", "d2", "d3"].iter().map(|d| eval_doc(d, 0.3 + shift)).collect(),
+        seconds: 1.0,
+    };
+    rrm::eval::runs::save(f.ws.store(), &run, false).unwrap();
+}
+
+/// `/report/`: the page `rrm eval report` writes, drawn from the store by the same function; a
+/// page that says how to make a run when none is stored; only the files the drawing wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_eval_report_is_served_from_the_store() {
+    let f = fixture(3, 0, 2).await;
+    let state = state(&f, 1);
+    let mut c = Client::new(&state);
+    assert!(c.get("/").await.body.contains("href=\"/report/\""), "the navigation links it");
+
+    // No run stored: a clear page, not an error.
+    let r = c.get("/report").await;
+    assert_eq!((r.status, r.location().as_str()), (StatusCode::SEE_OTHER, "/report/"));
+    let page = c.get("/report/").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("No evaluation run is stored yet"), "{}", page.body);
+    assert!(page.body.contains("rrm eval summaries --references"), "{}", page.body);
+    assert_eq!(c.get("/report/runs.svg").await.status, StatusCode::NOT_FOUND);
+
+    // One run: the report's page, with its figure served as SVG and its data as CSV.
+    save_eval_run(&f, "greedy", 100, 0.0);
+    let page = c.get("/report/").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+    assert!(page.body.contains("rrm evaluation report") && page.body.contains("greedy"));
+    assert!(page.body.contains("<img src=\"runs.svg\""), "{}", page.body);
+    assert!(page.body.contains("href=\"/\""), "a way back into the app");
+    let csp = page.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'") && !csp.contains("script-src"), "{csp}");
+    let svg = c.get("/report/runs.svg").await;
+    assert_eq!(svg.status, StatusCode::OK, "{}", svg.body);
+    assert_eq!(svg.headers[header::CONTENT_TYPE], "image/svg+xml");
+    assert!(svg.body.contains("<svg"), "{}", svg.body);
+    let csv = c.get("/report/runs.csv").await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert!(csv.headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/csv"));
+    assert!(csv.body.contains("greedy"), "{}", csv.body);
+    assert_eq!(c.get("/report/index.html").await.status, StatusCode::OK);
+    // A figure without data was not written, so it is not served.
+    assert_eq!(c.get("/report/compare.svg").await.status, StatusCode::NOT_FOUND);
+
+    // A second run changes the store: the report is drawn again, the comparison with it.
+    save_eval_run(&f, "bo4", 200, 0.1);
+    let page = c.get("/report/").await;
+    assert!(page.body.contains("bo4") && page.body.contains("compare.svg"), "{}", page.body);
+    let svg = c.get("/report/compare.svg").await;
+    assert_eq!(
+        (svg.status, svg.headers[header::CONTENT_TYPE].to_str().unwrap()),
+        (StatusCode::OK, "image/svg+xml")
+    );
+
+    // Nothing but the names the drawing wrote.
+    for path in [
+        "/report/..%2Fconf",
+        "/report/..%2F..%2Fdb%2Fconf",
+        "/report/%2Fetc%2Fpasswd",
+        "/report/../conf",
+        "/report/..",
+        "/report/.",
+        "/report/index.html%00",
+        "/report/runs.svg%2F..%2F..%2Fconf",
+    ] {
+        let r = c.get(path).await;
+        assert!(
+            matches!(r.status, StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST),
+            "{path}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+}

@@ -17,6 +17,7 @@ use super::answers::{self, AnswerForm};
 use super::ask::{self as asking, AskParams, Reply};
 use super::auth::{pair_key, set_cookie, Identity};
 use super::jobs::{self, JobState};
+use super::report::{self, Served};
 use super::views::{self, CandidateView};
 use super::{blocking, lock, Failure, Shared};
 use crate::feedback::{self, stats, ComparedPairs};
@@ -32,6 +33,7 @@ const JOBS: &str = include_str!("templates/jobs.html");
 const LOGIN: &str = include_str!("templates/login.html");
 const ERROR: &str = include_str!("templates/error.html");
 const ASK: &str = include_str!("templates/ask.html");
+const REPORT: &str = include_str!("templates/report.html");
 const SCRIPT: &str = include_str!("static/app.js");
 const STYLE: &str = include_str!("static/app.css");
 
@@ -49,6 +51,7 @@ pub fn templates() -> minijinja::Environment<'static> {
         ("login.html", LOGIN),
         ("error.html", ERROR),
         ("ask.html", ASK),
+        ("report.html", REPORT),
     ] {
         if let Err(err) = env.add_template(name, source) {
             tracing::error!("template {name}: {err}");
@@ -547,6 +550,43 @@ pub async fn progress(
 
 pub async fn jobs(State(state): State<Shared>, Extension(who): Extension<Identity>) -> PageResult {
     render(&state, &who, "jobs.html", json!({ "page": "jobs", "jobs": state.jobs.all() }))
+}
+
+// --- the evaluation report ---
+
+/// `/report` → `/report/` (the page links its figures by relative names).
+pub async fn report_redirect() -> Response {
+    see_other("/report/")
+}
+
+/// The evaluation report, drawn from the store (or a page that says how to make a run).
+pub async fn report_index(
+    State(state): State<Shared>,
+    Extension(who): Extension<Identity>,
+) -> PageResult {
+    report_page(state, who, "index.html".into()).await
+}
+
+/// A file the report links (`<figure>.svg`, `<figure>.csv`): only names the drawing wrote.
+pub async fn report_file(
+    State(state): State<Shared>,
+    Extension(who): Extension<Identity>,
+    Path(name): Path<String>,
+) -> PageResult {
+    report_page(state, who, name).await
+}
+
+async fn report_page(state: Shared, who: Identity, name: String) -> PageResult {
+    let s = state.clone();
+    let index = name == "index.html";
+    match blocking(move || report::file(&s, &name)).await? {
+        Served::File { body, content_type } => Ok(report::response(body, content_type)),
+        Served::NoRuns if index => render(&state, &who, "report.html", json!({ "page": "report" })),
+        Served::NoRuns => Err(Failure::not_found(
+            "no evaluation run is stored, so the report has no files (see /report/)",
+        )
+        .into()),
+    }
 }
 
 // --- questions of running `summarize --ask` jobs ---
