@@ -6,6 +6,8 @@
 //!   height embedding).
 //! - [`train`]: Bradley–Terry training with bootstrap ensembles and early stopping, the split by
 //!   book, and the metrics.
+//! - [`lm`]: the language-model reward model (the trainable llama with a scalar head on the
+//!   last token, LoRA by default), its Bradley–Terry training, checkpoints and selector.
 //! - [`RewardModel`]: a trained checkpoint (safetensors + a JSON [`Card`]: data used, metrics,
 //!   encoder hash) saved under a folder with a `latest` pointer; [`RewardSelector`] plugs it
 //!   into the composer through the `Selector` seam, picking by ensemble mean − λ·std.
@@ -16,6 +18,7 @@
 pub mod data;
 pub mod eval;
 pub mod features;
+pub mod lm;
 pub mod model;
 /// Synthetic books and candidates of known quality (the `testing` feature: tests and benches).
 #[cfg(any(test, feature = "testing"))]
@@ -66,6 +69,11 @@ pub enum RewardError {
     EncoderMismatch { hash: String, trained: String, loaded: String },
     #[error("the reward model {hash} has no trained head at all (its card lists no heights)")]
     NoHead { hash: String },
+    /// The language-model backbone (loading, forward, tokenizer).
+    #[error(transparent)]
+    Lm(#[from] crate::lm::LmError),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// What a checkpoint was trained on.
