@@ -416,33 +416,17 @@ impl RewardModel {
 
     /// Saves under `dir/<hash>/` and points `dir/latest` at it. Returns the checkpoint folder.
     pub fn save(&mut self, dir: &Path) -> Result<PathBuf, RewardError> {
-        let file_err = |path: &Path, e: &dyn std::fmt::Display| RewardError::File {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
-        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, &e))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".ckpt-")
-            .tempdir_in(dir)
-            .map_err(|e| file_err(dir, &e))?;
-        let weights = tmp.path().join(WEIGHTS_FILE);
-        candle_core::safetensors::save(&self.heads.to_tensors(), &weights)?;
-        let bytes = std::fs::read(&weights).map_err(|e| file_err(&weights, &e))?;
-        self.card.hash = blake3::hash(&bytes).to_hex()[..16].to_string();
-        let card = serde_json::to_vec_pretty(&self.card).map_err(|e| file_err(dir, &e))?;
-        std::fs::write(tmp.path().join(CARD_FILE), card).map_err(|e| file_err(dir, &e))?;
-        let target = dir.join(&self.card.hash);
-        if target.exists() {
-            std::fs::remove_dir_all(&target).map_err(|e| file_err(&target, &e))?;
-        }
-        let kept = tmp.keep();
-        std::fs::rename(&kept, &target).map_err(|e| file_err(&target, &e))?;
-        let latest = dir.join(LATEST_FILE);
-        let tmp_latest = dir.join(".latest.tmp");
-        std::fs::write(&tmp_latest, format!("{}\n", self.card.hash))
-            .map_err(|e| file_err(&tmp_latest, &e))?;
-        std::fs::rename(&tmp_latest, &latest).map_err(|e| file_err(&latest, &e))?;
-        Ok(target)
+        let heads = &self.heads;
+        let card = &mut self.card;
+        publish_checkpoint(
+            dir,
+            WEIGHTS_FILE,
+            |weights| Ok(candle_core::safetensors::save(&heads.to_tensors(), weights)?),
+            |hash| {
+                card.hash = hash.to_string();
+                serde_json::to_vec_pretty(&*card)
+            },
+        )
     }
 
     /// Resolves `spec`: `latest` (in `dir`), a checkpoint hash in `dir`, or a checkpoint folder.
@@ -675,6 +659,42 @@ impl Selector for RewardSelector {
             })
             .collect())
     }
+}
+
+/// Writes a checkpoint atomically: the weights (`write_weights` into `weights_name`) and the card
+/// (`card_json`, given the weights' hash: the first 16 hex digits of their blake3) into a
+/// temporary folder in `dir`, renamed to `dir/<hash>/`, then `dir/latest` pointed at it. A kill
+/// at any point leaves the previous `latest` whole. Returns the checkpoint folder.
+pub(crate) fn publish_checkpoint(
+    dir: &Path,
+    weights_name: &str,
+    write_weights: impl FnOnce(&Path) -> Result<(), RewardError>,
+    card_json: impl FnOnce(&str) -> Result<Vec<u8>, serde_json::Error>,
+) -> Result<PathBuf, RewardError> {
+    let file_err = |path: &Path, e: &dyn std::fmt::Display| RewardError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, &e))?;
+    let tmp =
+        tempfile::Builder::new().prefix(".ckpt-").tempdir_in(dir).map_err(|e| file_err(dir, &e))?;
+    let weights = tmp.path().join(weights_name);
+    write_weights(&weights)?;
+    let bytes = std::fs::read(&weights).map_err(|e| file_err(&weights, &e))?;
+    let hash = blake3::hash(&bytes).to_hex()[..16].to_string();
+    let card = card_json(&hash).map_err(|e| file_err(dir, &e))?;
+    std::fs::write(tmp.path().join(CARD_FILE), card).map_err(|e| file_err(dir, &e))?;
+    let target = dir.join(&hash);
+    if target.exists() {
+        std::fs::remove_dir_all(&target).map_err(|e| file_err(&target, &e))?;
+    }
+    let kept = tmp.keep();
+    std::fs::rename(&kept, &target).map_err(|e| file_err(&target, &e))?;
+    let latest = dir.join(LATEST_FILE);
+    let tmp_latest = dir.join(".latest.tmp");
+    std::fs::write(&tmp_latest, format!("{hash}\n")).map_err(|e| file_err(&tmp_latest, &e))?;
+    std::fs::rename(&tmp_latest, &latest).map_err(|e| file_err(&latest, &e))?;
+    Ok(target)
 }
 
 #[cfg(test)]

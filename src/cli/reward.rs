@@ -14,6 +14,8 @@ use super::Context;
 use crate::feedback::learn::{ConfidenceUse, Kinds, LearnOptions};
 use crate::feedback::Pair;
 use crate::infer::Encoder;
+use crate::lm::{LoraConfig, Mode};
+use crate::reward::lm::{is_lm_checkpoint, LmRewardModel, LmTrainConfig};
 use crate::reward::model::mean_std;
 use crate::reward::train::{Metrics, TrainConfig};
 use crate::reward::{data, eval as report, RewardModel};
@@ -96,6 +98,43 @@ pub struct TrainArgs {
     pub seed: u64,
     #[arg(long)]
     pub json: bool,
+    /// What the reward model is built on: `minilm` (frozen sentence embeddings + small heads,
+    /// fast) or `lm` (the policy language model with a scalar head, trained end to end).
+    #[arg(long, value_enum, default_value_t = Backbone::Minilm)]
+    pub backbone: Backbone,
+    #[command(flatten)]
+    pub lm: LmArgs,
+}
+
+/// The reward model's backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backbone {
+    Minilm,
+    Lm,
+}
+
+/// Options of `--backbone lm`.
+#[derive(Debug, Args)]
+pub struct LmArgs {
+    /// The language model to start from: a catalog name or a GGUF file.
+    #[arg(long, default_value = "smollm2-135m", value_name = "MODEL")]
+    pub base: String,
+    /// LoRA rank (0: full fine-tuning).
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+    /// Optimizer steps per member (default: `--epochs` passes over the pairs).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Pairs per optimizer step.
+    #[arg(long, default_value_t = 4)]
+    pub batch_pairs: usize,
+    /// Tokens per input (prompt + summary), cut from the left so the summary stays whole.
+    #[arg(long, default_value_t = 1024)]
+    pub max_tokens: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
 }
 
 #[derive(Debug, Args)]
@@ -193,6 +232,9 @@ fn train(
             if args.height.is_empty() { String::new() } else { format!(" at height(s) {:?}", args.height) }
         );
     }
+    if args.backbone == Backbone::Lm {
+        return train_lm(ctx, ws, &args, &training.pairs, &source);
+    }
     let config = TrainConfig {
         members: args.members,
         hidden: args.hidden,
@@ -246,17 +288,121 @@ fn train(
     Ok(())
 }
 
+/// `rrm reward train --backbone lm`: the language-model reward model on the same pairs.
+fn train_lm(
+    ctx: &Context,
+    ws: &Workspace,
+    args: &TrainArgs,
+    pairs: &[Pair],
+    source: &str,
+) -> anyhow::Result<()> {
+    let base =
+        crate::infer::fetch::resolve_model_with(&args.lm.base, ws.models_dir(), ctx.progress())
+            .with_context(|| format!("--base {}", args.lm.base))?;
+    let mode = if args.lm.lora_rank == 0 {
+        Mode::Full
+    } else {
+        Mode::Lora(LoraConfig { rank: args.lm.lora_rank, seed: args.seed, ..LoraConfig::default() })
+    };
+    let config = LmTrainConfig {
+        mode,
+        members: args.members,
+        epochs: args.lm.epochs,
+        steps: args.lm.steps,
+        batch_pairs: args.lm.batch_pairs,
+        max_tokens: args.lm.max_tokens,
+        lr: args.lm.lr,
+        seed: args.seed,
+        ..LmTrainConfig::default()
+    };
+    let bar = ctx.spinner(format!(
+        "training {} LM reward member(s) on {} pairs from {}",
+        args.members,
+        pairs.len(),
+        base.name
+    ));
+    let result = LmRewardModel::train(&base.path, pairs, &config, source);
+    bar.finish_and_clear();
+    let mut model = result.context("training the LM reward model")?;
+    let path = model.save(ws.reward_dir())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&model.card)?);
+        return Ok(());
+    }
+    println!(
+        "LM reward model {} saved to {} ({} pairs, {} member(s), base {})",
+        model.card.hash,
+        path.display(),
+        pairs.len(),
+        args.members,
+        base.name
+    );
+    println!(
+        "metrics on the training pairs (evaluate held-out data with `rrm reward eval --data`):"
+    );
+    print_metrics(&model.card.metrics);
+    Ok(())
+}
+
+/// `rrm reward eval` on an LM checkpoint.
+fn eval_lm(path: &std::path::Path, pairs: &[Pair], what: &str, json: bool) -> anyhow::Result<()> {
+    let model = LmRewardModel::load(path, None)?;
+    let metrics = model.evaluate(pairs)?;
+    let margins = model.margins(pairs)?;
+    let refs: Vec<&Pair> = pairs.iter().collect();
+    let baselines = report::report(&margins, &refs);
+    print_eval(&model.card.hash, what, &metrics, &baselines, json)
+}
+
+fn print_eval(
+    hash: &str,
+    what: &str,
+    metrics: &std::collections::BTreeMap<String, Metrics>,
+    baselines: &report::EvalReport,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        let v = serde_json::json!({ "model": hash, "data": what, "metrics": metrics, "report": baselines });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("reward model {hash} on {what}:");
+        print_metrics(metrics);
+        println!(
+            "beside the baselines (length: the longer wins; overlap: word F1 with the references):"
+        );
+        for line in report::lines(baselines) {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
 type LoadEncoder<'a> = &'a dyn Fn() -> Result<Arc<dyn Encoder>, crate::workspace::WorkspaceError>;
 
 fn eval(ws: &Workspace, encoder: LoadEncoder<'_>, args: EvalArgs) -> anyhow::Result<()> {
+    let file_pairs = |path: &PathBuf| -> anyhow::Result<(Vec<Pair>, String)> {
+        let pairs = data::from_file(path, &LearnOptions::default())
+            .with_context(|| format!("reading {}", path.display()))?
+            .pairs;
+        if pairs.is_empty() {
+            bail!("{}: no preference pairs to evaluate on", path.display());
+        }
+        Ok((pairs, path.display().to_string()))
+    };
+    let checkpoint = RewardModel::resolve(&args.model, ws.reward_dir())?;
+    if is_lm_checkpoint(&checkpoint) {
+        let Some(path) = &args.data else {
+            bail!(
+                "an LM reward model is evaluated on a file: `rrm reward eval --model {} --data FILE.jsonl`",
+                args.model
+            );
+        };
+        let (pairs, what) = file_pairs(path)?;
+        return eval_lm(&checkpoint, &pairs, &what, args.json);
+    }
     let model = load_reward_model(ws, &args.model)?;
     let (pairs, what): (Vec<Pair>, String) = match &args.data {
-        Some(path) => (
-            data::from_file(path, &LearnOptions::default())
-                .with_context(|| format!("reading {}", path.display()))?
-                .pairs,
-            path.display().to_string(),
-        ),
+        Some(path) => file_pairs(path)?,
         None => {
             let all = data::from_store(ws.store(), &LearnOptions::default())?.pairs;
             let held: Vec<Pair> = all
@@ -281,23 +427,11 @@ fn eval(ws: &Workspace, encoder: LoadEncoder<'_>, args: EvalArgs) -> anyhow::Res
     let margins = model.margins(&mut featurizer, &pairs)?;
     let refs: Vec<&Pair> = pairs.iter().collect();
     let baselines = report::report(&margins, &refs);
-    if args.json {
-        let v = serde_json::json!({ "model": model.card.hash, "data": what, "metrics": metrics, "report": baselines });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        println!("reward model {} on {what}:", model.card.hash);
-        print_metrics(&metrics);
-        println!(
-            "beside the baselines (length: the longer wins; overlap: word F1 with the references):"
-        );
-        for line in report::lines(&baselines) {
-            println!("{line}");
-        }
-    }
-    Ok(())
+    print_eval(&model.card.hash, &what, &metrics, &baselines, args.json)
 }
 
 fn score(ws: &Workspace, encoder: LoadEncoder<'_>, args: ScoreArgs) -> anyhow::Result<()> {
+    let model = load_reward_model(ws, &args.model)?;
     let target = rating::resolve(ws, &args.id, args.book.as_deref(), args.lossy)?;
     let cands = target.candidates(ws)?;
     if cands.is_empty() {
@@ -307,7 +441,6 @@ fn score(ws: &Workspace, encoder: LoadEncoder<'_>, args: ScoreArgs) -> anyhow::R
             target.label()
         );
     }
-    let model = load_reward_model(ws, &args.model)?;
     let encoder = encoder()?;
     model.check_encoder(encoder.as_ref())?;
     let mut featurizer = embeddings::featurizer(ws, encoder.as_ref());

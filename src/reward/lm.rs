@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::mean_std;
 use super::train::{bt_loss_weighted, metrics, Metrics};
-use super::{RewardError, CARD_FILE, LATEST_FILE};
+use super::{RewardError, CARD_FILE};
 use crate::compose::prompt;
 use crate::compose::select::SelectError;
 use crate::compose::{Candidate, CandidateScore, Selector};
@@ -528,32 +528,17 @@ impl LmRewardModel {
 
     /// Saves under `dir/<hash>/` and points `dir/latest` at it. Returns the checkpoint folder.
     pub fn save(&mut self, dir: &Path) -> Result<PathBuf, RewardError> {
-        let file_err = |path: &Path, e: &dyn std::fmt::Display| RewardError::File {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
-        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, &e))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".ckpt-")
-            .tempdir_in(dir)
-            .map_err(|e| file_err(dir, &e))?;
-        let weights = tmp.path().join(LM_WEIGHTS_FILE);
-        candle_core::safetensors::save(&self.tensors(), &weights)?;
-        self.card.hash = file_hash(&weights)?[..16].to_string();
-        let card = serde_json::to_vec_pretty(&self.card).map_err(|e| file_err(dir, &e))?;
-        std::fs::write(tmp.path().join(CARD_FILE), card).map_err(|e| file_err(dir, &e))?;
-        let target = dir.join(&self.card.hash);
-        if target.exists() {
-            std::fs::remove_dir_all(&target).map_err(|e| file_err(&target, &e))?;
-        }
-        let kept = tmp.keep();
-        std::fs::rename(&kept, &target).map_err(|e| file_err(&target, &e))?;
-        let latest = dir.join(LATEST_FILE);
-        let tmp_latest = dir.join(".latest.tmp");
-        std::fs::write(&tmp_latest, format!("{}\n", self.card.hash))
-            .map_err(|e| file_err(&tmp_latest, &e))?;
-        std::fs::rename(&tmp_latest, &latest).map_err(|e| file_err(&latest, &e))?;
-        Ok(target)
+        let tensors = self.tensors();
+        let card = &mut self.card;
+        super::publish_checkpoint(
+            dir,
+            LM_WEIGHTS_FILE,
+            |weights| Ok(candle_core::safetensors::save(&tensors, weights)?),
+            |hash| {
+                card.hash = hash.to_string();
+                serde_json::to_vec_pretty(&*card)
+            },
+        )
     }
 
     /// Loads a checkpoint folder with its base model: `base` when given (its hash must match

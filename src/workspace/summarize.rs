@@ -9,7 +9,7 @@ use crate::book::Book;
 use crate::compose::{ComposeOptions, ComposeReport, Composer, MeanLogprob, Observer, Selector};
 use crate::decompose::Decomposer;
 use crate::infer::Generator;
-use crate::reward::{RewardModel, RewardSelector};
+use crate::reward::{lm, RewardModel, RewardSelector};
 use crate::tree::TaskTree;
 
 /// Decomposes `book` and stores its tree (the record, then the file copy).
@@ -55,6 +55,12 @@ impl SelectorSpec {
                 self.pessimism
             )));
         }
+        let path = RewardModel::resolve(spec, ws.reward_dir())?;
+        if lm::is_lm_checkpoint(&path) {
+            // The language-model backbone scores with its own base model; no sentence encoder.
+            let model = lm::LmRewardModel::load(&path, None)?;
+            return Ok(Arc::new(lm::LmRewardSelector::new(Arc::new(model), self.pessimism)));
+        }
         let model = load_reward_model(ws, spec)?;
         let encoder = ws.encoder(&self.encoder, progress)?;
         let cache = super::embeddings::cache(ws.store());
@@ -67,6 +73,13 @@ impl SelectorSpec {
 /// folder).
 pub fn load_reward_model(ws: &Workspace, spec: &str) -> Result<RewardModel> {
     let path = RewardModel::resolve(spec, ws.reward_dir())?;
+    if lm::is_lm_checkpoint(&path) {
+        return Err(WorkspaceError::Invalid(format!(
+            "{} is a language-model reward model (`--backbone lm`); this command needs a MiniLM \
+             one (`--reward-model` of `rrm summarize` and `rrm reward eval` take either)",
+            path.display()
+        )));
+    }
     Ok(RewardModel::load(&path)?)
 }
 
