@@ -15,7 +15,7 @@ use crate::feedback::learn::{ConfidenceUse, Kinds, LearnOptions};
 use crate::feedback::Pair;
 use crate::infer::Encoder;
 use crate::lm::{LoraConfig, Mode};
-use crate::reward::lm::{is_lm_checkpoint, LmRewardModel, LmTrainConfig};
+use crate::reward::lm::{is_lm_checkpoint, metrics_by_height, LmRewardModel, LmTrainConfig};
 use crate::reward::model::mean_std;
 use crate::reward::train::{Metrics, TrainConfig};
 use crate::reward::{data, eval as report, RewardModel};
@@ -347,8 +347,8 @@ fn train_lm(
 /// `rrm reward eval` on an LM checkpoint.
 fn eval_lm(path: &std::path::Path, pairs: &[Pair], what: &str, json: bool) -> anyhow::Result<()> {
     let model = LmRewardModel::load(path, None)?;
-    let metrics = model.evaluate(pairs)?;
     let margins = model.margins(pairs)?;
+    let metrics = metrics_by_height(pairs, &margins);
     let refs: Vec<&Pair> = pairs.iter().collect();
     let baselines = report::report(&margins, &refs);
     print_eval(&model.card.hash, what, &metrics, &baselines, json)

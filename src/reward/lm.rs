@@ -495,23 +495,7 @@ impl LmRewardModel {
 
     /// Accuracy, log-loss and calibration per height and `all`.
     pub fn evaluate(&self, pairs: &[Pair]) -> Result<BTreeMap<String, Metrics>, RewardError> {
-        let margins = self.margins(pairs)?;
-        let mut out = BTreeMap::new();
-        let mut heights: Vec<u32> = pairs.iter().map(|p| p.height).collect();
-        heights.sort_unstable();
-        heights.dedup();
-        for h in heights {
-            let (m, t): (Vec<f32>, Vec<f32>) = pairs
-                .iter()
-                .zip(&margins)
-                .filter(|(p, _)| p.height == h)
-                .map(|(p, &d)| (d, p.target))
-                .unzip();
-            out.insert(format!("h{h}"), metrics(&m, &t));
-        }
-        let t: Vec<f32> = pairs.iter().map(|p| p.target).collect();
-        out.insert("all".into(), metrics(&margins, &t));
-        Ok(out)
+        Ok(metrics_by_height(pairs, &self.margins(pairs)?))
     }
 
     fn tensors(&self) -> HashMap<String, Tensor> {
@@ -603,6 +587,26 @@ impl LmRewardModel {
         let end = end_token(&tokenizer)?;
         Ok(LmRewardModel { card, members, llama: Mutex::new(llama), tokenizer, end })
     }
+}
+
+/// Accuracy, log-loss and ECE per height (`h{H}`) and over `all`, from the pairs' margins.
+pub fn metrics_by_height(pairs: &[Pair], margins: &[f32]) -> BTreeMap<String, Metrics> {
+    let mut out = BTreeMap::new();
+    let mut heights: Vec<u32> = pairs.iter().map(|p| p.height).collect();
+    heights.sort_unstable();
+    heights.dedup();
+    for h in heights {
+        let (m, t): (Vec<f32>, Vec<f32>) = pairs
+            .iter()
+            .zip(margins)
+            .filter(|(p, _)| p.height == h)
+            .map(|(p, &d)| (d, p.target))
+            .unzip();
+        out.insert(format!("h{h}"), metrics(&m, &t));
+    }
+    let t: Vec<f32> = pairs.iter().map(|p| p.target).collect();
+    out.insert("all".into(), metrics(margins, &t));
+    out
 }
 
 /// The LM reward ensemble as a [`Selector`]: score = mean − λ·std over the members, like
