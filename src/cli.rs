@@ -50,8 +50,9 @@ pub struct Cli {
     /// Only errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
-    /// CPU threads for local inference (default: all cores). On a machine busy with other work,
-    /// 1 can be much faster: the threads of one matmul wait for each other at every step.
+    /// CPU threads for local inference (default: all cores). The kernels' pool never waits for
+    /// a thread the OS has not scheduled, so more threads do not collapse on a busy machine;
+    /// there, prompt processing still gains from them and decoding may not.
     #[arg(long, global = true, env = "RRM_THREADS", value_name = "N")]
     pub threads: Option<usize>,
     #[command(subcommand)]
