@@ -649,16 +649,21 @@ impl Selector for RewardSelector {
         let stats = self
             .mean_std(height, input, &texts)
             .map_err(|e| SelectError { selector: self.id(), message: e.to_string() })?;
-        Ok(stats
-            .into_iter()
-            .map(|(mean, std)| {
-                let mut s = CandidateScore::new(mean - self.pessimism * std);
-                s.parts.insert("mean".into(), mean);
-                s.parts.insert("std".into(), std);
-                s
-            })
-            .collect())
+        Ok(pessimistic_scores(&stats, self.pessimism))
     }
+}
+
+/// A reward ensemble's selection score per candidate: mean − λ·std, with both parts kept.
+pub(crate) fn pessimistic_scores(stats: &[(f32, f32)], pessimism: f32) -> Vec<CandidateScore> {
+    stats
+        .iter()
+        .map(|&(mean, std)| {
+            let mut s = CandidateScore::new(mean - pessimism * std);
+            s.parts.insert("mean".into(), mean);
+            s.parts.insert("std".into(), std);
+            s
+        })
+        .collect()
 }
 
 /// Writes a checkpoint atomically: the weights (`write_weights` into `weights_name`) and the card

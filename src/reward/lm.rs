@@ -638,15 +638,7 @@ impl Selector for LmRewardSelector {
             .model
             .member_scores(height, input, &texts)
             .map_err(|e| SelectError { selector: self.id(), message: e.to_string() })?;
-        Ok(mean_std(&members)
-            .into_iter()
-            .map(|(mean, std)| {
-                let mut s = CandidateScore::new(mean - self.pessimism * std);
-                s.parts.insert("mean".into(), mean);
-                s.parts.insert("std".into(), std);
-                s
-            })
-            .collect())
+        Ok(super::pessimistic_scores(&mean_std(&members), self.pessimism))
     }
 }
 
