@@ -51,8 +51,9 @@ pub struct Cli {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
     /// CPU threads for local inference (default: all cores). The kernels' pool never waits for
-    /// a thread the OS has not scheduled, so more threads do not collapse on a busy machine;
-    /// there, prompt processing still gains from them and decoding may not.
+    /// a thread the OS has not scheduled, and it measures, per matmul shape, whether the extra
+    /// threads pay off: on a busy machine decoding falls back to one thread by itself while
+    /// prompt processing keeps them all.
     #[arg(long, global = true, env = "RRM_THREADS", value_name = "N")]
     pub threads: Option<usize>,
     #[command(subcommand)]

@@ -128,11 +128,7 @@ pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading the model {}", resolved.path.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
     let base = loaded.tokenizer.encode(&BENCH_TEXT.repeat(8)).context("tokenizing")?;
-    let threads = std::env::var("CANDLE_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .or_else(|| std::thread::available_parallelism().map(|n| n.get()).ok())
-        .unwrap_or(1);
+    let threads = crate::infer::kernels::pool::default_threads();
     if !json {
         println!(
             "model {} on {:?}, loaded in {load_s:.2}s; {threads} threads; prompts of {prompt_len} tokens, {new_tokens} new tokens\n\
@@ -162,6 +158,19 @@ pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
                 f(row.decode_cpu_tps)
             );
         }
+    }
+    if !json {
+        let stats = crate::infer::kernels::pool::Pool::global().stats();
+        println!(
+            "kernel regions: {} on all threads, {} on one (helpers measured not to pay off{})",
+            stats.parallel,
+            stats.solo,
+            if std::env::var("RRM_POOL_ADAPT").is_ok_and(|v| v.trim() == "0") {
+                "; RRM_POOL_ADAPT=0: measurement off"
+            } else {
+                ""
+            }
+        );
     }
     Ok(())
 }
