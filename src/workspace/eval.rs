@@ -57,41 +57,58 @@ pub struct Summarizer<'a> {
     pub scorers: Scorers,
 }
 
-/// Summarizes and scores every document, in order: each is recorded as a book, decomposed (its
-/// tree stored), composed with the cache, and its root scored. Fails on the first document that
-/// fails (what was composed stays cached; no run is stored by this function).
+/// Documents composed at once: one document's upper levels hold a node or two, too few to fill
+/// the engine's batch, so a second document's leaves fill it.
+const DOCUMENTS_AT_ONCE: usize = 2;
+
+/// Summarizes and scores every document, results in input order: each is recorded as a book,
+/// decomposed (its tree stored), composed with the cache, and its root scored; up to
+/// [`DOCUMENTS_AT_ONCE`] are in flight together so the engine batches across them. Fails on the
+/// first document that fails (what was composed stays cached; no run is stored by this function).
 pub async fn summarize_documents(
     ws: &Workspace,
     s: &Summarizer<'_>,
     docs: &[Document],
     progress: &dyn DocProgress,
 ) -> Result<Vec<DocScores>> {
-    let mut out = Vec::with_capacity(docs.len());
-    for (i, doc) in docs.iter().enumerate() {
-        progress.document(i, docs.len(), doc);
-        let book = summaries::book_of(doc)?;
-        let tree = summarize::decompose(ws, &book, s.decomposer)?;
-        let report = summarize::compose(
-            ws,
-            &book,
-            &tree,
-            Arc::clone(&s.generator),
-            Arc::clone(&s.selector),
-            s.options.clone(),
-            progress.observer(),
-        )
-        .await?;
-        let missing = |what: &str| EvalError::Document { id: doc.id.clone(), what: what.into() };
-        let run = RunRecord::latest_for_tree(ws.store(), &tree)?
-            .ok_or_else(|| missing("no run record after composing"))?;
-        let label = &tree.node(tree.root()).label;
-        let (_, set) = run
-            .node_result(ws.store(), label)?
-            .ok_or_else(|| missing("the root has no stored output"))?;
-        let set = set.ok_or_else(|| missing("the root's candidates are not stored"))?;
-        out.push(summaries::score(doc, &book, &report, (set.height, &set.input), &s.scorers)?);
-    }
-    Ok(out)
+    use futures::{StreamExt as _, TryStreamExt as _};
+    futures::stream::iter(docs.iter().enumerate())
+        .map(|(i, doc)| async move {
+            progress.document(i, docs.len(), doc);
+            summarize_document(ws, s, doc, progress).await
+        })
+        .buffered(DOCUMENTS_AT_ONCE)
+        .try_collect()
+        .await
+}
+
+async fn summarize_document(
+    ws: &Workspace,
+    s: &Summarizer<'_>,
+    doc: &Document,
+    progress: &dyn DocProgress,
+) -> Result<DocScores> {
+    let book = summaries::book_of(doc)?;
+    let tree = summarize::decompose(ws, &book, s.decomposer)?;
+    let report = summarize::compose(
+        ws,
+        &book,
+        &tree,
+        Arc::clone(&s.generator),
+        Arc::clone(&s.selector),
+        s.options.clone(),
+        progress.observer(),
+    )
+    .await?;
+    let missing = |what: &str| EvalError::Document { id: doc.id.clone(), what: what.into() };
+    let run = RunRecord::latest_for_tree(ws.store(), &tree)?
+        .ok_or_else(|| missing("no run record after composing"))?;
+    let label = &tree.node(tree.root()).label;
+    let (_, set) = run
+        .node_result(ws.store(), label)?
+        .ok_or_else(|| missing("the root has no stored output"))?;
+    let set = set.ok_or_else(|| missing("the root's candidates are not stored"))?;
+    Ok(summaries::score(doc, &book, &report, (set.height, &set.input), &s.scorers)?)
 }
 
 /// The reward models' learning curve and calibration from the stored feedback; stored for the
