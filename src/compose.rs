@@ -267,7 +267,7 @@ impl Composer {
             self.generator.identity().clone(),
             self.selector.id(),
             self.options.clone(),
-            keys::unix_now(),
+            std::time::SystemTime::now(),
         );
         // The run's record is written once it has something of its own (a node stored now), and
         // rewritten as nodes finish; a re-run that finds everything stored adds no record.

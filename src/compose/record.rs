@@ -85,7 +85,9 @@ pub struct NodeOutput {
 /// interrupted run's outputs stay reachable (and protected from garbage collection).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
-    /// `<started unix time, 10 digits>-<8 hex of the settings>`: sorts by start time.
+    /// `<started unix seconds, 10 digits>.<nanoseconds, 9 digits>-<8 hex of the settings>`:
+    /// sorts by start time, also between runs started in the same second (a cached re-run takes
+    /// milliseconds). Older records have no `.<nanoseconds>` and sort first within their second.
     #[serde(default)]
     pub run_id: String,
     pub book_id: String,
@@ -119,8 +121,10 @@ impl RunRecord {
         model: ModelIdentity,
         selector: String,
         options: ComposeOptions,
-        started_unix: u64,
+        started: std::time::SystemTime,
     ) -> RunRecord {
+        let since = started.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let started_unix = since.as_secs();
         let settings = hash_parts(&[
             &model.hash,
             &selector,
@@ -128,7 +132,7 @@ impl RunRecord {
             &tree.node(tree.root()).content_hash,
         ]);
         RunRecord {
-            run_id: format!("{started_unix:010}-{}", &settings[..8]),
+            run_id: format!("{started_unix:010}.{:09}-{}", since.subsec_nanos(), &settings[..8]),
             book_id: tree.book_id().to_string(),
             model,
             selector,

@@ -191,6 +191,7 @@ fn line(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &LinePanel) -> DrawResult 
         .configure_mesh()
         .x_desc(&p.x_label)
         .y_desc(&p.y_label)
+        .y_label_formatter(&tick_label)
         .axis_desc_style(LABEL)
         .label_style(("sans-serif", 13))
         .light_line_style(RGBColor(238, 238, 238))
@@ -324,6 +325,7 @@ fn category_chart<'a, 'b>(
             }
         })
         .y_desc(y_label)
+        .y_label_formatter(&tick_label)
         .axis_desc_style(LABEL)
         .label_style(("sans-serif", 13))
         .light_line_style(RGBColor(238, 238, 238))
@@ -420,8 +422,30 @@ fn bars(area: &DrawingArea<SVGBackend<'_>, Shift>, p: &BarPanel) -> DrawResult {
         .map_err(e2s)
 }
 
+/// A y tick: at most 4 decimals, trailing zeros dropped, and never "-0".
+fn tick_label(v: &f64) -> String {
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    match s {
+        "-0" | "" => "0".to_string(),
+        s => s.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn y_ticks_drop_trailing_zeros_and_negative_zero() {
+        let l = |v: f64| super::tick_label(&v);
+        assert_eq!(l(-0.0), "0");
+        assert_eq!(l(-0.00001), "0");
+        assert_eq!(l(0.05), "0.05");
+        assert_eq!(l(-0.01), "-0.01");
+        assert_eq!(l(10.0), "10");
+        assert_eq!(l(64.0), "64");
+        assert_eq!(l(0.1234), "0.1234");
+    }
+
     use super::*;
 
     #[test]
