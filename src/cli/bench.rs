@@ -160,16 +160,13 @@ pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     if !json {
-        let stats = crate::infer::kernels::pool::Pool::global().stats();
+        let pool = crate::infer::kernels::pool::Pool::global();
+        let stats = pool.stats();
         println!(
             "kernel regions: {} on all threads, {} on one (helpers measured not to pay off{})",
             stats.parallel,
             stats.solo,
-            if std::env::var("RRM_POOL_ADAPT").is_ok_and(|v| v.trim() == "0") {
-                "; RRM_POOL_ADAPT=0: measurement off"
-            } else {
-                ""
-            }
+            if pool.adaptive() { "" } else { "; RRM_POOL_ADAPT=0: measurement off" }
         );
     }
     Ok(())

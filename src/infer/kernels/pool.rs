@@ -140,6 +140,11 @@ impl Pool {
         *adapt = Adapt::new(on);
     }
 
+    /// Whether the pool measures per shape whether helpers pay off (off: `RRM_POOL_ADAPT=0`).
+    pub fn adaptive(&self) -> bool {
+        self.call.lock().unwrap_or_else(|e| e.into_inner()).on
+    }
+
     /// Regions run so far, in parallel and on the caller alone.
     pub fn stats(&self) -> PoolStats {
         PoolStats {
@@ -494,7 +499,9 @@ mod tests {
         assert_eq!(stats.parallel + stats.solo, 200);
         assert!(stats.solo >= 100, "{stats:?}");
         // Turned off, every region is parallel.
+        assert!(pool.adaptive());
         pool.set_adaptive(false);
+        assert!(!pool.adaptive());
         pool.run(4, |_| {});
         assert_eq!(pool.stats().solo, stats.solo);
     }
