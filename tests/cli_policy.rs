@@ -117,7 +117,8 @@ fn trained_policies_register_list_and_summarize() {
     assert!(stdout.contains("split by book"), "{stdout}");
 
     let mut args = ws.train_args("dpo", "prefs.jsonl", "t-dpo");
-    args.extend(["--max-steps", "2", "--json"].map(String::from));
+    // DPO with activations recomputed in the backward (gradient checkpointing).
+    args.extend(["--max-steps", "2", "--grad-checkpoint", "--json"].map(String::from));
     let out = ws.rrm().args(&args).output().unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -166,6 +167,7 @@ fn an_lm_reward_model_trains_evaluates_and_selects() {
         .rrm()
         .args(["--threads", "1", "reward", "train", "--backbone", "lm", "--data", "prefs.jsonl"])
         .args(["--base", &base, "--steps", "2", "--members", "2", "--lora-rank", "4"])
+        .arg("--grad-checkpoint")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
@@ -304,9 +306,13 @@ fn bench_train_reports_lora_and_full_throughput() {
     let text = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<serde_json::Value> =
         text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(rows.len(), 2);
-    assert_eq!(rows[0]["mode"], "lora");
-    assert_eq!(rows[1]["mode"], "full");
+    // Each mode without and with gradient checkpointing.
+    assert_eq!(rows.len(), 4);
+    let modes: Vec<(&str, bool)> = rows
+        .iter()
+        .map(|r| (r["mode"].as_str().unwrap(), r["checkpointing"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(modes, [("lora", false), ("lora", true), ("full", false), ("full", true)]);
     assert!(rows.iter().all(|r| r["train_tokens_per_s"].as_f64().unwrap() > 0.0));
-    assert!(rows[1]["trainable_params"].as_u64() > rows[0]["trainable_params"].as_u64());
+    assert!(rows[2]["trainable_params"].as_u64() > rows[0]["trainable_params"].as_u64());
 }

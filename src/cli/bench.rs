@@ -195,6 +195,9 @@ pub struct BenchTrainArgs {
     /// LoRA target projections.
     #[arg(long, default_value = "all")]
     pub lora_targets: String,
+    /// Gradient checkpointing settings to measure each mode with (off, on).
+    #[arg(long, value_delimiter = ',', default_value = "off,on", value_parser = on_off)]
+    pub checkpointing: Vec<bool>,
     /// Print JSON rows.
     #[arg(long)]
     pub json: bool,
@@ -214,6 +217,7 @@ fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
         steps: args.steps,
         lora_rank: args.lora_rank,
         lora_targets: args.lora_targets.clone(),
+        checkpointing: args.checkpointing.clone(),
     };
     let resolved = bench_model(&request, ctx.progress())
         .with_context(|| format!("finding the model `{}`", args.model.model))?;
@@ -224,8 +228,14 @@ fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
             resolved.name, args.model.device, args.batch, args.seq_len, args.completion_len
         );
         println!(
-            "{:>5} {:>12} {:>16} {:>10} {:>18} {:>14}",
-            "mode", "trainable", "train tok/s", "s/step", "forward tok/s", "peak RSS MiB"
+            "{:>5} {:>10} {:>12} {:>12} {:>8} {:>14} {:>13}",
+            "mode",
+            "checkpoint",
+            "trainable",
+            "train tok/s",
+            "s/step",
+            "forward tok/s",
+            "peak RSS MiB"
         );
     }
     let json = args.json;
@@ -234,8 +244,9 @@ fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&row).unwrap_or_default());
         } else {
             println!(
-                "{:>5} {:>12} {:>16.1} {:>10.2} {:>18.1} {:>14}",
+                "{:>5} {:>10} {:>12} {:>12.1} {:>8.2} {:>14.1} {:>13}",
                 row.mode,
+                if row.checkpointing { "on" } else { "off" },
                 row.trainable_params,
                 row.train_tokens_per_s,
                 row.step_seconds,
@@ -246,6 +257,15 @@ fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
         Ok(())
     };
     policy_bench(&request, &resolved, &mut print).context("benchmarking training")
+}
+
+/// `on` / `off` (also true/false, 1/0).
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        other => Err(format!("`{other}` is neither on nor off")),
+    }
 }
 
 fn kernels(rows: usize, reps: usize, json: bool) -> anyhow::Result<()> {

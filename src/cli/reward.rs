@@ -135,6 +135,10 @@ pub struct LmArgs {
     pub max_tokens: usize,
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
+    /// Gradient checkpointing: keep only each block's input in the forward and recompute its
+    /// activations in the backward (a fraction of the memory for one more forward pass).
+    #[arg(long)]
+    pub grad_checkpoint: bool,
 }
 
 #[derive(Debug, Args)]
@@ -313,6 +317,7 @@ fn train_lm(
         max_tokens: args.lm.max_tokens,
         lr: args.lm.lr,
         seed: args.seed,
+        grad_checkpoint: args.lm.grad_checkpoint,
         ..LmTrainConfig::default()
     };
     let bar = ctx.spinner(format!(

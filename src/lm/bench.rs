@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::Serialize;
 
-use super::model::{LoadOptions, SeqSpec, TrainableLlama};
+use super::model::{LoadOptions, Packed, SeqSpec, TrainableLlama};
 use super::optim::{AdamW, ParamsAdamW};
 use super::LmError;
 
@@ -16,6 +16,8 @@ use super::LmError;
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainBench {
     pub mode: String,
+    /// Gradient checkpointing (block activations recomputed in the backward).
+    pub checkpointing: bool,
     pub trainable_params: usize,
     pub batch: usize,
     pub seq_len: usize,
@@ -27,7 +29,8 @@ pub struct TrainBench {
     pub step_seconds: f64,
     /// Tokens per second of a forward pass with completion log-probabilities, no gradient.
     pub forward_tokens_per_s: f64,
-    /// Peak resident memory of the process so far (VmHWM), MiB.
+    /// Peak resident memory (VmHWM) while loading and measuring this configuration, MiB (the
+    /// high-water mark is reset first where the kernel allows).
     pub peak_rss_mib: Option<f64>,
     pub load_seconds: f64,
 }
@@ -40,17 +43,26 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Resets the process's peak resident set size to its current size (Linux ≥ 4.0; elsewhere a
+/// no-op, and the peak is the process's).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Measures `steps` training steps (after one warm-up) on `batch` sequences of `seq_len`
-/// tokens, the last `completion_len` of which are scored.
+/// tokens, the last `completion_len` of which are scored, with or without gradient
+/// checkpointing.
+#[allow(clippy::too_many_arguments)]
 pub fn bench_train(
     path: &Path,
     device: &Device,
     options: &LoadOptions,
+    checkpointing: bool,
     batch: usize,
     seq_len: usize,
     completion_len: usize,
@@ -61,8 +73,10 @@ pub fn bench_train(
             "need batch >= 1 and 1 <= completion length < sequence length".into(),
         ));
     }
+    reset_peak_rss();
     let t0 = Instant::now();
-    let (model, _) = TrainableLlama::load(path, device, options)?;
+    let (mut model, _) = TrainableLlama::load(path, device, options)?;
+    model.set_checkpointing(checkpointing);
     let load_seconds = t0.elapsed().as_secs_f64();
     let vocab = model.config.vocab_size as u32;
     let seqs: Vec<SeqSpec> = (0..batch)
@@ -73,15 +87,20 @@ pub fn bench_train(
             start: seq_len - completion_len,
         })
         .collect();
+    let packed: Vec<Packed> = seqs
+        .iter()
+        .map(|s| Packed {
+            prompt: s.tokens[..s.start].to_vec(),
+            completions: vec![s.tokens[s.start..].to_vec()],
+        })
+        .collect();
     let vars = model.trainable();
     let trainable_params = vars.iter().map(|(_, v)| v.elem_count()).sum();
     let mut opt = AdamW::new(vars, ParamsAdamW { lr: 1e-6, ..Default::default() })?;
     let mut times = Vec::new();
     for i in 0..steps.max(1) + 1 {
         let start = Instant::now();
-        let scored = model.completion_logprobs(&seqs)?;
-        let loss = scored.tokens.mean_all()?.neg()?;
-        let grads = loss.backward()?;
+        let (_, grads) = model.packed_backward(&packed, |s| Ok(s.tokens.mean_all()?.neg()?))?;
         candle_nn::Optimizer::step(&mut opt, &grads)?;
         if i > 0 {
             times.push(start.elapsed().as_secs_f64());
@@ -98,6 +117,7 @@ pub fn bench_train(
     let tokens = (batch * seq_len) as f64;
     Ok(TrainBench {
         mode: model.mode.name().to_string(),
+        checkpointing,
         trainable_params,
         batch,
         seq_len,

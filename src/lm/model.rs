@@ -14,6 +14,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use candle_core::backend::BackendStorage;
+use candle_core::backprop::GradStore;
 use candle_core::quantized::gguf_file::Content;
 use candle_core::{CpuStorage, CudaStorage, DType, Device, Layout, Shape, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
@@ -299,6 +300,17 @@ pub struct Scored {
     pub counts: Vec<usize>,
 }
 
+/// The constants of one forward pass: batch size, padded length, token ids `(B·T,)`, RoPE
+/// tables at each token's position, the attention mask.
+struct Pass {
+    b: usize,
+    t: usize,
+    ids: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
 /// A llama-family model whose forward pass can be differentiated.
 #[derive(Debug)]
 pub struct TrainableLlama {
@@ -316,6 +328,7 @@ pub struct TrainableLlama {
     cos: Tensor,
     sin: Tensor,
     adapters: bool,
+    checkpointing: bool,
 }
 
 fn model_err(path: &Path, message: impl std::fmt::Display) -> LmError {
@@ -426,6 +439,7 @@ impl TrainableLlama {
             cos,
             sin,
             adapters: true,
+            checkpointing: false,
         };
         Ok((model, tokenizer))
     }
@@ -451,11 +465,11 @@ impl TrainableLlama {
     /// `(B·T, hidden)` and `T`.
     pub fn hidden_states(&self, seqs: &[&[u32]]) -> Result<(Tensor, usize), LmError> {
         let rows: Vec<Row> = seqs.iter().map(|s| Row::plain(s)).collect();
-        self.forward_rows(&rows)
+        self.forward_rows(&rows, false)
     }
 
-    /// The forward pass over packed rows, right-padded to the longest.
-    fn forward_rows(&self, rows: &[Row]) -> Result<(Tensor, usize), LmError> {
+    /// The constants of a forward pass over packed rows, right-padded to the longest.
+    fn prepare(&self, rows: &[Row]) -> Result<Pass, LmError> {
         let c = &self.config;
         let b = rows.len();
         let t = rows.iter().map(|r| r.tokens.len()).max().unwrap_or(0);
@@ -490,23 +504,109 @@ impl TrainableLlama {
         let cos = self.cos.index_select(&pos, 0)?.reshape((b, 1, t, half, 1))?;
         let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, t, half, 1))?;
         let mask = self.mask(rows, t)?;
-        let mut x = self.embed.tensor().index_select(&ids, 0)?;
+        Ok(Pass { b, t, ids, cos, sin, mask })
+    }
+
+    /// One transformer block: `(B·T, hidden)` rows in and out.
+    fn block(&self, blk: &Block, x: &Tensor, p: &Pass) -> candle_core::Result<Tensor> {
         let on = self.adapters;
-        let eps = c.rms_eps as f32;
+        let eps = self.config.rms_eps as f32;
+        let hn = candle_nn::ops::rms_norm_slow(x, blk.attn_norm.tensor(), eps)?;
+        let q = blk.q.forward(&hn, on)?;
+        let k = blk.k.forward(&hn, on)?;
+        let v = blk.v.forward(&hn, on)?;
+        let att = self.attention(&q, &k, &v, p.b, p.t, (&p.cos, &p.sin), &p.mask)?;
+        let x = (x + blk.o.forward(&att, on)?)?;
+        let hn = candle_nn::ops::rms_norm_slow(&x, blk.ffn_norm.tensor(), eps)?;
+        let gate = blk.gate.forward(&hn, on)?.silu()?;
+        let up = blk.up.forward(&hn, on)?;
+        x + blk.down.forward(&(gate * up)?, on)?
+    }
+
+    fn final_norm(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::rms_norm_slow(x, self.out_norm.tensor(), self.config.rms_eps as f32)
+    }
+
+    /// The forward pass over packed rows: final-normed hidden states `(B·T, hidden)` and `T`.
+    /// Without `grad` every block's output is detached, so no activation outlives its block
+    /// (trainable weights would otherwise keep the whole graph alive until the result is
+    /// dropped: a forward pass for reference log-probabilities or scoring would need as much
+    /// memory as a training step).
+    fn forward_rows(&self, rows: &[Row], grad: bool) -> Result<(Tensor, usize), LmError> {
+        let p = self.prepare(rows)?;
+        let mut x = self.embed.tensor().index_select(&p.ids, 0)?;
         for blk in &self.blocks {
-            let hn = candle_nn::ops::rms_norm_slow(&x, blk.attn_norm.tensor(), eps)?;
-            let q = blk.q.forward(&hn, on)?;
-            let k = blk.k.forward(&hn, on)?;
-            let v = blk.v.forward(&hn, on)?;
-            let att = self.attention(&q, &k, &v, b, t, (&cos, &sin), &mask)?;
-            x = (x + blk.o.forward(&att, on)?)?;
-            let hn = candle_nn::ops::rms_norm_slow(&x, blk.ffn_norm.tensor(), eps)?;
-            let gate = blk.gate.forward(&hn, on)?.silu()?;
-            let up = blk.up.forward(&hn, on)?;
-            x = (x + blk.down.forward(&(gate * up)?, on)?)?;
+            x = self.block(blk, &x, &p)?;
+            if !grad {
+                x = x.detach();
+            }
         }
-        let x = candle_nn::ops::rms_norm_slow(&x, self.out_norm.tensor(), eps)?;
-        Ok((x, t))
+        let x = self.final_norm(&x)?;
+        Ok((if grad { x } else { x.detach() }, p.t))
+    }
+
+    /// Turns gradient checkpointing on or off for [`Self::packed_backward`] and
+    /// [`Self::packed_last_hidden_backward`]: on, the backward keeps only each block's input from the
+    /// forward pass and recomputes one block's activations at a time (memory: one block's
+    /// graph instead of all of them; time: one more forward pass).
+    pub fn set_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
+    }
+
+    pub fn checkpointing(&self) -> bool {
+        self.checkpointing
+    }
+
+    /// `head(hidden, T)` over the final-normed hidden states of `rows`, and the gradients of
+    /// that loss for every trainable tensor (keyed by the variables of [`Self::trainable`]) and
+    /// for the `extra` variables the head uses.
+    fn backward_rows(
+        &self,
+        rows: &[Row],
+        extra: &[Var],
+        head: impl FnOnce(&Tensor, usize) -> Result<Tensor, LmError>,
+    ) -> Result<(Tensor, GradStore), LmError> {
+        let vars: Vec<Tensor> = (self.trainable().into_iter().map(|(_, v)| v))
+            .chain(extra.iter().cloned())
+            .map(|v| v.as_tensor().clone())
+            .collect();
+        let mut all = GradStore::default();
+        if !self.checkpointing {
+            let (hidden, t) = self.forward_rows(rows, true)?;
+            let loss = head(&hidden, t)?;
+            take_grads(&vars, &mut loss.backward()?, &mut all)?;
+            return Ok((loss, all));
+        }
+        let p = self.prepare(rows)?;
+        // Forward, keeping only each block's input; each block's graph is dropped with it.
+        let mut inputs = Vec::with_capacity(self.blocks.len());
+        let mut x = self.embed.tensor().index_select(&p.ids, 0)?.detach();
+        for blk in &self.blocks {
+            let y = self.block(blk, &x, &p)?.detach();
+            inputs.push(x);
+            x = y;
+        }
+        let missing = || LmError::Invalid("checkpointed backward: no gradient reached".into());
+        let last = Var::from_tensor(&x)?;
+        let loss = head(&self.final_norm(last.as_tensor())?, p.t)?;
+        let mut grads = loss.backward()?;
+        take_grads(&vars, &mut grads, &mut all)?;
+        let mut g = grads.remove(last.as_tensor()).ok_or_else(missing)?;
+        drop(grads);
+        // Backward, block by block from the top: recompute the block from its input, then
+        // backpropagate its output's gradient (the gradient of Σ y·g at y is g).
+        for (blk, x) in self.blocks.iter().zip(inputs).rev() {
+            let input = Var::from_tensor(&x)?;
+            let y = self.block(blk, input.as_tensor(), &p)?;
+            let mut grads = (y * &g)?.sum_all()?.backward()?;
+            take_grads(&vars, &mut grads, &mut all)?;
+            g = grads.remove(input.as_tensor()).ok_or_else(missing)?;
+        }
+        if let Weight::Trainable(embed) = &self.embed {
+            let x = embed.as_tensor().index_select(&p.ids, 0)?;
+            take_grads(&vars, &mut (x * &g)?.sum_all()?.backward()?, &mut all)?;
+        }
+        Ok((loss, all))
     }
 
     /// The additive attention masks `(B, 1, group·T, T)`, each row's laid out as the rows of a
@@ -599,15 +699,6 @@ impl TrainableLlama {
         Ok(self.logits_of(&h)?.reshape((seqs.len(), t, self.config.vocab_size))?)
     }
 
-    /// The hidden state at each sequence's last token: `(B, hidden)` (a scalar head's input).
-    pub fn last_hidden(&self, seqs: &[&[u32]]) -> Result<Tensor, LmError> {
-        let (h, t) = self.hidden_states(seqs)?;
-        let rows: Vec<u32> =
-            seqs.iter().enumerate().map(|(i, s)| (i * t + s.len() - 1) as u32).collect();
-        let rows = Tensor::from_vec(rows, seqs.len(), &self.device)?;
-        Ok(h.index_select(&rows, 0)?)
-    }
-
     /// Log-probabilities of each sequence's completion tokens under the model.
     pub fn completion_logprobs(&self, seqs: &[SeqSpec]) -> Result<Scored, LmError> {
         let packed: Vec<Packed> = seqs
@@ -632,16 +723,73 @@ impl TrainableLlama {
 
     /// Log-probabilities of every completion of packed rows (a prompt computed once, several
     /// completions after it, each seeing only the prompt and itself). The result lists the
-    /// completions row by row, in order.
+    /// completions row by row, in order. Like every forward pass here but the `*_backward`
+    /// ones, it keeps no graph through the blocks: gradients come from [`Self::packed_backward`].
     pub fn packed_logprobs(&self, packed: &[Packed]) -> Result<Scored, LmError> {
-        let mut rows = Vec::with_capacity(packed.len());
-        let mut targets_of = Vec::with_capacity(packed.len());
-        for p in packed {
-            let (row, targets) = Row::packed(p)?;
-            rows.push(row);
-            targets_of.push(targets);
+        let (rows, targets_of) = packed_rows(packed)?;
+        let (hidden, t) = self.forward_rows(&rows, false)?;
+        self.score_packed(&hidden, t, &targets_of)
+    }
+
+    /// `loss_of` the log-probabilities of `packed` (as [`Self::packed_logprobs`] computes them)
+    /// and its gradients for every trainable tensor, checkpointed when
+    /// [`Self::set_checkpointing`] is on.
+    pub fn packed_backward(
+        &self,
+        packed: &[Packed],
+        loss_of: impl FnOnce(&Scored) -> Result<Tensor, LmError>,
+    ) -> Result<(Tensor, GradStore), LmError> {
+        let (rows, targets_of) = packed_rows(packed)?;
+        self.backward_rows(&rows, &[], |hidden, t| {
+            loss_of(&self.score_packed(hidden, t, &targets_of)?)
+        })
+    }
+
+    /// The final hidden state at the last token of every completion of packed rows:
+    /// `(completions, hidden)`, row by row in order (a scalar head's input; a node's candidates
+    /// after one shared prompt cost the prompt once).
+    pub fn packed_last_hidden(&self, packed: &[Packed]) -> Result<Tensor, LmError> {
+        let (rows, _) = packed_rows(packed)?;
+        let (hidden, t) = self.forward_rows(&rows, false)?;
+        self.select_ends(&hidden, t, packed)
+    }
+
+    /// `loss_of` the hidden states of [`Self::packed_last_hidden`] and its gradients for every
+    /// trainable tensor and for `head_vars` (a head's weights that `loss_of` uses),
+    /// checkpointed when [`Self::set_checkpointing`] is on.
+    pub fn packed_last_hidden_backward(
+        &self,
+        packed: &[Packed],
+        head_vars: &[Var],
+        loss_of: impl FnOnce(&Tensor) -> Result<Tensor, LmError>,
+    ) -> Result<(Tensor, GradStore), LmError> {
+        let (rows, _) = packed_rows(packed)?;
+        self.backward_rows(&rows, head_vars, |hidden, t| {
+            loss_of(&self.select_ends(hidden, t, packed)?)
+        })
+    }
+
+    /// The rows of each completion's last token in right-padded hidden states `(B·T, hidden)`.
+    fn select_ends(&self, hidden: &Tensor, t: usize, packed: &[Packed]) -> Result<Tensor, LmError> {
+        let mut ends = Vec::new();
+        for (bi, p) in packed.iter().enumerate() {
+            let mut at = p.prompt.len();
+            for c in &p.completions {
+                at += c.len();
+                ends.push((bi * t + at - 1) as u32);
+            }
         }
-        let (hidden, t) = self.forward_rows(&rows)?;
+        let n = ends.len();
+        Ok(hidden.index_select(&Tensor::from_vec(ends, n, &self.device)?, 0)?)
+    }
+
+    /// Completion log-probabilities from the hidden states of packed rows.
+    fn score_packed(
+        &self,
+        hidden: &Tensor,
+        t: usize,
+        targets_of: &[Targets],
+    ) -> Result<Scored, LmError> {
         let mut idx = Vec::new();
         let mut targets = Vec::new();
         let mut counts = Vec::new();
@@ -766,6 +914,30 @@ impl TrainableLlama {
 }
 
 /// RoPE tables `(context, head_dim / 2)`, as the engine computes them.
+/// The rows of packed sequences and, per row, its completions' targets.
+fn packed_rows(packed: &[Packed]) -> Result<(Vec<Row>, Vec<Targets>), LmError> {
+    packed.iter().map(Row::packed).collect::<Result<Vec<_>, _>>().map(|v| v.into_iter().unzip())
+}
+
+/// Moves the gradients of `vars` out of `grads` into `into`, adding to what is there (a tied
+/// embedding gets gradients from two places).
+fn take_grads(
+    vars: &[Tensor],
+    grads: &mut GradStore,
+    into: &mut GradStore,
+) -> candle_core::Result<()> {
+    for v in vars {
+        if let Some(g) = grads.remove(v) {
+            let sum = match into.remove(v) {
+                Some(old) => (old + g)?,
+                None => g,
+            };
+            into.insert(v, sum);
+        }
+    }
+    Ok(())
+}
+
 fn rope_tables(
     cfg: &LlamaConfig,
     dtype: DType,

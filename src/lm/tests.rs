@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::export::{write_gguf, ExportFormat};
 use super::lora::{LoraConfig, Target};
-use super::model::{LoadOptions, Mode, SeqSpec, TrainableLlama};
+use super::model::{LoadOptions, Mode, Packed, SeqSpec, TrainableLlama};
 use crate::infer::llama::LlamaModel;
 use crate::infer::testing::{tiny_gguf, TinyOptions};
 
@@ -51,12 +51,29 @@ fn seqs() -> Vec<SeqSpec> {
     ]
 }
 
+fn packed() -> Vec<Packed> {
+    seqs()
+        .into_iter()
+        .map(|s| Packed {
+            prompt: s.tokens[..s.start].to_vec(),
+            completions: vec![s.tokens[s.start..].to_vec()],
+        })
+        .collect()
+}
+
+/// A mix of sequence sums and per-token terms, so both paths are exercised.
+fn loss_of(s: &super::model::Scored) -> candle_core::Result<Tensor> {
+    s.sums.sum_all()? + (s.tokens.sqr()?.sum_all()? * 0.1)?
+}
+
+/// The loss, computed without a graph.
 fn loss(model: &TrainableLlama) -> Tensor {
-    // A mix of sequence sums and per-token terms, so both paths are exercised.
-    let s = model.completion_logprobs(&seqs()).unwrap();
-    let a = s.sums.sum_all().unwrap();
-    let b = (s.tokens.sqr().unwrap().sum_all().unwrap() * 0.1).unwrap();
-    (a + b).unwrap()
+    loss_of(&model.completion_logprobs(&seqs()).unwrap()).unwrap()
+}
+
+/// The loss and its gradients.
+fn loss_grads(model: &TrainableLlama) -> (Tensor, candle_core::backprop::GradStore) {
+    model.packed_backward(&packed(), |s| Ok(loss_of(s)?)).unwrap()
 }
 
 fn scalar(t: &Tensor) -> f64 {
@@ -73,7 +90,7 @@ fn every_trainable_tensor_gets_a_gradient_and_frozen_weights_none() {
             randomize_lora_b(&model, 1);
             let vars = model.trainable();
             assert!(!vars.is_empty());
-            let grads = loss(&model).backward().unwrap();
+            let (_, grads) = loss_grads(&model);
             for (name, var) in &vars {
                 let g = grads
                     .get(var.as_tensor())
@@ -99,6 +116,65 @@ fn every_trainable_tensor_gets_a_gradient_and_frozen_weights_none() {
 }
 
 #[test]
+fn checkpointed_gradients_equal_the_plain_backward() {
+    use candle_core::Var;
+    let dir = tempfile::tempdir().unwrap();
+    let packed = [
+        Packed {
+            prompt: vec![1, 40, 41, 42, 43, 2, 1],
+            completions: vec![vec![50, 51, 2], vec![52]],
+        },
+        Packed { prompt: vec![1, 60, 61], completions: vec![vec![70, 71, 72, 73, 74, 2]] },
+    ];
+    let ends = [Packed { prompt: vec![1, 40, 41], completions: vec![vec![42, 43], vec![44]] }];
+    for (arch, tied) in [("llama", true), ("qwen2", false)] {
+        let path = tiny(dir.path(), arch, tied);
+        for mode in [lora_all(), Mode::Full] {
+            let mut model = load(&path, mode.clone(), DType::F64);
+            randomize_lora_b(&model, 5);
+            let h = model.config.hidden as f64;
+            let w = (Tensor::arange(0f64, h, &Device::Cpu).unwrap() * 0.01).unwrap();
+            let head = Var::from_tensor(&w).unwrap();
+            let run = |model: &TrainableLlama| {
+                let (a, ga) = model.packed_backward(&packed, |s| Ok(loss_of(s)?)).unwrap();
+                let (b, gb) = model
+                    .packed_last_hidden_backward(&ends, std::slice::from_ref(&head), |h| {
+                        Ok(h.matmul(&head.as_tensor().unsqueeze(1)?)?.sqr()?.sum_all()?)
+                    })
+                    .unwrap();
+                (scalar(&a), ga, scalar(&b), gb)
+            };
+            let plain = run(&model);
+            model.set_checkpointing(true);
+            let ckpt = run(&model);
+            let what = format!("{arch} {}", mode.name());
+            assert!((plain.0 - ckpt.0).abs() < 1e-12, "{what}: loss");
+            assert!((plain.2 - ckpt.2).abs() < 1e-12, "{what}: loss");
+            let mut vars: Vec<(String, Var)> = model.trainable();
+            vars.push(("head".into(), head.clone()));
+            for (name, var) in &vars {
+                for (p, c) in [(&plain.1, &ckpt.1), (&plain.3, &ckpt.3)] {
+                    let (Some(p), Some(c)) = (p.get(var.as_tensor()), c.get(var.as_tensor()))
+                    else {
+                        // The head is only in the second loss, an untied output layer only in
+                        // the first; every other tensor is in both.
+                        assert!(name == "head" || name == "output.weight", "{what}: {name}");
+                        assert!(
+                            p.get(var.as_tensor()).is_none() && c.get(var.as_tensor()).is_none()
+                        );
+                        continue;
+                    };
+                    let diff = scalar(&(p - c).unwrap().abs().unwrap().max_all().unwrap());
+                    let size = scalar(&p.abs().unwrap().max_all().unwrap());
+                    assert!(size > 0.0, "{what}: {name} has a zero gradient");
+                    assert!(diff <= 1e-9 * size.max(1.0), "{what}: {name} differs by {diff}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn gradients_match_finite_differences() {
     let dir = tempfile::tempdir().unwrap();
     let path = tiny(dir.path(), "llama", true);
@@ -106,7 +182,7 @@ fn gradients_match_finite_differences() {
         let model = load(&path, mode.clone(), DType::F64);
         randomize_lora_b(&model, 2);
         let vars = model.trainable();
-        let grads = loss(&model).backward().unwrap();
+        let (_, grads) = loss_grads(&model);
         // A few entries of a few tensors: first, middle and last of the list.
         let picks = [0, vars.len() / 3, vars.len() / 2, vars.len() - 1];
         for &vi in &picks {

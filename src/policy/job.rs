@@ -119,6 +119,7 @@ pub fn run(
         &job.device,
         &LoadOptions { mode: job.mode.clone(), dtype: job.dtype },
     )?;
+    model.set_checkpointing(job.train.grad_checkpoint);
     let encoder = Encoder::new(&tokenizer, job.max_prompt_tokens, job.max_completion_tokens)?;
     let mut too_long = 0;
     let mut encode = |d: &Dataset| -> Result<Vec<Encoded>, PolicyError> {

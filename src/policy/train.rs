@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -25,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::data::Encoded;
 use super::{io_err, Method, PolicyError};
 use crate::lm::checkpoint;
-use crate::lm::model::{Mode, Packed, TrainableLlama};
+use crate::lm::model::{Mode, Packed, Scored, TrainableLlama};
 use crate::lm::optim::{Accumulator, AdamW, ParamsAdamW, Schedule};
 
 /// Hyper-parameters of one training run.
@@ -55,6 +56,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Optimizer steps between checkpoints.
     pub checkpoint_every: usize,
+    /// Gradient checkpointing: recompute block activations in the backward (less memory, one
+    /// more forward pass). How the run computes, not what it computes: not part of run keys.
+    #[serde(default, skip_serializing)]
+    pub grad_checkpoint: bool,
 }
 
 impl Default for TrainConfig {
@@ -74,6 +79,7 @@ impl Default for TrainConfig {
             rpo_alpha: 0.0,
             seed: 0,
             checkpoint_every: 10,
+            grad_checkpoint: false,
         }
     }
 }
@@ -225,14 +231,8 @@ pub fn pair_logprobs(
     Ok(out)
 }
 
-/// Scalar loss and metrics of one micro-batch.
-fn micro_loss(
-    model: &TrainableLlama,
-    method: Method,
-    items: &[&Encoded],
-    refs: &[[f32; 2]],
-    cfg: &TrainConfig,
-) -> Result<(Tensor, BTreeMap<String, f64>, usize), PolicyError> {
+/// The packed rows of a micro-batch and how many tokens they hold.
+fn micro_rows(items: &[&Encoded]) -> (Vec<Packed>, usize) {
     let rows: Vec<Packed> = items
         .iter()
         .map(|e| Packed { prompt: e.prompt.clone(), completions: e.completions.clone() })
@@ -241,12 +241,53 @@ fn micro_loss(
         .iter()
         .map(|e| e.prompt.len() + e.completions.iter().map(Vec::len).sum::<usize>())
         .sum();
-    let s = model.packed_logprobs(&rows)?;
+    (rows, tokens)
+}
+
+/// Scalar loss and metrics of one micro-batch, no gradient.
+fn micro_loss(
+    model: &TrainableLlama,
+    method: Method,
+    items: &[&Encoded],
+    refs: &[[f32; 2]],
+    cfg: &TrainConfig,
+) -> Result<(Tensor, BTreeMap<String, f64>), PolicyError> {
+    let (rows, _) = micro_rows(items);
+    Ok(loss_of(&model.packed_logprobs(&rows)?, method, refs, cfg)?)
+}
+
+/// The loss of a micro-batch and its gradients for every trainable tensor (checkpointed when
+/// the model is), with its metrics and token count.
+fn micro_backward(
+    model: &TrainableLlama,
+    method: Method,
+    items: &[&Encoded],
+    refs: &[[f32; 2]],
+    cfg: &TrainConfig,
+) -> Result<(Tensor, GradStore, BTreeMap<String, f64>, usize), PolicyError> {
+    let (rows, tokens) = micro_rows(items);
+    let mut metrics = BTreeMap::new();
+    let (loss, grads) = model.packed_backward(&rows, |s| {
+        let (loss, m) = loss_of(s, method, refs, cfg)?;
+        metrics = m;
+        Ok(loss)
+    })?;
+    Ok((loss, grads, metrics, tokens))
+}
+
+/// SFT's or DPO's loss (TRL's definitions) and metrics from a micro-batch's log-probabilities;
+/// `refs` are the reference's `[chosen, rejected]` sums per pair.
+fn loss_of(
+    s: &Scored,
+    method: Method,
+    refs: &[[f32; 2]],
+    cfg: &TrainConfig,
+) -> candle_core::Result<(Tensor, BTreeMap<String, f64>)> {
     let mut metrics = BTreeMap::new();
     let loss = match method {
         Method::Sft => s.tokens.mean_all()?.neg()?.to_dtype(DType::F32)?,
         Method::Dpo | Method::RmDpo => {
-            let p = items.len();
+            let p = s.counts.len() / 2;
             let dev = s.sums.device().clone();
             let sums = s.sums.to_dtype(DType::F32)?.reshape((p, 2))?;
             let pc = sums.narrow(1, 0, 1)?.squeeze(1)?;
@@ -277,7 +318,7 @@ fn micro_loss(
             loss
         }
     };
-    Ok((loss, metrics, tokens))
+    Ok((loss, metrics))
 }
 
 fn scalar(t: &Tensor) -> candle_core::Result<f64> {
@@ -305,7 +346,7 @@ fn evaluate(
         let at = ci * cfg.batch.max(1);
         let refs = refs_for(at, chunk.len());
         let batch: Vec<&Encoded> = chunk.iter().collect();
-        let (loss, metrics, _) = micro_loss(model, method, &batch, &refs, cfg)?;
+        let (loss, metrics) = micro_loss(model, method, &batch, &refs, cfg)?;
         let w = chunk.len() as f64;
         *sums.entry("loss".into()).or_default() += scalar(&loss)? * w;
         for (k, v) in metrics {
@@ -472,9 +513,9 @@ pub fn train(
             let items: Vec<&Encoded> = idx.iter().map(|&i| &train[i]).collect();
             let batch_refs: Vec<[f32; 2]> =
                 idx.iter().map(|&i| refs.train.get(i).copied().unwrap_or([0.0; 2])).collect();
-            let (loss, metrics, tokens) = micro_loss(model, method, &items, &batch_refs, cfg)?;
-            let grads = (&loss * scale)?.backward()?;
-            acc.add(&vars, &grads, 1.0)?;
+            let (loss, grads, metrics, tokens) =
+                micro_backward(model, method, &items, &batch_refs, cfg)?;
+            acc.add(&vars, &grads, scale)?;
             step_loss += scalar(&loss)? * scale;
             for (k, v) in metrics {
                 *step_metrics.entry(k).or_default() += v * scale;

@@ -36,7 +36,7 @@ use crate::feedback::Pair;
 use crate::infer::tokenizer::GgufTokenizer;
 use crate::lm::model::LoadOptions;
 use crate::lm::optim::{Accumulator, AdamW, ParamsAdamW, Schedule};
-use crate::lm::{LmError, LoraConfig, Mode, TrainableLlama};
+use crate::lm::{LmError, LoraConfig, Mode, Packed, TrainableLlama};
 
 /// Version of the LM checkpoint layout.
 pub const LM_FORMAT_VERSION: u32 = 1;
@@ -68,6 +68,9 @@ pub struct LmTrainConfig {
     /// Tokens per input (prompt + summary), cut from the left.
     pub max_tokens: usize,
     pub seed: u64,
+    /// Gradient checkpointing (see `TrainableLlama::set_checkpointing`); not part of the card.
+    #[serde(default, skip_serializing)]
+    pub grad_checkpoint: bool,
 }
 
 impl Default for LmTrainConfig {
@@ -86,6 +89,7 @@ impl Default for LmTrainConfig {
             max_grad_norm: 1.0,
             max_tokens: 1024,
             seed: 0,
+            grad_checkpoint: false,
         }
     }
 }
@@ -234,15 +238,47 @@ fn encode(
     Ok((ids, false))
 }
 
-/// Rewards `(B,)` of sequences under the loaded backbone and a head.
+/// Rewards of every completion of packed rows (row by row) under the loaded backbone and a
+/// head.
 fn rewards(
     llama: &TrainableLlama,
-    seqs: &[&[u32]],
+    packed: &[Packed],
     w: &Tensor,
     b: &Tensor,
 ) -> Result<Tensor, RewardError> {
-    let h = llama.last_hidden(seqs)?.to_dtype(DType::F32)?;
-    Ok(h.matmul(&w.unsqueeze(1)?)?.squeeze(1)?.broadcast_add(b)?)
+    Ok(head_scores(&llama.packed_last_hidden(packed)?, w, b)?)
+}
+
+/// Sequences scored together (a pair, a node's candidates) as packed rows: their common
+/// prefix (the node's prompt, unless a cut from the left made them differ) once, then each
+/// one's rest; sequences with no common prefix, one row each. Completions keep `seqs`' order.
+fn pack(seqs: &[&[u32]]) -> Vec<Packed> {
+    let shortest = seqs.iter().map(|s| s.len()).min().unwrap_or(0);
+    let common = seqs.iter().skip(1).fold(shortest.saturating_sub(1), |n, s| {
+        n.min(seqs[0].iter().zip(s.iter()).take_while(|(a, b)| a == b).count())
+    });
+    if seqs.len() > 1 && common >= 1 {
+        return vec![Packed {
+            prompt: seqs[0][..common].to_vec(),
+            completions: seqs.iter().map(|s| s[common..].to_vec()).collect(),
+        }];
+    }
+    seqs.iter()
+        .map(|s| {
+            let cut = s.len().saturating_sub(1);
+            Packed { prompt: s[..cut].to_vec(), completions: vec![s[cut..].to_vec()] }
+        })
+        .collect()
+}
+
+/// Tokens of a packed row.
+fn packed_len(p: &Packed) -> usize {
+    p.prompt.len() + p.completions.iter().map(Vec::len).sum::<usize>()
+}
+
+/// The scalar head over last-token hidden states `(B, hidden)`: `(B,)`.
+fn head_scores(h: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    h.to_dtype(DType::F32)?.matmul(&w.unsqueeze(1)?)?.squeeze(1)?.broadcast_add(b)
 }
 
 fn now_unix() -> u64 {
@@ -284,7 +320,8 @@ impl LmRewardModel {
         let mut pair_steps = 0usize;
         for m in 0..config.members {
             let options = LoadOptions { mode: member_mode(&config.mode, m), dtype: DType::F32 };
-            let (llama, tokenizer) = TrainableLlama::load(base, &device, &options)?;
+            let (mut llama, tokenizer) = TrainableLlama::load(base, &device, &options)?;
+            llama.set_checkpointing(config.grad_checkpoint);
             let end = end_token(&tokenizer)?;
             if encoded.is_none() {
                 let mut out = Vec::with_capacity(pairs.len());
@@ -345,21 +382,22 @@ impl LmRewardModel {
                             batch.push(i);
                         }
                     }
-                    let mut seqs: Vec<&[u32]> = Vec::with_capacity(2 * batch.len());
-                    for &i in &batch {
-                        seqs.push(&data[i].0);
-                    }
-                    for &i in &batch {
-                        seqs.push(&data[i].1);
-                    }
-                    let r = rewards(&llama, &seqs, head_w.as_tensor(), head_b.as_tensor())?;
+                    // Chosen and rejected share the node's prompt: one packed row per pair.
+                    let packed: Vec<Packed> =
+                        batch.iter().flat_map(|&i| pack(&[&data[i].0, &data[i].1])).collect();
                     let n = batch.len();
-                    let d = (r.narrow(0, 0, n)? - r.narrow(0, n, n)?)?;
                     let t: Vec<f32> = batch.iter().map(|&i| pairs[i].target).collect();
                     let wt: Vec<f32> = batch.iter().map(|&i| pairs[i].weight).collect();
                     let t = Tensor::from_vec(t, n, &device)?;
                     let wt = Tensor::from_vec(wt, n, &device)?;
-                    let loss = bt_loss_weighted(&d, &t, &wt)?;
+                    let heads = [head_w.clone(), head_b.clone()];
+                    let (loss, grads) =
+                        llama.packed_last_hidden_backward(&packed, &heads, |h| {
+                            let r = head_scores(h, head_w.as_tensor(), head_b.as_tensor())?;
+                            let r = r.reshape((n, 2))?;
+                            let d = (r.narrow(1, 0, 1)? - r.narrow(1, 1, 1)?)?.squeeze(1)?;
+                            Ok(bt_loss_weighted(&d, &t, &wt)?)
+                        })?;
                     let lv = f64::from(loss.to_scalar::<f32>()?);
                     if !lv.is_finite() {
                         return Err(RewardError::Invalid(format!(
@@ -368,7 +406,6 @@ impl LmRewardModel {
                         )));
                     }
                     losses.push(lv);
-                    let grads = loss.backward()?;
                     acc.add(&all_vars, &grads, 1.0 / config.grad_accum as f64)?;
                     pair_steps += n;
                 }
@@ -444,35 +481,52 @@ impl LmRewardModel {
                     .map(|e| e.0)
             })
             .collect::<Result<_, _>>()?;
-        self.score_tokens(&seqs)
+        self.score_tokens(&[seqs])
     }
 
-    /// Per-member scores (K × n) of tokenized sequences.
-    fn score_tokens(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, RewardError> {
-        if seqs.is_empty() {
+    /// Per-member scores (K × n) of tokenized sequences, given in groups that share a prompt
+    /// (scored as packed rows, several rows per forward pass); scores in the groups' order.
+    fn score_tokens(&self, groups: &[Vec<Vec<u32>>]) -> Result<Vec<Vec<f32>>, RewardError> {
+        let rows: Vec<Packed> = groups
+            .iter()
+            .filter(|g| !g.is_empty())
+            .flat_map(|g| pack(&g.iter().map(Vec::as_slice).collect::<Vec<_>>()))
+            .collect();
+        let n: usize = groups.iter().map(Vec::len).sum();
+        if rows.is_empty() {
             return Ok(vec![Vec::new(); self.members.len()]);
         }
         let llama = self
             .llama
             .lock()
             .map_err(|_| RewardError::Invalid("the reward model's lock is poisoned".into()))?;
-        // Similar lengths together: less padding.
-        let mut idx: Vec<usize> = (0..seqs.len()).collect();
-        idx.sort_by_key(|&i| seqs[i].len());
+        // Similar lengths together: less padding. Each row's completions stay in order.
+        let mut idx: Vec<usize> = (0..rows.len()).collect();
+        idx.sort_by_key(|&i| packed_len(&rows[i]));
+        let mut first = Vec::with_capacity(rows.len());
+        let mut at = 0;
+        for r in &rows {
+            first.push(at);
+            at += r.completions.len();
+        }
         let budget = 4 * self.card.config.max_tokens.max(256);
-        let mut out = vec![vec![0f32; seqs.len()]; self.members.len()];
+        let mut out = vec![vec![0f32; n]; self.members.len()];
         for (k, m) in self.members.iter().enumerate() {
             llama.load_trainable(&m.weights)?;
             let mut at = 0;
             while at < idx.len() {
                 let mut end = at + 1;
-                while end < idx.len() && (end + 1 - at) * seqs[idx[end]].len() <= budget {
+                while end < idx.len() && (end + 1 - at) * packed_len(&rows[idx[end]]) <= budget {
                     end += 1;
                 }
-                let batch: Vec<&[u32]> = idx[at..end].iter().map(|&i| seqs[i].as_slice()).collect();
+                let batch: Vec<Packed> = idx[at..end].iter().map(|&i| rows[i].clone()).collect();
                 let r = rewards(&llama, &batch, &m.head_w, &m.head_b)?.to_vec1::<f32>()?;
-                for (j, &i) in idx[at..end].iter().enumerate() {
-                    out[k][i] = r[j];
+                let mut j = 0;
+                for &i in &idx[at..end] {
+                    for c in 0..rows[i].completions.len() {
+                        out[k][first[i] + c] = r[j];
+                        j += 1;
+                    }
                 }
                 at = end;
             }
@@ -483,12 +537,14 @@ impl LmRewardModel {
     /// The ensemble-mean margin (chosen − rejected) of every pair.
     pub fn margins(&self, pairs: &[Pair]) -> Result<Vec<f32>, RewardError> {
         let max = self.card.config.max_tokens;
-        let mut seqs = Vec::with_capacity(2 * pairs.len());
+        let mut groups = Vec::with_capacity(pairs.len());
         for p in pairs {
-            seqs.push(encode(&self.tokenizer, self.end, max, p.height, &p.input, &p.chosen)?.0);
-            seqs.push(encode(&self.tokenizer, self.end, max, p.height, &p.input, &p.rejected)?.0);
+            let chosen = encode(&self.tokenizer, self.end, max, p.height, &p.input, &p.chosen)?.0;
+            let rejected =
+                encode(&self.tokenizer, self.end, max, p.height, &p.input, &p.rejected)?.0;
+            groups.push(vec![chosen, rejected]);
         }
-        let scores = self.score_tokens(&seqs)?;
+        let scores = self.score_tokens(&groups)?;
         let stats = mean_std(&scores);
         Ok((0..pairs.len()).map(|i| stats[2 * i].0 - stats[2 * i + 1].0).collect())
     }
@@ -721,6 +777,31 @@ mod tests {
     }
 
     #[test]
+    fn packed_scores_equal_scores_one_sequence_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = tiny(dir.path());
+        let options = LoadOptions { mode: config().mode, dtype: DType::F32 };
+        let (llama, _) = TrainableLlama::load(&base, &Device::Cpu, &options).unwrap();
+        let h = llama.config.hidden as f64;
+        let w = (Tensor::arange(0f64, h, &Device::Cpu).unwrap() / h).unwrap();
+        let w = w.to_dtype(DType::F32).unwrap();
+        let b = Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
+        let seqs: [&[u32]; 3] = [&[1, 5, 6, 7, 9], &[1, 5, 6, 8], &[1, 5, 6, 7]];
+        let packed = pack(&seqs);
+        assert_eq!(packed.len(), 1, "one shared prefix, one row");
+        assert_eq!(packed[0].prompt, vec![1, 5, 6]);
+        let together = rewards(&llama, &packed, &w, &b).unwrap().to_vec1::<f32>().unwrap();
+        for (i, s) in seqs.iter().enumerate() {
+            let alone = rewards(&llama, &pack(&[s]), &w, &b).unwrap().to_vec1::<f32>().unwrap();
+            assert!((alone[0] - together[i]).abs() < 1e-4, "{i}: {} vs {}", alone[0], together[i]);
+        }
+        // No common prefix: one row each, in order.
+        let apart = pack(&[&[2, 3], &[4, 5, 6]]);
+        assert_eq!(apart.len(), 2);
+        assert_eq!(apart[1].completions, vec![vec![6]]);
+    }
+
+    #[test]
     fn the_head_and_adapters_get_gradients() {
         let dir = tempfile::tempdir().unwrap();
         let base = tiny(dir.path());
@@ -729,10 +810,16 @@ mod tests {
         let hidden = llama.config.hidden;
         let w = Var::from_tensor(&Tensor::ones(hidden, DType::F32, &Device::Cpu).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()).unwrap();
-        let r = rewards(&llama, &[&[1, 5, 6, 7], &[1, 8]], w.as_tensor(), b.as_tensor()).unwrap();
-        let d = (r.narrow(0, 0, 1).unwrap() - r.narrow(0, 1, 1).unwrap()).unwrap();
+        let packed = pack(&[&[1, 5, 6, 7], &[1, 8]]);
         let one = Tensor::ones(1, DType::F32, &Device::Cpu).unwrap();
-        let grads = bt_loss_weighted(&d, &one, &one).unwrap().backward().unwrap();
+        let heads = [w.clone(), b.clone()];
+        let (_, grads) = llama
+            .packed_last_hidden_backward(&packed, &heads, |h| {
+                let r = head_scores(h, w.as_tensor(), b.as_tensor())?;
+                let d = (r.narrow(0, 0, 1)? - r.narrow(0, 1, 1)?)?;
+                Ok(bt_loss_weighted(&d, &one, &one)?)
+            })
+            .unwrap();
         let gw = grads.get(w.as_tensor()).expect("head weight gradient");
         assert!(gw.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
         assert!(grads.get(b.as_tensor()).is_some());

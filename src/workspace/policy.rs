@@ -412,6 +412,8 @@ pub struct BenchRequest {
     pub steps: usize,
     pub lora_rank: usize,
     pub lora_targets: String,
+    /// Each mode is measured once per entry: without and/or with gradient checkpointing.
+    pub checkpointing: Vec<bool>,
 }
 
 /// The model a bench measures, resolved (fetched on first use): its name.
@@ -440,16 +442,19 @@ pub fn bench_train(
             }
         };
         let options = LoadOptions { mode: adapt.mode(0)?, dtype: DType::F32 };
-        let measured = measure(
-            &model.path,
-            &device,
-            &options,
-            request.batch,
-            request.seq_len,
-            request.completion_len,
-            request.steps,
-        )?;
-        row(measured)?;
+        for &checkpointing in &request.checkpointing {
+            let measured = measure(
+                &model.path,
+                &device,
+                &options,
+                checkpointing,
+                request.batch,
+                request.seq_len,
+                request.completion_len,
+                request.steps,
+            )?;
+            row(measured)?;
+        }
     }
     Ok(())
 }
