@@ -501,7 +501,13 @@ impl RewardModel {
             .for_height(height)
             .ok_or_else(|| RewardError::NoHead { hash: self.card.hash.clone() })?;
         if let Scope::Height(h) = scope {
-            if h != height {
+            // Once per model and height: best-of-N asks for every node of the height.
+            static WARNED: std::sync::Mutex<BTreeSet<(String, u32)>> =
+                std::sync::Mutex::new(BTreeSet::new());
+            let first = |hash: &str| {
+                WARNED.lock().map(|mut w| w.insert((hash.to_string(), height))).unwrap_or(true)
+            };
+            if h != height && first(&self.card.hash) {
                 tracing::warn!(
                     "reward model {} has no head for height {height}; scoring with the head of \
                      the nearest trained height {h}",
