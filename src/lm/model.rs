@@ -553,10 +553,6 @@ impl TrainableLlama {
         self.checkpointing = on;
     }
 
-    pub fn checkpointing(&self) -> bool {
-        self.checkpointing
-    }
-
     /// `head(hidden, T)` over the final-normed hidden states of `rows`, and the gradients of
     /// that loss for every trainable tensor (keyed by the variables of [`Self::trainable`]) and
     /// for the `extra` variables the head uses.

@@ -776,12 +776,16 @@ mod tests {
         assert!(scores[0].score > scores[1].score);
     }
 
+    /// The tiny model as the test configuration trains it (LoRA).
+    fn tiny_llama(dir: &Path) -> TrainableLlama {
+        let options = LoadOptions { mode: config().mode, dtype: DType::F32 };
+        TrainableLlama::load(&tiny(dir), &Device::Cpu, &options).unwrap().0
+    }
+
     #[test]
     fn packed_scores_equal_scores_one_sequence_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
-        let base = tiny(dir.path());
-        let options = LoadOptions { mode: config().mode, dtype: DType::F32 };
-        let (llama, _) = TrainableLlama::load(&base, &Device::Cpu, &options).unwrap();
+        let llama = tiny_llama(dir.path());
         let h = llama.config.hidden as f64;
         let w = (Tensor::arange(0f64, h, &Device::Cpu).unwrap() / h).unwrap();
         let w = w.to_dtype(DType::F32).unwrap();
@@ -804,9 +808,7 @@ mod tests {
     #[test]
     fn the_head_and_adapters_get_gradients() {
         let dir = tempfile::tempdir().unwrap();
-        let base = tiny(dir.path());
-        let options = LoadOptions { mode: config().mode, dtype: DType::F32 };
-        let (llama, _) = TrainableLlama::load(&base, &Device::Cpu, &options).unwrap();
+        let llama = tiny_llama(dir.path());
         let hidden = llama.config.hidden;
         let w = Var::from_tensor(&Tensor::ones(hidden, DType::F32, &Device::Cpu).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()).unwrap();
