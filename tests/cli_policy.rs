@@ -171,7 +171,10 @@ fn an_lm_reward_model_trains_evaluates_and_selects() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("LM reward model"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("LM reward model"), "{stdout}");
+    // Validation groups chose each member's checkpoint.
+    assert!(stdout.contains("member 1: kept step"), "{stdout}");
 
     let out =
         ws.rrm().args(["reward", "eval", "--data", "prefs.jsonl", "--json"]).output().unwrap();

@@ -11,7 +11,7 @@ mod bench;
 
 use super::args::{EncoderArgs, WorkspaceArgs};
 use super::Context;
-use crate::feedback::learn::{ConfidenceUse, Kinds, LearnOptions};
+use crate::feedback::learn::{ConfidenceUse, Kinds, LearnOptions, TrainingData};
 use crate::feedback::Pair;
 use crate::infer::Encoder;
 use crate::lm::{LoraConfig, Mode};
@@ -96,6 +96,13 @@ pub struct TrainArgs {
     pub max_epochs: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Share of groups (books, source documents) held out for validation (it chooses the
+    /// epoch, or with `--backbone lm` the checkpoint), in percent.
+    #[arg(long, default_value_t = 20)]
+    pub val_percent: u32,
+    /// Share of groups held out as the test set the card's metrics are on, in percent.
+    #[arg(long, default_value_t = 20)]
+    pub test_percent: u32,
     #[arg(long)]
     pub json: bool,
     /// What the reward model is built on: `minilm` (frozen sentence embeddings + small heads,
@@ -139,6 +146,12 @@ pub struct LmArgs {
     /// activations in the backward (a fraction of the memory for one more forward pass).
     #[arg(long)]
     pub grad_checkpoint: bool,
+    /// Optimizer steps between validations (default: once per epoch, and after the last step).
+    #[arg(long, value_name = "STEPS")]
+    pub eval_every: Option<usize>,
+    /// At most this many validation and test pairs are scored (a fixed sample).
+    #[arg(long, default_value_t = 256)]
+    pub eval_pairs: usize,
 }
 
 #[derive(Debug, Args)]
@@ -237,7 +250,7 @@ fn train(
         );
     }
     if args.backbone == Backbone::Lm {
-        return train_lm(ctx, ws, &args, &training.pairs, &source);
+        return train_lm(ctx, ws, &args, &training, &source);
     }
     let config = TrainConfig {
         members: args.members,
@@ -246,6 +259,8 @@ fn train(
         shared: args.shared,
         seed: args.seed,
         ordinal_weight: args.ordinal_weight,
+        val_percent: args.val_percent,
+        test_percent: args.test_percent,
         ..TrainConfig::default()
     };
     let bar = ctx.spinner(format!(
@@ -297,9 +312,10 @@ fn train_lm(
     ctx: &Context,
     ws: &Workspace,
     args: &TrainArgs,
-    pairs: &[Pair],
+    training: &TrainingData,
     source: &str,
 ) -> anyhow::Result<()> {
+    let pairs = &training.pairs;
     let base =
         crate::infer::fetch::resolve_model_with(&args.lm.base, ws.models_dir(), ctx.progress())
             .with_context(|| format!("--base {}", args.lm.base))?;
@@ -318,15 +334,21 @@ fn train_lm(
         lr: args.lm.lr,
         seed: args.seed,
         grad_checkpoint: args.lm.grad_checkpoint,
+        val_percent: args.val_percent,
+        test_percent: args.test_percent,
+        eval_every: args.lm.eval_every,
+        eval_pairs: args.lm.eval_pairs,
+        ordinal_weight: args.ordinal_weight,
         ..LmTrainConfig::default()
     };
     let bar = ctx.spinner(format!(
-        "training {} LM reward member(s) on {} pairs from {}",
+        "training {} LM reward member(s) on {} pairs and {} ratings from {}",
         args.members,
         pairs.len(),
+        training.ratings.len(),
         base.name
     ));
-    let result = LmRewardModel::train(&base.path, pairs, &config, source);
+    let result = LmRewardModel::train(&base.path, pairs, &training.ratings, &config, source);
     bar.finish_and_clear();
     let mut model = result.context("training the LM reward model")?;
     let path = model.save(ws.reward_dir())?;
@@ -342,10 +364,30 @@ fn train_lm(
         args.members,
         base.name
     );
-    println!(
-        "metrics on the training pairs (evaluate held-out data with `rrm reward eval --data`):"
-    );
-    print_metrics(&model.card.metrics);
+    let c = &model.card;
+    for (m, (step, curve)) in c.best_step.iter().zip(&c.validation_curve).enumerate() {
+        let losses: Vec<String> = curve.iter().map(|(s, l)| format!("{s}: {l:.3}")).collect();
+        println!(
+            "member {m}: kept step {step} (validation log-loss by step: {})",
+            if losses.is_empty() { "no validation groups".to_string() } else { losses.join(", ") }
+        );
+    }
+    if c.held_out {
+        println!(
+            "metrics on {} pairs of {} held-out test group(s) (validation chose the checkpoints):",
+            c.metrics.get("all").map_or(0, |m| m.pairs),
+            c.test_groups.len()
+        );
+    } else {
+        println!("metrics on a sample of the training pairs (no test groups):");
+    }
+    print_metrics(&c.metrics);
+    if let Some(r) = &c.report {
+        println!("test pairs beside the baselines:");
+        for line in report::lines(r) {
+            println!("{line}");
+        }
+    }
     Ok(())
 }
 

@@ -86,7 +86,9 @@ impl Kinds {
     /// Parses a comma-separated list: kind names, `all`, `none`, and `-kind` to remove one
     /// (`all,-critique`).
     pub fn parse(list: &str) -> Result<Kinds, String> {
-        let mut out = Kinds::NONE;
+        // A list that starts by dropping a kind (`-likert`) drops it from all of them.
+        let drops_first = list.trim_start().starts_with('-');
+        let mut out = if drops_first { Kinds::ALL } else { Kinds::NONE };
         let mut any = false;
         for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             any = true;
@@ -513,6 +515,8 @@ mod tests {
     #[test]
     fn kinds_parse_and_name() {
         let k = Kinds::parse("all,-critique").unwrap();
+        // Dropping a kind first drops it from all of them.
+        assert_eq!(Kinds::parse("-critique").unwrap(), k);
         assert!(!k.critique && k.comparison && k.ordinal);
         assert_eq!(
             Kinds::parse("comparison, ordinal").unwrap().names(),

@@ -4,10 +4,14 @@
 //!
 //! The input is what the policy sees — the composer's per-height prompt for the node, rendered
 //! with the model's chat template — followed by the candidate summary and the end-of-turn token.
-//! Inputs longer than `max_tokens` are cut from the left, so the summary is always kept.
+//! Inputs longer than `max_tokens` lose the end of the text summarized (the same cut for every
+//! summary compared), so the instruction, the text's beginning and the summaries are kept.
 //!
 //! Training is Bradley–Terry (−log σ(r_c − r_r), against the pair's target probability and
 //! weighted by the pair's weight) with AdamW, gradient accumulation and global-norm clipping.
+//! The pairs are split by group (book, source document) like the MiniLM heads': validation
+//! groups choose each member's checkpoint (the step with the lowest validation log-loss), test
+//! groups give the card's metrics beside the length and reference-overlap baselines.
 //! An ensemble is `K` members trained from different seeds (LoRA initialisation, head
 //! initialisation and data order); the base model is loaded once for scoring and each member's
 //! trainable tensors are swapped in, so `K` members cost `K` adapters, not `K` models.
@@ -16,7 +20,7 @@
 //! head, prefixed `m{i}.`) and `card.json` ([`LmCard`], `"backbone": "lm"`, with the base
 //! model's hash, the data's hash and the metrics).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -27,11 +31,14 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::model::mean_std;
-use super::train::{bt_loss_weighted, metrics, Metrics};
+use super::train::{
+    bt_loss_weighted, init_thresholds, metrics, ordinal_loss, split_group_names, Metrics,
+};
 use super::{RewardError, CARD_FILE};
 use crate::compose::prompt;
 use crate::compose::select::SelectError;
 use crate::compose::{Candidate, CandidateScore, Selector};
+use crate::feedback::learn::Rating;
 use crate::feedback::Pair;
 use crate::infer::tokenizer::GgufTokenizer;
 use crate::lm::model::LoadOptions;
@@ -71,6 +78,28 @@ pub struct LmTrainConfig {
     /// Gradient checkpointing (see `TrainableLlama::set_checkpointing`); not part of the card.
     #[serde(default, skip_serializing)]
     pub grad_checkpoint: bool,
+    /// Share of groups held out to choose each member's checkpoint, in percent.
+    #[serde(default)]
+    pub val_percent: u32,
+    /// Share of groups held out for the card's metrics, in percent.
+    #[serde(default)]
+    pub test_percent: u32,
+    /// Optimizer steps between validations (default: once per pass over the training pairs,
+    /// and always after the last step).
+    #[serde(default)]
+    pub eval_every: Option<usize>,
+    /// At most this many validation (and test) pairs are scored, a fixed sample: scoring
+    /// costs a forward pass per pair.
+    #[serde(default = "default_eval_pairs")]
+    pub eval_pairs: usize,
+    /// Weight of the Likert ratings' ordinal loss beside the pairs' Bradley–Terry loss (0:
+    /// ratings teach only through the pairs they imply).
+    #[serde(default)]
+    pub ordinal_weight: f64,
+}
+
+fn default_eval_pairs() -> usize {
+    256
 }
 
 impl Default for LmTrainConfig {
@@ -90,6 +119,11 @@ impl Default for LmTrainConfig {
             max_tokens: 1024,
             seed: 0,
             grad_checkpoint: false,
+            val_percent: 10,
+            test_percent: 10,
+            eval_every: None,
+            eval_pairs: default_eval_pairs(),
+            ordinal_weight: 0.5,
         }
     }
 }
@@ -116,6 +150,15 @@ impl LmTrainConfig {
         if self.weight_decay < 0.0 || self.max_grad_norm < 0.0 {
             return bad("weight decay and the gradient clip must not be negative");
         }
+        if self.val_percent + self.test_percent >= 100 {
+            return bad("the validation and test shares must leave groups to train on");
+        }
+        if !(0.0..=100.0).contains(&self.ordinal_weight) {
+            return bad("the ordinal weight must be between 0 and 100");
+        }
+        if self.eval_every == Some(0) || self.eval_pairs == 0 {
+            return bad("validate at least every step, on at least one pair");
+        }
         if matches!(self.mode, Mode::Frozen) {
             return bad("a frozen backbone has nothing to train beside the head; use lora or full");
         }
@@ -138,14 +181,43 @@ pub struct LmCard {
     pub base_hash: String,
     pub hidden: usize,
     pub config: LmTrainConfig,
+    /// All pairs given (training, validation and test groups).
     pub pairs: usize,
+    /// Pairs of the training groups.
+    #[serde(default)]
+    pub train_pairs: usize,
+    /// Likert ratings of the training groups used as ordinal targets.
+    #[serde(default)]
+    pub train_ratings: usize,
+    /// The validation groups: they chose each member's checkpoint.
+    #[serde(default)]
+    pub val_groups: Vec<String>,
+    /// The test groups: never trained on, never used for a choice.
+    #[serde(default)]
+    pub test_groups: Vec<String>,
     /// blake3 of the training pairs (their JSON).
     pub data_hash: String,
     pub source: String,
     /// Pairs that had to be cut from the left to fit `max_tokens`.
     pub truncated: usize,
-    /// On the training pairs (`all`, per height `h0`, …).
+    /// Per height (`h0`, …) and `all`: on (a sample of) the test groups' pairs when there are
+    /// any (`held_out`), else on a sample of the training pairs.
     pub metrics: BTreeMap<String, Metrics>,
+    #[serde(default)]
+    pub held_out: bool,
+    /// The same on the validation sample, which chose the checkpoints (optimistic).
+    #[serde(default)]
+    pub validation_metrics: BTreeMap<String, Metrics>,
+    /// The test sample beside the length and reference-overlap baselines, on every pair and
+    /// on the length-balanced ones (absent without test groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<super::eval::EvalReport>,
+    /// Per member, the validation log-loss after each validated step: `(step, log-loss)`.
+    #[serde(default)]
+    pub validation_curve: Vec<Vec<(usize, f64)>>,
+    /// Per member, the optimizer step whose weights were kept.
+    #[serde(default)]
+    pub best_step: Vec<usize>,
     /// Mean Bradley–Terry loss of each member's last epoch.
     pub final_loss: Vec<f64>,
     pub train_seconds: f64,
@@ -214,28 +286,62 @@ fn end_token(tokenizer: &GgufTokenizer) -> Result<u32, RewardError> {
     }
 }
 
-/// Tokens of (the composer's prompt for `input` at `height`) + `summary` + end of turn, cut
-/// from the left to `max_tokens`; and whether it was cut.
+/// Tokens of (the composer's prompt for `input` at `height`) + each summary + end of turn, at
+/// most `max_tokens` each; and whether anything was cut. When the longest does not fit, the
+/// input loses its end, by the same cut for every summary (they are judged on the same text,
+/// and the prompt's instruction and the input's beginning, where news and stories put the most,
+/// stay); a summary too long even beside an empty input is cut from the left.
 fn encode(
     tokenizer: &GgufTokenizer,
     end: u32,
     max_tokens: usize,
     height: u32,
     input: &str,
-    summary: &str,
-) -> Result<(Vec<u32>, bool), RewardError> {
-    let messages = prompt::render(prompt::template_for(height), input, None)
-        .map_err(|e| RewardError::Invalid(format!("prompt: {e}")))?;
-    let chat = tokenizer.render_chat(&messages).map_err(LmError::from)?;
-    let mut ids = tokenizer.encode(&chat).map_err(LmError::from)?;
-    ids.extend(tokenizer.encode(summary.trim()).map_err(LmError::from)?);
-    ids.push(end);
-    if ids.len() > max_tokens {
-        let cut = ids.len() - max_tokens;
-        ids.drain(..cut);
-        return Ok((ids, true));
+    summaries: &[&str],
+) -> Result<(Vec<Vec<u32>>, bool), RewardError> {
+    let head_of = |text: &str| -> Result<Vec<u32>, RewardError> {
+        let messages = prompt::render(prompt::template_for(height), text, None)
+            .map_err(|e| RewardError::Invalid(format!("prompt: {e}")))?;
+        let chat = tokenizer.render_chat(&messages).map_err(LmError::from)?;
+        Ok(tokenizer.encode(&chat).map_err(LmError::from)?)
+    };
+    let tails = summaries
+        .iter()
+        .map(|s| {
+            let mut t = tokenizer.encode(s.trim()).map_err(LmError::from)?;
+            t.push(end);
+            Ok(t)
+        })
+        .collect::<Result<Vec<Vec<u32>>, RewardError>>()?;
+    let longest = tails.iter().map(Vec::len).max().unwrap_or(0);
+    let mut head = head_of(input)?;
+    let cut = head.len() + longest > max_tokens;
+    if cut {
+        let input_ids = tokenizer.encode(input.trim()).map_err(LmError::from)?;
+        let mut keep = input_ids.len().saturating_sub(head.len() + longest - max_tokens);
+        // A cut text can tokenize a little differently once rendered: shrink until it fits.
+        loop {
+            let text = tokenizer.decode(&input_ids[..keep]).map_err(LmError::from)?;
+            head = head_of(&text)?;
+            let over = (head.len() + longest).saturating_sub(max_tokens);
+            if over == 0 || keep == 0 {
+                break;
+            }
+            keep = keep.saturating_sub(over);
+        }
     }
-    Ok((ids, false))
+    let seqs = tails
+        .into_iter()
+        .map(|t| {
+            let mut ids = head.clone();
+            ids.extend(t);
+            if ids.len() > max_tokens {
+                ids.drain(..ids.len() - max_tokens);
+            }
+            ids
+        })
+        .collect();
+    Ok((seqs, cut))
 }
 
 /// Rewards of every completion of packed rows (row by row) under the loaded backbone and a
@@ -271,6 +377,98 @@ fn pack(seqs: &[&[u32]]) -> Vec<Packed> {
         .collect()
 }
 
+/// Rewards of every completion of `rows` under the loaded backbone and a head, several rows per
+/// forward pass (similar lengths together, at most `budget` tokens with padding); in the rows'
+/// completion order.
+fn score_rows(
+    llama: &TrainableLlama,
+    rows: &[Packed],
+    w: &Tensor,
+    b: &Tensor,
+    budget: usize,
+) -> Result<Vec<f32>, RewardError> {
+    let mut idx: Vec<usize> = (0..rows.len()).collect();
+    idx.sort_by_key(|&i| packed_len(&rows[i]));
+    let mut first = Vec::with_capacity(rows.len());
+    let mut n = 0;
+    for r in rows {
+        first.push(n);
+        n += r.completions.len();
+    }
+    let mut out = vec![0f32; n];
+    let mut at = 0;
+    while at < idx.len() {
+        let mut end = at + 1;
+        while end < idx.len() && (end + 1 - at) * packed_len(&rows[idx[end]]) <= budget {
+            end += 1;
+        }
+        let batch: Vec<Packed> = idx[at..end].iter().map(|&i| rows[i].clone()).collect();
+        let r = rewards(llama, &batch, w, b)?.to_vec1::<f32>()?;
+        let mut j = 0;
+        for &i in &idx[at..end] {
+            for c in 0..rows[i].completions.len() {
+                out[first[i] + c] = r[j];
+                j += 1;
+            }
+        }
+        at = end;
+    }
+    Ok(out)
+}
+
+/// Tokens per forward pass when scoring.
+fn score_budget(max_tokens: usize) -> usize {
+    4 * max_tokens.max(256)
+}
+
+/// Margins (chosen − rejected) of the encoded pairs `idx` under the backbone as it is and a
+/// head (validation during training).
+fn pair_margins(
+    llama: &TrainableLlama,
+    data: &[TokenPair],
+    idx: &[usize],
+    w: &Tensor,
+    b: &Tensor,
+    max_tokens: usize,
+) -> Result<Vec<f32>, RewardError> {
+    let groups: Vec<Vec<Vec<u32>>> =
+        idx.iter().map(|&i| vec![data[i].0.clone(), data[i].1.clone()]).collect();
+    let (rows, first) = rows_of(&groups);
+    let s = score_rows(llama, &rows, w, b, score_budget(max_tokens))?;
+    Ok(first.iter().map(|&f| s[f] - s[f + 1]).collect())
+}
+
+/// The packed rows of groups of sequences that share a prompt, and where each group's first
+/// score lands among the rows' completions.
+fn rows_of(groups: &[Vec<Vec<u32>>]) -> (Vec<Packed>, Vec<usize>) {
+    let mut rows = Vec::new();
+    let mut first = Vec::with_capacity(groups.len());
+    let mut n = 0;
+    for g in groups {
+        first.push(n);
+        n += g.len();
+        if !g.is_empty() {
+            rows.extend(pack(&g.iter().map(Vec::as_slice).collect::<Vec<_>>()));
+        }
+    }
+    (rows, first)
+}
+
+/// A copy of a member's trainable tensors and head as they are now.
+fn snapshot(body: &[(String, Var)], w: &Var, b: &Var) -> Result<LmMember, RewardError> {
+    // Copies, not views: a view shares the variable's storage, and setting a variable to a
+    // tensor derived from it is refused (and would alias the members).
+    let weights: HashMap<String, Tensor> = body
+        .iter()
+        .map(|(n, v)| Ok((n.clone(), v.as_tensor().detach().copy()?)))
+        .collect::<candle_core::Result<_>>()?;
+    Ok(LmMember {
+        weights,
+        head_w: w.as_tensor().detach().copy()?,
+        head_b: b.as_tensor().detach().copy()?,
+    })
+}
+
 /// Tokens of a packed row.
 fn packed_len(p: &Packed) -> usize {
     p.prompt.len() + p.completions.iter().map(Vec::len).sum::<usize>()
@@ -299,10 +497,14 @@ fn member_mode(mode: &Mode, member: usize) -> Mode {
 }
 
 impl LmRewardModel {
-    /// Trains `config.members` members on `pairs` from the base GGUF at `base` (CPU, f32).
+    /// Trains `config.members` members on `pairs` and Likert `ratings` (ordinal targets,
+    /// weighted by `config.ordinal_weight`) from the base GGUF at `base` (CPU, f32): on the
+    /// training groups, each member's checkpoint chosen on the validation groups, the card's
+    /// metrics from the test groups.
     pub fn train(
         base: &Path,
         pairs: &[Pair],
+        ratings: &[Rating],
         config: &LmTrainConfig,
         source: &str,
     ) -> Result<LmRewardModel, RewardError> {
@@ -310,14 +512,52 @@ impl LmRewardModel {
         if pairs.is_empty() {
             return Err(RewardError::NoData(String::new()));
         }
-        let t0 = Instant::now();
         let device = Device::Cpu;
         let base_hash = file_hash(base)?;
+        // Pairs and ratings split together: a node's ratings never sit across from its pairs.
+        let (val_groups, test_groups) = split_group_names(
+            pairs.iter().map(|p| p.group.as_str()).chain(ratings.iter().map(|r| r.group.as_str())),
+            config.val_percent,
+            config.test_percent,
+        );
+        let train_ratings: Vec<&Rating> = if config.ordinal_weight > 0.0 {
+            ratings
+                .iter()
+                .filter(|r| !val_groups.contains(&r.group) && !test_groups.contains(&r.group))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let in_set = |set: &BTreeSet<String>| -> Vec<usize> {
+            (0..pairs.len()).filter(|&i| set.contains(&pairs[i].group)).collect()
+        };
+        let train_idx: Vec<usize> = (0..pairs.len())
+            .filter(|&i| {
+                !val_groups.contains(&pairs[i].group) && !test_groups.contains(&pairs[i].group)
+            })
+            .collect();
+        if train_idx.is_empty() {
+            return Err(RewardError::NoData(" outside the held-out groups".into()));
+        }
+        // Fixed samples (the same for every member) of the validation and test pairs.
+        let sample = |mut idx: Vec<usize>, salt: u64| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed ^ salt);
+            idx.shuffle(&mut rng);
+            idx.truncate(config.eval_pairs);
+            idx.sort_unstable();
+            idx
+        };
+        let val_idx = sample(in_set(&val_groups), 0x0076_616c);
+        let test_idx = sample(in_set(&test_groups), 0x7465_7374);
         let mut members = Vec::with_capacity(config.members);
         let mut final_loss = Vec::new();
+        let mut curves = Vec::with_capacity(config.members);
+        let mut best_steps = Vec::with_capacity(config.members);
         let mut encoded: Option<(Vec<TokenPair>, usize)> = None;
+        let mut rated: Vec<Vec<u32>> = Vec::with_capacity(train_ratings.len());
         let mut last: Option<(TrainableLlama, GgufTokenizer)> = None;
         let mut pair_steps = 0usize;
+        let mut train_seconds = 0.0;
         for m in 0..config.members {
             let options = LoadOptions { mode: member_mode(&config.mode, m), dtype: DType::F32 };
             let (mut llama, tokenizer) = TrainableLlama::load(base, &device, &options)?;
@@ -327,14 +567,21 @@ impl LmRewardModel {
                 let mut out = Vec::with_capacity(pairs.len());
                 let mut truncated = 0;
                 for p in pairs {
-                    let enc =
-                        |s: &str| encode(&tokenizer, end, config.max_tokens, p.height, &p.input, s);
-                    let (c, tc) = enc(&p.chosen)?;
-                    let (r, tr) = enc(&p.rejected)?;
-                    truncated += usize::from(tc || tr);
+                    let summaries = [p.chosen.as_str(), p.rejected.as_str()];
+                    let (mut seqs, cut) =
+                        encode(&tokenizer, end, config.max_tokens, p.height, &p.input, &summaries)?;
+                    truncated += usize::from(cut);
+                    let r = seqs.pop().unwrap_or_default();
+                    let c = seqs.pop().unwrap_or_default();
                     out.push((c, r));
                 }
                 encoded = Some((out, truncated));
+                for r in &train_ratings {
+                    let summary = [r.summary.as_str()];
+                    let (mut seqs, _) =
+                        encode(&tokenizer, end, config.max_tokens, r.height, &r.input, &summary)?;
+                    rated.push(seqs.pop().unwrap_or_default());
+                }
             }
             let data = &encoded
                 .as_ref()
@@ -348,9 +595,12 @@ impl LmRewardModel {
             let head_w = Var::from_tensor(&Tensor::from_vec(w0, hidden, &device)?)?;
             let head_b = Var::from_tensor(&Tensor::zeros(1, DType::F32, &device)?)?;
             let body = llama.trainable();
+            // The ordinal model's thresholds train with the head; scoring does not need them.
+            let thresholds = init_thresholds(&device)?;
             let head_vars = vec![
                 ("head.weight".to_string(), head_w.clone()),
                 ("head.bias".into(), head_b.clone()),
+                ("ordinal.thresholds".into(), thresholds.clone()),
             ];
             let mut all_vars = body.clone();
             all_vars.extend(head_vars.iter().cloned());
@@ -363,40 +613,70 @@ impl LmRewardModel {
             let mut opt_head =
                 AdamW::new(head_vars.clone(), ParamsAdamW { lr: config.head_lr, ..params })?;
             let per_step = config.batch_pairs * config.grad_accum;
-            let total = config
-                .steps
-                .unwrap_or_else(|| config.epochs * data.len().div_ceil(per_step).max(1));
+            let epoch_steps = train_idx.len().div_ceil(per_step).max(1);
+            let total = config.steps.unwrap_or(config.epochs * epoch_steps);
+            let eval_every = config.eval_every.unwrap_or(epoch_steps);
             let sched = Schedule { peak: 1.0, warmup: config.warmup, total, min_ratio: 0.1 };
             let mut acc = Accumulator::new(all_vars.len());
             let mut order: Vec<usize> = Vec::new();
+            let mut rating_order: Vec<usize> = Vec::new();
             let mut losses: Vec<f64> = Vec::new();
+            let mut curve = Vec::new();
+            let mut best: Option<(f64, usize, LmMember)> = None;
+            let started = Instant::now();
+            let mut validating = 0.0;
             for step in 0..total {
                 for _ in 0..config.grad_accum {
                     let mut batch = Vec::with_capacity(config.batch_pairs);
-                    while batch.len() < config.batch_pairs.min(data.len()) {
+                    while batch.len() < config.batch_pairs.min(train_idx.len()) {
                         if order.is_empty() {
-                            order = (0..data.len()).collect();
+                            order = train_idx.clone();
                             order.shuffle(&mut rng);
                         }
                         if let Some(i) = order.pop() {
                             batch.push(i);
                         }
                     }
-                    // Chosen and rejected share the node's prompt: one packed row per pair.
-                    let packed: Vec<Packed> =
+                    // As many ratings as pairs, drawn the same way.
+                    let mut rbatch = Vec::with_capacity(config.batch_pairs);
+                    while rbatch.len() < config.batch_pairs.min(rated.len()) {
+                        if rating_order.is_empty() {
+                            rating_order = (0..rated.len()).collect();
+                            rating_order.shuffle(&mut rng);
+                        }
+                        if let Some(i) = rating_order.pop() {
+                            rbatch.push(i);
+                        }
+                    }
+                    // Chosen and rejected share the node's prompt: one packed row per pair;
+                    // then one row per rated summary.
+                    let mut packed: Vec<Packed> =
                         batch.iter().flat_map(|&i| pack(&[&data[i].0, &data[i].1])).collect();
+                    packed.extend(rbatch.iter().flat_map(|&i| pack(&[&rated[i]])));
                     let n = batch.len();
+                    let nr = rbatch.len();
+                    let levels: Vec<u32> = rbatch
+                        .iter()
+                        .map(|&i| u32::from(train_ratings[i].overall.clamp(1, 7)) - 1)
+                        .collect();
+                    let rw: Vec<f32> = rbatch.iter().map(|&i| train_ratings[i].weight).collect();
                     let t: Vec<f32> = batch.iter().map(|&i| pairs[i].target).collect();
                     let wt: Vec<f32> = batch.iter().map(|&i| pairs[i].weight).collect();
                     let t = Tensor::from_vec(t, n, &device)?;
                     let wt = Tensor::from_vec(wt, n, &device)?;
-                    let heads = [head_w.clone(), head_b.clone()];
+                    let heads = [head_w.clone(), head_b.clone(), thresholds.clone()];
                     let (loss, grads) =
                         llama.packed_last_hidden_backward(&packed, &heads, |h| {
-                            let r = head_scores(h, head_w.as_tensor(), head_b.as_tensor())?;
-                            let r = r.reshape((n, 2))?;
+                            let all = head_scores(h, head_w.as_tensor(), head_b.as_tensor())?;
+                            let r = all.narrow(0, 0, 2 * n)?.reshape((n, 2))?;
                             let d = (r.narrow(1, 0, 1)? - r.narrow(1, 1, 1)?)?.squeeze(1)?;
-                            Ok(bt_loss_weighted(&d, &t, &wt)?)
+                            let bt = bt_loss_weighted(&d, &t, &wt)?;
+                            if nr == 0 {
+                                return Ok(bt);
+                            }
+                            let scores = all.narrow(0, 2 * n, nr)?;
+                            let ord = ordinal_loss(&scores, thresholds.as_tensor(), &levels, &rw)?;
+                            Ok((bt + (ord * config.ordinal_weight)?)?)
                         })?;
                     let lv = f64::from(loss.to_scalar::<f32>()?);
                     if !lv.is_finite() {
@@ -419,30 +699,47 @@ impl LmRewardModel {
                     opt_body.step_with(gb)?;
                 }
                 opt_head.step_with(gh)?;
+                let done = step + 1;
+                if !val_idx.is_empty() && (done % eval_every == 0 || done == total) {
+                    let v0 = Instant::now();
+                    let margins = pair_margins(
+                        &llama,
+                        data,
+                        &val_idx,
+                        head_w.as_tensor(),
+                        head_b.as_tensor(),
+                        config.max_tokens,
+                    )?;
+                    let t: Vec<f32> = val_idx.iter().map(|&i| pairs[i].target).collect();
+                    let loss = metrics(&margins, &t).log_loss;
+                    tracing::info!("member {m}, step {done}: validation log-loss {loss:.4}");
+                    curve.push((done, loss));
+                    if best.as_ref().is_none_or(|b| loss < b.0) {
+                        best = Some((loss, done, snapshot(&body, &head_w, &head_b)?));
+                    }
+                    validating += v0.elapsed().as_secs_f64();
+                }
             }
-            let tail = losses.len().min(data.len().div_ceil(config.batch_pairs).max(1));
+            train_seconds += started.elapsed().as_secs_f64() - validating;
+            let tail = losses.len().min(train_idx.len().div_ceil(config.batch_pairs).max(1));
             let tail = &losses[losses.len() - tail..];
             final_loss.push(tail.iter().sum::<f64>() / tail.len().max(1) as f64);
-            // Copies, not views: a view shares the variable's storage, and setting a variable
-            // to a tensor derived from it is refused (and would alias the members).
-            let weights: HashMap<String, Tensor> = body
-                .iter()
-                .map(|(n, v)| Ok((n.clone(), v.as_tensor().detach().copy()?)))
-                .collect::<candle_core::Result<_>>()?;
-            members.push(LmMember {
-                weights,
-                head_w: head_w.as_tensor().detach().copy()?,
-                head_b: head_b.as_tensor().detach().copy()?,
-            });
+            let (step, member) = match best {
+                Some((_, step, member)) => (step, member),
+                None => (total, snapshot(&body, &head_w, &head_b)?),
+            };
+            best_steps.push(step);
+            curves.push(curve);
+            members.push(member);
             last = Some((llama, tokenizer));
         }
-        let train_seconds = t0.elapsed().as_secs_f64();
         let (llama, tokenizer) =
             last.ok_or_else(|| RewardError::Invalid("no member was trained".into()))?;
         let end = end_token(&tokenizer)?;
         let truncated = encoded.map_or(0, |e| e.1);
         let data_json = serde_json::to_vec(pairs)
             .map_err(|e| RewardError::Invalid(format!("hashing the data: {e}")))?;
+        let held_out = !test_idx.is_empty();
         let card = LmCard {
             format: LM_FORMAT_VERSION,
             backbone: BACKBONE.into(),
@@ -453,16 +750,36 @@ impl LmRewardModel {
             hidden: llama.config.hidden,
             config: config.clone(),
             pairs: pairs.len(),
+            train_pairs: train_idx.len(),
+            train_ratings: train_ratings.len(),
+            val_groups: val_groups.into_iter().collect(),
+            test_groups: test_groups.into_iter().collect(),
             data_hash: blake3::hash(&data_json).to_hex()[..16].to_string(),
             source: source.to_string(),
             truncated,
             metrics: BTreeMap::new(),
+            held_out,
+            validation_metrics: BTreeMap::new(),
+            report: None,
+            validation_curve: curves,
+            best_step: best_steps,
             final_loss,
             train_seconds,
             pairs_per_second: pair_steps as f64 / train_seconds.max(1e-9),
         };
         let mut model = LmRewardModel { card, members, llama: Mutex::new(llama), tokenizer, end };
-        model.card.metrics = model.evaluate(pairs)?;
+        let pick = |idx: &[usize]| idx.iter().map(|&i| pairs[i].clone()).collect::<Vec<Pair>>();
+        let reported =
+            if held_out { pick(&test_idx) } else { pick(&sample(train_idx, 0x0074_7261_696e)) };
+        let margins = model.margins(&reported)?;
+        model.card.metrics = metrics_by_height(&reported, &margins);
+        if held_out {
+            let refs: Vec<&Pair> = reported.iter().collect();
+            model.card.report = Some(super::eval::report(&margins, &refs));
+        }
+        if !val_idx.is_empty() {
+            model.card.validation_metrics = model.evaluate(&pick(&val_idx))?;
+        }
         Ok(model)
     }
 
@@ -474,25 +791,15 @@ impl LmRewardModel {
         input: &str,
         summaries: &[&str],
     ) -> Result<Vec<Vec<f32>>, RewardError> {
-        let seqs: Vec<Vec<u32>> = summaries
-            .iter()
-            .map(|s| {
-                encode(&self.tokenizer, self.end, self.card.config.max_tokens, height, input, s)
-                    .map(|e| e.0)
-            })
-            .collect::<Result<_, _>>()?;
+        let max = self.card.config.max_tokens;
+        let seqs = encode(&self.tokenizer, self.end, max, height, input, summaries)?.0;
         self.score_tokens(&[seqs])
     }
 
     /// Per-member scores (K × n) of tokenized sequences, given in groups that share a prompt
     /// (scored as packed rows, several rows per forward pass); scores in the groups' order.
     fn score_tokens(&self, groups: &[Vec<Vec<u32>>]) -> Result<Vec<Vec<f32>>, RewardError> {
-        let rows: Vec<Packed> = groups
-            .iter()
-            .filter(|g| !g.is_empty())
-            .flat_map(|g| pack(&g.iter().map(Vec::as_slice).collect::<Vec<_>>()))
-            .collect();
-        let n: usize = groups.iter().map(Vec::len).sum();
+        let (rows, _) = rows_of(groups);
         if rows.is_empty() {
             return Ok(vec![Vec::new(); self.members.len()]);
         }
@@ -500,36 +807,11 @@ impl LmRewardModel {
             .llama
             .lock()
             .map_err(|_| RewardError::Invalid("the reward model's lock is poisoned".into()))?;
-        // Similar lengths together: less padding. Each row's completions stay in order.
-        let mut idx: Vec<usize> = (0..rows.len()).collect();
-        idx.sort_by_key(|&i| packed_len(&rows[i]));
-        let mut first = Vec::with_capacity(rows.len());
-        let mut at = 0;
-        for r in &rows {
-            first.push(at);
-            at += r.completions.len();
-        }
-        let budget = 4 * self.card.config.max_tokens.max(256);
-        let mut out = vec![vec![0f32; n]; self.members.len()];
-        for (k, m) in self.members.iter().enumerate() {
+        let budget = score_budget(self.card.config.max_tokens);
+        let mut out = Vec::with_capacity(self.members.len());
+        for m in &self.members {
             llama.load_trainable(&m.weights)?;
-            let mut at = 0;
-            while at < idx.len() {
-                let mut end = at + 1;
-                while end < idx.len() && (end + 1 - at) * packed_len(&rows[idx[end]]) <= budget {
-                    end += 1;
-                }
-                let batch: Vec<Packed> = idx[at..end].iter().map(|&i| rows[i].clone()).collect();
-                let r = rewards(&llama, &batch, &m.head_w, &m.head_b)?.to_vec1::<f32>()?;
-                let mut j = 0;
-                for &i in &idx[at..end] {
-                    for c in 0..rows[i].completions.len() {
-                        out[k][first[i] + c] = r[j];
-                        j += 1;
-                    }
-                }
-                at = end;
-            }
+            out.push(score_rows(&llama, &rows, &m.head_w, &m.head_b, budget)?);
         }
         Ok(out)
     }
@@ -539,10 +821,8 @@ impl LmRewardModel {
         let max = self.card.config.max_tokens;
         let mut groups = Vec::with_capacity(pairs.len());
         for p in pairs {
-            let chosen = encode(&self.tokenizer, self.end, max, p.height, &p.input, &p.chosen)?.0;
-            let rejected =
-                encode(&self.tokenizer, self.end, max, p.height, &p.input, &p.rejected)?.0;
-            groups.push(vec![chosen, rejected]);
+            let summaries = [p.chosen.as_str(), p.rejected.as_str()];
+            groups.push(encode(&self.tokenizer, self.end, max, p.height, &p.input, &summaries)?.0);
         }
         let scores = self.score_tokens(&groups)?;
         let stats = mean_std(&scores);
@@ -729,8 +1009,91 @@ mod tests {
             lr: 1e-2,
             head_lr: 5e-2,
             max_tokens: 256,
+            val_percent: 0,
+            test_percent: 0,
             ..LmTrainConfig::default()
         }
+    }
+
+    /// Pairs that teach nothing (ties) and Likert ratings that do: the ordinal targets alone
+    /// order the summaries.
+    #[test]
+    fn likert_ratings_teach_through_the_ordinal_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = tiny(dir.path());
+        let ties: Vec<Pair> = separable().into_iter().map(|p| Pair { target: 0.5, ..p }).collect();
+        let ratings: Vec<Rating> = (0..8)
+            .flat_map(|i| {
+                let input = format!("passage number {i} about animals");
+                [(format!("zebra zebra {i}"), 7), (format!("cat dog {i}"), 1)].map(|(s, o)| {
+                    Rating {
+                        height: 0,
+                        input: input.clone(),
+                        summary: s,
+                        overall: o,
+                        labeler: "l".into(),
+                        group: format!("g{i}"),
+                        weight: 1.0,
+                    }
+                })
+            })
+            .collect();
+        let c = LmTrainConfig { members: 1, ordinal_weight: 1.0, ..config() };
+        let model = LmRewardModel::train(&base, &ties, &ratings, &c, "test").unwrap();
+        assert_eq!(model.card.train_ratings, 16);
+        let s = model.member_scores(
+            0,
+            "passage number 3 about animals",
+            &["zebra zebra 3", "cat dog 3"],
+        );
+        let s = s.unwrap();
+        assert!(s[0][0] > s[0][1] + 0.5, "{s:?}");
+        // Without the ordinal loss the ties teach no order.
+        let c = LmTrainConfig { ordinal_weight: 0.0, ..c };
+        let model = LmRewardModel::train(&base, &ties, &ratings, &c, "test").unwrap();
+        assert_eq!(model.card.train_ratings, 0);
+    }
+
+    #[test]
+    fn validation_groups_choose_the_checkpoint_and_test_groups_give_the_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = tiny(dir.path());
+        let pairs: Vec<Pair> = (0..16)
+            .map(|i| {
+                let input = format!("passage number {i} about animals");
+                let (c, r) = (format!("zebra zebra {i}"), format!("cat dog {i}"));
+                Pair::new(0, &input, &c, &r, 1.0, &format!("g{i}"))
+            })
+            .collect();
+        let c = LmTrainConfig {
+            members: 1,
+            val_percent: 25,
+            test_percent: 25,
+            eval_every: Some(10),
+            ..config()
+        };
+        let model = LmRewardModel::train(&base, &pairs, &[], &c, "test").unwrap();
+        let card = &model.card;
+        assert!(card.held_out && !card.test_groups.is_empty() && !card.val_groups.is_empty());
+        assert!(card.test_groups.iter().all(|g| !card.val_groups.contains(g)));
+        let held = card.test_groups.len() + card.val_groups.len();
+        assert_eq!(card.train_pairs, 16 - held);
+        // Validated after steps 10, 20, 30, 40; the kept step has the lowest log-loss.
+        let curve = &card.validation_curve[0];
+        assert_eq!(curve.iter().map(|c| c.0).collect::<Vec<_>>(), vec![10, 20, 30, 40]);
+        let best = curve.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+        assert_eq!(card.best_step, vec![best.0]);
+        // The kept weights are the validated ones: scoring the validation pairs again gives
+        // the logged log-loss.
+        let val: Vec<Pair> =
+            pairs.iter().filter(|p| card.val_groups.contains(&p.group)).cloned().collect();
+        let again = model.evaluate(&val).unwrap()["all"].log_loss;
+        assert!((again - best.1).abs() < 1e-4, "{again} vs {best:?}");
+        // The metrics are on the test groups, with the baselines beside them.
+        let test = card.metrics["all"].pairs;
+        assert_eq!(test, pairs.iter().filter(|p| card.test_groups.contains(&p.group)).count());
+        assert_eq!(card.report.as_ref().unwrap().all.model.pairs, test);
+        assert_eq!(card.metrics["all"].accuracy, 1.0, "{card:?}");
     }
 
     #[test]
@@ -738,7 +1101,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = tiny(dir.path());
         let pairs = separable();
-        let mut model = LmRewardModel::train(&base, &pairs, &config(), "test").unwrap();
+        let mut model = LmRewardModel::train(&base, &pairs, &[], &config(), "test").unwrap();
         assert_eq!(model.members.len(), 2);
         // Members differ (seeds), and the head moved off its tiny initialisation.
         assert_ne!(
@@ -834,38 +1197,60 @@ mod tests {
     }
 
     #[test]
-    fn truncation_keeps_the_summary() {
+    fn truncation_cuts_the_input_end_and_keeps_the_summaries() {
         let dir = tempfile::tempdir().unwrap();
         let base = tiny(dir.path());
         let (_, tok) = TrainableLlama::load(&base, &Device::Cpu, &LoadOptions::default()).unwrap();
         let end = end_token(&tok).unwrap();
-        let long = "word ".repeat(500);
-        let (ids, cut) = encode(&tok, end, 32, 0, &long, "the summary").unwrap();
+        let long = format!("opening words {}", "word ".repeat(500));
+        let summaries = ["the summary", "a much longer summary of the passage"];
+        // Room for the prompt, the longer summary and 24 tokens of the input.
+        let max = encode(&tok, end, usize::MAX, 0, "", &summaries).unwrap().0[1].len() + 24;
+        let (seqs, cut) = encode(&tok, end, max, 0, &long, &summaries).unwrap();
         assert!(cut);
-        assert_eq!(ids.len(), 32);
-        let mut tail = tok.encode("the summary").unwrap();
-        tail.push(end);
-        assert!(ids.ends_with(&tail));
+        for (ids, s) in seqs.iter().zip(summaries) {
+            assert!(ids.len() <= max, "{} > {max}", ids.len());
+            let mut tail = tok.encode(s).unwrap();
+            tail.push(end);
+            assert!(ids.ends_with(&tail));
+        }
+        // The same cut input for both, and it keeps the prompt's start and the input's opening.
+        let (a, b) = (&seqs[0], &seqs[1]);
+        let shared = a.iter().zip(b.iter()).take_while(|(x, y)| x == y).count();
+        assert!(shared >= a.len() - tok.encode("the summary").unwrap().len() - 1);
+        let (whole, _) = encode(&tok, end, 4096, 0, &long, &summaries[..1]).unwrap();
+        assert_eq!(a[..8], whole[0][..8]);
+        assert!(tok.decode(a).unwrap().contains("opening words"));
+        assert!(seqs[1].len() > max - 8, "the input fills what is left: {}", seqs[1].len());
+        // Short enough: nothing cut, the same tokens as without a limit.
+        let (short, cut) = encode(&tok, end, 4096, 0, "a short passage", &summaries).unwrap();
+        assert!(!cut);
+        assert!(short[0].len() < short[1].len());
     }
 
     #[test]
     fn bad_inputs_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let base = tiny(dir.path());
-        let err = LmRewardModel::train(&base, &[], &config(), "test").unwrap_err();
+        let err = LmRewardModel::train(&base, &[], &[], &config(), "test").unwrap_err();
         assert!(matches!(err, RewardError::NoData(_)), "{err}");
         let not_gguf = dir.path().join("x.gguf");
         std::fs::write(&not_gguf, b"not a model").unwrap();
-        let err = LmRewardModel::train(&not_gguf, &separable(), &config(), "t").unwrap_err();
+        let err = LmRewardModel::train(&not_gguf, &separable(), &[], &config(), "t").unwrap_err();
         assert!(err.to_string().contains("x.gguf"), "{err}");
         let gpt2 = dir.path().join("gpt2.gguf");
         tiny_gguf(&gpt2, 7, &TinyOptions { arch: "gpt2", ..TinyOptions::default() }).unwrap();
-        let err = LmRewardModel::train(&gpt2, &separable(), &config(), "t").unwrap_err();
+        let err = LmRewardModel::train(&gpt2, &separable(), &[], &config(), "t").unwrap_err();
         assert!(err.to_string().contains("llama-family"), "{err}");
-        let c = LmTrainConfig { members: 0, ..config() };
-        assert!(matches!(
-            LmRewardModel::train(&base, &separable(), &c, "t").unwrap_err(),
-            RewardError::Invalid(_)
-        ));
+        for c in [
+            LmTrainConfig { members: 0, ..config() },
+            LmTrainConfig { val_percent: 60, test_percent: 40, ..config() },
+            LmTrainConfig { eval_every: Some(0), ..config() },
+        ] {
+            assert!(matches!(
+                LmRewardModel::train(&base, &separable(), &[], &c, "t").unwrap_err(),
+                RewardError::Invalid(_)
+            ));
+        }
     }
 }
