@@ -282,6 +282,8 @@ fn simulate_queue_train_eval_score_and_best_of_with_the_reward_model() {
     assert_eq!(ext_json["report"]["all"]["length_accuracy"], 1.0, "{ext_json}");
     let err = ws.stderr_fail(&["reward", "train", "--kinds", "comparison,vibes"]);
     assert!(err.contains("--kinds") && err.contains("vibes"), "{err}");
+    let err = ws.stderr_fail(&["reward", "train", "--val-percent", "60", "--test-percent", "40"]);
+    assert!(err.contains("--val-percent 60") && err.contains("no groups to train on"), "{err}");
 
     // Training from an external TRL file, one shared head across heights.
     let ext_train = ws.stdout(&[

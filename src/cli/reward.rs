@@ -227,6 +227,13 @@ fn train(
     {
         bail!("--ordinal-weight and --critique-weight must be between 0 and 100");
     }
+    if args.val_percent + args.test_percent >= 100 {
+        bail!(
+            "--val-percent {} and --test-percent {} leave no groups to train on (together under 100)",
+            args.val_percent,
+            args.test_percent
+        );
+    }
     let options = LearnOptions {
         kinds: Kinds::parse(&args.kinds).map_err(|e| anyhow::anyhow!("--kinds: {e}"))?,
         confidence: ConfidenceUse::parse(&args.confidence)
