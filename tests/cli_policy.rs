@@ -167,7 +167,7 @@ fn an_lm_reward_model_trains_evaluates_and_selects() {
         .rrm()
         .args(["--threads", "1", "reward", "train", "--backbone", "lm", "--data", "prefs.jsonl"])
         .args(["--base", &base, "--steps", "2", "--members", "2", "--lora-rank", "4"])
-        .arg("--grad-checkpoint")
+        .args(["--grad-checkpoint", "--lora-top-layers", "1"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
@@ -175,6 +175,15 @@ fn an_lm_reward_model_trains_evaluates_and_selects() {
     assert!(stdout.contains("LM reward model"), "{stdout}");
     // Validation groups chose each member's checkpoint.
     assert!(stdout.contains("member 1: kept step"), "{stdout}");
+    // More top layers than the model has blocks is a clear error, and the model stays.
+    let out = ws
+        .rrm()
+        .args(["--threads", "1", "reward", "train", "--backbone", "lm", "--data", "prefs.jsonl"])
+        .args(["--base", &base, "--steps", "1", "--lora-top-layers", "99"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("top layers 99"), "{}", stderr_of(&out));
 
     let out =
         ws.rrm().args(["reward", "eval", "--data", "prefs.jsonl", "--json"]).output().unwrap();

@@ -195,6 +195,9 @@ pub struct BenchTrainArgs {
     /// LoRA target projections.
     #[arg(long, default_value = "all")]
     pub lora_targets: String,
+    /// Adapters only in the top N transformer blocks (default: all).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub lora_top_layers: Option<u64>,
     /// Gradient checkpointing settings to measure each mode with (off, on).
     #[arg(long, value_delimiter = ',', default_value = "off,on", value_parser = on_off)]
     pub checkpointing: Vec<bool>,
@@ -217,6 +220,7 @@ fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
         steps: args.steps,
         lora_rank: args.lora_rank,
         lora_targets: args.lora_targets.clone(),
+        lora_top_layers: args.lora_top_layers.map(|n| n as usize),
         checkpointing: args.checkpointing.clone(),
     };
     let resolved = bench_model(&request, ctx.progress())
@@ -224,8 +228,13 @@ fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
     let threads = std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "all".into());
     if !args.json {
         println!(
-            "model {} on {:?}, {threads} threads; batch {} × {} tokens ({} scored)",
-            resolved.name, args.model.device, args.batch, args.seq_len, args.completion_len
+            "model {} on {:?}, {threads} threads; batch {} × {} tokens ({} scored){}",
+            resolved.name,
+            args.model.device,
+            args.batch,
+            args.seq_len,
+            args.completion_len,
+            args.lora_top_layers.map_or(String::new(), |n| format!("; LoRA in the top {n} blocks"))
         );
         println!(
             "{:>5} {:>10} {:>12} {:>12} {:>8} {:>14} {:>13}",

@@ -85,6 +85,10 @@ pub struct TrainArgs {
     /// Projections with adapters: q,k,v,o,gate,up,down, attn, mlp, all.
     #[arg(long, default_value = "all", value_name = "LIST")]
     pub lora_targets: String,
+    /// Adapters only in the top N transformer blocks (default: all); the blocks below run
+    /// forward only.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub lora_top_layers: Option<u64>,
     /// Peak learning rate (default: SFT 2e-4, DPO 1e-4 with LoRA; 2e-5 and 1e-6 in full).
     #[arg(long)]
     pub lr: Option<f64>,
@@ -373,6 +377,7 @@ impl TrainArgs {
                     rank: self.lora_rank,
                     alpha: self.lora_alpha,
                     targets: self.lora_targets.clone(),
+                    top_layers: self.lora_top_layers.map(|n| n as usize),
                 }
             },
             lr: self.lr,

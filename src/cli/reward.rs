@@ -129,6 +129,10 @@ pub struct LmArgs {
     /// LoRA rank (0: full fine-tuning).
     #[arg(long, default_value_t = 8)]
     pub lora_rank: usize,
+    /// Adapters only in the top N transformer blocks (default: all): the blocks below run
+    /// forward only (no backward pass through them, no activations kept for one).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub lora_top_layers: Option<u64>,
     /// Optimizer steps per member (default: `--epochs` passes over the pairs).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -137,7 +141,8 @@ pub struct LmArgs {
     /// Pairs per optimizer step.
     #[arg(long, default_value_t = 4)]
     pub batch_pairs: usize,
-    /// Tokens per input (prompt + summary), cut from the left so the summary stays whole.
+    /// Tokens per input (prompt + summary): a longer input loses its end, the summary stays
+    /// whole.
     #[arg(long, default_value_t = 1024)]
     pub max_tokens: usize,
     #[arg(long, default_value_t = 1e-4)]
@@ -329,7 +334,12 @@ fn train_lm(
     let mode = if args.lm.lora_rank == 0 {
         Mode::Full
     } else {
-        Mode::Lora(LoraConfig { rank: args.lm.lora_rank, seed: args.seed, ..LoraConfig::default() })
+        Mode::Lora(LoraConfig {
+            rank: args.lm.lora_rank,
+            seed: args.seed,
+            top_layers: args.lm.lora_top_layers.map(|n| n as usize),
+            ..LoraConfig::default()
+        })
     };
     let config = LmTrainConfig {
         mode,

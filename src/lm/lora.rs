@@ -92,11 +92,15 @@ pub struct LoraConfig {
     pub targets: Vec<Target>,
     /// Seeds the random `A` matrices.
     pub seed: u64,
+    /// Adapters only in the top this-many blocks (`None`: every block). The blocks below then
+    /// run forward only: no backward pass, no activations kept for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_layers: Option<usize>,
 }
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        Self { rank: 8, alpha: 16.0, targets: Target::ALL.to_vec(), seed: 0 }
+        Self { rank: 8, alpha: 16.0, targets: Target::ALL.to_vec(), seed: 0, top_layers: None }
     }
 }
 
@@ -115,7 +119,15 @@ impl LoraConfig {
         if self.targets.is_empty() {
             return Err("no LoRA target given".into());
         }
+        if self.top_layers == Some(0) {
+            return Err("LoRA top layers must be at least 1 (leave it out for every block)".into());
+        }
         Ok(())
+    }
+
+    /// Whether block `i` of `n_layer` carries adapters.
+    pub fn adapts_block(&self, i: usize, n_layer: usize) -> bool {
+        self.top_layers.is_none_or(|top| i + top >= n_layer)
     }
 }
 

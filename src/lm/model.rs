@@ -182,6 +182,17 @@ impl Block {
     fn projs(&self) -> [&Proj; 7] {
         [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
     }
+
+    /// Whether any of the block's tensors is trained (an adapter or a trainable weight).
+    fn trains(&self) -> bool {
+        let trainable = |w: &Weight| matches!(w, Weight::Trainable(_));
+        trainable(&self.attn_norm)
+            || trainable(&self.ffn_norm)
+            || self
+                .projs()
+                .iter()
+                .any(|p| p.lora.is_some() || trainable(&p.w) || p.b.as_ref().is_some_and(trainable))
+    }
 }
 
 /// One sequence to score: `tokens[start..]` is the completion whose log-probability is wanted
@@ -357,6 +368,14 @@ impl TrainableLlama {
             .map_err(|e| model_err(path, format!("not a readable GGUF file: {e}")))?;
         let config = LlamaConfig::from_gguf(&content)
             .map_err(|e| model_err(path, format!("{e}; training needs a llama-family model")))?;
+        if let Mode::Lora(LoraConfig { top_layers: Some(top), .. }) = &options.mode {
+            if *top > config.n_layer {
+                return Err(LmError::Invalid(format!(
+                    "LoRA top layers {top} is more than the model's {} blocks",
+                    config.n_layer
+                )));
+            }
+        }
         let tokenizer = GgufTokenizer::from_metadata(&content.metadata)
             .map_err(|e| model_err(path, format!("tokenizer: {e}")))?;
         let dtype = options.dtype;
@@ -407,7 +426,9 @@ impl TrainableLlama {
                 let b =
                     if has(&bias) { Some(Weight::new(read(&bias, &[out])?, full)?) } else { None };
                 let lora = match &lora_cfg {
-                    Some(cfg) if cfg.targets.contains(&target) => {
+                    Some(cfg)
+                        if cfg.targets.contains(&target) && cfg.adapts_block(i, c.n_layer) =>
+                    {
                         Some(Lora::new(inp, out, cfg, lora_dtype, device, &mut rng)?)
                     }
                     _ => None,
@@ -590,8 +611,15 @@ impl TrainableLlama {
         let mut g = grads.remove(last.as_tensor()).ok_or_else(missing)?;
         drop(grads);
         // Backward, block by block from the top: recompute the block from its input, then
-        // backpropagate its output's gradient (the gradient of Σ y·g at y is g).
-        for (blk, x) in self.blocks.iter().zip(inputs).rev() {
+        // backpropagate its output's gradient (the gradient of Σ y·g at y is g). Below the
+        // lowest block that trains, with a frozen embedding, no gradient is wanted.
+        let embed_trains = matches!(self.embed, Weight::Trainable(_));
+        let lowest = if embed_trains {
+            0
+        } else {
+            self.blocks.iter().position(Block::trains).unwrap_or(self.blocks.len())
+        };
+        for (blk, x) in self.blocks.iter().zip(inputs).skip(lowest).rev() {
             let input = Var::from_tensor(&x)?;
             let y = self.block(blk, input.as_tensor(), &p)?;
             let mut grads = (y * &g)?.sum_all()?.backward()?;

@@ -19,7 +19,18 @@ fn tiny(dir: &Path, arch: &'static str, tied: bool) -> std::path::PathBuf {
 }
 
 fn lora_all() -> Mode {
-    Mode::Lora(LoraConfig { rank: 4, alpha: 8.0, targets: Target::ALL.to_vec(), seed: 3 })
+    Mode::Lora(LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: Target::ALL.to_vec(),
+        seed: 3,
+        top_layers: None,
+    })
+}
+
+/// Adapters in the top block only: the blocks below run forward only.
+fn lora_top() -> Mode {
+    Mode::Lora(LoraConfig { top_layers: Some(1), ..LoraConfig::default() })
 }
 
 fn load(path: &Path, mode: Mode, dtype: DType) -> TrainableLlama {
@@ -85,7 +96,7 @@ fn every_trainable_tensor_gets_a_gradient_and_frozen_weights_none() {
     let dir = tempfile::tempdir().unwrap();
     for (arch, tied) in [("llama", true), ("qwen2", false)] {
         let path = tiny(dir.path(), arch, tied);
-        for mode in [lora_all(), Mode::Full] {
+        for mode in [lora_all(), lora_top(), Mode::Full] {
             let model = load(&path, mode.clone(), DType::F32);
             randomize_lora_b(&model, 1);
             let vars = model.trainable();
@@ -98,10 +109,13 @@ fn every_trainable_tensor_gets_a_gradient_and_frozen_weights_none() {
                 let norm = scalar(&g.abs().unwrap().sum_all().unwrap());
                 assert!(norm > 0.0, "{arch} {}: zero gradient for {name}", mode.name());
             }
-            if matches!(mode, Mode::Lora(_)) {
+            if let Mode::Lora(cfg) = &mode {
                 // Only the adapters: no gradient was computed for any frozen weight.
-                let n_lora = model.config.n_layer * 7 * 2;
+                let blocks = cfg.top_layers.unwrap_or(model.config.n_layer);
+                let n_lora = blocks * 7 * 2;
                 assert_eq!(vars.len(), n_lora);
+                let top = format!("blk.{}.", model.config.n_layer - 1);
+                assert!(blocks > 1 || vars.iter().all(|(n, _)| n.starts_with(&top)));
                 let grads_len = vars.iter().filter(|(_, v)| grads.get(v.as_tensor()).is_some());
                 assert_eq!(grads_len.count(), n_lora);
             } else {
@@ -129,7 +143,7 @@ fn checkpointed_gradients_equal_the_plain_backward() {
     let ends = [Packed { prompt: vec![1, 40, 41], completions: vec![vec![42, 43], vec![44]] }];
     for (arch, tied) in [("llama", true), ("qwen2", false)] {
         let path = tiny(dir.path(), arch, tied);
-        for mode in [lora_all(), Mode::Full] {
+        for mode in [lora_all(), lora_top(), Mode::Full] {
             let mut model = load(&path, mode.clone(), DType::F64);
             randomize_lora_b(&model, 5);
             let h = model.config.hidden as f64;

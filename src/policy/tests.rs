@@ -27,6 +27,7 @@ fn lora(rank: usize) -> Mode {
         alpha: 2.0 * rank as f64,
         targets: Target::ALL.to_vec(),
         seed: 1,
+        top_layers: None,
     })
 }
 

@@ -72,7 +72,7 @@ pub struct LmTrainConfig {
     pub warmup: usize,
     /// Global gradient-norm clip (0: off).
     pub max_grad_norm: f64,
-    /// Tokens per input (prompt + summary), cut from the left.
+    /// Tokens per input (prompt + summary); a longer input loses its end (see `encode`).
     pub max_tokens: usize,
     pub seed: u64,
     /// Gradient checkpointing (see `TrainableLlama::set_checkpointing`); not part of the card.
@@ -198,7 +198,7 @@ pub struct LmCard {
     /// blake3 of the training pairs (their JSON).
     pub data_hash: String,
     pub source: String,
-    /// Pairs that had to be cut from the left to fit `max_tokens`.
+    /// Pairs that had to be cut to fit `max_tokens`.
     pub truncated: usize,
     /// Per height (`h0`, …) and `all`: on (a sample of) the test groups' pairs when there are
     /// any (`held_out`), else on a sample of the training pairs.
@@ -356,7 +356,7 @@ fn rewards(
 }
 
 /// Sequences scored together (a pair, a node's candidates) as packed rows: their common
-/// prefix (the node's prompt, unless a cut from the left made them differ) once, then each
+/// prefix (the node's prompt and input, as far as they are the same) once, then each
 /// one's rest; sequences with no common prefix, one row each. Completions keep `seqs`' order.
 fn pack(seqs: &[&[u32]]) -> Vec<Packed> {
     let shortest = seqs.iter().map(|s| s.len()).min().unwrap_or(0);

@@ -35,8 +35,8 @@ use crate::policy::Method;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Adapt {
     /// LoRA adapters: rank, alpha (default 2 × rank), target list (`q,k,v,o,gate,up,down`,
-    /// `attn`, `mlp`, `all`).
-    Lora { rank: usize, alpha: Option<f64>, targets: String },
+    /// `attn`, `mlp`, `all`), and optionally only in the top `top_layers` blocks.
+    Lora { rank: usize, alpha: Option<f64>, targets: String, top_layers: Option<usize> },
     /// Every weight.
     Full,
 }
@@ -46,11 +46,12 @@ impl Adapt {
     pub fn mode(&self, seed: u64) -> Result<Mode> {
         Ok(match self {
             Adapt::Full => Mode::Full,
-            Adapt::Lora { rank, alpha, targets } => Mode::Lora(LoraConfig {
+            Adapt::Lora { rank, alpha, targets, top_layers } => Mode::Lora(LoraConfig {
                 rank: *rank,
                 alpha: alpha.unwrap_or(2.0 * *rank as f64),
                 targets: Target::parse_list(targets).map_err(WorkspaceError::Invalid)?,
                 seed,
+                top_layers: *top_layers,
             }),
         })
     }
@@ -412,6 +413,7 @@ pub struct BenchRequest {
     pub steps: usize,
     pub lora_rank: usize,
     pub lora_targets: String,
+    pub lora_top_layers: Option<usize>,
     /// Each mode is measured once per entry: without and/or with gradient checkpointing.
     pub checkpointing: Vec<bool>,
 }
@@ -435,6 +437,7 @@ pub fn bench_train(
                 rank: request.lora_rank,
                 alpha: None,
                 targets: request.lora_targets.clone(),
+                top_layers: request.lora_top_layers,
             },
             "full" => Adapt::Full,
             other => {
