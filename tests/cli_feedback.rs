@@ -94,6 +94,39 @@ impl Ws {
 }
 
 #[test]
+fn node_show_lists_the_sampled_candidates() {
+    let ws = Ws::prepared();
+    // `node sample` printed every stored candidate as "[i] hash text"; `node show` lists the
+    // same ones, in JSON and as text.
+    let sampled = ws.stdout(&["node", "sample", "h1.0", "--book", "orchard.txt", "-n", "1"]);
+    let hashes: Vec<&str> = sampled
+        .lines()
+        .filter(|l| l.starts_with('['))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert!(hashes.len() >= 2, "{sampled}");
+    let json: serde_json::Value = serde_json::from_str(&ws.stdout(&[
+        "node",
+        "show",
+        "h1.0",
+        "--book",
+        "orchard.txt",
+        "--json",
+    ]))
+    .unwrap();
+    let stored = json["stored_candidates"].as_array().unwrap();
+    let shown: Vec<String> =
+        stored.iter().map(|c| c["hash"].as_str().unwrap()[..8].to_string()).collect();
+    assert_eq!(shown, hashes, "{json}");
+    assert!(stored.iter().all(|c| !c["text"].as_str().unwrap().is_empty()));
+    let text = ws.stdout(&["node", "show", "h1.0", "--book", "orchard.txt"]);
+    assert!(text.contains(&format!("stored    {} distinct candidates", hashes.len())), "{text}");
+    for h in &hashes {
+        assert!(text.contains(h), "{h} missing from {text}");
+    }
+}
+
+#[test]
 fn rate_scripted_and_interactive_then_export_import_agreement() {
     let ws = Ws::prepared();
     let out = ws.stdout(&[

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 
 use super::args::{GeneratorOptions, WorkspaceArgs};
 use super::Context;
-use crate::compose::sample::StoredCandidate;
+use crate::compose::sample::{self, StoredCandidate};
 use crate::tree::NodeKind;
 use crate::workspace::corrections::{self, SplitPoint};
 use crate::workspace::views::{child_range, node_json};
@@ -145,12 +145,34 @@ fn show(ctx: &mut Context, args: ShowArgs) -> anyhow::Result<()> {
         Some(run) => run.node_result(ws.store(), &node.label)?,
         None => None,
     };
+    // Every distinct candidate stored for the node's input: the composer's and those drawn
+    // with `rrm node sample` (for rating), which the run's record alone does not show.
+    let stored = match (&result, book) {
+        (Some(_), Some(book)) => {
+            let input = sample::node_input(ws.store(), book, tree, loaded.run.as_ref(), id)
+                .with_context(|| format!("rebuilding the input of node {}", node.label))?;
+            sample::candidates_for(ws.store(), &input.input_key)
+                .with_context(|| format!("reading the stored candidates of node {}", node.label))?
+        }
+        _ => Vec::new(),
+    };
     if args.json {
         let mut value = node_json(tree, id, book, true);
         value["book"] = serde_json::json!({ "id": tree.book_id(), "title": tree.book_title() });
         if let Some((output, candidates)) = &result {
             value["result"] = serde_json::json!({ "output": output, "candidates": candidates });
         }
+        value["stored_candidates"] = stored
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "hash": c.hash,
+                    "text": c.text,
+                    "gen_key": c.gen_key,
+                    "mean_logprob": c.mean_logprob,
+                })
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
@@ -210,6 +232,13 @@ fn show(ctx: &mut Context, args: ShowArgs) -> anyhow::Result<()> {
                 }
             }
             println!("output    {}", output.text);
+            if stored.len() > 1 {
+                println!(
+                    "stored    {} distinct candidates (with `rrm node sample`'s):",
+                    stored.len()
+                );
+                print_candidates(&stored);
+            }
         }
         None => println!("output    (not summarized yet: rrm summarize BOOK)"),
     }
