@@ -29,7 +29,7 @@ Sources (repository, file, licence):
     summaries the annotator preferred; the books are not public, so the prompt names the book.
   TRAINING (never evaluated on as "held out")
   - squality-pairs: /work/shared/data/squality/{train,dev}.jsonl (SQuALITY v1.3; summaries
-    CC BY 4.0) with the 135M policy's root candidates (from `squality-candidates`): human
+    CC BY 4.0) with the 135M policy's root candidates (scripts/rm_squality_candidates.sh): human
     reference > model candidate (kind demonstration), and model vs model judged by ROUGE
     against the four references (kind synthetic).
   - frank: artidoro/frank, data/human_annotations.json and the articles and summaries of
@@ -256,41 +256,56 @@ def squality_stories(args):
 
 
 def squality_pairs(args):
-    """`--candidates`: JSONL lines {"story": "squality_train_61263", "height", "input",
-    "candidates": [text, ...]} (the root node of each story's tree, from `rrm node show --json`)."""
-    refs = {}
+    """NODES: the folder of root-node JSON files that scripts/rm_squality_candidates.sh writes
+    (`rrm node show ROOT --json`, whose `stored_candidates` hold the composer's summary and the
+    ones `rrm node sample` drew). `--prompt story` (default) pairs the summaries with the story
+    itself at height 1, as the held-out SQuALITY human evaluation is laid out; `--prompt root`
+    with the root node's own input (its children's summaries) at the root's height, as the
+    composer scores them."""
+    stories = {}
     for split in ("train", "dev"):
         for line in open(os.path.join(args.input, f"{split}.jsonl"), encoding="utf-8"):
             s = json.loads(line)
-            refs[f"squality_{split}_{s['metadata']['passage_id']}"] = [
-                r["response_text"] for r in s["questions"][0]["responses"]
-            ]
+            refs = [r["response_text"] for r in s["questions"][0]["responses"]]
+            stories[f"squality_{split}_{s['metadata']['passage_id']}"] = (s["document"], refs)
     rng = random.Random(args.seed)
-    rows = []
-    for line in open(args.candidates, encoding="utf-8"):
-        c = json.loads(line)
-        story, refs_of = c["story"], refs.get(c["story"])
-        if not refs_of:
-            print(f"{story}: no references; skipped", file=sys.stderr)
+    rows, counts = [], {"demonstration": 0, "synthetic": 0}
+    for path in sorted(glob.glob(os.path.join(args.nodes, "*.json"))):
+        name = os.path.basename(path)[: -len(".json")]
+        if name not in stories:
+            print(f"{path}: no SQuALITY story {name}; skipped", file=sys.stderr)
             continue
-        cands = [t for t in dict.fromkeys(c["candidates"]) if t.strip()]
-        group = "squality:" + story.rsplit("_", 1)[-1]
-        # Easy, human: each reference (a demonstration) beats each model candidate.
-        for ref in refs_of:
-            for cand in cands[: args.per_reference]:
-                rows.append(pair(c["input"], ref, cand, group, "demonstration", c["height"]))
-        # Harder, synthetic: model vs model, the one closer to the references wins when the
-        # ROUGE gap is clear.
-        scored = [(rouge_multi(t, refs_of), t) for t in cands]
+        node = json.load(open(path, encoding="utf-8"))
+        stored = node.get("stored_candidates")
+        if stored is None:
+            sys.exit(f"{path}: no stored_candidates (written by an rrm older than `node show` "
+                     "listing them; run `rrm node show ROOT --json` again)")
+        document, refs = stories[name]
+        if args.prompt == "story":
+            prompt, height = document, 1
+        else:
+            prompt, height = node["result"]["candidates"]["input"], node["height"]
+        cands = [t for t in dict.fromkeys(c["text"].strip() for c in stored) if t]
+        group = "squality:" + name.rsplit("_", 1)[-1]
+        # Easy, human: each reference (a demonstration) beats model candidates.
+        for ref in refs:
+            for cand in rng.sample(cands, min(args.per_reference, len(cands))):
+                rows.append(pair(prompt, ref, cand, group, "demonstration", height))
+                counts["demonstration"] += 1
+        # Harder, synthetic: model vs model, the one closer to the references (ROUGE) wins when
+        # the gap is clear; a script's judgement, so it weighs less.
+        scored = [(rouge_multi(t, refs), t) for t in cands]
         for i in range(len(scored)):
             for j in range(i + 1, len(scored)):
                 (a, ta), (b, tb) = scored[i], scored[j]
                 if abs(a - b) < args.margin:
                     continue
                 chosen, rejected = (ta, tb) if a > b else (tb, ta)
-                rows.append(pair(c["input"], chosen, rejected, group, "synthetic", c["height"],
-                                 references=refs_of))
+                rows.append(pair(prompt, chosen, rejected, group, "synthetic", height,
+                                 weight=args.synthetic_weight, references=refs))
+                counts["synthetic"] += 1
     rng.shuffle(rows)
+    print(f"pairs by kind: {counts}", file=sys.stderr)
     write_jsonl(rows, args.out)
 
 
@@ -382,8 +397,11 @@ def main():
     s = sub.add_parser("booookscore", help="INPUT: the qualitative_comparison folder")
     s.add_argument("input"); s.add_argument("out"); s.set_defaults(f=booookscore)
     s = sub.add_parser("squality-stories"); s.add_argument("input"); s.add_argument("out"); s.set_defaults(f=squality_stories)
-    s = sub.add_parser("squality-pairs"); s.add_argument("input"); s.add_argument("candidates"); s.add_argument("out")
+    s = sub.add_parser("squality-pairs", help="INPUT: the SQuALITY folder; NODES: root-node JSON files")
+    s.add_argument("input"); s.add_argument("nodes"); s.add_argument("out")
+    s.add_argument("--prompt", choices=("story", "root"), default="story")
     s.add_argument("--per-reference", type=int, default=2, help="model candidates each reference beats")
+    s.add_argument("--synthetic-weight", type=float, default=0.5, help="loss weight of a ROUGE-judged pair")
     s.add_argument("--margin", type=float, default=0.02, help="least ROUGE gap for a synthetic pair")
     s.add_argument("--seed", type=int, default=0); s.set_defaults(f=squality_pairs)
     s = sub.add_parser("frank", help="REPO: the git directory of a FRANK snapshot")
