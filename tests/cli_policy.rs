@@ -175,6 +175,11 @@ fn an_lm_reward_model_trains_evaluates_and_selects() {
     assert!(stdout.contains("LM reward model"), "{stdout}");
     // Validation groups chose each member's checkpoint.
     assert!(stdout.contains("member 1: kept step"), "{stdout}");
+    // ... and calibrated the scores' temperature.
+    assert!(
+        stdout.contains("temperature ") && stdout.contains("fitted on the validation"),
+        "{stdout}"
+    );
     // More top layers than the model has blocks is a clear error, and the model stays.
     let out = ws
         .rrm()

@@ -389,6 +389,13 @@ fn train_lm(
             if losses.is_empty() { "no validation groups".to_string() } else { losses.join(", ") }
         );
     }
+    if let Some(raw) = c.validation_log_loss_uncalibrated {
+        println!(
+            "temperature {:.3} (fitted on the validation pairs: log-loss {raw:.3} -> {:.3})",
+            c.temperature,
+            c.validation_metrics.get("all").map_or(f64::NAN, |m| m.log_loss)
+        );
+    }
     if c.held_out {
         println!(
             "metrics on {} pairs of {} held-out test group(s) (validation chose the checkpoints):",

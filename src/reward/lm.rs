@@ -32,7 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use super::model::mean_std;
 use super::train::{
-    bt_loss_weighted, init_thresholds, metrics, ordinal_loss, split_group_names, Metrics,
+    bt_loss_weighted, fit_temperature, init_thresholds, metrics, ordinal_loss, split_group_names,
+    Metrics,
 };
 use super::{RewardError, CARD_FILE};
 use crate::compose::prompt;
@@ -218,10 +219,22 @@ pub struct LmCard {
     /// Per member, the optimizer step whose weights were kept.
     #[serde(default)]
     pub best_step: Vec<usize>,
+    /// Every score is divided by this ([`super::train::fit_temperature`] on the validation
+    /// pairs; 1 without validation groups): the probabilities σ(margin) are calibrated on data
+    /// the model was not trained on, the ranking is untouched.
+    #[serde(default = "unit_temperature")]
+    pub temperature: f64,
+    /// The validation log-loss before the temperature (the `validation_metrics` are after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_log_loss_uncalibrated: Option<f64>,
     /// Mean Bradley–Terry loss of each member's last epoch.
     pub final_loss: Vec<f64>,
     pub train_seconds: f64,
     pub pairs_per_second: f64,
+}
+
+fn unit_temperature() -> f64 {
+    1.0
 }
 
 /// One ensemble member: its trainable tensors (adapters or full weights) and its head.
@@ -763,12 +776,27 @@ impl LmRewardModel {
             report: None,
             validation_curve: curves,
             best_step: best_steps,
+            temperature: 1.0,
+            validation_log_loss_uncalibrated: None,
             final_loss,
             train_seconds,
             pairs_per_second: pair_steps as f64 / train_seconds.max(1e-9),
         };
         let mut model = LmRewardModel { card, members, llama: Mutex::new(llama), tokenizer, end };
         let pick = |idx: &[usize]| idx.iter().map(|&i| pairs[i].clone()).collect::<Vec<Pair>>();
+        if !val_idx.is_empty() {
+            let val = pick(&val_idx);
+            let margins = model.margins(&val)?;
+            let targets: Vec<f32> = val.iter().map(|p| p.target).collect();
+            let raw = metrics(&margins, &targets).log_loss;
+            let t = fit_temperature(&margins, &targets);
+            model.card.temperature = t;
+            model.card.validation_log_loss_uncalibrated = Some(raw);
+            tracing::info!(
+                "temperature {t:.3} on {} validation pairs (log-loss {raw:.4} before)",
+                val.len()
+            );
+        }
         let reported =
             if held_out { pick(&test_idx) } else { pick(&sample(train_idx, 0x0074_7261_696e)) };
         let margins = model.margins(&reported)?;
@@ -808,10 +836,12 @@ impl LmRewardModel {
             .lock()
             .map_err(|_| RewardError::Invalid("the reward model's lock is poisoned".into()))?;
         let budget = score_budget(self.card.config.max_tokens);
+        let t = self.card.temperature as f32;
         let mut out = Vec::with_capacity(self.members.len());
         for m in &self.members {
             llama.load_trainable(&m.weights)?;
-            out.push(score_rows(&llama, &rows, &m.head_w, &m.head_b, budget)?);
+            let scores = score_rows(&llama, &rows, &m.head_w, &m.head_b, budget)?;
+            out.push(scores.into_iter().map(|s| s / t).collect());
         }
         Ok(out)
     }
@@ -881,6 +911,12 @@ impl LmRewardModel {
             return Err(bad(
                 &weights,
                 "does not match the card's hash (corrupt or replaced)".into(),
+            ));
+        }
+        if !(card.temperature.is_finite() && card.temperature > 0.0) {
+            return Err(bad(
+                &card_path,
+                format!("temperature {} is not a positive number", card.temperature),
             ));
         }
         let base_path = base.map_or_else(|| PathBuf::from(&card.base), Path::to_path_buf);
@@ -1083,12 +1119,16 @@ mod tests {
         assert_eq!(curve.iter().map(|c| c.0).collect::<Vec<_>>(), vec![10, 20, 30, 40]);
         let best = curve.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
         assert_eq!(card.best_step, vec![best.0]);
-        // The kept weights are the validated ones: scoring the validation pairs again gives
-        // the logged log-loss.
+        // The kept weights are the validated ones: before the temperature, the validation
+        // pairs give the logged log-loss; the temperature fitted on them only lowers it.
         let val: Vec<Pair> =
             pairs.iter().filter(|p| card.val_groups.contains(&p.group)).cloned().collect();
+        let raw = card.validation_log_loss_uncalibrated.unwrap();
+        assert!((raw - best.1).abs() < 1e-4, "{raw} vs {best:?}");
+        assert!(card.temperature.is_finite() && card.temperature > 0.0);
         let again = model.evaluate(&val).unwrap()["all"].log_loss;
-        assert!((again - best.1).abs() < 1e-4, "{again} vs {best:?}");
+        assert!(again <= raw + 1e-6, "{again} vs {raw}");
+        assert!((again - card.validation_metrics["all"].log_loss).abs() < 1e-9);
         // The metrics are on the test groups, with the baselines beside them.
         let test = card.metrics["all"].pairs;
         assert_eq!(test, pairs.iter().filter(|p| card.test_groups.contains(&p.group)).count());

@@ -532,6 +532,38 @@ pub fn metrics(margins: &[f32], targets: &[f32]) -> Metrics {
     m
 }
 
+/// The temperature `T` (margins divided by it) that minimizes the log-loss of `margins`
+/// against `targets`: Platt-style scaling with one parameter, fitted on validation pairs, so an
+/// overconfident model's probabilities shrink toward ½ (T > 1) and a timid one's grow (T < 1)
+/// while its ranking and accuracy stay the same. Golden-section search over ln T in
+/// [ln 0.05, ln 20] (the log-loss is unimodal in 1/T); 1 when there is nothing to fit on.
+pub fn fit_temperature(margins: &[f32], targets: &[f32]) -> f64 {
+    if margins.is_empty() || margins.iter().all(|&d| d == 0.0) {
+        return 1.0;
+    }
+    let loss = |log_t: f64| -> f64 {
+        let t = log_t.exp();
+        let scaled: Vec<f32> = margins.iter().map(|&d| (f64::from(d) / t) as f32).collect();
+        metrics(&scaled, targets).log_loss
+    };
+    let (mut a, mut b) = (0.05f64.ln(), 20f64.ln());
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    let (mut c, mut d) = (b - g * (b - a), a + g * (b - a));
+    let (mut fc, mut fd) = (loss(c), loss(d));
+    for _ in 0..60 {
+        if fc < fd {
+            (b, d, fd) = (d, c, fc);
+            c = b - g * (b - a);
+            fc = loss(c);
+        } else {
+            (a, c, fc) = (c, d, fd);
+            d = a + g * (b - a);
+            fd = loss(d);
+        }
+    }
+    ((a + b) / 2.0).exp()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,6 +595,26 @@ mod tests {
         assert_eq!(m.decided, 3);
         assert!((m.accuracy - 2.0 / 3.0).abs() < 1e-9);
         assert!(m.log_loss > 0.0 && m.ece >= 0.0 && m.ece <= 1.0);
+    }
+
+    #[test]
+    fn temperature_recovers_the_scale_of_overconfident_margins() {
+        // Soft targets σ(z) with margins 4z: the log-loss is lowest exactly at T = 4.
+        let z: Vec<f32> = (0..40).map(|i| (i as f32 - 20.0) / 8.0).collect();
+        let targets: Vec<f32> = z.iter().map(|&z| 1.0 / (1.0 + (-z).exp())).collect();
+        let margins: Vec<f32> = z.iter().map(|&z| 4.0 * z).collect();
+        let t = fit_temperature(&margins, &targets);
+        assert!((t - 4.0).abs() < 1e-3, "{t}");
+        let scaled: Vec<f32> = margins.iter().map(|&d| d / t as f32).collect();
+        let (before, after) = (metrics(&margins, &targets), metrics(&scaled, &targets));
+        assert!(after.log_loss < before.log_loss);
+        assert_eq!(after.accuracy, before.accuracy);
+        // A timid model (margins z/2) is sharpened: T = ½.
+        let timid: Vec<f32> = z.iter().map(|&z| z / 2.0).collect();
+        assert!((fit_temperature(&timid, &targets) - 0.5).abs() < 1e-3);
+        // Nothing to fit: 1.
+        assert_eq!(fit_temperature(&[], &[]), 1.0);
+        assert_eq!(fit_temperature(&[0.0, 0.0], &[1.0, 0.0]), 1.0);
     }
 
     #[test]
