@@ -255,6 +255,21 @@ def squality_stories(args):
     print(f"{args.out}: {n} stories", file=sys.stderr)
 
 
+def cut_to_words(text, n):
+    """`text` cut after the sentence whose end is nearest `n` words, or None when no cut is
+    within 15% of `n` or the text is no longer than that anyway."""
+    sentences = re.findall(r"[^.!?]+[.!?]+[\"')\]]*\s*", text)
+    best, words_so_far, out = None, 0, []
+    for s in sentences:
+        out.append(s)
+        words_so_far += len(s.split())
+        if best is None or abs(words_so_far - n) < abs(best[0] - n):
+            best = (words_so_far, "".join(out).strip())
+    if best is None or abs(best[0] - n) > 0.15 * n or best[0] >= len(text.split()):
+        return None
+    return best[1]
+
+
 def squality_pairs(args):
     """NODES: the folder of root-node JSON files that scripts/rm_squality_candidates.sh writes
     (`rrm node show ROOT --json`, whose `stored_candidates` hold the composer's summary and the
@@ -287,11 +302,19 @@ def squality_pairs(args):
             prompt, height = node["result"]["candidates"]["input"], node["height"]
         cands = [t for t in dict.fromkeys(c["text"].strip() for c in stored) if t]
         group = "squality:" + name.rsplit("_", 1)[-1]
-        # Easy, human: each reference (a demonstration) beats model candidates.
+        # Easy, human: each reference (a demonstration) beats model candidates. References are
+        # about twice as long as the 135M model's summaries, so these pairs alone teach "longer
+        # wins"; `--length-matched` adds the same pair with the reference cut at the sentence
+        # end nearest the candidate's length (a human's opening vs the model's whole summary of
+        # that length), where length says nothing.
         for ref in refs:
             for cand in rng.sample(cands, min(args.per_reference, len(cands))):
                 rows.append(pair(prompt, ref, cand, group, "demonstration", height))
                 counts["demonstration"] += 1
+                cut = cut_to_words(ref, len(cand.split())) if args.length_matched else None
+                if cut:
+                    rows.append(pair(prompt, cut, cand, group, "demonstration", height))
+                    counts["length-matched"] = counts.get("length-matched", 0) + 1
         # Harder, synthetic: model vs model, the one closer to the references (ROUGE) wins when
         # the gap is clear; a script's judgement, so it weighs less.
         scored = [(rouge_multi(t, refs), t) for t in cands]
@@ -402,6 +425,8 @@ def main():
     s.add_argument("--prompt", choices=("story", "root"), default="story")
     s.add_argument("--per-reference", type=int, default=2, help="model candidates each reference beats")
     s.add_argument("--synthetic-weight", type=float, default=0.5, help="loss weight of a ROUGE-judged pair")
+    s.add_argument("--length-matched", action="store_true",
+                   help="also the reference cut to each candidate's length > the candidate")
     s.add_argument("--margin", type=float, default=0.02, help="least ROUGE gap for a synthetic pair")
     s.add_argument("--seed", type=int, default=0); s.set_defaults(f=squality_pairs)
     s = sub.add_parser("frank", help="REPO: the git directory of a FRANK snapshot")
