@@ -17,7 +17,7 @@ use crate::infer::Encoder;
 use crate::lm::{LoraConfig, Mode};
 use crate::reward::lm::{is_lm_checkpoint, metrics_by_height, LmRewardModel, LmTrainConfig};
 use crate::reward::model::mean_std;
-use crate::reward::train::{Metrics, TrainConfig};
+use crate::reward::train::{Metrics, TrainConfig, MIN_TEMPERATURE_PAIRS};
 use crate::reward::{data, eval as report, RewardModel};
 use crate::workspace::summarize::load_reward_model;
 use crate::workspace::views::preview;
@@ -390,11 +390,19 @@ fn train_lm(
         );
     }
     if let Some(raw) = c.validation_log_loss_uncalibrated {
-        println!(
-            "temperature {:.3} (fitted on the validation pairs: log-loss {raw:.3} -> {:.3})",
-            c.temperature,
-            c.validation_metrics.get("all").map_or(f64::NAN, |m| m.log_loss)
-        );
+        let val = c.validation_metrics.get("all");
+        let n = val.map_or(0, |m| m.pairs);
+        if n < MIN_TEMPERATURE_PAIRS {
+            println!(
+                "temperature 1 (not fitted on the validation pairs: {n} < {MIN_TEMPERATURE_PAIRS})"
+            );
+        } else {
+            println!(
+                "temperature {:.3} (fitted on the validation pairs: log-loss {raw:.3} -> {:.3})",
+                c.temperature,
+                val.map_or(f64::NAN, |m| m.log_loss)
+            );
+        }
     }
     if c.held_out {
         println!(
