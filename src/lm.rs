@@ -34,7 +34,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use lora::{LoraConfig, Target};
-pub use model::{Mode, Packed, SeqSpec, TrainableLlama};
+pub use model::{Checkpointing, Mode, Packed, SeqSpec, TrainableLlama};
 
 /// Everything that can go wrong in this module.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@ use crate::decompose::ContextMode;
 use crate::infer::engine::DeviceChoice;
 use crate::infer::fetch;
 use crate::infer::spec::{Backend, GeneratorSpec};
+use crate::lm::Checkpointing;
 use crate::workspace::decomposers::{DecomposerKind, DecomposerSpec};
 use crate::workspace::WorkspaceConfig;
 
@@ -231,6 +232,23 @@ impl LocalModelArgs {
             ..GeneratorSpec::local_default()
         }
     }
+}
+
+/// How training trades memory for time (`policy train`, `reward train --backbone lm`).
+#[derive(Debug, Clone, Args)]
+pub struct CheckpointArgs {
+    /// Gradient checkpointing: `on` keeps only each block's input in the forward pass and
+    /// recomputes its activations in the backward (a fraction of the memory for one more forward
+    /// pass); `auto` turns it on for each batch whose kept activations would pass half the memory
+    /// available at load (the log says when); `off` never. `--grad-checkpoint` alone is `on`.
+    #[arg(
+        long,
+        value_name = "auto|on|off",
+        default_value = "auto",
+        num_args = 0..=1,
+        default_missing_value = "on"
+    )]
+    pub grad_checkpoint: Checkpointing,
 }
 
 /// How a book is split into a tree (shared by `decompose` and `summarize`).

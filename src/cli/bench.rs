@@ -237,14 +237,15 @@ fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
             args.lora_top_layers.map_or(String::new(), |n| format!("; LoRA in the top {n} blocks"))
         );
         println!(
-            "{:>5} {:>10} {:>12} {:>12} {:>8} {:>14} {:>13}",
+            "{:>5} {:>10} {:>12} {:>12} {:>8} {:>14} {:>13} {:>14}",
             "mode",
             "checkpoint",
             "trainable",
             "train tok/s",
             "s/step",
             "forward tok/s",
-            "peak RSS MiB"
+            "peak RSS MiB",
+            "est. kept MiB"
         );
     }
     let json = args.json;
@@ -253,14 +254,15 @@ fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&row).unwrap_or_default());
         } else {
             println!(
-                "{:>5} {:>10} {:>12} {:>12.1} {:>8.2} {:>14.1} {:>13}",
+                "{:>5} {:>10} {:>12} {:>12.1} {:>8.2} {:>14.1} {:>13} {:>14.0}",
                 row.mode,
                 if row.checkpointing { "on" } else { "off" },
                 row.trainable_params,
                 row.train_tokens_per_s,
                 row.step_seconds,
                 row.forward_tokens_per_s,
-                row.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}"))
+                row.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
+                row.kept_activation_estimate_mib
             );
         }
         Ok(())

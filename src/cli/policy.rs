@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::args::{parse_device, DecomposerOptions, EncoderArgs, WorkspaceArgs};
+use super::args::{parse_device, CheckpointArgs, DecomposerOptions, EncoderArgs, WorkspaceArgs};
 use super::Context;
 use crate::infer::engine::DeviceChoice;
 use crate::infer::fetch;
@@ -121,10 +121,8 @@ pub struct TrainArgs {
     /// Weight of an NLL term on the chosen text (RPO); 0: off.
     #[arg(long, default_value_t = 0.0)]
     pub rpo_alpha: f64,
-    /// Gradient checkpointing: keep only each block's input in the forward and recompute its
-    /// activations in the backward (a fraction of the memory for one more forward pass).
-    #[arg(long)]
-    pub grad_checkpoint: bool,
+    #[command(flatten)]
+    pub memory: CheckpointArgs,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Share of books (by hash) held out for validation and for test.
@@ -340,7 +338,7 @@ impl TrainArgs {
             beta: self.beta,
             label_smoothing: self.label_smoothing,
             rpo_alpha: self.rpo_alpha,
-            grad_checkpoint: self.grad_checkpoint,
+            grad_checkpoint: self.memory.grad_checkpoint,
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
         };

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 #[cfg(feature = "testing")]
 mod bench;
 
-use super::args::{EncoderArgs, WorkspaceArgs};
+use super::args::{CheckpointArgs, EncoderArgs, WorkspaceArgs};
 use super::Context;
 use crate::feedback::learn::{ConfidenceUse, Kinds, LearnOptions, TrainingData};
 use crate::feedback::Pair;
@@ -147,10 +147,8 @@ pub struct LmArgs {
     pub max_tokens: usize,
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
-    /// Gradient checkpointing: keep only each block's input in the forward and recompute its
-    /// activations in the backward (a fraction of the memory for one more forward pass).
-    #[arg(long)]
-    pub grad_checkpoint: bool,
+    #[command(flatten)]
+    pub memory: CheckpointArgs,
     /// Optimizer steps between validations (default: once per epoch, and after the last step).
     #[arg(long, value_name = "STEPS")]
     pub eval_every: Option<usize>,
@@ -350,7 +348,7 @@ fn train_lm(
         max_tokens: args.lm.max_tokens,
         lr: args.lm.lr,
         seed: args.seed,
-        grad_checkpoint: args.lm.grad_checkpoint,
+        grad_checkpoint: args.lm.memory.grad_checkpoint,
         val_percent: args.val_percent,
         test_percent: args.test_percent,
         eval_every: args.lm.eval_every,
@@ -391,10 +389,11 @@ fn train_lm(
     }
     if let Some(raw) = c.validation_log_loss_uncalibrated {
         let val = c.validation_metrics.get("all");
-        let n = val.map_or(0, |m| m.pairs);
-        if n < MIN_TEMPERATURE_PAIRS {
+        if !c.temperature_fitted {
+            let n = val.map_or(0, |m| m.pairs);
             println!(
-                "temperature 1 (not fitted on the validation pairs: {n} < {MIN_TEMPERATURE_PAIRS})"
+                "temperature 1 (not fitted: {n} validation pairs, fewer than \
+                 {MIN_TEMPERATURE_PAIRS} or all scored alike)"
             );
         } else {
             println!(

@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::Serialize;
 
-use super::model::{LoadOptions, Packed, SeqSpec, TrainableLlama};
+use super::model::{Checkpointing, LoadOptions, Packed, SeqSpec, TrainableLlama};
 use super::optim::{AdamW, ParamsAdamW};
 use super::LmError;
 
@@ -29,6 +29,10 @@ pub struct TrainBench {
     pub step_seconds: f64,
     /// Tokens per second of a forward pass with completion log-probabilities, no gradient.
     pub forward_tokens_per_s: f64,
+    /// What `Checkpointing::Auto` estimates a backward without checkpointing keeps for this
+    /// batch ([`TrainableLlama::kept_activation_bytes`]), MiB: beside the measured peak without
+    /// checkpointing, it shows how well the estimate holds.
+    pub kept_activation_estimate_mib: f64,
     /// Peak resident memory (VmHWM) while loading and measuring this configuration, MiB (the
     /// high-water mark is reset first where the kernel allows).
     pub peak_rss_mib: Option<f64>,
@@ -76,7 +80,7 @@ pub fn bench_train(
     reset_peak_rss();
     let t0 = Instant::now();
     let (mut model, _) = TrainableLlama::load(path, device, options)?;
-    model.set_checkpointing(checkpointing);
+    model.set_checkpointing(if checkpointing { Checkpointing::On } else { Checkpointing::Off });
     let load_seconds = t0.elapsed().as_secs_f64();
     let vocab = model.config.vocab_size as u32;
     let seqs: Vec<SeqSpec> = (0..batch)
@@ -126,6 +130,8 @@ pub fn bench_train(
         train_tokens_per_s: tokens / step_seconds.max(1e-9),
         step_seconds,
         forward_tokens_per_s: tokens / median(ftimes).max(1e-9),
+        kept_activation_estimate_mib: model.kept_activation_bytes(batch, seq_len) as f64
+            / (1u64 << 20) as f64,
         peak_rss_mib: peak_rss_mib(),
         load_seconds,
     })

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::backend::BackendStorage;
 use candle_core::backprop::GradStore;
@@ -34,6 +35,58 @@ pub enum Mode {
     Lora(LoraConfig),
     /// Every weight (embedding, norms, projections).
     Full,
+}
+
+/// Whether the backward recomputes each block's activations from its input (gradient
+/// checkpointing) instead of keeping them from the forward pass: a fraction of the memory for
+/// one more forward pass through the trained blocks. How a run computes, never what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Checkpointing {
+    Off,
+    On,
+    /// On for a batch whose kept activations ([`TrainableLlama::kept_activation_bytes`]) would
+    /// exceed the model's activation budget ([`TrainableLlama::set_activation_budget`]), off
+    /// otherwise: short batches stay fast and long ones fit.
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for Checkpointing {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Checkpointing, String> {
+        match s {
+            "off" => Ok(Checkpointing::Off),
+            "on" => Ok(Checkpointing::On),
+            "auto" => Ok(Checkpointing::Auto),
+            other => Err(format!("`{other}` is not a checkpointing setting (auto, on, off)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Checkpointing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Checkpointing::Off => "off",
+            Checkpointing::On => "on",
+            Checkpointing::Auto => "auto",
+        })
+    }
+}
+
+/// The activation budget [`Checkpointing::Auto`] starts from: on the CPU half the memory the
+/// system has available when the model is loaded (Linux), else 8 GiB.
+fn default_activation_budget(device: &Device) -> u64 {
+    const FALLBACK: u64 = 8 << 30;
+    if !device.is_cpu() {
+        return FALLBACK;
+    }
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+    });
+    available.map_or(FALLBACK, |kib| kib * 1024 / 2)
 }
 
 impl Mode {
@@ -339,7 +392,11 @@ pub struct TrainableLlama {
     cos: Tensor,
     sin: Tensor,
     adapters: bool,
-    checkpointing: bool,
+    checkpointing: Checkpointing,
+    /// Bytes of kept activations above which [`Checkpointing::Auto`] recomputes.
+    activation_budget: u64,
+    /// Whether `Auto` has said that it turned checkpointing on (said once a model).
+    auto_announced: AtomicBool,
 }
 
 fn model_err(path: &Path, message: impl std::fmt::Display) -> LmError {
@@ -460,7 +517,9 @@ impl TrainableLlama {
             cos,
             sin,
             adapters: true,
-            checkpointing: false,
+            checkpointing: Checkpointing::default(),
+            activation_budget: default_activation_budget(device),
+            auto_announced: AtomicBool::new(false),
         };
         Ok((model, tokenizer))
     }
@@ -566,12 +625,74 @@ impl TrainableLlama {
         Ok((if grad { x } else { x.detach() }, p.t))
     }
 
-    /// Turns gradient checkpointing on or off for [`Self::packed_backward`] and
-    /// [`Self::packed_last_hidden_backward`]: on, the backward keeps only each block's input from the
-    /// forward pass and recomputes one block's activations at a time (memory: one block's
-    /// graph instead of all of them; time: one more forward pass).
-    pub fn set_checkpointing(&mut self, on: bool) {
-        self.checkpointing = on;
+    /// Sets gradient checkpointing for [`Self::packed_backward`] and
+    /// [`Self::packed_last_hidden_backward`]: on, the backward keeps only each block's input from
+    /// the forward pass and recomputes one block's activations at a time (memory: one block's
+    /// graph instead of all of them; time: one more forward pass); `Auto` decides per batch.
+    pub fn set_checkpointing(&mut self, checkpointing: Checkpointing) {
+        self.checkpointing = checkpointing;
+    }
+
+    /// The kept-activation bytes above which [`Checkpointing::Auto`] recomputes.
+    pub fn set_activation_budget(&mut self, bytes: u64) {
+        self.activation_budget = bytes;
+    }
+
+    pub fn activation_budget(&self) -> u64 {
+        self.activation_budget
+    }
+
+    /// An estimate of the peak memory a backward without checkpointing needs for `batch` rows
+    /// padded to `t` tokens: every block from the lowest trained one up keeps, per token, about
+    /// ten hidden-sized tensors, four FFN-sized ones and three attention rows (scores, masked
+    /// scores, probabilities: `heads × t` each), and the backward allocates about as much again
+    /// for their gradients (`rrm bench train` prints it beside the measured peak).
+    pub fn kept_activation_bytes(&self, batch: usize, t: usize) -> u64 {
+        let c = &self.config;
+        let kept_blocks = self.blocks.len() - self.lowest_trained_block();
+        let per_token = 10 * c.hidden + 4 * c.ffn + 3 * c.n_head * t;
+        let elem = self.dtype.size_in_bytes();
+        (2 * elem * batch * t * kept_blocks * per_token) as u64
+    }
+
+    /// The lowest block the backward must reach: 0 when the embedding trains, else the lowest
+    /// block with a trained tensor (the number of blocks when none has one).
+    fn lowest_trained_block(&self) -> usize {
+        if matches!(self.embed, Weight::Trainable(_)) {
+            0
+        } else {
+            self.blocks.iter().position(Block::trains).unwrap_or(self.blocks.len())
+        }
+    }
+
+    /// Whether the backward over `batch` rows padded to `t` tokens recomputes block activations.
+    pub fn recomputes(&self, batch: usize, t: usize) -> bool {
+        match self.checkpointing {
+            Checkpointing::Off => false,
+            Checkpointing::On => true,
+            Checkpointing::Auto => self.kept_activation_bytes(batch, t) > self.activation_budget,
+        }
+    }
+
+    /// [`Self::recomputes`] for `rows`; the first time `Auto` turns checkpointing on, it says so.
+    fn checkpoints(&self, rows: &[Row]) -> bool {
+        let t = rows.iter().map(|r| r.tokens.len()).max().unwrap_or(0);
+        let on = self.recomputes(rows.len(), t);
+        if on
+            && self.checkpointing == Checkpointing::Auto
+            && !self.auto_announced.swap(true, Ordering::Relaxed)
+        {
+            let kept = self.kept_activation_bytes(rows.len(), t);
+            tracing::info!(
+                "gradient checkpointing on: a batch of {} rows × {t} tokens would keep \
+                         ~{:.1} GiB of activations, over the budget of {:.1} GiB \
+                         (--grad-checkpoint off|on decides instead)",
+                rows.len(),
+                kept as f64 / (1u64 << 30) as f64,
+                self.activation_budget as f64 / (1u64 << 30) as f64
+            );
+        }
+        on
     }
 
     /// `head(hidden, T)` over the final-normed hidden states of `rows`, and the gradients of
@@ -588,7 +709,7 @@ impl TrainableLlama {
             .map(|v| v.as_tensor().clone())
             .collect();
         let mut all = GradStore::default();
-        if !self.checkpointing {
+        if !self.checkpoints(rows) {
             let (hidden, t) = self.forward_rows(rows, true)?;
             let loss = head(&hidden, t)?;
             take_grads(&vars, &mut loss.backward()?, &mut all)?;
@@ -613,12 +734,7 @@ impl TrainableLlama {
         // Backward, block by block from the top: recompute the block from its input, then
         // backpropagate its output's gradient (the gradient of Σ y·g at y is g). Below the
         // lowest block that trains, with a frozen embedding, no gradient is wanted.
-        let embed_trains = matches!(self.embed, Weight::Trainable(_));
-        let lowest = if embed_trains {
-            0
-        } else {
-            self.blocks.iter().position(Block::trains).unwrap_or(self.blocks.len())
-        };
+        let lowest = self.lowest_trained_block();
         for (blk, x) in self.blocks.iter().zip(inputs).skip(lowest).rev() {
             let input = Var::from_tensor(&x)?;
             let y = self.block(blk, input.as_tensor(), &p)?;
@@ -756,8 +872,8 @@ impl TrainableLlama {
     }
 
     /// `loss_of` the log-probabilities of `packed` (as [`Self::packed_logprobs`] computes them)
-    /// and its gradients for every trainable tensor, checkpointed when
-    /// [`Self::set_checkpointing`] is on.
+    /// and its gradients for every trainable tensor, checkpointed as
+    /// [`Self::set_checkpointing`] says.
     pub fn packed_backward(
         &self,
         packed: &[Packed],
@@ -780,7 +896,7 @@ impl TrainableLlama {
 
     /// `loss_of` the hidden states of [`Self::packed_last_hidden`] and its gradients for every
     /// trainable tensor and for `head_vars` (a head's weights that `loss_of` uses),
-    /// checkpointed when [`Self::set_checkpointing`] is on.
+    /// checkpointed as [`Self::set_checkpointing`] says.
     pub fn packed_last_hidden_backward(
         &self,
         packed: &[Packed],

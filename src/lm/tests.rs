@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::export::{write_gguf, ExportFormat};
 use super::lora::{LoraConfig, Target};
-use super::model::{LoadOptions, Mode, Packed, SeqSpec, TrainableLlama};
+use super::model::{Checkpointing, LoadOptions, Mode, Packed, SeqSpec, TrainableLlama};
 use crate::infer::llama::LlamaModel;
 use crate::infer::testing::{tiny_gguf, TinyOptions};
 
@@ -130,6 +130,37 @@ fn every_trainable_tensor_gets_a_gradient_and_frozen_weights_none() {
 }
 
 #[test]
+fn auto_checkpointing_recomputes_exactly_the_batches_over_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny(dir.path(), "llama", true);
+    let mut model = load(&path, lora_all(), DType::F32);
+    let kept = model.kept_activation_bytes(2, 64);
+    // Attention grows with T²: twice the tokens keep more than twice the bytes.
+    assert!(model.kept_activation_bytes(2, 128) > 2 * kept);
+    assert_eq!(model.kept_activation_bytes(4, 64), 2 * kept);
+    // Adapters only on top keep only the blocks from there up; a frozen model keeps none.
+    let top = load(&path, lora_top(), DType::F32);
+    assert!(top.kept_activation_bytes(2, 64) < kept && top.kept_activation_bytes(2, 64) > 0);
+    assert_eq!(load(&path, Mode::Frozen, DType::F32).kept_activation_bytes(2, 64), 0);
+    assert_eq!(Checkpointing::default(), Checkpointing::Auto);
+    model.set_activation_budget(kept);
+    assert!(!model.recomputes(2, 64), "at the budget: kept");
+    assert!(model.recomputes(2, 65), "over it: recomputed");
+    model.set_checkpointing(Checkpointing::Off);
+    assert!(!model.recomputes(64, 4096));
+    model.set_checkpointing(Checkpointing::On);
+    assert!(model.recomputes(1, 2));
+    for (text, want) in
+        [("auto", Checkpointing::Auto), ("on", Checkpointing::On), ("off", Checkpointing::Off)]
+    {
+        assert_eq!(text.parse::<Checkpointing>().unwrap(), want);
+        assert_eq!(want.to_string(), text);
+    }
+    let err = "sometimes".parse::<Checkpointing>().unwrap_err();
+    assert!(err.contains("sometimes") && err.contains("auto, on, off"), "{err}");
+}
+
+#[test]
 fn checkpointed_gradients_equal_the_plain_backward() {
     use candle_core::Var;
     let dir = tempfile::tempdir().unwrap();
@@ -159,7 +190,13 @@ fn checkpointed_gradients_equal_the_plain_backward() {
                 (scalar(&a), ga, scalar(&b), gb)
             };
             let plain = run(&model);
-            model.set_checkpointing(true);
+            // `Auto` over a budget of nothing recomputes every batch, as `On` does.
+            if arch == "llama" {
+                model.set_checkpointing(Checkpointing::On);
+            } else {
+                model.set_checkpointing(Checkpointing::Auto);
+                model.set_activation_budget(0);
+            }
             let ckpt = run(&model);
             let what = format!("{arch} {}", mode.name());
             assert!((plain.0 - ckpt.0).abs() < 1e-12, "{what}: loss");

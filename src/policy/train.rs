@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::data::Encoded;
 use super::{io_err, Method, PolicyError};
 use crate::lm::checkpoint;
-use crate::lm::model::{Mode, Packed, Scored, TrainableLlama};
+use crate::lm::model::{Checkpointing, Mode, Packed, Scored, TrainableLlama};
 use crate::lm::optim::{Accumulator, AdamW, ParamsAdamW, Schedule};
 
 /// Hyper-parameters of one training run.
@@ -59,7 +59,7 @@ pub struct TrainConfig {
     /// Gradient checkpointing: recompute block activations in the backward (less memory, one
     /// more forward pass). How the run computes, not what it computes: not part of run keys.
     #[serde(default, skip_serializing)]
-    pub grad_checkpoint: bool,
+    pub grad_checkpoint: Checkpointing,
 }
 
 impl Default for TrainConfig {
@@ -79,7 +79,7 @@ impl Default for TrainConfig {
             rpo_alpha: 0.0,
             seed: 0,
             checkpoint_every: 10,
-            grad_checkpoint: false,
+            grad_checkpoint: Checkpointing::Auto,
         }
     }
 }

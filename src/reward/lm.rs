@@ -44,7 +44,7 @@ use crate::feedback::Pair;
 use crate::infer::tokenizer::GgufTokenizer;
 use crate::lm::model::LoadOptions;
 use crate::lm::optim::{Accumulator, AdamW, ParamsAdamW, Schedule};
-use crate::lm::{LmError, LoraConfig, Mode, Packed, TrainableLlama};
+use crate::lm::{Checkpointing, LmError, LoraConfig, Mode, Packed, TrainableLlama};
 
 /// Version of the LM checkpoint layout.
 pub const LM_FORMAT_VERSION: u32 = 1;
@@ -78,7 +78,7 @@ pub struct LmTrainConfig {
     pub seed: u64,
     /// Gradient checkpointing (see `TrainableLlama::set_checkpointing`); not part of the card.
     #[serde(default, skip_serializing)]
-    pub grad_checkpoint: bool,
+    pub grad_checkpoint: Checkpointing,
     /// Share of groups held out to choose each member's checkpoint, in percent.
     #[serde(default)]
     pub val_percent: u32,
@@ -119,7 +119,7 @@ impl Default for LmTrainConfig {
             max_grad_norm: 1.0,
             max_tokens: 1024,
             seed: 0,
-            grad_checkpoint: false,
+            grad_checkpoint: Checkpointing::Auto,
             val_percent: 10,
             test_percent: 10,
             eval_every: None,
@@ -224,6 +224,9 @@ pub struct LmCard {
     /// the model was not trained on, the ranking is untouched.
     #[serde(default = "unit_temperature")]
     pub temperature: f64,
+    /// Whether `temperature` was fitted (enough validation pairs); not fitted, it is 1.
+    #[serde(default)]
+    pub temperature_fitted: bool,
     /// The validation log-loss before the temperature (the `validation_metrics` are after it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_log_loss_uncalibrated: Option<f64>,
@@ -777,6 +780,7 @@ impl LmRewardModel {
             validation_curve: curves,
             best_step: best_steps,
             temperature: 1.0,
+            temperature_fitted: false,
             validation_log_loss_uncalibrated: None,
             final_loss,
             train_seconds,
@@ -789,8 +793,10 @@ impl LmRewardModel {
             let margins = model.margins(&val)?;
             let targets: Vec<f32> = val.iter().map(|p| p.target).collect();
             let raw = metrics(&margins, &targets).log_loss;
-            let t = fit_temperature(&margins, &targets);
+            let fitted = fit_temperature(&margins, &targets);
+            let t = fitted.unwrap_or(1.0);
             model.card.temperature = t;
+            model.card.temperature_fitted = fitted.is_some();
             model.card.validation_log_loss_uncalibrated = Some(raw);
             // The calibrated margins are these over `t`: no second pass over the pairs.
             let calibrated: Vec<f32> = margins.iter().map(|&d| d / t as f32).collect();
@@ -1125,7 +1131,9 @@ mod tests {
             pairs.iter().filter(|p| card.val_groups.contains(&p.group)).cloned().collect();
         let raw = card.validation_log_loss_uncalibrated.unwrap();
         assert!((raw - best.1).abs() < 1e-4, "{raw} vs {best:?}");
-        assert!(card.temperature.is_finite() && card.temperature > 0.0);
+        // Four validation pairs are too few to fit a temperature on.
+        assert!(val.len() < crate::reward::train::MIN_TEMPERATURE_PAIRS);
+        assert!(!card.temperature_fitted && card.temperature == 1.0, "{card:?}");
         let again = model.evaluate(&val).unwrap()["all"].log_loss;
         assert!(again <= raw + 1e-6, "{again} vs {raw}");
         assert!((again - card.validation_metrics["all"].log_loss).abs() < 1e-5);

@@ -541,11 +541,11 @@ pub const MIN_TEMPERATURE_PAIRS: usize = 32;
 /// against `targets`: Platt-style scaling with one parameter, fitted on validation pairs, so an
 /// overconfident model's probabilities shrink toward ½ (T > 1) and a timid one's grow (T < 1,
 /// at most twofold) while its ranking and accuracy stay the same. Golden-section search over
-/// ln T in [ln ½, ln 20] (the log-loss is unimodal in 1/T); 1 when there is too little to fit
-/// on ([`MIN_TEMPERATURE_PAIRS`]).
-pub fn fit_temperature(margins: &[f32], targets: &[f32]) -> f64 {
+/// ln T in [ln ½, ln 20] (the log-loss is unimodal in 1/T); `None` when there is too little to
+/// fit on ([`MIN_TEMPERATURE_PAIRS`], or no margin that is not 0): use 1.
+pub fn fit_temperature(margins: &[f32], targets: &[f32]) -> Option<f64> {
     if margins.len() < MIN_TEMPERATURE_PAIRS || margins.iter().all(|&d| d == 0.0) {
-        return 1.0;
+        return None;
     }
     let loss = |log_t: f64| -> f64 {
         let t = log_t.exp();
@@ -567,7 +567,7 @@ pub fn fit_temperature(margins: &[f32], targets: &[f32]) -> f64 {
             fd = loss(d);
         }
     }
-    ((a + b) / 2.0).exp()
+    Some(((a + b) / 2.0).exp())
 }
 
 #[cfg(test)]
@@ -609,7 +609,7 @@ mod tests {
         let z: Vec<f32> = (0..40).map(|i| (i as f32 - 20.0) / 8.0).collect();
         let targets: Vec<f32> = z.iter().map(|&z| 1.0 / (1.0 + (-z).exp())).collect();
         let margins: Vec<f32> = z.iter().map(|&z| 4.0 * z).collect();
-        let t = fit_temperature(&margins, &targets);
+        let t = fit_temperature(&margins, &targets).unwrap();
         assert!((t - 4.0).abs() < 1e-3, "{t}");
         let scaled: Vec<f32> = margins.iter().map(|&d| d / t as f32).collect();
         let (before, after) = (metrics(&margins, &targets), metrics(&scaled, &targets));
@@ -617,13 +617,13 @@ mod tests {
         assert_eq!(after.accuracy, before.accuracy);
         // A timid model (margins z·2/3) is sharpened: T = 2/3; sharpening stops at ½.
         let timid: Vec<f32> = z.iter().map(|&z| z * 2.0 / 3.0).collect();
-        assert!((fit_temperature(&timid, &targets) - 2.0 / 3.0).abs() < 1e-3);
+        assert!((fit_temperature(&timid, &targets).unwrap() - 2.0 / 3.0).abs() < 1e-3);
         let timid: Vec<f32> = z.iter().map(|&z| z / 4.0).collect();
-        assert!((fit_temperature(&timid, &targets) - 0.5).abs() < 1e-3);
-        // Too little to fit on: 1.
-        assert_eq!(fit_temperature(&[], &[]), 1.0);
-        assert_eq!(fit_temperature(&margins[..16], &targets[..16]), 1.0);
-        assert_eq!(fit_temperature(&[0.0; 40], &[1.0; 40]), 1.0);
+        assert!((fit_temperature(&timid, &targets).unwrap() - 0.5).abs() < 1e-3);
+        // Too little to fit on: no temperature.
+        assert_eq!(fit_temperature(&[], &[]), None);
+        assert_eq!(fit_temperature(&margins[..16], &targets[..16]), None);
+        assert_eq!(fit_temperature(&[0.0; 40], &[1.0; 40]), None);
     }
 
     #[test]
