@@ -155,6 +155,10 @@ pub struct LmArgs {
     /// At most this many validation and test pairs are scored (a fixed sample).
     #[arg(long, default_value_t = 256)]
     pub eval_pairs: usize,
+    /// A scalar head per tree height (nodes above the highest trained height use its head),
+    /// instead of one head whose input's per-height prompt tells the heights apart.
+    #[arg(long)]
+    pub head_per_height: bool,
 }
 
 #[derive(Debug, Args)]
@@ -354,6 +358,7 @@ fn train_lm(
         eval_every: args.lm.eval_every,
         eval_pairs: args.lm.eval_pairs,
         ordinal_weight: args.ordinal_weight,
+        head_per_height: args.lm.head_per_height,
         ..LmTrainConfig::default()
     };
     let bar = ctx.spinner(format!(
@@ -372,11 +377,16 @@ fn train_lm(
         return Ok(());
     }
     println!(
-        "LM reward model {} saved to {} ({} pairs, {} member(s), base {})",
+        "LM reward model {} saved to {} ({} pairs, {} member(s), {}, base {})",
         model.card.hash,
         path.display(),
         pairs.len(),
         args.members,
+        if model.card.heads == 1 {
+            "one head".to_string()
+        } else {
+            format!("a head per height 0-{}", model.card.heads - 1)
+        },
         base.name
     );
     let c = &model.card;
@@ -429,7 +439,31 @@ fn eval_lm(path: &std::path::Path, pairs: &[Pair], what: &str, json: bool) -> an
     let metrics = metrics_by_height(pairs, &margins);
     let refs: Vec<&Pair> = pairs.iter().collect();
     let baselines = report::report(&margins, &refs);
-    print_eval(&model.card.hash, what, &metrics, &baselines, json)
+    // With a fitted temperature, the same margins before it say whether it helped on this data.
+    let t = model.card.temperature;
+    let raw = (t != 1.0).then(|| {
+        let raw: Vec<f32> = margins.iter().map(|&d| d * t as f32).collect();
+        (t, metrics_by_height(pairs, &raw))
+    });
+    if json {
+        let v = serde_json::json!({
+            "model": model.card.hash,
+            "data": what,
+            "metrics": metrics,
+            "report": baselines,
+            "uncalibrated": raw.as_ref().map(|(t, m)| serde_json::json!({ "temperature": t, "metrics": m })),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    print_eval(&model.card.hash, what, &metrics, &baselines, false)?;
+    if let Some((t, m)) = raw {
+        println!(
+            "the same margins without the temperature ({t:.3}) fitted on the validation pairs:"
+        );
+        print_metrics(&m);
+    }
+    Ok(())
 }
 
 fn print_eval(

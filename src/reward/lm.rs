@@ -97,6 +97,11 @@ pub struct LmTrainConfig {
     /// ratings teach only through the pairs they imply).
     #[serde(default)]
     pub ordinal_weight: f64,
+    /// One scalar head per tree height (a node above the highest height trained uses that
+    /// height's head) instead of one head for all heights, which are then told apart by the
+    /// per-height prompt alone.
+    #[serde(default)]
+    pub head_per_height: bool,
 }
 
 fn default_eval_pairs() -> usize {
@@ -125,6 +130,7 @@ impl Default for LmTrainConfig {
             eval_every: None,
             eval_pairs: default_eval_pairs(),
             ordinal_weight: 0.5,
+            head_per_height: false,
         }
     }
 }
@@ -224,6 +230,10 @@ pub struct LmCard {
     /// the model was not trained on, the ranking is untouched.
     #[serde(default = "unit_temperature")]
     pub temperature: f64,
+    /// Head rows per member: 1, or with `head_per_height` one per height up to the highest
+    /// trained (old cards: 1).
+    #[serde(default = "one_head")]
+    pub heads: usize,
     /// Whether `temperature` was fitted (enough validation pairs); not fitted, it is 1.
     #[serde(default)]
     pub temperature_fitted: bool,
@@ -240,13 +250,17 @@ fn unit_temperature() -> f64 {
     1.0
 }
 
+fn one_head() -> usize {
+    1
+}
+
 /// One ensemble member: its trainable tensors (adapters or full weights) and its head.
 #[derive(Debug, Clone)]
 pub struct LmMember {
     pub weights: HashMap<String, Tensor>,
-    /// `(hidden,)`.
+    /// `(heads, hidden)`: one row per height with `head_per_height`, else one row.
     pub head_w: Tensor,
-    /// `(1,)`.
+    /// `(heads,)`.
     pub head_b: Tensor,
 }
 
@@ -367,8 +381,9 @@ fn rewards(
     packed: &[Packed],
     w: &Tensor,
     b: &Tensor,
+    which: &Tensor,
 ) -> Result<Tensor, RewardError> {
-    Ok(head_scores(&llama.packed_last_hidden(packed)?, w, b)?)
+    Ok(head_scores(&llama.packed_last_hidden(packed)?, w, b, which)?)
 }
 
 /// Sequences scored together (a pair, a node's candidates) as packed rows: their common
@@ -393,12 +408,13 @@ fn pack(seqs: &[&[u32]]) -> Vec<Packed> {
         .collect()
 }
 
-/// Rewards of every completion of `rows` under the loaded backbone and a head, several rows per
-/// forward pass (similar lengths together, at most `budget` tokens with padding); in the rows'
-/// completion order.
+/// Rewards of every completion of `rows` under the loaded backbone and a head (`heads[i]`: the
+/// head row of `rows[i]`'s completions), several rows per forward pass (similar lengths
+/// together, at most `budget` tokens with padding); in the rows' completion order.
 fn score_rows(
     llama: &TrainableLlama,
     rows: &[Packed],
+    heads: &[u32],
     w: &Tensor,
     b: &Tensor,
     budget: usize,
@@ -419,7 +435,9 @@ fn score_rows(
             end += 1;
         }
         let batch: Vec<Packed> = idx[at..end].iter().map(|&i| rows[i].clone()).collect();
-        let r = rewards(llama, &batch, w, b)?.to_vec1::<f32>()?;
+        let which = head_rows(idx[at..end].iter().map(|&i| (heads[i], rows[i].completions.len())));
+        let which = Tensor::new(which, w.device())?;
+        let r = rewards(llama, &batch, w, b, &which)?.to_vec1::<f32>()?;
         let mut j = 0;
         for &i in &idx[at..end] {
             for c in 0..rows[i].completions.len() {
@@ -439,9 +457,11 @@ fn score_budget(max_tokens: usize) -> usize {
 
 /// Margins (chosen − rejected) of the encoded pairs `idx` under the backbone as it is and a
 /// head (validation during training).
+#[allow(clippy::too_many_arguments)]
 fn pair_margins(
     llama: &TrainableLlama,
     data: &[TokenPair],
+    heights: &[u32],
     idx: &[usize],
     w: &Tensor,
     b: &Tensor,
@@ -449,25 +469,41 @@ fn pair_margins(
 ) -> Result<Vec<f32>, RewardError> {
     let groups: Vec<Vec<Vec<u32>>> =
         idx.iter().map(|&i| vec![data[i].0.clone(), data[i].1.clone()]).collect();
-    let (rows, first) = rows_of(&groups);
-    let s = score_rows(llama, &rows, w, b, score_budget(max_tokens))?;
+    let heads = w.dim(0)?;
+    let group_heads: Vec<u32> = idx.iter().map(|&i| head_of(heights[i], heads)).collect();
+    let (rows, row_heads, first) = rows_of(&groups, &group_heads);
+    let s = score_rows(llama, &rows, &row_heads, w, b, score_budget(max_tokens))?;
     Ok(first.iter().map(|&f| s[f] - s[f + 1]).collect())
 }
 
-/// The packed rows of groups of sequences that share a prompt, and where each group's first
-/// score lands among the rows' completions.
-fn rows_of(groups: &[Vec<Vec<u32>>]) -> (Vec<Packed>, Vec<usize>) {
+/// The packed rows of groups of sequences that share a prompt, each row's head (its group's,
+/// from `heads`), and where each group's first score lands among the rows' completions.
+fn rows_of(groups: &[Vec<Vec<u32>>], heads: &[u32]) -> (Vec<Packed>, Vec<u32>, Vec<usize>) {
     let mut rows = Vec::new();
+    let mut row_heads = Vec::new();
     let mut first = Vec::with_capacity(groups.len());
     let mut n = 0;
-    for g in groups {
+    for (g, &h) in groups.iter().zip(heads) {
         first.push(n);
         n += g.len();
         if !g.is_empty() {
-            rows.extend(pack(&g.iter().map(Vec::as_slice).collect::<Vec<_>>()));
+            let packed = pack(&g.iter().map(Vec::as_slice).collect::<Vec<_>>());
+            row_heads.extend(std::iter::repeat_n(h, packed.len()));
+            rows.extend(packed);
         }
     }
-    (rows, first)
+    (rows, row_heads, first)
+}
+
+/// The head row a node at `height` is scored with, among `heads` rows: its height's, or the
+/// highest trained one's above it (one shared row: 0).
+fn head_of(height: u32, heads: usize) -> u32 {
+    height.min(heads.saturating_sub(1) as u32)
+}
+
+/// Per completion, its head row: `(head, completions)` per packed row, in order.
+fn head_rows(rows: impl Iterator<Item = (u32, usize)>) -> Vec<u32> {
+    rows.flat_map(|(h, n)| std::iter::repeat_n(h, n)).collect()
 }
 
 /// A copy of a member's trainable tensors and head as they are now.
@@ -490,9 +526,12 @@ fn packed_len(p: &Packed) -> usize {
     p.prompt.len() + p.completions.iter().map(Vec::len).sum::<usize>()
 }
 
-/// The scalar head over last-token hidden states `(B, hidden)`: `(B,)`.
-fn head_scores(h: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    h.to_dtype(DType::F32)?.matmul(&w.unsqueeze(1)?)?.squeeze(1)?.broadcast_add(b)
+/// The scalar head over last-token hidden states `(B, hidden)`: `(B,)`, completion `i` scored
+/// by head row `which[i]` of `w` `(heads, hidden)` and `b` `(heads,)`.
+fn head_scores(h: &Tensor, w: &Tensor, b: &Tensor, which: &Tensor) -> candle_core::Result<Tensor> {
+    let w = w.index_select(which, 0)?;
+    let b = b.index_select(which, 0)?;
+    (h.to_dtype(DType::F32)? * w)?.sum(1)? + b
 }
 
 fn now_unix() -> u64 {
@@ -565,6 +604,14 @@ impl LmRewardModel {
         };
         let val_idx = sample(in_set(&val_groups), 0x0076_616c);
         let test_idx = sample(in_set(&test_groups), 0x7465_7374);
+        let pair_heights: Vec<u32> = pairs.iter().map(|p| p.height).collect();
+        // One head row, or one per height up to the highest in the data.
+        let heads = if config.head_per_height {
+            let top = pairs.iter().map(|p| p.height).chain(ratings.iter().map(|r| r.height));
+            top.max().unwrap_or(0) as usize + 1
+        } else {
+            1
+        };
         let mut members = Vec::with_capacity(config.members);
         let mut final_loss = Vec::new();
         let mut curves = Vec::with_capacity(config.members);
@@ -606,10 +653,11 @@ impl LmRewardModel {
             let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed.wrapping_add(m as u64));
             let hidden = llama.config.hidden;
             let std = 1.0 / (hidden as f64).sqrt();
-            let w0: Vec<f32> =
-                (0..hidden).map(|_| (rng.random_range(-1.0..1.0) * std * 0.1) as f32).collect();
-            let head_w = Var::from_tensor(&Tensor::from_vec(w0, hidden, &device)?)?;
-            let head_b = Var::from_tensor(&Tensor::zeros(1, DType::F32, &device)?)?;
+            let w0: Vec<f32> = (0..heads * hidden)
+                .map(|_| (rng.random_range(-1.0..1.0) * std * 0.1) as f32)
+                .collect();
+            let head_w = Var::from_tensor(&Tensor::from_vec(w0, (heads, hidden), &device)?)?;
+            let head_b = Var::from_tensor(&Tensor::zeros(heads, DType::F32, &device)?)?;
             let body = llama.trainable();
             // The ordinal model's thresholds train with the head; scoring does not need them.
             let thresholds = init_thresholds(&device)?;
@@ -680,10 +728,18 @@ impl LmRewardModel {
                     let wt: Vec<f32> = batch.iter().map(|&i| pairs[i].weight).collect();
                     let t = Tensor::from_vec(t, n, &device)?;
                     let wt = Tensor::from_vec(wt, n, &device)?;
+                    // Each pair's two scores, then each rating's, by its height's head.
+                    let which = head_rows(
+                        (batch.iter().map(|&i| (head_of(pairs[i].height, heads), 2))).chain(
+                            rbatch.iter().map(|&i| (head_of(train_ratings[i].height, heads), 1)),
+                        ),
+                    );
+                    let which = Tensor::new(which, &device)?;
                     let heads = [head_w.clone(), head_b.clone(), thresholds.clone()];
                     let (loss, grads) =
                         llama.packed_last_hidden_backward(&packed, &heads, |h| {
-                            let all = head_scores(h, head_w.as_tensor(), head_b.as_tensor())?;
+                            let all =
+                                head_scores(h, head_w.as_tensor(), head_b.as_tensor(), &which)?;
                             let r = all.narrow(0, 0, 2 * n)?.reshape((n, 2))?;
                             let d = (r.narrow(1, 0, 1)? - r.narrow(1, 1, 1)?)?.squeeze(1)?;
                             let bt = bt_loss_weighted(&d, &t, &wt)?;
@@ -721,6 +777,7 @@ impl LmRewardModel {
                     let margins = pair_margins(
                         &llama,
                         data,
+                        &pair_heights,
                         &val_idx,
                         head_w.as_tensor(),
                         head_b.as_tensor(),
@@ -779,6 +836,7 @@ impl LmRewardModel {
             report: None,
             validation_curve: curves,
             best_step: best_steps,
+            heads,
             temperature: 1.0,
             temperature_fitted: false,
             validation_log_loss_uncalibrated: None,
@@ -827,13 +885,20 @@ impl LmRewardModel {
     ) -> Result<Vec<Vec<f32>>, RewardError> {
         let max = self.card.config.max_tokens;
         let seqs = encode(&self.tokenizer, self.end, max, height, input, summaries)?.0;
-        self.score_tokens(&[seqs])
+        self.score_tokens(&[seqs], &[height])
     }
 
     /// Per-member scores (K × n) of tokenized sequences, given in groups that share a prompt
-    /// (scored as packed rows, several rows per forward pass); scores in the groups' order.
-    fn score_tokens(&self, groups: &[Vec<Vec<u32>>]) -> Result<Vec<Vec<f32>>, RewardError> {
-        let (rows, _) = rows_of(groups);
+    /// (scored as packed rows, several rows per forward pass) and the groups' heights; scores
+    /// in the groups' order.
+    fn score_tokens(
+        &self,
+        groups: &[Vec<Vec<u32>>],
+        heights: &[u32],
+    ) -> Result<Vec<Vec<f32>>, RewardError> {
+        let heads = self.card.heads;
+        let heads: Vec<u32> = heights.iter().map(|&h| head_of(h, heads)).collect();
+        let (rows, row_heads, _) = rows_of(groups, &heads);
         if rows.is_empty() {
             return Ok(vec![Vec::new(); self.members.len()]);
         }
@@ -846,7 +911,7 @@ impl LmRewardModel {
         let mut out = Vec::with_capacity(self.members.len());
         for m in &self.members {
             llama.load_trainable(&m.weights)?;
-            let scores = score_rows(&llama, &rows, &m.head_w, &m.head_b, budget)?;
+            let scores = score_rows(&llama, &rows, &row_heads, &m.head_w, &m.head_b, budget)?;
             out.push(scores.into_iter().map(|s| s / t).collect());
         }
         Ok(out)
@@ -860,7 +925,8 @@ impl LmRewardModel {
             let summaries = [p.chosen.as_str(), p.rejected.as_str()];
             groups.push(encode(&self.tokenizer, self.end, max, p.height, &p.input, &summaries)?.0);
         }
-        let scores = self.score_tokens(&groups)?;
+        let heights: Vec<u32> = pairs.iter().map(|p| p.height).collect();
+        let scores = self.score_tokens(&groups, &heights)?;
         let stats = mean_std(&scores);
         Ok((0..pairs.len()).map(|i| stats[2 * i].0 - stats[2 * i + 1].0).collect())
     }
@@ -953,14 +1019,25 @@ impl LmRewardModel {
             for n in &names {
                 w.insert(n.clone(), get(n)?);
             }
-            let head_w = get("head.weight")?;
-            if head_w.dims() != [llama.config.hidden] {
+            // A single head was saved as `(hidden,)` before heads per height.
+            let (hidden, heads) = (llama.config.hidden, card.heads);
+            let mut head_w = get("head.weight")?;
+            if head_w.dims() == [hidden] {
+                head_w = head_w.unsqueeze(0)?;
+            }
+            let head_b = get("head.bias")?;
+            if head_w.dims() != [heads, hidden] || head_b.dims() != [heads] {
                 return Err(bad(
                     &weights,
-                    format!("member {i}: head of shape {:?}", head_w.dims()),
+                    format!(
+                        "member {i}: head of shape {:?} and bias {:?}, the card says {heads} \
+                         head(s) of {hidden}",
+                        head_w.dims(),
+                        head_b.dims()
+                    ),
                 ));
             }
-            members.push(LmMember { weights: w, head_w, head_b: get("head.bias")? });
+            members.push(LmMember { weights: w, head_w, head_b });
         }
         let end = end_token(&tokenizer)?;
         Ok(LmRewardModel { card, members, llama: Mutex::new(llama), tokenizer, end })
@@ -1152,10 +1229,8 @@ mod tests {
         let mut model = LmRewardModel::train(&base, &pairs, &[], &config(), "test").unwrap();
         assert_eq!(model.members.len(), 2);
         // Members differ (seeds), and the head moved off its tiny initialisation.
-        assert_ne!(
-            model.members[0].head_w.to_vec1::<f32>().unwrap(),
-            model.members[1].head_w.to_vec1::<f32>().unwrap()
-        );
+        let head = |m: &LmMember| m.head_w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_ne!(head(&model.members[0]), head(&model.members[1]));
         let all = &model.card.metrics["all"];
         assert_eq!(all.accuracy, 1.0, "{:?} loss {:?}", all, model.card.final_loss);
         assert!(model.card.final_loss.iter().all(|&l| l < 0.5), "{:?}", model.card.final_loss);
@@ -1185,6 +1260,63 @@ mod tests {
         let scores = sel.score(0, input, &cands).unwrap();
         assert_eq!(scores.len(), 2);
         assert!(scores[0].score > scores[1].score);
+
+        // A checkpoint from before heads per height (head saved as `(hidden,)`, no `heads` on
+        // the card) loads and scores the same.
+        let weights = ckpt.join(LM_WEIGHTS_FILE);
+        let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+        for m in 0..2 {
+            let name = format!("m{m}.head.weight");
+            let flat = tensors[&name].flatten_all().unwrap();
+            tensors.insert(name, flat);
+        }
+        candle_core::safetensors::save(&tensors, &weights).unwrap();
+        let card_path = ckpt.join(CARD_FILE);
+        let mut card: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&card_path).unwrap()).unwrap();
+        card.as_object_mut().unwrap().remove("heads");
+        let bytes = std::fs::read(&weights).unwrap();
+        card["hash"] = blake3::hash(&bytes).to_hex()[..16].into();
+        std::fs::write(&card_path, serde_json::to_vec(&card).unwrap()).unwrap();
+        let old = LmRewardModel::load(&ckpt, None).unwrap();
+        assert_eq!(old.card.heads, 1);
+        assert_eq!(old.member_scores(0, input, &["zebra zebra 3", "cat dog 3"]).unwrap(), s);
+    }
+
+    /// With a head per height, the same summaries can be preferred one way at height 0 and the
+    /// other at height 1; a node above the highest trained height uses the highest head.
+    #[test]
+    fn heads_per_height_learn_what_each_height_prefers() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = tiny(dir.path());
+        let mut pairs = Vec::new();
+        for i in 0..8 {
+            let input = format!("passage number {i} about animals");
+            let (zebra, cat) = (format!("zebra zebra {i}"), format!("cat dog {i}"));
+            pairs.push(Pair::new(0, &input, &zebra, &cat, 1.0, &format!("g{i}")));
+            pairs.push(Pair::new(1, &input, &cat, &zebra, 1.0, &format!("g{i}")));
+        }
+        let c = LmTrainConfig { members: 1, steps: Some(60), head_per_height: true, ..config() };
+        let mut model = LmRewardModel::train(&base, &pairs, &[], &c, "test").unwrap();
+        assert_eq!(model.card.heads, 2);
+        assert_eq!(model.members[0].head_w.dims(), [2, model.card.hidden]);
+        let all = &model.card.metrics;
+        assert_eq!(all["h0"].accuracy, 1.0, "{all:?}");
+        assert_eq!(all["h1"].accuracy, 1.0, "{all:?}");
+        let input = "passage number 3 about animals";
+        let texts = ["zebra zebra 3", "cat dog 3"];
+        let (h0, h1) = (
+            model.member_scores(0, input, &texts).unwrap(),
+            model.member_scores(1, input, &texts).unwrap(),
+        );
+        assert!(h0[0][0] > h0[0][1] && h1[0][1] > h1[0][0], "{h0:?} {h1:?}");
+        let ckpt = model.save(&dir.path().join("rm")).unwrap();
+        let loaded = LmRewardModel::load(&ckpt, None).unwrap();
+        assert_eq!(loaded.member_scores(1, input, &texts).unwrap(), h1);
+        // Height 5 was never trained: the highest head (height 1's) scores it.
+        assert_eq!((head_of(5, 2), head_of(1, 2), head_of(0, 2), head_of(3, 1)), (1, 1, 0, 0));
+        let h5 = loaded.member_scores(5, input, &texts).unwrap();
+        assert!(h5[0].iter().all(|s| s.is_finite()), "{h5:?}");
     }
 
     /// The tiny model as the test configuration trains it (LoRA).
@@ -1199,15 +1331,18 @@ mod tests {
         let llama = tiny_llama(dir.path());
         let h = llama.config.hidden as f64;
         let w = (Tensor::arange(0f64, h, &Device::Cpu).unwrap() / h).unwrap();
-        let w = w.to_dtype(DType::F32).unwrap();
+        let w = w.to_dtype(DType::F32).unwrap().unsqueeze(0).unwrap();
         let b = Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
+        let head = |n: usize| Tensor::zeros(n, DType::U32, &Device::Cpu).unwrap();
         let seqs: [&[u32]; 3] = [&[1, 5, 6, 7, 9], &[1, 5, 6, 8], &[1, 5, 6, 7]];
         let packed = pack(&seqs);
         assert_eq!(packed.len(), 1, "one shared prefix, one row");
         assert_eq!(packed[0].prompt, vec![1, 5, 6]);
-        let together = rewards(&llama, &packed, &w, &b).unwrap().to_vec1::<f32>().unwrap();
+        let together =
+            rewards(&llama, &packed, &w, &b, &head(3)).unwrap().to_vec1::<f32>().unwrap();
         for (i, s) in seqs.iter().enumerate() {
-            let alone = rewards(&llama, &pack(&[s]), &w, &b).unwrap().to_vec1::<f32>().unwrap();
+            let alone = rewards(&llama, &pack(&[s]), &w, &b, &head(1)).unwrap();
+            let alone = alone.to_vec1::<f32>().unwrap();
             assert!((alone[0] - together[i]).abs() < 1e-4, "{i}: {} vs {}", alone[0], together[i]);
         }
         // No common prefix: one row each, in order.
@@ -1221,21 +1356,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let llama = tiny_llama(dir.path());
         let hidden = llama.config.hidden;
-        let w = Var::from_tensor(&Tensor::ones(hidden, DType::F32, &Device::Cpu).unwrap()).unwrap();
-        let b = Var::from_tensor(&Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()).unwrap();
+        // Two head rows (two heights): the first completion is scored by row 0, the second by 1.
+        let ones = Tensor::ones((2, hidden), DType::F32, &Device::Cpu).unwrap();
+        let w = Var::from_tensor(&ones).unwrap();
+        let b = Var::from_tensor(&Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let which = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
         let packed = pack(&[&[1, 5, 6, 7], &[1, 8]]);
         let one = Tensor::ones(1, DType::F32, &Device::Cpu).unwrap();
         let heads = [w.clone(), b.clone()];
         let (_, grads) = llama
             .packed_last_hidden_backward(&packed, &heads, |h| {
-                let r = head_scores(h, w.as_tensor(), b.as_tensor())?;
+                let r = head_scores(h, w.as_tensor(), b.as_tensor(), &which)?;
                 let d = (r.narrow(0, 0, 1)? - r.narrow(0, 1, 1)?)?;
                 Ok(bt_loss_weighted(&d, &one, &one)?)
             })
             .unwrap();
         let gw = grads.get(w.as_tensor()).expect("head weight gradient");
-        assert!(gw.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
-        assert!(grads.get(b.as_tensor()).is_some());
+        let per_row = gw.abs().unwrap().sum(1).unwrap().to_vec1::<f32>().unwrap();
+        assert!(per_row.iter().all(|&g| g > 0.0), "every head row learns: {per_row:?}");
+        let gb = grads.get(b.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert!(gb[0] < 0.0 && gb[1] > 0.0, "chosen up, rejected down: {gb:?}");
         // A fresh LoRA's B is zero, so its A gets none yet; every B does.
         for (name, v) in llama.trainable() {
             if name.ends_with("lora_b") {
