@@ -638,10 +638,6 @@ impl TrainableLlama {
         self.activation_budget = bytes;
     }
 
-    pub fn activation_budget(&self) -> u64 {
-        self.activation_budget
-    }
-
     /// An estimate of the peak memory a backward without checkpointing needs for `batch` rows
     /// padded to `t` tokens: every block from the lowest trained one up keeps, per token, about
     /// ten hidden-sized tensors, four FFN-sized ones and three attention rows (scores, masked
