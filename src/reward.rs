@@ -295,10 +295,17 @@ impl RewardModel {
         let in_train = |g: &String| !test_groups.contains(g) && !val_groups.contains(g);
         let train_ratings: Vec<&Rating> =
             data.ratings.iter().filter(|r| in_train(&r.group)).collect();
-        let val_ratings: Vec<&Rating> =
-            data.ratings.iter().filter(|r| val_groups.contains(&r.group)).collect();
+        let val_ratings: Vec<&Rating> = data
+            .ratings
+            .iter()
+            .filter(|r| config.val_kinds.ordinal && val_groups.contains(&r.group))
+            .collect();
         let test: Vec<&Pair> = pairs.iter().filter(|p| test_groups.contains(&p.group)).collect();
-        let val: Vec<&Pair> = pairs.iter().filter(|p| val_groups.contains(&p.group)).collect();
+        let val: Vec<&Pair> = train::keep_val_kinds(
+            pairs.iter().filter(|p| val_groups.contains(&p.group)).collect(),
+            &config.val_kinds,
+            |p| p.origin,
+        )?;
         let train: Vec<&Pair> = pairs
             .iter()
             .filter(|p| !test_groups.contains(&p.group) && !val_groups.contains(&p.group))

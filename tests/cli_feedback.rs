@@ -317,6 +317,12 @@ fn simulate_queue_train_eval_score_and_best_of_with_the_reward_model() {
     assert!(err.contains("--kinds") && err.contains("vibes"), "{err}");
     let err = ws.stderr_fail(&["reward", "train", "--val-percent", "60", "--test-percent", "40"]);
     assert!(err.contains("--val-percent 60") && err.contains("no groups to train on"), "{err}");
+    let err = ws.stderr_fail(&["reward", "train", "--label-smoothing", "1.5"]);
+    assert!(err.contains("--label-smoothing") && err.contains("got 1.5"), "{err}");
+    let err = ws.stderr_fail(&["reward", "train", "--val-kinds", "none"]);
+    assert!(err.contains("--val-kinds none"), "{err}");
+    let err = ws.stderr_fail(&["reward", "train", "--val-kinds", "vibes"]);
+    assert!(err.contains("--val-kinds") && err.contains("vibes"), "{err}");
 
     // Training from an external TRL file, one shared head across heights.
     let ext_train = ws.stdout(&[

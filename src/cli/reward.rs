@@ -46,7 +46,7 @@ pub struct RewardArgs {
 #[derive(Debug, Subcommand)]
 pub enum RewardCommand {
     /// Train one reward model per tree height (or one shared) on the stored feedback.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Report accuracy, log-loss and calibration (held-out books, or an external TRL file).
     Eval(EvalArgs),
     /// Score a node's stored candidates.
@@ -86,6 +86,15 @@ pub struct TrainArgs {
     /// Loss weight of critique-implied pairs.
     #[arg(long, default_value_t = 0.5)]
     pub critique_weight: f32,
+    /// Label smoothing ε: every training target t becomes (1−ε)·t + ε/2, so pairs already
+    /// told apart stop pulling the margins up (0: off).
+    #[arg(long, default_value_t = 0.0, value_name = "EPS")]
+    pub label_smoothing: f32,
+    /// Feedback kinds of the validation pairs that choose the epoch or checkpoint (and, with
+    /// `--backbone lm`, fit the temperature), in the `--kinds` syntax: e.g. `synthetic` to
+    /// validate on pairs of two model summaries, the choice best-of-N makes.
+    #[arg(long, default_value = "all", value_name = "LIST")]
+    pub val_kinds: String,
     /// Ensemble members.
     #[arg(long, default_value_t = 4, value_name = "K")]
     pub members: usize,
@@ -195,7 +204,7 @@ pub fn run(ctx: &mut Context, args: RewardArgs) -> anyhow::Result<()> {
     let ws = ctx.workspace(&args.ws)?.clone();
     let encoder = || ws.encoder(&args.encoder.encoder, progress);
     match args.command {
-        RewardCommand::Train(a) => train(ctx, &ws, encoder()?, a),
+        RewardCommand::Train(a) => train(ctx, &ws, encoder()?, *a),
         RewardCommand::Eval(a) => eval(&ws, &encoder, a),
         RewardCommand::Score(a) => score(&ws, &encoder, a),
         #[cfg(feature = "testing")]
@@ -241,6 +250,13 @@ fn train(
             args.test_percent
         );
     }
+    crate::reward::train::check_label_smoothing(args.label_smoothing)
+        .map_err(|e| anyhow::anyhow!("--label-smoothing: {e}"))?;
+    let val_kinds =
+        Kinds::parse(&args.val_kinds).map_err(|e| anyhow::anyhow!("--val-kinds: {e}"))?;
+    if val_kinds == Kinds::NONE {
+        bail!("--val-kinds none leaves nothing to validate on; name at least one kind");
+    }
     let options = LearnOptions {
         kinds: Kinds::parse(&args.kinds).map_err(|e| anyhow::anyhow!("--kinds: {e}"))?,
         confidence: ConfidenceUse::parse(&args.confidence)
@@ -264,7 +280,7 @@ fn train(
         );
     }
     if args.backbone == Backbone::Lm {
-        return train_lm(ctx, ws, &args, &training, &source);
+        return train_lm(ctx, ws, &args, &training, &source, val_kinds);
     }
     let config = TrainConfig {
         members: args.members,
@@ -275,6 +291,8 @@ fn train(
         ordinal_weight: args.ordinal_weight,
         val_percent: args.val_percent,
         test_percent: args.test_percent,
+        label_smoothing: args.label_smoothing,
+        val_kinds,
         ..TrainConfig::default()
     };
     let bar = ctx.spinner(format!(
@@ -328,6 +346,7 @@ fn train_lm(
     args: &TrainArgs,
     training: &TrainingData,
     source: &str,
+    val_kinds: Kinds,
 ) -> anyhow::Result<()> {
     let pairs = &training.pairs;
     let base =
@@ -359,6 +378,8 @@ fn train_lm(
         eval_pairs: args.lm.eval_pairs,
         ordinal_weight: args.ordinal_weight,
         head_per_height: args.lm.head_per_height,
+        label_smoothing: args.label_smoothing,
+        val_kinds,
         ..LmTrainConfig::default()
     };
     let bar = ctx.spinner(format!(

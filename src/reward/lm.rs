@@ -32,14 +32,14 @@ use serde::{Deserialize, Serialize};
 
 use super::model::mean_std;
 use super::train::{
-    bt_loss_weighted, fit_temperature, init_thresholds, metrics, ordinal_loss, split_group_names,
-    Metrics,
+    bt_loss_weighted, check_label_smoothing, fit_temperature, init_thresholds, keep_val_kinds,
+    metrics, ordinal_loss, smooth_target, split_group_names, Metrics,
 };
 use super::{RewardError, CARD_FILE};
 use crate::compose::prompt;
 use crate::compose::select::SelectError;
 use crate::compose::{Candidate, CandidateScore, Selector};
-use crate::feedback::learn::Rating;
+use crate::feedback::learn::{Kinds, Rating};
 use crate::feedback::Pair;
 use crate::infer::tokenizer::GgufTokenizer;
 use crate::lm::model::LoadOptions;
@@ -102,6 +102,13 @@ pub struct LmTrainConfig {
     /// per-height prompt alone.
     #[serde(default)]
     pub head_per_height: bool,
+    /// Label smoothing ε of the pairs' training targets (0: off; see [`smooth_target`]).
+    #[serde(default)]
+    pub label_smoothing: f32,
+    /// The feedback kinds of the validation pairs that choose the checkpoint and fit the
+    /// temperature (the others in the validation groups are set aside, not trained on).
+    #[serde(default)]
+    pub val_kinds: Kinds,
 }
 
 fn default_eval_pairs() -> usize {
@@ -131,6 +138,8 @@ impl Default for LmTrainConfig {
             eval_pairs: default_eval_pairs(),
             ordinal_weight: 0.5,
             head_per_height: false,
+            label_smoothing: 0.0,
+            val_kinds: Kinds::ALL,
         }
     }
 }
@@ -165,6 +174,10 @@ impl LmTrainConfig {
         }
         if self.eval_every == Some(0) || self.eval_pairs == 0 {
             return bad("validate at least every step, on at least one pair");
+        }
+        check_label_smoothing(self.label_smoothing).map_err(RewardError::Invalid)?;
+        if self.val_kinds == Kinds::NONE {
+            return bad("validation needs at least one feedback kind");
         }
         if matches!(self.mode, Mode::Frozen) {
             return bad("a frozen backbone has nothing to train beside the head; use lora or full");
@@ -602,8 +615,19 @@ impl LmRewardModel {
             idx.sort_unstable();
             idx
         };
-        let val_idx = sample(in_set(&val_groups), 0x0076_616c);
-        let test_idx = sample(in_set(&test_groups), 0x7465_7374);
+        let val_idx = keep_val_kinds(in_set(&val_groups), &config.val_kinds, |&i| pairs[i].origin)?;
+        let test_idx = in_set(&test_groups);
+        tracing::info!(
+            "{} training pairs, {} validation pairs ({}), {} test pairs; at most {} of each \
+             held-out set scored",
+            train_idx.len(),
+            val_idx.len(),
+            config.val_kinds.names().join(", "),
+            test_idx.len(),
+            config.eval_pairs
+        );
+        let val_idx = sample(val_idx, 0x0076_616c);
+        let test_idx = sample(test_idx, 0x7465_7374);
         let pair_heights: Vec<u32> = pairs.iter().map(|p| p.height).collect();
         // One head row, or one per height up to the highest in the data.
         let heads = if config.head_per_height {
@@ -724,7 +748,10 @@ impl LmRewardModel {
                         .map(|&i| u32::from(train_ratings[i].overall.clamp(1, 7)) - 1)
                         .collect();
                     let rw: Vec<f32> = rbatch.iter().map(|&i| train_ratings[i].weight).collect();
-                    let t: Vec<f32> = batch.iter().map(|&i| pairs[i].target).collect();
+                    let t: Vec<f32> = batch
+                        .iter()
+                        .map(|&i| smooth_target(pairs[i].target, config.label_smoothing))
+                        .collect();
                     let wt: Vec<f32> = batch.iter().map(|&i| pairs[i].weight).collect();
                     let t = Tensor::from_vec(t, n, &device)?;
                     let wt = Tensor::from_vec(wt, n, &device)?;
@@ -1219,6 +1246,51 @@ mod tests {
         assert_eq!(test, pairs.iter().filter(|p| card.test_groups.contains(&p.group)).count());
         assert_eq!(card.report.as_ref().unwrap().all.model.pairs, test);
         assert_eq!(card.metrics["all"].accuracy, 1.0, "{card:?}");
+    }
+
+    /// Smoothed targets stop the margins near `ln((1−ε/2)/(ε/2))`; validation pairs are only
+    /// those of the kinds asked for, from the validation groups.
+    #[test]
+    fn label_smoothing_bounds_margins_and_validation_keeps_its_kinds() {
+        use crate::feedback::Origin;
+        let dir = tempfile::tempdir().unwrap();
+        let base = tiny(dir.path());
+        // Eight groups, each with a demonstration pair and a synthetic one.
+        let pairs: Vec<Pair> = separable()
+            .into_iter()
+            .flat_map(|p| {
+                [Origin::Demonstration, Origin::Synthetic].map(|origin| Pair {
+                    origin,
+                    chosen: format!("{} {origin:?}", p.chosen),
+                    ..p.clone()
+                })
+            })
+            .collect();
+        let synthetic = Kinds::parse("synthetic").unwrap();
+        let c = LmTrainConfig { members: 1, steps: Some(60), val_percent: 25, ..config() };
+        let margin = |eps: f32| {
+            let c = LmTrainConfig { label_smoothing: eps, val_kinds: synthetic, ..c.clone() };
+            let model = LmRewardModel::train(&base, &pairs, &[], &c, "test").unwrap();
+            let groups = &model.card.val_groups;
+            assert!(!groups.is_empty());
+            // One synthetic pair per validation group was validated on, not its demonstration.
+            assert_eq!(model.card.validation_metrics["all"].pairs, groups.len());
+            let train: Vec<Pair> =
+                pairs.iter().filter(|p| !groups.contains(&p.group)).cloned().collect();
+            let m = model.margins(&train).unwrap();
+            assert!(m.iter().all(|&d| d > 0.0), "ε {eps}: {m:?}");
+            m.iter().sum::<f32>() / m.len() as f32
+        };
+        let (plain, smoothed) = (margin(0.0), margin(0.5));
+        let optimum = 3f32.ln();
+        assert!(smoothed < optimum + 0.6, "smoothed {smoothed}, optimum {optimum}");
+        assert!(plain > smoothed + 1.0, "plain {plain}, smoothed {smoothed}");
+        // Kinds absent from the validation groups: an error, not a silent run without one.
+        let c = LmTrainConfig { val_kinds: Kinds::parse("comparison").unwrap(), ..c };
+        let err = LmRewardModel::train(&base, &pairs, &[], &c, "test").unwrap_err().to_string();
+        assert!(err.contains("validation kinds (comparison)"), "{err}");
+        let c = LmTrainConfig { label_smoothing: 1.0, ..c };
+        assert!(LmRewardModel::train(&base, &pairs, &[], &c, "test").is_err());
     }
 
     #[test]

@@ -5,7 +5,11 @@
 //! 0.5 for a tie): `t·softplus(−d) + (1−t)·softplus(d)`, i.e. `−log σ(d)` for a clear preference.
 //! Each ensemble member gets its own seed and a bootstrap sample of the training pairs; training
 //! stops when the validation loss has not improved for `patience` epochs and keeps the best
-//! epoch's weights.
+//! epoch's weights. Label smoothing ε moves every training target toward a coin,
+//! `t → (1−ε)·t + ε/2`: the loss then has its minimum at a finite margin, `ln((1−ε/2)/(ε/2))`
+//! for a clear preference, so pairs that are already told apart stop pulling and the margins
+//! stay in a range where σ(margin) can be a probability. Validation and test targets are never
+//! smoothed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,6 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::model::{height_tensor, mean_std, Head, Heads, Scope};
+use crate::feedback::learn::Kinds;
 use crate::feedback::Pair;
 
 /// How to train.
@@ -41,6 +46,13 @@ pub struct TrainConfig {
     /// Weight of the ordinal (Likert) loss beside the pairs' Bradley–Terry loss.
     #[serde(default = "default_ordinal_weight")]
     pub ordinal_weight: f64,
+    /// Label smoothing ε of the training targets (0: off); see the module docs.
+    #[serde(default)]
+    pub label_smoothing: f32,
+    /// The feedback kinds of the validation pairs that choose the epoch (the others in the
+    /// validation groups are set aside, not trained on).
+    #[serde(default)]
+    pub val_kinds: Kinds,
 }
 
 impl Default for TrainConfig {
@@ -58,7 +70,42 @@ impl Default for TrainConfig {
             shared: false,
             seed: 0,
             ordinal_weight: default_ordinal_weight(),
+            label_smoothing: 0.0,
+            val_kinds: Kinds::ALL,
         }
+    }
+}
+
+/// A training target after label smoothing `eps`: `(1−ε)·t + ε/2`.
+pub fn smooth_target(target: f32, eps: f32) -> f32 {
+    (1.0 - eps) * target + eps / 2.0
+}
+
+/// Keeps the validation pairs of `kinds`; an error when the validation groups hold pairs but
+/// none of these kinds (training would otherwise go on without the validation asked for).
+pub fn keep_val_kinds<T>(
+    val: Vec<T>,
+    kinds: &Kinds,
+    origin: impl Fn(&T) -> crate::feedback::Origin,
+) -> Result<Vec<T>, super::RewardError> {
+    let all = val.len();
+    let kept: Vec<T> = val.into_iter().filter(|p| kinds.allows(origin(p))).collect();
+    if all > 0 && kept.is_empty() {
+        return Err(super::RewardError::Invalid(format!(
+            "none of the {all} validation pairs is of the validation kinds ({}); choose other \
+             kinds or a larger validation share",
+            kinds.names().join(", ")
+        )));
+    }
+    Ok(kept)
+}
+
+/// Checks a label smoothing ε: 0 ≤ ε < 1 (at 1 every target is a coin).
+pub fn check_label_smoothing(eps: f32) -> Result<(), String> {
+    if (0.0..1.0).contains(&eps) {
+        Ok(())
+    } else {
+        Err(format!("label smoothing must be at least 0 and below 1, got {eps}"))
     }
 }
 
@@ -101,6 +148,17 @@ impl PairTensors {
 
     pub fn is_empty(&self) -> bool {
         self.target.is_empty()
+    }
+
+    /// The same pairs with their targets smoothed by `eps` ([`smooth_target`]).
+    pub fn smoothed(&self, eps: f32) -> PairTensors {
+        PairTensors {
+            chosen: self.chosen.clone(),
+            rejected: self.rejected.clone(),
+            target: self.target.iter().map(|&t| smooth_target(t, eps)).collect(),
+            heights: self.heights.clone(),
+            weight: self.weight.clone(),
+        }
     }
 
     /// The rows at `idx`.
@@ -362,6 +420,13 @@ pub fn train_ensemble_with(
 ) -> candle_core::Result<(Vec<Head>, Vec<usize>)> {
     let device = Device::Cpu;
     let shared = scope == Scope::Shared;
+    let smoothed;
+    let train = if config.label_smoothing > 0.0 {
+        smoothed = train.smoothed(config.label_smoothing);
+        &smoothed
+    } else {
+        train
+    };
     let n = train.len();
     let nr = ratings.map_or(0, RatingTensors::len);
     let has_val = val.is_some_and(|v| !v.is_empty())
@@ -674,6 +739,70 @@ mod tests {
             assert!(m.accuracy > 0.95, "{scope:?}: {m:?}");
         }
     }
+    #[test]
+    fn label_smoothing_keeps_margins_near_their_finite_optimum() {
+        // One informative feature, every pair clearly decided: without smoothing the margins
+        // grow as long as training runs; with ε = 0.2 the loss is lowest at ln 9 ≈ 2.2.
+        let dev = Device::Cpu;
+        let n = 64;
+        let dim = 3;
+        let row = |sign: f32, i: usize| [sign, (i % 7) as f32 / 7.0 - 0.5, (i % 3) as f32 - 1.0];
+        let c: Vec<f32> = (0..n).flat_map(|i| row(1.0, i)).collect();
+        let r: Vec<f32> = (0..n).flat_map(|i| row(-1.0, i + 1)).collect();
+        let data = PairTensors {
+            chosen: Tensor::from_vec(c, (n, dim), &dev).unwrap(),
+            rejected: Tensor::from_vec(r, (n, dim), &dev).unwrap(),
+            target: vec![1.0; n],
+            heights: vec![0; n],
+            weight: vec![1.0; n],
+        };
+        let mean_margin = |eps: f32| {
+            let config = TrainConfig {
+                members: 1,
+                max_epochs: 1200,
+                batch_size: 16,
+                learning_rate: 1e-2,
+                weight_decay: 0.0,
+                label_smoothing: eps,
+                ..TrainConfig::default()
+            };
+            let scope = Scope::Height(0);
+            let (heads, _) = train_ensemble(&data, None, dim, scope, &config).unwrap();
+            let heads = Heads { by_scope: [(scope, heads)].into_iter().collect() };
+            let m = ensemble_margins(&heads, &data).unwrap();
+            assert!(m.iter().all(|&d| d > 0.0), "ε {eps}: every pair still told apart");
+            m.iter().sum::<f32>() / n as f32
+        };
+        let (plain, smoothed) = (mean_margin(0.0), mean_margin(0.2));
+        let optimum = (0.9f32 / 0.1).ln();
+        assert!((smoothed - optimum).abs() < 0.5, "smoothed {smoothed}, optimum {optimum}");
+        assert!(plain > optimum + 2.0, "plain {plain}");
+        // The targets themselves, and the bounds on ε.
+        assert!((smooth_target(1.0, 0.2) - 0.9).abs() < 1e-6);
+        assert!((smooth_target(0.5, 0.2) - 0.5).abs() < 1e-6);
+        assert_eq!(smooth_target(0.0, 0.0), 0.0);
+        assert!(check_label_smoothing(0.0).is_ok() && check_label_smoothing(0.99).is_ok());
+        let err = check_label_smoothing(1.0).unwrap_err();
+        assert!(err.contains("below 1") && err.contains("got 1"), "{err}");
+        assert!(check_label_smoothing(-0.1).is_err() && check_label_smoothing(f32::NAN).is_err());
+    }
+
+    #[test]
+    fn validation_kinds_keep_only_their_pairs_and_say_when_none_are_left() {
+        use crate::feedback::Origin;
+        let pair = |origin: Origin| Pair { origin, ..Pair::new(0, "i", "c", "r", 1.0, "g") };
+        let val = vec![pair(Origin::Demonstration), pair(Origin::Synthetic), pair(Origin::Likert)];
+        let synthetic = Kinds::parse("synthetic").unwrap();
+        let kept = keep_val_kinds(val.clone(), &synthetic, |p| p.origin).unwrap();
+        assert_eq!(kept, vec![pair(Origin::Synthetic)]);
+        assert_eq!(keep_val_kinds(val.clone(), &Kinds::ALL, |p| p.origin).unwrap(), val);
+        let none = Kinds::parse("comparison").unwrap();
+        let err = keep_val_kinds(val, &none, |p| p.origin).unwrap_err().to_string();
+        assert!(err.contains("none of the 3 validation pairs") && err.contains("comparison"));
+        // No validation groups at all is not an error: there is nothing to keep.
+        assert!(keep_val_kinds(Vec::<Pair>::new(), &none, |p| p.origin).unwrap().is_empty());
+    }
+
     #[test]
     fn ordinal_loss_prefers_scores_matching_the_level_and_thresholds_stay_ordered() {
         let dev = Device::Cpu;
