@@ -282,6 +282,7 @@ impl RewardModel {
         source: &str,
         featurize_seconds: f64,
     ) -> Result<RewardModel, RewardError> {
+        train::check_label_smoothing(config.label_smoothing).map_err(RewardError::Invalid)?;
         let t0 = Instant::now();
         let pairs = &data.pairs;
         let (val_groups, test_groups) = train::split_group_names(
