@@ -704,10 +704,21 @@ mod tests {
         assert!(v2.is_empty() && t2.len() == 1);
     }
 
+    /// Rows of `dim` features, chosen over rejected, every pair clearly decided, at height 0.
+    fn decided_pairs(chosen: Vec<f32>, rejected: Vec<f32>, dim: usize) -> PairTensors {
+        let n = chosen.len() / dim;
+        PairTensors {
+            chosen: Tensor::from_vec(chosen, (n, dim), &Device::Cpu).unwrap(),
+            rejected: Tensor::from_vec(rejected, (n, dim), &Device::Cpu).unwrap(),
+            target: vec![1.0; n],
+            heights: vec![0; n],
+            weight: vec![1.0; n],
+        }
+    }
+
     #[test]
     fn training_learns_a_separable_preference() {
         // Feature 0 decides: chosen rows have +1, rejected −1, the rest is noise.
-        let dev = Device::Cpu;
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let n = 200;
         let dim = 6;
@@ -724,13 +735,7 @@ mod tests {
             let last = r.len() - dim;
             r[last] = -1.0;
         }
-        let data = PairTensors {
-            chosen: Tensor::from_vec(c, (n, dim), &dev).unwrap(),
-            rejected: Tensor::from_vec(r, (n, dim), &dev).unwrap(),
-            target: vec![1.0; n],
-            heights: vec![0; n],
-            weight: vec![1.0; n],
-        };
+        let data = decided_pairs(c, r, dim);
         let config = TrainConfig { members: 2, max_epochs: 30, ..TrainConfig::default() };
         for scope in [Scope::Height(0), Scope::Shared] {
             let (heads, _) = train_ensemble(&data, None, dim, scope, &config).unwrap();
@@ -743,19 +748,12 @@ mod tests {
     fn label_smoothing_keeps_margins_near_their_finite_optimum() {
         // One informative feature, every pair clearly decided: without smoothing the margins
         // grow as long as training runs; with ε = 0.2 the loss is lowest at ln 9 ≈ 2.2.
-        let dev = Device::Cpu;
         let n = 64;
         let dim = 3;
         let row = |sign: f32, i: usize| [sign, (i % 7) as f32 / 7.0 - 0.5, (i % 3) as f32 - 1.0];
         let c: Vec<f32> = (0..n).flat_map(|i| row(1.0, i)).collect();
         let r: Vec<f32> = (0..n).flat_map(|i| row(-1.0, i + 1)).collect();
-        let data = PairTensors {
-            chosen: Tensor::from_vec(c, (n, dim), &dev).unwrap(),
-            rejected: Tensor::from_vec(r, (n, dim), &dev).unwrap(),
-            target: vec![1.0; n],
-            heights: vec![0; n],
-            weight: vec![1.0; n],
-        };
+        let data = decided_pairs(c, r, dim);
         let mean_margin = |eps: f32| {
             let config = TrainConfig {
                 members: 1,
