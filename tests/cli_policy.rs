@@ -177,6 +177,26 @@ fn an_lm_reward_model_trains_evaluates_and_selects() {
     assert!(stdout.contains("member 1: kept step"), "{stdout}");
     // A handful of validation pairs is too few to calibrate the scores' temperature on.
     assert!(stdout.contains("temperature 1 (not fitted: "), "{stdout}");
+    // A linear probe alone: the head on the frozen model's features, no fine-tuning step.
+    let out = ws
+        .rrm()
+        .args(["--threads", "1", "reward", "train", "--backbone", "lm", "--data", "prefs.jsonl"])
+        .args(["--base", &base, "--steps", "0", "--probe-epochs", "5", "--lora-rank", "4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("kept step 0, fine-tuned from the probe's pass"), "{stdout}");
+    assert!(stdout.contains("the probe alone"), "{stdout}");
+    // Neither steps nor a probe: nothing to train, said so.
+    let out = ws
+        .rrm()
+        .args(["reward", "train", "--backbone", "lm", "--data", "prefs.jsonl"])
+        .args(["--base", &base, "--steps", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("probe for at least one pass"), "{}", stderr_of(&out));
     // A checkpointing setting that is not one names itself and the choices.
     let out = ws
         .rrm()

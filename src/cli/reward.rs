@@ -142,9 +142,15 @@ pub struct LmArgs {
     /// forward only (no backward pass through them, no activations kept for one).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub lora_top_layers: Option<u64>,
-    /// Optimizer steps per member (default: `--epochs` passes over the pairs).
+    /// Optimizer steps per member (default: `--epochs` passes over the pairs; 0 with
+    /// `--probe-epochs`: the probe alone).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// First fit the head alone, for up to N passes over every training pair, on the frozen
+    /// model's features (one forward pass per pair; validation chooses the pass), then
+    /// fine-tune from it: linear probing, then fine-tuning.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub probe_epochs: usize,
     #[arg(long, default_value_t = 1)]
     pub epochs: usize,
     /// Pairs per optimizer step.
@@ -380,6 +386,7 @@ fn train_lm(
         head_per_height: args.lm.head_per_height,
         label_smoothing: args.label_smoothing,
         val_kinds,
+        probe_epochs: args.lm.probe_epochs,
         ..LmTrainConfig::default()
     };
     let bar = ctx.spinner(format!(
@@ -413,8 +420,15 @@ fn train_lm(
     let c = &model.card;
     for (m, (step, curve)) in c.best_step.iter().zip(&c.validation_curve).enumerate() {
         let losses: Vec<String> = curve.iter().map(|(s, l)| format!("{s}: {l:.3}")).collect();
+        let probe = c.probe_epoch.get(m).map_or(String::new(), |p| {
+            format!(
+                ", fine-tuned from the probe's pass {p} of {}{}",
+                c.config.probe_epochs,
+                if *step == 0 { "; step 0: the probe alone" } else { "" }
+            )
+        });
         println!(
-            "member {m}: kept step {step} (validation log-loss by step: {})",
+            "member {m}: kept step {step}{probe} (validation log-loss by step: {})",
             if losses.is_empty() { "no validation groups".to_string() } else { losses.join(", ") }
         );
     }

@@ -109,6 +109,11 @@ pub struct LmTrainConfig {
     /// temperature (the others in the validation groups are set aside, not trained on).
     #[serde(default)]
     pub val_kinds: Kinds,
+    /// Passes of a linear probe before fine-tuning: the head alone on the frozen model's
+    /// features of every training pair, the pass chosen on the validation pairs (0: off; see
+    /// `probe`). With `steps` 0 the probe is the whole training.
+    #[serde(default)]
+    pub probe_epochs: usize,
 }
 
 fn default_eval_pairs() -> usize {
@@ -140,6 +145,7 @@ impl Default for LmTrainConfig {
             head_per_height: false,
             label_smoothing: 0.0,
             val_kinds: Kinds::ALL,
+            probe_epochs: 0,
         }
     }
 }
@@ -156,8 +162,12 @@ impl LmTrainConfig {
         if self.max_tokens < 8 {
             return bad("max tokens must be at least 8");
         }
-        if self.steps == Some(0) || (self.steps.is_none() && self.epochs == 0) {
-            return bad("train for at least one step (or epoch)");
+        let no_steps = self.steps == Some(0) || (self.steps.is_none() && self.epochs == 0);
+        if no_steps && self.probe_epochs == 0 {
+            return bad("train for at least one step (or epoch), or probe for at least one pass");
+        }
+        if self.probe_epochs > 10_000 {
+            return bad("probe passes must be at most 10000");
         }
         if !(self.lr > 0.0 && self.head_lr > 0.0 && self.lr.is_finite() && self.head_lr.is_finite())
         {
@@ -180,7 +190,10 @@ impl LmTrainConfig {
             return bad("validation needs at least one feedback kind");
         }
         if matches!(self.mode, Mode::Frozen) {
-            return bad("a frozen backbone has nothing to train beside the head; use lora or full");
+            return bad(
+                "a frozen backbone has nothing to train beside the head; use lora or full (the \
+                 head alone: lora with probe passes and 0 steps)",
+            );
         }
         Ok(())
     }
@@ -253,6 +266,14 @@ pub struct LmCard {
     /// The validation log-loss before the temperature (the `validation_metrics` are after it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_log_loss_uncalibrated: Option<f64>,
+    /// Per member, the linear probe's pass whose head fine-tuning started from (empty
+    /// without a probe); a `best_step` of 0 keeps the probe's head and zero adapters.
+    #[serde(default)]
+    pub probe_epoch: Vec<usize>,
+    /// Seconds spent on the probe's features (one forward pass per training and validation
+    /// pair), not in `train_seconds`.
+    #[serde(default)]
+    pub probe_seconds: f64,
     /// Mean Bradley–Terry loss of each member's last epoch.
     pub final_loss: Vec<f64>,
     pub train_seconds: f64,
@@ -294,6 +315,8 @@ impl std::fmt::Debug for LmRewardModel {
 
 /// A pair's chosen and rejected token sequences.
 type TokenPair = (Vec<u32>, Vec<u32>);
+
+mod probe;
 
 /// blake3 of a file, hex.
 pub fn file_hash(path: &Path) -> Result<String, RewardError> {
@@ -387,18 +410,6 @@ fn encode(
     Ok((seqs, cut))
 }
 
-/// Rewards of every completion of packed rows (row by row) under the loaded backbone and a
-/// head.
-fn rewards(
-    llama: &TrainableLlama,
-    packed: &[Packed],
-    w: &Tensor,
-    b: &Tensor,
-    which: &Tensor,
-) -> Result<Tensor, RewardError> {
-    Ok(head_scores(&llama.packed_last_hidden(packed)?, w, b, which)?)
-}
-
 /// Sequences scored together (a pair, a node's candidates) as packed rows: their common
 /// prefix (the node's prompt and input, as far as they are the same) once, then each
 /// one's rest; sequences with no common prefix, one row each. Completions keep `seqs`' order.
@@ -421,17 +432,14 @@ fn pack(seqs: &[&[u32]]) -> Vec<Packed> {
         .collect()
 }
 
-/// Rewards of every completion of `rows` under the loaded backbone and a head (`heads[i]`: the
-/// head row of `rows[i]`'s completions), several rows per forward pass (similar lengths
-/// together, at most `budget` tokens with padding); in the rows' completion order.
-fn score_rows(
+/// The final hidden state (f32) of every completion's last token of `rows` under the loaded
+/// backbone, `(completions, hidden)` in the rows' completion order; several rows per forward
+/// pass (similar lengths together, at most `budget` tokens with padding).
+fn last_hidden_rows(
     llama: &TrainableLlama,
     rows: &[Packed],
-    heads: &[u32],
-    w: &Tensor,
-    b: &Tensor,
     budget: usize,
-) -> Result<Vec<f32>, RewardError> {
+) -> Result<Tensor, RewardError> {
     let mut idx: Vec<usize> = (0..rows.len()).collect();
     idx.sort_by_key(|&i| packed_len(&rows[i]));
     let mut first = Vec::with_capacity(rows.len());
@@ -440,7 +448,9 @@ fn score_rows(
         first.push(n);
         n += r.completions.len();
     }
-    let mut out = vec![0f32; n];
+    // Where each batch row lands among the completions, to put them back in order.
+    let mut place = Vec::with_capacity(n);
+    let mut parts = Vec::new();
     let mut at = 0;
     while at < idx.len() {
         let mut end = at + 1;
@@ -448,19 +458,43 @@ fn score_rows(
             end += 1;
         }
         let batch: Vec<Packed> = idx[at..end].iter().map(|&i| rows[i].clone()).collect();
-        let which = head_rows(idx[at..end].iter().map(|&i| (heads[i], rows[i].completions.len())));
-        let which = Tensor::new(which, w.device())?;
-        let r = rewards(llama, &batch, w, b, &which)?.to_vec1::<f32>()?;
-        let mut j = 0;
+        parts.push(llama.packed_last_hidden(&batch)?.to_dtype(DType::F32)?);
         for &i in &idx[at..end] {
-            for c in 0..rows[i].completions.len() {
-                out[first[i] + c] = r[j];
-                j += 1;
-            }
+            place.extend((0..rows[i].completions.len()).map(|c| first[i] + c));
         }
         at = end;
     }
-    Ok(out)
+    let hidden = llama.config.hidden;
+    if parts.is_empty() {
+        return Ok(Tensor::zeros((0, hidden), DType::F32, llama.device())?);
+    }
+    let stacked = Tensor::cat(&parts, 0)?;
+    let mut back = vec![0u32; n];
+    for (k, &p) in place.iter().enumerate() {
+        back[p] = k as u32;
+    }
+    let back = Tensor::new(back, stacked.device())?;
+    Ok(stacked.index_select(&back, 0)?)
+}
+
+/// Rewards of every completion of `rows` under the loaded backbone and a head (`heads[i]`: the
+/// head row of `rows[i]`'s completions), batched as [`last_hidden_rows`]; in the rows'
+/// completion order.
+fn score_rows(
+    llama: &TrainableLlama,
+    rows: &[Packed],
+    heads: &[u32],
+    w: &Tensor,
+    b: &Tensor,
+    budget: usize,
+) -> Result<Vec<f32>, RewardError> {
+    let hidden = last_hidden_rows(llama, rows, budget)?;
+    if hidden.dim(0)? == 0 {
+        return Ok(Vec::new());
+    }
+    let which = head_rows(rows.iter().zip(heads).map(|(r, &h)| (h, r.completions.len())));
+    let which = Tensor::new(which, w.device())?;
+    Ok(head_scores(&hidden, w, b, &which)?.to_vec1::<f32>()?)
 }
 
 /// Tokens per forward pass when scoring.
@@ -532,6 +566,107 @@ fn snapshot(body: &[(String, Var)], w: &Var, b: &Var) -> Result<LmMember, Reward
         head_w: w.as_tensor().detach().copy()?,
         head_b: b.as_tensor().detach().copy()?,
     })
+}
+
+/// Draws training batches: pairs from `train_idx` and as many ratings (of `rated`), each in a
+/// fresh shuffled order once the last one is used up.
+struct Draw<'a> {
+    train_idx: &'a [usize],
+    order: Vec<usize>,
+    rated: usize,
+    rating_order: Vec<usize>,
+}
+
+impl<'a> Draw<'a> {
+    fn new(train_idx: &'a [usize], rated: usize) -> Draw<'a> {
+        Draw { train_idx, order: Vec::new(), rated, rating_order: Vec::new() }
+    }
+
+    /// The next `n` pairs (indices into the pairs) and ratings (indices into the rated
+    /// summaries).
+    fn next(&mut self, n: usize, rng: &mut rand::rngs::StdRng) -> (Vec<usize>, Vec<usize>) {
+        let mut batch = Vec::with_capacity(n);
+        while batch.len() < n.min(self.train_idx.len()) {
+            if self.order.is_empty() {
+                self.order = self.train_idx.to_vec();
+                self.order.shuffle(rng);
+            }
+            batch.extend(self.order.pop());
+        }
+        let mut rbatch = Vec::with_capacity(n);
+        while rbatch.len() < n.min(self.rated) {
+            if self.rating_order.is_empty() {
+                self.rating_order = (0..self.rated).collect();
+                self.rating_order.shuffle(rng);
+            }
+            rbatch.extend(self.rating_order.pop());
+        }
+        (batch, rbatch)
+    }
+}
+
+/// What a batch's scores are trained towards: `n` pairs (scores `2k`, `2k + 1`: chosen,
+/// rejected) under Bradley–Terry, then the ratings' scores under the ordinal loss.
+struct BatchTargets {
+    n: usize,
+    t: Tensor,
+    wt: Tensor,
+    levels: Vec<u32>,
+    rw: Vec<f32>,
+    /// Every score's head row.
+    which: Tensor,
+}
+
+impl BatchTargets {
+    /// From each pair's (target, weight, height) and each rating's (level 0–6, weight,
+    /// height), with `heads` head rows.
+    fn new(
+        pairs: impl Iterator<Item = (f32, f32, u32)>,
+        ratings: impl Iterator<Item = (u32, f32, u32)>,
+        heads: usize,
+        device: &Device,
+    ) -> Result<BatchTargets, RewardError> {
+        let (mut t, mut wt, mut which) = (Vec::new(), Vec::new(), Vec::new());
+        for (target, weight, height) in pairs {
+            t.push(target);
+            wt.push(weight);
+            which.extend([head_of(height, heads); 2]);
+        }
+        let (mut levels, mut rw) = (Vec::new(), Vec::new());
+        for (level, weight, height) in ratings {
+            levels.push(level);
+            rw.push(weight);
+            which.push(head_of(height, heads));
+        }
+        let n = t.len();
+        Ok(BatchTargets {
+            n,
+            t: Tensor::from_vec(t, n, device)?,
+            wt: Tensor::from_vec(wt, n, device)?,
+            levels,
+            rw,
+            which: Tensor::new(which, device)?,
+        })
+    }
+
+    /// The loss of the batch's scores `all` (in the order above).
+    fn loss(
+        &self,
+        all: &Tensor,
+        thresholds: &Tensor,
+        ordinal_weight: f64,
+    ) -> candle_core::Result<Tensor> {
+        let n = self.n;
+        let r = all.narrow(0, 0, 2 * n)?.reshape((n, 2))?;
+        let d = (r.narrow(1, 0, 1)? - r.narrow(1, 1, 1)?)?.squeeze(1)?;
+        let bt = bt_loss_weighted(&d, &self.t, &self.wt)?;
+        if self.levels.is_empty() {
+            return Ok(bt);
+        }
+        let scores = all.narrow(0, 2 * n, self.levels.len())?;
+        let ord = ordinal_loss(&scores, thresholds, &self.levels, &self.rw)?;
+        bt + (ord * ordinal_weight)?
+    }
 }
 
 /// Tokens of a packed row.
@@ -644,6 +779,28 @@ impl LmRewardModel {
         let mut rated: Vec<Vec<u32>> = Vec::with_capacity(train_ratings.len());
         let mut last: Option<(TrainableLlama, GgufTokenizer)> = None;
         let mut pair_steps = 0usize;
+        let mut probe_features: Option<probe::Features> = None;
+        let mut probe_seconds = 0.0;
+        let mut probe_kept = Vec::with_capacity(config.members);
+        // A batch's targets: each pair's (smoothed) target and weight, each rating's level
+        // and weight, and every score's head row.
+        let targets_of = |batch: &[usize],
+                          rbatch: &[usize],
+                          device: &Device|
+         -> Result<BatchTargets, RewardError> {
+            BatchTargets::new(
+                batch.iter().map(|&i| {
+                    let p = &pairs[i];
+                    (smooth_target(p.target, config.label_smoothing), p.weight, p.height)
+                }),
+                rbatch.iter().map(|&i| {
+                    let r = train_ratings[i];
+                    (u32::from(r.overall.clamp(1, 7)) - 1, r.weight, r.height)
+                }),
+                heads,
+                device,
+            )
+        };
         let mut train_seconds = 0.0;
         for m in 0..config.members {
             let options = LoadOptions { mode: member_mode(&config.mode, m), dtype: DType::F32 };
@@ -706,76 +863,77 @@ impl LmRewardModel {
             let eval_every = config.eval_every.unwrap_or(epoch_steps);
             let sched = Schedule { peak: 1.0, warmup: config.warmup, total, min_ratio: 0.1 };
             let mut acc = Accumulator::new(all_vars.len());
-            let mut order: Vec<usize> = Vec::new();
-            let mut rating_order: Vec<usize> = Vec::new();
+            let mut draw = Draw::new(&train_idx, rated.len());
             let mut losses: Vec<f64> = Vec::new();
             let mut curve = Vec::new();
             let mut best: Option<(f64, usize, LmMember)> = None;
+            if config.probe_epochs > 0 {
+                if probe_features.is_none() {
+                    let p0 = Instant::now();
+                    probe_features = Some(probe::Features::compute(
+                        &llama,
+                        data,
+                        &rated,
+                        &train_idx,
+                        &val_idx,
+                        config.max_tokens,
+                    )?);
+                    probe_seconds = p0.elapsed().as_secs_f64();
+                    tracing::info!(
+                        "probe features of {} training and {} validation pairs and {} ratings \
+                         in {probe_seconds:.0} s",
+                        train_idx.len(),
+                        val_idx.len(),
+                        rated.len()
+                    );
+                }
+                let features = probe_features.as_ref().ok_or_else(|| {
+                    RewardError::Invalid("internal: the probe features were not computed".into())
+                })?;
+                let fit = features.fit(
+                    &mut Draw::new(&train_idx, rated.len()),
+                    &targets_of,
+                    &val_idx,
+                    pairs,
+                    [&head_w, &head_b, &thresholds],
+                    config,
+                    &mut rng,
+                )?;
+                tracing::info!(
+                    "member {m}: probe epoch {} of {}, validation log-loss {}",
+                    fit.epoch,
+                    config.probe_epochs,
+                    fit.val_loss.map_or("-".into(), |l| format!("{l:.4}"))
+                );
+                losses.extend(fit.last_epoch_losses);
+                probe_kept.push(fit.epoch);
+                if let Some(loss) = fit.val_loss {
+                    curve.push((0, loss));
+                    best = Some((loss, 0, snapshot(&body, &head_w, &head_b)?));
+                }
+            }
             let started = Instant::now();
             let mut validating = 0.0;
             for step in 0..total {
                 for _ in 0..config.grad_accum {
-                    let mut batch = Vec::with_capacity(config.batch_pairs);
-                    while batch.len() < config.batch_pairs.min(train_idx.len()) {
-                        if order.is_empty() {
-                            order = train_idx.clone();
-                            order.shuffle(&mut rng);
-                        }
-                        if let Some(i) = order.pop() {
-                            batch.push(i);
-                        }
-                    }
-                    // As many ratings as pairs, drawn the same way.
-                    let mut rbatch = Vec::with_capacity(config.batch_pairs);
-                    while rbatch.len() < config.batch_pairs.min(rated.len()) {
-                        if rating_order.is_empty() {
-                            rating_order = (0..rated.len()).collect();
-                            rating_order.shuffle(&mut rng);
-                        }
-                        if let Some(i) = rating_order.pop() {
-                            rbatch.push(i);
-                        }
-                    }
+                    let (batch, rbatch) = draw.next(config.batch_pairs, &mut rng);
                     // Chosen and rejected share the node's prompt: one packed row per pair;
                     // then one row per rated summary.
                     let mut packed: Vec<Packed> =
                         batch.iter().flat_map(|&i| pack(&[&data[i].0, &data[i].1])).collect();
                     packed.extend(rbatch.iter().flat_map(|&i| pack(&[&rated[i]])));
                     let n = batch.len();
-                    let nr = rbatch.len();
-                    let levels: Vec<u32> = rbatch
-                        .iter()
-                        .map(|&i| u32::from(train_ratings[i].overall.clamp(1, 7)) - 1)
-                        .collect();
-                    let rw: Vec<f32> = rbatch.iter().map(|&i| train_ratings[i].weight).collect();
-                    let t: Vec<f32> = batch
-                        .iter()
-                        .map(|&i| smooth_target(pairs[i].target, config.label_smoothing))
-                        .collect();
-                    let wt: Vec<f32> = batch.iter().map(|&i| pairs[i].weight).collect();
-                    let t = Tensor::from_vec(t, n, &device)?;
-                    let wt = Tensor::from_vec(wt, n, &device)?;
-                    // Each pair's two scores, then each rating's, by its height's head.
-                    let which = head_rows(
-                        (batch.iter().map(|&i| (head_of(pairs[i].height, heads), 2))).chain(
-                            rbatch.iter().map(|&i| (head_of(train_ratings[i].height, heads), 1)),
-                        ),
-                    );
-                    let which = Tensor::new(which, &device)?;
+                    let targets = targets_of(&batch, &rbatch, &device)?;
                     let heads = [head_w.clone(), head_b.clone(), thresholds.clone()];
                     let (loss, grads) =
                         llama.packed_last_hidden_backward(&packed, &heads, |h| {
-                            let all =
-                                head_scores(h, head_w.as_tensor(), head_b.as_tensor(), &which)?;
-                            let r = all.narrow(0, 0, 2 * n)?.reshape((n, 2))?;
-                            let d = (r.narrow(1, 0, 1)? - r.narrow(1, 1, 1)?)?.squeeze(1)?;
-                            let bt = bt_loss_weighted(&d, &t, &wt)?;
-                            if nr == 0 {
-                                return Ok(bt);
-                            }
-                            let scores = all.narrow(0, 2 * n, nr)?;
-                            let ord = ordinal_loss(&scores, thresholds.as_tensor(), &levels, &rw)?;
-                            Ok((bt + (ord * config.ordinal_weight)?)?)
+                            let all = head_scores(
+                                h,
+                                head_w.as_tensor(),
+                                head_b.as_tensor(),
+                                &targets.which,
+                            )?;
+                            Ok(targets.loss(&all, thresholds.as_tensor(), config.ordinal_weight)?)
                         })?;
                     let lv = f64::from(loss.to_scalar::<f32>()?);
                     if !lv.is_finite() {
@@ -867,6 +1025,8 @@ impl LmRewardModel {
             temperature: 1.0,
             temperature_fitted: false,
             validation_log_loss_uncalibrated: None,
+            probe_epoch: probe_kept,
+            probe_seconds,
             final_loss,
             train_seconds,
             pairs_per_second: pair_steps as f64 / train_seconds.max(1e-9),
@@ -1194,6 +1354,16 @@ mod tests {
         );
         let s = s.unwrap();
         assert!(s[0][0] > s[0][1] + 0.5, "{s:?}");
+        // The same through a linear probe alone: the ratings' features train the head too.
+        let probe = LmTrainConfig { steps: Some(0), probe_epochs: 40, ..c.clone() };
+        let model = LmRewardModel::train(&base, &ties, &ratings, &probe, "test").unwrap();
+        let s = model.member_scores(
+            0,
+            "passage number 5 about animals",
+            &["zebra zebra 5", "cat dog 5"],
+        );
+        let s = s.unwrap();
+        assert!(s[0][0] > s[0][1] + 0.5, "probe: {s:?}");
         // Without the ordinal loss the ties teach no order.
         let c = LmTrainConfig { ordinal_weight: 0.0, ..c };
         let model = LmRewardModel::train(&base, &ties, &ratings, &c, "test").unwrap();
@@ -1246,6 +1416,55 @@ mod tests {
         assert_eq!(test, pairs.iter().filter(|p| card.test_groups.contains(&p.group)).count());
         assert_eq!(card.report.as_ref().unwrap().all.model.pairs, test);
         assert_eq!(card.metrics["all"].accuracy, 1.0, "{card:?}");
+    }
+
+    /// A probe alone (0 steps) keeps the validated pass's head, which scores through the whole
+    /// model exactly as it did on the features; fine-tuning then starts from it (step 0).
+    #[test]
+    fn a_linear_probe_is_validated_like_a_step_and_fine_tuning_starts_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = tiny(dir.path());
+        let pairs: Vec<Pair> = (0..16)
+            .map(|i| {
+                let input = format!("passage number {i} about animals");
+                let (c, r) = (format!("zebra zebra {i}"), format!("cat dog {i}"));
+                Pair::new(0, &input, &c, &r, 1.0, &format!("g{i}"))
+            })
+            .collect();
+        let c = LmTrainConfig {
+            members: 1,
+            steps: Some(0),
+            probe_epochs: 30,
+            val_percent: 25,
+            ..config()
+        };
+        let model = LmRewardModel::train(&base, &pairs, &[], &c, "test").unwrap();
+        let card = &model.card;
+        assert_eq!(card.best_step, vec![0]);
+        assert!((1..=30).contains(&card.probe_epoch[0]), "{card:?}");
+        let curve = &card.validation_curve[0];
+        assert_eq!(curve.len(), 1);
+        assert_eq!(curve[0].0, 0);
+        // The head folded back out of standardised coordinates gives the probe's validation
+        // log-loss through the full forward pass.
+        let raw = card.validation_log_loss_uncalibrated.unwrap();
+        assert!((raw - curve[0].1).abs() < 1e-3, "model {raw} vs probe {:?}", curve[0]);
+        assert!(raw < 0.3, "{raw}");
+        let train: Vec<Pair> =
+            pairs.iter().filter(|p| !card.val_groups.contains(&p.group)).cloned().collect();
+        assert!(model.margins(&train).unwrap().iter().all(|&d| d > 0.0));
+        assert!(card.probe_seconds > 0.0 && card.train_seconds >= 0.0);
+        // Probe, then fine-tuning: validated at step 0 (the probe) and after steps 5 and 10.
+        let c = LmTrainConfig { steps: Some(10), eval_every: Some(5), ..c };
+        let model = LmRewardModel::train(&base, &pairs, &[], &c, "test").unwrap();
+        let curve = &model.card.validation_curve[0];
+        assert_eq!(curve.iter().map(|c| c.0).collect::<Vec<_>>(), vec![0, 5, 10]);
+        let best = curve.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+        assert_eq!(model.card.best_step, vec![best.0]);
+        // No steps and no probe: nothing to train.
+        let c = LmTrainConfig { steps: Some(0), probe_epochs: 0, ..c };
+        let err = LmRewardModel::train(&base, &pairs, &[], &c, "test").unwrap_err().to_string();
+        assert!(err.contains("probe"), "{err}");
     }
 
     /// Smoothed targets stop the margins near `ln((1−ε/2)/(ε/2))`; validation pairs are only
@@ -1405,17 +1624,25 @@ mod tests {
         let w = (Tensor::arange(0f64, h, &Device::Cpu).unwrap() / h).unwrap();
         let w = w.to_dtype(DType::F32).unwrap().unsqueeze(0).unwrap();
         let b = Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
-        let head = |n: usize| Tensor::zeros(n, DType::U32, &Device::Cpu).unwrap();
         let seqs: [&[u32]; 3] = [&[1, 5, 6, 7, 9], &[1, 5, 6, 8], &[1, 5, 6, 7]];
         let packed = pack(&seqs);
         assert_eq!(packed.len(), 1, "one shared prefix, one row");
         assert_eq!(packed[0].prompt, vec![1, 5, 6]);
-        let together =
-            rewards(&llama, &packed, &w, &b, &head(3)).unwrap().to_vec1::<f32>().unwrap();
+        let together = score_rows(&llama, &packed, &[0], &w, &b, 4096).unwrap();
         for (i, s) in seqs.iter().enumerate() {
-            let alone = rewards(&llama, &pack(&[s]), &w, &b, &head(1)).unwrap();
-            let alone = alone.to_vec1::<f32>().unwrap();
+            let alone = score_rows(&llama, &pack(&[s]), &[0], &w, &b, 4096).unwrap();
             assert!((alone[0] - together[i]).abs() < 1e-4, "{i}: {} vs {}", alone[0], together[i]);
+        }
+        // Rows of different lengths, one forward pass each (shortest first) or all in one:
+        // the scores come back in the rows' order either way.
+        let rows: Vec<Packed> =
+            [seqs[0], &[1, 2], seqs[1]].iter().flat_map(|s| pack(&[s])).collect();
+        let one_by_one = score_rows(&llama, &rows, &[0, 0, 0], &w, &b, 1).unwrap();
+        let at_once = score_rows(&llama, &rows, &[0, 0, 0], &w, &b, 4096).unwrap();
+        assert!((one_by_one[0] - together[0]).abs() < 1e-4);
+        assert!((one_by_one[2] - together[1]).abs() < 1e-4);
+        for (a, o) in one_by_one.iter().zip(&at_once) {
+            assert!((a - o).abs() < 1e-4, "{one_by_one:?} vs {at_once:?}");
         }
         // No common prefix: one row each, in order.
         let apart = pack(&[&[2, 3], &[4, 5, 6]]);
