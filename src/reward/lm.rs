@@ -1297,7 +1297,12 @@ mod tests {
 
     /// Chosen summaries contain "zebra", rejected ones never do.
     fn separable() -> Vec<Pair> {
-        (0..8)
+        separable_pairs(8)
+    }
+
+    /// `n` such pairs, each its own group.
+    fn separable_pairs(n: usize) -> Vec<Pair> {
+        (0..n)
             .map(|i| {
                 let input = format!("passage number {i} about animals");
                 let (c, r) = (format!("zebra zebra {i}"), format!("cat dog {i}"));
@@ -1374,13 +1379,7 @@ mod tests {
     fn validation_groups_choose_the_checkpoint_and_test_groups_give_the_metrics() {
         let dir = tempfile::tempdir().unwrap();
         let base = tiny(dir.path());
-        let pairs: Vec<Pair> = (0..16)
-            .map(|i| {
-                let input = format!("passage number {i} about animals");
-                let (c, r) = (format!("zebra zebra {i}"), format!("cat dog {i}"));
-                Pair::new(0, &input, &c, &r, 1.0, &format!("g{i}"))
-            })
-            .collect();
+        let pairs = separable_pairs(16);
         let c = LmTrainConfig {
             members: 1,
             val_percent: 25,
@@ -1424,13 +1423,7 @@ mod tests {
     fn a_linear_probe_is_validated_like_a_step_and_fine_tuning_starts_from_it() {
         let dir = tempfile::tempdir().unwrap();
         let base = tiny(dir.path());
-        let pairs: Vec<Pair> = (0..16)
-            .map(|i| {
-                let input = format!("passage number {i} about animals");
-                let (c, r) = (format!("zebra zebra {i}"), format!("cat dog {i}"));
-                Pair::new(0, &input, &c, &r, 1.0, &format!("g{i}"))
-            })
-            .collect();
+        let pairs = separable_pairs(16);
         let c = LmTrainConfig {
             members: 1,
             steps: Some(0),
