@@ -337,6 +337,48 @@ fn simulate_queue_train_eval_score_and_best_of_with_the_reward_model() {
     ]);
     let ext_card: serde_json::Value = serde_json::from_str(&ext_train).unwrap();
     assert_eq!(ext_card["scopes"], serde_json::json!(["shared"]), "{ext_card}");
+    // A file of several stories and two kinds of pairs: `--split test` scores every pair of
+    // the checkpoint's own test groups, and the report breaks them down by kind.
+    let stories = ["harbour", "orchard", "lighthouse", "mill", "forest", "bridge", "tower", "well"];
+    let mut multi = String::new();
+    for (i, place) in stories.iter().enumerate() {
+        let prompt = format!("Story {i}: Rosalind walked to the {place} and met the keeper there.");
+        let good = format!("Rosalind met the keeper at the {place}.");
+        for (kind, bad) in [("comparison", "Someone sang."), ("demonstration", "A cat slept.")] {
+            let row = serde_json::json!({"prompt": prompt, "chosen": good, "rejected": bad, "group": place, "kind": kind});
+            multi.push_str(&format!("{row}\n"));
+        }
+    }
+    std::fs::write(ws.path("multi.jsonl"), multi).unwrap();
+    let multi_card = ws.stdout(&[
+        "reward",
+        "train",
+        "--data",
+        "multi.jsonl",
+        "--members",
+        "1",
+        "--val-percent",
+        "25",
+        "--test-percent",
+        "25",
+        "--json",
+    ]);
+    let multi_card: serde_json::Value = serde_json::from_str(&multi_card).unwrap();
+    let test_pairs = multi_card["data"]["test_pairs"].as_u64().unwrap();
+    assert!(test_pairs >= 2, "{multi_card}");
+    let split =
+        ws.stdout(&["reward", "eval", "--data", "multi.jsonl", "--split", "test", "--json"]);
+    let split: serde_json::Value = serde_json::from_str(&split).unwrap();
+    assert_eq!(split["report"]["all"]["model"]["pairs"].as_u64(), Some(test_pairs), "{split}");
+    assert!(split["data"].as_str().unwrap().contains("test groups"), "{split}");
+    let kinds = split["report"]["by_kind"].as_object().unwrap();
+    assert!(kinds.contains_key("comparison") && kinds.contains_key("demonstration"), "{split}");
+    let text = ws.stdout(&["reward", "eval", "--data", "multi.jsonl", "--split", "val"]);
+    assert!(text.contains("validation groups") && text.contains("demonstration"), "{text}");
+    let err = ws.stderr_fail(&["reward", "eval", "--data", "ext.jsonl", "--split", "test"]);
+    assert!(err.contains("ext.jsonl") && err.contains("test group"), "{err}");
+    let err = ws.stderr_fail(&["reward", "eval", "--split", "test"]);
+    assert!(err.contains("--data"), "{err}");
     std::fs::write(ws.path("broken.jsonl"), "{\"prompt\":\"p\"}\n").unwrap();
     let err = ws.stderr_fail(&["reward", "train", "--data", "broken.jsonl"]);
     assert!(err.contains("line 1"), "{err}");

@@ -33,6 +33,7 @@ use std::sync::Arc;
   rrm reward train --kinds all,-critique --confidence soft
   rrm reward eval --json
   rrm reward eval --data heldout.jsonl
+  rrm reward eval --data pairs.jsonl --split test   (all the test groups of its training file)
   rrm reward score h0.3 --book alice")]
 pub struct RewardArgs {
     #[command(subcommand)]
@@ -184,8 +185,54 @@ pub struct EvalArgs {
     /// Evaluate on a TRL preference file instead of the stored feedback's held-out books.
     #[arg(long, value_name = "FILE.jsonl")]
     pub data: Option<PathBuf>,
+    /// With `--data`: which of the file's pairs. `test` and `val` keep the pairs in the
+    /// checkpoint's own test (validation) groups — every one of them, where training scored a
+    /// sample — so the file is normally the one it was trained from.
+    #[arg(long, value_enum, default_value_t = EvalSplit::All, requires = "data")]
+    pub split: EvalSplit,
     #[arg(long)]
     pub json: bool,
+}
+
+/// The pairs of a data file `rrm reward eval` scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EvalSplit {
+    /// Every pair in the file.
+    All,
+    /// The pairs in the checkpoint's test groups.
+    Test,
+    /// The pairs in the checkpoint's validation groups.
+    Val,
+}
+
+impl EvalSplit {
+    /// Keeps the pairs of `pairs` this split asks for, given the checkpoint's validation and
+    /// test groups; an empty result is an error that names the file.
+    fn select(
+        self,
+        pairs: Vec<Pair>,
+        what: &str,
+        val_groups: &[String],
+        test_groups: &[String],
+    ) -> anyhow::Result<(Vec<Pair>, String)> {
+        let (groups, name) = match self {
+            EvalSplit::All => return Ok((pairs, what.to_string())),
+            EvalSplit::Test => (test_groups, "test"),
+            EvalSplit::Val => (val_groups, "validation"),
+        };
+        let total = pairs.len();
+        let kept: Vec<Pair> = pairs.into_iter().filter(|p| groups.contains(&p.group)).collect();
+        if kept.is_empty() {
+            bail!(
+                "none of the {total} pairs of {what} is in the checkpoint's {} {name} group(s): \
+                 `--split {name}` needs the file the checkpoint was trained from",
+                groups.len()
+            );
+        }
+        let described =
+            format!("{what}, its {} pairs in the checkpoint's {name} groups", kept.len());
+        Ok((kept, described))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -468,8 +515,7 @@ fn train_lm(
 }
 
 /// `rrm reward eval` on an LM checkpoint.
-fn eval_lm(path: &std::path::Path, pairs: &[Pair], what: &str, json: bool) -> anyhow::Result<()> {
-    let model = LmRewardModel::load(path, None)?;
+fn eval_lm(model: &LmRewardModel, pairs: &[Pair], what: &str, json: bool) -> anyhow::Result<()> {
     let margins = model.margins(pairs)?;
     let metrics = metrics_by_height(pairs, &margins);
     let refs: Vec<&Pair> = pairs.iter().collect();
@@ -544,12 +590,19 @@ fn eval(ws: &Workspace, encoder: LoadEncoder<'_>, args: EvalArgs) -> anyhow::Res
                 args.model
             );
         };
+        let model = LmRewardModel::load(&checkpoint, None)?;
         let (pairs, what) = file_pairs(path)?;
-        return eval_lm(&checkpoint, &pairs, &what, args.json);
+        let (pairs, what) =
+            args.split.select(pairs, &what, &model.card.val_groups, &model.card.test_groups)?;
+        return eval_lm(&model, &pairs, &what, args.json);
     }
     let model = load_reward_model(ws, &args.model)?;
     let (pairs, what): (Vec<Pair>, String) = match &args.data {
-        Some(path) => file_pairs(path)?,
+        Some(path) => {
+            let (pairs, what) = file_pairs(path)?;
+            let d = &model.card.data;
+            args.split.select(pairs, &what, &d.val_groups, &d.test_groups)?
+        }
         None => {
             let all = data::from_store(ws.store(), &LearnOptions::default())?.pairs;
             let held: Vec<Pair> = all

@@ -8,13 +8,19 @@
 //! - **length-balanced**: the pairs whose two texts are within 10% of each other in length
 //!   (words), where the length baseline has nothing to go on.
 //!
+//! - **by kind**: when the pairs come from more than one kind of feedback (a person's
+//!   comparison, a person's demonstration, a script's synthetic judgement…), every kind again on
+//!   its own, so a figure over people's comparisons is never mixed with easier pairs.
+//!
 //! A baseline's tie (equal lengths, equal overlap) counts as half right, so its accuracy is over
 //! the same decided pairs as the model's.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::train::{metrics, Metrics};
-use crate::feedback::Pair;
+use crate::feedback::{Origin, Pair};
 
 /// Two texts are length-balanced when their word counts differ by at most this share of the
 /// longer one.
@@ -39,6 +45,10 @@ pub struct Comparison {
 pub struct EvalReport {
     pub all: Comparison,
     pub balanced: Comparison,
+    /// Every kind of pair on its own ([`Origin::name`] → its pairs), when there is more than
+    /// one kind; empty otherwise (and in reports written before it existed).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_kind: BTreeMap<String, Comparison>,
 }
 
 /// Lowercased alphanumeric words.
@@ -152,16 +162,33 @@ pub fn compare(margins: &[f32], pairs: &[&Pair]) -> Comparison {
     }
 }
 
-/// The report on every pair and on the length-balanced ones.
+/// The margins and pairs of `pairs` that `keep` selects.
+fn subset<'p>(
+    margins: &[f32],
+    pairs: &[&'p Pair],
+    keep: impl Fn(&Pair) -> bool,
+) -> (Vec<f32>, Vec<&'p Pair>) {
+    margins.iter().zip(pairs).filter(|(_, p)| keep(p)).map(|(&m, &p)| (m, p)).unzip()
+}
+
+/// The report on every pair, on the length-balanced ones, and on each kind of pair when there
+/// are several.
 pub fn report(margins: &[f32], pairs: &[&Pair]) -> EvalReport {
-    let (mut bm, mut bp) = (Vec::new(), Vec::new());
-    for (&m, &p) in margins.iter().zip(pairs) {
-        if length_balanced(p) {
-            bm.push(m);
-            bp.push(p);
-        }
-    }
-    EvalReport { all: compare(margins, pairs), balanced: compare(&bm, &bp) }
+    let (bm, bp) = subset(margins, pairs, length_balanced);
+    let kinds: Vec<Origin> =
+        Origin::ALL.into_iter().filter(|&o| pairs.iter().any(|p| p.origin == o)).collect();
+    let by_kind = if kinds.len() > 1 {
+        kinds
+            .into_iter()
+            .map(|o| {
+                let (km, kp) = subset(margins, pairs, |p| p.origin == o);
+                (o.name().to_string(), compare(&km, &kp))
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    EvalReport { all: compare(margins, pairs), balanced: compare(&bm, &bp), by_kind }
 }
 
 /// The report as text lines (for the CLI).
@@ -187,6 +214,9 @@ pub fn lines(report: &EvalReport) -> Vec<String> {
         row("all", &report.all),
         row("length-balanced", &report.balanced),
     ]
+    .into_iter()
+    .chain(report.by_kind.iter().map(|(kind, c)| row(kind, c)))
+    .collect()
 }
 
 #[cfg(test)]
@@ -229,5 +259,35 @@ mod tests {
         let c = compare(&[0.0], &[&p]);
         assert_eq!((c.overlap_accuracy, c.overlap_against.as_str()), (1.0, "references"));
         assert_eq!(lines(&r).len(), 3);
+        assert!(r.by_kind.is_empty(), "one kind of pair: no breakdown");
+    }
+
+    #[test]
+    fn several_kinds_are_also_reported_one_by_one() {
+        let mut pairs = [
+            pair("the miller saw the flood at the mill", "a ship"),
+            pair("the flood at the mill", "a long story about ships and sailors and the sea"),
+            pair("the flood came", "ships sailed away"),
+        ];
+        pairs[2].origin = Origin::Demonstration;
+        let refs: Vec<&Pair> = pairs.iter().collect();
+        let r = report(&[1.0, -1.0, 2.0], &refs);
+        let kinds: Vec<&str> = r.by_kind.keys().map(String::as_str).collect();
+        assert_eq!(kinds, ["comparison", "demonstration"]);
+        let comparison = &r.by_kind["comparison"];
+        assert_eq!(comparison.model.decided, 2);
+        assert!((comparison.model.accuracy - 0.5).abs() < 1e-9, "{comparison:?}");
+        assert!((comparison.length_accuracy - 0.5).abs() < 1e-9);
+        let demonstration = &r.by_kind["demonstration"];
+        assert_eq!((demonstration.model.decided, demonstration.model.accuracy), (1, 1.0));
+        let text = lines(&r);
+        assert_eq!(text.len(), 5);
+        assert!(text[3].starts_with("comparison") && text[4].starts_with("demonstration"));
+        // Reports written before the breakdown existed still read.
+        let before = EvalReport { by_kind: BTreeMap::new(), ..r.clone() };
+        let old = serde_json::to_string(&before).unwrap_or_default();
+        assert!(!old.contains("by_kind"), "{old}");
+        let back: Result<EvalReport, _> = serde_json::from_str(&old);
+        assert!(back.is_ok_and(|b| b.by_kind.is_empty()), "old reports load");
     }
 }
