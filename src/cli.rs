@@ -26,6 +26,7 @@ pub mod labeler;
 pub mod models;
 pub mod node;
 pub mod policy;
+pub mod progress;
 pub mod rate;
 pub mod reward;
 pub mod serve;

@@ -27,6 +27,7 @@ pub mod checkpoint;
 pub mod export;
 pub mod lora;
 pub mod model;
+pub mod observe;
 pub mod optim;
 #[cfg(test)]
 mod tests;

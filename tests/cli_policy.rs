@@ -177,6 +177,13 @@ fn an_lm_reward_model_trains_evaluates_and_selects() {
     assert!(stdout.contains("member 1: kept step"), "{stdout}");
     // A handful of validation pairs is too few to calibrate the scores' temperature on.
     assert!(stdout.contains("temperature 1 (not fitted: "), "{stdout}");
+    // Without a terminal for a progress bar, the run still says how it goes, as lines: the
+    // last step of each member (with its throughput) and each validation.
+    let err = stderr_of(&out);
+    assert!(err.contains("member 2 of 2"), "{err}");
+    assert_eq!(err.matches("step 2/2 (epoch").count(), 2, "{err}");
+    assert!(err.contains("pairs/s"), "{err}");
+    assert!(err.contains("validation at step 2 (epoch"), "{err}");
     // A linear probe alone: the head on the frozen model's features, no fine-tuning step.
     let out = ws
         .rrm()

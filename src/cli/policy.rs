@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use super::args::{parse_device, CheckpointArgs, DecomposerOptions, EncoderArgs, WorkspaceArgs};
+use super::progress::{metrics_line, TrainProgress};
 use super::Context;
 use crate::infer::engine::DeviceChoice;
 use crate::infer::fetch;
@@ -15,7 +16,7 @@ use crate::lm::export::ExportFormat;
 use crate::policy::eval::Comparison;
 use crate::policy::rmdpo::RmDpoConfig;
 use crate::policy::sample::SampleOptions;
-use crate::policy::train::{EvalLog, Observer, StepLog, TrainConfig};
+use crate::policy::train::TrainConfig;
 use crate::policy::Method;
 use crate::workspace::policy::{self as wp, Adapt, EvalObserver, EvalRequest, TrainRequest};
 
@@ -254,75 +255,6 @@ pub fn run(ctx: &mut Context, args: PolicyArgs) -> anyhow::Result<()> {
     }
 }
 
-/// A progress bar over optimizer steps; validation and messages printed above it (on stderr
-/// when there is no terminal for the bar).
-struct Progress {
-    bar: ProgressBar,
-    quiet: bool,
-}
-
-impl Progress {
-    fn new(quiet: bool) -> Progress {
-        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
-        if let Ok(style) =
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}")
-        {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_prefix("training");
-        Progress { bar, quiet }
-    }
-
-    fn println(&self, text: String) {
-        if self.quiet {
-            return;
-        }
-        if self.bar.is_hidden() {
-            eprintln!("{text}");
-        } else {
-            self.bar.println(text);
-        }
-    }
-}
-
-fn metrics_line(m: &std::collections::BTreeMap<String, f64>) -> String {
-    m.iter().map(|(k, v)| format!("{k} {v:.3}")).collect::<Vec<_>>().join(", ")
-}
-
-impl Observer for Progress {
-    fn started(&self, total: usize, resumed_from: Option<usize>) {
-        self.bar.set_length(total as u64);
-        self.bar.set_position(resumed_from.unwrap_or(0) as u64);
-        if let Some(s) = resumed_from {
-            self.println(format!("resumed from the checkpoint at step {s}"));
-        }
-    }
-    fn step(&self, log: &StepLog) {
-        self.bar.set_position(log.step as u64);
-        let acc =
-            log.metrics.get("reward_accuracy").map_or(String::new(), |a| format!(" acc {a:.2}"));
-        self.bar.set_message(format!(
-            "loss {:.4}{acc} |g| {:.2} lr {:.1e} {:.0} tok/s",
-            log.loss,
-            log.grad_norm,
-            log.lr,
-            log.tokens as f64 / log.seconds.max(1e-9)
-        ));
-        tracing::info!(step = log.step, loss = log.loss, "step");
-    }
-    fn eval(&self, log: &EvalLog) {
-        self.println(format!(
-            "validation after epoch {} (step {}): {}",
-            log.epoch,
-            log.step,
-            metrics_line(&log.metrics)
-        ));
-    }
-    fn message(&self, text: &str) {
-        self.println(text.to_string());
-    }
-}
-
 impl TrainArgs {
     fn request(&self) -> TrainRequest {
         let train = TrainConfig {
@@ -403,7 +335,7 @@ impl TrainArgs {
 fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
     let progress = ctx.progress();
     let ws = ctx.workspace(&args.ws)?.clone();
-    let observer = Progress::new(ctx.quiet || args.json);
+    let observer = TrainProgress::new(ctx.quiet || args.json);
     let report = wp::train(&ws, &args.request(), progress, &observer);
     observer.bar.finish_and_clear();
     let report = report.context("training the policy")?;

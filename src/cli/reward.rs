@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 mod bench;
 
 use super::args::{CheckpointArgs, EncoderArgs, WorkspaceArgs};
+use super::progress::TrainProgress;
 use super::Context;
 use crate::feedback::learn::{ConfidenceUse, Kinds, LearnOptions, TrainingData};
 use crate::feedback::Pair;
@@ -436,15 +437,23 @@ fn train_lm(
         probe_epochs: args.lm.probe_epochs,
         ..LmTrainConfig::default()
     };
-    let bar = ctx.spinner(format!(
+    let observer = TrainProgress::new(ctx.quiet || args.json);
+    observer.println(format!(
         "training {} LM reward member(s) on {} pairs and {} ratings from {}",
         args.members,
         pairs.len(),
         training.ratings.len(),
         base.name
     ));
-    let result = LmRewardModel::train(&base.path, pairs, &training.ratings, &config, source);
-    bar.finish_and_clear();
+    let result = LmRewardModel::train_observed(
+        &base.path,
+        pairs,
+        &training.ratings,
+        &config,
+        source,
+        &observer,
+    );
+    observer.bar.finish_and_clear();
     let mut model = result.context("training the LM reward model")?;
     let path = model.save(ws.reward_dir())?;
     if args.json {

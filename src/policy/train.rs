@@ -118,28 +118,7 @@ impl TrainConfig {
     }
 }
 
-/// One logged optimizer step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepLog {
-    pub step: usize,
-    pub epoch: usize,
-    pub lr: f64,
-    pub loss: f64,
-    pub grad_norm: f64,
-    /// Tokens through the forward passes of this step.
-    pub tokens: usize,
-    pub seconds: f64,
-    /// DPO: `reward_accuracy`, `margin`, `chosen_reward`, `rejected_reward`.
-    pub metrics: BTreeMap<String, f64>,
-}
-
-/// Metrics on the validation examples after an epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalLog {
-    pub step: usize,
-    pub epoch: usize,
-    pub metrics: BTreeMap<String, f64>,
-}
+pub use crate::lm::observe::{EvalLog, Observer, Quiet, StepLog};
 
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -160,23 +139,6 @@ pub struct TrainReport {
     pub val_history: Vec<EvalLog>,
     pub steps_log: Vec<StepLog>,
 }
-
-/// Progress reports from the loop.
-pub trait Observer {
-    fn started(&self, _total_steps: usize, _resumed_from: Option<usize>) {}
-    fn step(&self, _log: &StepLog) {}
-    fn eval(&self, _log: &EvalLog) {}
-    fn message(&self, _text: &str) {}
-    /// Asked after every forward pass: stop now (as a kill would; the run resumes from its
-    /// last checkpoint).
-    fn stop(&self) -> bool {
-        false
-    }
-}
-
-/// An observer that reports nothing.
-pub struct Quiet;
-impl Observer for Quiet {}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LoopState {

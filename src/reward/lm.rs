@@ -43,6 +43,7 @@ use crate::feedback::learn::{Kinds, Rating};
 use crate::feedback::Pair;
 use crate::infer::tokenizer::GgufTokenizer;
 use crate::lm::model::LoadOptions;
+use crate::lm::observe::{EvalLog, Observer, Quiet, StepLog};
 use crate::lm::optim::{Accumulator, AdamW, ParamsAdamW, Schedule};
 use crate::lm::{Checkpointing, LmError, LoraConfig, Mode, Packed, TrainableLlama};
 
@@ -711,6 +712,19 @@ impl LmRewardModel {
         config: &LmTrainConfig,
         source: &str,
     ) -> Result<LmRewardModel, RewardError> {
+        Self::train_observed(base, pairs, ratings, config, source, &Quiet)
+    }
+
+    /// [`LmRewardModel::train`], reporting each member's steps, validations and probe to
+    /// `observer` as they happen (`started` once per member, with that member's steps).
+    pub fn train_observed(
+        base: &Path,
+        pairs: &[Pair],
+        ratings: &[Rating],
+        config: &LmTrainConfig,
+        source: &str,
+        observer: &dyn Observer,
+    ) -> Result<LmRewardModel, RewardError> {
         config.validate()?;
         if pairs.is_empty() {
             return Err(RewardError::NoData(String::new()));
@@ -752,7 +766,7 @@ impl LmRewardModel {
         };
         let val_idx = keep_val_kinds(in_set(&val_groups), &config.val_kinds, |&i| pairs[i].origin)?;
         let test_idx = in_set(&test_groups);
-        tracing::info!(
+        observer.message(&format!(
             "{} training pairs, {} validation pairs ({}), {} test pairs; at most {} of each \
              held-out set scored",
             train_idx.len(),
@@ -760,7 +774,7 @@ impl LmRewardModel {
             config.val_kinds.names().join(", "),
             test_idx.len(),
             config.eval_pairs
-        );
+        ));
         let val_idx = sample(val_idx, 0x0076_616c);
         let test_idx = sample(test_idx, 0x7465_7374);
         let pair_heights: Vec<u32> = pairs.iter().map(|p| p.height).collect();
@@ -867,7 +881,17 @@ impl LmRewardModel {
             let mut losses: Vec<f64> = Vec::new();
             let mut curve = Vec::new();
             let mut best: Option<(f64, usize, LmMember)> = None;
+            if config.members > 1 {
+                observer.message(&format!("member {} of {}", m + 1, config.members));
+            }
             if config.probe_epochs > 0 {
+                if probe_features.is_none() {
+                    observer.message(&format!(
+                        "probe: the frozen model's features of {} training and {} validation pairs",
+                        train_idx.len(),
+                        val_idx.len()
+                    ));
+                }
                 if probe_features.is_none() {
                     let p0 = Instant::now();
                     probe_features = Some(probe::Features::compute(
@@ -899,12 +923,12 @@ impl LmRewardModel {
                     config,
                     &mut rng,
                 )?;
-                tracing::info!(
-                    "member {m}: probe epoch {} of {}, validation log-loss {}",
+                observer.message(&format!(
+                    "probe: pass {} of {} kept, validation log-loss {}",
                     fit.epoch,
                     config.probe_epochs,
                     fit.val_loss.map_or("-".into(), |l| format!("{l:.4}"))
-                );
+                ));
                 losses.extend(fit.last_epoch_losses);
                 probe_kept.push(fit.epoch);
                 if let Some(loss) = fit.val_loss {
@@ -914,7 +938,10 @@ impl LmRewardModel {
             }
             let started = Instant::now();
             let mut validating = 0.0;
+            observer.started(total, None);
             for step in 0..total {
+                let s0 = Instant::now();
+                let (mut step_loss, mut step_tokens) = (0.0, 0);
                 for _ in 0..config.grad_accum {
                     let (batch, rbatch) = draw.next(config.batch_pairs, &mut rng);
                     // Chosen and rejected share the node's prompt: one packed row per pair;
@@ -922,6 +949,10 @@ impl LmRewardModel {
                     let mut packed: Vec<Packed> =
                         batch.iter().flat_map(|&i| pack(&[&data[i].0, &data[i].1])).collect();
                     packed.extend(rbatch.iter().flat_map(|&i| pack(&[&rated[i]])));
+                    step_tokens += packed
+                        .iter()
+                        .map(|p| p.prompt.len() + p.completions.iter().map(Vec::len).sum::<usize>())
+                        .sum::<usize>();
                     let n = batch.len();
                     let targets = targets_of(&batch, &rbatch, &device)?;
                     let heads = [head_w.clone(), head_b.clone(), thresholds.clone()];
@@ -943,10 +974,11 @@ impl LmRewardModel {
                         )));
                     }
                     losses.push(lv);
+                    step_loss += lv / config.grad_accum as f64;
                     acc.add(&all_vars, &grads, 1.0 / config.grad_accum as f64)?;
                     pair_steps += n;
                 }
-                acc.clip(config.max_grad_norm)?;
+                let grad_norm = acc.clip(config.max_grad_norm)?;
                 let grads = acc.take();
                 let scale = sched.lr(step);
                 opt_body.set_lr(config.lr * scale);
@@ -957,6 +989,17 @@ impl LmRewardModel {
                 }
                 opt_head.step_with(gh)?;
                 let done = step + 1;
+                let epoch = done * per_step / train_idx.len().max(1);
+                observer.step(&StepLog {
+                    step: done,
+                    epoch,
+                    lr: config.lr * scale,
+                    loss: step_loss,
+                    grad_norm,
+                    tokens: step_tokens,
+                    seconds: s0.elapsed().as_secs_f64(),
+                    metrics: BTreeMap::from([("pairs".to_string(), per_step as f64)]),
+                });
                 if !val_idx.is_empty() && (done % eval_every == 0 || done == total) {
                     let v0 = Instant::now();
                     let margins = pair_margins(
@@ -970,7 +1013,12 @@ impl LmRewardModel {
                     )?;
                     let t: Vec<f32> = val_idx.iter().map(|&i| pairs[i].target).collect();
                     let loss = metrics(&margins, &t).log_loss;
-                    tracing::info!("member {m}, step {done}: validation log-loss {loss:.4}");
+                    tracing::debug!("member {m}, step {done}: validation log-loss {loss:.4}");
+                    observer.eval(&EvalLog {
+                        step: done,
+                        epoch,
+                        metrics: BTreeMap::from([("log_loss".to_string(), loss)]),
+                    });
                     curve.push((done, loss));
                     if best.as_ref().is_none_or(|b| loss < b.0) {
                         best = Some((loss, done, snapshot(&body, &head_w, &head_b)?));
@@ -1046,13 +1094,18 @@ impl LmRewardModel {
             // The calibrated margins are these over `t`: no second pass over the pairs.
             let calibrated: Vec<f32> = margins.iter().map(|&d| d / t as f32).collect();
             model.card.validation_metrics = metrics_by_height(&val, &calibrated);
-            tracing::info!(
+            observer.message(&format!(
                 "temperature {t:.3} on {} validation pairs (log-loss {raw:.4} before)",
                 val.len()
-            );
+            ));
         }
         let reported =
             if held_out { pick(&test_idx) } else { pick(&sample(train_idx, 0x0074_7261_696e)) };
+        observer.message(&format!(
+            "scoring {} {} pairs for the card",
+            reported.len(),
+            if held_out { "test" } else { "training" }
+        ));
         let margins = model.margins(&reported)?;
         model.card.metrics = metrics_by_height(&reported, &margins);
         if held_out {
@@ -1375,6 +1428,32 @@ mod tests {
         assert_eq!(model.card.train_ratings, 0);
     }
 
+    /// What a training run told its observer.
+    #[derive(Default)]
+    struct Recorder(Mutex<Recorded>);
+    #[derive(Default)]
+    struct Recorded {
+        started: Vec<usize>,
+        steps: Vec<usize>,
+        evals: Vec<(usize, f64)>,
+        messages: Vec<String>,
+    }
+    impl Observer for Recorder {
+        fn started(&self, total: usize, _: Option<usize>) {
+            self.0.lock().unwrap().started.push(total);
+        }
+        fn step(&self, log: &StepLog) {
+            assert!(log.loss.is_finite() && log.tokens > 0 && log.metrics["pairs"] > 0.0);
+            self.0.lock().unwrap().steps.push(log.step);
+        }
+        fn eval(&self, log: &EvalLog) {
+            self.0.lock().unwrap().evals.push((log.step, log.metrics["log_loss"]));
+        }
+        fn message(&self, text: &str) {
+            self.0.lock().unwrap().messages.push(text.to_string());
+        }
+    }
+
     #[test]
     fn validation_groups_choose_the_checkpoint_and_test_groups_give_the_metrics() {
         let dir = tempfile::tempdir().unwrap();
@@ -1387,9 +1466,17 @@ mod tests {
             eval_every: Some(10),
             ..config()
         };
-        let model = LmRewardModel::train(&base, &pairs, &[], &c, "test").unwrap();
+        let seen = Recorder::default();
+        let model = LmRewardModel::train_observed(&base, &pairs, &[], &c, "test", &seen).unwrap();
         let card = &model.card;
         assert!(card.held_out && !card.test_groups.is_empty() && !card.val_groups.is_empty());
+        // The observer saw every step once, in order, and each validation the card logs.
+        let seen = seen.0.into_inner().unwrap();
+        let total = c.steps.unwrap();
+        assert_eq!(seen.started, vec![total]);
+        assert_eq!(seen.steps, (1..=total).collect::<Vec<_>>());
+        assert_eq!(seen.evals, card.validation_curve[0]);
+        assert!(seen.messages[0].contains("training pairs"), "{:?}", seen.messages);
         assert!(card.test_groups.iter().all(|g| !card.val_groups.contains(g)));
         let held = card.test_groups.len() + card.val_groups.len();
         assert_eq!(card.train_pairs, 16 - held);
