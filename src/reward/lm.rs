@@ -891,8 +891,6 @@ impl LmRewardModel {
                         train_idx.len(),
                         val_idx.len()
                     ));
-                }
-                if probe_features.is_none() {
                     let p0 = Instant::now();
                     probe_features = Some(probe::Features::compute(
                         &llama,
@@ -941,7 +939,7 @@ impl LmRewardModel {
             observer.started(total, None);
             for step in 0..total {
                 let s0 = Instant::now();
-                let (mut step_loss, mut step_tokens) = (0.0, 0);
+                let (mut step_loss, mut step_tokens, mut step_pairs) = (0.0, 0, 0);
                 for _ in 0..config.grad_accum {
                     let (batch, rbatch) = draw.next(config.batch_pairs, &mut rng);
                     // Chosen and rejected share the node's prompt: one packed row per pair;
@@ -977,6 +975,7 @@ impl LmRewardModel {
                     step_loss += lv / config.grad_accum as f64;
                     acc.add(&all_vars, &grads, 1.0 / config.grad_accum as f64)?;
                     pair_steps += n;
+                    step_pairs += n;
                 }
                 let grad_norm = acc.clip(config.max_grad_norm)?;
                 let grads = acc.take();
@@ -998,7 +997,7 @@ impl LmRewardModel {
                     grad_norm,
                     tokens: step_tokens,
                     seconds: s0.elapsed().as_secs_f64(),
-                    metrics: BTreeMap::from([("pairs".to_string(), per_step as f64)]),
+                    metrics: BTreeMap::from([("pairs".to_string(), step_pairs as f64)]),
                 });
                 if !val_idx.is_empty() && (done % eval_every == 0 || done == total) {
                     let v0 = Instant::now();
