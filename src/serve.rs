@@ -17,6 +17,11 @@
 //! - [`report`]: the evaluation report (`/report/`), drawn by the library's `write_report`.
 //! - [`api`], [`pages`]: thin handlers (parse, call, render); templates and the client script
 //!   live in `serve/templates/` and `serve/static/`.
+//! - [`sync`]: the only lock kind used here, and **the rule every lock site follows**: state is
+//!   reached through `Guarded::with(|state| …)`, no guard leaves the closure, nothing awaits
+//!   inside it, and a lock taken again on the same thread (or out of rank order) panics naming
+//!   both places instead of deadlocking. Under a lock: O(1) work, or a cheap copy (`Arc`s) that
+//!   the rest of the work reads outside it, on the blocking pool when it touches the store.
 //!
 //! Handlers never panic on input: malformed forms, JSON and ids are 4xx answers with a message.
 
@@ -28,13 +33,15 @@ pub mod jobs;
 pub mod pages;
 pub mod queue;
 pub mod report;
+pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod views;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -48,6 +55,7 @@ use crate::infer::{Encoder, Generator};
 use crate::reward::RewardModel;
 use crate::store::Owner;
 use crate::workspace::{trees, LoadedTree, Workspace, WorkspaceError};
+use sync::{rank, Guarded};
 
 /// The largest request body accepted (answers are short texts; anything larger is refused).
 pub const BODY_LIMIT: usize = 256 * 1024;
@@ -70,6 +78,11 @@ pub struct ServeConfig {
     pub reward_model: Option<String>,
     /// The sentence encoder of reward models.
     pub encoder: String,
+    /// How long a `summarize --ask` question waits for an answer before its node goes on with
+    /// the ensemble's pick.
+    pub ask_wait: Duration,
+    /// On shutdown, how long requests in flight and running jobs get to finish.
+    pub shutdown_grace: Duration,
 }
 
 impl ServeConfig {
@@ -82,6 +95,8 @@ impl ServeConfig {
             generator: GeneratorSpec::local_default(),
             reward_model: Some("latest".into()),
             encoder: crate::infer::fetch::DEFAULT_ENCODER.into(),
+            ask_wait: Duration::from_secs(10 * 60),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -126,17 +141,61 @@ pub struct AppState {
     /// Labelers with tokens exist: everyone signs in. Otherwise everyone is the local user.
     pub tokens_required: bool,
     pub sessions: auth::Sessions,
-    pub queue: Mutex<queue::QueueState>,
+    pub queue: queue::Queue,
     pub jobs: jobs::Jobs,
     pub templates: minijinja::Environment<'static>,
-    pub scorer: RwLock<Option<Scorer>>,
+    scorer: Guarded<Option<Scorer>>,
     pub writes: answers::WriteLocks,
     /// Questions of running `summarize --ask` jobs, at the head of every queue.
     pub asks: Arc<ask::AskHub>,
     /// The last drawn evaluation report (`/report/`).
     pub report: report::ReportCache,
     generator: tokio::sync::OnceCell<Arc<dyn Generator>>,
-    trees: Mutex<HashMap<String, Arc<LoadedTree>>>,
+    /// A generator to use instead of starting one from the config (see `use_generator`).
+    preset: Guarded<Option<Arc<dyn Generator>>>,
+    trees: TreeCache,
+}
+
+/// Loaded trees by book id. A tree read while a job changes the store is not kept: every
+/// invalidation bumps a generation, and a load that began under an older one is returned but
+/// not cached (else the cache could keep an old run after a job's write).
+pub struct TreeCache<V = LoadedTree> {
+    map: Guarded<(u64, HashMap<String, Arc<V>>)>,
+}
+
+impl<V> Default for TreeCache<V> {
+    fn default() -> TreeCache<V> {
+        TreeCache { map: Guarded::new("trees", rank::LEAF, (0, HashMap::new())) }
+    }
+}
+
+impl<V> TreeCache<V> {
+    /// The cached tree of `id`, or `load`'s (run outside the lock).
+    pub fn get_or_load<E>(
+        &self,
+        id: &str,
+        load: impl FnOnce() -> Result<V, E>,
+    ) -> Result<Arc<V>, E> {
+        let (generation, hit) = self.map.with(|(g, m)| (*g, m.get(id).cloned()));
+        if let Some(t) = hit {
+            return Ok(t);
+        }
+        let loaded = Arc::new(load()?);
+        self.map.with(|(g, m)| {
+            if *g == generation {
+                m.insert(id.to_string(), Arc::clone(&loaded));
+            }
+        });
+        Ok(loaded)
+    }
+
+    /// Forgets every tree (the store changed).
+    pub fn invalidate(&self) {
+        self.map.with(|(g, m)| {
+            *g += 1;
+            m.clear();
+        });
+    }
 }
 
 pub type Shared = Arc<AppState>;
@@ -162,7 +221,7 @@ impl AppState {
             },
             None => None,
         };
-        let queue = queue::QueueState::load(&ws, scorer.as_ref())?;
+        let queue = queue::Queue::load(&ws, scorer.as_ref())?;
         Ok(Arc::new(AppState {
             templates: pages::templates(),
             ws,
@@ -170,53 +229,70 @@ impl AppState {
             addr,
             tokens_required,
             sessions: auth::Sessions::default(),
-            queue: Mutex::new(queue),
+            queue,
             jobs: jobs::Jobs::default(),
-            scorer: RwLock::new(scorer),
+            scorer: Guarded::new("scorer", rank::LEAF, scorer),
             writes: answers::WriteLocks::default(),
             asks: Arc::new(ask::AskHub::default()),
             report: report::ReportCache::default(),
             generator: tokio::sync::OnceCell::new(),
-            trees: Mutex::new(HashMap::new()),
+            preset: Guarded::new("preset generator", rank::LEAF, None),
+            trees: TreeCache::default(),
         }))
     }
 
-    /// The generator, started on first use (a local model is fetched and resolved then, and
-    /// loaded when it first generates).
+    /// Use `generator` for jobs instead of starting one from the config (before the first job;
+    /// for programs that embed the server with a model of their own, and tests).
+    pub fn use_generator(&self, generator: Arc<dyn Generator>) {
+        self.preset.with(|p| *p = Some(generator));
+    }
+
+    /// The generator, started on first use: the model is fetched, resolved and **loaded on the
+    /// blocking pool** (a local model's weights load lazily on first use; warming it here keeps
+    /// that load off the async workers, which would otherwise stop answering requests for as
+    /// long as it takes).
     pub async fn generator(&self) -> Result<Arc<dyn Generator>, WorkspaceError> {
         let spec = self.config.generator.clone();
+        let preset = self.preset.with(|p| p.clone());
         self.generator
             .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || spec.start(8, false))
-                    .await
-                    .map_err(|e| WorkspaceError::Invalid(format!("starting the model: {e}")))?
-                    .map_err(WorkspaceError::from)
+                tokio::task::spawn_blocking(move || {
+                    let g = match preset {
+                        Some(g) => g,
+                        None => spec.start(8, false)?,
+                    };
+                    g.context_length()?;
+                    Ok::<_, crate::infer::InferError>(g)
+                })
+                .await
+                .map_err(|e| WorkspaceError::Invalid(format!("starting the model: {e}")))?
+                .map_err(WorkspaceError::from)
             })
             .await
             .cloned()
     }
 
     /// The tree of book `book_id` with its book and newest run (cached until a job changes it).
+    /// Blocking on a cache miss.
     pub fn tree(&self, book_id: &str) -> Result<Arc<LoadedTree>, WorkspaceError> {
-        if let Some(t) = lock(&self.trees).get(book_id) {
-            return Ok(Arc::clone(t));
-        }
-        let loaded = Arc::new(trees::by_book_id(&self.ws, book_id)?);
-        lock(&self.trees).insert(book_id.to_string(), Arc::clone(&loaded));
-        Ok(loaded)
+        self.trees.get_or_load(book_id, || trees::by_book_id(&self.ws, book_id))
     }
 
     /// Forgets cached trees and reloads the queue's nodes (after a job wrote to the store).
+    /// Blocking.
     pub fn store_changed(&self) -> Result<(), WorkspaceError> {
-        lock(&self.trees).clear();
-        let fresh = queue::QueueState::load(&self.ws, self.scorer().as_ref())?;
-        lock(&self.queue).replace_nodes(fresh);
-        Ok(())
+        self.trees.invalidate();
+        self.queue.reload(&self.ws, self.scorer().as_ref())
     }
 
     /// The reward model in use, if any.
     pub fn scorer(&self) -> Option<Scorer> {
-        self.scorer.read().map(|s| s.clone()).unwrap_or_else(|e| e.into_inner().clone())
+        self.scorer.with(|s| s.clone())
+    }
+
+    /// Uses `scorer` from now on (the queue ranks with it at its next reload).
+    pub fn set_scorer(&self, scorer: Option<Scorer>) {
+        self.scorer.with(|s| *s = scorer);
     }
 
     /// The id of the book with a stored tree that `spec` names (its id, or 8+ hex digits of it).
@@ -271,11 +347,6 @@ impl AppState {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
-}
-
-/// Locks a mutex, recovering the data of a poisoned one (a panicked holder leaves plain data).
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A failure a handler answers with: a status and a message for the person or script.
@@ -366,6 +437,7 @@ pub fn router(state: Shared) -> Router {
         .route("/asks/{id}", post(api::ask_answer))
         .route("/jobs", get(api::jobs))
         .route("/jobs/{id}", get(api::job))
+        .route("/jobs/{id}/cancel", post(api::cancel_job))
         .route("/reward/train", post(api::train))
         .fallback(api::not_found);
     Router::new()
@@ -385,6 +457,7 @@ pub fn router(state: Shared) -> Router {
         .route("/asks/{id}/skip", post(pages::ask_skip))
         .route("/progress", get(pages::progress))
         .route("/jobs", get(pages::jobs))
+        .route("/jobs/{id}/cancel", post(pages::cancel_job))
         .route("/report", get(pages::report_redirect))
         .route("/report/", get(pages::report_index))
         .route("/report/{name}", get(pages::report_file))
@@ -438,11 +511,43 @@ pub async fn serve(
         tracing::warn!("could not write {}: {err}", Owner::file(&db).display());
     }
     let app = router(Arc::clone(&state));
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-    // Let running jobs see the end, and make every write durable.
+    let grace = state.config.shutdown_grace;
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    };
+    let server = std::future::IntoFuture::into_future(
+        axum::serve(listener, app).with_graceful_shutdown(signal),
+    );
+    // Graceful, but bounded: a request that never finishes (a client that stopped sending)
+    // does not keep the server, and the database, forever.
+    let result = tokio::select! {
+        r = server => r,
+        _ = async {
+            if stopped.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!("requests still open {grace:?} after the stop: closing them");
+            Ok(())
+        }
+    };
+    // Running jobs stop at their next step; the database is let go only once they have.
     state.jobs.cancel_all();
+    let idle = state.jobs.wait_idle(grace.max(Duration::from_secs(1)) * 3).await;
     let flushed = state.ws.store().flush();
-    Owner::remove(&db);
+    if idle {
+        Owner::remove(&db);
+    } else {
+        tracing::warn!(
+            "{} job(s) still running at exit; {} stays until the process ends",
+            state.jobs.running(),
+            Owner::file(&db).display()
+        );
+    }
     result?;
     flushed.map_err(WorkspaceError::from)?;
     Ok(())
@@ -469,4 +574,33 @@ pub async fn bind(
 /// A JSON error body: `{"error": message}`.
 pub fn json_failure(f: &Failure) -> Response {
     (f.status, axum::Json(serde_json::json!({ "error": f.message }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finding 6 of the web-app issue: a tree read while a job wrote was cached after the
+    /// job's invalidation, keeping the old run for good.
+    #[test]
+    fn a_tree_loaded_across_an_invalidation_is_not_kept() {
+        let cache = TreeCache::<String>::default();
+        let tree = || "a tree".to_string();
+        let mut loads = 0;
+        let _ = cache.get_or_load("b", || -> Result<_, ()> {
+            loads += 1;
+            cache.invalidate(); // a job wrote while this request read the store
+            Ok(tree())
+        });
+        let _ = cache.get_or_load("b", || -> Result<_, ()> {
+            loads += 1;
+            Ok(tree())
+        });
+        assert_eq!(loads, 2, "the stale load was not cached");
+        let _ = cache.get_or_load("b", || -> Result<_, ()> {
+            loads += 1;
+            Ok(tree())
+        });
+        assert_eq!(loads, 2, "a load under the current generation is cached");
+    }
 }

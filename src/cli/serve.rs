@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// labeler can switch with the `a` key).
     #[arg(long)]
     pub no_auto_advance: bool,
+    /// How long a question of "summarize, asking where unsure" waits for an answer before its
+    /// node goes on with the reward model's pick, in seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub ask_wait: u64,
     /// Who rates in local mode (no labelers).
     #[arg(long, env = "RRM_LABELER", value_name = "NAME")]
     pub labeler: Option<String>,
@@ -63,6 +67,8 @@ pub fn run(ctx: &mut Context, args: ServeArgs) -> anyhow::Result<()> {
         generator: args.generator.spec(&args.ws.models),
         reward_model: (args.reward_model != "none").then(|| args.reward_model.clone()),
         encoder: args.encoder.encoder.clone(),
+        ask_wait: std::time::Duration::from_secs(args.ask_wait),
+        ..ServeConfig::new(args.addr)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -76,9 +82,19 @@ pub fn run(ctx: &mut Context, args: ServeArgs) -> anyhow::Result<()> {
             format!("local mode: you rate as {}", state.config.local_labeler)
         };
         println!("rrm serve: open {}  ({mode}; Ctrl-C stops)", state.url());
-        let shutdown = async {
+        let grace = state.config.shutdown_grace;
+        let shutdown = async move {
             let _ = tokio::signal::ctrl_c().await;
-            eprintln!("stopping: finishing requests in flight");
+            eprintln!(
+                "stopping: finishing requests and jobs (at most {} s; Ctrl-C again stops now)",
+                grace.as_secs()
+            );
+            // A second Ctrl-C does not wait: every answer is already flushed when it is stored.
+            tokio::spawn(async {
+                let _ = tokio::signal::ctrl_c().await;
+                eprintln!("stopped");
+                std::process::exit(130);
+            });
         };
         serve::serve(state, listener, shutdown).await?;
         anyhow::Ok(())

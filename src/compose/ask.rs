@@ -65,6 +65,12 @@ pub trait Asker: Send + Sync {
     fn stores_answers(&self) -> bool {
         false
     }
+    /// Whether questions must wait for each other (a terminal has one person at it). An asker
+    /// with many people behind it (the web app) answers `false`, so one unanswered question
+    /// does not hold up every other node's.
+    fn one_at_a_time(&self) -> bool {
+        true
+    }
 }
 
 /// When to ask.
@@ -197,9 +203,11 @@ impl Selector for AskingSelector {
             a: candidates[first].text.clone(),
             b: candidates[other].text.clone(),
         };
-        let answer = {
+        let answer = if self.asker.one_at_a_time() {
             let _turn =
                 self.turn.lock().map_err(|_| self.err("the question lock is poisoned".into()))?;
+            self.asker.ask(&question)?
+        } else {
             self.asker.ask(&question)?
         };
         let (prefer, confidence) = match answer {

@@ -101,12 +101,34 @@ pub async fn sample(
     sampling: &SamplingParams,
     seed: u64,
 ) -> Result<CandidateSet, ComposeError> {
-    let template = prompt::template_for(node.height);
-    let k = k.max(1);
-    let gen_key = sample_key(generator, node, k, sampling, seed);
+    let gen_key = sample_key(generator, node, k.max(1), sampling, seed);
     if let Some(set) = store.get::<CandidateSet>(Table::Candidates, &gen_key)? {
         return Ok(set);
     }
+    let set = generate(generator, node, k, sampling, seed).await?;
+    store_set(store, &set)?;
+    Ok(set)
+}
+
+/// Stores a drawn set under its key and flushes (blocking store I/O).
+pub fn store_set(store: &Store, set: &CandidateSet) -> Result<(), ComposeError> {
+    store.put(Table::Candidates, &set.gen_key, set)?;
+    store.flush()?;
+    Ok(())
+}
+
+/// Generates the set [`sample`] would store, without touching the store (so an async caller
+/// can keep store I/O off its runtime: look the key up and store the set on a blocking thread).
+pub async fn generate(
+    generator: &dyn Generator,
+    node: &NodeInput,
+    k: usize,
+    sampling: &SamplingParams,
+    seed: u64,
+) -> Result<CandidateSet, ComposeError> {
+    let template = prompt::template_for(node.height);
+    let k = k.max(1);
+    let gen_key = sample_key(generator, node, k, sampling, seed);
     let messages = prompt::render(template, &node.input, node.context.as_deref())?;
     let requests: Vec<GenerationRequest> = (0..k)
         .map(|i| GenerationRequest {
@@ -150,8 +172,6 @@ pub async fn sample(
         created_unix: unix_now(),
         origin: CandidateOrigin::Sample,
     };
-    store.put(Table::Candidates, &gen_key, &set)?;
-    store.flush()?;
     Ok(set)
 }
 

@@ -53,6 +53,30 @@ pub struct TrainConfig {
     /// validation groups are set aside, not trained on).
     #[serde(default)]
     pub val_kinds: Kinds,
+    /// Set from another thread to stop training at the next epoch (not part of the card).
+    #[serde(skip)]
+    pub stop: StopFlag,
+}
+
+/// A flag another thread sets to stop work at its next step (equal to every other flag, so
+/// configurations compare by their settings alone).
+#[derive(Debug, Clone, Default)]
+pub struct StopFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl StopFlag {
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl PartialEq for StopFlag {
+    fn eq(&self, _: &StopFlag) -> bool {
+        true
+    }
 }
 
 impl Default for TrainConfig {
@@ -72,6 +96,7 @@ impl Default for TrainConfig {
             ordinal_weight: default_ordinal_weight(),
             label_smoothing: 0.0,
             val_kinds: Kinds::ALL,
+            stop: StopFlag::default(),
         }
     }
 }
@@ -465,6 +490,9 @@ pub fn train_ensemble_with(
         let batch = config.batch_size.max(1);
         let steps = n.div_ceil(batch).max(nr.div_ceil(batch)).max(1);
         for _ in 0..max_epochs {
+            if config.stop.is_set() {
+                candle_core::bail!("training was cancelled");
+            }
             epochs += 1;
             let mut order = sample.clone();
             order.shuffle(&mut rng);

@@ -5,12 +5,13 @@
 //! record instead of storing another (a double submit is not a second opinion).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::auth::pair_key;
-use super::{lock, Failure, Shared};
+use super::sync::{rank, Guarded};
+use super::{Failure, Shared};
 use crate::compose::sample::StoredCandidate;
 use crate::feedback::{Feedback, FeedbackKind, Judged, Likert, Preference};
 use crate::workspace::rating::{self, RatingTarget};
@@ -84,7 +85,28 @@ fn number(name: &str, value: &str, range: std::ops::RangeInclusive<u8>) -> Resul
     }
 }
 
+/// A candidate named by a form: hex digits (a hash or a prefix of one), trimmed.
+fn hash_field(name: &str, value: &str) -> Result<String, Failure> {
+    let v = value.trim();
+    if v.len() <= 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(v.to_ascii_lowercase())
+    } else {
+        Err(Failure::bad_request(format!(
+            "{name} must name a candidate by hex digits of its hash (got '{}')",
+            v.chars().take(20).flat_map(char::escape_default).collect::<String>()
+        )))
+    }
+}
+
 impl AnswerForm {
+    /// The form with `a` and `b` checked (hex digits only: they go back into the next page's
+    /// address, so nothing else may pass). Call before storing anything.
+    pub fn checked(mut self) -> Result<AnswerForm, Failure> {
+        self.a = hash_field("a", &self.a)?;
+        self.b = hash_field("b", &self.b)?;
+        Ok(self)
+    }
+
     /// The answer the form describes.
     pub fn answer(&self) -> Result<Answer, Failure> {
         let side = || match self.side.trim() {
@@ -128,14 +150,24 @@ impl AnswerForm {
 
 /// Per-labeler write locks: one labeler's answers are checked and stored one at a time (so a
 /// double submit cannot store twice); different labelers write in parallel.
-#[derive(Default)]
 pub struct WriteLocks {
-    map: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    map: Guarded<HashMap<String, Arc<Guarded<()>>>>,
+}
+
+impl Default for WriteLocks {
+    fn default() -> WriteLocks {
+        WriteLocks { map: Guarded::new("write locks", rank::LEAF, HashMap::new()) }
+    }
 }
 
 impl WriteLocks {
-    fn for_labeler(&self, labeler: &str) -> Arc<Mutex<()>> {
-        Arc::clone(lock(&self.map).entry(labeler.to_string()).or_default())
+    fn for_labeler(&self, labeler: &str) -> Arc<Guarded<()>> {
+        self.map.with(|m| {
+            Arc::clone(
+                m.entry(labeler.to_string())
+                    .or_insert_with(|| Arc::new(Guarded::new("labeler writes", rank::WRITES, ()))),
+            )
+        })
     }
 }
 
@@ -148,9 +180,9 @@ pub fn target(state: &Shared, book_id: &str, label: &str) -> Result<RatingTarget
 
 /// The node's distinct candidates (from the server's queue state when it has them).
 pub fn candidates(state: &Shared, target: &RatingTarget) -> Result<Vec<StoredCandidate>, Failure> {
+    let nodes = state.queue.snapshot().nodes;
     let cached: Option<Vec<StoredCandidate>> = {
-        let q = lock(&state.queue);
-        q.candidates(&target.input.input_key).map(|(texts, hashes)| {
+        nodes.candidates(&target.input.input_key).map(|(texts, hashes)| {
             texts
                 .iter()
                 .zip(hashes)
@@ -280,21 +312,15 @@ pub fn store(
             critique: text("critique", t)?,
         },
     };
-    let guard = state.writes.for_labeler(labeler);
-    let _held = lock(&guard);
-    if let FeedbackKind::Comparison { a, b, .. } = &kind {
-        let key = pair_key(&target.input.input_key, &a.hash, &b.hash);
-        let q = lock(&state.queue);
-        let earlier = q.records.iter().rev().find(|r| {
-            r.labeler == labeler
-                && matches!(&r.kind, FeedbackKind::Comparison { a, b, .. }
-                    if pair_key(&r.input_key, &a.hash, &b.hash) == key)
-        });
-        if let Some(r) = earlier {
-            return Ok(r.clone());
+    state.writes.for_labeler(labeler).with(|_| {
+        if let FeedbackKind::Comparison { a, b, .. } = &kind {
+            let key = pair_key(&target.input.input_key, &a.hash, &b.hash);
+            if let Some(earlier) = state.queue.earlier_comparison(labeler, &key) {
+                return Ok(earlier);
+            }
         }
-    }
-    let fb = rating::record_feedback(&state.ws, &target, labeler, kind)?;
-    lock(&state.queue).stored(fb.clone());
-    Ok(fb)
+        let fb = rating::record_feedback(&state.ws, &target, labeler, kind)?;
+        state.queue.stored(fb.clone());
+        Ok(fb)
+    })
 }

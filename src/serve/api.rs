@@ -15,7 +15,7 @@ use super::answers::{self, Answer};
 use super::ask::{self as asking, AskParams, Reply};
 use super::auth::Identity;
 use super::views::CandidateView;
-use super::{blocking, jobs, json_failure, lock, Failure, Shared};
+use super::{blocking, jobs, json_failure, Failure, Shared};
 use crate::feedback::{self, io, stats};
 use crate::workspace::{corrections, overview, views};
 
@@ -64,11 +64,8 @@ pub async fn me(State(state): State<Shared>, Extension(who): Extension<Identity>
 pub async fn books(State(state): State<Shared>, Extension(who): Extension<Identity>) -> ApiResult {
     let labeler = who.labeler()?.to_string();
     let books = blocking(move || {
-        let (records, items) = {
-            let mut q = lock(&state.queue);
-            (q.records.clone(), q.items(Some(&labeler), state.config.overlap))
-        };
-        Ok(overview::books(&state.ws, &records, &items)?)
+        let items = state.queue.items(Some(&labeler), state.config.overlap);
+        Ok(overview::books(&state.ws, &state.queue.records(), &items)?)
     })
     .await?;
     ok(json!(books))
@@ -78,7 +75,7 @@ pub async fn tree(State(state): State<Shared>, Path(book): Path<String>) -> ApiR
     let value = blocking(move || {
         let id = state.book_id(&book)?;
         let loaded = state.tree(&id)?;
-        let records = lock(&state.queue).records.clone();
+        let records = state.queue.records();
         let scorer = state.scorer();
         let model = scorer.as_ref().map(|s| (s.model.as_ref(), s.encoder.as_ref()));
         let root = overview::tree_nodes(&state.ws, &loaded, &records, model)?;
@@ -199,11 +196,11 @@ pub async fn queue(
 ) -> ApiResult {
     let q = query(q)?;
     let labeler = who.labeler()?.to_string();
-    let items = {
-        let mut queue = lock(&state.queue);
+    let items = blocking(move || {
         let who = if q.all.unwrap_or(false) { None } else { Some(labeler.as_str()) };
-        queue.items(who, state.config.overlap)
-    };
+        Ok(state.queue.items(who, state.config.overlap))
+    })
+    .await?;
     ok(json!(items.into_iter().take(q.n.unwrap_or(20)).collect::<Vec<_>>()))
 }
 
@@ -214,20 +211,13 @@ type QueueRejection = QueryRejection;
 pub async fn next(State(state): State<Shared>, Extension(who): Extension<Identity>) -> ApiResult {
     let labeler = who.labeler()?.to_string();
     let value = blocking(move || {
-        let item = lock(&state.queue).next(&labeler, state.config.overlap, &who.skipped);
-        let Some(item) = item else { return Ok(json!({ "item": null })) };
+        // The texts come from the same snapshot as the hashes they are named by.
+        let next = state.queue.next(&labeler, state.config.overlap, &who.skipped);
+        let Some(super::queue::Next { item, a_text, b_text }) = next else {
+            return Ok(json!({ "item": null }));
+        };
         let (book, node) =
             (item.book.clone().unwrap_or_default(), item.node.clone().unwrap_or_default());
-        let texts = {
-            let q = lock(&state.queue);
-            q.candidates(&item.input_key).map(|(texts, _)| {
-                (
-                    texts.get(item.a).cloned().unwrap_or_default(),
-                    texts.get(item.b).cloned().unwrap_or_default(),
-                )
-            })
-        };
-        let (a_text, b_text) = texts.unwrap_or_default();
         let a_first = super::views::blind_order(&labeler, &item.a_hash, &item.b_hash);
         let (first, second) = if a_first {
             ((item.a_hash.clone(), a_text), (item.b_hash.clone(), b_text))
@@ -258,14 +248,17 @@ pub async fn feedback_list(
     q: Result<Query<FeedbackQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = query(q)?;
-    let records: Vec<feedback::Feedback> = lock(&state.queue)
-        .records
-        .iter()
-        .filter(|f| q.kind.as_deref().is_none_or(|k| f.kind.name() == k))
-        .filter(|f| q.labeler.as_deref().is_none_or(|l| f.labeler == l))
-        .cloned()
-        .collect();
-    ok(json!(records))
+    let value = blocking(move || {
+        let records = state.queue.records();
+        let picked: Vec<&feedback::Feedback> = records
+            .iter()
+            .filter(|f| q.kind.as_deref().is_none_or(|k| f.kind.name() == k))
+            .filter(|f| q.labeler.as_deref().is_none_or(|l| f.labeler == l))
+            .collect();
+        Ok(json!(picked))
+    })
+    .await?;
+    ok(value)
 }
 
 /// `POST /api/feedback`: `{"book": ID, "node": LABEL, "kind": …, …}` (see [`Answer`]).
@@ -294,12 +287,16 @@ pub async fn feedback_post(
 }
 
 pub async fn progress(State(state): State<Shared>) -> ApiResult {
-    let records = lock(&state.queue).records.clone();
-    ok(json!({
-        "progress": stats::progress(&records),
-        "agreement": feedback::agreement(&records),
-        "by_height": stats::agreement_by_height(&records),
-    }))
+    let value = blocking(move || {
+        let records = state.queue.records();
+        Ok(json!({
+            "progress": stats::progress(&records),
+            "agreement": feedback::agreement(&records),
+            "by_height": stats::agreement_by_height(&records),
+        }))
+    })
+    .await?;
+    ok(value)
 }
 
 #[derive(Debug, Deserialize)]
@@ -345,6 +342,23 @@ pub async fn export(
 
 pub async fn jobs(State(state): State<Shared>) -> ApiResult {
     ok(json!(state.jobs.all()))
+}
+
+/// `POST /api/jobs/{id}/cancel`: the job stops at its next step; what it finished stays stored.
+pub async fn cancel_job(
+    State(state): State<Shared>,
+    Extension(who): Extension<Identity>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    who.labeler()?;
+    match id.parse::<u64>().ok().and_then(|id| state.jobs.cancel(id)) {
+        Some(job) => Ok((StatusCode::ACCEPTED, Json(json!(job))).into_response()),
+        None => Err(Failure::not_found(format!(
+            "no job '{}' (see /api/jobs)",
+            id.chars().take(20).collect::<String>()
+        ))
+        .into()),
+    }
 }
 
 pub async fn job(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult {

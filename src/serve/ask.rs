@@ -5,19 +5,25 @@
 //!
 //! The answer is written and flushed (an ordinary comparison, with the labeler who gave it)
 //! before the page moves on, and only then handed to the waiting job, which uses it to pick the
-//! node's summary ([`WebAsker::stores_answers`]: the selector does not store it again). A question
-//! shown to one labeler is reserved for them for [`LEASE`]; a skip answers "no answer" (the
-//! ensemble's pick stands). When the server stops, waiting questions end as skips.
+//! node's summary ([`WebAsker::stores_answers`]: the selector does not store it again). A
+//! labeler's second answer to a pair they already compared is not stored twice: the earlier
+//! record stands and decides. A question is reserved for a labeler only while its page is open
+//! to them ([`HOLD`], renewed each time they view it); `/next` only points at it. A skip answers
+//! "no answer" (the ensemble's pick stands). No question stalls its job: one nobody answers
+//! within the server's `ask_wait` ends as a skip, and a cancelled job (its own cancel, or the
+//! server stopping) withdraws its questions at once. Questions of one job wait side by side, not
+//! one after another.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::queue::LEASE;
-use super::{lock, Failure, Shared};
+use super::auth::pair_key;
+use super::sync::{rank, Guarded};
+use super::{Failure, Shared};
 use crate::compose::ask::{Answer, Asker, Question};
 use crate::compose::select::SelectError;
 use crate::feedback::{self, text_hash, Feedback, FeedbackKind, Judged, Preference};
@@ -58,11 +64,22 @@ pub struct Shown {
     pub text: String,
 }
 
+/// How long a question stays reserved for the labeler whose page shows it.
+pub const HOLD: Duration = Duration::from_secs(120);
+
 /// The questions of running jobs, oldest first.
-#[derive(Default)]
 pub struct AskHub {
-    pending: Mutex<Vec<Pending>>,
+    pending: Guarded<Vec<Pending>>,
     next: AtomicU64,
+}
+
+impl Default for AskHub {
+    fn default() -> AskHub {
+        AskHub {
+            pending: Guarded::new("questions", rank::LEAF, Vec::new()),
+            next: AtomicU64::new(0),
+        }
+    }
 }
 
 impl AskHub {
@@ -71,21 +88,23 @@ impl AskHub {
         let id = self.next.fetch_add(1, Ordering::SeqCst) + 1;
         let a_hash = text_hash(&question.a);
         let b_hash = text_hash(&question.b);
-        lock(&self.pending).push(Pending {
-            id,
-            job,
-            question,
-            a_hash,
-            b_hash,
-            asked: Instant::now(),
-            taken: None,
-            reply,
+        self.pending.with(|p| {
+            p.push(Pending {
+                id,
+                job,
+                question,
+                a_hash,
+                b_hash,
+                asked: Instant::now(),
+                taken: None,
+                reply,
+            })
         });
         (id, rx)
     }
 
     fn withdraw(&self, id: u64) {
-        lock(&self.pending).retain(|p| p.id != id);
+        self.pending.with(|p| p.retain(|p| p.id != id));
     }
 
     fn view(p: &Pending) -> AskedView {
@@ -105,51 +124,87 @@ impl AskHub {
 
     /// Every waiting question, oldest first.
     pub fn all(&self) -> Vec<AskedView> {
-        lock(&self.pending).iter().map(AskHub::view).collect()
+        self.pending.with(|p| p.iter().map(AskHub::view).collect())
     }
 
     pub fn get(&self, id: u64) -> Option<AskedView> {
-        lock(&self.pending).iter().find(|p| p.id == id).map(AskHub::view)
+        self.pending.with(|p| p.iter().find(|p| p.id == id).map(AskHub::view))
     }
 
-    /// The oldest question `labeler` may answer (not reserved for someone else), now reserved
-    /// for them.
+    /// How many questions wait.
+    pub fn len(&self) -> usize {
+        self.pending.with(|p| p.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The oldest question `labeler` may answer (not reserved for someone else). Reserves
+    /// nothing: [`AskHub::open_for`] does, when its page is shown.
     pub fn next_for(&self, labeler: &str) -> Option<u64> {
         let now = Instant::now();
-        let mut pending = lock(&self.pending);
-        let p = pending.iter_mut().find(|p| match &p.taken {
-            Some((who, until)) => who == labeler || *until <= now,
-            None => true,
-        })?;
-        p.taken = Some((labeler.to_string(), now + LEASE));
-        Some(p.id)
+        self.pending.with(|pending| {
+            pending
+                .iter()
+                .find(|p| match &p.taken {
+                    Some((who, until)) => who == labeler || *until <= now,
+                    None => true,
+                })
+                .map(|p| p.id)
+        })
+    }
+
+    /// Question `id` shown to `labeler`: reserved for them for [`HOLD`] from now. Refused while
+    /// another labeler holds it.
+    pub fn open_for(&self, id: u64, labeler: &str) -> Result<AskedView, Failure> {
+        let now = Instant::now();
+        self.pending.with(|pending| {
+            let Some(p) = pending.iter_mut().find(|p| p.id == id) else {
+                return Err(Failure::not_found(format!(
+                    "no waiting question {id}: it was answered already, or its job ended (press n)"
+                )));
+            };
+            if let Some((who, until)) = &p.taken {
+                if who != labeler && *until > now {
+                    return Err(Failure::new(
+                        axum::http::StatusCode::CONFLICT,
+                        format!("question {id} is being answered by another labeler (press n)"),
+                    ));
+                }
+            }
+            p.taken = Some((labeler.to_string(), now + HOLD));
+            Ok(AskHub::view(p))
+        })
     }
 
     /// Takes question `id` out for `labeler` to answer (refused when it is reserved for another).
     fn take(&self, id: u64, labeler: &str) -> Result<Pending, Failure> {
         let now = Instant::now();
-        let mut pending = lock(&self.pending);
-        let Some(i) = pending.iter().position(|p| p.id == id) else {
-            return Err(Failure::not_found(format!(
-                "no waiting question {id}: it was answered already, or its job ended"
-            )));
-        };
-        if let Some((who, until)) = &pending[i].taken {
-            if who != labeler && *until > now {
-                return Err(Failure::new(
-                    axum::http::StatusCode::CONFLICT,
-                    format!("question {id} is being answered by another labeler"),
-                ));
+        self.pending.with(|pending| {
+            let Some(i) = pending.iter().position(|p| p.id == id) else {
+                return Err(Failure::not_found(format!(
+                    "no waiting question {id}: it was answered already, or its job ended"
+                )));
+            };
+            if let Some((who, until)) = &pending[i].taken {
+                if who != labeler && *until > now {
+                    return Err(Failure::new(
+                        axum::http::StatusCode::CONFLICT,
+                        format!("question {id} is being answered by another labeler"),
+                    ));
+                }
             }
-        }
-        Ok(pending.remove(i))
+            Ok(pending.remove(i))
+        })
     }
 
     /// Puts a taken question back (its answer could not be stored).
     fn restore(&self, p: Pending) {
-        let mut pending = lock(&self.pending);
-        let at = pending.iter().position(|q| q.id > p.id).unwrap_or(pending.len());
-        pending.insert(at, p);
+        self.pending.with(|pending| {
+            let at = pending.iter().position(|q| q.id > p.id).unwrap_or(pending.len());
+            pending.insert(at, p);
+        });
     }
 }
 
@@ -206,22 +261,46 @@ pub fn answer(
         )));
     }
     let q = &p.question;
-    let kind = FeedbackKind::Comparison {
-        a: Judged::new(q.a.clone()),
-        b: Judged::new(q.b.clone()),
-        prefer,
-        confidence,
-    };
-    let mut fb = Feedback::new(labeler, &q.input_key, &q.input, q.height, kind)
-        .at(Some(q.book_id.clone()), Some(q.label.clone()));
-    match feedback::put(state.ws.store(), fb.clone()) {
-        Ok(stored_id) => fb.id = stored_id,
-        Err(e) => {
-            state.asks.restore(p);
-            return Err(Failure::from(e));
+    // A labeler who compared this pair already (on the rating screen, or an earlier question)
+    // gave their opinion: it is not stored twice, and it decides here as it is stored.
+    let key = pair_key(&q.input_key, &p.a_hash, &p.b_hash);
+    let (fb, prefer, confidence) = match state.queue.earlier_comparison(labeler, &key) {
+        Some(earlier) => {
+            let (prefer, confidence) = match &earlier.kind {
+                FeedbackKind::Comparison { a, prefer: earlier_prefer, confidence, .. } => {
+                    // Stored as (a, b) of its own order: put it in the question's order.
+                    let same = a.hash == p.a_hash;
+                    let prefer = match (earlier_prefer, same) {
+                        (Preference::A, false) => Preference::B,
+                        (Preference::B, false) => Preference::A,
+                        (other, _) => *other,
+                    };
+                    (prefer, *confidence)
+                }
+                _ => (prefer, confidence),
+            };
+            (earlier, prefer, confidence)
         }
-    }
-    lock(&state.queue).stored(fb.clone());
+        None => {
+            let kind = FeedbackKind::Comparison {
+                a: Judged::new(q.a.clone()),
+                b: Judged::new(q.b.clone()),
+                prefer,
+                confidence,
+            };
+            let mut fb = Feedback::new(labeler, &q.input_key, &q.input, q.height, kind)
+                .at(Some(q.book_id.clone()), Some(q.label.clone()));
+            match feedback::put(state.ws.store(), fb.clone()) {
+                Ok(stored_id) => fb.id = stored_id,
+                Err(e) => {
+                    state.asks.restore(p);
+                    return Err(Failure::from(e));
+                }
+            }
+            state.queue.stored(fb.clone());
+            (fb, prefer, confidence)
+        }
+    };
     let answer = match prefer {
         Preference::A => Answer::A { confidence },
         Preference::B => Answer::B { confidence },
@@ -237,8 +316,11 @@ pub fn answer(
 pub struct WebAsker {
     pub hub: Arc<AskHub>,
     pub job: u64,
-    /// Set when the server stops: waiting questions end as skips.
-    pub cancelled: Arc<AtomicBool>,
+    /// True once the job is cancelled (on its own, or by the server stopping): waiting
+    /// questions are withdrawn and end as skips.
+    pub cancelled: Box<dyn Fn() -> bool + Send + Sync>,
+    /// A question nobody answers within this long ends as a skip (the ensemble's pick stands).
+    pub max_wait: Duration,
 }
 
 impl Asker for WebAsker {
@@ -251,18 +333,26 @@ impl Asker for WebAsker {
         true
     }
 
+    fn one_at_a_time(&self) -> bool {
+        // Many labelers: every node the ensemble is unsure of may wait at once.
+        false
+    }
+
     fn ask(&self, question: &Question) -> Result<Answer, SelectError> {
-        if self.cancelled.load(Ordering::SeqCst) {
+        if (self.cancelled)() {
             return Ok(Answer::Skip);
         }
         let (id, rx) = self.hub.push(self.job, question.clone());
+        let deadline = Instant::now() + self.max_wait;
         loop {
-            match rx.recv_timeout(Duration::from_millis(250)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left.min(Duration::from_millis(100))) {
                 Ok(answer) => return Ok(answer),
                 Err(RecvTimeoutError::Timeout) => {
-                    if self.cancelled.load(Ordering::SeqCst) {
+                    if (self.cancelled)() || Instant::now() >= deadline {
                         self.hub.withdraw(id);
-                        return Ok(Answer::Skip);
+                        // An answer that came in between still counts.
+                        return Ok(rx.try_recv().unwrap_or(Answer::Skip));
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => return Ok(Answer::Skip),
@@ -284,11 +374,11 @@ pub struct AskParams {
 }
 
 impl AskParams {
-    pub fn settings(&self) -> Result<Option<super::jobs::AskSettings>, Failure> {
+    pub fn settings(&self) -> Result<Option<AskSettings>, Failure> {
         if !matches!(self.ask.trim(), "1" | "on" | "true" | "yes") {
             return Ok(None);
         }
-        let mut s = super::jobs::AskSettings::default();
+        let mut s = AskSettings::default();
         if !self.best_of.trim().is_empty() {
             s.best_of = match self.best_of.trim().parse::<usize>() {
                 Ok(n) if (2..=16).contains(&n) => n,
@@ -308,5 +398,25 @@ impl AskParams {
             };
         }
         Ok(Some(s))
+    }
+}
+
+/// `summarize --ask` inside the server: where the reward ensemble cannot tell a node's two best
+/// candidates apart, the job asks the labelers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AskSettings {
+    /// Candidates drawn per node to choose between (2 or more).
+    pub best_of: usize,
+    /// Ask when the ensemble's two best are closer than `threshold` times the spread of their
+    /// difference. Without a reward model the job asks at every node (within the budget): there
+    /// is no uncertainty to measure.
+    pub threshold: f32,
+    /// At most this many questions (`None`: no limit).
+    pub budget: Option<usize>,
+}
+
+impl Default for AskSettings {
+    fn default() -> AskSettings {
+        AskSettings { best_of: 2, threshold: 1.0, budget: None }
     }
 }

@@ -10,22 +10,28 @@
 //! - Scripts send `Authorization: Bearer <token>` instead (no cookie, so no CSRF).
 //! - Without tokens (loopback), a request whose `Host` is not this server's loopback address is
 //!   refused: a web page cannot reach the app through a DNS name that points at 127.0.0.1.
+//! - GETs that change state (`/next` and `/api/queue/next` lease a pair, `/asks/{id}` reserves a
+//!   question, `/report/` may redraw) run only for an existing session or a bearer token, and
+//!   never for a request the browser marks as coming from another site (`Sec-Fetch-Site`): a
+//!   web page elsewhere cannot make your browser take pairs from your queue.
+//! - Sessions end after [`SessionLimits::idle`] without a request. A session the browser never
+//!   sent back (a cookieless flood makes only those) waits in a small first-in-first-out tier
+//!   and is the only kind evicted for room, in O(1): a flood cannot sign anyone out.
 
-use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::{json_failure, lock, Failure, Shared};
+use super::sync::{rank, Guarded};
+use super::{json_failure, Failure, Shared};
 use crate::workspace::labelers::{self, constant_time_eq};
 
 pub const COOKIE: &str = "rrm_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
-/// Sessions kept at most (the oldest anonymous ones go first).
-const MAX_SESSIONS: usize = 10_000;
 
 /// (input key, lower hash, higher hash): a pair of candidates of a node.
 pub type PairKey = (String, String, String);
@@ -41,13 +47,48 @@ pub struct Session {
     pub labeler: Option<String>,
     pub csrf: String,
     pub created: Instant,
+    pub last_seen: Instant,
+    /// The browser sent the cookie back at least once.
+    pub returned: bool,
     /// Pairs this session skipped (not offered again while it lasts).
     pub skipped: HashSet<PairKey>,
 }
 
-#[derive(Debug, Default)]
+/// How long sessions live and how many are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// A session unused this long is gone.
+    pub idle: Duration,
+    /// Sessions whose cookie never came back, kept at most (the oldest go first).
+    pub max_new: usize,
+    /// Sessions in use, kept at most (the oldest go first).
+    pub max_returned: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> SessionLimits {
+        SessionLimits { idle: Duration::from_secs(12 * 3600), max_new: 1_000, max_returned: 10_000 }
+    }
+}
+
+#[derive(Default)]
+struct SessionMap {
+    map: HashMap<String, Session>,
+    /// Ids in creation order, of sessions not yet returned (stale ids are skipped on eviction).
+    new: VecDeque<String>,
+    /// Ids in the order they first came back.
+    returned: VecDeque<String>,
+}
+
 pub struct Sessions {
-    map: std::sync::Mutex<HashMap<String, Session>>,
+    inner: Guarded<SessionMap>,
+    limits: SessionLimits,
+}
+
+impl Default for Sessions {
+    fn default() -> Sessions {
+        Sessions::with_limits(SessionLimits::default())
+    }
 }
 
 fn random_hex() -> String {
@@ -58,46 +99,87 @@ fn random_hex() -> String {
 }
 
 impl Sessions {
-    /// A new session; returns its id.
+    pub fn with_limits(limits: SessionLimits) -> Sessions {
+        Sessions { inner: Guarded::new("sessions", rank::LEAF, SessionMap::default()), limits }
+    }
+
+    /// A new session; returns its id. Evicts only the oldest never-returned session when that
+    /// tier is full (O(1) amortized).
     pub fn create(&self, labeler: Option<String>) -> String {
         let id = random_hex();
-        let mut map = lock(&self.map);
-        if map.len() >= MAX_SESSIONS {
-            let oldest = map
-                .iter()
-                .filter(|(_, s)| s.labeler.is_none())
-                .min_by_key(|(_, s)| s.created)
-                .or_else(|| map.iter().min_by_key(|(_, s)| s.created))
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                map.remove(&k);
+        let now = Instant::now();
+        let session = Session {
+            labeler,
+            csrf: random_hex(),
+            created: now,
+            last_seen: now,
+            returned: false,
+            skipped: HashSet::new(),
+        };
+        let max = self.limits.max_new.max(1);
+        self.inner.with(|s| {
+            while s.new.len() >= max {
+                let Some(old) = s.new.pop_front() else { break };
+                if s.map.get(&old).is_some_and(|x| !x.returned) {
+                    s.map.remove(&old);
+                }
             }
-        }
-        map.insert(
-            id.clone(),
-            Session {
-                labeler,
-                csrf: random_hex(),
-                created: Instant::now(),
-                skipped: HashSet::new(),
-            },
-        );
+            s.new.push_back(id.clone());
+            s.map.insert(id.clone(), session);
+        });
         id
     }
 
+    /// The session `id` if it is alive; counts as a use (it stays alive, and a first return
+    /// moves it to the sessions in use).
     pub fn get(&self, id: &str) -> Option<Session> {
-        lock(&self.map).get(id).cloned()
+        let now = Instant::now();
+        let (idle, max) = (self.limits.idle, self.limits.max_returned.max(1));
+        self.inner.with(|s| {
+            let alive = s.map.get(id).map(|x| now.duration_since(x.last_seen) < idle)?;
+            if !alive {
+                s.map.remove(id);
+                return None;
+            }
+            let first_return = s.map.get(id).is_some_and(|x| !x.returned);
+            if first_return {
+                while s.returned.len() >= max {
+                    let Some(old) = s.returned.pop_front() else { break };
+                    if old != id {
+                        s.map.remove(&old);
+                    }
+                }
+                s.returned.push_back(id.to_string());
+            }
+            let x = s.map.get_mut(id)?;
+            x.returned = true;
+            x.last_seen = now;
+            Some(x.clone())
+        })
     }
 
     pub fn remove(&self, id: &str) {
-        lock(&self.map).remove(id);
+        self.inner.with(|s| {
+            s.map.remove(id);
+        });
+    }
+
+    /// How many sessions are kept.
+    pub fn len(&self) -> usize {
+        self.inner.with(|s| s.map.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Remembers that the session skipped a pair.
     pub fn skip(&self, id: &str, pair: PairKey) {
-        if let Some(s) = lock(&self.map).get_mut(id) {
-            s.skipped.insert(pair);
-        }
+        self.inner.with(|s| {
+            if let Some(x) = s.map.get_mut(id) {
+                x.skipped.insert(pair);
+            }
+        });
     }
 }
 
@@ -169,16 +251,35 @@ fn refuse(path: &str, f: Failure) -> Response {
     }
 }
 
-/// Whether `host` (a Host header, or the authority of an Origin) names this server.
-fn host_allowed(state: &Shared, host: &str) -> bool {
-    let port = state.addr.port();
-    let allowed = [
-        state.addr.to_string(),
-        format!("127.0.0.1:{port}"),
-        format!("localhost:{port}"),
-        format!("[::1]:{port}"),
-    ];
-    allowed.iter().any(|a| a.eq_ignore_ascii_case(host))
+/// Whether `host` (a Host header, or the authority of an Origin) names this server. On port
+/// 80 browsers send the bare host, without the port.
+pub fn host_allowed(addr: std::net::SocketAddr, host: &str) -> bool {
+    let port = addr.port();
+    let ip = match addr.ip() {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    };
+    let hosts = [ip.as_str(), "127.0.0.1", "localhost", "[::1]"];
+    hosts.iter().any(|h| {
+        host.eq_ignore_ascii_case(&format!("{h}:{port}"))
+            || (port == 80 && host.eq_ignore_ascii_case(h))
+    })
+}
+
+/// GETs that change state: a lease, a reservation, a redraw (see the module docs).
+fn changes_state(method: &Method, path: &str) -> bool {
+    *method == Method::GET
+        && (path == "/next"
+            || path == "/api/queue/next"
+            || path.starts_with("/asks/")
+            || path.starts_with("/report"))
+}
+
+/// Whether the browser says the request comes from another site (a page elsewhere made it).
+fn from_another_site(headers: &HeaderMap) -> bool {
+    headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.eq_ignore_ascii_case("cross-site") || v.eq_ignore_ascii_case("same-site")
+    })
 }
 
 /// The session layer: finds or starts the session, authenticates bearer tokens, checks Host,
@@ -189,7 +290,7 @@ pub async fn layer(State(state): State<Shared>, mut req: Request, next: Next) ->
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
     if !state.tokens_required {
         if let Some(host) = &host {
-            if !host_allowed(&state, host) {
+            if !host_allowed(state.addr, host) {
                 return refuse(
                     &path,
                     Failure::forbidden(format!(
@@ -201,6 +302,13 @@ pub async fn layer(State(state): State<Shared>, mut req: Request, next: Next) ->
         }
     }
     let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let side_effects = changes_state(req.method(), &path);
+    if side_effects && from_another_site(&headers) {
+        return refuse(
+            &path,
+            Failure::forbidden("a request from another site is refused here: open rrm itself"),
+        );
+    }
     if unsafe_method {
         if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
             let authority = origin.split("://").nth(1).unwrap_or("");
@@ -263,6 +371,19 @@ pub async fn layer(State(state): State<Shared>, mut req: Request, next: Next) ->
         }
     }
     let signed_in = session.labeler.is_some();
+    if new && side_effects {
+        // A request without this browser's session: nothing is leased or reserved for it.
+        let mut r = if is_api(&path) {
+            json_failure(&Failure::new(
+                StatusCode::UNAUTHORIZED,
+                "no session: open / first, or send Authorization: Bearer TOKEN",
+            ))
+        } else {
+            Redirect::to("/").into_response()
+        };
+        r.headers_mut().append(header::SET_COOKIE, set_cookie(Some(&id)));
+        return r;
+    }
     req.extensions_mut().insert(Identity {
         labeler: session.labeler.clone(),
         csrf: session.csrf.clone(),
@@ -283,4 +404,38 @@ pub async fn layer(State(state): State<Shared>, mut req: Request, next: Next) ->
         response.headers_mut().append(header::SET_COOKIE, set_cookie(Some(&id)));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cookieless_flood_signs_nobody_out_and_idle_sessions_end() {
+        let limits =
+            SessionLimits { idle: Duration::from_millis(300), max_new: 50, max_returned: 100 };
+        let sessions = Sessions::with_limits(limits);
+        let ann = sessions.create(Some("ann".into()));
+        assert!(sessions.get(&ann).is_some(), "her browser sent the cookie back");
+        for _ in 0..5_000 {
+            sessions.create(None);
+        }
+        assert!(sessions.get(&ann).is_some(), "the flood evicted only sessions never returned");
+        assert!(sessions.len() <= 51, "{} sessions kept", sessions.len());
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(sessions.get(&ann).is_none(), "idle past the limit: gone");
+    }
+
+    #[test]
+    fn port_80_accepts_the_bare_host_browsers_send() {
+        let on80: std::net::SocketAddr = "127.0.0.1:80".parse().unwrap();
+        assert!(host_allowed(on80, "127.0.0.1"));
+        assert!(host_allowed(on80, "localhost"));
+        assert!(host_allowed(on80, "127.0.0.1:80"));
+        assert!(!host_allowed(on80, "evil.example"));
+        let on8080: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert!(host_allowed(on8080, "localhost:8080"));
+        assert!(!host_allowed(on8080, "localhost"));
+        assert!(!host_allowed(on8080, "evil.example:8080"));
+    }
 }

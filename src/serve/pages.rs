@@ -19,7 +19,7 @@ use super::auth::{pair_key, set_cookie, Identity};
 use super::jobs::{self, JobState};
 use super::report::{self, Served};
 use super::views::{self, CandidateView};
-use super::{blocking, lock, Failure, Shared};
+use super::{blocking, Failure, Shared};
 use crate::feedback::{self, stats, ComparedPairs};
 use crate::workspace::{labelers, overview};
 
@@ -209,11 +209,8 @@ pub async fn books(State(state): State<Shared>, Extension(who): Extension<Identi
     let labeler = who.labeler()?.to_string();
     let s = state.clone();
     let books = blocking(move || {
-        let (records, items) = {
-            let mut q = lock(&s.queue);
-            (q.records.clone(), q.items(Some(&labeler), s.config.overlap))
-        };
-        Ok(overview::books(&s.ws, &records, &items)?)
+        let items = s.queue.items(Some(&labeler), s.config.overlap);
+        Ok(overview::books(&s.ws, &s.queue.records(), &items)?)
     })
     .await?;
     render(&state, &who, "books.html", json!({ "page": "books", "books": books }))
@@ -228,7 +225,7 @@ pub async fn tree(
     let (header, root) = blocking(move || {
         let id = s.book_id(&book)?;
         let loaded = s.tree(&id)?;
-        let records = lock(&s.queue).records.clone();
+        let records = s.queue.records();
         let scorer = s.scorer();
         let model = scorer.as_ref().map(|m| (m.model.as_ref(), m.encoder.as_ref()));
         let root = overview::tree_nodes(&s.ws, &loaded, &records, model)?;
@@ -285,15 +282,13 @@ pub async fn node(
             (Some(i), Some(j)) if i != j => Some((i, j)),
             _ if cands.len() >= 2 => {
                 let hashes: Vec<String> = cands.iter().map(|c| c.hash.clone()).collect();
-                let open = {
-                    let records = &lock(&s.queue).records;
-                    ComparedPairs::from_records(records).open_pairs(
-                        &target.input.input_key,
-                        &hashes,
-                        Some(&labeler),
-                        None,
-                    )
-                };
+                let records = s.queue.records();
+                let open = ComparedPairs::from_records(&records).open_pairs(
+                    &target.input.input_key,
+                    &hashes,
+                    Some(&labeler),
+                    None,
+                );
                 let (i, j) = open.first().copied().unwrap_or_else(|| {
                     compared_all = true;
                     (0, 1)
@@ -330,6 +325,7 @@ pub async fn answer(
 ) -> PageResult {
     let f = form(f)?;
     who.check_csrf(&f.csrf)?;
+    let f = f.checked()?;
     let labeler = who.labeler()?.to_string();
     let answer = f.answer()?;
     let s = state.clone();
@@ -374,7 +370,7 @@ pub async fn skip(
     if let Some(session) = &who.session {
         state.sessions.skip(session, pair_key(&input_key, &f.a, &f.b));
     }
-    lock(&state.queue).release(&labeler);
+    state.queue.release(&labeler);
     Ok(see_other("/next"))
 }
 
@@ -490,8 +486,11 @@ pub async fn next(
         return Ok(see_other(&format!("/asks/{id}")));
     }
     let skipped: HashSet<_> = who.skipped.clone();
-    let item = lock(&state.queue).next(&labeler, state.config.overlap, &skipped);
-    if let Some(item) = item {
+    let s = state.clone();
+    let who_next = labeler.clone();
+    let next = blocking(move || Ok(s.queue.next(&who_next, s.config.overlap, &skipped))).await?;
+    if let Some(next) = next {
+        let item = next.item;
         let (book, node) = (item.book.unwrap_or_default(), item.node.unwrap_or_default());
         let (a, b) = if views::blind_order(&labeler, &item.a_hash, &item.b_hash) {
             (item.a_hash, item.b_hash)
@@ -503,7 +502,8 @@ pub async fn next(
     let s = state.clone();
     let books = blocking(move || {
         let mut out = Vec::new();
-        for b in overview::books(&s.ws, &lock(&s.queue).records.clone(), &[])? {
+        let records = s.queue.records();
+        for b in overview::books(&s.ws, &records, &[])? {
             if b.has_tree {
                 let needing = jobs::needs_candidates(&s, &b.id).unwrap_or(0);
                 out.push(json!({ "book": b, "needing": needing }));
@@ -528,28 +528,47 @@ pub async fn progress(
     State(state): State<Shared>,
     Extension(who): Extension<Identity>,
 ) -> PageResult {
-    let records = lock(&state.queue).records.clone();
-    let agreement = feedback::agreement(&records);
-    render(
-        &state,
-        &who,
-        "progress.html",
-        json!({
+    let s = state.clone();
+    let ctx = blocking(move || {
+        let records = s.queue.records();
+        Ok(json!({
             "page": "progress",
             "progress": stats::progress(&records),
-            "agreement": agreement,
+            "agreement": feedback::agreement(&records),
             "by_height": stats::agreement_by_height(&records)
                 .into_iter()
                 .map(|(h, a)| json!({ "height": h, "a": a }))
                 .collect::<Vec<_>>(),
             "kinds": ["comparison", "likert", "demonstration", "correction", "critique"],
-            "has_model": state.scorer().is_some(),
-        }),
-    )
+            "has_model": s.scorer().is_some(),
+        }))
+    })
+    .await?;
+    render(&state, &who, "progress.html", ctx)
 }
 
 pub async fn jobs(State(state): State<Shared>, Extension(who): Extension<Identity>) -> PageResult {
     render(&state, &who, "jobs.html", json!({ "page": "jobs", "jobs": state.jobs.all() }))
+}
+
+/// Cancels a running job (its finished work stays stored).
+pub async fn cancel_job(
+    State(state): State<Shared>,
+    Extension(who): Extension<Identity>,
+    Path(id): Path<String>,
+    f: Result<Form<CsrfForm>, FormRejection>,
+) -> PageResult {
+    who.check_csrf(&form(f)?.csrf)?;
+    who.labeler()?;
+    let job = id.parse::<u64>().ok().and_then(|id| state.jobs.cancel(id));
+    if job.is_none() {
+        return Err(Failure::not_found(format!(
+            "no job '{}'",
+            id.chars().take(20).collect::<String>()
+        ))
+        .into());
+    }
+    Ok(see_other("/jobs"))
 }
 
 // --- the evaluation report ---
@@ -603,13 +622,9 @@ pub async fn asked(
     Extension(who): Extension<Identity>,
     Path(id): Path<String>,
 ) -> PageResult {
-    who.labeler()?;
+    let labeler = who.labeler()?;
     let id = question_id(&id)?;
-    let q = state.asks.get(id).ok_or_else(|| {
-        Failure::not_found(format!(
-            "no waiting question {id}: it was answered already, or its job ended (press n)"
-        ))
-    })?;
+    let q = state.asks.open_for(id, labeler)?;
     let s = state.clone();
     let book = q.book.clone();
     let title = blocking(move || {

@@ -3,14 +3,22 @@
 //! labeler was handed and has not answered yet. Since the server is the only writer of the
 //! store, the records are appended as answers are stored and the nodes reloaded when a job
 //! changes them; nothing is re-read per request.
+//!
+//! [`Queue`] is the only way in: its methods take the lock themselves and never hand out a guard
+//! (see [`super::sync`]). Under the lock they do O(1) work, or O(leases): they copy out a
+//! [`Snapshot`] (two `Arc`s) and rank, count and look up on it outside the lock. Reloads are
+//! serialized, and an answer recorded while a reload reads the store is kept (merged by id),
+//! so a reload can neither lose an answer nor put back an older set of nodes over a newer one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::auth::{pair_key, PairKey};
+use super::sync::{rank, Guarded};
 use super::Scorer;
 use crate::feedback::queue::{QueueItem, QueueNode};
-use crate::feedback::{self, text_hash, Feedback};
+use crate::feedback::{self, text_hash, Feedback, FeedbackKind};
 use crate::workspace::queue::{self, AskRequest, InFlight, MemberScores, QueueFilter};
 use crate::workspace::{Result, Workspace};
 
@@ -24,7 +32,9 @@ pub struct Lease {
     pub until: Instant,
 }
 
-pub struct QueueState {
+/// What a reload reads: the nodes with candidates, with everything derived from them.
+#[derive(Default)]
+pub struct Nodes {
     pub nodes: Vec<QueueNode>,
     /// input key → index into `nodes`.
     by_key: HashMap<String, usize>,
@@ -32,46 +42,16 @@ pub struct QueueState {
     hashes: HashMap<String, Vec<String>>,
     pub members: MemberScores,
     pub asked: Vec<AskRequest>,
-    pub records: Vec<Feedback>,
-    ids: std::collections::HashSet<String>,
-    /// labeler → their current lease.
-    pub leases: HashMap<String, Lease>,
 }
 
-impl QueueState {
-    /// Reads the nodes, the records and the ask requests (and scores the nodes with the reward
-    /// model when one is given).
-    pub fn load(ws: &Workspace, scorer: Option<&Scorer>) -> Result<QueueState> {
-        let nodes = queue::nodes(ws)?;
-        let members = match scorer {
-            Some(s) => queue::member_scores(ws, &nodes, &s.model, s.encoder.as_ref())?,
-            None => MemberScores::new(),
-        };
-        let records = feedback::all(ws.store())?;
-        let asked = queue::asked(ws)?;
-        Ok(QueueState::from_parts(nodes, members, asked, records))
-    }
-
-    fn from_parts(
-        nodes: Vec<QueueNode>,
-        members: MemberScores,
-        asked: Vec<AskRequest>,
-        records: Vec<Feedback>,
-    ) -> QueueState {
+impl Nodes {
+    fn new(nodes: Vec<QueueNode>, members: MemberScores, asked: Vec<AskRequest>) -> Nodes {
         let by_key = nodes.iter().enumerate().map(|(i, n)| (n.input_key.clone(), i)).collect();
         let hashes = nodes
             .iter()
             .map(|n| (n.input_key.clone(), n.candidates.iter().map(|c| text_hash(c)).collect()))
             .collect();
-        let ids = records.iter().map(|r| r.id.clone()).collect();
-        QueueState { nodes, by_key, hashes, members, asked, records, ids, leases: HashMap::new() }
-    }
-
-    /// Takes fresh nodes, scores and ask requests (and records) from `fresh`, keeping leases.
-    pub fn replace_nodes(&mut self, fresh: QueueState) {
-        let leases = std::mem::take(&mut self.leases);
-        *self = fresh;
-        self.leases = leases;
+        Nodes { nodes, by_key, hashes, members, asked }
     }
 
     /// A node's candidate texts and hashes, if it has candidates.
@@ -80,16 +60,86 @@ impl QueueState {
         Some((&node.candidates, self.hashes.get(input_key)?))
     }
 
+    /// The text of the candidate with hash `hash` of node `input_key`.
+    pub fn text(&self, input_key: &str, hash: &str) -> Option<&str> {
+        let (texts, hashes) = self.candidates(input_key)?;
+        hashes.iter().position(|h| h == hash).map(|i| texts[i].as_str())
+    }
+}
+
+/// A consistent copy of what the queue holds, taken in O(1).
+#[derive(Clone)]
+pub struct Snapshot {
+    pub nodes: Arc<Nodes>,
+    pub records: Arc<Vec<Feedback>>,
+}
+
+/// The next item handed to a labeler, with both texts from the same snapshot as the hashes.
+#[derive(Debug, Clone)]
+pub struct Next {
+    pub item: QueueItem,
+    pub a_text: String,
+    pub b_text: String,
+}
+
+struct State {
+    nodes: Arc<Nodes>,
+    /// Every record (an append copies the vector only when a snapshot of it is alive).
+    records: Arc<Vec<Feedback>>,
+    ids: HashSet<String>,
+    /// (labeler, pair) → index into `records` of that labeler's comparison of the pair.
+    compared: HashMap<(String, PairKey), usize>,
+    /// labeler → their current lease.
+    leases: HashMap<String, Lease>,
+}
+
+fn comparison_key(fb: &Feedback) -> Option<(String, PairKey)> {
+    match &fb.kind {
+        FeedbackKind::Comparison { a, b, .. } => {
+            Some((fb.labeler.clone(), pair_key(&fb.input_key, &a.hash, &b.hash)))
+        }
+        _ => None,
+    }
+}
+
+impl State {
+    fn new(nodes: Nodes, records: Vec<Feedback>) -> State {
+        let mut s = State {
+            nodes: Arc::new(nodes),
+            records: Arc::new(Vec::new()),
+            ids: HashSet::new(),
+            compared: HashMap::new(),
+            leases: HashMap::new(),
+        };
+        s.records = Arc::new(Vec::with_capacity(records.len()));
+        for r in records {
+            s.push(r);
+        }
+        s
+    }
+
+    fn push(&mut self, fb: Feedback) {
+        if !self.ids.insert(fb.id.clone()) {
+            return;
+        }
+        if let Some(key) = comparison_key(&fb) {
+            self.compared.entry(key).or_insert(self.records.len());
+        }
+        Arc::make_mut(&mut self.records).push(fb);
+    }
+
     fn expire(&mut self) {
         let now = Instant::now();
         self.leases.retain(|_, l| l.until > now);
     }
 
-    /// The queue for `labeler` (every open item, best first), with others' leases counted.
-    pub fn items(&mut self, labeler: Option<&str>, overlap: usize) -> Vec<QueueItem> {
-        self.expire();
-        let in_flight = self
-            .leases
+    fn snapshot(&self) -> Snapshot {
+        Snapshot { nodes: Arc::clone(&self.nodes), records: Arc::clone(&self.records) }
+    }
+
+    /// Other labelers' leases as the ranking counts them.
+    fn in_flight(&self) -> Vec<InFlight> {
+        self.leases
             .iter()
             .map(|(who, l)| InFlight {
                 input_key: l.item.input_key.clone(),
@@ -97,66 +147,276 @@ impl QueueState {
                 b_hash: l.item.b_hash.clone(),
                 labeler: who.clone(),
             })
-            .collect();
-        let filter =
-            QueueFilter { labeler: labeler.map(str::to_string), overlap: Some(overlap), in_flight };
-        queue::rank(&self.nodes, &self.records, &self.members, &self.asked, &filter)
+            .collect()
+    }
+}
+
+/// The queue (see the module docs).
+pub struct Queue {
+    reload: Guarded<()>,
+    state: Guarded<State>,
+}
+
+/// Reads the nodes (scored by the reward model when one is given) and the records.
+fn read(ws: &Workspace, scorer: Option<&Scorer>) -> Result<(Nodes, Vec<Feedback>)> {
+    let nodes = queue::nodes(ws)?;
+    let members = match scorer {
+        Some(s) => queue::member_scores(ws, &nodes, &s.model, s.encoder.as_ref())?,
+        None => MemberScores::new(),
+    };
+    let asked = queue::asked(ws)?;
+    let records = feedback::all(ws.store())?;
+    Ok((Nodes::new(nodes, members, asked), records))
+}
+
+impl Queue {
+    /// Reads the nodes, the records and the ask requests (and scores the nodes with the reward
+    /// model when one is given).
+    pub fn load(ws: &Workspace, scorer: Option<&Scorer>) -> Result<Queue> {
+        let (nodes, records) = read(ws, scorer)?;
+        Ok(Queue::from_parts(nodes, records))
+    }
+
+    fn from_parts(nodes: Nodes, records: Vec<Feedback>) -> Queue {
+        Queue {
+            reload: Guarded::new("queue reload", rank::RELOAD, ()),
+            state: Guarded::new("queue", rank::QUEUE, State::new(nodes, records)),
+        }
+    }
+
+    /// Reads the store again (after a job changed it). One reload at a time; answers recorded
+    /// while it reads are kept, and leases stay.
+    pub fn reload(&self, ws: &Workspace, scorer: Option<&Scorer>) -> Result<()> {
+        self.reload.with(|_| {
+            // Every record held now was stored before the read below starts.
+            let known = self.state.with(|s| s.records.len());
+            let (nodes, records) = read(ws, scorer)?;
+            self.replace(nodes, records, known);
+            Ok(())
+        })
+    }
+
+    /// Puts freshly read nodes and records in place. Records recorded in memory after the
+    /// first `known` ones may have missed the read: they are kept unless the read has them.
+    fn replace(&self, nodes: Nodes, records: Vec<Feedback>, known: usize) {
+        let mut fresh = State::new(nodes, records);
+        self.state.with(|s| {
+            for r in s.records.iter().skip(known) {
+                fresh.push(r.clone());
+            }
+            fresh.leases = std::mem::take(&mut s.leases);
+            *s = fresh;
+        });
+    }
+
+    /// What the queue holds now (O(1); read it outside the lock).
+    pub fn snapshot(&self) -> Snapshot {
+        self.state.with(|s| s.snapshot())
+    }
+
+    /// Every feedback record.
+    pub fn records(&self) -> Arc<Vec<Feedback>> {
+        self.state.with(|s| Arc::clone(&s.records))
+    }
+
+    /// The queue for `labeler` (every open item, best first), with others' leases counted.
+    /// Ranks outside the lock.
+    pub fn items(&self, labeler: Option<&str>, overlap: usize) -> Vec<QueueItem> {
+        let (snap, in_flight) = self.state.with(|s| {
+            s.expire();
+            (s.snapshot(), s.in_flight())
+        });
+        rank_items(&snap, labeler, overlap, in_flight)
     }
 
     /// The next item for `labeler` (leased to them): their current lease if still open, else
-    /// the best item they did not skip.
-    pub fn next(
-        &mut self,
-        labeler: &str,
-        overlap: usize,
-        skipped: &std::collections::HashSet<PairKey>,
-    ) -> Option<QueueItem> {
-        self.expire();
-        if let Some(lease) = self.leases.get(labeler) {
-            let key = pair_key(&lease.item.input_key, &lease.item.a_hash, &lease.item.b_hash);
-            if !skipped.contains(&key) && !self.compared_by(labeler, &key) {
-                return Some(lease.item.clone());
+    /// the best item they did not skip. Ranks outside the lock; the lease is taken under it, and
+    /// an item another labeler leased meanwhile is passed over.
+    pub fn next(&self, labeler: &str, overlap: usize, skipped: &HashSet<PairKey>) -> Option<Next> {
+        let kept = self.state.with(|s| {
+            s.expire();
+            let lease = s.leases.get(labeler)?.item.clone();
+            let key = pair_key(&lease.input_key, &lease.a_hash, &lease.b_hash);
+            let open = !skipped.contains(&key)
+                && !s.compared.contains_key(&(labeler.to_string(), key))
+                && s.nodes.text(&lease.input_key, &lease.a_hash).is_some()
+                && s.nodes.text(&lease.input_key, &lease.b_hash).is_some();
+            if open {
+                Some((lease, Arc::clone(&s.nodes)))
+            } else {
+                s.leases.remove(labeler);
+                None
             }
+        });
+        if let Some((item, nodes)) = kept {
+            return with_texts(item, &nodes);
         }
-        self.leases.remove(labeler);
-        let item = self.items(Some(labeler), overlap).into_iter().find(|i| {
-            i.book.is_some()
-                && i.node.is_some()
-                && !skipped.contains(&pair_key(&i.input_key, &i.a_hash, &i.b_hash))
+        let (snap, in_flight) = self.state.with(|s| (s.snapshot(), s.in_flight()));
+        let before: HashSet<(String, PairKey)> = in_flight
+            .iter()
+            .map(|f| (f.labeler.clone(), pair_key(&f.input_key, &f.a_hash, &f.b_hash)))
+            .collect();
+        let open: Vec<QueueItem> = rank_items(&snap, Some(labeler), overlap, in_flight)
+            .into_iter()
+            .filter(|i| {
+                i.book.is_some()
+                    && i.node.is_some()
+                    && !skipped.contains(&pair_key(&i.input_key, &i.a_hash, &i.b_hash))
+            })
+            .collect();
+        let chosen = self.state.with(|s| {
+            s.expire();
+            let taken_since: HashSet<PairKey> = s
+                .leases
+                .iter()
+                .filter(|(who, _)| who.as_str() != labeler)
+                .map(|(who, l)| {
+                    (who.clone(), pair_key(&l.item.input_key, &l.item.a_hash, &l.item.b_hash))
+                })
+                .filter(|k| !before.contains(k))
+                .map(|(_, key)| key)
+                .collect();
+            let item = open.into_iter().find(|i| {
+                let key = pair_key(&i.input_key, &i.a_hash, &i.b_hash);
+                !taken_since.contains(&key) && !s.compared.contains_key(&(labeler.to_string(), key))
+            })?;
+            s.leases.insert(
+                labeler.to_string(),
+                Lease { item: item.clone(), until: Instant::now() + LEASE },
+            );
+            Some(item)
         })?;
-        self.leases.insert(
-            labeler.to_string(),
-            Lease { item: item.clone(), until: Instant::now() + LEASE },
-        );
-        Some(item)
+        with_texts(chosen, &snap.nodes)
     }
 
-    fn compared_by(&self, labeler: &str, key: &PairKey) -> bool {
-        self.records.iter().any(|r| {
-            r.labeler == labeler
-                && r.input_key == key.0
-                && matches!(&r.kind, feedback::FeedbackKind::Comparison { a, b, .. }
-                    if pair_key(&r.input_key, &a.hash, &b.hash) == *key)
+    /// `labeler`'s stored comparison of the pair `key`, if any (O(1)).
+    pub fn earlier_comparison(&self, labeler: &str, key: &PairKey) -> Option<Feedback> {
+        self.state.with(|s| {
+            let i = *s.compared.get(&(labeler.to_string(), key.clone()))?;
+            s.records.get(i).cloned()
         })
     }
 
     /// Records a stored answer (and ends the labeler's lease when it answers the leased pair).
-    pub fn stored(&mut self, fb: Feedback) {
-        if let feedback::FeedbackKind::Comparison { a, b, .. } = &fb.kind {
-            let key = pair_key(&fb.input_key, &a.hash, &b.hash);
-            if let Some(l) = self.leases.get(&fb.labeler) {
-                if pair_key(&l.item.input_key, &l.item.a_hash, &l.item.b_hash) == key {
-                    self.leases.remove(&fb.labeler);
+    pub fn stored(&self, fb: Feedback) {
+        self.state.with(|s| {
+            if let Some((who, key)) = comparison_key(&fb) {
+                if let Some(l) = s.leases.get(&who) {
+                    if pair_key(&l.item.input_key, &l.item.a_hash, &l.item.b_hash) == key {
+                        s.leases.remove(&who);
+                    }
                 }
             }
-        }
-        if self.ids.insert(fb.id.clone()) {
-            self.records.push(fb);
-        }
+            s.push(fb);
+        });
     }
 
     /// Ends `labeler`'s lease (a skip).
-    pub fn release(&mut self, labeler: &str) {
-        self.leases.remove(labeler);
+    pub fn release(&self, labeler: &str) {
+        self.state.with(|s| {
+            s.leases.remove(labeler);
+        });
+    }
+
+    /// How many labelers hold a lease now.
+    pub fn leases(&self) -> usize {
+        self.state.with(|s| {
+            s.expire();
+            s.leases.len()
+        })
+    }
+}
+
+fn rank_items(
+    snap: &Snapshot,
+    labeler: Option<&str>,
+    overlap: usize,
+    in_flight: Vec<InFlight>,
+) -> Vec<QueueItem> {
+    let filter =
+        QueueFilter { labeler: labeler.map(str::to_string), overlap: Some(overlap), in_flight };
+    let n = &snap.nodes;
+    queue::rank(&n.nodes, &snap.records, &n.members, &n.asked, &filter)
+}
+
+fn with_texts(item: QueueItem, nodes: &Nodes) -> Option<Next> {
+    let a_text = nodes.text(&item.input_key, &item.a_hash)?.to_string();
+    let b_text = nodes.text(&item.input_key, &item.b_hash)?.to_string();
+    Some(Next { item, a_text, b_text })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feedback::{Judged, Preference};
+
+    fn node(key: &str, texts: &[&str]) -> QueueNode {
+        QueueNode {
+            input_key: key.into(),
+            height: 0,
+            book: Some("book".into()),
+            node: Some(format!("h0.{key}")),
+            input: format!("the passage {key}"),
+            candidates: texts.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    fn compare(who: &str, key: &str, a: &str, b: &str) -> Feedback {
+        let kind = FeedbackKind::Comparison {
+            a: Judged::new(a),
+            b: Judged::new(b),
+            prefer: Preference::A,
+            confidence: 5,
+        };
+        let mut fb = Feedback::new(who, key, &format!("the passage {key}"), 0, kind)
+            .at(Some("book".into()), Some(format!("h0.{key}")));
+        fb.id = format!("{who}-{key}-{a}-{b}");
+        fb
+    }
+
+    fn nodes(list: Vec<QueueNode>) -> Nodes {
+        Nodes::new(list, MemberScores::new(), Vec::new())
+    }
+
+    /// Finding 1 of the web-app issue: a reload read the store, then replaced the live state,
+    /// dropping an answer recorded in between.
+    #[test]
+    fn an_answer_recorded_during_a_reload_is_kept() {
+        let q = Queue::from_parts(nodes(vec![node("k1", &["x", "y"])]), Vec::new());
+        let known = q.records().len();
+        // The reload has read the store (no record yet) when the answer is recorded.
+        let fresh = nodes(vec![node("k1", &["x", "y"]), node("k2", &["u", "v"])]);
+        let answer = compare("ann", "k1", "x", "y");
+        q.stored(answer.clone());
+        q.replace(fresh, Vec::new(), known);
+        let records = q.records();
+        assert_eq!(records.len(), 1, "the answer survived the reload");
+        assert_eq!(records[0].id, answer.id);
+        // The pair is known as compared: not served to ann again, and a repeat finds it.
+        let key = pair_key("k1", &text_hash("x"), &text_hash("y"));
+        assert!(q.earlier_comparison("ann", &key).is_some());
+        let next = q.next("ann", 1, &HashSet::new()).expect("the new node");
+        assert_eq!(next.item.input_key, "k2");
+        // A record the read did see is not doubled.
+        let known = q.records().len();
+        q.replace(nodes(vec![node("k1", &["x", "y"])]), vec![answer.clone()], known);
+        q.stored(answer);
+        assert_eq!(q.records().len(), 1);
+    }
+
+    #[test]
+    fn next_serves_texts_of_the_hashes_it_names_and_respects_leases() {
+        let q = Queue::from_parts(nodes(vec![node("k1", &["x", "y"])]), Vec::new());
+        let first = q.next("ann", 1, &HashSet::new()).expect("an item");
+        assert_eq!(text_hash(&first.a_text), first.item.a_hash);
+        assert_eq!(text_hash(&first.b_text), first.item.b_hash);
+        // Leased to ann: with overlap 1, bob gets nothing; ann gets the same pair again.
+        assert!(q.next("bob", 1, &HashSet::new()).is_none());
+        assert_eq!(q.next("ann", 1, &HashSet::new()).unwrap().item, first.item);
+        // Answered: the lease ends, and the pair is done for ann.
+        q.stored(compare("ann", "k1", "x", "y"));
+        assert_eq!(q.leases(), 0);
+        assert!(q.next("ann", 1, &HashSet::new()).is_none());
+        assert!(q.next("bob", 2, &HashSet::new()).is_some());
     }
 }

@@ -11,12 +11,12 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Mutex;
 
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
-use super::{lock, Failure, Shared};
+use super::sync::{rank, Guarded};
+use super::{Failure, Shared};
 use crate::eval::runs::{self, BootstrapOptions};
 use crate::store::Table;
 
@@ -34,10 +34,16 @@ struct Drawn {
     files: BTreeSet<String>,
 }
 
-/// The last drawn report, shared by the handlers.
-#[derive(Default)]
+/// The last drawn report, shared by the handlers. Drawing happens under its lock (a leaf: it
+/// holds no other), on the blocking pool, so two requests never draw the same report twice.
 pub struct ReportCache {
-    drawn: Mutex<Option<Drawn>>,
+    drawn: Guarded<Option<Drawn>>,
+}
+
+impl Default for ReportCache {
+    fn default() -> ReportCache {
+        ReportCache { drawn: Guarded::new("report", rank::LEAF, None) }
+    }
 }
 
 /// What a request for a report file gets.
@@ -99,19 +105,22 @@ pub fn file(state: &Shared, name: &str) -> Result<Served, Failure> {
     if state.ws.store().scan_keys(Table::Meta, runs::PREFIX)?.is_empty() {
         return Ok(Served::NoRuns);
     }
-    let mut guard = lock(&state.report.drawn);
-    ensure_drawn(state, &mut guard)?;
-    let Some(drawn) = guard.as_ref() else {
-        return Err(Failure::internal("the report was not drawn"));
-    };
-    // Only a name the drawing wrote: no path, no `..`, nothing else in the folder.
-    if !drawn.files.contains(name) {
-        let shown: String = name.chars().take(70).collect();
-        return Err(Failure::not_found(format!("the report has no file '{shown}'")));
-    }
-    let path = drawn.dir.path().join(name);
-    let mut body = std::fs::read(&path)
-        .map_err(|e| Failure::internal(format!("reading {}: {e}", path.display())))?;
+    let body = state.report.drawn.with(|drawn| {
+        ensure_drawn(state, drawn)?;
+        let Some(drawn) = drawn.as_ref() else {
+            return Err(Failure::internal("the report was not drawn"));
+        };
+        // Only a name the drawing wrote: no path, no `..`, nothing else in the folder.
+        if !drawn.files.contains(name) {
+            let shown: String = name.chars().take(70).collect();
+            return Err(Failure::not_found(format!("the report has no file '{shown}'")));
+        }
+        // Read under the lock: another drawing may replace the folder once it is let go.
+        let path = drawn.dir.path().join(name);
+        std::fs::read(&path)
+            .map_err(|e| Failure::internal(format!("reading {}: {e}", path.display())))
+    })?;
+    let mut body = body;
     if name == "index.html" {
         body = with_navigation(body);
     }

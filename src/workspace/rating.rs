@@ -81,28 +81,41 @@ pub async fn draw(
     temperature: Option<f32>,
     seed: Option<u64>,
 ) -> Result<Vec<StoredCandidate>> {
+    let (params, seed) = draw_params(ws, generator, &target.input, k, temperature, seed)?;
+    sample::sample(generator, ws.store(), &target.input, k, &params, seed).await?;
+    target.candidates(ws)
+}
+
+/// The sampling and seed [`draw`] uses (blocking: it reads the store). Without an explicit seed,
+/// the first seed whose draw is not stored yet.
+pub fn draw_params(
+    ws: &Workspace,
+    generator: &dyn Generator,
+    node: &NodeInput,
+    k: usize,
+    temperature: Option<f32>,
+    seed: Option<u64>,
+) -> Result<(SamplingParams, u64)> {
     if k == 0 || k > 64 {
         return Err(WorkspaceError::Invalid(format!(
             "the number of candidates to draw must be between 1 and 64 (got {k})"
         )));
     }
     let params = rating_sampling(temperature)?;
-    let store = ws.store();
     let seed = match seed {
         Some(s) => s,
         None => {
             let mut s = 0u64;
-            while store.contains(
+            while ws.store().contains(
                 crate::store::Table::Candidates,
-                &sample::sample_key(generator, &target.input, k, &params, s),
+                &sample::sample_key(generator, node, k, &params, s),
             )? {
                 s += 1;
             }
             s
         }
     };
-    sample::sample(generator, store, &target.input, k, &params, seed).await?;
-    target.candidates(ws)
+    Ok((params, seed))
 }
 
 /// Finds a candidate by index or by a prefix (4+ hex digits) of its hash.
