@@ -143,6 +143,13 @@ async fn browser(chrome: &Path, chromedriver: &Path) -> (Driver, Client, tempfil
         .connect(&format!("http://127.0.0.1:{port}"))
         .await
         .expect("a WebDriver session");
+    // Every navigation and script under a limit: a server that stops answering fails the test.
+    let limits = fantoccini::wd::TimeoutConfiguration::new(
+        Some(Duration::from_secs(20)),
+        Some(Duration::from_secs(20)),
+        Some(Duration::ZERO),
+    );
+    c.update_timeouts(limits).await.expect("WebDriver timeouts");
     (driver, c, profile)
 }
 
@@ -424,4 +431,159 @@ async fn a_new_user_rates_a_real_book_with_the_keyboard() {
     eprintln!("{done} comparisons in {:.1} s (scripted keys)", started.elapsed().as_secs_f64());
     assert!(done >= 1);
     c.close().await.unwrap();
+}
+
+/// Waits until a new page shows `selector`: the caller marked the old one
+/// (`window.rrmMarked = true`) before the key that leaves it, which may reload the same address
+/// (`n` on a leased pair).
+async fn wait_new_page(c: &Client, selector: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let marked = c.execute("return window.rrmMarked === true;", vec![]).await;
+        if marked.ok() == Some(Value::Bool(false)) && c.find(Locator::Css(selector)).await.is_ok() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let source = c.source().await.unwrap_or_default();
+            panic!("no new page with {selector}; the page:\n{source}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Runs `rrm ARGS` in `dir` on database `db`, with a limit; panics with its output on failure.
+fn rrm(dir: &Path, db: &Path, args: &[&str]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rrm"))
+        .args(args)
+        .current_dir(dir)
+        .env("RRM_DB", db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rrm starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("rrm {args:?} did not finish in 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "rrm {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The README's "Rating in the browser", word for word, from an empty database: `rrm decompose
+/// BOOK`, `rrm serve`, open the page, `n` (no node has two candidates: the page says so and
+/// offers `d`), `d` (candidates drawn inside the server; the page moves on by itself), rate the
+/// pair with the keys, `n` again; then Ctrl-C, and the CLI finds exactly that answer in a
+/// clean database. The real CLI binary, a real browser; the model is a tiny random one (the
+/// same walk with the default model: `a_new_user_rates_a_real_book_with_the_keyboard`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_user_follows_the_readme_from_an_empty_database() {
+    let Some((chrome, chromedriver)) = tools() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs chromium and chromedriver (.ci/run installs them with apt-get)"
+        );
+        eprintln!("skipped: chromium and chromedriver are not on PATH");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    std::fs::write(dir.path().join("orchard.txt"), rrm::serve::testing::book_text(60)).unwrap();
+    let model = dir.path().join("tiny.gguf");
+    let tiny = rrm::infer::testing::TinyOptions {
+        context_length: 8192,
+        ..rrm::infer::testing::TinyOptions::default()
+    };
+    rrm::infer::testing::tiny_gguf(&model, 5, &tiny).unwrap();
+
+    let decomposed = rrm(dir.path(), &db, &["decompose", "orchard.txt"]);
+    assert!(decomposed.contains("leaves"), "{decomposed}");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let model_arg = model.display().to_string();
+    let server = Command::new(env!("CARGO_BIN_EXE_rrm"))
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--model", &model_arg])
+        .current_dir(dir.path())
+        .env("RRM_DB", &db)
+        .env("RUST_LOG", "rrm=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("serve.log")).unwrap())
+        .spawn()
+        .expect("rrm serve starts");
+    let server = Driver(server); // killed however the test ends
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "rrm serve did not listen on {port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (_driver, c, _profile) = browser(&chrome, &chromedriver).await;
+    let shots = artifacts();
+    c.goto(&url).await.unwrap();
+    let home = wait_page(&c, "about:blank", "main").await;
+    // n: nothing to rate yet; the page says so and offers d.
+    press(&c, &['n']).await;
+    wait_page(&c, &home, "#empty").await;
+    let empty = text_of(&c, "#empty").await;
+    assert!(empty.contains("Nothing to rate right now"), "{empty}");
+    assert!(empty.contains("draw 2 candidates for 5 nodes"), "{empty}");
+    std::fs::write(shots.join("readme-empty.png"), c.screenshot().await.unwrap()).unwrap();
+    // d: draw inside the server; the page moves on by itself.
+    c.execute("window.rrmMarked = true;", vec![]).await.unwrap();
+    press(&c, &['d']).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while c.find(Locator::Css("#answer")).await.is_err() {
+        let failed = c.find(Locator::Css("#empty .error")).await.is_ok();
+        if failed || Instant::now() >= deadline {
+            let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+            let page = c.source().await.unwrap_or_default();
+            panic!("no candidates to rate after d (failed: {failed}); the page:\n{page}\nthe server:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::write(shots.join("readme-first-pair.png"), c.screenshot().await.unwrap()).unwrap();
+    // Rate the pair with the keys: summary 2, sure 6; the next pair comes by itself.
+    let (node, a, b) = pair(&c).await;
+    c.execute("window.rrmMarked = true;", vec![]).await.unwrap();
+    press(&c, &['2', '6']).await;
+    wait_new_page(&c, "#answer, #empty").await;
+    // n again.
+    c.execute("window.rrmMarked = true;", vec![]).await.unwrap();
+    press(&c, &['n']).await;
+    wait_new_page(&c, "#answer, #empty").await;
+    // The other pages still answer.
+    for path in ["/", "/progress", "/jobs"] {
+        c.goto(&format!("{url}{path}")).await.unwrap();
+        wait_page(&c, "about:blank", "main").await;
+    }
+    c.close().await.unwrap();
+
+    // Ctrl-C: the server stops promptly and lets the database go.
+    let mut server = server;
+    let status = Command::new("kill").args(["-INT", &server.0.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "rrm serve did not stop 30 s after Ctrl-C");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed: Value =
+        serde_json::from_str(&rrm(dir.path(), &db, &["feedback", "list", "--json"])).unwrap();
+    let records = listed.as_array().unwrap();
+    assert_eq!(records.len(), 1, "exactly the one answer: {listed}");
+    let r = &records[0];
+    assert_eq!((r["node"].as_str(), r["prefer"].as_str()), (Some(node.as_str()), Some("b")), "{r}");
+    assert_eq!(r["confidence"], 6);
+    let hashes = [r["a"]["hash"].as_str().unwrap(), r["b"]["hash"].as_str().unwrap()];
+    assert_eq!(hashes, [a.as_str(), b.as_str()], "{r}");
+    rrm(dir.path(), &db, &["db", "check"]);
 }

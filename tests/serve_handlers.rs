@@ -2,155 +2,18 @@
 //! summarized by a tiny random model: escaping, sessions and CSRF, the JSON API and its errors,
 //! answers stored once, overlap between labelers, jobs, the owner file.
 
+mod serve_common;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use axum::Router;
 use rrm::serve::testing::{fixture, Fixture, IMG, SCRIPT};
-use rrm::serve::{self, AppState, ServeConfig, ServeError, Shared};
+use rrm::serve::{self, AppState, ServeError};
 use rrm::workspace::labelers;
 use serde_json::{json, Value};
-use tower::ServiceExt;
-
-const ADDR: &str = "127.0.0.1:8080";
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-
-    fn cookie(&self) -> Option<String> {
-        self.headers
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|v| v.starts_with("rrm_session=") && !v.contains("Max-Age=0"))
-            .map(|v| v.split(';').next().unwrap_or_default().to_string())
-    }
-
-    fn location(&self) -> String {
-        self.headers
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    }
-}
-
-struct Client {
-    app: Router,
-    cookie: Option<String>,
-    bearer: Option<String>,
-}
-
-impl Client {
-    fn new(state: &Shared) -> Client {
-        Client { app: serve::router(Arc::clone(state)), cookie: None, bearer: None }
-    }
-
-    async fn send(&mut self, req: Request<Body>) -> Reply {
-        let response = self.app.clone().oneshot(req).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = axum::body::to_bytes(response.into_body(), 10 << 20).await.unwrap();
-        let reply = Reply { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() };
-        if let Some(c) = reply.cookie() {
-            self.cookie = Some(c);
-        }
-        reply
-    }
-
-    fn request(&self, method: &str, path: &str) -> axum::http::request::Builder {
-        let mut b = Request::builder().method(method).uri(path).header(header::HOST, ADDR);
-        if let Some(c) = &self.cookie {
-            b = b.header(header::COOKIE, c);
-        }
-        if let Some(t) = &self.bearer {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        b
-    }
-
-    async fn get(&mut self, path: &str) -> Reply {
-        let req = self.request("GET", path).body(Body::empty()).unwrap();
-        self.send(req).await
-    }
-
-    async fn post_json(&mut self, path: &str, csrf: Option<&str>, body: &Value) -> Reply {
-        let mut b = self.request("POST", path).header(header::CONTENT_TYPE, "application/json");
-        if let Some(c) = csrf {
-            b = b.header("x-csrf-token", c);
-        }
-        let req = b.body(Body::from(body.to_string())).unwrap();
-        self.send(req).await
-    }
-
-    async fn post_form(&mut self, path: &str, fields: &[(&str, &str)]) -> Reply {
-        let body = fields
-            .iter()
-            .map(|(k, v)| format!("{k}={}", urlencode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
-        let req = self
-            .request("POST", path)
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(body))
-            .unwrap();
-        self.send(req).await
-    }
-
-    /// The CSRF token of the session (from a page's meta tag).
-    async fn csrf(&mut self) -> String {
-        let page = self.get("/login").await;
-        let marker = "name=\"csrf-token\" content=\"";
-        let start = page.body.find(marker).expect("a csrf meta tag") + marker.len();
-        page.body[start..].split('"').next().unwrap_or_default().to_string()
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn config(f: &Fixture, overlap: usize) -> ServeConfig {
-    let mut c = ServeConfig::new(ADDR.parse().unwrap());
-    c.overlap = overlap;
-    c.local_labeler = "tester".into();
-    c.generator = f.generator_spec();
-    c.reward_model = None;
-    c
-}
-
-fn state(f: &Fixture, overlap: usize) -> Shared {
-    AppState::new(f.ws.clone(), config(f, overlap), ADDR.parse().unwrap()).unwrap()
-}
-
-async fn wait_for_job(c: &mut Client, id: u64) -> Value {
-    for _ in 0..600 {
-        let job = c.get(&format!("/api/jobs/{id}")).await.json();
-        if job["state"] != "running" {
-            return job;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("job {id} did not finish");
-}
+use serve_common::{config, state, wait_for_job, Client};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_text_is_escaped_everywhere() {

@@ -103,6 +103,11 @@ impl AskHub {
         (id, rx)
     }
 
+    /// Withdraws every question of job `job` (it ended): each waiting node goes on as skipped.
+    pub fn withdraw_job(&self, job: u64) {
+        self.pending.with(|p| p.retain(|p| p.job != job));
+    }
+
     fn withdraw(&self, id: u64) {
         self.pending.with(|p| p.retain(|p| p.id != id));
     }

@@ -11,9 +11,10 @@
 //! - Without tokens (loopback), a request whose `Host` is not this server's loopback address is
 //!   refused: a web page cannot reach the app through a DNS name that points at 127.0.0.1.
 //! - GETs that change state (`/next` and `/api/queue/next` lease a pair, `/asks/{id}` reserves a
-//!   question, `/report/` may redraw) run only for an existing session or a bearer token, and
-//!   never for a request the browser marks as coming from another site (`Sec-Fetch-Site`): a
-//!   web page elsewhere cannot make your browser take pairs from your queue.
+//!   question, `/report/` may redraw) are refused when the browser marks the request as coming
+//!   from another site (`Sec-Fetch-Site`), and change nothing for a request without an existing
+//!   session ([`Identity::fresh`]: `/next` and `/asks/{id}` only show, `/api/queue/next` asks
+//!   for a session): a web page elsewhere cannot make your browser take pairs from your queue.
 //! - Sessions end after [`SessionLimits::idle`] without a request. A session the browser never
 //!   sent back (a cookieless flood makes only those) waits in a small first-in-first-out tier
 //!   and is the only kind evicted for room, in O(1): a flood cannot sign anyone out.
@@ -192,6 +193,9 @@ pub struct Identity {
     /// The session id (none for bearer requests).
     pub session: Option<String>,
     pub skipped: HashSet<PairKey>,
+    /// The session was made by this very request (the browser sent none): GETs that would
+    /// lease or reserve only show.
+    pub fresh: bool,
 }
 
 impl Identity {
@@ -337,6 +341,7 @@ pub async fn layer(State(state): State<Shared>, mut req: Request, next: Next) ->
                     csrf: String::new(),
                     session: None,
                     skipped: HashSet::new(),
+                    fresh: false,
                 });
                 next.run(req).await
             }
@@ -371,16 +376,12 @@ pub async fn layer(State(state): State<Shared>, mut req: Request, next: Next) ->
         }
     }
     let signed_in = session.labeler.is_some();
-    if new && side_effects {
-        // A request without this browser's session: nothing is leased or reserved for it.
-        let mut r = if is_api(&path) {
-            json_failure(&Failure::new(
-                StatusCode::UNAUTHORIZED,
-                "no session: open / first, or send Authorization: Bearer TOKEN",
-            ))
-        } else {
-            Redirect::to("/").into_response()
-        };
+    if new && side_effects && is_api(&path) {
+        // A request without this browser's session: nothing is leased for it.
+        let mut r = json_failure(&Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "no session: open / first, or send Authorization: Bearer TOKEN",
+        ));
         r.headers_mut().append(header::SET_COOKIE, set_cookie(Some(&id)));
         return r;
     }
@@ -389,6 +390,7 @@ pub async fn layer(State(state): State<Shared>, mut req: Request, next: Next) ->
         csrf: session.csrf.clone(),
         session: Some(id.clone()),
         skipped: session.skipped.clone(),
+        fresh: new,
     });
     let mut response = if signed_in || is_public(&path) {
         next.run(req).await

@@ -272,7 +272,9 @@ where
         } else {
             run.await
         };
-        // Whatever it did reaches the queue and the trees, also after a failure.
+        // Its questions go with it; whatever it did reaches the queue and the trees, also after
+        // a failure.
+        state.asks.withdraw_job(id);
         let refreshed = changed(&state).await;
         let cancelled = cancel.is_cancelled();
         match &outcome {

@@ -487,10 +487,22 @@ pub async fn next(
     }
     let skipped: HashSet<_> = who.skipped.clone();
     let s = state.clone();
-    let who_next = labeler.clone();
-    let next = blocking(move || Ok(s.queue.next(&who_next, s.config.overlap, &skipped))).await?;
-    if let Some(next) = next {
-        let item = next.item;
+    let (who_next, fresh) = (labeler.clone(), who.fresh);
+    let next = blocking(move || {
+        if fresh {
+            // No session came with the request (a link from elsewhere): show, lease nothing.
+            let open = s.queue.items(Some(&who_next), s.config.overlap);
+            Ok(open.into_iter().find(|i| {
+                i.book.is_some()
+                    && i.node.is_some()
+                    && !skipped.contains(&pair_key(&i.input_key, &i.a_hash, &i.b_hash))
+            }))
+        } else {
+            Ok(s.queue.next(&who_next, s.config.overlap, &skipped).map(|n| n.item))
+        }
+    })
+    .await?;
+    if let Some(item) = next {
         let (book, node) = (item.book.unwrap_or_default(), item.node.unwrap_or_default());
         let (a, b) = if views::blind_order(&labeler, &item.a_hash, &item.b_hash) {
             (item.a_hash, item.b_hash)
@@ -624,7 +636,16 @@ pub async fn asked(
 ) -> PageResult {
     let labeler = who.labeler()?;
     let id = question_id(&id)?;
-    let q = state.asks.open_for(id, labeler)?;
+    let q = if who.fresh {
+        // Shown to a request without a session: reserved for nobody.
+        state.asks.get(id).ok_or_else(|| {
+            Failure::not_found(format!(
+                "no waiting question {id}: it was answered already, or its job ended (press n)"
+            ))
+        })?
+    } else {
+        state.asks.open_for(id, labeler)?
+    };
     let s = state.clone();
     let book = q.book.clone();
     let title = blocking(move || {

@@ -63,10 +63,14 @@ impl Fixture {
     }
 }
 
-/// Writes the book (`paragraphs` paragraphs), summarizes it with a tiny model (leaves of ~60
-/// tokens, 2–3 children per parent), and draws `k` candidates for the first `drawn` leaves and
-/// for `h1.0` (so the rating screen has a higher node with children to drill into).
-pub async fn fixture(paragraphs: usize, drawn: usize, k: usize) -> Fixture {
+/// A workspace as a new user has it after `rrm decompose BOOK` alone: the book (`paragraphs`
+/// paragraphs) and its task tree, no summary, no candidate, no feedback.
+pub fn decomposed(paragraphs: usize) -> Fixture {
+    let (f, _, _) = decompose(paragraphs);
+    f
+}
+
+fn decompose(paragraphs: usize) -> (Fixture, crate::book::Book, crate::tree::TaskTree) {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let model = dir.path().join("tiny.gguf");
     tiny_gguf(&model, 5, &TinyOptions { context_length: 2048, ..TinyOptions::default() })
@@ -91,6 +95,17 @@ pub async fn fixture(paragraphs: usize, drawn: usize, k: usize) -> Fixture {
     };
     let decomposer = spec.build(&ws, false).expect("the decomposer");
     let tree = summarize::decompose(&ws, &book, decomposer.as_ref()).expect("the tree");
+    let book_id = book.id().as_str().to_string();
+    let f = Fixture { dir, config, ws, model, book_id, drawn: Vec::new() };
+    (f, book, tree)
+}
+
+/// Writes the book (`paragraphs` paragraphs), summarizes it with a tiny model (leaves of ~60
+/// tokens, 2–3 children per parent), and draws `k` candidates for the first `drawn` leaves and
+/// for `h1.0` (so the rating screen has a higher node with children to drill into).
+pub async fn fixture(paragraphs: usize, drawn: usize, k: usize) -> Fixture {
+    let (f, book, tree) = decompose(paragraphs);
+    let Fixture { dir, config, ws, model, book_id, .. } = f;
     let spec = GeneratorSpec {
         model: Some(model.display().to_string()),
         ..GeneratorSpec::local_default()
@@ -109,7 +124,6 @@ pub async fn fixture(paragraphs: usize, drawn: usize, k: usize) -> Fixture {
     )
     .await
     .expect("the summary");
-    let book_id = book.id().as_str().to_string();
     let mut labels: Vec<String> =
         tree.leaves().iter().take(drawn).map(|&l| tree.node(l).label.clone()).collect();
     if tree.max_height() >= 1 {

@@ -23,18 +23,29 @@ use crate::infer::Encoder;
 use crate::reward::{pair_disagreement, RewardModel};
 use crate::store::Table;
 
-/// Every stored node with two or more distinct candidates, with where it was composed.
+/// Every stored node with two or more distinct candidates, with where it was composed — or, for
+/// candidates drawn before any summary (a leaf of a book that is only decomposed), the stored
+/// tree whose node has that input.
 pub fn nodes(ws: &Workspace) -> Result<Vec<QueueNode>> {
     let store = ws.store();
     let index = node_index(store)?;
-    Ok(candidates_by_input(store)?
+    let stored: Vec<_> =
+        candidates_by_input(store)?.into_iter().filter(|(_, n)| n.candidates.len() >= 2).collect();
+    let composed = |key: &str| {
+        index.get(key).and_then(|refs| refs.first()).map(|r| (r.book_id.clone(), r.label.clone()))
+    };
+    let in_trees = if stored.iter().any(|(key, _)| composed(key).is_none()) {
+        tree_index(ws)?
+    } else {
+        HashMap::new()
+    };
+    Ok(stored
         .into_iter()
-        .filter(|(_, n)| n.candidates.len() >= 2)
         .map(|(key, n)| {
-            let at = index.get(&key).and_then(|refs| refs.first());
+            let at = composed(&key).or_else(|| in_trees.get(&key).cloned());
             QueueNode {
-                book: at.map(|r| r.book_id.clone()),
-                node: at.map(|r| r.label.clone()),
+                book: at.as_ref().map(|(b, _)| b.clone()),
+                node: at.map(|(_, l)| l),
                 input_key: key,
                 height: n.height,
                 input: n.input,
@@ -42,6 +53,20 @@ pub fn nodes(ws: &Workspace) -> Result<Vec<QueueNode>> {
             }
         })
         .collect())
+}
+
+/// Input key → (book id, label) of every node of the stored trees whose input can be rebuilt
+/// (a tree whose book cannot be read is passed over).
+fn tree_index(ws: &Workspace) -> Result<HashMap<String, (String, String)>> {
+    let mut out = HashMap::new();
+    for book_id in ws.store().keys(Table::TaskTrees)? {
+        let Ok(loaded) = super::trees::by_book_id(ws, &book_id) else { continue };
+        for (nid, key) in super::overview::input_keys(ws, &loaded)? {
+            out.entry(key)
+                .or_insert_with(|| (book_id.clone(), loaded.tree.node(nid).label.clone()));
+        }
+    }
+    Ok(out)
 }
 
 /// A pair handed to a labeler who has not answered yet.
