@@ -281,8 +281,10 @@ impl AppState {
     /// Forgets cached trees and reloads the queue's nodes (after a job wrote to the store).
     /// Blocking.
     pub fn store_changed(&self) -> Result<(), WorkspaceError> {
+        // The queue first: pages then meet the new trees right after the queue knows them.
+        let reloaded = self.queue.reload(&self.ws, self.scorer().as_ref());
         self.trees.invalidate();
-        self.queue.reload(&self.ws, self.scorer().as_ref())
+        reloaded
     }
 
     /// The reward model in use, if any.
@@ -383,6 +385,10 @@ impl From<WorkspaceError> for Failure {
         let status = match &err {
             WorkspaceError::NotFound(_) => StatusCode::NOT_FOUND,
             WorkspaceError::Invalid(_) | WorkspaceError::Feedback(_) => StatusCode::BAD_REQUEST,
+            // A node whose input cannot be rebuilt yet (its children are not summarized).
+            WorkspaceError::Compose(crate::compose::ComposeError::Tree { .. }) => {
+                StatusCode::CONFLICT
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {

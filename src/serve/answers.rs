@@ -52,6 +52,18 @@ pub enum Answer {
     },
 }
 
+impl Answer {
+    /// The first candidate the answer names, if it names one.
+    fn first_candidate(&self) -> Option<&str> {
+        match self {
+            Answer::Comparison { a, .. } => Some(a),
+            Answer::Likert { summary, .. } | Answer::Critique { summary, .. } => Some(summary),
+            Answer::Correction { original, .. } => Some(original),
+            Answer::Demonstration { .. } => None,
+        }
+    }
+}
+
 /// What a page's answer form sends (every field a string; checked by [`AnswerForm::answer`]).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -225,8 +237,30 @@ pub fn store(
     label: &str,
     answer: &Answer,
 ) -> Result<Feedback, Failure> {
-    let target = target(state, book_id, label)?;
-    let cands = candidates(state, &target)?;
+    let mut target = target(state, book_id, label)?;
+    let mut cands = candidates(state, &target)?;
+    // The pair may be of the node's input as the queue knows it, while the tree just reloaded
+    // shows a newer run's (a summary under way rewrites its run as nodes finish): then the
+    // answer is about the queue's input, which has those candidates.
+    if let Some(first) = answer.first_candidate() {
+        let first = first.trim().to_ascii_lowercase();
+        if first.len() >= 4 && !cands.iter().any(|c| c.hash.starts_with(&first)) {
+            let nodes = state.queue.snapshot().nodes;
+            let known = nodes.nodes.iter().find(|n| {
+                n.book.as_deref() == Some(book_id)
+                    && n.node.as_deref() == Some(label)
+                    && nodes
+                        .candidates(&n.input_key)
+                        .is_some_and(|(_, h)| h.iter().any(|h| h.starts_with(&first)))
+            });
+            if let Some(n) = known {
+                target.input.input_key = n.input_key.clone();
+                target.input.input = n.input.clone();
+                target.input.height = n.height;
+                cands = candidates(state, &target)?;
+            }
+        }
+    }
     let pick = |spec: &str| -> Result<&StoredCandidate, Failure> {
         let spec = spec.trim();
         if spec.len() < 4 || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -241,7 +275,8 @@ pub fn store(
         match found.as_slice() {
             [one] => Ok(*one),
             [] => Err(Failure::not_found(format!(
-                "node {} has no candidate {spec} (it has {})",
+                "node {} has no candidate {spec} (it has {}; if a summary run just replaced the \
+                 node's input, ask for the next pair again)",
                 target.label(),
                 cands.len()
             ))),

@@ -60,6 +60,12 @@ impl Nodes {
         Some((&node.candidates, self.hashes.get(input_key)?))
     }
 
+    /// Whether `input_key` is a node's input now (pages can show it), not one a newer run
+    /// replaced.
+    pub fn is_current(&self, input_key: &str) -> bool {
+        self.by_key.get(input_key).is_some_and(|&i| self.nodes[i].book.is_some())
+    }
+
     /// The text of the candidate with hash `hash` of node `input_key`.
     pub fn text(&self, input_key: &str, hash: &str) -> Option<&str> {
         let (texts, hashes) = self.candidates(input_key)?;
@@ -238,6 +244,7 @@ impl Queue {
             let lease = s.leases.get(labeler)?.item.clone();
             let key = pair_key(&lease.input_key, &lease.a_hash, &lease.b_hash);
             let open = !skipped.contains(&key)
+                && s.nodes.is_current(&lease.input_key)
                 && !s.compared.contains_key(&(labeler.to_string(), key))
                 && s.nodes.text(&lease.input_key, &lease.a_hash).is_some()
                 && s.nodes.text(&lease.input_key, &lease.b_hash).is_some();

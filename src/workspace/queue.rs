@@ -16,36 +16,30 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Result, Workspace};
-use crate::compose::sample::{candidates_by_input, node_index};
+use crate::compose::sample::candidates_by_input;
 use crate::feedback::queue::{self, QueueItem, QueueNode};
 use crate::feedback::{self, ComparedPairs, Feedback};
 use crate::infer::Encoder;
 use crate::reward::{pair_disagreement, RewardModel};
 use crate::store::Table;
 
-/// Every stored node with two or more distinct candidates, with where it was composed — or, for
-/// candidates drawn before any summary (a leaf of a book that is only decomposed), the stored
-/// tree whose node has that input.
+/// Every stored node with two or more distinct candidates, with the book and node whose input
+/// it is **now** (the input the rating screen shows: the newest run that has the node's
+/// children, see [`super::rating::input_from_runs`]). Candidates of an input a newer run has
+/// replaced keep their place in the store (and in training) but get no book or node, so the
+/// queue does not offer a pair the screen cannot show.
 pub fn nodes(ws: &Workspace) -> Result<Vec<QueueNode>> {
     let store = ws.store();
-    let index = node_index(store)?;
     let stored: Vec<_> =
         candidates_by_input(store)?.into_iter().filter(|(_, n)| n.candidates.len() >= 2).collect();
-    let composed = |key: &str| {
-        index.get(key).and_then(|refs| refs.first()).map(|r| (r.book_id.clone(), r.label.clone()))
-    };
-    let in_trees = if stored.iter().any(|(key, _)| composed(key).is_none()) {
-        tree_index(ws)?
-    } else {
-        HashMap::new()
-    };
+    let at = if stored.is_empty() { HashMap::new() } else { current_inputs(ws)? };
     Ok(stored
         .into_iter()
         .map(|(key, n)| {
-            let at = composed(&key).or_else(|| in_trees.get(&key).cloned());
+            let here = at.get(&key).cloned();
             QueueNode {
-                book: at.as_ref().map(|(b, _)| b.clone()),
-                node: at.map(|(_, l)| l),
+                book: here.as_ref().map(|(b, _)| b.clone()),
+                node: here.map(|(_, l)| l),
                 input_key: key,
                 height: n.height,
                 input: n.input,
@@ -55,15 +49,20 @@ pub fn nodes(ws: &Workspace) -> Result<Vec<QueueNode>> {
         .collect())
 }
 
-/// Input key → (book id, label) of every node of the stored trees whose input can be rebuilt
-/// (a tree whose book cannot be read is passed over).
-fn tree_index(ws: &Workspace) -> Result<HashMap<String, (String, String)>> {
+/// Input key → (book id, label) of every node of the stored trees, by the input it has now (a
+/// tree whose book cannot be read, or a node whose input cannot be rebuilt, is passed over).
+fn current_inputs(ws: &Workspace) -> Result<HashMap<String, (String, String)>> {
     let mut out = HashMap::new();
     for book_id in ws.store().keys(Table::TaskTrees)? {
         let Ok(loaded) = super::trees::by_book_id(ws, &book_id) else { continue };
-        for (nid, key) in super::overview::input_keys(ws, &loaded)? {
-            out.entry(key)
-                .or_insert_with(|| (book_id.clone(), loaded.tree.node(nid).label.clone()));
+        let Some(book) = loaded.book.as_ref() else { continue };
+        let runs = super::rating::runs_newest_first(ws, &loaded.tree)?;
+        for nid in loaded.tree.nodes_topological() {
+            let input = super::rating::input_from_runs(ws, book, &loaded.tree, &runs, nid);
+            if let Ok(input) = input {
+                let label = loaded.tree.node(nid).label.clone();
+                out.entry(input.input_key).or_insert_with(|| (book_id.clone(), label));
+            }
         }
     }
     Ok(out)

@@ -6,9 +6,10 @@ use super::{trees, LoadedTree, Result, Workspace, WorkspaceError};
 use crate::book::Book;
 use crate::compose::sample::{self, candidates_for, NodeInput, StoredCandidate};
 use crate::compose::ComposeOptions;
+use crate::compose::RunRecord;
 use crate::feedback::{self, ComparedPairs, Feedback, FeedbackKind};
 use crate::infer::{Generator, SamplingParams};
-use crate::tree::NodeId;
+use crate::tree::{NodeId, TaskTree};
 
 /// A node found for rating: its tree, book and rebuilt input.
 #[derive(Debug, Clone)]
@@ -48,11 +49,56 @@ pub fn resolve_in_book(ws: &Workspace, book_id: &str, label: &str) -> Result<Rat
     finish(ws, loaded, nid)
 }
 
-/// A target from an already loaded tree.
+/// A target from an already loaded tree. A higher node's input comes from the newest run that
+/// has all its children's outputs: while a summary is under way (or after one stopped half-way)
+/// the newest run may lack some, and the node stays ratable from the run before.
 pub fn finish(ws: &Workspace, loaded: LoadedTree, nid: NodeId) -> Result<RatingTarget> {
     let book = loaded.require_book()?.clone();
-    let input = sample::node_input(ws.store(), &book, &loaded.tree, loaded.run.as_ref(), nid)?;
+    let store = ws.store();
+    let input = match sample::node_input(store, &book, &loaded.tree, loaded.run.as_ref(), nid) {
+        Ok(input) => input,
+        Err(crate::compose::ComposeError::Tree { .. }) => {
+            let runs = runs_newest_first(ws, &loaded.tree)?;
+            input_from_runs(ws, &book, &loaded.tree, &runs, nid)?
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(RatingTarget { loaded, id: nid, book, input })
+}
+
+/// The runs that composed `tree`, newest first.
+pub fn runs_newest_first(ws: &Workspace, tree: &TaskTree) -> Result<Vec<RunRecord>> {
+    let mut runs = RunRecord::for_book(ws.store(), tree.book_id().as_str())?;
+    runs.retain(|r| r.matches(tree) && !r.outputs.is_empty());
+    runs.reverse();
+    Ok(runs)
+}
+
+/// Node `nid`'s input as a rater sees it: from the first of `runs` (newest first) that has all
+/// it needs (a leaf needs only the book). The one rule for the rating screen and the queue, so
+/// the queue offers only pairs of the input the screen shows.
+pub fn input_from_runs(
+    ws: &Workspace,
+    book: &Book,
+    tree: &TaskTree,
+    runs: &[RunRecord],
+    nid: NodeId,
+) -> Result<NodeInput> {
+    let store = ws.store();
+    let mut first = None;
+    for run in runs {
+        match sample::node_input(store, book, tree, Some(run), nid) {
+            Ok(input) => return Ok(input),
+            Err(e @ crate::compose::ComposeError::Tree { .. }) => {
+                first.get_or_insert(e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match first {
+        Some(e) => Err(e.into()),
+        None => Ok(sample::node_input(store, book, tree, None, nid)?),
+    }
 }
 
 /// Sampling for candidates drawn for rating: the composer's best-of-N settings, at
