@@ -211,7 +211,11 @@ async fn unanswered_questions_end_and_asking_jobs_can_be_cancelled() {
     let again = start_asking(&mut a, &f, 2).await;
     assert_ne!(again, job, "a cancelled job does not block running it again");
     first_question(&mut a).await;
-    a.post_json(&format!("/api/jobs/{again}/cancel"), None, &json!({})).await;
+    // The Jobs page offers the same: a cancel button on each running job.
+    let page = a.get("/jobs").await;
+    assert!(page.body.contains(&format!("action=\"/jobs/{again}/cancel\"")), "{}", page.body);
+    let r = a.post_form(&format!("/jobs/{again}/cancel"), &[("csrf", "")]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     assert_eq!(wait_for_job(&mut a, again).await["state"], "cancelled");
     let missing = a.post_json("/api/jobs/999/cancel", None, &json!({})).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);

@@ -773,6 +773,20 @@ mod tests {
         }
     }
     #[test]
+    fn a_set_stop_flag_ends_training_at_the_next_epoch() {
+        // Finding 7 of the web-app issue: training inside `rrm serve` ignored the cancel flag.
+        let dim = 2;
+        let data = decided_pairs(vec![1.0, 0.0, 1.0, 0.5], vec![-1.0, 0.0, -1.0, 0.5], dim);
+        let config = TrainConfig { members: 1, max_epochs: 5, ..TrainConfig::default() };
+        assert!(train_ensemble(&data, None, dim, Scope::Height(0), &config).is_ok());
+        config.stop.set();
+        let err = train_ensemble(&data, None, dim, Scope::Height(0), &config).unwrap_err();
+        assert!(err.to_string().contains("cancelled"), "{err}");
+        // The flag does not make two configurations differ.
+        assert_eq!(config, TrainConfig { members: 1, max_epochs: 5, ..TrainConfig::default() });
+    }
+
+    #[test]
     fn label_smoothing_keeps_margins_near_their_finite_optimum() {
         // One informative feature, every pair clearly decided: without smoothing the margins
         // grow as long as training runs; with ε = 0.2 the loss is lowest at ln 9 ≈ 2.2.

@@ -351,14 +351,8 @@ pub async fn cancel_job(
     Path(id): Path<String>,
 ) -> ApiResult {
     who.labeler()?;
-    match id.parse::<u64>().ok().and_then(|id| state.jobs.cancel(id)) {
-        Some(job) => Ok((StatusCode::ACCEPTED, Json(json!(job))).into_response()),
-        None => Err(Failure::not_found(format!(
-            "no job '{}' (see /api/jobs)",
-            id.chars().take(20).collect::<String>()
-        ))
-        .into()),
-    }
+    let job = state.jobs.cancel_named(&id)?;
+    Ok((StatusCode::ACCEPTED, Json(json!(job))).into_response())
 }
 
 pub async fn job(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult {

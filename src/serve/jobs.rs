@@ -164,6 +164,16 @@ impl Jobs {
         Some(job)
     }
 
+    /// [`Jobs::cancel`] for an id as a route gives it (a 404 names it when there is no such job).
+    pub fn cancel_named(&self, id: &str) -> Result<Job, Failure> {
+        id.parse::<u64>().ok().and_then(|n| self.cancel(n)).ok_or_else(|| {
+            Failure::not_found(format!(
+                "no job '{}' (see /api/jobs)",
+                id.chars().take(20).collect::<String>()
+            ))
+        })
+    }
+
     /// Asks every running job to stop (the server is shutting down); jobs started later are
     /// cancelled at once.
     pub fn cancel_all(&self) {

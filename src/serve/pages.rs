@@ -572,14 +572,7 @@ pub async fn cancel_job(
 ) -> PageResult {
     who.check_csrf(&form(f)?.csrf)?;
     who.labeler()?;
-    let job = id.parse::<u64>().ok().and_then(|id| state.jobs.cancel(id));
-    if job.is_none() {
-        return Err(Failure::not_found(format!(
-            "no job '{}'",
-            id.chars().take(20).collect::<String>()
-        ))
-        .into());
-    }
+    state.jobs.cancel_named(&id)?;
     Ok(see_other("/jobs"))
 }
 
