@@ -157,6 +157,19 @@ fn tools() -> Option<(PathBuf, PathBuf)> {
     Some((which(&["chromium", "chromium-browser", "google-chrome"])?, which(&["chromedriver"])?))
 }
 
+/// The browser and its driver; without them the test says it skipped (and fails under CI).
+fn tools_or_skip() -> Option<(PathBuf, PathBuf)> {
+    let found = tools();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs chromium and chromedriver (.ci/run installs them with apt-get)"
+        );
+        eprintln!("skipped: chromium and chromedriver are not on PATH (apt-get install chromium chromium-driver)");
+    }
+    found
+}
+
 /// What the test answered, to find in the export afterwards.
 #[derive(Debug, Clone, PartialEq)]
 struct Expected {
@@ -176,14 +189,7 @@ async fn pair(c: &Client) -> (String, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_labeler_rates_with_the_keyboard_in_a_real_browser() {
-    let Some((chrome, chromedriver)) = tools() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs chromium and chromedriver (.ci/run installs them with apt-get)"
-        );
-        eprintln!("skipped: chromium and chromedriver are not on PATH (apt-get install chromium chromium-driver)");
-        return;
-    };
+    let Some((chrome, chromedriver)) = tools_or_skip() else { return };
     let Fixture { dir, config, ws, model: _, book_id, drawn: _ } = {
         let f = fixture(10, 6, 3).await;
         f
@@ -487,14 +493,7 @@ fn rrm(dir: &Path, db: &Path, args: &[&str]) -> String {
 /// same walk with the default model: `a_new_user_rates_a_real_book_with_the_keyboard`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_user_follows_the_readme_from_an_empty_database() {
-    let Some((chrome, chromedriver)) = tools() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs chromium and chromedriver (.ci/run installs them with apt-get)"
-        );
-        eprintln!("skipped: chromium and chromedriver are not on PATH");
-        return;
-    };
+    let Some((chrome, chromedriver)) = tools_or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     std::fs::write(dir.path().join("orchard.txt"), rrm::serve::testing::book_text(60)).unwrap();
