@@ -491,12 +491,7 @@ pub async fn next(
     let next = blocking(move || {
         if fresh {
             // No session came with the request (a link from elsewhere): show, lease nothing.
-            let open = s.queue.items(Some(&who_next), s.config.overlap);
-            Ok(open.into_iter().find(|i| {
-                i.book.is_some()
-                    && i.node.is_some()
-                    && !skipped.contains(&pair_key(&i.input_key, &i.a_hash, &i.b_hash))
-            }))
+            Ok(s.queue.peek(&who_next, s.config.overlap, &skipped))
         } else {
             Ok(s.queue.next(&who_next, s.config.overlap, &skipped).map(|n| n.item))
         }

@@ -265,11 +265,7 @@ impl Queue {
             .collect();
         let open: Vec<QueueItem> = rank_items(&snap, Some(labeler), overlap, in_flight)
             .into_iter()
-            .filter(|i| {
-                i.book.is_some()
-                    && i.node.is_some()
-                    && !skipped.contains(&pair_key(&i.input_key, &i.a_hash, &i.b_hash))
-            })
+            .filter(|i| offerable(i, skipped))
             .collect();
         let chosen = self.state.with(|s| {
             s.expire();
@@ -294,6 +290,17 @@ impl Queue {
             Some(item)
         })?;
         with_texts(chosen, &snap.nodes)
+    }
+
+    /// The item [`Queue::next`] would hand `labeler` now, leasing nothing (for a request that
+    /// may only look).
+    pub fn peek(
+        &self,
+        labeler: &str,
+        overlap: usize,
+        skipped: &HashSet<PairKey>,
+    ) -> Option<QueueItem> {
+        self.items(Some(labeler), overlap).into_iter().find(|i| offerable(i, skipped))
     }
 
     /// `labeler`'s stored comparison of the pair `key`, if any (O(1)).
@@ -344,6 +351,13 @@ fn rank_items(
         QueueFilter { labeler: labeler.map(str::to_string), overlap: Some(overlap), in_flight };
     let n = &snap.nodes;
     queue::rank(&n.nodes, &snap.records, &n.members, &n.asked, &filter)
+}
+
+/// An item a page can show (its node is placed in a book) that the session did not skip.
+fn offerable(i: &QueueItem, skipped: &HashSet<PairKey>) -> bool {
+    i.book.is_some()
+        && i.node.is_some()
+        && !skipped.contains(&pair_key(&i.input_key, &i.a_hash, &i.b_hash))
 }
 
 fn with_texts(item: QueueItem, nodes: &Nodes) -> Option<Next> {
