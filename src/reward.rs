@@ -18,6 +18,7 @@
 pub mod data;
 pub mod eval;
 pub mod features;
+pub mod grounded;
 pub mod lm;
 pub mod model;
 /// Synthetic books and candidates of known quality (the `testing` feature: tests and benches).
@@ -615,8 +616,8 @@ pub fn pair_disagreement(per_member: &[Vec<f32>], i: usize, j: usize) -> f64 {
     (diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / k).sqrt()
 }
 
-/// The reward ensemble as a [`Selector`]: score = mean − λ·std over the ensemble; the parts
-/// record `mean` and `std` of every candidate.
+/// The reward ensemble as a [`Selector`]: score = mean − λ·std over the ensemble's members, each
+/// centred over the node's candidates ([`ensemble_scores`]); the parts record `mean` and `std`.
 pub struct RewardSelector {
     model: Arc<RewardModel>,
     encoder: Arc<dyn Encoder>,
@@ -646,11 +647,23 @@ impl RewardSelector {
         let members = self.model.member_scores(&mut featurizer, height, input, summaries)?;
         Ok(mean_std(&members))
     }
+
+    /// Per-member scores (K × n) of `summaries` of `input`.
+    pub fn member_scores(
+        &self,
+        height: u32,
+        input: &str,
+        summaries: &[&str],
+    ) -> Result<Vec<Vec<f32>>, RewardError> {
+        let mut featurizer = Featurizer::new(self.encoder.as_ref(), self.cache.clone());
+        self.model.member_scores(&mut featurizer, height, input, summaries)
+    }
 }
 
 impl Selector for RewardSelector {
     fn id(&self) -> String {
-        format!("reward:{}:lambda={}", self.model.card.hash, self.pessimism)
+        // `centred`: picks made before members were centred are not reused.
+        format!("reward:{}:lambda={}:centred", self.model.card.hash, self.pessimism)
     }
 
     fn score(
@@ -660,21 +673,37 @@ impl Selector for RewardSelector {
         candidates: &[Candidate],
     ) -> Result<Vec<CandidateScore>, SelectError> {
         let texts: Vec<&str> = candidates.iter().map(|c| c.text.as_str()).collect();
-        let stats = self
-            .mean_std(height, input, &texts)
+        let members = self
+            .member_scores(height, input, &texts)
             .map_err(|e| SelectError { selector: self.id(), message: e.to_string() })?;
-        Ok(pessimistic_scores(&stats, self.pessimism))
+        Ok(ensemble_scores(&members, self.pessimism))
     }
 }
 
-/// A reward ensemble's selection score per candidate: mean − λ·std, with both parts kept.
-pub(crate) fn pessimistic_scores(stats: &[(f32, f32)], pessimism: f32) -> Vec<CandidateScore> {
-    stats
+/// A reward ensemble's selection score per candidate of one node (`per_member`: K × n).
+///
+/// Bradley–Terry fixes each member's scores only up to an offset of its own (the loss sees
+/// differences; the final bias gets no gradient), so raw member scores disagree by offsets that
+/// say nothing about the candidates. Each member is therefore centred over the node's candidates
+/// first. `score` = mean − λ·std of the centred scores; the parts keep `mean` and `std`, and
+/// `members` the centred scores, from which the spread of any pair's difference follows
+/// ([`crate::compose::select::pair_spread`]). A single candidate gets 0 from every member.
+pub fn ensemble_scores(per_member: &[Vec<f32>], pessimism: f32) -> Vec<CandidateScore> {
+    let centred: Vec<Vec<f32>> = per_member
         .iter()
-        .map(|&(mean, std)| {
+        .map(|m| {
+            let centre = m.iter().sum::<f32>() / m.len().max(1) as f32;
+            m.iter().map(|x| x - centre).collect()
+        })
+        .collect();
+    mean_std(&centred)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (mean, std))| {
             let mut s = CandidateScore::new(mean - pessimism * std);
             s.parts.insert("mean".into(), mean);
             s.parts.insert("std".into(), std);
+            s.members = centred.iter().map(|m| m[i]).collect();
             s
         })
         .collect()
@@ -748,6 +777,21 @@ mod tests {
             }
         }
         feedback::to_pairs(&records)
+    }
+
+    #[test]
+    fn member_offsets_do_not_count_as_disagreement() {
+        // Two members that rank three candidates identically but sit 5 apart: before centring
+        // each candidate's std was 2.5 and pessimism subtracted pure offset noise.
+        let s = ensemble_scores(&[vec![0.0, 1.0, 2.0], vec![5.0, 6.0, 7.0]], 1.0);
+        for c in &s {
+            assert!(c.parts["std"].abs() < 1e-6, "{c:?}");
+            assert_eq!(c.members.len(), 2);
+        }
+        assert!(s[2].score > s[1].score && s[1].score > s[0].score);
+        // Real disagreement stays: the members swap candidates 0 and 1.
+        let s = ensemble_scores(&[vec![0.0, 1.0], vec![1.0, 0.0]], 1.0);
+        assert!(s[0].parts["std"] > 0.4);
     }
 
     #[test]

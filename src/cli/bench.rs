@@ -91,7 +91,7 @@ pub struct AskArgs {
     /// λ in mean − λ·std.
     #[arg(long, default_value_t = 1.0)]
     pub pessimism: f32,
-    /// Ask when |mean_a − mean_b| < T · √(std_a² + std_b²).
+    /// Ask when |mean_a − mean_b| < T · the members' spread of (a − b).
     #[arg(long, default_value_t = 1.0)]
     pub threshold: f32,
     /// Most sequences generated together.

@@ -57,7 +57,7 @@ pub struct SummarizeArgs {
     /// With --ask: at most this many questions per book, or a share of its nodes (e.g. 20%).
     #[arg(long, value_name = "N|P%", requires = "ask")]
     pub ask_budget: Option<Budget>,
-    /// With --ask: ask when |mean_a − mean_b| < T · √(std_a² + std_b²).
+    /// With --ask: ask when |mean_a − mean_b| < T · the members' spread of (a − b).
     #[arg(long, default_value_t = 1.0, value_name = "T", requires = "ask")]
     pub ask_threshold: f32,
     /// With --ask: who answers — `terminal` (you), or `sim` (the simulated labeler, for

@@ -2,10 +2,11 @@
 //! reward ensemble, and where the ensemble cannot tell the two best candidates apart, asks a
 //! person instead of guessing.
 //!
-//! [`AskingSelector`] wraps a selector whose scores carry the ensemble's `mean` and `std` (the
-//! reward selector's do). For each node it finds the two best candidates; when their mean
-//! difference is below `threshold` times the spread of the difference (√(std_a² + std_b²)) and
-//! the question budget is not spent, it puts the two to an [`Asker`] — the terminal, the web
+//! [`AskingSelector`] wraps a selector whose scores carry the ensemble's `mean` and per-member
+//! scores (the reward selectors' do). For each node it finds the two best candidates by mean;
+//! when their mean difference is below `threshold` times the spread over members of that
+//! difference (the same members score both, so this is not √(std_a² + std_b²)) and the question
+//! budget is not spent, it puts the two to an [`Asker`] — the terminal, the web
 //! app's queue, or a simulated labeler — in random order, blind to scores. The answer is stored as
 //! an ordinary comparison (so it also trains the next reward model) and decides the pick; a tie
 //! or a skip keeps the ensemble's pick. Scoring runs on a blocking thread, so a node waiting for
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::select::{CandidateScore, SelectError, SelectNode, Selector};
+use super::select::{pair_spread, CandidateScore, SelectError, SelectNode, Selector};
 use super::Candidate;
 use crate::feedback::{self, Feedback, FeedbackKind, Judged, Preference};
 use crate::store::Store;
@@ -76,7 +77,8 @@ pub trait Asker: Send + Sync {
 /// When to ask.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AskPolicy {
-    /// Ask when |mean_a − mean_b| < threshold · √(std_a² + std_b²) (∞: always ask).
+    /// Ask when |mean_a − mean_b| < threshold · sd over members of (s_m(a) − s_m(b)) (∞: always
+    /// ask).
     pub threshold: f32,
     /// At most this many questions in one run (`None`: no limit).
     pub budget: Option<usize>,
@@ -139,7 +141,10 @@ impl AskingSelector {
     }
 }
 
-/// The two best candidates by score, and whether the ensemble can tell them apart.
+/// The two best candidates by ensemble mean, and whether the ensemble can tell them apart: the
+/// gap between their means is below `threshold` times the spread over members of their
+/// difference ([`pair_spread`]). Without members there is no spread to act on, so only an
+/// infinite threshold (always ask) asks.
 pub fn top_two_uncertain(
     scores: &[CandidateScore],
     threshold: f32,
@@ -148,16 +153,11 @@ pub fn top_two_uncertain(
         return None;
     }
     let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].score.total_cmp(&scores[a].score));
+    order.sort_by(|&a, &b| scores[b].mean().total_cmp(&scores[a].mean()));
     let (i, j) = (order[0], order[1]);
-    let part = |k: usize, name: &str| scores[k].parts.get(name).copied();
-    let uncertain = match (part(i, "mean"), part(j, "mean"), part(i, "std"), part(j, "std")) {
-        (Some(mi), Some(mj), Some(si), Some(sj)) => {
-            threshold.is_infinite() || (mi - mj).abs() < threshold * (si * si + sj * sj).sqrt()
-        }
-        // Without an ensemble's spread there is no uncertainty to act on (unless always asking).
-        _ => threshold.is_infinite(),
-    };
+    let uncertain = threshold.is_infinite()
+        || pair_spread(&scores[i], &scores[j])
+            .is_some_and(|spread| scores[i].mean() - scores[j].mean() < threshold * spread);
     Some((i, j, uncertain))
 }
 
@@ -287,22 +287,43 @@ impl Asker for SimAsker {
 mod tests {
     use super::*;
 
-    fn score(mean: f32, std: f32) -> CandidateScore {
-        let mut s = CandidateScore::new(mean - std);
-        s.parts.insert("mean".into(), mean);
-        s.parts.insert("std".into(), std);
-        s
+    fn scores(per_member: &[Vec<f32>]) -> Vec<CandidateScore> {
+        crate::reward::ensemble_scores(per_member, 1.0)
     }
 
     #[test]
-    fn uncertainty_compares_the_gap_with_the_spread() {
-        // Clearly apart: 1.0 vs 0.0 with spreads 0.1.
-        let (i, j, u) = top_two_uncertain(&[score(0.0, 0.1), score(1.0, 0.1)], 1.0).unwrap();
+    fn uncertainty_compares_the_gap_with_the_spread_of_the_members_differences() {
+        // Clearly apart: every member puts candidate 1 a full point above candidate 0.
+        let (i, j, u) =
+            top_two_uncertain(&scores(&[vec![0.0, 1.0], vec![0.2, 1.2], vec![-3.0, -2.0]]), 1.0)
+                .unwrap();
         assert_eq!((i, j, u), (1, 0, false));
-        // Close: 0.5 vs 0.45 with spreads 0.3.
-        assert!(top_two_uncertain(&[score(0.5, 0.3), score(0.45, 0.3)], 1.0).unwrap().2);
+        // The members' offsets differ wildly (std per candidate ≈ 1.4) but they agree on the
+        // difference, so the ensemble is sure; √(std_a² + std_b²) would have said unsure.
+        let offsets = scores(&[vec![0.0, 0.3], vec![3.0, 3.3], vec![-0.5, -0.2]]);
+        assert!(!top_two_uncertain(&offsets, 1.0).unwrap().2);
+        // Members that disagree on the sign are unsure.
+        let split = scores(&[vec![0.0, 1.0], vec![1.0, 0.0], vec![0.0, 0.9]]);
+        assert!(top_two_uncertain(&split, 1.0).unwrap().2);
         // Always asking.
-        assert!(top_two_uncertain(&[score(0.0, 0.1), score(1.0, 0.1)], f32::INFINITY).unwrap().2);
-        assert!(top_two_uncertain(&[score(1.0, 0.0)], 1.0).is_none());
+        assert!(top_two_uncertain(&scores(&[vec![0.0, 1.0]]), f32::INFINITY).unwrap().2);
+        assert!(top_two_uncertain(&scores(&[vec![1.0]]), 1.0).is_none());
+        // Without members (a plain selector) nothing is uncertain unless always asking.
+        let plain = [CandidateScore::new(0.0), CandidateScore::new(0.01)];
+        assert!(!top_two_uncertain(&plain, 1.0).unwrap().2);
+    }
+
+    #[test]
+    fn the_two_best_are_chosen_by_mean_not_by_the_pessimistic_score() {
+        // Candidate 2 has the highest mean but a wide spread; pessimism ranks it last.
+        let s = scores(&[
+            vec![0.0, 0.5, 4.0, 0.0, 0.0],
+            vec![0.0, 0.5, -3.0, 0.0, 0.0],
+            vec![0.0, 0.5, 3.5, 0.0, 0.0],
+        ]);
+        assert!(s[2].score < s[0].score);
+        assert!(s[2].score < s[1].score);
+        let (i, j, _) = top_two_uncertain(&s, 1.0).unwrap();
+        assert_eq!((i, j), (2, 1));
     }
 }

@@ -17,12 +17,35 @@ pub struct CandidateScore {
     pub score: f32,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parts: BTreeMap<String, f32>,
+    /// An ensemble's per-member scores of this candidate, each member centred over the node's
+    /// candidates (empty for a selector without members). The same members score every
+    /// candidate, so how sure the ensemble is that one candidate beats another is the spread over
+    /// members of their difference ([`pair_spread`]), not the two candidates' spreads combined.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<f32>,
 }
 
 impl CandidateScore {
     pub fn new(score: f32) -> Self {
-        Self { score, parts: BTreeMap::new() }
+        Self { score, parts: BTreeMap::new(), members: Vec::new() }
     }
+
+    /// The ensemble mean when the selector recorded one, else the score.
+    pub fn mean(&self) -> f32 {
+        self.parts.get("mean").copied().unwrap_or(self.score)
+    }
+}
+
+/// The standard deviation over members of `a − b` (population), or `None` when the two do not
+/// carry the same members.
+pub fn pair_spread(a: &CandidateScore, b: &CandidateScore) -> Option<f32> {
+    if a.members.is_empty() || a.members.len() != b.members.len() {
+        return None;
+    }
+    let diffs: Vec<f32> = a.members.iter().zip(&b.members).map(|(x, y)| x - y).collect();
+    let k = diffs.len() as f32;
+    let mean = diffs.iter().sum::<f32>() / k;
+    Some((diffs.iter().map(|d| (d - mean).powi(2)).sum::<f32>() / k).sqrt())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1318,7 +1318,7 @@ impl LmRewardSelector {
 
 impl Selector for LmRewardSelector {
     fn id(&self) -> String {
-        format!("reward-lm:{}:lambda={}", self.model.card.hash, self.pessimism)
+        format!("reward-lm:{}:lambda={}:centred", self.model.card.hash, self.pessimism)
     }
 
     fn score(
@@ -1332,7 +1332,7 @@ impl Selector for LmRewardSelector {
             .model
             .member_scores(height, input, &texts)
             .map_err(|e| SelectError { selector: self.id(), message: e.to_string() })?;
-        Ok(super::pessimistic_scores(&mean_std(&members), self.pessimism))
+        Ok(super::ensemble_scores(&members, self.pessimism))
     }
 }
 
