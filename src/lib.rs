@@ -11,6 +11,7 @@ pub mod compose;
 pub mod decompose;
 pub mod eval;
 pub mod feedback;
+pub mod grounding;
 pub mod infer;
 pub mod lm;
 pub mod policy;
