@@ -4,8 +4,15 @@
 //! one prompt with different whitespace): Jaccard similarity ≥ [`NEAR_DUPLICATE`] of their word
 //! 5-gram shingles. Groups are the connected components of those two relations, so a passage
 //! that recurs in two books joins both books into one group.
+//!
+//! [`held_out`] is the one split of groups into validation and test that every trainer uses
+//! (the reward models of both backbones, the policy, the learning curves): a group is held out
+//! by a stable hash of its name ([`bucket`]), so a group below the policy's percentages is
+//! below the reward models' too, and a policy's held-out prompts are never a reward model's
+//! training inputs while the policy holds out no larger a share than the reward model (the
+//! defaults: 10 + 10 % against 20 + 20 %).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::Pair;
 
@@ -168,6 +175,99 @@ pub fn components(items: &[(&str, &str)]) -> Vec<String> {
         .collect()
 }
 
+/// Where a split group falls in `[0, 100)`: the first two bytes of the blake3 hash of its name,
+/// as a percentage. The same for a group in every data set, so every trainer holds it out alike.
+pub fn bucket(group: &str) -> f64 {
+    let h = blake3::hash(group.as_bytes());
+    f64::from(u16::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1]])) / 65536.0 * 100.0
+}
+
+/// The groups held out for validation (it chooses the epoch or step) and for test (it gives the
+/// reported metrics); every other group trains.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeldOut {
+    pub val: BTreeSet<String>,
+    pub test: BTreeSet<String>,
+}
+
+impl HeldOut {
+    /// Whether `group` is held out (for validation or test).
+    pub fn contains(&self, group: &str) -> bool {
+        self.val.contains(group) || self.test.contains(group)
+    }
+}
+
+/// Splits the groups `names` (repeats allowed) by [`bucket`]: below `test_percent` to test,
+/// below `test_percent + val_percent` to validation. Groups in `force_test` (`force_val`) go to
+/// test (validation) whatever their bucket; forced groups count for nothing below.
+///
+/// Small sets: with one group, nothing else is held out; with two, the one of the lower bucket
+/// is the test set when any percentage is above 0 and nothing is forced; with three or more,
+/// each held-out set asked for gets at least one group (the lowest free bucket) while more than
+/// one group is left to train, and if none is left, the held-out group of the highest bucket
+/// (validation first) trains. So the held-out groups are always the lowest buckets.
+pub fn held_out<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    val_percent: u32,
+    test_percent: u32,
+    force_val: &BTreeSet<String>,
+    force_test: &BTreeSet<String>,
+) -> HeldOut {
+    let groups: BTreeSet<&str> = names.into_iter().collect();
+    let mut out = HeldOut::default();
+    let mut free: Vec<(f64, &str)> = Vec::new();
+    for &g in &groups {
+        if force_test.contains(g) {
+            out.test.insert(g.to_string());
+        } else if force_val.contains(g) {
+            out.val.insert(g.to_string());
+        } else {
+            free.push((bucket(g), g));
+        }
+    }
+    free.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
+    let forced = out.val.len() + out.test.len();
+    match groups.len() {
+        0 | 1 => {}
+        2 => {
+            if forced == 0 && (test_percent > 0 || val_percent > 0) {
+                out.test.insert(free[0].1.to_string());
+            }
+        }
+        _ => {
+            let (test_below, val_below) =
+                (f64::from(test_percent), f64::from(test_percent + val_percent));
+            let mut left: Vec<(f64, &str)> = Vec::new();
+            let (mut test_free, mut val_free) = (Vec::new(), Vec::new());
+            for &(b, g) in &free {
+                if b < test_below {
+                    test_free.push((b, g));
+                } else if b < val_below {
+                    val_free.push((b, g));
+                } else {
+                    left.push((b, g));
+                }
+            }
+            if test_percent > 0 && out.test.is_empty() && test_free.is_empty() && left.len() > 1 {
+                test_free.push(left.remove(0));
+            }
+            if val_percent > 0 && out.val.is_empty() && val_free.is_empty() && left.len() > 1 {
+                val_free.push(left.remove(0));
+            }
+            if left.is_empty() {
+                // Never train on nothing: the held-out group nearest to training trains.
+                let from = if val_free.is_empty() { &mut test_free } else { &mut val_free };
+                if let Some(i) = (0..from.len()).max_by(|&i, &j| from[i].0.total_cmp(&from[j].0)) {
+                    from.remove(i);
+                }
+            }
+            out.test.extend(test_free.into_iter().map(|(_, g)| g.to_string()));
+            out.val.extend(val_free.into_iter().map(|(_, g)| g.to_string()));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +306,43 @@ mod tests {
             again.iter().map(|p| &p.group).collect::<Vec<_>>(),
             pairs.iter().map(|p| &p.group).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn held_out_groups_are_the_lowest_buckets_and_nest_across_percentages() {
+        let none = BTreeSet::new();
+        let names: Vec<String> = (0..200).map(|i| format!("g:{i}")).collect();
+        let split = |v, t| held_out(names.iter().map(String::as_str), v, t, &none, &none);
+        let small = split(10, 10);
+        let large = split(20, 20);
+        // About the share asked for, decided by each group's own bucket.
+        assert!((20..=60).contains(&(small.val.len() + small.test.len())), "{small:?}");
+        for g in &names {
+            let b = bucket(g);
+            assert_eq!(small.test.contains(g), b < 10.0, "{g}");
+            assert_eq!(small.val.contains(g), (10.0..20.0).contains(&b), "{g}");
+            // Held out by the smaller split → held out by the larger one.
+            if small.contains(g) {
+                assert!(large.contains(g), "{g}");
+            }
+        }
+        assert!(small.val.is_disjoint(&small.test));
+        // Forced groups go where they are told, whatever their bucket.
+        let forced: BTreeSet<String> = ["g:7".to_string()].into();
+        let f = held_out(names.iter().map(String::as_str), 10, 10, &forced, &none);
+        assert!(f.val.contains("g:7") && !f.test.contains("g:7"));
+        let f = held_out(names.iter().map(String::as_str), 0, 0, &none, &forced);
+        assert_eq!((f.val.len(), f.test.len()), (0, 1));
+        // Small sets: one group trains; of two, the lower bucket is the test set; of three,
+        // each part gets one.
+        assert_eq!(held_out(["a"], 50, 50, &none, &none), HeldOut::default());
+        let two = held_out(["a", "b"], 10, 10, &none, &none);
+        let lower = if bucket("a") < bucket("b") { "a" } else { "b" };
+        assert_eq!(two.test, [lower.to_string()].into());
+        assert!(two.val.is_empty());
+        let three = held_out(["a", "b", "c"], 10, 10, &none, &none);
+        assert_eq!((three.val.len(), three.test.len()), (1, 1));
+        let all = held_out(["a", "b", "c"], 50, 50, &none, &none);
+        assert_eq!(all.val.len() + all.test.len(), 2, "one group always trains: {all:?}");
     }
 }

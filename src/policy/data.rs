@@ -12,8 +12,11 @@
 //! `rrm feedback export --format trl` writes it) and gets the template of `"height"` (default
 //! 0); a list of `{"role", "content"}` messages is used as it is (TRL's conversational form,
 //! where `chosen`/`rejected`/`completion` may be message lists too). `"group"` or `"book"`
-//! names the split group (default: the prompt's hash). Bad lines are reported by number and
-//! nothing is used.
+//! names the row's book (default: none). Bad lines are reported by number and nothing is used.
+//!
+//! Split groups are the reward models' (`feedback::groups`): prompts of one book, or whose
+//! inputs are near-duplicates, share a group, and [`Split::by_hash`] holds groups out by the
+//! same rule as the reward models' split, so held-out prompts of one are held out by the other.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
@@ -34,7 +37,8 @@ pub struct Prompt {
     /// The text summarized (for judges and reward models).
     pub input: String,
     pub height: u32,
-    /// The split group: the book, else the input's key.
+    /// The split group (`feedback::groups`): the component of the node's book and of every
+    /// near-duplicate input.
     pub group: String,
 }
 
@@ -112,42 +116,68 @@ impl Dataset {
 pub fn from_feedback(records: &[Feedback]) -> Result<Dataset, PolicyError> {
     let mut out = Dataset { source: "store".into(), ..Dataset::default() };
     // The split groups are the reward models' (`feedback::groups`): same book or near-duplicate
-    // passage → one group.
-    let pairs = feedback::to_pairs(records);
-    let group_of_input: BTreeMap<&str, &str> =
-        pairs.iter().map(|p| (p.input.as_str(), p.group.as_str())).collect();
-    for fb in records {
-        if let (Some(book), Some(g)) = (&fb.book, group_of_input.get(fb.input.as_str())) {
-            out.book_groups.entry(book.clone()).or_insert_with(|| g.to_string());
+    // passage → one group, over every record's input (so a demonstration of a passage that was
+    // also compared, or of a near-copy of it, sits on the same side of the split).
+    let items: Vec<(&str, String)> =
+        records.iter().map(|fb| (fb.input.as_str(), fb.split_group())).collect();
+    let names = feedback::groups::components(
+        &items.iter().map(|(i, g)| (*i, g.as_str())).collect::<Vec<_>>(),
+    );
+    let mut group_of_input: BTreeMap<&str, &str> = BTreeMap::new();
+    for (fb, name) in records.iter().zip(&names) {
+        group_of_input.insert(fb.input.as_str(), name);
+        if let Some(book) = &fb.book {
+            out.book_groups.entry(book.clone()).or_insert_with(|| name.clone());
         }
     }
-    for fb in records {
+    for (fb, name) in records.iter().zip(&names) {
         let target = match &fb.kind {
             FeedbackKind::Demonstration { summary } => Some(&summary.text),
             FeedbackKind::Correction { edited, .. } => Some(&edited.text),
             _ => None,
         };
         if let Some(text) = target {
-            let group = match group_of_input.get(fb.input.as_str()) {
-                Some(g) => g.to_string(),
-                None => match &fb.book {
-                    Some(b) => out.book_groups.get(b).cloned().unwrap_or_else(|| fb.split_group()),
-                    None => fb.split_group(),
-                },
-            };
-            let prompt = Prompt::for_node(&fb.input, fb.height, &group)?;
+            let prompt = Prompt::for_node(&fb.input, fb.height, name)?;
             out.sft.push(SftExample { prompt, completion: text.clone() });
         }
     }
-    for pair in pairs {
+    for pair in feedback::to_pairs(records) {
         if pair.target <= 0.5 {
             out.skipped += 1;
             continue;
         }
-        let prompt = Prompt::for_node(&pair.input, pair.height, &pair.group)?;
+        let group = group_of_input.get(pair.input.as_str()).map_or(pair.group.as_str(), |g| g);
+        let prompt = Prompt::for_node(&pair.input, pair.height, group)?;
         out.prefs.push(PrefExample { prompt, chosen: pair.chosen, rejected: pair.rejected });
     }
     Ok(out)
+}
+
+/// Rewrites the groups of `data`'s prompts, each arriving as `book:<id>` (a named book or
+/// group) or a key of its input, to the split groups of [`feedback::groups::components`]:
+/// prompts of one book, or whose inputs are near-duplicates (the same passage with other
+/// whitespace, case or punctuation, or word 5-gram shingle Jaccard ≥
+/// [`feedback::groups::NEAR_DUPLICATE`]), share a group, named as the reward models name it.
+/// Fills `book_groups`.
+fn join_groups(data: &mut Dataset) {
+    let names = {
+        let items: Vec<(&str, &str)> = data
+            .sft
+            .iter()
+            .map(|e| &e.prompt)
+            .chain(data.prefs.iter().map(|e| &e.prompt))
+            .map(|p| (p.input.as_str(), p.group.as_str()))
+            .collect();
+        feedback::groups::components(&items)
+    };
+    let prompts = data.sft.iter_mut().map(|e| &mut e.prompt);
+    let prompts = prompts.chain(data.prefs.iter_mut().map(|e| &mut e.prompt));
+    for (p, name) in prompts.zip(names) {
+        if let Some(book) = p.group.strip_prefix("book:") {
+            data.book_groups.entry(book.to_string()).or_insert_with(|| name.clone());
+        }
+        p.group = name;
+    }
 }
 
 /// The split group of book `id` in `data` (its own `book:<id>` key when it has no feedback).
@@ -197,7 +227,8 @@ fn parse_line(line: &str) -> Result<(Prompt, Target), String> {
     let group_field = obj.get("group").or_else(|| obj.get("book")).and_then(|g| g.as_str());
     let prompt = match obj.get("prompt") {
         Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
-            let group = group_field.map_or_else(|| feedback::text_hash(s), str::to_string);
+            let group =
+                group_field.map_or_else(|| feedback::text_hash(s), feedback::groups::book_group);
             Prompt::for_node(s, height, &group).map_err(|e| e.to_string())?
         }
         Some(serde_json::Value::Array(items)) if !items.is_empty() => {
@@ -217,7 +248,8 @@ fn parse_line(line: &str) -> Result<(Prompt, Target), String> {
                 .find(|m| m.role == Role::User)
                 .map(|m| m.content.clone())
                 .unwrap_or_default();
-            let group = group_field.map_or_else(|| feedback::text_hash(&input), str::to_string);
+            let group = group_field
+                .map_or_else(|| feedback::text_hash(&input), feedback::groups::book_group);
             Prompt { messages, input, height, group }
         }
         Some(_) => return Err("`prompt` must be a non-empty string or list of messages".into()),
@@ -279,6 +311,7 @@ pub fn read_jsonl(path: &Path) -> Result<Dataset, PolicyError> {
     if out.sft.is_empty() && out.prefs.is_empty() {
         return Err(PolicyError::NoData(format!("{} has no examples", path.display())));
     }
+    join_groups(&mut out);
     Ok(out)
 }
 
@@ -291,10 +324,12 @@ pub struct Split {
 }
 
 impl Split {
-    /// Splits `groups` by a stable hash of each (as the reward models split by book):
-    /// `test_percent` to test, `val_percent` to validation. Groups named in `force_test`
-    /// (`force_val`) go to test (validation) whatever their hash. With three or more groups each part gets at least one (when
-    /// its percentage is not 0); with two, one trains and one validates.
+    /// Splits `groups` by the split every trainer uses ([`feedback::groups::held_out`], a
+    /// stable hash of each group): `test_percent` to test, `val_percent` to validation, so a
+    /// group the policy holds out is held out by a reward model trained with percentages at
+    /// least as large. Groups named in `force_test` (`force_val`) go to test (validation)
+    /// whatever their hash. With three or more groups each part gets at least one (when its
+    /// percentage is not 0); with two, one trains and one validates.
     pub fn by_hash(
         groups: &BTreeSet<String>,
         val_percent: u32,
@@ -302,53 +337,22 @@ impl Split {
         force_val: &BTreeSet<String>,
         force_test: &BTreeSet<String>,
     ) -> Split {
-        let bucket = |g: &str| u32::from(blake3::hash(g.as_bytes()).as_bytes()[1]) * 100 / 256;
-        let mut s = Split::default();
-        for g in groups {
-            let b = bucket(g);
-            if force_test.contains(g) {
-                s.test.insert(g.clone());
-            } else if force_val.contains(g) {
-                s.val.insert(g.clone());
-            } else if b < test_percent {
-                s.test.insert(g.clone());
-            } else if b < test_percent + val_percent {
-                s.val.insert(g.clone());
-            } else {
-                s.train.insert(g.clone());
+        let feedback::groups::HeldOut { mut val, mut test } = feedback::groups::held_out(
+            groups.iter().map(String::as_str),
+            val_percent,
+            test_percent,
+            force_val,
+            force_test,
+        );
+        if groups.len() == 2 && val_percent > 0 && val.is_empty() {
+            // The one held-out group validates (training needs it more than a test figure).
+            if let Some(g) = test.iter().find(|g| !force_test.contains(*g)).cloned() {
+                test.remove(&g);
+                val.insert(g);
             }
         }
-        let take_from_train = |dest: &mut BTreeSet<String>, train: &mut BTreeSet<String>| {
-            if let Some(g) = train.iter().min_by_key(|g| bucket(g)).cloned() {
-                train.remove(&g);
-                dest.insert(g);
-            }
-        };
-        let n = groups.len();
-        if n >= 3 {
-            if test_percent > 0 && s.test.is_empty() && s.train.len() > 1 {
-                take_from_train(&mut s.test, &mut s.train);
-            }
-            if val_percent > 0 && s.val.is_empty() && s.train.len() > 1 {
-                take_from_train(&mut s.val, &mut s.train);
-            }
-        } else if n == 2 && val_percent > 0 && s.val.is_empty() {
-            s.train.extend(std::mem::take(&mut s.test));
-            if s.train.len() > 1 {
-                take_from_train(&mut s.val, &mut s.train);
-            }
-        }
-        if s.train.is_empty() {
-            // Never train on nothing: move one group back.
-            if let Some(g) = s.val.iter().next().cloned() {
-                s.val.remove(&g);
-                s.train.insert(g);
-            } else if let Some(g) = s.test.iter().find(|g| !force_test.contains(*g)).cloned() {
-                s.test.remove(&g);
-                s.train.insert(g);
-            }
-        }
-        s
+        let train = groups.iter().filter(|g| !val.contains(*g) && !test.contains(*g)).cloned();
+        Split { train: train.collect(), val, test }
     }
 }
 
@@ -497,7 +501,9 @@ mod tests {
         let d = read_jsonl(&good).unwrap();
         assert_eq!((d.prefs.len(), d.sft.len()), (1, 1));
         assert_eq!(d.prefs[0].prompt.height, 1);
-        assert_eq!(d.prefs[0].prompt.group, "b");
+        // The row's book names its split group, as the reward models' file reader names it.
+        assert_eq!(d.prefs[0].prompt.group, group_of_book(&d, "b"));
+        assert!(d.prefs[0].prompt.group.starts_with("g:"));
         assert_eq!(d.sft[0].prompt.messages.len(), 1);
         assert_eq!(d.sft[0].completion, "X.");
 
@@ -529,6 +535,166 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("missing.jsonl"));
+    }
+
+    /// A comparison and a demonstration of one node (input `input`) of `book`.
+    fn node_feedback(book: Option<&str>, key: &str, input: &str) -> Vec<Feedback> {
+        let cmp = Feedback::new(
+            "ann",
+            key,
+            input,
+            0,
+            FeedbackKind::Comparison {
+                a: Judged::new(format!("{input} in short")),
+                b: Judged::new("Nothing happens."),
+                prefer: Preference::A,
+                confidence: 7,
+            },
+        )
+        .at(book.map(str::to_string), None);
+        let demo = Feedback::new(
+            "bob",
+            key,
+            input,
+            0,
+            FeedbackKind::Demonstration { summary: Judged::new(format!("{input} (written)")) },
+        )
+        .at(book.map(str::to_string), None);
+        vec![cmp, demo]
+    }
+
+    /// Inputs the reward model trains on when split at its default percentages (20 % + 20 %).
+    fn reward_training_inputs(
+        pairs: &[feedback::Pair],
+        ratings: &[feedback::learn::Rating],
+    ) -> BTreeSet<String> {
+        let (val, test) = crate::reward::train::split_group_names(
+            pairs.iter().map(|p| p.group.as_str()).chain(ratings.iter().map(|r| r.group.as_str())),
+            20,
+            20,
+        );
+        pairs
+            .iter()
+            .filter(|p| !val.contains(&p.group) && !test.contains(&p.group))
+            .map(|p| p.input.clone())
+            .collect()
+    }
+
+    /// Asserts that no prompt the policy holds out at its default percentages (10 % + 10 %) is
+    /// in `reward_train`.
+    fn assert_held_out_alike(policy: &Dataset, reward_train: &BTreeSet<String>) {
+        let none = BTreeSet::new();
+        let split = Split::by_hash(&policy.groups(), 10, 10, &none, &none);
+        let held_out: Vec<&Prompt> = policy
+            .sft
+            .iter()
+            .map(|e| &e.prompt)
+            .chain(policy.prefs.iter().map(|e| &e.prompt))
+            .filter(|p| !split.train.contains(&p.group))
+            .collect();
+        assert!(!held_out.is_empty() && !reward_train.is_empty());
+        for p in held_out {
+            assert!(
+                !reward_train.contains(&p.input),
+                "the policy holds out `{}` ({}), which the reward model trains on",
+                p.input,
+                p.group
+            );
+        }
+    }
+
+    #[test]
+    fn the_policy_holds_out_only_what_the_reward_models_hold_out() {
+        // Sixty books from the store: some with comparisons and demonstrations, some with
+        // demonstrations only (which the reward model pairs with the node's candidates).
+        let records: Vec<Feedback> = (0..60)
+            .flat_map(|i| {
+                let input = format!("Book {i} tells of a miller number {i} and the river {i}.");
+                let fb = node_feedback(Some(&format!("book{i}")), &format!("k{i}"), &input);
+                if i % 2 == 0 {
+                    fb
+                } else {
+                    fb[1..].to_vec()
+                }
+            })
+            .collect();
+        let policy = from_feedback(&records).unwrap();
+        let options = feedback::learn::LearnOptions::default();
+        let reward = feedback::learn::build(&records, &[], &options, &|_| {
+            vec!["A candidate a model wrote.".to_string()]
+        });
+        assert_held_out_alike(&policy, &reward_training_inputs(&reward.pairs, &reward.ratings));
+        // The same TRL file read by both, rows naming their book.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pairs.jsonl");
+        let rows: String = (0..60)
+            .map(|i| {
+                format!(
+                    "{{\"prompt\": \"Story {i} tells of a fox number {i} and hen {i}.\", \
+                     \"chosen\": \"Fox {i}.\", \"rejected\": \"Nothing.\", \"book\": \"s{i}\"}}\n"
+                )
+            })
+            .collect();
+        std::fs::write(&path, rows).unwrap();
+        let policy = read_jsonl(&path).unwrap();
+        let reward = feedback::io::read_trl(&path).unwrap();
+        assert_held_out_alike(&policy, &reward_training_inputs(&reward, &[]));
+    }
+
+    #[test]
+    fn near_duplicate_prompts_share_a_split_group() {
+        const PASSAGE: &str = "The miller walked down to the river at dawn, found the wheel \
+            broken and the sluice gate open, and sent his son to fetch the smith from the town.";
+        // From feedback: a demonstration of a re-wrapped copy of a compared passage, no book.
+        let mut records = node_feedback(None, "k1", PASSAGE);
+        let copy = PASSAGE.to_uppercase().replace(' ', "  ");
+        records.extend(node_feedback(None, "k2", &copy)[1..].iter().cloned());
+        records.extend(node_feedback(None, "k3", "A wholly different tale of a whale at sea."));
+        let d = from_feedback(&records).unwrap();
+        let group_of = |input: &str| {
+            d.sft
+                .iter()
+                .map(|e| &e.prompt)
+                .chain(d.prefs.iter().map(|e| &e.prompt))
+                .find(|p| p.input == input)
+                .map(|p| p.group.clone())
+                .unwrap()
+        };
+        assert_eq!(group_of(PASSAGE), group_of(&copy));
+        assert_ne!(group_of(PASSAGE), group_of("A wholly different tale of a whale at sea."));
+        // From a TRL file: near-duplicate prompts without a book field, and one with a book.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dups.jsonl");
+        let row = |prompt: &str, extra: &str| {
+            format!(
+                "{{\"prompt\": {}, \"chosen\": \"Good.\", \"rejected\": \"Bad.\"{extra}}}\n",
+                serde_json::to_string(prompt).unwrap()
+            )
+        };
+        let text = [
+            row(PASSAGE, ""),
+            row(&format!("{PASSAGE}\n"), ""),
+            row(&PASSAGE.replace("dawn", "dusk").to_lowercase(), ""),
+            row("Another story entirely, of a fox and a hen.", ""),
+            row("A chapter of the same book as the fox.", r#", "book": "fables""#),
+            row("Another story entirely, of a fox and a hen, told again.", r#", "book": "fables""#),
+        ]
+        .concat();
+        std::fs::write(&path, text).unwrap();
+        let d = read_jsonl(&path).unwrap();
+        let g: Vec<&str> = d.prefs.iter().map(|e| e.prompt.group.as_str()).collect();
+        assert_eq!((g[0], g[0]), (g[1], g[2]), "{g:?}");
+        assert_ne!(g[0], g[3]);
+        assert_eq!(g[4], g[5]);
+        // The retold fox story is a near-duplicate of the first: it joins the book's group.
+        assert_eq!(g[3], g[5]);
+        assert_eq!(g[4], group_of_book(&d, "fables"));
+        // Whatever the percentages, a group lies on one side of the split.
+        let none = BTreeSet::new();
+        for (v, t) in [(10, 10), (30, 30), (0, 50)] {
+            let s = Split::by_hash(&d.groups(), v, t, &none, &none);
+            assert_eq!(s.train.len() + s.val.len() + s.test.len(), d.groups().len());
+        }
     }
 
     #[test]

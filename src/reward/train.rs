@@ -284,7 +284,8 @@ pub fn ordinal_loss(
 }
 
 /// The groups (books, or clusters of near-identical inputs) of the validation set (it chooses
-/// the epoch) and of the test set (it gives the reported metrics); all others train. A stable
+/// the epoch) and of the test set (it gives the reported metrics); all others train. The split
+/// is [`crate::feedback::groups::held_out`], the one the policy's split uses too: a stable
 /// hash of the group decides. With three or more groups each set gets at least one; with two,
 /// one trains and one is the test set (no validation: training runs its full epochs); with one,
 /// nothing is held out.
@@ -302,52 +303,9 @@ pub fn split_group_names<'a>(
     val_percent: u32,
     test_percent: u32,
 ) -> (BTreeSet<String>, BTreeSet<String>) {
-    let groups: Vec<&str> = names.collect::<BTreeSet<&str>>().into_iter().collect();
-    let bucket = |g: &str| {
-        let h = blake3::hash(g.as_bytes());
-        u32::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1], 0, 0]) as f64 / 65536.0 * 100.0
-    };
-    let mut order: Vec<(f64, &str)> = groups.iter().map(|g| (bucket(g), *g)).collect();
-    order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
-    let (mut val, mut test) = (BTreeSet::new(), BTreeSet::new());
-    match order.len() {
-        0 | 1 => {}
-        2 => {
-            if test_percent > 0 || val_percent > 0 {
-                test.insert(order[0].1.to_string());
-            }
-        }
-        _ => {
-            for &(b, g) in &order {
-                if b < f64::from(test_percent) {
-                    test.insert(g.to_string());
-                } else if b < f64::from(test_percent + val_percent) {
-                    val.insert(g.to_string());
-                }
-            }
-            // At least one group in each held-out set asked for, and at least one to train on.
-            let mut free: Vec<&str> = order
-                .iter()
-                .map(|&(_, g)| g)
-                .filter(|g| !test.contains(*g) && !val.contains(*g))
-                .collect();
-            if test_percent > 0 && test.is_empty() && free.len() > 1 {
-                test.insert(free.remove(0).to_string());
-            }
-            if val_percent > 0 && val.is_empty() && free.len() > 1 {
-                val.insert(free.remove(0).to_string());
-            }
-            if free.is_empty() {
-                if let Some(g) =
-                    val.iter().next_back().cloned().or_else(|| test.iter().next_back().cloned())
-                {
-                    val.remove(&g);
-                    test.remove(&g);
-                }
-            }
-        }
-    }
-    (val, test)
+    let none = BTreeSet::new();
+    let h = crate::feedback::groups::held_out(names, val_percent, test_percent, &none, &none);
+    (h.val, h.test)
 }
 
 fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
