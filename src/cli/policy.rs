@@ -352,8 +352,8 @@ fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
         d.test_groups.len(),
         d.train_examples,
         d.val_examples,
-        if d.too_long > 0 {
-            format!(" ({} left out as too long)", d.too_long)
+        if d.truncated > 0 {
+            format!(" ({} truncated to the token limits)", d.truncated)
         } else {
             String::new()
         }

@@ -363,7 +363,7 @@ pub struct Encoded {
     pub completions: Vec<Vec<u32>>,
 }
 
-/// Tokenizes prompts and completions the way the engine sees them.
+/// Tokenizes prompts and completions the way the engine sees them, cut to the limits.
 #[derive(Debug, Clone)]
 pub struct Encoder<'t> {
     tokenizer: &'t GgufTokenizer,
@@ -403,22 +403,63 @@ impl<'t> Encoder<'t> {
         Ok(ids)
     }
 
-    /// The prompt and completions, or `None` when one is longer than the limits.
-    pub fn encode(&self, p: &Prompt, completions: &[&str]) -> Result<Option<Encoded>, PolicyError> {
+    /// The prompt and completions, cut to the limits as TRL's DPO trainer cuts them (see
+    /// [`fit`]); `truncated` says whether anything was cut.
+    pub fn encode(&self, p: &Prompt, completions: &[&str]) -> Result<Fitted, PolicyError> {
         let prompt = self.prompt(p)?;
-        if prompt.len() > self.max_prompt_tokens {
-            return Ok(None);
-        }
-        let mut out = Vec::with_capacity(completions.len());
-        for c in completions {
-            let ids = self.completion(c)?;
-            if ids.len() > self.max_completion_tokens {
-                return Ok(None);
-            }
-            out.push(ids);
-        }
-        Ok(Some(Encoded { prompt, completions: out }))
+        let completions =
+            completions.iter().map(|c| self.completion(c)).collect::<Result<Vec<_>, _>>()?;
+        Ok(fit(
+            prompt,
+            completions,
+            self.max_prompt_tokens,
+            self.max_completion_tokens,
+            self.tokenizer.bos_id,
+        ))
     }
+}
+
+/// An example's tokens after [`fit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fitted {
+    pub encoded: Encoded,
+    /// Whether the prompt or a completion was longer than its limit and was cut.
+    pub truncated: bool,
+}
+
+/// Cuts a prompt and its completions to the limits the way TRL's DPO trainer does
+/// (`truncation_mode="keep_end"`): a prompt longer than `max_prompt` keeps its last tokens (the
+/// end of the input and the assistant turn's opening, next to the completion; a leading `bos`
+/// stays in front), each completion longer than `max_completion` keeps its first tokens (and
+/// loses its end token, so a cut completion teaches no ending). Nothing is dropped: the loss
+/// sees the completions' openings, where a pair usually differs first. A limit of 0 counts as 1.
+pub fn fit(
+    mut prompt: Vec<u32>,
+    mut completions: Vec<Vec<u32>>,
+    max_prompt: usize,
+    max_completion: usize,
+    bos: Option<u32>,
+) -> Fitted {
+    let (max_prompt, max_completion) = (max_prompt.max(1), max_completion.max(1));
+    let mut truncated = false;
+    if prompt.len() > max_prompt {
+        truncated = true;
+        let keep_bos = max_prompt > 1 && bos.is_some() && prompt.first().copied() == bos;
+        let tail = if keep_bos { max_prompt - 1 } else { max_prompt };
+        let mut cut = Vec::with_capacity(max_prompt);
+        if keep_bos {
+            cut.push(prompt[0]);
+        }
+        cut.extend_from_slice(&prompt[prompt.len() - tail..]);
+        prompt = cut;
+    }
+    for c in &mut completions {
+        if c.len() > max_completion {
+            truncated = true;
+            c.truncate(max_completion);
+        }
+    }
+    Fitted { encoded: Encoded { prompt, completions }, truncated }
 }
 
 #[cfg(test)]
@@ -695,6 +736,25 @@ mod tests {
             let s = Split::by_hash(&d.groups(), v, t, &none, &none);
             assert_eq!(s.train.len() + s.val.len() + s.test.len(), d.groups().len());
         }
+    }
+
+    #[test]
+    fn long_examples_are_truncated_not_dropped() {
+        // A prompt of 10 tokens (BOS = 1 first) and two completions, against limits 6 and 3.
+        let prompt: Vec<u32> = (1..=10).collect();
+        let f = fit(prompt.clone(), vec![vec![20, 21, 22, 23, 2], vec![30, 2]], 6, 3, Some(1));
+        assert!(f.truncated);
+        // The prompt keeps its BOS and its end; completions keep their start.
+        assert_eq!(f.encoded.prompt, vec![1, 6, 7, 8, 9, 10]);
+        assert_eq!(f.encoded.completions, vec![vec![20, 21, 22], vec![30, 2]]);
+        // Without a BOS in front, just the end.
+        let f = fit(prompt.clone(), vec![vec![5]], 4, 3, Some(99));
+        assert_eq!(f.encoded.prompt, vec![7, 8, 9, 10]);
+        assert!(f.truncated);
+        // Within the limits nothing changes.
+        let f = fit(prompt.clone(), vec![vec![20, 2]], 10, 2, Some(1));
+        assert!(!f.truncated);
+        assert_eq!(f.encoded, Encoded { prompt, completions: vec![vec![20, 2]] });
     }
 
     #[test]

@@ -121,29 +121,23 @@ pub fn run(
     )?;
     model.set_checkpointing(job.train.grad_checkpoint);
     let encoder = Encoder::new(&tokenizer, job.max_prompt_tokens, job.max_completion_tokens)?;
-    let mut too_long = 0;
+    let mut truncated = 0;
     let mut encode = |d: &Dataset| -> Result<Vec<Encoded>, PolicyError> {
-        let mut out = Vec::new();
-        match job.method {
-            Method::Sft => {
-                for e in &d.sft {
-                    match encoder.encode(&e.prompt, &[&e.completion])? {
-                        Some(x) => out.push(x),
-                        None => too_long += 1,
-                    }
-                }
-            }
-            Method::Dpo => {
-                for e in &d.prefs {
-                    match encoder.encode(&e.prompt, &[&e.chosen, &e.rejected])? {
-                        Some(x) => out.push(x),
-                        None => too_long += 1,
-                    }
-                }
-            }
-            Method::RmDpo => {}
-        }
-        Ok(out)
+        let fitted = match job.method {
+            Method::Sft => d
+                .sft
+                .iter()
+                .map(|e| encoder.encode(&e.prompt, &[&e.completion]))
+                .collect::<Result<Vec<_>, _>>()?,
+            Method::Dpo => d
+                .prefs
+                .iter()
+                .map(|e| encoder.encode(&e.prompt, &[&e.chosen, &e.rejected]))
+                .collect::<Result<Vec<_>, _>>()?,
+            Method::RmDpo => Vec::new(),
+        };
+        truncated += fitted.iter().filter(|f| f.truncated).count();
+        Ok(fitted.into_iter().map(|f| f.encoded).collect())
     };
     let mut train_items = encode(&train_set)?;
     if job.max_train_examples > 0 && train_items.len() > job.max_train_examples {
@@ -154,6 +148,14 @@ pub fn run(
             .collect();
     }
     let val_items = encode(&val_set)?;
+    if truncated > 0 {
+        tracing::info!(
+            "{truncated} example(s) longer than {} prompt / {} completion tokens were truncated \
+             (prompt kept from the end, completions from the start)",
+            job.max_prompt_tokens,
+            job.max_completion_tokens
+        );
+    }
     let test_count = match job.method {
         Method::Sft => test_set.sft.len(),
         _ => test_set.prefs.len(),
@@ -169,7 +171,7 @@ pub fn run(
             "preference pairs (comparisons, Likert pairs, corrections)"
         };
         return Err(PolicyError::NoData(format!(
-            "{}: no {what} in the training split ({} example(s) in all, {too_long} too long)",
+            "{}: no {what} in the training split ({} example(s) in all)",
             job.data.source,
             examples(&job.data)
         )));
@@ -269,7 +271,7 @@ pub fn run(
         },
         val_examples: if job.method == Method::RmDpo { heldout.len() } else { val_items.len() },
         test_examples: test_count,
-        too_long,
+        truncated,
         labelers: job.labelers.clone(),
     };
     let name = job

@@ -35,8 +35,9 @@ pub struct DataCard {
     pub train_examples: usize,
     pub val_examples: usize,
     pub test_examples: usize,
-    /// Examples left out for being longer than the limits.
-    pub too_long: usize,
+    /// Examples cut to the prompt and completion limits (`data::fit`; none is left out).
+    #[serde(default)]
+    pub truncated: usize,
     /// Who labeled the data (feedback labelers), when known.
     pub labelers: Vec<String>,
 }

@@ -89,6 +89,9 @@ pub struct RoundReport {
     pub uncertain_pairs: usize,
     /// Prompts that gave no pair.
     pub prompts_without_pair: usize,
+    /// Pairs whose prompt or a completion was cut to the token limits (`data::fit`).
+    #[serde(default)]
+    pub truncated_pairs: usize,
     pub train_loss: f64,
     pub train_reward_accuracy: f64,
     pub train_tokens: usize,
@@ -228,7 +231,7 @@ pub fn run(
         }
         // Label pairs with the ensemble.
         let mut pairs: Vec<Encoded> = Vec::new();
-        let (mut uncertain, mut without, mut candidates) = (0, 0, 0);
+        let (mut uncertain, mut without, mut candidates, mut truncated) = (0, 0, 0, 0);
         for (p, cands) in inputs.train_prompts.iter().zip(&samples) {
             let texts: Vec<&str> = cands.iter().map(|c| c.text.as_str()).collect();
             candidates += texts.len();
@@ -240,13 +243,20 @@ pub fn run(
                 without += 1;
             }
             for (w, l) in chosen {
-                if let Some(e) = inputs.encoder.encode(p, &[texts[w], texts[l]])? {
-                    pairs.push(e);
-                }
+                let fitted = inputs.encoder.encode(p, &[texts[w], texts[l]])?;
+                truncated += usize::from(fitted.truncated);
+                pairs.push(fitted.encoded);
             }
         }
+        if truncated > 0 {
+            tracing::info!(
+                "round {round}: {truncated} of {} pairs truncated to the token limits",
+                pairs.len()
+            );
+        }
         observer.message(&format!(
-            "round {round}: {} pairs ({uncertain} uncertain pairs skipped); DPO",
+            "round {round}: {} pairs ({uncertain} uncertain pairs skipped, {truncated} \
+             truncated); DPO",
             pairs.len()
         ));
         let train_report = if pairs.is_empty() {
@@ -276,6 +286,7 @@ pub fn run(
             pairs: pairs.len(),
             uncertain_pairs: uncertain,
             prompts_without_pair: without,
+            truncated_pairs: truncated,
             train_loss: train_report.last.get("loss").copied().unwrap_or(0.0),
             train_reward_accuracy: train_report.last.get("reward_accuracy").copied().unwrap_or(0.0),
             train_tokens: train_report.train_tokens,

@@ -62,7 +62,7 @@ fn sft_overfits_one_batch_to_near_zero_loss() {
     let enc = Encoder::new(&tok, 512, 64).unwrap();
     let batch: Vec<Encoded> = [("a cat", "the cat sat."), ("a hat", "in the hat.")]
         .iter()
-        .map(|(i, c)| enc.encode(&prompt(i), &[c]).unwrap().unwrap())
+        .map(|(i, c)| enc.encode(&prompt(i), &[c]).unwrap().encoded)
         .collect();
     // Completions end with the end-of-turn token.
     assert_eq!(batch[0].completions[0].last(), Some(&enc.end_token()));
@@ -86,6 +86,33 @@ fn sft_overfits_one_batch_to_near_zero_loss() {
     assert_eq!(report.steps, 80);
 }
 
+#[test]
+fn a_pair_longer_than_the_limits_is_truncated_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, tok) = load(&tiny(dir.path()), Mode::Frozen);
+    let long = "the mill burnt down and the miller ran to the river. ".repeat(8);
+    let full =
+        Encoder::new(&tok, 4096, 4096).unwrap().encode(&prompt(&long), &[&long, "a"]).unwrap();
+    assert!(!full.truncated);
+    let enc = Encoder::new(&tok, 16, 6).unwrap();
+    let cut = enc.encode(&prompt(&long), &[&long, "a"]).unwrap();
+    assert!(cut.truncated);
+    let (p, c) = (&cut.encoded.prompt, &cut.encoded.completions);
+    // The prompt's end (where the assistant's turn opens), the chosen text's start.
+    // (A leading BOS stays in front.)
+    let whole = &full.encoded.prompt;
+    assert_eq!(p.len(), 16);
+    if tok.bos_id.is_some() && whole.first().copied() == tok.bos_id {
+        assert_eq!((p[0], &p[1..]), (whole[0], &whole[whole.len() - 15..]));
+    } else {
+        assert_eq!(p[..], whole[whole.len() - 16..]);
+    }
+    assert_eq!(c[0][..], full.encoded.completions[0][..6]);
+    // A short completion keeps its end token.
+    assert_eq!(c[1], full.encoded.completions[1]);
+    assert_eq!(c[1].last(), Some(&enc.end_token()));
+}
+
 fn pairs(enc: &Encoder<'_>) -> Vec<Encoded> {
     [
         ("the mill", "the mill burnt.", "a tea party."),
@@ -94,7 +121,7 @@ fn pairs(enc: &Encoder<'_>) -> Vec<Encoded> {
         ("a river", "a river runs.", "then the tea."),
     ]
     .iter()
-    .map(|(i, c, r)| enc.encode(&prompt(i), &[c, r]).unwrap().unwrap())
+    .map(|(i, c, r)| enc.encode(&prompt(i), &[c, r]).unwrap().encoded)
     .collect()
 }
 
