@@ -3,9 +3,12 @@
 //! then every node's two outputs are judged. Win rates per height and at the root, under each
 //! judge and under the reward ensemble; mean length and loop rate of each side.
 //!
-//! Every judge sees the same input for both sides: the part of the book the node covers (at
-//! height 0 exactly the node's input; above it the book text under the node, since the two
-//! policies' own inputs there are their own children's summaries).
+//! The judges (simulated labelers, which judge coverage of the book) see the same input for
+//! both sides: the part of the book the node covers (at height 0 exactly the node's input;
+//! above it the book text under the node, since the two policies' own inputs there are their
+//! own children's summaries). The reward ensemble scores each side's summary against that
+//! side's own input, the text its policy summarized (above height 0 its children's summaries
+//! joined as the composer joins them), which is what the reward model was trained on.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,16 +19,22 @@ use super::judge::{mean_std, Judge, MemberScorer};
 use super::kl::KlEstimate;
 use super::PolicyError;
 use crate::book::Book;
-use crate::compose::{ComposeError, ComposeOptions, Composer, MeanLogprob, RunRecord, Silent};
+use crate::compose::{
+    prompt, ComposeError, ComposeOptions, Composer, MeanLogprob, RunRecord, Silent,
+};
 use crate::infer::Generator;
 use crate::store::Store;
-use crate::tree::TaskTree;
+use crate::tree::{NodeKind, TaskTree};
 
 /// One output of one side.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Output {
     pub text: String,
     pub looped: bool,
+    /// What this side's node summarized (its prompt's input: a passage, or its children's
+    /// summaries joined); empty in items written before it was kept (the book text stands in).
+    #[serde(default)]
+    pub input: String,
 }
 
 /// A node with both sides' outputs.
@@ -35,7 +44,7 @@ pub struct EvalItem {
     pub node: String,
     pub height: u32,
     pub is_root: bool,
-    /// The book text the node covers.
+    /// The book text the node covers (what the judges see).
     pub input: String,
     pub policy: Output,
     pub baseline: Output,
@@ -139,14 +148,16 @@ pub fn compare(
     if let Some(r) = reward {
         let mut margins = Vec::with_capacity(items.len());
         let (mut sp, mut sb) = (0.0, 0.0);
+        // Each side against its own input: above height 0 the two policies summarized
+        // different children's summaries.
+        let score = |height: u32, o: &Output, book: &str| -> Result<f64, PolicyError> {
+            let input = if o.input.is_empty() { book } else { o.input.as_str() };
+            let members = r.member_scores(height, input, &[o.text.as_str()])?;
+            Ok(mean_std(&members).first().map_or(0.0, |m| m.0))
+        };
         for it in items {
-            let members = r.member_scores(
-                it.height,
-                &it.input,
-                &[it.policy.text.as_str(), it.baseline.text.as_str()],
-            )?;
-            let ms = mean_std(&members);
-            let (p, b) = (ms[0].0, ms[1].0);
+            let p = score(it.height, &it.policy, &it.input)?;
+            let b = score(it.height, &it.baseline, &it.input)?;
             margins.push(p - b);
             sp += p / n;
             sb += b / n;
@@ -204,10 +215,43 @@ fn outputs(
         if let Some((o, set)) = run.node_result(store, label).map_err(store_err)? {
             let looped =
                 set.as_ref().and_then(|s| s.candidates.get(o.chosen)).is_some_and(|c| c.looped);
-            out.insert(label.clone(), Output { text: o.text, looped });
+            let input = set.map(|s| s.input).unwrap_or_default();
+            out.insert(label.clone(), Output { text: o.text, looped, input });
+        }
+    }
+    // A node whose candidate set is gone: its input rebuilt as the composer builds it.
+    for id in tree.nodes_topological() {
+        let label = &tree.node(id).label;
+        if out.get(label).is_some_and(|o| o.input.is_empty()) {
+            let input = node_input(book, tree, id, &out);
+            if let Some(o) = out.get_mut(label) {
+                o.input = input;
+            }
         }
     }
     Ok(out)
+}
+
+/// What node `id` summarized, given each node's output: a leaf's span of the book, else its
+/// children's outputs joined as the composer joins them (`compose::prompt::join_children`).
+fn node_input(
+    book: &Book,
+    tree: &TaskTree,
+    id: crate::tree::NodeId,
+    outputs: &BTreeMap<String, Output>,
+) -> String {
+    match &tree.node(id).kind {
+        NodeKind::Leaf { span } => span.get(book.text()).unwrap_or_default().to_string(),
+        NodeKind::Internal { .. } => {
+            let texts: Vec<&str> = tree
+                .children(id)
+                .into_iter()
+                .filter_map(|c| outputs.get(&tree.node(c).label))
+                .map(|o| o.text.as_str())
+                .collect();
+            prompt::join_children(&texts)
+        }
+    }
 }
 
 /// Composes `tree` with the policy and with the baseline (each run cached in the store like
@@ -265,8 +309,8 @@ mod tests {
             height: h,
             is_root: root,
             input: "Marigold went to the mill. The flood drowned the sheep.".into(),
-            policy: Output { text: p.into(), looped: false },
-            baseline: Output { text: b.into(), looped: true },
+            policy: Output { text: p.into(), looped: false, input: String::new() },
+            baseline: Output { text: b.into(), looped: true, input: String::new() },
         }
     }
 
@@ -287,5 +331,91 @@ mod tests {
         assert_eq!(h0.policy.loop_rate, 0.0);
         let root = root.unwrap();
         assert_eq!(root.judges["sim"].losses, 1);
+    }
+
+    /// Records the inputs it is asked to score against; scores a summary by its length.
+    struct Recorder(std::sync::Mutex<Vec<(String, String)>>);
+
+    impl MemberScorer for Recorder {
+        fn name(&self) -> String {
+            "recorder".into()
+        }
+
+        fn member_scores(
+            &self,
+            _height: u32,
+            input: &str,
+            summaries: &[&str],
+        ) -> Result<Vec<Vec<f32>>, crate::reward::RewardError> {
+            let mut seen = self.0.lock().unwrap();
+            seen.extend(summaries.iter().map(|s| (input.to_string(), s.to_string())));
+            Ok(vec![summaries.iter().map(|s| s.len() as f32).collect()])
+        }
+    }
+
+    #[test]
+    fn the_reward_judge_scores_each_side_against_its_own_input() {
+        let mut it = item(1, true, "Policy summary.", "Baseline summary.");
+        it.policy.input = "The policy's children's summaries.".into();
+        it.baseline.input = "The baseline's children's summaries.".into();
+        let recorder = Recorder(std::sync::Mutex::new(Vec::new()));
+        let c = compare(&[&it], &[], Some(&recorder)).unwrap();
+        let seen = recorder.0.into_inner().unwrap();
+        assert!(seen.contains(&(it.policy.input.clone(), it.policy.text.clone())), "{seen:?}");
+        assert!(seen.contains(&(it.baseline.input.clone(), it.baseline.text.clone())), "{seen:?}");
+        assert!(seen.iter().all(|(input, _)| *input != it.input), "{seen:?}");
+        assert_eq!(c.reward.unwrap().losses, 1);
+        // An item without the sides' inputs (written before they were kept): the book text.
+        let old = item(0, false, "A.", "B.");
+        let recorder = Recorder(std::sync::Mutex::new(Vec::new()));
+        compare(&[&old], &[], Some(&recorder)).unwrap();
+        assert!(recorder.0.into_inner().unwrap().iter().all(|(input, _)| *input == old.input));
+    }
+
+    #[test]
+    fn node_inputs_are_the_composers() {
+        use crate::book::Book;
+        use crate::decompose::fixed::{FixedChunker, FixedConfig};
+        use crate::decompose::Decomposer;
+        let text = (0..40)
+            .map(|i| format!("Paragraph {i} tells how the miller mended wheel {i} by the river."))
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        let book = Book::from_text("Mill", &text);
+        let config = FixedConfig {
+            chunk_tokens: 40,
+            fanout_min: 2,
+            fanout_max: 4,
+            ..FixedConfig::default()
+        };
+        let tree = FixedChunker::new(config).unwrap().decompose(&book).unwrap();
+        assert!(tree.node(tree.root()).height >= 1);
+        let outputs: BTreeMap<String, Output> = tree
+            .nodes_topological()
+            .into_iter()
+            .map(|id| {
+                let label = tree.node(id).label.clone();
+                let o = Output {
+                    text: format!("Summary of {label}."),
+                    looped: false,
+                    input: String::new(),
+                };
+                (label, o)
+            })
+            .collect();
+        let root = tree.root();
+        let children: Vec<String> = tree
+            .children(root)
+            .into_iter()
+            .map(|c| format!("Summary of {}.", tree.node(c).label))
+            .collect();
+        let refs: Vec<&str> = children.iter().map(String::as_str).collect();
+        assert_eq!(node_input(&book, &tree, root, &outputs), prompt::join_children(&refs));
+        let mut leaf = root;
+        while let Some(&first) = tree.children(leaf).first() {
+            leaf = first;
+        }
+        let NodeKind::Leaf { span } = &tree.node(leaf).kind else { panic!("not a leaf") };
+        assert_eq!(node_input(&book, &tree, leaf, &outputs), span.get(book.text()).unwrap());
     }
 }
