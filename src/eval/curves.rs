@@ -1,12 +1,15 @@
 //! Reward-model learning curves and calibration from stored feedback, and best-of-N
 //! over-optimization from stored candidates.
 //!
-//! **Learning curve.** The feedback's preference pairs are split into a test set (a quarter
-//! of the books, by the reward trainer's own rule; with a single book, a quarter of its nodes,
-//! and the result says so) and a training pool. For each height and each size `n` (doubling
-//! from 25 up to the pool), `repeats` random subsets of `n` pool pairs train a reward model
-//! exactly as `rrm reward train` would ([`RewardModel::train_prepared`]), and its accuracy and
-//! log-loss on the test pairs of that height are recorded. The largest model of each height
+//! **Learning curve.** The feedback's preference pairs are split once, by the trainers' own
+//! rule ([`crate::feedback::groups::held_out`]), into a test set (a quarter of the books; with
+//! a single book, a quarter of its nodes, and the result says so), a validation set (the
+//! config's `val_percent` of the books) and a training pool. For each height and each size `n`
+//! (doubling from 25 up to the pool), `repeats` random subsets of `n` pool pairs train a reward
+//! ensemble as `rrm reward train` trains a height's (`train::train_ensemble_with`, the
+//! validation pairs choosing the epoch), on exactly those `n` pairs, and its accuracy and
+//! log-loss on the test pairs of that height are recorded. Test and validation stay the same
+//! for every `n`. The largest model of each height
 //! also gives a calibration diagram: each test pair is shown in a random order and the
 //! predicted probability that the first wins, σ(margin), is binned against how often it did.
 //!
@@ -30,7 +33,7 @@ use crate::feedback::Pair;
 use crate::infer::encoder::SharedCache;
 use crate::infer::Encoder;
 use crate::reward::features::Featurizer;
-use crate::reward::model::mean_std;
+use crate::reward::model::{mean_std, Heads, Scope};
 use crate::reward::train::{self, TrainConfig};
 use crate::reward::{pair_tensors, prepare_pairs, RewardModel};
 use crate::store::{Store, Table};
@@ -39,7 +42,7 @@ use crate::store::{Store, Table};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CurvePoint {
     pub height: u32,
-    /// Training pairs.
+    /// Training pairs the model was trained on (validation and test pairs not included).
     pub n: usize,
     pub repeat: usize,
     pub accuracy: f64,
@@ -67,6 +70,7 @@ pub struct LearningCurve {
     /// `node` (held-out nodes of a single book).
     pub split: String,
     pub test_groups: usize,
+    /// Training pairs per height: the largest `n`, from which every subset is drawn.
     pub train_pool: BTreeMap<u32, usize>,
     pub points: Vec<CurvePoint>,
     pub calibration: Vec<CalibrationBin>,
@@ -107,6 +111,70 @@ fn subset(len: usize, n: usize, rng: &mut SplitMix64) -> Vec<usize> {
     idx
 }
 
+/// The fixed split of a learning curve: test and validation held out once, every training
+/// subset drawn from `train`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurveSplit {
+    /// `book` or `node` (see [`LearningCurve::split`]).
+    pub split: &'static str,
+    pub test_groups: usize,
+    pub val_groups: usize,
+    pub train: Vec<Pair>,
+    pub val: Vec<Pair>,
+    pub test: Vec<Pair>,
+}
+
+/// Share of groups the learning curve holds out as its test set, in percent.
+const CURVE_TEST_PERCENT: u32 = 25;
+
+/// Splits `pairs` once for a learning curve by the trainers' split
+/// ([`crate::feedback::groups::held_out`]): a quarter of the groups to test, `val_percent` to
+/// validation (it chooses each model's epoch), the rest to train. With a single group, whole
+/// nodes are held out instead (never single rows of a node).
+pub fn curve_split(pairs: &[Pair], val_percent: u32) -> Result<CurveSplit, EvalError> {
+    let none = BTreeSet::new();
+    let held = |pairs: &[Pair]| {
+        crate::feedback::groups::held_out(
+            pairs.iter().map(|p| p.group.as_str()),
+            val_percent,
+            CURVE_TEST_PERCENT,
+            &none,
+            &none,
+        )
+    };
+    let mut pairs = pairs.to_vec();
+    let mut split = "book";
+    let mut held_out = held(&pairs);
+    if held_out.test.is_empty() {
+        split = "node";
+        for p in &mut pairs {
+            p.group = blake3::hash(p.input.as_bytes()).to_hex()[..16].to_string();
+        }
+        held_out = held(&pairs);
+    }
+    if held_out.test.is_empty() {
+        return Err(EvalError::Data("all pairs are on one node: nothing to hold out".into()));
+    }
+    let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
+    for p in pairs {
+        if held_out.test.contains(&p.group) {
+            test.push(p);
+        } else if held_out.val.contains(&p.group) {
+            val.push(p);
+        } else {
+            train.push(p);
+        }
+    }
+    Ok(CurveSplit {
+        split,
+        test_groups: held_out.test.len(),
+        val_groups: held_out.val.len(),
+        train,
+        val,
+        test,
+    })
+}
+
 /// Computes the learning curve of `pairs` (see the module docs).
 pub fn learning_curve(
     encoder: &dyn Encoder,
@@ -114,7 +182,7 @@ pub fn learning_curve(
     pairs: &[Pair],
     repeats: usize,
     config: &TrainConfig,
-    mut progress: impl FnMut(&CurvePoint),
+    progress: impl FnMut(&CurvePoint),
 ) -> Result<LearningCurve, EvalError> {
     if pairs.is_empty() {
         return Err(EvalError::Data(
@@ -122,29 +190,57 @@ pub fn learning_curve(
                 .into(),
         ));
     }
-    let mut pairs = pairs.to_vec();
-    let mut split = "book";
-    let mut test_groups = train::split_groups(&pairs, 0, 25).1;
-    if test_groups.is_empty() {
-        // A single book: hold out whole nodes instead (never single rows of a node).
-        split = "node";
-        for p in &mut pairs {
-            p.group = blake3::hash(p.input.as_bytes()).to_hex()[..16].to_string();
-        }
-        test_groups = train::split_groups(&pairs, 0, 25).1;
-    }
-    if test_groups.is_empty() {
-        return Err(EvalError::Data("all pairs are on one node: nothing to hold out".into()));
-    }
-    let (test, pool): (Vec<Pair>, Vec<Pair>) =
-        pairs.into_iter().partition(|p| test_groups.contains(&p.group));
+    let split = curve_split(pairs, config.val_percent)?;
     let mut featurizer = Featurizer::new(encoder, cache);
-    prepare_pairs(&mut featurizer, &pool)?;
-    prepare_pairs(&mut featurizer, &test)?;
-    let heights: BTreeSet<u32> = pool.iter().map(|p| p.height).collect();
+    for set in [&split.train, &split.val, &split.test] {
+        prepare_pairs(&mut featurizer, set)?;
+    }
+    let featurizer = featurizer;
+    let dim = featurizer.dim();
+    // One ensemble per model, trained as `rrm reward train` trains a height's
+    // (`train_ensemble_with`), on exactly the subset given, the validation set choosing the
+    // epoch; its margins on the test pairs.
+    let fit = |cfg: &TrainConfig, h: u32, tr: &[&Pair], va: &[&Pair], te: &[&Pair]| {
+        let scope = if cfg.shared { Scope::Shared } else { Scope::Height(h) };
+        let tr = pair_tensors(&featurizer, tr)?;
+        let va = if va.is_empty() { None } else { Some(pair_tensors(&featurizer, va)?) };
+        let (members, _) =
+            train::train_ensemble_with(&tr, None, va.as_ref(), None, dim, scope, cfg)?;
+        let heads = Heads { by_scope: BTreeMap::from([(scope, members)]) };
+        let te = pair_tensors(&featurizer, te)?;
+        Ok::<_, EvalError>((train::ensemble_margins(&heads, &te)?, te.target))
+    };
+    curve_from(split, repeats, config, fit, progress)
+}
+
+/// The learning curve over a fixed `split`: for each height and size `n`, `repeats` subsets of
+/// `n` of the height's training pairs (`n` is the number of pairs the model trains on), each
+/// fitted by `fit` against the same validation and test pairs.
+fn curve_from(
+    split: CurveSplit,
+    repeats: usize,
+    config: &TrainConfig,
+    mut fit: impl FnMut(
+        &TrainConfig,
+        u32,
+        &[&Pair],
+        &[&Pair],
+        &[&Pair],
+    ) -> Result<(Vec<f32>, Vec<f32>), EvalError>,
+    mut progress: impl FnMut(&CurvePoint),
+) -> Result<LearningCurve, EvalError> {
+    let heights: BTreeSet<u32> = split.train.iter().map(|p| p.height).collect();
+    tracing::info!(
+        "learning curve: {} training, {} validation ({} group(s)), {} test pairs ({} group(s))",
+        split.train.len(),
+        split.val.len(),
+        split.val_groups,
+        split.test.len(),
+        split.test_groups
+    );
     let mut out = LearningCurve {
-        split: split.into(),
-        test_groups: test_groups.len(),
+        split: split.split.into(),
+        test_groups: split.test_groups,
         train_pool: BTreeMap::new(),
         points: Vec::new(),
         calibration: Vec::new(),
@@ -154,31 +250,29 @@ pub fn learning_curve(
     };
     let mut rng = SplitMix64::new(config.seed ^ 0x5eed);
     for h in heights {
-        let pool_h: Vec<Pair> = pool.iter().filter(|p| p.height == h).cloned().collect();
-        let test_h: Vec<&Pair> = test.iter().filter(|p| p.height == h).collect();
-        out.train_pool.insert(h, pool_h.len());
+        let train_h: Vec<&Pair> = split.train.iter().filter(|p| p.height == h).collect();
+        let val_h: Vec<&Pair> = split.val.iter().filter(|p| p.height == h).collect();
+        let test_h: Vec<&Pair> = split.test.iter().filter(|p| p.height == h).collect();
+        out.train_pool.insert(h, train_h.len());
         if test_h.is_empty() {
             tracing::warn!("height {h} has no held-out pairs: no learning curve for it");
             continue;
         }
-        let test_t = pair_tensors(&featurizer, &test_h)?;
-        let all_sizes = sizes(pool_h.len());
+        let all_sizes = sizes(train_h.len());
         for (si, &n) in all_sizes.iter().enumerate() {
             let last = si + 1 == all_sizes.len();
             // The whole pool is one subset however often it is drawn.
-            let reps = if n == pool_h.len() { 1 } else { repeats.max(1) };
+            let reps = if n == train_h.len() { 1 } else { repeats.max(1) };
             for r in 0..reps {
-                let idx = subset(pool_h.len(), n, &mut rng);
-                let sub: Vec<Pair> = idx.iter().map(|&i| pool_h[i].clone()).collect();
+                let sub: Vec<&Pair> =
+                    subset(train_h.len(), n, &mut rng).into_iter().map(|i| train_h[i]).collect();
                 let cfg =
                     TrainConfig { seed: config.seed.wrapping_add(r as u64), ..config.clone() };
-                let model =
-                    RewardModel::train_prepared(&featurizer, encoder, &sub, &cfg, "curve", 0.0)?;
-                let margins = train::ensemble_margins(&model.heads, &test_t)?;
-                let m = train::metrics(&margins, &test_t.target);
+                let (margins, targets) = fit(&cfg, h, &sub, &val_h, &test_h)?;
+                let m = train::metrics(&margins, &targets);
                 let point = CurvePoint {
                     height: h,
-                    n,
+                    n: sub.len(),
                     repeat: r,
                     accuracy: m.accuracy,
                     log_loss: m.log_loss,
@@ -189,7 +283,7 @@ pub fn learning_curve(
                 if last && r == 0 {
                     // Ten bins need a few hundred pairs; fewer get five.
                     let nbins = if test_h.len() >= 200 { 10 } else { 5 };
-                    let (bins, ece) = calibration(h, &margins, &test_t.target, nbins, &mut rng);
+                    let (bins, ece) = calibration(h, &margins, &targets, nbins, &mut rng);
                     out.calibration.extend(bins);
                     out.ece.insert(h, ece);
                 }
@@ -503,5 +597,76 @@ mod tests {
         let set: BTreeSet<usize> = s.iter().copied().collect();
         assert_eq!(set.len(), 7);
         assert!(s.iter().all(|&i| i < 10));
+    }
+
+    #[test]
+    fn curve_models_train_on_n_pairs_of_the_training_split_against_fixed_held_out_sets() {
+        // 60 books of 5 pairs each at height 0, 10 books of 2 pairs at height 1.
+        let pairs: Vec<Pair> = (0..60)
+            .flat_map(|b| (0..5).map(move |i| (0, b, i)))
+            .chain((0..10).flat_map(|b| (0..2).map(move |i| (1, b, i))))
+            .map(|(h, b, i)| {
+                Pair::new(h, &format!("input {h} {b} {i}"), "c", "r", 1.0, &format!("book{b}"))
+            })
+            .collect();
+        let split = curve_split(&pairs, 20).unwrap();
+        assert_eq!(split.split, "book");
+        assert!(split.test_groups > 0 && split.val_groups > 0);
+        assert_eq!(split.train.len() + split.val.len() + split.test.len(), pairs.len());
+        let groups = |v: &[Pair]| v.iter().map(|p| p.group.clone()).collect::<BTreeSet<_>>();
+        let (train_g, val_g, test_g) =
+            (groups(&split.train), groups(&split.val), groups(&split.test));
+        assert!(train_g.is_disjoint(&val_g) && train_g.is_disjoint(&test_g));
+        assert!(val_g.is_disjoint(&test_g));
+        let config = TrainConfig { seed: 3, ..TrainConfig::default() };
+        let mut calls = Vec::new();
+        let fit = |_: &TrainConfig, h: u32, tr: &[&Pair], va: &[&Pair], te: &[&Pair]| {
+            calls.push((
+                h,
+                tr.iter().map(|p| p.input.clone()).collect::<Vec<_>>(),
+                va.iter().map(|p| p.input.clone()).collect::<Vec<_>>(),
+                te.iter().map(|p| p.input.clone()).collect::<Vec<_>>(),
+            ));
+            Ok((vec![1.0; te.len()], vec![1.0; te.len()]))
+        };
+        let lc = curve_from(split.clone(), 2, &config, fit, |_| {}).unwrap();
+        assert_eq!(lc.points.len(), calls.len());
+        let train_inputs: BTreeSet<&str> = split.train.iter().map(|p| p.input.as_str()).collect();
+        for (point, (h, tr, va, te)) in lc.points.iter().zip(&calls) {
+            assert_eq!(point.height, *h);
+            // n is exactly what the model trained on, all of it from the training split.
+            assert_eq!(point.n, tr.len());
+            assert!(tr.iter().all(|i| train_inputs.contains(i.as_str())));
+            assert_eq!(tr.iter().collect::<BTreeSet<_>>().len(), tr.len());
+            // Validation and test are the same for every n.
+            let at = |v: &[Pair]| {
+                v.iter().filter(|p| p.height == *h).map(|p| p.input.clone()).collect::<Vec<_>>()
+            };
+            assert_eq!(va, &at(&split.val));
+            assert_eq!(te, &at(&split.test));
+            assert_eq!(point.test_pairs, te.len());
+        }
+        // The largest n of a height is its whole training split.
+        for (h, &pool) in &lc.train_pool {
+            let in_train = split.train.iter().filter(|p| p.height == *h).count();
+            assert_eq!(pool, in_train);
+            let largest = lc.points.iter().filter(|p| p.height == *h).map(|p| p.n).max();
+            assert!(largest.is_none() || largest == Some(pool), "h{h}: {largest:?} vs {pool}");
+        }
+        assert!(lc.points.iter().any(|p| p.height == 0 && p.n == 25));
+    }
+
+    #[test]
+    fn a_single_book_holds_out_whole_nodes() {
+        let pairs: Vec<Pair> = (0..40)
+            .map(|i| Pair::new(0, &format!("node {}", i / 4), "c", &format!("r{i}"), 1.0, "book1"))
+            .collect();
+        let split = curve_split(&pairs, 20).unwrap();
+        assert_eq!(split.split, "node");
+        let nodes = |v: &[Pair]| v.iter().map(|p| p.input.clone()).collect::<BTreeSet<_>>();
+        assert!(nodes(&split.train).is_disjoint(&nodes(&split.test)));
+        assert!(nodes(&split.train).is_disjoint(&nodes(&split.val)));
+        let one: Vec<Pair> = pairs.iter().filter(|p| p.input == "node 0").cloned().collect();
+        assert!(curve_split(&one, 20).is_err());
     }
 }
