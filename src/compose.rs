@@ -64,6 +64,12 @@ pub struct ComposeOptions {
     /// Compose only the nodes up to this height (0: the leaves only); `None`: up to the root.
     #[serde(default)]
     pub max_height: Option<u32>,
+    /// With best-of-N: candidate 0 is the single-candidate decode (`sampling`, greedy unless a
+    /// temperature was asked for) and the others are sampled, so a selector can always fall
+    /// back on what best-of-1 would have given. On by default; records written before it
+    /// existed read as off, which is what those runs did.
+    #[serde(default)]
+    pub greedy_first: bool,
 }
 
 impl Default for ComposeOptions {
@@ -91,6 +97,7 @@ impl Default for ComposeOptions {
             loop_ngram: 4,
             loop_max_repeats: 3,
             max_height: None,
+            greedy_first: true,
         }
     }
 }
@@ -506,6 +513,7 @@ impl Composer {
         let messages = prompt::render(template, &input, context.as_deref())?;
         let sampling = self.options.sampling_for_candidates().clone();
         let best_of = self.options.best_of.max(1);
+        let greedy_first = best_of > 1 && self.options.greedy_first;
 
         let input_key = input_key(template, &input, context.as_deref());
         let gen_key = keys::generation_key(
@@ -518,6 +526,7 @@ impl Composer {
                 seed: self.options.seed,
                 loop_ngram: self.options.loop_ngram,
                 loop_max_repeats: self.options.loop_max_repeats,
+                greedy_first: greedy_first.then_some(&self.options.sampling),
             },
         );
         let output_key = keys::output_key(&gen_key, &self.selector.id());
@@ -525,7 +534,11 @@ impl Composer {
             .map(|i| GenerationRequest {
                 messages: messages.clone(),
                 max_tokens,
-                sampling: sampling.clone(),
+                sampling: if i == 0 && greedy_first {
+                    self.options.sampling.clone()
+                } else {
+                    sampling.clone()
+                },
                 seed: keys::candidate_seed(&gen_key, i),
             })
             .collect();

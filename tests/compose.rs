@@ -2,7 +2,7 @@
 //! incremental edits. The model's text is noise, but deterministic, which is what these
 //! behaviours need; the real model is exercised in `tests/summarize_real.rs`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use rrm::book::Book;
@@ -225,6 +225,39 @@ fn best_of_n_stores_every_candidate_and_picks_by_logprob() {
 }
 
 #[test]
+fn best_of_n_candidate_zero_is_the_greedy_decode_so_it_cannot_lose_it() {
+    let book = Book::from_text("Mill", book_text(false));
+    let tree = chunker(ContextMode::None).decompose(&book).unwrap();
+    // Leaf input key → candidate 0's text, for one composition.
+    let first_candidates = |options: ComposeOptions| {
+        let f = fixture(8);
+        run(&composer(&f, options), &book, &tree);
+        let mut out = BTreeMap::new();
+        for key in f.store.keys(Table::Candidates).unwrap() {
+            let set: rrm::compose::CandidateSet =
+                f.store.get(Table::Candidates, &key).unwrap().unwrap();
+            if set.height == 0 {
+                let texts: Vec<String> = set.candidates.iter().map(|c| c.text.clone()).collect();
+                out.insert(set.input_key.clone(), texts);
+            }
+        }
+        out
+    };
+    let greedy = first_candidates(options(8));
+    let best_of = first_candidates(ComposeOptions { best_of: 3, ..options(8) });
+    assert_eq!(greedy.len(), best_of.len());
+    for (key, texts) in &best_of {
+        assert_eq!(texts[0], greedy[key][0], "candidate 0 of {key} is not the greedy decode");
+    }
+    // The others are sampled: some differ from it somewhere.
+    assert!(best_of.values().any(|t| t[1] != t[0] || t[2] != t[0]));
+    // Off: every candidate sampled, and a different cache key.
+    let all_sampled =
+        first_candidates(ComposeOptions { best_of: 3, greedy_first: false, ..options(8) });
+    assert!(all_sampled.iter().any(|(k, t)| t[0] != greedy[k][0]));
+}
+
+#[test]
 fn a_leaf_level_pass_then_the_rest_reuses_the_leaves() {
     let f = fixture(8);
     let book = Book::from_text("Mill", book_text(false));
@@ -240,8 +273,9 @@ fn a_leaf_level_pass_then_the_rest_reuses_the_leaves() {
     assert_eq!(full.computed + full.cache_hits, tree.len());
 }
 
-/// An ensemble stand-in whose spread is `std` around equal means: unsure everywhere when `std` is
-/// large, sure when it is zero and the means differ.
+/// An ensemble stand-in of two members whose means are `gap` apart and who disagree by `std`
+/// in opposite directions on alternate candidates: unsure everywhere when `std` is large, sure
+/// when it is zero and the means differ.
 struct Ensemble {
     gap: f32,
     std: f32,
@@ -257,15 +291,15 @@ impl rrm::compose::Selector for Ensemble {
         _input: &str,
         candidates: &[rrm::compose::Candidate],
     ) -> Result<Vec<rrm::compose::CandidateScore>, rrm::compose::select::SelectError> {
-        Ok((0..candidates.len())
-            .map(|k| {
-                let mean = -(k as f32) * self.gap;
-                let mut s = rrm::compose::CandidateScore::new(mean - self.std);
-                s.parts.insert("mean".into(), mean);
-                s.parts.insert("std".into(), self.std);
-                s
-            })
-            .collect())
+        let member = |sign: f32| -> Vec<f32> {
+            (0..candidates.len())
+                .map(|k| {
+                    let alternate = if k % 2 == 0 { 1.0 } else { -1.0 };
+                    -(k as f32) * self.gap + sign * alternate * self.std
+                })
+                .collect()
+        };
+        Ok(rrm::reward::ensemble_scores(&[member(1.0), member(-1.0)], 0.0))
     }
 }
 

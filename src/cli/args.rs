@@ -100,6 +100,11 @@ pub struct ComposeArgs {
     /// Seed for sampling (part of every cache key).
     #[arg(long = "sample-seed", default_value_t = 0, value_name = "S")]
     pub sample_seed: u64,
+    /// With --best-of N: sample all N candidates. By default candidate 1 is the greedy decode
+    /// (what --best-of 1 gives) and the other N−1 are sampled, so a reward pick can always
+    /// keep it.
+    #[arg(long)]
+    pub all_sampled: bool,
 }
 
 impl ComposeArgs {
@@ -115,6 +120,7 @@ impl ComposeArgs {
             batch_size: self.batch_size,
             best_of: self.best_of,
             seed: self.sample_seed,
+            greedy_first: !self.all_sampled,
             ..crate::compose::ComposeOptions::default()
         };
         if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {

@@ -19,7 +19,7 @@ use crate::lm::{LoraConfig, Mode};
 use crate::reward::lm::{is_lm_checkpoint, metrics_by_height, LmRewardModel, LmTrainConfig};
 use crate::reward::model::mean_std;
 use crate::reward::train::{Metrics, TrainConfig, MIN_TEMPERATURE_PAIRS};
-use crate::reward::{data, eval as report, RewardModel};
+use crate::reward::{data, eval as report, grounded, RewardModel};
 use crate::workspace::summarize::load_reward_model;
 use crate::workspace::views::preview;
 use crate::workspace::{embeddings, rating, Workspace};
@@ -180,8 +180,9 @@ pub struct LmArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// The checkpoint: `latest`, a hash, or a folder.
-    #[arg(long, default_value = "latest", value_name = "PATH|latest")]
+    /// The checkpoint: `latest`, a hash, a folder, or `grounding` (no model: the summary
+    /// checked against its input; needs `--data`).
+    #[arg(long, default_value = "latest", value_name = "PATH|latest|grounding")]
     pub model: String,
     /// Evaluate on a TRL preference file instead of the stored feedback's held-out books.
     #[arg(long, value_name = "FILE.jsonl")]
@@ -591,6 +592,17 @@ fn eval(ws: &Workspace, encoder: LoadEncoder<'_>, args: EvalArgs) -> anyhow::Res
         }
         Ok((pairs, path.display().to_string()))
     };
+    if args.model == grounded::NAME {
+        let Some(path) = &args.data else {
+            bail!("the grounded reward is evaluated on a file: `rrm reward eval --model grounding --data FILE.jsonl`");
+        };
+        let (pairs, what) = file_pairs(path)?;
+        let margins = grounded::margins(&pairs);
+        let metrics = metrics_by_height(&pairs, &margins);
+        let refs: Vec<&Pair> = pairs.iter().collect();
+        let baselines = report::report(&margins, &refs);
+        return print_eval(crate::grounding::VERSION, &what, &metrics, &baselines, args.json);
+    }
     let checkpoint = RewardModel::resolve(&args.model, ws.reward_dir())?;
     if is_lm_checkpoint(&checkpoint) {
         let Some(path) = &args.data else {

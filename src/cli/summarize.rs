@@ -42,9 +42,11 @@ pub struct SummarizeArgs {
     pub generator: GeneratorOptions,
     #[command(flatten)]
     pub compose: ComposeArgs,
-    /// Pick among candidates with this reward model (`latest`, a checkpoint hash or folder):
-    /// by ensemble mean − λ·std, recording every candidate's scores.
-    #[arg(long, value_name = "PATH|latest")]
+    /// Pick among candidates with this reward model (`latest`, a checkpoint hash or folder, or
+    /// `grounding`: no model, each candidate checked against the node's input for invented
+    /// names, numbers and words, coverage and copying): by ensemble mean − λ·std, recording
+    /// every candidate's scores.
+    #[arg(long, value_name = "PATH|latest|grounding")]
     pub reward_model: Option<String>,
     /// λ, the pessimism of the reward pick (mean − λ·std).
     #[arg(long, default_value_t = 1.0, value_name = "λ", requires = "reward_model")]

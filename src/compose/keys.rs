@@ -38,21 +38,28 @@ pub struct GenerationParts<'a> {
     pub seed: u64,
     pub loop_ngram: usize,
     pub loop_max_repeats: usize,
+    /// With best-of-N: candidate 0 drawn with this sampling (the single-candidate decode).
+    pub greedy_first: Option<&'a SamplingParams>,
 }
 
 /// The composer's generation key of a node.
 pub fn generation_key(input_key: &str, parts: &GenerationParts<'_>) -> String {
-    hash_parts(&[
-        "rrm-node-v2",
-        input_key,
-        &POSTPROCESS_VERSION.to_string(),
-        parts.model_hash,
-        &sampling_json(parts.sampling),
-        &parts.max_tokens.to_string(),
-        &parts.best_of.to_string(),
-        &parts.seed.to_string(),
-        &format!("{}:{}", parts.loop_ngram, parts.loop_max_repeats),
-    ])
+    let owned = [
+        POSTPROCESS_VERSION.to_string(),
+        sampling_json(parts.sampling),
+        parts.max_tokens.to_string(),
+        parts.best_of.to_string(),
+        parts.seed.to_string(),
+        format!("{}:{}", parts.loop_ngram, parts.loop_max_repeats),
+    ];
+    let mut all: Vec<&str> = vec!["rrm-node-v2", input_key];
+    all.insert(2, &owned[0]);
+    all.push(parts.model_hash);
+    all.extend(owned[1..].iter().map(String::as_str));
+    // Absent (not an empty part) when off, so the keys of earlier runs stay valid.
+    let first = parts.greedy_first.map(|s| format!("first:{}", sampling_json(s)));
+    all.extend(first.as_deref());
+    hash_parts(&all)
 }
 
 /// The output key: the generation key and the selector that picked.

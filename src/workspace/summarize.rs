@@ -9,7 +9,7 @@ use crate::book::Book;
 use crate::compose::{ComposeOptions, ComposeReport, Composer, MeanLogprob, Observer, Selector};
 use crate::decompose::Decomposer;
 use crate::infer::Generator;
-use crate::reward::{lm, RewardModel, RewardSelector};
+use crate::reward::{grounded, lm, RewardModel, RewardSelector};
 use crate::tree::TaskTree;
 
 /// Decomposes `book` and stores its tree (the record, then the file copy).
@@ -37,7 +37,8 @@ pub async fn compose(
 /// How candidates are picked: the policy's own mean log-probability, or a reward model.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SelectorSpec {
-    /// `latest`, a checkpoint hash in the reward folder, or a checkpoint folder.
+    /// `latest`, a checkpoint hash in the reward folder, a checkpoint folder, or `grounding`
+    /// (the summary checked against its input; no model).
     pub reward_model: Option<String>,
     /// λ in mean − λ·std.
     pub pessimism: f32,
@@ -54,6 +55,10 @@ impl SelectorSpec {
                 "the pessimism λ must be a non-negative number (got {})",
                 self.pessimism
             )));
+        }
+        if spec == grounded::NAME {
+            // No model file: the summary checked against its input.
+            return Ok(Arc::new(grounded::GroundingSelector { pessimism: self.pessimism }));
         }
         let path = RewardModel::resolve(spec, ws.reward_dir())?;
         if lm::is_lm_checkpoint(&path) {
