@@ -235,6 +235,27 @@ async fn a_labeler_rates_with_the_keyboard_in_a_real_browser() {
     std::fs::write(shots.join("rating.png"), c.screenshot().await.unwrap()).unwrap();
     press(&c, &[Key::Escape.into()]).await;
 
+    // `g`: what the input does not support is marked in both summaries, and unmarked again.
+    let marks = c.find_all(Locator::Css("#pair mark.ungrounded")).await.unwrap();
+    assert!(!marks.is_empty(), "the tiny model's candidates invent words: some are marked");
+    let highlighted = || async {
+        c.execute(
+            "return document.body.classList.contains('show-grounding') && \
+             getComputedStyle(document.querySelector('#pair mark.ungrounded')).backgroundColor",
+            vec![],
+        )
+        .await
+        .unwrap()
+    };
+    assert_eq!(highlighted().await, serde_json::json!(false), "off by default");
+    press(&c, &['g']).await;
+    let on = highlighted().await;
+    assert!(on.as_str().is_some_and(|bg| bg != "rgba(0, 0, 0, 0)"), "marked when on: {on}");
+    assert_eq!(text_of(&c, "#grounding-state").await, "on");
+    std::fs::write(shots.join("rating-grounding.png"), c.screenshot().await.unwrap()).unwrap();
+    press(&c, &['g']).await;
+    assert_eq!(highlighted().await, serde_json::json!(false));
+
     // Scripted comparisons: key, confidence; auto-advance takes each to the next item.
     let answers = [
         ('1', '7'),
@@ -424,6 +445,9 @@ async fn a_new_user_rates_a_real_book_with_the_keyboard() {
         here = c.current_url().await.unwrap().to_string();
     }
     std::fs::write(shots.join("real-rating.png"), c.screenshot().await.unwrap()).unwrap();
+    press(&c, &['g']).await;
+    std::fs::write(shots.join("real-rating-grounding.png"), c.screenshot().await.unwrap()).unwrap();
+    press(&c, &['g']).await;
     let started = Instant::now();
     let mut done = 0;
     for (key, confidence) in [('1', '6'), ('2', '7'), ('t', '4')] {

@@ -306,7 +306,10 @@ pub async fn node(
         Ok(json!({
             "page": "node",
             "node": view,
-            "pair": pair.map(|(i, j)| vec![CandidateView::of(&cands[i]), CandidateView::of(&cands[j])]),
+            "pair": pair.map(|(i, j)| {
+                let source = crate::grounding::Source::new(&view.input);
+                vec![CandidateView::checked(&cands[i], &source), CandidateView::checked(&cands[j], &source)]
+            }),
             "compared_all": compared_all,
             "job": job,
             "drawing": drawing,

@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::compose::sample::{self, StoredCandidate};
+use crate::grounding;
 use crate::tree::NodeId;
 use crate::workspace::{LoadedTree, RatingTarget, Workspace};
 
@@ -49,6 +50,31 @@ pub struct CandidateView {
     pub hash: String,
     pub text: String,
     pub paragraphs: Vec<String>,
+    /// With the input checked ([`CandidateView::checked`]): each paragraph as pieces, those
+    /// the input does not support marked with their kind (the rating screen's highlights).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub marked: Vec<Vec<Piece>>,
+    /// What the check found, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grounding: Option<GroundingView>,
+}
+
+/// A piece of a paragraph: plain, or a span the input does not support.
+#[derive(Debug, Clone, Serialize)]
+pub struct Piece {
+    pub text: String,
+    /// `name`, `number` or `word` for unsupported content; absent for plain text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<grounding::SpanKind>,
+}
+
+/// The numbers shown beside the highlights.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroundingView {
+    pub unsupported: usize,
+    pub content: usize,
+    pub percent: u32,
+    pub copied_percent: u32,
 }
 
 impl CandidateView {
@@ -57,8 +83,44 @@ impl CandidateView {
             hash: c.hash.clone(),
             text: c.text.clone(),
             paragraphs: paragraphs(&c.text),
+            marked: Vec::new(),
+            grounding: None,
         }
     }
+
+    /// The candidate with what `source` (the node's input) does not support marked.
+    pub fn checked(c: &StoredCandidate, source: &grounding::Source) -> CandidateView {
+        let mut view = CandidateView::of(c);
+        view.marked = view.paragraphs.iter().map(|p| pieces(p, &source.check(p).spans)).collect();
+        let whole = source.check(&c.text);
+        view.grounding = Some(GroundingView {
+            unsupported: whole.unsupported(),
+            content: whole.content_tokens,
+            percent: (100.0 * whole.unsupported_rate).round() as u32,
+            copied_percent: (100.0 * whole.copied_4gram_share).round() as u32,
+        });
+        view
+    }
+}
+
+/// `text` cut at the spans (byte offsets into it, in order) into plain and marked pieces.
+fn pieces(text: &str, spans: &[grounding::Span]) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for span in spans {
+        if span.start < at || span.end > text.len() {
+            continue;
+        }
+        if span.start > at {
+            out.push(Piece { text: text[at..span.start].to_string(), kind: None });
+        }
+        out.push(Piece { text: text[span.start..span.end].to_string(), kind: Some(span.kind) });
+        at = span.end;
+    }
+    if at < text.len() {
+        out.push(Piece { text: text[at..].to_string(), kind: None });
+    }
+    out
 }
 
 /// The node part of the rating screen.
@@ -137,6 +199,18 @@ pub fn blind_order(labeler: &str, a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn marked_pieces_put_the_text_back_together_and_mark_only_the_spans() {
+        let source = grounding::Source::new("The miller stood by the mill in the flood.");
+        let text = "The miller met Procopius by the mill.";
+        let spans = source.check(text).spans;
+        let p = pieces(text, &spans);
+        assert_eq!(p.iter().map(|x| x.text.as_str()).collect::<String>(), text);
+        let marked: Vec<&str> =
+            p.iter().filter(|x| x.kind.is_some()).map(|x| x.text.as_str()).collect();
+        assert_eq!(marked, vec!["met Procopius"]);
+    }
 
     #[test]
     fn paragraphs_split_at_blank_lines_and_keep_line_breaks() {

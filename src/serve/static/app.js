@@ -22,6 +22,18 @@
     if (state) state.textContent = on ? 'on' : 'off';
   }
 
+  // --- grounding highlights: a per-browser setting, off by default ---
+  function grounding() {
+    try { return window.localStorage.getItem('rrm.grounding') === 'on'; } catch (e) { return false; }
+  }
+  function setGrounding(on) {
+    try { window.localStorage.setItem('rrm.grounding', on ? 'on' : 'off'); } catch (e) { /* private mode */ }
+    body.classList.toggle('show-grounding', on);
+    var state = $('#grounding-state');
+    if (state) state.textContent = on ? 'on' : 'off';
+  }
+  setGrounding(grounding());
+
   // --- jobs: follow a running job, reload when it ends ---
   var jobHolder = document.querySelector('[data-job]');
   if (jobHolder) {
@@ -131,6 +143,7 @@
       case '?': toggleHelp(); return true;
       case 'u': { var up = $('#parent-link'); if (up) { window.location.href = up.href; return true; } return false; }
       case 'r': toggleRaw(); return true;
+      case 'g': setGrounding(!grounding()); return true;
       case 'd': return submitForm('#draw') || submitForm('.draw-many');
       default: return false;
     }
