@@ -567,6 +567,7 @@ fn eval_doc(id: &str, r1: f64) -> rrm::eval::runs::DocScores {
         reward_std: None,
         labeler: Some(r1),
         labeler_lead: Some(0.1),
+        grounding: None,
         nodes: 3,
         computed: 3,
         tokens_generated: 30,

@@ -389,6 +389,20 @@ fn print_run(run: &EvalRun, opts: BootstrapOptions, per_doc: bool) {
         mean(&|d| d.length_ratio),
         mean(&|d| d.summary_words as f64)
     );
+    let grounded: Vec<runs::RootGrounding> =
+        run.documents.iter().filter_map(|d| d.grounding).collect();
+    if !grounded.is_empty() {
+        let g = grounded.len() as f64;
+        let avg = |f: &dyn Fn(&runs::RootGrounding) -> f64| grounded.iter().map(f).sum::<f64>() / g;
+        println!(
+            "grounding of the root: {:.1}% of content words not in the document ({:.1}% not in \
+             its input), {:.1} invented names per summary, {:.1}% of 4-grams copied",
+            100.0 * avg(&|x| x.unsupported_rate),
+            100.0 * avg(&|x| x.unsupported_rate_input),
+            avg(&|x| x.unsupported_names as f64),
+            100.0 * avg(&|x| x.copied_4gram_share),
+        );
+    }
     let vs = runs::against_lead(run, opts);
     if !vs.is_empty() {
         println!("\nsummary − lead (paired bootstrap 95%, {} resamples):", opts.resamples);

@@ -1,6 +1,7 @@
 //! `rrm node show|sample|split|merge ID`: one node of a task tree in full, drawing candidates for
 //! it, and split corrections on leaves.
 
+use crate::grounding;
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 
@@ -147,20 +148,35 @@ fn show(ctx: &mut Context, args: ShowArgs) -> anyhow::Result<()> {
     };
     // Every distinct candidate stored for the node's input: the composer's and those drawn
     // with `rrm node sample` (for rating), which the run's record alone does not show.
-    let stored = match (&result, book) {
+    let (stored, stored_input) = match (&result, book) {
         (Some(_), Some(book)) => {
             let input = sample::node_input(ws.store(), book, tree, loaded.run.as_ref(), id)
                 .with_context(|| format!("rebuilding the input of node {}", node.label))?;
-            sample::candidates_for(ws.store(), &input.input_key)
-                .with_context(|| format!("reading the stored candidates of node {}", node.label))?
+            let stored = sample::candidates_for(ws.store(), &input.input_key)
+                .with_context(|| format!("reading the stored candidates of node {}", node.label))?;
+            (stored, Some(input.input))
         }
-        _ => Vec::new(),
+        _ => (Vec::new(), None),
     };
+    // What each candidate's input does not support (names, numbers, words), its coverage and
+    // copying: checked against the text the candidate summarized.
+    let source = result
+        .as_ref()
+        .and_then(|(_, set)| set.as_ref().map(|s| s.input.clone()))
+        .or(stored_input)
+        .map(|input| grounding::Source::new(&input));
     if args.json {
         let mut value = node_json(tree, id, book, true);
         value["book"] = serde_json::json!({ "id": tree.book_id(), "title": tree.book_title() });
+        let check = |text: &str| source.as_ref().map(|s| s.check(text));
         if let Some((output, candidates)) = &result {
-            value["result"] = serde_json::json!({ "output": output, "candidates": candidates });
+            let grounding: Vec<_> =
+                candidates.iter().flat_map(|set| &set.candidates).map(|c| check(&c.text)).collect();
+            value["result"] = serde_json::json!({
+                "output": output,
+                "candidates": candidates,
+                "grounding": grounding,
+            });
         }
         value["stored_candidates"] = stored
             .iter()
@@ -170,6 +186,7 @@ fn show(ctx: &mut Context, args: ShowArgs) -> anyhow::Result<()> {
                     "text": c.text,
                     "gen_key": c.gen_key,
                     "mean_logprob": c.mean_logprob,
+                    "grounding": check(&c.text),
                 })
             })
             .collect();
@@ -229,6 +246,9 @@ fn show(ctx: &mut Context, args: ShowArgs) -> anyhow::Result<()> {
                         if c.looped { ", looped (cut)" } else { "" }
                     );
                     println!("    {}", c.text);
+                    if let Some(source) = &source {
+                        println!("    {}", grounding_line(&source.check(&c.text)));
+                    }
                 }
             }
             println!("output    {}", output.text);
@@ -263,6 +283,23 @@ fn show(ctx: &mut Context, args: ShowArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One line on a candidate's grounding: what its input does not support, coverage, copying.
+fn grounding_line(r: &grounding::Report) -> String {
+    let spans: Vec<&str> = r.spans.iter().map(|s| s.text.as_str()).collect();
+    format!(
+        "grounding: {:.0}% unsupported ({} of {} content words{}{}), covers {:.0}% of the \
+         input's key terms, {:.0}% of 4-grams copied (longest run {} words)",
+        100.0 * r.unsupported_rate,
+        r.unsupported(),
+        r.content_tokens,
+        if spans.is_empty() { "" } else { ": " },
+        spans.join(" · "),
+        100.0 * r.coverage,
+        100.0 * r.copied_4gram_share,
+        r.longest_copy,
+    )
 }
 
 fn print_candidates(cands: &[StoredCandidate]) {

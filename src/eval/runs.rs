@@ -39,10 +39,42 @@ pub struct DocScores {
     /// The simulated labeler's score of the summary against the whole document.
     pub labeler: Option<f64>,
     pub labeler_lead: Option<f64>,
+    /// The root summary checked against the whole document: unsupported-content rate, copied
+    /// 4-gram share, coverage ([`crate::grounding`]). Absent in runs stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grounding: Option<RootGrounding>,
     pub nodes: usize,
     /// Nodes generated in this run (the rest came from the cache).
     pub computed: usize,
     pub tokens_generated: usize,
+}
+
+/// What [`crate::grounding`] finds in a root summary, against the document and against the
+/// root's own input (its children's summaries).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RootGrounding {
+    /// Content words of the summary found nowhere in the document.
+    pub unsupported_rate: f64,
+    /// … found nowhere in the root's input (what the root model was given).
+    pub unsupported_rate_input: f64,
+    /// Invented names (capitalized words inside sentences) absent from the document.
+    pub unsupported_names: usize,
+    pub copied_4gram_share: f64,
+    pub coverage: f64,
+}
+
+impl RootGrounding {
+    pub fn new(document: &str, root_input: &str, summary: &str) -> RootGrounding {
+        let whole = crate::grounding::check(document, summary);
+        let input = crate::grounding::check(root_input, summary);
+        RootGrounding {
+            unsupported_rate: whole.unsupported_rate,
+            unsupported_rate_input: input.unsupported_rate,
+            unsupported_names: whole.unsupported_names,
+            copied_4gram_share: whole.copied_4gram_share,
+            coverage: whole.coverage,
+        }
+    }
 }
 
 /// A stored evaluation run.
@@ -115,6 +147,9 @@ pub const METRICS: &[&str] = &[
     "summary_words",
     "reward",
     "labeler",
+    "unsupported",
+    "unsupported_input",
+    "copied_4grams",
 ];
 
 /// A metric of a document (`None` when the run did not measure it).
@@ -134,6 +169,9 @@ pub fn metric(doc: &DocScores, name: &str) -> Option<f64> {
         "lead_rouge2" => doc.lead.rouge2_max,
         "lead_rougeL" => doc.lead.rouge_l_max,
         "lead_labeler" => return doc.labeler_lead,
+        "unsupported" => return doc.grounding.map(|g| g.unsupported_rate),
+        "unsupported_input" => return doc.grounding.map(|g| g.unsupported_rate_input),
+        "copied_4grams" => return doc.grounding.map(|g| g.copied_4gram_share),
         _ => return None,
     })
 }
@@ -256,6 +294,7 @@ pub(crate) mod tests {
             reward_std: None,
             labeler: Some(r1),
             labeler_lead: Some(0.1),
+            grounding: None,
             nodes: 3,
             computed: 3,
             tokens_generated: 30,

@@ -4,13 +4,14 @@
 //! workspace (`workspace::eval`) decomposes and composes it like `rrm summarize` (same cache),
 //! and [`score`] scores the root summary: ROUGE against every reference, the lead baseline of
 //! the same length, the length ratio, the reward ensemble's mean on the root (when a model is
-//! given) and the simulated labeler's score against the whole document.
+//! given), the simulated labeler's score against the whole document, and what in the summary
+//! neither the document nor the root's input supports ([`crate::grounding`]).
 
 use std::sync::Arc;
 
 use super::references::Document;
 use super::rouge::{score_multi, Tokens};
-use super::runs::DocScores;
+use super::runs::{DocScores, RootGrounding};
 use super::EvalError;
 use crate::book::Book;
 use crate::compose::{ComposeReport, Observer};
@@ -90,6 +91,7 @@ pub fn score(
     };
     let labeler = scorers.labeler.as_ref().map(|l| l.score(book.text(), &summary));
     let labeler_lead = scorers.labeler.as_ref().map(|l| l.score(book.text(), &lead_text));
+    let grounding = RootGrounding::new(book.text(), root.1, &summary);
     Ok(DocScores {
         id: doc.id.clone(),
         book_id: book.id().to_string(),
@@ -109,6 +111,7 @@ pub fn score(
         reward_std,
         labeler,
         labeler_lead,
+        grounding: Some(grounding),
         nodes: report.nodes_total,
         computed: report.computed,
         tokens_generated: report.tokens_generated,
