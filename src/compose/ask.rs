@@ -72,6 +72,13 @@ pub trait Asker: Send + Sync {
     fn one_at_a_time(&self) -> bool {
         true
     }
+    /// Whether an answer is feedback worth keeping. A simulated labeler answering inside a
+    /// measurement (`rrm bench ask`) says `false`: its answers decide the picks of that run
+    /// and are never stored, so they cannot leak into the feedback that trains the next reward
+    /// model, or be mistaken for a person's.
+    fn keeps_answers(&self) -> bool {
+        true
+    }
 }
 
 /// When to ask.
@@ -222,7 +229,7 @@ impl Selector for AskingSelector {
             prefer,
             confidence,
         };
-        if !self.asker.stores_answers() {
+        if self.asker.keeps_answers() && !self.asker.stores_answers() {
             let record =
                 Feedback::new(&self.asker.labeler(), node.input_key, node.input, node.height, kind)
                     .at(Some(node.book_id.to_string()), Some(node.label.to_string()));
@@ -252,17 +259,27 @@ impl Selector for AskingSelector {
 pub struct SimAsker {
     pub labeler: crate::feedback::sim::SimLabeler,
     rng: Mutex<rand::rngs::StdRng>,
+    keep: bool,
 }
 
 impl SimAsker {
     pub fn new(labeler: crate::feedback::sim::SimLabeler, seed: u64) -> SimAsker {
-        SimAsker { labeler, rng: Mutex::new(crate::feedback::sim::rng(seed)) }
+        SimAsker { labeler, rng: Mutex::new(crate::feedback::sim::rng(seed)), keep: true }
+    }
+
+    /// A simulated labeler for a measurement: its answers are not stored as feedback.
+    pub fn measuring(labeler: crate::feedback::sim::SimLabeler, seed: u64) -> SimAsker {
+        SimAsker { keep: false, ..SimAsker::new(labeler, seed) }
     }
 }
 
 impl Asker for SimAsker {
     fn labeler(&self) -> String {
         self.labeler.name.clone()
+    }
+
+    fn keeps_answers(&self) -> bool {
+        self.keep
     }
 
     fn ask(&self, q: &Question) -> Result<Answer, SelectError> {

@@ -4,7 +4,11 @@
 //! [`SimLabeler::score`] is the coverage of the input's *salient* words — names (capitalized
 //! words that are not sentence-initial function words) and its most frequent content words —
 //! in the summary, minus a length penalty for summaries longer than a target (a fifth of the
-//! input, at least 12 words). [`SimLabeler::compare`] turns two scores into a
+//! input, at least 12 words), minus what a careful reader also holds against a summary
+//! ([`crate::grounding`]): content the input does not support (invented names, numbers and
+//! words), and verbatim copying of the input beyond what a summary needs (the share of its
+//! 4-grams found in the input above `copy_free`). Without those two terms a policy trained
+//! against this labeler learned to copy the passage's opening lines. [`SimLabeler::compare`] turns two scores into a
 //! [`FeedbackKind::Comparison`] exactly as a person's would be stored, flipping the answer with
 //! probability `noise`.
 
@@ -40,11 +44,24 @@ pub struct SimLabeler {
     pub top_words: usize,
     /// Penalty per unit of length beyond the target (in multiples of the target).
     pub length_weight: f64,
+    /// Penalty per unit of unsupported-content rate.
+    pub invention_weight: f64,
+    /// Penalty per unit of copied-4-gram share above `copy_free`.
+    pub copy_weight: f64,
+    pub copy_free: f64,
 }
 
 impl SimLabeler {
     pub fn new(name: &str, noise: f64) -> SimLabeler {
-        SimLabeler { name: name.to_string(), noise, top_words: 12, length_weight: 0.5 }
+        SimLabeler {
+            name: name.to_string(),
+            noise,
+            top_words: 12,
+            length_weight: 0.5,
+            invention_weight: 0.5,
+            copy_weight: 1.0,
+            copy_free: 0.4,
+        }
     }
 
     /// The salient words of `input`, lowercased.
@@ -87,7 +104,11 @@ impl SimLabeler {
         let input_words = input.split_whitespace().count() as f64;
         let target = (input_words / 5.0).max(12.0);
         let len = summary.split_whitespace().count() as f64;
-        coverage - self.length_weight * (len / target - 1.0).max(0.0)
+        let grounded = crate::grounding::check(input, summary);
+        coverage
+            - self.length_weight * (len / target - 1.0).max(0.0)
+            - self.invention_weight * grounded.unsupported_rate
+            - self.copy_weight * (grounded.copied_4gram_share - self.copy_free).max(0.0)
     }
 
     /// Compares `a` and `b` as summaries of `input`: the answer a person would give, flipped with
@@ -199,5 +220,19 @@ mod tests {
             FeedbackKind::Comparison { prefer, .. } => assert_eq!(prefer, Preference::A),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn invented_content_and_wholesale_copying_lose() {
+        let sim = SimLabeler::new("sim", 0.0);
+        let good = "Marigold hears from the miller that the flood drowned the sheep.";
+        // Same salient words, plus names and events the input never mentions.
+        let invented = "Marigold hears from Procopius, King Tranquil's miller, that the flood \
+                        drowned the sheep and twelve puppets.";
+        assert!(sim.score(INPUT, good) > sim.score(INPUT, invented));
+        // The input's own sentences, copied: as much coverage, but it is not a summary.
+        let copied = "Marigold walked to the mill by the river. The miller told Marigold that \
+                      the flood had drowned the sheep.";
+        assert!(sim.score(INPUT, good) > sim.score(INPUT, copied));
     }
 }

@@ -159,7 +159,7 @@ pub async fn experiment(
             let selector: Arc<dyn Selector> = match ask {
                 None => Arc::clone(&e.reward),
                 Some((threshold, budget)) => {
-                    let asker = Arc::new(SimAsker::new(e.labeler.clone(), 7));
+                    let asker = Arc::new(SimAsker::measuring(e.labeler.clone(), 7));
                     let questions = Some(budget.questions(tree.len()));
                     asking_selector(ws, Arc::clone(&e.reward), asker, threshold, questions)?
                 }
