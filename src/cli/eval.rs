@@ -4,7 +4,6 @@
 //! Thin: parses, calls `crate::workspace::eval` and `crate::eval`, prints.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
@@ -12,12 +11,13 @@ use clap::{Args, Subcommand};
 
 use super::args::{ComposeArgs, DecomposerOptions, EncoderArgs, GeneratorOptions, WorkspaceArgs};
 use super::Context;
-use crate::compose::{MeanLogprob, Observer, Selector};
+use crate::compose::{Observer, Selector};
 use crate::eval::references;
 use crate::eval::runs::{self, BootstrapOptions, EvalRun};
 use crate::eval::summaries::{DocProgress, Scorers};
 use crate::reward::train::TrainConfig;
 use crate::workspace::eval::{self as ws_eval, Summarizer};
+use crate::workspace::summarize::SelectorSpec;
 
 /// Evaluate summaries against references, compare runs, draw the report.
 #[derive(Debug, Args)]
@@ -80,9 +80,9 @@ pub struct SummariesArgs {
     pub generator: GeneratorOptions,
     #[command(flatten)]
     pub compose: ComposeArgs,
-    /// Pick among candidates with this reward model (`latest`, a hash or a folder); it also
-    /// scores each root summary.
-    #[arg(long, value_name = "PATH|latest")]
+    /// Pick among candidates with this reward model (`latest`, a hash or a folder, or
+    /// `grounding`); a MiniLM one also scores each root summary.
+    #[arg(long, value_name = "PATH|latest|grounding")]
     pub reward_model: Option<String>,
     /// λ of the reward pick (mean − λ·std).
     #[arg(long, default_value_t = 1.0, value_name = "λ")]
@@ -246,15 +246,25 @@ fn summaries(e: &Env<'_>, args: SummariesArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", args.references.display()))?;
     let encoder_args = EncoderArgs { encoder: e.encoder.to_string() };
     let decomposer = args.decomposer.spec(&encoder_args).build(ws, e.progress)?;
-    let scorer = match args.reward_model.as_ref().or(args.score_with.as_ref()) {
+    // The pick: the same selector `rrm summarize --reward-model` builds (a MiniLM or LM
+    // checkpoint, or `grounding`).
+    let selector = SelectorSpec {
+        reward_model: args.reward_model.clone(),
+        pessimism: args.pessimism,
+        encoder: e.encoder.to_string(),
+    }
+    .build(ws, e.progress)?;
+    // The root's reward column: a MiniLM ensemble (`--score-with`, or the one that picked).
+    let score_spec = args.score_with.as_ref().or(args.reward_model.as_ref().filter(|spec| {
+        spec.as_str() != crate::reward::grounded::NAME
+            && crate::reward::RewardModel::resolve(spec, ws.reward_dir())
+                .is_ok_and(|p| !crate::reward::lm::is_lm_checkpoint(&p))
+    }));
+    let scorer = match score_spec {
         Some(spec) => {
             Some(ws_eval::reward_scorer(ws, spec, args.pessimism, e.encoder, e.progress)?)
         }
         None => None,
-    };
-    let selector: Arc<dyn Selector> = match (&args.reward_model, &scorer) {
-        (Some(_), Some(s)) => Arc::clone(s) as Arc<dyn Selector>,
-        _ => Arc::new(MeanLogprob),
     };
     let generator = args.generator.start(e.models, args.compose.batch_size, e.progress)?;
     let labeler = ws_eval::labeler();
