@@ -310,6 +310,13 @@ fn simulate_queue_train_eval_score_and_best_of_with_the_reward_model() {
     assert!(ext.contains("ext.jsonl") && ext.contains("h0"), "{ext}");
     // The baselines are printed beside the model, and again on the length-balanced pairs.
     assert!(ext.contains("length-balanced") && ext.contains("overlap"), "{ext}");
+    // The grounded reward needs no checkpoint: the supported summary wins this pair.
+    let g = ws.stdout(&["reward", "eval", "--model", "grounding", "--data", "ext.jsonl", "--json"]);
+    let g: serde_json::Value = serde_json::from_str(&g).unwrap();
+    assert_eq!(g["model"], "grounding@1", "{g}");
+    assert_eq!(g["metrics"]["all"]["accuracy"], 1.0, "{g}");
+    let err = ws.stderr_fail(&["reward", "eval", "--model", "grounding"]);
+    assert!(err.contains("--data"), "{err}");
     let ext_json = ws.stdout(&["reward", "eval", "--data", "ext.jsonl", "--json"]);
     let ext_json: serde_json::Value = serde_json::from_str(&ext_json).unwrap();
     assert_eq!(ext_json["report"]["all"]["length_accuracy"], 1.0, "{ext_json}");

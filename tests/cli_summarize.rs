@@ -107,6 +107,16 @@ fn summarize_then_rerun_from_cache_then_inspect() {
         ws.rrm().args(["node", "show", "h0.0", "--json", "--book"]).arg(&book).assert().success();
     let json = json_report(&json.get_output().stdout);
     assert!(json["result"]["candidates"]["candidates"].as_array().is_some_and(|c| c.len() == 1));
+    // Each candidate's grounding against its passage: a rate, and spans that are the text's own.
+    let g = &json["result"]["grounding"][0];
+    assert!(g["unsupported_rate"].as_f64().is_some_and(|r| (0.0..=1.0).contains(&r)), "{json}");
+    let text = json["result"]["candidates"]["candidates"][0]["text"].as_str().unwrap();
+    for span in g["spans"].as_array().unwrap() {
+        let (a, b) =
+            (span["start"].as_u64().unwrap() as usize, span["end"].as_u64().unwrap() as usize);
+        assert_eq!(&text[a..b], span["text"].as_str().unwrap());
+    }
+    assert!(node.contains("grounding: "), "{node}");
 
     // After an edit, the old outputs of the changed nodes are garbage.
     std::fs::write(&book, book_text(true)).unwrap();
