@@ -571,7 +571,7 @@ fn print_eval(
         println!("reward model {hash} on {what}:");
         print_metrics(metrics);
         println!(
-            "beside the baselines (length: the longer wins; overlap: word F1 with the references):"
+            "beside the baselines (length: the longer wins; source: word F1 with the input; overlap: with the references, else the input):"
         );
         for line in report::lines(baselines) {
             println!("{line}");

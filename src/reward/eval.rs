@@ -38,6 +38,11 @@ pub struct Comparison {
     pub overlap_accuracy: f64,
     /// What the overlap baseline compared with: `references`, `input`, or `mixed`.
     pub overlap_against: String,
+    /// Accuracy of "the text overlapping more with the input wins" (the source-overlap
+    /// baseline: what a model that only rewards staying close to the source would get). Absent
+    /// in reports written before it existed.
+    #[serde(default)]
+    pub source_overlap_accuracy: f64,
 }
 
 /// The full report: every pair, and the length-balanced ones.
@@ -133,6 +138,7 @@ pub fn compare(margins: &[f32], pairs: &[&Pair]) -> Comparison {
     let decided: Vec<&&Pair> = pairs.iter().filter(|p| (p.target - 0.5).abs() > 1e-6).collect();
     let mut length = 0.0;
     let mut over = 0.0;
+    let mut source = 0.0;
     let (mut with_refs, mut without) = (0usize, 0usize);
     for p in &decided {
         let sign = if p.target > 0.5 { 1.0 } else { -1.0 };
@@ -145,6 +151,8 @@ pub fn compare(margins: &[f32], pairs: &[&Pair]) -> Comparison {
             p.references.iter().map(String::as_str).collect()
         };
         over += credit(sign * (overlap(&p.chosen, &refs) - overlap(&p.rejected, &refs)));
+        let input = [p.input.as_str()];
+        source += credit(sign * (overlap(&p.chosen, &input) - overlap(&p.rejected, &input)));
     }
     let n = decided.len().max(1) as f64;
     let acc = model.accuracy;
@@ -153,6 +161,7 @@ pub fn compare(margins: &[f32], pairs: &[&Pair]) -> Comparison {
         model,
         length_accuracy: length / n,
         overlap_accuracy: over / n,
+        source_overlap_accuracy: source / n,
         overlap_against: match (with_refs, without) {
             (_, 0) if with_refs > 0 => "references",
             (0, _) => "input",
@@ -195,21 +204,22 @@ pub fn report(margins: &[f32], pairs: &[&Pair]) -> EvalReport {
 pub fn lines(report: &EvalReport) -> Vec<String> {
     let row = |name: &str, c: &Comparison| {
         format!(
-            "{name:<16} {:>6} {:>7.1}% ±{:>4.1} {:>9.3} {:>6.3}   {:>7.1}% {:>7.1}% ({})",
+            "{name:<16} {:>6} {:>7.1}% ±{:>4.1} {:>9.3} {:>6.3}   {:>7.1}% {:>7.1}% {:>7.1}% ({})",
             c.model.decided,
             100.0 * c.model.accuracy,
             100.0 * c.accuracy_ci95,
             c.model.log_loss,
             c.model.ece,
             100.0 * c.length_accuracy,
+            100.0 * c.source_overlap_accuracy,
             100.0 * c.overlap_accuracy,
             c.overlap_against
         )
     };
     vec![
         format!(
-            "{:<16} {:>6} {:>15} {:>9} {:>6}   {:>8} {:>8}",
-            "pairs", "n", "model accuracy", "log-loss", "ECE", "length", "overlap"
+            "{:<16} {:>6} {:>15} {:>9} {:>6}   {:>8} {:>8} {:>8}",
+            "pairs", "n", "model accuracy", "log-loss", "ECE", "length", "source", "overlap"
         ),
         row("all", &report.all),
         row("length-balanced", &report.balanced),
