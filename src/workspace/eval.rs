@@ -101,7 +101,20 @@ async fn summarize_document(
     )
     .await?;
     let missing = |what: &str| EvalError::Document { id: doc.id.clone(), what: what.into() };
-    let run = RunRecord::latest_for_tree(ws.store(), &tree)?
+    // This composition's own record: the newest run of this tree with the same model, selector
+    // and options. (A fully cached re-run writes no new record, so the newest run of the tree
+    // may be another configuration's, whose root had another input.)
+    let (model, selector) = (s.generator.identity().hash.clone(), s.selector.id());
+    let run = RunRecord::for_book(ws.store(), book.id().as_str())?
+        .into_iter()
+        .rev()
+        .find(|r| {
+            r.matches(&tree)
+                && r.model.hash == model
+                && r.selector == selector
+                && r.options == s.options
+                && !r.outputs.is_empty()
+        })
         .ok_or_else(|| missing("no run record after composing"))?;
     let label = &tree.node(tree.root()).label;
     let (_, set) = run
