@@ -126,9 +126,69 @@ pub fn mean_interval(
     paired(values, &zeros, resamples, level, seed).map(|p| (p.low, p.high))
 }
 
+/// A percentile bootstrap interval of the mean of `values` when they come in groups that are
+/// not independent (pairs cut from one article, nodes of one book): each resample draws whole
+/// groups with replacement and takes the mean over every value of the drawn groups. With one
+/// value per group it is the ordinary bootstrap; `None` without values.
+pub fn clustered_mean_interval(
+    values: &[f64],
+    groups: &[&str],
+    resamples: usize,
+    level: f64,
+    seed: u64,
+) -> Option<(f64, f64)> {
+    if values.is_empty() || values.len() != groups.len() || resamples == 0 {
+        return None;
+    }
+    let mut by_group: std::collections::BTreeMap<&str, (f64, usize)> = Default::default();
+    for (&v, &g) in values.iter().zip(groups) {
+        let e = by_group.entry(g).or_insert((0.0, 0));
+        e.0 += v;
+        e.1 += 1;
+    }
+    let sums: Vec<(f64, usize)> = by_group.into_values().collect();
+    let mut rng = SplitMix64::new(seed);
+    let mut means: Vec<f64> = (0..resamples)
+        .map(|_| {
+            let (mut total, mut n) = (0.0, 0usize);
+            for _ in 0..sums.len() {
+                let (s, k) = sums[rng.below(sums.len())];
+                total += s;
+                n += k;
+            }
+            total / n.max(1) as f64
+        })
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let tail = (1.0 - level) / 2.0;
+    Some((quantile(&means, tail), quantile(&means, 1.0 - tail)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clustered_intervals_widen_when_groups_move_together() {
+        // 20 groups of 10 identical values (all right or all wrong): in effect 20 observations,
+        // not 200, so the interval is as wide as the ordinary bootstrap over 20 values.
+        let mut values = Vec::new();
+        let mut groups = Vec::new();
+        let names: Vec<String> = (0..20).map(|g| format!("g{g}")).collect();
+        for (g, name) in names.iter().enumerate() {
+            for _ in 0..10 {
+                values.push(if g % 2 == 0 { 1.0 } else { 0.0 });
+                groups.push(name.as_str());
+            }
+        }
+        let (lo, hi) = clustered_mean_interval(&values, &groups, 4000, 0.95, 1).unwrap();
+        let each: Vec<String> = (0..values.len()).map(|i| format!("p{i}")).collect();
+        let each: Vec<&str> = each.iter().map(String::as_str).collect();
+        let (plo, phi) = clustered_mean_interval(&values, &each, 4000, 0.95, 1).unwrap();
+        assert!(hi - lo > 2.0 * (phi - plo), "clustered [{lo}, {hi}] vs pairs [{plo}, {phi}]");
+        assert!(lo < 0.5 && 0.5 < hi);
+        assert!(clustered_mean_interval(&[], &[], 100, 0.95, 1).is_none());
+    }
 
     #[test]
     fn splitmix_matches_its_reference_values() {

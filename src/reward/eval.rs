@@ -30,8 +30,16 @@ pub const BALANCED_WITHIN: f64 = 0.10;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
     pub model: Metrics,
-    /// Half-width of the 95% interval of the model's accuracy (normal approximation).
+    /// Half-width of the 95% interval of the model's accuracy (normal approximation, as if
+    /// every pair were independent).
     pub accuracy_ci95: f64,
+    /// The 95% interval of the model's accuracy by a bootstrap over groups (articles, stories,
+    /// books: pairs from one source are not independent), and how many groups there are.
+    /// Absent in reports written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_interval_by_group: Option<(f64, f64)>,
+    #[serde(default)]
+    pub groups: usize,
     /// Accuracy of "the longer text wins".
     pub length_accuracy: f64,
     /// Accuracy of "the text overlapping more with the references (else the input) wins".
@@ -156,7 +164,22 @@ pub fn compare(margins: &[f32], pairs: &[&Pair]) -> Comparison {
     }
     let n = decided.len().max(1) as f64;
     let acc = model.accuracy;
+    // The model's credit per decided pair, for the interval over groups.
+    let (credits, groups): (Vec<f64>, Vec<&str>) = pairs
+        .iter()
+        .zip(margins)
+        .filter(|(p, _)| (p.target - 0.5).abs() > 1e-6)
+        .map(|(p, &m)| {
+            let sign = if p.target > 0.5 { 1.0 } else { -1.0 };
+            (credit(sign * f64::from(m)), p.group.as_str())
+        })
+        .unzip();
+    let distinct: std::collections::BTreeSet<&str> = groups.iter().copied().collect();
     Comparison {
+        accuracy_interval_by_group: crate::eval::bootstrap::clustered_mean_interval(
+            &credits, &groups, 2000, 0.95, 0,
+        ),
+        groups: distinct.len(),
         accuracy_ci95: if decided.is_empty() { 0.0 } else { 1.96 * (acc * (1.0 - acc) / n).sqrt() },
         model,
         length_accuracy: length / n,
@@ -204,10 +227,13 @@ pub fn report(margins: &[f32], pairs: &[&Pair]) -> EvalReport {
 pub fn lines(report: &EvalReport) -> Vec<String> {
     let row = |name: &str, c: &Comparison| {
         format!(
-            "{name:<16} {:>6} {:>7.1}% ±{:>4.1} {:>9.3} {:>6.3}   {:>7.1}% {:>7.1}% {:>7.1}% ({})",
+            "{name:<16} {:>6} {:>7.1}% ±{:>4.1} {:>17} {:>9.3} {:>6.3}   {:>7.1}% {:>7.1}% {:>7.1}% ({})",
             c.model.decided,
             100.0 * c.model.accuracy,
             100.0 * c.accuracy_ci95,
+            c.accuracy_interval_by_group.map_or("–".to_string(), |(lo, hi)| {
+                format!("[{:.1}, {:.1}] /{}", 100.0 * lo, 100.0 * hi, c.groups)
+            }),
             c.model.log_loss,
             c.model.ece,
             100.0 * c.length_accuracy,
@@ -218,8 +244,16 @@ pub fn lines(report: &EvalReport) -> Vec<String> {
     };
     vec![
         format!(
-            "{:<16} {:>6} {:>15} {:>9} {:>6}   {:>8} {:>8} {:>8}",
-            "pairs", "n", "model accuracy", "log-loss", "ECE", "length", "source", "overlap"
+            "{:<16} {:>6} {:>15} {:>17} {:>9} {:>6}   {:>8} {:>8} {:>8}",
+            "pairs",
+            "n",
+            "model accuracy",
+            "by group",
+            "log-loss",
+            "ECE",
+            "length",
+            "source",
+            "overlap"
         ),
         row("all", &report.all),
         row("length-balanced", &report.balanced),
