@@ -158,8 +158,9 @@ pub struct TrainArgs {
     /// rm-dpo: pairs kept per prompt (most certain first).
     #[arg(long, default_value_t = 1)]
     pub pairs_per_prompt: usize,
-    /// rm-dpo: the reward ensemble that labels (`latest`, a hash, a folder).
-    #[arg(long, default_value = "latest", value_name = "PATH|latest")]
+    /// rm-dpo: the reward ensemble that labels (`latest`, a hash, a folder, or `grounding`:
+    /// the summary checked against its input, no feedback needed).
+    #[arg(long, default_value = "latest", value_name = "PATH|latest|grounding")]
     pub reward_model: String,
     /// rm-dpo: sampling temperature of the candidates.
     #[arg(long, default_value_t = 0.8)]
@@ -220,8 +221,8 @@ pub struct EvalArgs {
     /// Compare nodes up to this height (default: up to the root).
     #[arg(long, value_name = "H")]
     pub max_height: Option<u32>,
-    /// The reward ensemble to judge by (`latest`, a hash, a folder, or `none`).
-    #[arg(long, default_value = "latest", value_name = "PATH|latest|none")]
+    /// The reward ensemble to judge by (`latest`, a hash, a folder, `grounding`, or `none`).
+    #[arg(long, default_value = "latest", value_name = "PATH|latest|grounding|none")]
     pub reward_model: String,
     /// Judges (sim-coverage: the simulated labeler; sim-alt: an independent simulated preference).
     #[arg(long, value_delimiter = ',', default_value = "sim-coverage,sim-alt")]

@@ -115,6 +115,26 @@ pub trait MemberScorer {
     ) -> Result<Vec<Vec<f32>>, RewardError>;
 }
 
+/// The grounded reward ([`crate::reward::grounded`]) as a [`MemberScorer`]: its member
+/// weightings are the members, so rm-dpo's pairs and the eval's reward column work as with a
+/// trained ensemble, with no feedback.
+pub struct GroundingScorer;
+
+impl MemberScorer for GroundingScorer {
+    fn name(&self) -> String {
+        crate::grounding::VERSION.to_string()
+    }
+
+    fn member_scores(
+        &self,
+        _height: u32,
+        input: &str,
+        summaries: &[&str],
+    ) -> Result<Vec<Vec<f32>>, RewardError> {
+        Ok(crate::reward::grounded::member_scores(input, summaries))
+    }
+}
+
 /// The reward ensemble as a [`MemberScorer`].
 pub struct EnsembleScorer {
     pub model: Arc<RewardModel>,
@@ -186,6 +206,17 @@ mod tests {
         let sim = SimLabeler::new("sim-coverage", 0.0);
         assert_eq!(Judge::name(&sim), "sim-coverage");
         assert!(Judge::score(&sim, INPUT, good) > Judge::score(&sim, INPUT, off));
+    }
+
+    #[test]
+    fn the_grounded_scorer_labels_pairs_like_an_ensemble() {
+        let input = "The miller stood at the mill while the flood rose over the meadow.";
+        let m = GroundingScorer
+            .member_scores(0, input, &["The flood rose at the mill.", "Procopius sailed to Rome."])
+            .unwrap();
+        assert_eq!(m.len(), crate::grounding::member_weights().len());
+        assert!(m.iter().all(|member| member.len() == 2 && member[0] > member[1]), "{m:?}");
+        assert_eq!(GroundingScorer.name(), crate::grounding::VERSION);
     }
 
     #[test]

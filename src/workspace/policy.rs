@@ -23,7 +23,7 @@ use crate::lm::{LoraConfig, Target};
 use crate::policy::data::{self, Encoder, Prompt};
 use crate::policy::eval::{self, EvalReport};
 use crate::policy::job::{self, JobReport, TrainJob};
-use crate::policy::judge::{AltLabeler, EnsembleScorer, Judge, MemberScorer};
+use crate::policy::judge::{AltLabeler, EnsembleScorer, GroundingScorer, Judge, MemberScorer};
 use crate::policy::kl::{self, KlEstimate};
 use crate::policy::registry;
 use crate::policy::rmdpo::RmDpoConfig;
@@ -122,7 +122,8 @@ pub fn judges_named(names: &[String]) -> Result<Vec<Box<dyn Judge>>> {
         .collect()
 }
 
-/// The reward ensemble `spec` names as a scorer; `None` for `none`, and for `latest` when
+/// The reward ensemble `spec` names as a scorer (`grounding`: the grounded reward, no
+/// checkpoint); `None` for `none`, and for `latest` when
 /// nothing is trained yet unless `required`.
 pub fn reward_scorer(
     ws: &Workspace,
@@ -130,9 +131,12 @@ pub fn reward_scorer(
     encoder: &str,
     required: bool,
     progress: bool,
-) -> Result<Option<EnsembleScorer>> {
+) -> Result<Option<Box<dyn MemberScorer>>> {
     if spec == "none" {
         return Ok(None);
+    }
+    if spec == crate::reward::grounded::NAME {
+        return Ok(Some(Box::new(GroundingScorer)));
     }
     let model = if required {
         summarize::load_reward_model(ws, spec)?
@@ -144,7 +148,7 @@ pub fn reward_scorer(
     };
     let encoder = ws.encoder(encoder, progress)?;
     let cache = super::embeddings::cache(ws.store());
-    Ok(Some(EnsembleScorer::new(Arc::new(model), encoder, Some(cache))?))
+    Ok(Some(Box::new(EnsembleScorer::new(Arc::new(model), encoder, Some(cache))?)))
 }
 
 fn parse_dtype(s: &str) -> Result<DType> {
@@ -257,7 +261,7 @@ pub fn train(
     };
     let judges = judges_named(&request.judges)?;
     let judge_refs: Vec<&dyn Judge> = judges.iter().map(|j| j.as_ref()).collect();
-    Ok(job::run(&job, scorer.as_ref().map(|s| s as &dyn MemberScorer), &judge_refs, observer)?)
+    Ok(job::run(&job, scorer.as_deref(), &judge_refs, observer)?)
 }
 
 /// One `rrm policy eval`.
@@ -365,8 +369,7 @@ pub fn evaluate(
             kl_prompts.push(Prompt::for_node(book.slice(node.covers), 0, book.id().as_str())?);
         }
     }
-    let (heights, root) =
-        eval::report(&items, &judge_refs, scorer.as_ref().map(|s| s as &dyn MemberScorer))?;
+    let (heights, root) = eval::report(&items, &judge_refs, scorer.as_deref())?;
     report.heights = heights;
     report.root = root;
     if request.kl_prompts > 0 && !kl_prompts.is_empty() {
