@@ -643,9 +643,7 @@ impl RewardSelector {
         input: &str,
         summaries: &[&str],
     ) -> Result<Vec<(f32, f32)>, RewardError> {
-        let mut featurizer = Featurizer::new(self.encoder.as_ref(), self.cache.clone());
-        let members = self.model.member_scores(&mut featurizer, height, input, summaries)?;
-        Ok(mean_std(&members))
+        Ok(mean_std(&self.member_scores(height, input, summaries)?))
     }
 
     /// Per-member scores (K × n) of `summaries` of `input`.
