@@ -731,11 +731,23 @@ pub(crate) fn publish_checkpoint(
     let card = card_json(&hash).map_err(|e| file_err(dir, &e))?;
     std::fs::write(tmp.path().join(CARD_FILE), card).map_err(|e| file_err(dir, &e))?;
     let target = dir.join(&hash);
-    if target.exists() {
-        std::fs::remove_dir_all(&target).map_err(|e| file_err(&target, &e))?;
+    if target.join(CARD_FILE).is_file() && target.join(weights_name).is_file() {
+        // The same weights are already published whole (the folder is named by their hash):
+        // keep that folder. Deleting and replacing it would leave a window in which a kill
+        // leaves `latest` naming a half-deleted checkpoint (found by the kill test: retraining
+        // on the same data gives the same weights).
+        drop(tmp);
+    } else {
+        if target.exists() {
+            // An incomplete folder of this hash (a kill mid-publish before this change): move
+            // it aside in one rename, then delete it.
+            let stale = dir.join(format!(".stale-{hash}-{}", std::process::id()));
+            std::fs::rename(&target, &stale).map_err(|e| file_err(&target, &e))?;
+            std::fs::remove_dir_all(&stale).map_err(|e| file_err(&stale, &e))?;
+        }
+        let kept = tmp.keep();
+        std::fs::rename(&kept, &target).map_err(|e| file_err(&target, &e))?;
     }
-    let kept = tmp.keep();
-    std::fs::rename(&kept, &target).map_err(|e| file_err(&target, &e))?;
     let latest = dir.join(LATEST_FILE);
     let tmp_latest = dir.join(".latest.tmp");
     std::fs::write(&tmp_latest, format!("{hash}\n")).map_err(|e| file_err(&tmp_latest, &e))?;
@@ -775,6 +787,41 @@ mod tests {
             }
         }
         feedback::to_pairs(&records)
+    }
+
+    #[test]
+    fn publishing_the_same_weights_again_keeps_the_whole_checkpoint_and_repairs_a_broken_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let publish = |card: &'static str| {
+            publish_checkpoint(
+                dir.path(),
+                "w.bin",
+                |p| {
+                    std::fs::write(p, b"weights").map_err(|e| RewardError::File {
+                        path: p.to_path_buf(),
+                        reason: e.to_string(),
+                    })
+                },
+                move |_| Ok(card.as_bytes().to_vec()),
+            )
+            .unwrap()
+        };
+        let first = publish("first");
+        let second = publish("second");
+        assert_eq!(first, second);
+        // Content-addressed: the whole folder stays as it was.
+        assert_eq!(std::fs::read_to_string(first.join(CARD_FILE)).unwrap(), "first");
+        // A folder left without its card (a kill mid-delete) is replaced whole.
+        std::fs::remove_file(first.join(CARD_FILE)).unwrap();
+        let third = publish("third");
+        assert_eq!(std::fs::read_to_string(third.join(CARD_FILE)).unwrap(), "third");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]
