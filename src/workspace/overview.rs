@@ -13,7 +13,6 @@ use crate::compose::NodeOutput;
 use crate::feedback::queue::QueueItem;
 use crate::feedback::Feedback;
 use crate::infer::Encoder;
-use crate::reward::model::mean_std;
 use crate::reward::RewardModel;
 use crate::store::Table;
 use crate::tree::{NodeId, TreeRecord};
@@ -104,9 +103,20 @@ pub struct TreeNodeView {
     pub candidates: usize,
     /// Feedback records on this node.
     pub ratings: usize,
-    /// The reward ensemble's standard deviation on the chosen summary (with a reward model).
+    /// How much the reward ensemble's members disagree about the chosen summary against its
+    /// closest other candidate (the standard deviation over members of their score difference;
+    /// with a reward model and at least two candidates).
     pub uncertainty: Option<f32>,
     pub children: Vec<TreeNodeView>,
+}
+
+/// How much an ensemble's members (`K × n`, candidate 0 the chosen one) disagree about the chosen
+/// candidate against its closest rival (the other candidate with the highest mean): the spread
+/// over members of their score difference. `None` with fewer than two candidates.
+fn rival_spread(members: &[Vec<f32>]) -> Option<f32> {
+    let scores = crate::reward::ensemble_scores(members, 0.0);
+    let rival = (1..scores.len()).max_by(|&a, &b| scores[a].mean().total_cmp(&scores[b].mean()))?;
+    crate::compose::select::pair_spread(&scores[0], &scores[rival])
 }
 
 /// Every node's input key (from the newest run's outputs; for a leaf without one, rebuilt from
@@ -159,10 +169,16 @@ pub fn tree_nodes(
                 continue;
             };
             let Some(node) = stored.get(key) else { continue };
-            let members =
-                model.member_scores(&mut featurizer, node.height, &node.input, &[summary])?;
-            if let Some((_, std)) = mean_std(&members).first() {
-                uncertainty.insert(id, *std);
+            // The chosen summary against the node's other candidates: one member's score alone
+            // carries that member's own offset, so only differences say how sure it is.
+            let mut texts: Vec<&str> = vec![summary];
+            texts.extend(node.candidates.iter().map(|c| c.text.as_str()).filter(|t| *t != summary));
+            if texts.len() < 2 {
+                continue;
+            }
+            let members = model.member_scores(&mut featurizer, node.height, &node.input, &texts)?;
+            if let Some(spread) = rival_spread(&members) {
+                uncertainty.insert(id, spread);
             }
         }
     }
@@ -192,4 +208,20 @@ pub fn tree_nodes(
         }
     }
     Ok(build(tree, tree.root(), &keys, &stored, &ratings, &uncertainty))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rival_spread;
+
+    #[test]
+    fn uncertainty_is_the_spread_of_the_difference_with_the_closest_rival_not_an_offset() {
+        // Members agree on every difference but sit at different offsets: sure.
+        let sure = rival_spread(&[vec![1.0, 0.0, -1.0], vec![6.0, 5.0, 4.0]]).unwrap();
+        assert!(sure.abs() < 1e-6, "{sure}");
+        // They disagree about the chosen one against candidate 1 (the closest by mean).
+        let unsure = rival_spread(&[vec![1.0, 0.0, -3.0], vec![0.0, 1.0, -3.0]]).unwrap();
+        assert!(unsure > 0.9, "{unsure}");
+        assert!(rival_spread(&[vec![1.0], vec![2.0]]).is_none());
+    }
 }
