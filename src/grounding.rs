@@ -423,9 +423,10 @@ pub fn score_with(report: &Report, w: &Weights) -> f64 {
         - w.copying * (report.copied_4gram_share - w.copy_free).max(0.0)
 }
 
-/// The grounded reward under the default weights.
+/// The grounded reward: the mean of the [`members`] (what `--reward-model grounding` ranks by).
 pub fn score(report: &Report) -> f64 {
-    score_with(report, &Weights::default())
+    let m = members(report);
+    m.iter().sum::<f64>() / m.len() as f64
 }
 
 /// The weightings whose scores form the grounding "ensemble": the default, one that cares more

@@ -606,14 +606,10 @@ impl RewardModel {
 /// How much the ensemble members disagree about candidate `i` against `j`: the standard
 /// deviation over members of the score difference (`per_member`: K × n scores).
 pub fn pair_disagreement(per_member: &[Vec<f32>], i: usize, j: usize) -> f64 {
-    let diffs: Vec<f64> =
-        per_member.iter().filter_map(|s| Some(f64::from(*s.get(i)? - *s.get(j)?))).collect();
-    if diffs.is_empty() {
-        return 0.0;
-    }
-    let k = diffs.len() as f64;
-    let mean = diffs.iter().sum::<f64>() / k;
-    (diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / k).sqrt()
+    crate::compose::select::spread_of_differences(
+        per_member.iter().filter_map(|s| Some(f64::from(*s.get(i)? - *s.get(j)?))),
+    )
+    .unwrap_or(0.0)
 }
 
 /// The reward ensemble as a [`Selector`]: score = mean − λ·std over the ensemble's members, each

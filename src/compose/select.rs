@@ -39,13 +39,22 @@ impl CandidateScore {
 /// The standard deviation over members of `a − b` (population), or `None` when the two do not
 /// carry the same members.
 pub fn pair_spread(a: &CandidateScore, b: &CandidateScore) -> Option<f32> {
-    if a.members.is_empty() || a.members.len() != b.members.len() {
+    if a.members.len() != b.members.len() {
         return None;
     }
-    let diffs: Vec<f32> = a.members.iter().zip(&b.members).map(|(x, y)| x - y).collect();
-    let k = diffs.len() as f32;
-    let mean = diffs.iter().sum::<f32>() / k;
-    Some((diffs.iter().map(|d| (d - mean).powi(2)).sum::<f32>() / k).sqrt())
+    spread_of_differences(a.members.iter().zip(&b.members).map(|(x, y)| f64::from(x - y)))
+        .map(|s| s as f32)
+}
+
+/// The population standard deviation of per-member differences; `None` when there are none.
+pub fn spread_of_differences(diffs: impl Iterator<Item = f64>) -> Option<f64> {
+    let diffs: Vec<f64> = diffs.collect();
+    if diffs.is_empty() {
+        return None;
+    }
+    let k = diffs.len() as f64;
+    let mean = diffs.iter().sum::<f64>() / k;
+    Some((diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / k).sqrt())
 }
 
 #[derive(Debug, thiserror::Error)]

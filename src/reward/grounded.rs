@@ -20,19 +20,22 @@ pub const NAME: &str = "grounding";
 /// 0.5), never fitted on an evaluation set.
 pub const LOGIT_SCALE: f32 = 4.0;
 
-/// Per-member scores (K × n) of `summaries` of `input`.
-pub fn member_scores(input: &str, summaries: &[&str]) -> Vec<Vec<f32>> {
+/// Each summary of `input` checked against it (the input read once).
+fn reports(input: &str, summaries: &[&str]) -> Vec<grounding::Report> {
     let source = grounding::Source::new(input);
-    let per_summary: Vec<Vec<f64>> =
-        summaries.iter().map(|s| grounding::members(&source.check(s))).collect();
+    summaries.iter().map(|s| source.check(s)).collect()
+}
+
+/// Per-member scores (K × n) of the checked summaries.
+fn members_of(reports: &[grounding::Report]) -> Vec<Vec<f32>> {
+    let per_summary: Vec<Vec<f64>> = reports.iter().map(grounding::members).collect();
     let k = grounding::member_weights().len();
     (0..k).map(|m| per_summary.iter().map(|s| s[m] as f32).collect()).collect()
 }
 
-/// The grounded score of one summary (the mean over member weightings).
-pub fn score(input: &str, summary: &str) -> f32 {
-    let m = grounding::members(&grounding::check(input, summary));
-    (m.iter().sum::<f64>() / m.len() as f64) as f32
+/// Per-member scores (K × n) of `summaries` of `input`.
+pub fn member_scores(input: &str, summaries: &[&str]) -> Vec<Vec<f32>> {
+    members_of(&reports(input, summaries))
 }
 
 /// Margins (chosen − rejected, in log-odds) of `pairs`, for `rrm reward eval`.
@@ -40,9 +43,8 @@ pub fn margins(pairs: &[Pair]) -> Vec<f32> {
     pairs
         .iter()
         .map(|p| {
-            let m = member_scores(&p.input, &[&p.chosen, &p.rejected]);
-            let mean = |i: usize| m.iter().map(|s| s[i]).sum::<f32>() / m.len() as f32;
-            LOGIT_SCALE * (mean(0) - mean(1))
+            let r = reports(&p.input, &[&p.chosen, &p.rejected]);
+            LOGIT_SCALE * (grounding::score(&r[0]) - grounding::score(&r[1])) as f32
         })
         .collect()
 }
@@ -65,10 +67,9 @@ impl Selector for GroundingSelector {
         candidates: &[Candidate],
     ) -> Result<Vec<CandidateScore>, SelectError> {
         let texts: Vec<&str> = candidates.iter().map(|c| c.text.as_str()).collect();
-        let mut scores = super::ensemble_scores(&member_scores(input, &texts), self.pessimism);
-        let source = grounding::Source::new(input);
-        for (s, text) in scores.iter_mut().zip(&texts) {
-            let r = source.check(text);
+        let checked = reports(input, &texts);
+        let mut scores = super::ensemble_scores(&members_of(&checked), self.pessimism);
+        for (s, r) in scores.iter_mut().zip(&checked) {
             s.parts.insert("unsupported_rate".into(), r.unsupported_rate as f32);
             s.parts.insert("coverage".into(), r.coverage as f32);
             s.parts.insert("copied_4grams".into(), r.copied_4gram_share as f32);
