@@ -133,21 +133,44 @@ impl GgufTokenizer {
             })?;
             merges.push((a.to_string(), b.to_string()));
         }
+        let pre = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned();
+        let pre = Pre::of(pre.as_deref());
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
+            .ignore_merges(pre == Pre::Llama3)
             .build()
             .map_err(|e| TokenizerError::Build(e.to_string()))?;
         let mut tokenizer = Tokenizer::new(bpe);
-        let byte_level = tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true);
-        tokenizer.with_pre_tokenizer(Some(byte_level));
+        pre.install(&mut tokenizer)?;
         tokenizer.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
-        let special: Vec<AddedToken> = tokens
+        // Control tokens (type 3) are special; user-defined ones (type 4) are matched whole
+        // too but kept in decoded text, as Hugging Face's `special: false` added tokens are.
+        let added: Vec<AddedToken> = tokens
             .iter()
             .zip(types.iter().chain(std::iter::repeat(&1)))
             .filter(|(_, &ty)| ty == 3 || ty == 4)
-            .map(|(t, _)| AddedToken::from(t.clone(), true))
+            .map(|(t, &ty)| AddedToken::from(t.clone(), ty == 3))
             .collect();
+        let (special, plain): (Vec<AddedToken>, Vec<AddedToken>) =
+            added.into_iter().partition(|t| t.special);
         tokenizer.add_special_tokens(special).map_err(|e| TokenizerError::Build(e.to_string()))?;
+        tokenizer.add_tokens(plain).map_err(|e| TokenizerError::Build(e.to_string()))?;
+        if md.get("tokenizer.ggml.add_bos_token").is_some_and(|v| matches!(v, Value::Bool(true))) {
+            if let Some(bos) = opt_u32(md, "tokenizer.ggml.bos_token_id")
+                .and_then(|i| tokens.get(i as usize).map(|t| (t.clone(), i)))
+            {
+                // Only for `encode(text, true)` (a saved tokenizer.json used by transformers);
+                // our own `encode` adds no special tokens.
+                let template = tokenizers::processors::template::TemplateProcessing::builder()
+                    .try_single(format!("{} $A", bos.0))
+                    .and_then(|t| t.try_pair(format!("{} $A {} $B", bos.0, bos.0)))
+                    .map_err(|e| TokenizerError::Build(e.to_string()))?
+                    .special_tokens(vec![bos])
+                    .build()
+                    .map_err(|e| TokenizerError::Build(e.to_string()))?;
+                tokenizer.with_post_processor(Some(template));
+            }
+        }
 
         let token =
             |id: Option<u32>| id.and_then(|i| tokens.get(i as usize)).cloned().unwrap_or_default();
@@ -203,6 +226,98 @@ impl GgufTokenizer {
     /// Renders `messages` with the model's chat template, ending with the assistant's turn.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, TokenizerError> {
         self.chat_template.render(messages, &self.bos_token, &self.eos_token)
+    }
+}
+
+/// The pre-tokenizer of a byte-level BPE model, by the name llama.cpp writes as
+/// `tokenizer.ggml.pre` (it names the split of text into words before BPE merges).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pre {
+    /// GPT-2's word split (also what an unknown or missing name gets, as before).
+    Gpt2,
+    /// SmolLM, StarCoder: every digit on its own, then GPT-2's split.
+    SmolLm,
+    /// Qwen2: one regex (single digits, newlines kept apart), NFC-normalized text.
+    Qwen2,
+    /// Llama 3: the Qwen2 regex with up to three digits together; merges ignored for words in
+    /// the vocabulary.
+    Llama3,
+}
+
+/// Qwen2's split regex, as its tokenizer.json writes it.
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Llama 3's split regex.
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+impl Pre {
+    /// Every pre-tokenizer we build, by llama.cpp name.
+    pub const ALL: [(Pre, &'static str); 4] = [
+        (Pre::SmolLm, "smollm"),
+        (Pre::Qwen2, "qwen2"),
+        (Pre::Llama3, "llama-bpe"),
+        (Pre::Gpt2, "gpt2"),
+    ];
+
+    /// The pre-tokenizer a `tokenizer.ggml.pre` value names.
+    pub fn of(name: Option<&str>) -> Pre {
+        match name {
+            Some("smollm" | "starcoder" | "refact" | "codeshell") => Pre::SmolLm,
+            Some("qwen2" | "stablelm2") => Pre::Qwen2,
+            Some("llama-bpe" | "llama3" | "dbrx" | "smaug-bpe") => Pre::Llama3,
+            _ => Pre::Gpt2,
+        }
+    }
+
+    /// The name written as `tokenizer.ggml.pre`.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(p, _)| *p == self).map_or("gpt2", |(_, n)| n)
+    }
+
+    fn install(self, tokenizer: &mut Tokenizer) -> Result<(), TokenizerError> {
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        use tokenizers::pre_tokenizers::digits::Digits;
+        use tokenizers::pre_tokenizers::sequence::Sequence;
+        use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+        use tokenizers::pre_tokenizers::PreTokenizerWrapper as W;
+        use tokenizers::SplitDelimiterBehavior;
+        let build = |e: tokenizers::Error| TokenizerError::Build(e.to_string());
+        let split = |regex: &str| -> Result<W, TokenizerError> {
+            Ok(W::Split(
+                Split::new(
+                    SplitPattern::Regex(regex.to_string()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(build)?,
+            ))
+        };
+        match self {
+            Pre::Gpt2 => {
+                tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+            }
+            Pre::SmolLm => {
+                tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+                    W::Digits(Digits::new(true)),
+                    W::ByteLevel(ByteLevel::new(false, true, true)),
+                ])));
+            }
+            Pre::Qwen2 => {
+                tokenizer
+                    .with_normalizer(Some(tokenizers::normalizers::unicode::NFC))
+                    .map_err(build)?;
+                tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+                    split(QWEN2_REGEX)?,
+                    W::ByteLevel(ByteLevel::new(false, false, false)),
+                ])));
+            }
+            Pre::Llama3 => {
+                tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+                    split(LLAMA3_REGEX)?,
+                    W::ByteLevel(ByteLevel::new(false, true, false)),
+                ])));
+            }
+        }
+        Ok(())
     }
 }
 
