@@ -16,6 +16,7 @@ pub mod encoder_bench;
 pub mod engine;
 pub mod fetch;
 pub mod gguf_check;
+pub mod hf;
 pub mod kernels;
 pub mod lazy;
 pub mod llama;

