@@ -456,3 +456,171 @@ async fn api_key_is_sent_as_a_bearer_token() {
         other => panic!("expected MissingApiKey, got {other:?}"),
     }
 }
+
+// ---- Several endpoints (replicas of one model) ----
+
+/// A base URL where nothing listens.
+fn dead_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// A config over several endpoints for fast tests.
+fn replicas(bases: &[&str]) -> OpenAiConfig {
+    let mut config = config(bases[0]);
+    config.endpoints = bases.iter().map(|b| b.to_string()).collect();
+    config
+}
+
+/// Every text of `out`, which must be `seed N` for request N.
+fn assert_in_order(out: Vec<Completion>, n: u64) {
+    let texts: Vec<String> = out.into_iter().map(|c| c.text).collect();
+    let expected: Vec<String> = (0..n).map(|s| format!("seed {s}")).collect();
+    assert_eq!(texts, expected);
+}
+
+fn echo_seed(delay: Duration) -> impl Fn(usize, &Value, &HeaderMap) -> Reply {
+    move |_, body, _| {
+        let seed = body["seed"].as_u64().unwrap_or(0);
+        let mut reply = success(&format!("seed {seed}"), None, "stop");
+        reply.delay = delay;
+        reply
+    }
+}
+
+#[tokio::test]
+async fn replicas_share_the_work_within_their_slots() {
+    let (a, server_a) = serve(echo_seed(Duration::from_millis(30))).await;
+    let (b, server_b) = serve(echo_seed(Duration::from_millis(30))).await;
+    let mut config = replicas(&[&a, &b]);
+    config.concurrency = 2;
+    let generator = OpenAiGenerator::new(config).expect("generator");
+    assert_eq!(generator.urls().len(), 2);
+    let out = generator.generate((0..16).map(request).collect()).await.expect("completions");
+    assert_in_order(out, 16);
+    let (calls_a, calls_b) =
+        (server_a.calls.load(Ordering::SeqCst), server_b.calls.load(Ordering::SeqCst));
+    assert_eq!(calls_a + calls_b, 16);
+    assert!(calls_a >= 4 && calls_b >= 4, "uneven split {calls_a}/{calls_b}");
+    assert!(server_a.max_in_flight.load(Ordering::SeqCst) <= 2);
+    assert!(server_b.max_in_flight.load(Ordering::SeqCst) <= 2);
+    let stats = generator.endpoint_stats();
+    assert_eq!(stats.iter().map(|s| s.completed).sum::<u64>(), 16);
+    assert!(stats.iter().all(|s| s.failed == 0 && s.in_flight == 0));
+}
+
+#[tokio::test]
+async fn a_dead_replica_is_left_alone_and_its_requests_move() {
+    let dead = dead_endpoint();
+    let (live, server) = serve(echo_seed(Duration::from_millis(5))).await;
+    let mut config = replicas(&[&dead, &live]);
+    config.concurrency = 4;
+    config.backoff_base = Duration::from_millis(200);
+    config.backoff_max = Duration::from_secs(2);
+    let generator = OpenAiGenerator::new(config).expect("generator");
+    let out = generator.generate((0..12).map(request).collect()).await.expect("completions");
+    assert_in_order(out, 12);
+    assert_eq!(server.calls.load(Ordering::SeqCst), 12);
+    let stats = generator.endpoint_stats();
+    assert_eq!(stats[0].completed, 0);
+    // Refused by the requests sent before the first refusal was known (at most its 4 slots),
+    // then out of rotation (half-open: one try per backoff).
+    assert!((1..=6).contains(&stats[0].failed), "{stats:?}");
+    assert_eq!(stats[1].completed, 12);
+}
+
+#[tokio::test]
+async fn a_replica_that_dies_mid_run_loses_nothing() {
+    // The first replica answers its first three calls, then every later one fails as a killed
+    // server behind a proxy would (503), and its requests move to the second.
+    let (a, server_a) = serve(|call, body, _| {
+        if call < 3 {
+            echo_seed(Duration::from_millis(20))(call, body, &HeaderMap::new())
+        } else {
+            Reply::json(503, json!({"error": {"message": "upstream is gone"}}))
+        }
+    })
+    .await;
+    let (b, server_b) = serve(echo_seed(Duration::from_millis(20))).await;
+    let mut config = replicas(&[&a, &b]);
+    config.concurrency = 2;
+    config.max_retries = 2;
+    config.backoff_base = Duration::from_millis(50);
+    config.backoff_max = Duration::from_secs(1);
+    let generator = OpenAiGenerator::new(config).expect("generator");
+    let out = generator.generate((0..20).map(request).collect()).await.expect("completions");
+    assert_in_order(out, 20);
+    let stats = generator.endpoint_stats();
+    assert!(stats[0].completed <= 3, "{stats:?}");
+    assert_eq!(stats[0].completed + stats[1].completed, 20, "{stats:?}");
+    assert!(server_a.calls.load(Ordering::SeqCst) < 12, "the dead replica kept getting work");
+    assert!(server_b.calls.load(Ordering::SeqCst) >= 17);
+}
+
+#[tokio::test]
+async fn a_late_reply_is_hedged_at_another_replica() {
+    // The first replica answers its first four calls at once, then hangs for a minute.
+    let (a, _) = serve(|call, body, _| {
+        let delay = if call < 4 { Duration::ZERO } else { Duration::from_secs(60) };
+        echo_seed(delay)(call, body, &HeaderMap::new())
+    })
+    .await;
+    let (b, _) = serve(echo_seed(Duration::from_millis(10))).await;
+    let mut config = replicas(&[&a, &b]);
+    config.concurrency = 1;
+    config.hedge_min = Duration::from_millis(200);
+    let generator = OpenAiGenerator::new(config).expect("generator");
+    // Learn the pace from quick replies at both replicas (one request at a time, so the
+    // rotation alternates between them and the first replica answers four of them).
+    for seed in 0..8 {
+        generate_one(&generator, seed).await.expect("warm-up");
+    }
+    let start = Instant::now();
+    let out = generator.generate((0..6).map(request).collect()).await.expect("completions");
+    assert_in_order(out, 6);
+    assert!(start.elapsed() < Duration::from_secs(20), "waited for the hung replica");
+    let stats = generator.endpoint_stats();
+    assert!(stats[0].hedged >= 1, "{stats:?}");
+}
+
+#[tokio::test]
+async fn no_reachable_replica_is_a_clear_error() {
+    let (a, b) = (dead_endpoint(), dead_endpoint());
+    let generator = OpenAiGenerator::new(replicas(&[&a, &b])).expect("generator");
+    let err = openai_error(generate_one(&generator, 1).await);
+    assert!(matches!(err, OpenAiError::NoneReachable { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&a) && text.contains(&b), "{text}");
+}
+
+#[tokio::test]
+async fn replica_identity_ignores_order_and_duplicates() {
+    let one = OpenAiGenerator::new(OpenAiConfig::new("http://127.0.0.1:1", "m")).expect("one");
+    let ab = OpenAiConfig::replicas(
+        vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2/v1".into()],
+        "m",
+    );
+    let ba = OpenAiConfig::replicas(
+        vec![
+            "http://127.0.0.1:2".into(),
+            "http://127.0.0.1:1/".into(),
+            "http://127.0.0.1:2".into(),
+        ],
+        "m",
+    );
+    let ab = OpenAiGenerator::new(ab).expect("ab");
+    let ba = OpenAiGenerator::new(ba).expect("ba");
+    assert_eq!(ab.identity(), ba.identity());
+    assert_ne!(ab.identity().hash, one.identity().hash);
+    assert_eq!(ba.urls().len(), 2, "duplicates are dropped");
+    assert!(matches!(
+        OpenAiGenerator::new(OpenAiConfig::replicas(Vec::new(), "m")),
+        Err(InferError::OpenAi(OpenAiError::NoEndpoints))
+    ));
+    assert!(matches!(
+        OpenAiGenerator::new(OpenAiConfig::replicas(vec!["http://a".into(), "b:1".into()], "m")),
+        Err(InferError::OpenAi(OpenAiError::BadEndpoint { endpoint })) if endpoint == "b:1"
+    ));
+}

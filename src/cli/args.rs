@@ -158,9 +158,15 @@ pub struct GeneratorOptions {
     /// Local: where the model runs.
     #[arg(long, default_value = "auto", value_parser = parse_device, value_name = "cpu|cuda|auto")]
     pub device: DeviceChoice,
-    /// OpenAI backend: the server's base URL, e.g. http://127.0.0.1:8000.
-    #[arg(long, value_name = "URL")]
-    pub endpoint: Option<String>,
+    /// OpenAI backend: the server's base URL, e.g. http://127.0.0.1:8000. Repeat it for
+    /// replicas of the same model: requests go to the least loaded one, move off a dead one,
+    /// and a late one is copied to another.
+    #[arg(long = "endpoint", value_name = "URL")]
+    pub endpoints: Vec<String>,
+    /// OpenAI backend: requests in flight at once per endpoint, e.g. the server's parallel
+    /// slots (default: the batch size).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub endpoint_slots: Option<u16>,
     /// OpenAI backend: the environment variable that holds the API key (none: no key sent).
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
@@ -189,8 +195,13 @@ impl GeneratorOptions {
         max_batch: usize,
         progress: bool,
     ) -> anyhow::Result<std::sync::Arc<dyn crate::infer::Generator>> {
+        if self.backend == BackendArg::Local && !self.endpoints.is_empty() {
+            anyhow::bail!(
+                "--endpoint is for --backend openai (the local engine runs the model itself)"
+            );
+        }
         if self.backend == BackendArg::Openai {
-            if self.endpoint.is_none() {
+            if self.endpoints.is_empty() {
                 anyhow::bail!("--backend openai needs --endpoint URL (e.g. http://127.0.0.1:8000)");
             }
             if self.model.is_none() {
@@ -209,7 +220,8 @@ impl GeneratorOptions {
             model: self.model.clone(),
             models_dir: models.models_dir.clone(),
             device: self.device,
-            endpoint: self.endpoint.clone(),
+            endpoints: self.endpoints.clone(),
+            endpoint_slots: self.endpoint_slots.map(usize::from),
             api_key_env: self.api_key_env.clone(),
             context_length: self.context_length,
         }

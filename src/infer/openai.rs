@@ -1,16 +1,25 @@
 //! The OpenAI-compatible backend: [`Generator`] over `POST {endpoint}/v1/chat/completions`, the
-//! protocol that vLLM, the llama.cpp server, Ollama and hosted services speak.
+//! protocol that vLLM, the llama.cpp server, Ollama and hosted services speak, at one endpoint
+//! or at several replicas of the same model.
 //!
-//! One HTTP request per [`GenerationRequest`] (the server does the batching), at most
-//! [`OpenAiConfig::concurrency`] in flight. Each request asks for `logprobs` (with
-//! `top_logprobs: 1`, without which llama-cpp-python's server returns none) and uses them when
-//! the server returns them (servers that reject the fields are asked again without them, once for
-//! all). Transient failures — HTTP 429, 408 and 5xx, a timeout, a connection reset mid-request —
-//! are retried with exponential backoff and jitter, waiting at least what a `Retry-After` header
-//! says (in seconds); a refused connection, an HTTP 4xx and a malformed reply are not retried and
-//! surface as an [`OpenAiError`] that names the URL and quotes the server's message.
+//! One HTTP request per [`GenerationRequest`] (the server does the batching). Each endpoint takes
+//! at most [`OpenAiConfig::concurrency`] requests at once (its slots); with several endpoints a
+//! request goes to the least loaded healthy one ([`endpoints`]), so a fast replica takes more of
+//! the work, a dead one is left alone after its first refused connection (tried again, one request
+//! at a time, after a growing backoff), and a slow one's late requests are *hedged*: a copy goes
+//! to another endpoint and the first reply wins ([`OpenAiConfig::hedge_factor`]).
 //!
-//! How the [`SamplingParams`] travel: `temperature`, `top_p`, `seed` and
+//! Each request asks for `logprobs` (with `top_logprobs: 1`, without which llama-cpp-python's
+//! server returns none) and uses them when the server returns them (servers that reject the
+//! fields are asked again without them, once for all). Transient failures — HTTP 429, 408 and
+//! 5xx, a timeout, a connection reset mid-request — are retried with exponential backoff and
+//! jitter, waiting at least what a `Retry-After` header says (in seconds), at another endpoint
+//! when there is one. A refused connection moves the request to another endpoint without
+//! spending a retry, and fails it only when no endpoint is reachable; an HTTP 4xx and a malformed
+//! reply are not retried. Every error is an [`OpenAiError`] that names the URL and quotes the
+//! server's message.
+//!
+//! How the [`SamplingParams`](super::SamplingParams) travel: `temperature`, `top_p`, `seed` and
 //! `max_tokens` are standard fields. `top_k` and `repetition_penalty` are not; with
 //! [`OpenAiConfig::sampling_extensions`] on (the default) they are sent under the names vLLM
 //! (`top_k`, `repetition_penalty`) and the llama.cpp server (`top_k`, `repeat_penalty`) read and
@@ -22,18 +31,22 @@
 //!
 //! The remote tokenizer is unknown, so [`Generator::count_tokens`] approximates (one token per four
 //! characters, rounded up) and token ids in a [`Completion`] are empty. The model's identity hash
-//! is a blake3 hash of the normalized endpoint and the model name.
+//! is a blake3 hash of the model name and the normalized endpoints, sorted (so the order of
+//! `--endpoint` flags does not matter, and a cache filled through one endpoint is reused only
+//! through that same endpoint).
+
+pub mod endpoints;
+mod protocol;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 
-use super::{ChatMessage, Completion, FinishReason, GenerationRequest, Generator, InferError};
-use super::{ModelIdentity, SamplingParams};
+use super::ModelIdentity;
+use super::{Completion, GenerationRequest, Generator, InferError};
+use endpoints::{EndpointStats, Lease, Outcome, Pool};
+use protocol::{ChatRequest, ChatResponse};
 
 /// Errors of the OpenAI-compatible backend.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +54,9 @@ pub enum OpenAiError {
     /// The endpoint is not an `http://` or `https://` URL.
     #[error("endpoint {endpoint:?} is not an http:// or https:// URL")]
     BadEndpoint { endpoint: String },
+    /// No endpoint was given.
+    #[error("no endpoint given (e.g. http://127.0.0.1:8000)")]
+    NoEndpoints,
     /// The environment variable that should hold the API key is unset or not UTF-8.
     #[error("the API key environment variable {var} is not set")]
     MissingApiKey { var: String },
@@ -50,6 +66,9 @@ pub enum OpenAiError {
     /// The connection could not be made for another reason (DNS, TLS, unreachable network).
     #[error("cannot connect to {url}: {reason}")]
     Connect { url: String, reason: String },
+    /// None of several endpoints could be reached.
+    #[error("no endpoint is reachable: {}", .errors.join("; "))]
+    NoneReachable { errors: Vec<String> },
     /// No complete reply within the configured timeout.
     #[error("{url} did not reply within {:.1} s", timeout.as_secs_f64())]
     Timeout { url: String, timeout: Duration },
@@ -70,22 +89,23 @@ pub enum OpenAiError {
     Client(String),
 }
 
-/// How to reach an OpenAI-compatible server, and how hard to try. Build it with
-/// [`OpenAiConfig::new`] and adjust fields; [`OpenAiGenerator::new`] turns it into a generator.
+/// How to reach an OpenAI-compatible server (or several replicas of one model), and how hard to
+/// try. Build it with [`OpenAiConfig::new`] or [`OpenAiConfig::replicas`] and adjust fields;
+/// [`OpenAiGenerator::new`] turns it into a generator.
 ///
-/// This is what the CLI's `--backend openai --endpoint URL --model NAME [--api-key-env VAR]`
-/// fills in.
+/// This is what the CLI's `--backend openai --endpoint URL [--endpoint URL…] --model NAME
+/// [--endpoint-slots N] [--api-key-env VAR]` fills in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpenAiConfig {
-    /// The server's base URL, e.g. `http://127.0.0.1:8000`; a trailing `/` or `/v1` is dropped,
-    /// and requests go to `{endpoint}/v1/chat/completions`.
-    pub endpoint: String,
-    /// The model name the server knows (`"model"` in each request).
+    /// The servers' base URLs, e.g. `http://127.0.0.1:8000`; a trailing `/` or `/v1` is dropped,
+    /// and requests go to `{endpoint}/v1/chat/completions`. All of them serve the same model.
+    pub endpoints: Vec<String>,
+    /// The model name the servers know (`"model"` in each request).
     pub model: String,
-    /// The environment variable holding the API key, sent as `Authorization: Bearer KEY`.
-    /// `None`: no authorization header (local servers).
+    /// The environment variable holding the API key, sent as `Authorization: Bearer KEY` to
+    /// every endpoint. `None`: no authorization header (local servers).
     pub api_key_env: Option<String>,
-    /// Requests in flight at once, at least 1.
+    /// Requests in flight at once at each endpoint (its slots), at least 1.
     pub concurrency: usize,
     /// Limit on one attempt, from connecting to the last byte of the reply.
     pub timeout: Duration,
@@ -93,8 +113,8 @@ pub struct OpenAiConfig {
     pub connect_timeout: Duration,
     /// Retries after the first attempt, for transient failures.
     pub max_retries: u32,
-    /// The first backoff; each retry doubles it, up to `backoff_max`, and waits a random time
-    /// between half of it and all of it.
+    /// The first backoff; each failure in a row at an endpoint doubles it, up to `backoff_max`,
+    /// and the wait is a random time between half of it and all of it.
     pub backoff_base: Duration,
     /// The longest backoff.
     pub backoff_max: Duration,
@@ -107,15 +127,27 @@ pub struct OpenAiConfig {
     /// Send `top_k` and the repetition penalty as the non-standard fields vLLM and the llama.cpp
     /// server read (see the module docs).
     pub sampling_extensions: bool,
+    /// With several endpoints: a request still unanswered after `hedge_factor` times what its
+    /// `max_tokens` take at the pace seen so far (at least `hedge_min`) is sent to a second
+    /// endpoint too, and the first reply wins. 0 turns hedging off.
+    pub hedge_factor: f64,
+    /// The shortest wait before hedging.
+    pub hedge_min: Duration,
 }
 
 impl OpenAiConfig {
     /// A configuration with the defaults: no API key, 8 requests in flight, 300 s per attempt,
     /// 10 s to connect, 5 retries with backoff from 0.5 s to 30 s, `Retry-After` honoured up to
-    /// 120 s, a context of 8192 tokens, logprobs and sampling extensions on.
+    /// 120 s, a context of 8192 tokens, logprobs and sampling extensions on, hedging after 3× the
+    /// expected time (at least 5 s).
     pub fn new(endpoint: impl Into<String>, model: impl Into<String>) -> Self {
+        Self::replicas(vec![endpoint.into()], model)
+    }
+
+    /// The same defaults, over several endpoints that serve the same model.
+    pub fn replicas(endpoints: Vec<String>, model: impl Into<String>) -> Self {
         Self {
-            endpoint: endpoint.into(),
+            endpoints,
             model: model.into(),
             api_key_env: None,
             concurrency: 8,
@@ -128,19 +160,20 @@ impl OpenAiConfig {
             context_length: 8192,
             logprobs: true,
             sampling_extensions: true,
+            hedge_factor: 3.0,
+            hedge_min: Duration::from_secs(5),
         }
     }
 }
 
-/// A [`Generator`] backed by an OpenAI-compatible HTTP server. Needs a tokio runtime.
+/// A [`Generator`] backed by one or more OpenAI-compatible HTTP servers. Needs a tokio runtime.
 pub struct OpenAiGenerator {
     client: reqwest::Client,
-    url: String,
     api_key: Option<String>,
     config: OpenAiConfig,
     identity: ModelIdentity,
-    permits: Arc<Semaphore>,
-    /// Cleared when the server rejects the `logprobs` field.
+    pool: Pool,
+    /// Cleared when a server rejects the `logprobs` field.
     logprobs: AtomicBool,
 }
 
@@ -148,7 +181,7 @@ impl std::fmt::Debug for OpenAiGenerator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the API key.
         f.debug_struct("OpenAiGenerator")
-            .field("url", &self.url)
+            .field("urls", &self.urls())
             .field("identity", &self.identity)
             .field("config", &self.config)
             .finish_non_exhaustive()
@@ -169,15 +202,40 @@ fn normalize_endpoint(endpoint: &str) -> Result<String, OpenAiError> {
     }
 }
 
+/// The identity hash of `model` served at `bases` (normalized, sorted, deduplicated): the
+/// single-endpoint hash is what it always was, so caches filled before stay valid.
+fn identity_hash(bases: &[String], model: &str) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"openai\0");
+    for (i, base) in bases.iter().enumerate() {
+        if i > 0 {
+            hasher.update(b"\x1f");
+        }
+        hasher.update(base.as_bytes());
+    }
+    hasher.update(b"\0");
+    hasher.update(model.as_bytes());
+    hasher.finalize().to_hex().to_string()
+}
+
 impl OpenAiGenerator {
-    /// Builds the client: checks the endpoint, reads the API key from `config.api_key_env` (an
+    /// Builds the client: checks the endpoints, reads the API key from `config.api_key_env` (an
     /// unset variable is an error), and prepares the connection pool. Connects to nothing yet.
     pub fn new(config: OpenAiConfig) -> Result<Self, InferError> {
         Ok(Self::new_inner(config)?)
     }
 
     fn new_inner(mut config: OpenAiConfig) -> Result<Self, OpenAiError> {
-        let base = normalize_endpoint(&config.endpoint)?;
+        let mut bases = Vec::with_capacity(config.endpoints.len());
+        for endpoint in &config.endpoints {
+            let base = normalize_endpoint(endpoint)?;
+            if !bases.contains(&base) {
+                bases.push(base);
+            }
+        }
+        if bases.is_empty() {
+            return Err(OpenAiError::NoEndpoints);
+        }
         let api_key = match &config.api_key_env {
             None => None,
             Some(var) => match std::env::var(var) {
@@ -192,28 +250,30 @@ impl OpenAiGenerator {
             .pool_max_idle_per_host(config.concurrency)
             .build()
             .map_err(|err| OpenAiError::Client(err.to_string()))?;
-        let hash = {
-            let mut hasher = blake3::Hasher::new();
-            hasher.update(b"openai\0");
-            hasher.update(base.as_bytes());
-            hasher.update(b"\0");
-            hasher.update(config.model.as_bytes());
-            hasher.finalize().to_hex().to_string()
+        let mut sorted = bases.clone();
+        sorted.sort();
+        let identity = ModelIdentity {
+            name: config.model.clone(),
+            hash: identity_hash(&sorted, &config.model),
         };
         Ok(Self {
             client,
-            url: format!("{base}/v1/chat/completions"),
             api_key,
-            identity: ModelIdentity { name: config.model.clone(), hash },
-            permits: Arc::new(Semaphore::new(config.concurrency)),
+            identity,
+            pool: Pool::new(bases, &config),
             logprobs: AtomicBool::new(config.logprobs),
             config,
         })
     }
 
-    /// The URL requests are posted to.
+    /// The URL requests are posted to (the first endpoint's, with several).
     pub fn url(&self) -> &str {
-        &self.url
+        &self.pool.endpoint(0).url
+    }
+
+    /// Every endpoint's URL, in the order given.
+    pub fn urls(&self) -> Vec<&str> {
+        self.pool.endpoints().map(|e| e.url.as_str()).collect()
     }
 
     /// The configuration in use.
@@ -221,24 +281,30 @@ impl OpenAiGenerator {
         &self.config
     }
 
-    /// One request, with retries. Holds a concurrency permit throughout, backoff included, so an
-    /// overloaded server is not hit harder.
+    /// What each endpoint did so far: replies, failures, hedges, requests in flight.
+    pub fn endpoint_stats(&self) -> Vec<EndpointStats> {
+        self.pool.stats()
+    }
+
+    /// One request: a slot at the least loaded healthy endpoint, an attempt (hedged at a second
+    /// endpoint if it is late), and on failure another round, at another endpoint if one is up.
     async fn complete(&self, request: GenerationRequest) -> Result<Completion, OpenAiError> {
-        let _permit = self.permits.acquire().await.map_err(|_| OpenAiError::Transport {
-            url: self.url.clone(),
-            reason: "the generator was shut down".into(),
-        })?;
-        let started = std::time::Instant::now();
-        let mut attempt: u32 = 0;
+        let started = Instant::now();
+        let mut transient: u32 = 0;
+        let mut moved: u32 = 0;
+        // The endpoint that failed this request last: the retry goes elsewhere when it can.
+        let mut avoid: Option<usize> = None;
         loop {
             let logprobs = self.logprobs.load(Ordering::Relaxed);
-            let body = request_body(&self.config, &request, logprobs);
-            match self.attempt(&body).await {
-                Ok(reply) => {
-                    let done = completion(reply, &request, self)?;
+            let body = protocol::request_body(&self.config, &request, logprobs);
+            let lease = self.pool.lease(avoid.filter(|&i| self.pool.has_alternative(i))).await;
+            let index = lease.index;
+            match self.hedged_attempt(lease, &body).await {
+                Ok((reply, url)) => {
+                    let done = protocol::completion(reply, &request, url)?;
                     tracing::debug!(
-                        url = %self.url,
-                        attempts = attempt + 1,
+                        url,
+                        retries = transient,
                         tokens = done.completion_tokens,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "completed"
@@ -250,57 +316,142 @@ impl OpenAiGenerator {
                     if !logprobs {
                         return Err(err);
                     }
-                    tracing::warn!(url = %self.url, "server rejects logprobs; asking without");
+                    tracing::warn!(url = self.url(), "server rejects logprobs; asking without");
                     self.logprobs.store(false, Ordering::Relaxed);
                 }
+                Err(Failure::Unreachable(err)) => {
+                    moved += 1;
+                    if self.pool.len() == 1 {
+                        return Err(err);
+                    }
+                    if self.pool.all_unreachable() || moved > 8 * self.pool.len() as u32 {
+                        return Err(self.none_reachable(err));
+                    }
+                    tracing::warn!(error = %err, "endpoint unreachable; moving the request");
+                    avoid = Some(index);
+                }
                 Err(Failure::Transient { err, retry_after }) => {
-                    if attempt >= self.config.max_retries {
-                        return Err(OpenAiError::GaveUp {
-                            attempts: attempt + 1,
-                            last: err.into(),
-                        });
+                    transient += 1;
+                    if transient > self.config.max_retries {
+                        return Err(OpenAiError::GaveUp { attempts: transient, last: err.into() });
                     }
                     if let Some(wait) = retry_after.filter(|w| *w > self.config.max_retry_after) {
                         tracing::warn!(?wait, "server asks to wait longer than max_retry_after");
-                        return Err(OpenAiError::GaveUp {
-                            attempts: attempt + 1,
-                            last: err.into(),
-                        });
+                        return Err(OpenAiError::GaveUp { attempts: transient, last: err.into() });
                     }
-                    let wait = backoff(&self.config, attempt, retry_after);
-                    tracing::debug!(url = %self.url, attempt, ?wait, error = %err, "retrying");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
+                    // The endpoint is out of rotation for its backoff; the next lease waits for
+                    // it or takes another endpoint.
+                    tracing::debug!(attempt = transient, error = %err, "retrying");
+                    avoid = Some(index);
                 }
             }
         }
     }
 
-    async fn attempt(&self, body: &ChatRequest<'_>) -> Result<ChatResponse, Failure> {
-        let mut builder = self.client.post(&self.url).json(body);
+    /// The error when no endpoint answers: each endpoint's refusal.
+    fn none_reachable(&self, last: OpenAiError) -> OpenAiError {
+        let errors =
+            self.pool.endpoints().map(|e| format!("{}: not reachable", e.url)).collect::<Vec<_>>();
+        tracing::debug!(last = %last, "no endpoint reachable");
+        OpenAiError::NoneReachable { errors }
+    }
+
+    /// One attempt at the leased endpoint; if no reply comes within [`Pool::hedge_after`], the
+    /// endpoint leaves the rotation for a backoff and a copy goes to the first other endpoint
+    /// with a free slot; the first success wins (the other attempt is dropped, which closes its
+    /// connection and frees its slot).
+    async fn hedged_attempt<'a>(
+        &'a self,
+        lease: Lease<'a>,
+        body: &ChatRequest<'_>,
+    ) -> Result<(ChatResponse, &'a str), Failure> {
+        let first = lease.index;
+        let primary = self.attempt(lease, body);
+        tokio::pin!(primary);
+        let Some(after) = self.pool.hedge_after(body.max_tokens) else {
+            return primary.await;
+        };
+        tokio::select! {
+            result = &mut primary => return result,
+            _ = tokio::time::sleep(after) => {}
+        }
+        self.pool.record_slow(first);
+        let second = tokio::select! {
+            result = &mut primary => return result,
+            second = self.pool.lease(Some(first)) => second,
+        };
+        tracing::info!(
+            slow = self.pool.endpoint(first).url,
+            to = self.pool.endpoint(second.index).url,
+            waited_s = after.as_secs_f64(),
+            "late reply; sending a copy to another endpoint"
+        );
+        let secondary = self.attempt(second, body);
+        tokio::pin!(secondary);
+        tokio::select! {
+            result = &mut primary => match result {
+                Ok(reply) => Ok(reply),
+                Err(_) => secondary.await,
+            },
+            result = &mut secondary => match result {
+                Ok(reply) => Ok(reply),
+                Err(_) => primary.await,
+            },
+        }
+    }
+
+    /// One attempt at the leased endpoint, recorded in its health. The slot is held until the
+    /// attempt ends.
+    async fn attempt<'a>(
+        &'a self,
+        lease: Lease<'a>,
+        body: &ChatRequest<'_>,
+    ) -> Result<(ChatResponse, &'a str), Failure> {
+        let index = lease.index;
+        let url = self.pool.endpoint(index).url.as_str();
+        let started = tokio::time::Instant::now();
+        let result = self.post(url, body).await;
+        let outcome = match &result {
+            Ok(reply) => Outcome::Success {
+                elapsed: started.elapsed(),
+                tokens: reply.completion_tokens().unwrap_or(body.max_tokens),
+            },
+            Err(Failure::Transient { retry_after, .. }) => {
+                Outcome::Transient { retry_after: *retry_after }
+            }
+            Err(Failure::Unreachable(_)) => Outcome::Unreachable,
+            Err(Failure::Fatal(_) | Failure::LogprobsRejected(_)) => Outcome::Answered,
+        };
+        self.pool.record(index, &outcome);
+        drop(lease);
+        result.map(|reply| (reply, url))
+    }
+
+    async fn post(&self, url: &str, body: &ChatRequest<'_>) -> Result<ChatResponse, Failure> {
+        let mut builder = self.client.post(url).json(body);
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
-        let response = builder.send().await.map_err(|err| self.transport_failure(&err))?;
+        let response = builder.send().await.map_err(|err| self.transport_failure(url, &err))?;
         let status = response.status();
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
-            .and_then(parse_retry_after);
-        let bytes = response.bytes().await.map_err(|err| self.transport_failure(&err))?;
+            .and_then(protocol::parse_retry_after);
+        let bytes = response.bytes().await.map_err(|err| self.transport_failure(url, &err))?;
         if status.is_success() {
             return serde_json::from_slice::<ChatResponse>(&bytes).map_err(|err| {
                 Failure::Fatal(OpenAiError::Malformed {
-                    url: self.url.clone(),
-                    reason: format!("{err}; the reply began {:?}", snippet(&bytes)),
+                    url: url.to_string(),
+                    reason: format!("{err}; the reply began {:?}", protocol::snippet(&bytes)),
                 })
             });
         }
-        let message = server_message(&bytes);
+        let message = protocol::server_message(&bytes);
         let code = status.as_u16();
         let blames_logprobs = code == 400 && message.to_lowercase().contains("logprob");
-        let err = OpenAiError::Status { url: self.url.clone(), status: code, message };
+        let err = OpenAiError::Status { url: url.to_string(), status: code, message };
         if code == 429 || code == 408 || status.is_server_error() {
             Err(Failure::Transient { err, retry_after })
         } else if blames_logprobs && body.logprobs.is_some() {
@@ -310,8 +461,8 @@ impl OpenAiGenerator {
         }
     }
 
-    fn transport_failure(&self, err: &reqwest::Error) -> Failure {
-        let url = self.url.clone();
+    fn transport_failure(&self, url: &str, err: &reqwest::Error) -> Failure {
+        let url = url.to_string();
         if err.is_timeout() {
             let timeout = self.config.timeout;
             return Failure::Transient {
@@ -321,7 +472,7 @@ impl OpenAiGenerator {
         }
         if err.is_connect() {
             let refused = io_kind(err) == Some(std::io::ErrorKind::ConnectionRefused);
-            return Failure::Fatal(if refused {
+            return Failure::Unreachable(if refused {
                 OpenAiError::Refused { url }
             } else {
                 OpenAiError::Connect { url, reason: error_chain(err) }
@@ -334,6 +485,22 @@ impl OpenAiGenerator {
     }
 }
 
+impl Drop for OpenAiGenerator {
+    fn drop(&mut self) {
+        if self.pool.len() > 1 {
+            for stats in self.pool.stats() {
+                tracing::info!(
+                    endpoint = stats.endpoint,
+                    completed = stats.completed,
+                    failed = stats.failed,
+                    hedged = stats.hedged,
+                    "endpoint summary"
+                );
+            }
+        }
+    }
+}
+
 /// How one attempt failed.
 enum Failure {
     /// Worth retrying, after at least `retry_after` when the server said so.
@@ -341,6 +508,8 @@ enum Failure {
         err: OpenAiError,
         retry_after: Option<Duration>,
     },
+    /// Nothing answered at the endpoint: try another.
+    Unreachable(OpenAiError),
     /// A 400 that blames the `logprobs` field: ask again without it.
     LogprobsRejected(OpenAiError),
     Fatal(OpenAiError),
@@ -373,203 +542,19 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// The first 200 characters of a reply body, for error messages.
-fn snippet(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).chars().take(200).collect()
-}
-
-/// What an error reply says: `{"error": {"message": ...}}`, `{"error": "..."}`,
-/// `{"message": ...}`, or the start of the body.
-fn server_message(bytes: &[u8]) -> String {
-    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
-        let found = value
-            .pointer("/error/message")
-            .or_else(|| value.get("error"))
-            .or_else(|| value.get("message"))
-            .or_else(|| value.get("detail"));
-        match found {
-            Some(serde_json::Value::String(message)) => return message.clone(),
-            Some(other) if !other.is_null() => return other.to_string(),
-            _ => {}
-        }
-    }
-    let text = snippet(bytes);
-    if text.trim().is_empty() {
-        "(empty reply)".to_string()
-    } else {
-        text.trim().to_string()
-    }
-}
-
-/// `Retry-After` in seconds (integer or decimal). The HTTP-date form is not understood and is
-/// ignored (the computed backoff applies).
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    let seconds: f64 = value.trim().parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(86_400.0)))
-}
-
-/// The wait before retry number `attempt + 1`: `backoff_base · 2^attempt`, at most `backoff_max`,
+/// The wait after failure number `failures + 1` in a row: `base · 2^failures`, at most `max`,
 /// jittered down to between half and all of it, and never less than `retry_after`.
-fn backoff(config: &OpenAiConfig, attempt: u32, retry_after: Option<Duration>) -> Duration {
+fn backoff(
+    base: Duration,
+    max: Duration,
+    failures: u32,
+    retry_after: Option<Duration>,
+) -> Duration {
     use rand::Rng as _;
-    let factor = 2u32.saturating_pow(attempt.min(20));
-    let ceiling = config.backoff_base.saturating_mul(factor).min(config.backoff_max);
+    let factor = 2u32.saturating_pow(failures.min(20));
+    let ceiling = base.saturating_mul(factor).min(max);
     let jittered = ceiling.mul_f64(rand::rng().random_range(0.5..=1.0));
     retry_after.map_or(jittered, |wait| wait.max(jittered))
-}
-
-/// The JSON body of a chat completion request.
-#[derive(Debug, Serialize)]
-struct ChatRequest<'a> {
-    model: &'a str,
-    messages: &'a [ChatMessage],
-    max_tokens: usize,
-    temperature: f32,
-    top_p: f32,
-    seed: u64,
-    n: u32,
-    stream: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    logprobs: Option<bool>,
-    /// 1 with `logprobs`: llama-cpp-python's server returns logprobs only when it is at least 1.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_logprobs: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    presence_penalty: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_k: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    repetition_penalty: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    repeat_penalty: Option<f32>,
-}
-
-fn request_body<'a>(
-    config: &'a OpenAiConfig,
-    request: &'a GenerationRequest,
-    logprobs: bool,
-) -> ChatRequest<'a> {
-    let SamplingParams { temperature, top_p, top_k, repetition_penalty, .. } = request.sampling;
-    let penalized = repetition_penalty.is_finite() && (repetition_penalty - 1.0).abs() > 1e-6;
-    let extensions = config.sampling_extensions;
-    ChatRequest {
-        model: &config.model,
-        messages: &request.messages,
-        max_tokens: request.max_tokens,
-        temperature: temperature.max(0.0),
-        top_p: if top_p > 0.0 && top_p <= 1.0 { top_p } else { 1.0 },
-        seed: request.seed & 0x7fff_ffff,
-        n: 1,
-        stream: false,
-        logprobs: logprobs.then_some(true),
-        top_logprobs: logprobs.then_some(1),
-        presence_penalty: (penalized && !extensions)
-            .then(|| (5.0 * (repetition_penalty - 1.0)).clamp(-2.0, 2.0)),
-        top_k: top_k.filter(|_| extensions),
-        repetition_penalty: (penalized && extensions).then_some(repetition_penalty),
-        repeat_penalty: (penalized && extensions).then_some(repetition_penalty),
-    }
-}
-
-/// The parts of a chat completion reply that are used; everything else is ignored.
-#[derive(Debug, Deserialize)]
-struct ChatResponse {
-    choices: Vec<Choice>,
-    #[serde(default)]
-    usage: Option<Usage>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Choice {
-    #[serde(default)]
-    message: Option<ReplyMessage>,
-    /// The legacy completions shape, which some servers still use.
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    finish_reason: Option<String>,
-    #[serde(default)]
-    logprobs: Option<ChoiceLogprobs>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ReplyMessage {
-    #[serde(default)]
-    content: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ChoiceLogprobs {
-    #[serde(default)]
-    content: Option<Vec<TokenLogprob>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct TokenLogprob {
-    #[serde(default)]
-    logprob: Option<f32>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Usage {
-    #[serde(default)]
-    prompt_tokens: Option<usize>,
-    #[serde(default)]
-    completion_tokens: Option<usize>,
-}
-
-fn completion(
-    reply: ChatResponse,
-    request: &GenerationRequest,
-    generator: &OpenAiGenerator,
-) -> Result<Completion, OpenAiError> {
-    let malformed =
-        |reason: &str| OpenAiError::Malformed { url: generator.url.clone(), reason: reason.into() };
-    let choice = reply.choices.into_iter().next().ok_or_else(|| malformed("no choices"))?;
-    let text = match (choice.message, choice.text) {
-        (Some(message), _) => message.content.unwrap_or_default(),
-        (None, Some(text)) => text,
-        (None, None) => return Err(malformed("the choice has neither a message nor text")),
-    };
-    // All or nothing: a partial list would misalign with the tokens.
-    let logprobs: Vec<f32> = choice
-        .logprobs
-        .and_then(|l| l.content)
-        .and_then(|tokens| tokens.into_iter().map(|t| t.logprob).collect::<Option<Vec<f32>>>())
-        .unwrap_or_default();
-    let usage = reply.usage.unwrap_or(Usage { prompt_tokens: None, completion_tokens: None });
-    let completion_tokens = usage.completion_tokens.unwrap_or_else(|| {
-        if logprobs.is_empty() {
-            approx_tokens(&text)
-        } else {
-            logprobs.len()
-        }
-    });
-    let prompt_tokens = usage
-        .prompt_tokens
-        .unwrap_or_else(|| request.messages.iter().map(|m| approx_tokens(&m.content)).sum());
-    let finish = match choice.finish_reason.as_deref() {
-        Some("length") if completion_tokens < request.max_tokens => FinishReason::ContextFull,
-        Some("length") => FinishReason::Length,
-        Some("stop" | "eos" | "stop_sequence" | "end_turn") | None => FinishReason::Stop,
-        Some(other) => {
-            tracing::debug!(finish_reason = other, "unknown finish_reason, taken as a stop");
-            FinishReason::Stop
-        }
-    };
-    Ok(Completion {
-        text,
-        token_ids: Vec::new(),
-        logprobs,
-        finish,
-        prompt_tokens,
-        completion_tokens,
-    })
-}
-
-/// One token per four characters, rounded up: the server's tokenizer is unknown here.
-fn approx_tokens(text: &str) -> usize {
-    text.chars().count().div_ceil(4)
 }
 
 impl Generator for OpenAiGenerator {
@@ -584,7 +569,7 @@ impl Generator for OpenAiGenerator {
     /// An approximation: one token per four characters, rounded up (the server's tokenizer is
     /// unknown here).
     fn count_tokens(&self, text: &str) -> Result<usize, InferError> {
-        Ok(approx_tokens(text))
+        Ok(protocol::approx_tokens(text))
     }
 
     /// Sends every request concurrently (at most `concurrency` in flight) and returns the
@@ -618,61 +603,17 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_in_seconds() {
-        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_retry_after(" 0.25 "), Some(Duration::from_millis(250)));
-        assert_eq!(parse_retry_after("-1"), None);
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
-    }
-
-    #[test]
     fn backoff_grows_is_capped_and_honours_retry_after() {
         let mut config = OpenAiConfig::new("http://h", "m");
         config.backoff_base = Duration::from_millis(100);
         config.backoff_max = Duration::from_millis(1000);
         for attempt in 0..10 {
-            let wait = backoff(&config, attempt, None);
+            let wait = backoff(config.backoff_base, config.backoff_max, attempt, None);
             let ceiling = Duration::from_millis(100 * 2u64.pow(attempt)).min(config.backoff_max);
             assert!(wait >= ceiling / 2 && wait <= ceiling, "{attempt}: {wait:?}");
         }
-        let wait = backoff(&config, 0, Some(Duration::from_secs(3)));
+        let wait =
+            backoff(config.backoff_base, config.backoff_max, 0, Some(Duration::from_secs(3)));
         assert_eq!(wait, Duration::from_secs(3));
-    }
-
-    #[test]
-    fn server_messages_are_extracted() {
-        assert_eq!(server_message(br#"{"error":{"message":"bad model"}}"#), "bad model");
-        assert_eq!(server_message(br#"{"error":"nope"}"#), "nope");
-        assert_eq!(server_message(br#"{"detail":"missing field"}"#), "missing field");
-        assert_eq!(server_message(b"Bad Gateway"), "Bad Gateway");
-        assert_eq!(server_message(b""), "(empty reply)");
-    }
-
-    #[test]
-    fn sampling_maps_to_fields() {
-        let mut config = OpenAiConfig::new("http://h", "m");
-        let mut request = GenerationRequest {
-            messages: vec![ChatMessage::user("hi")],
-            max_tokens: 16,
-            sampling: SamplingParams {
-                temperature: 0.7,
-                top_k: Some(40),
-                ..SamplingParams::greedy()
-            },
-            seed: u64::MAX,
-        };
-        request.sampling.repetition_penalty = 1.2;
-        let body = serde_json::to_value(request_body(&config, &request, true)).unwrap_or_default();
-        assert_eq!(body["seed"], 0x7fff_ffff);
-        assert_eq!(body["top_k"], 40);
-        assert_eq!(body["logprobs"], true);
-        assert_eq!(body["top_logprobs"], 1);
-        assert!(body.get("presence_penalty").is_none());
-        assert!((body["repetition_penalty"].as_f64().unwrap_or(0.0) - 1.2).abs() < 1e-6);
-        config.sampling_extensions = false;
-        let body = serde_json::to_value(request_body(&config, &request, false)).unwrap_or_default();
-        assert!(body.get("top_k").is_none() && body.get("repetition_penalty").is_none());
-        assert!(body.get("logprobs").is_none() && body.get("top_logprobs").is_none());
-        assert!((body["presence_penalty"].as_f64().unwrap_or(0.0) - 1.0).abs() < 1e-6);
     }
 }

@@ -37,8 +37,10 @@ pub struct GeneratorSpec {
     /// Folder for fetched models (default: `RRM_MODELS`, else the user's cache folder).
     pub models_dir: Option<PathBuf>,
     pub device: DeviceChoice,
-    /// OpenAI: the server's base URL.
-    pub endpoint: Option<String>,
+    /// OpenAI: the base URLs of the servers (replicas of one model).
+    pub endpoints: Vec<String>,
+    /// OpenAI: requests in flight at once per endpoint (default: the batch size).
+    pub endpoint_slots: Option<usize>,
     /// OpenAI: the environment variable holding the API key.
     pub api_key_env: Option<String>,
     /// OpenAI: the served model's context window in tokens.
@@ -57,7 +59,7 @@ impl GeneratorSpec {
     }
 
     /// Starts the generator. `max_batch` is the most sequences decoded together (local) or
-    /// requests in flight (OpenAI). A local model is resolved (fetched on first use) now and
+    /// requests in flight per endpoint unless `endpoint_slots` says otherwise (OpenAI). A local model is resolved (fetched on first use) now and
     /// loaded when first used, so a fully cached run never reads the weights.
     pub fn start(
         &self,
@@ -71,20 +73,20 @@ impl GeneratorSpec {
                 Ok(Arc::new(self.load_lazy(config, progress)?))
             }
             Backend::Openai => {
-                let endpoint = self.endpoint.clone().ok_or_else(|| {
-                    InferError::InvalidRequest(
+                if self.endpoints.is_empty() {
+                    return Err(InferError::InvalidRequest(
                         "the openai backend needs an endpoint URL (e.g. http://127.0.0.1:8000)"
                             .into(),
-                    )
-                })?;
+                    ));
+                }
                 let model = self.model.clone().ok_or_else(|| {
                     InferError::InvalidRequest(
                         "the openai backend needs a model name (the name the server serves)".into(),
                     )
                 })?;
-                let mut config = OpenAiConfig::new(endpoint, model);
+                let mut config = OpenAiConfig::replicas(self.endpoints.clone(), model);
                 config.api_key_env = self.api_key_env.clone();
-                config.concurrency = max_batch.max(1);
+                config.concurrency = self.endpoint_slots.unwrap_or(max_batch).max(1);
                 if self.context_length > 0 {
                     config.context_length = self.context_length;
                 }
