@@ -7,13 +7,17 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
 
-use super::args::{parse_device, CheckpointArgs, DecomposerOptions, EncoderArgs, WorkspaceArgs};
+use super::args::{
+    parse_device, CheckpointArgs, DecomposerOptions, EncoderArgs, ModelsDir, WorkspaceArgs,
+};
 use super::progress::{metrics_line, TrainProgress};
 use super::Context;
 use crate::infer::engine::DeviceChoice;
 use crate::infer::fetch;
+use crate::infer::hf::HfDType;
 use crate::lm::export::ExportFormat;
 use crate::policy::eval::Comparison;
+use crate::policy::registry::{self, ExportKind, ExportRequest};
 use crate::policy::rmdpo::RmDpoConfig;
 use crate::policy::sample::SampleOptions;
 use crate::policy::train::TrainConfig;
@@ -28,7 +32,8 @@ use crate::workspace::policy::{self as wp, Adapt, EvalObserver, EvalRequest, Tra
   rrm policy train --method dpo --data prefs.jsonl --max-steps 20
   rrm policy train --method rm-dpo --rounds 2 --reward-model latest --name smol-rm
   rrm policy eval --model smol-dpo --baseline smollm2-135m --books my-heldout-book.txt
-  rrm summarize alice --model smol-dpo")]
+  rrm summarize alice --model smol-dpo
+  rrm policy export smol-dpo --format hf --out smol-dpo-hf")]
 pub struct PolicyArgs {
     #[command(subcommand)]
     pub command: PolicyCommand,
@@ -41,6 +46,73 @@ pub enum PolicyCommand {
     Train(Box<TrainArgs>),
     /// Summarize held-out books with a trained policy and a baseline; win rates per height.
     Eval(Box<EvalArgs>),
+    /// Write a trained policy (or its base, or any model) for other tools: a Hugging Face
+    /// folder (transformers, vLLM, TRL), a PEFT LoRA adapter, or the GGUF (llama.cpp).
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  rrm policy export smol-dpo --format hf --out smol-dpo-hf
+  rrm policy export smol-dpo --format peft --out smol-dpo-peft   (base in smol-dpo-peft/base)
+  rrm policy export smol-dpo --base --format hf --out base-hf    (the model it was trained from)
+  rrm policy export smollm2-135m --format hf --out smollm2-hf     (rrm's default model)")]
+pub struct ExportArgs {
+    /// A trained policy's name; for hf and gguf also any model (a known model, a .gguf path).
+    pub name: String,
+    /// hf (config.json + model.safetensors + tokenizer), peft (adapter_config.json +
+    /// adapter_model.safetensors), or gguf.
+    #[arg(long, default_value = "hf", value_parser = parse_export_kind, value_name = "hf|peft|gguf")]
+    pub format: ExportKind,
+    /// The folder to write into (created if needed; files of the same names are replaced).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Export the policy's base model instead (the exact model it was trained from).
+    #[arg(long)]
+    pub base: bool,
+    /// Weight type of a Hugging Face export (f32 is exact).
+    #[arg(long, default_value = "f32", value_parser = parse_hf_dtype, value_name = "f32|bf16|f16")]
+    pub dtype: HfDType,
+    /// For peft: the base model to name in adapter_config.json (a Hub id or path) instead of
+    /// exporting the base into <out>/base.
+    #[arg(long, value_name = "ID|PATH")]
+    pub base_ref: Option<String>,
+    #[command(flatten)]
+    pub models: ModelsDir,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_export_kind(s: &str) -> Result<ExportKind, String> {
+    s.parse()
+}
+
+fn parse_hf_dtype(s: &str) -> Result<HfDType, String> {
+    s.parse()
+}
+
+fn export(ctx: &mut Context, args: ExportArgs) -> anyhow::Result<()> {
+    let models_dir = fetch::models_dir(args.models.models_dir.as_deref());
+    let request = ExportRequest {
+        name: args.name.clone(),
+        kind: args.format,
+        out: args.out.clone(),
+        base: args.base,
+        dtype: args.dtype,
+        base_ref: args.base_ref.clone(),
+    };
+    let report = registry::export(&models_dir, &request)
+        .with_context(|| format!("exporting `{}`", args.name))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !ctx.quiet {
+        println!("exported {} into {}", report.source.display(), args.out.display());
+        if let Some(base) = &report.base_ref {
+            println!("adapter base (base_model_name_or_path): {base}");
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -253,6 +325,7 @@ pub fn run(ctx: &mut Context, args: PolicyArgs) -> anyhow::Result<()> {
     match args.command {
         PolicyCommand::Train(a) => train(ctx, *a),
         PolicyCommand::Eval(a) => evaluate(ctx, *a),
+        PolicyCommand::Export(a) => export(ctx, a),
     }
 }
 

@@ -48,9 +48,15 @@ pub enum FetchError {
     BadPackage { path: PathBuf, message: String },
     /// A Hugging Face model or adapter folder that cannot be converted.
     #[error(transparent)]
-    Hf(#[from] super::hf::HfError),
+    Hf(Box<super::hf::HfError>),
     #[error("the adapter {} names its base `{base}`, which does not resolve: {error}", adapter.display())]
     AdapterBase { adapter: PathBuf, base: String, error: Box<FetchError> },
+}
+
+impl From<hf::HfError> for FetchError {
+    fn from(e: hf::HfError) -> Self {
+        FetchError::Hf(Box::new(e))
+    }
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> FetchError {

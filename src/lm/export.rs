@@ -115,3 +115,84 @@ pub fn write_gguf(
     }
     result
 }
+
+/// The file beside a registered LoRA policy that keeps its adapters (`blk.N.attn_q.lora_a` /
+/// `.lora_b`, in the GGUF's row order), so they can be exported for PEFT.
+pub const ADAPTER_FILE: &str = "adapter.safetensors";
+/// The adapters' settings and base, beside [`ADAPTER_FILE`].
+pub const ADAPTER_CARD_FILE: &str = "adapter.json";
+
+/// What [`ADAPTER_CARD_FILE`] holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterCard {
+    pub lora: super::lora::LoraConfig,
+    /// The GGUF the adapters were trained on.
+    pub base_path: std::path::PathBuf,
+    /// blake3 of [`ADAPTER_FILE`].
+    pub blake3: String,
+}
+
+/// Writes `model`'s LoRA adapters into `folder` ([`ADAPTER_FILE`] and [`ADAPTER_CARD_FILE`],
+/// each through a temporary file). Nothing is written for a model without adapters.
+pub fn write_adapter(model: &TrainableLlama, folder: &Path) -> Result<bool, LmError> {
+    let super::model::Mode::Lora(lora) = &model.mode else { return Ok(false) };
+    let tensors: std::collections::HashMap<String, candle_core::Tensor> = model
+        .trainable()
+        .into_iter()
+        .filter(|(n, _)| n.ends_with(".lora_a") || n.ends_with(".lora_b"))
+        .map(|(n, v)| {
+            let t = v.as_tensor().to_dtype(candle_core::DType::F32)?;
+            Ok((n, t.to_device(&candle_core::Device::Cpu)?))
+        })
+        .collect::<candle_core::Result<_>>()?;
+    if tensors.is_empty() {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(folder).map_err(|e| io_err(folder, e))?;
+    let tmp = folder.join(format!(".{ADAPTER_FILE}.tmp-{}", std::process::id()));
+    let path = folder.join(ADAPTER_FILE);
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    let bytes = std::fs::read(&tmp).map_err(|e| io_err(&tmp, e))?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+    let card = AdapterCard {
+        lora: lora.clone(),
+        base_path: std::fs::canonicalize(&model.path).unwrap_or_else(|_| model.path.clone()),
+        blake3: blake3::hash(&bytes).to_hex().to_string(),
+    };
+    let card_path = folder.join(ADAPTER_CARD_FILE);
+    let tmp = folder.join(format!(".{ADAPTER_CARD_FILE}.tmp-{}", std::process::id()));
+    let json = serde_json::to_vec_pretty(&card).map_err(|e| LmError::Invalid(e.to_string()))?;
+    std::fs::write(&tmp, json).map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, &card_path).map_err(|e| io_err(&card_path, e))?;
+    Ok(true)
+}
+
+/// Reads the adapters [`write_adapter`] kept in `folder`, checking their hash. `Ok(None)` when
+/// the folder has none (a model trained in full, or registered before adapters were kept).
+#[allow(clippy::type_complexity)]
+pub fn read_adapter(
+    folder: &Path,
+) -> Result<Option<(AdapterCard, std::collections::HashMap<String, candle_core::Tensor>)>, LmError>
+{
+    let card_path = folder.join(ADAPTER_CARD_FILE);
+    let path = folder.join(ADAPTER_FILE);
+    if !card_path.is_file() || !path.is_file() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&card_path).map_err(|e| io_err(&card_path, e))?;
+    let card: AdapterCard = serde_json::from_slice(&bytes).map_err(|e| LmError::Model {
+        path: card_path.clone(),
+        message: format!("not an adapter card: {e}"),
+    })?;
+    let weights = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+    if blake3::hash(&weights).to_hex().as_str() != card.blake3 {
+        return Err(LmError::Model {
+            path,
+            message: format!("the adapters' hash does not match {ADAPTER_CARD_FILE}"),
+        });
+    }
+    let tensors = candle_core::safetensors::load_buffer(&weights, &candle_core::Device::Cpu)
+        .map_err(|e| LmError::Model { path: path.clone(), message: e.to_string() })?;
+    Ok(Some((card, tensors)))
+}

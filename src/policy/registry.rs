@@ -2,7 +2,11 @@
 //! weights, with the base model's tokenizer and chat template) and `card.json` (base model,
 //! data, method, β, rounds, metrics). `rrm models list` lists them; `--model NAME` resolves to
 //! the GGUF like any model (`infer::fetch`), so the composer's cache keys (which hash the model
-//! file) change with it: old summaries stay, new ones are computed.
+//! file) change with it: old summaries stay, new ones are computed. A LoRA policy also keeps its
+//! adapters (`adapter.safetensors` + `adapter.json`, `lm::export::write_adapter`).
+//!
+//! [`export`] writes a policy (or its base, or any model spec) for other tools: a Hugging Face
+//! folder, a PEFT adapter (with its base as a Hugging Face folder beside it), or the GGUF.
 
 use std::path::{Path, PathBuf};
 
@@ -12,8 +16,11 @@ use serde::{Deserialize, Serialize};
 use super::{io_err, unix_now, Method, PolicyError};
 use crate::infer::engine::file_sha256;
 use crate::infer::fetch;
+use crate::infer::hf::{self, HfDType, PeftExport};
 use crate::infer::ModelIdentity;
-use crate::lm::export::{write_gguf, ExportFormat};
+use crate::lm::export::{
+    read_adapter, write_adapter, write_gguf, ExportFormat, ADAPTER_CARD_FILE, ADAPTER_FILE,
+};
 use crate::lm::model::{Mode, TrainableLlama};
 
 pub const CARD_FILE: &str = "card.json";
@@ -144,6 +151,16 @@ pub fn register(
         ("rrm.policy.data_hash".to_string(), Value::String(card.data.hash.clone())),
     ];
     write_gguf(model, &gguf, card.export_format, &extra)?;
+    // LoRA adapters are kept beside the merged weights (for `rrm policy export --format peft`);
+    // a model trained in full leaves none, and no stale ones of an earlier model of this name.
+    if !write_adapter(model, &folder)? {
+        for stale in [ADAPTER_FILE, ADAPTER_CARD_FILE] {
+            let p = folder.join(stale);
+            if p.exists() {
+                std::fs::remove_file(&p).map_err(|e| io_err(&p, e))?;
+            }
+        }
+    }
     card.file = file;
     card.sha256 = file_sha256(&gguf)?;
     let card_path = folder.join(CARD_FILE);
@@ -188,4 +205,168 @@ pub fn list(models_dir: &Path) -> Vec<(PathBuf, PolicyCard)> {
 pub fn find(models_dir: &Path, name: &str) -> Option<PolicyCard> {
     validate_name(name).ok()?;
     load_card(&models_dir.join(name)).ok()
+}
+
+/// What `rrm policy export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportKind {
+    /// A Hugging Face folder (config.json, model.safetensors, tokenizer files).
+    Hf,
+    /// A PEFT LoRA adapter folder, the base as a Hugging Face folder in `base/` (unless named).
+    Peft,
+    /// The GGUF file itself.
+    Gguf,
+}
+
+impl std::str::FromStr for ExportKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "hf" | "huggingface" | "safetensors" => Ok(Self::Hf),
+            "peft" | "lora" => Ok(Self::Peft),
+            "gguf" => Ok(Self::Gguf),
+            other => Err(format!("unknown export format `{other}` (hf, peft, gguf)")),
+        }
+    }
+}
+
+/// One export.
+#[derive(Debug, Clone)]
+pub struct ExportRequest {
+    /// A trained policy's name, or (for `hf` and `gguf`) any model spec: a known model, a path.
+    pub name: String,
+    pub kind: ExportKind,
+    pub out: PathBuf,
+    /// Export the policy's base model instead of the policy.
+    pub base: bool,
+    /// Weight type of a Hugging Face export.
+    pub dtype: HfDType,
+    /// For `peft`: what `base_model_name_or_path` says (a Hub id, a path); default: the base
+    /// exported as a Hugging Face folder into `<out>/base`, named by its absolute path.
+    pub base_ref: Option<String>,
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExportReport {
+    /// The GGUF the export was made from.
+    pub source: PathBuf,
+    /// Files and folders written.
+    pub written: Vec<PathBuf>,
+    /// For `peft`: the base model the adapter names.
+    pub base_ref: Option<String>,
+}
+
+fn export_err(e: hf::HfError) -> PolicyError {
+    PolicyError::Infer(crate::infer::InferError::Fetch(e.into()))
+}
+
+/// The GGUF a policy was trained from: the base its adapters recorded, else its card's base
+/// name resolved as a model spec.
+fn base_gguf(models_dir: &Path, folder: &Path, card: &PolicyCard) -> Result<PathBuf, PolicyError> {
+    if let Some((adapter, _)) = read_adapter(folder)? {
+        if adapter.base_path.is_file() {
+            return Ok(adapter.base_path);
+        }
+    }
+    let resolved = fetch::resolve_model_with(&card.base.name, models_dir, false).map_err(|e| {
+        PolicyError::Invalid(format!(
+            "the base model `{}` of policy `{}` cannot be found: {e}",
+            card.base.name, card.name
+        ))
+    })?;
+    Ok(resolved.path)
+}
+
+/// Exports a policy, its base, or a model for other tools (see [`ExportKind`]).
+pub fn export(models_dir: &Path, req: &ExportRequest) -> Result<ExportReport, PolicyError> {
+    let policy = find(models_dir, &req.name).map(|c| (models_dir.join(&req.name), c));
+    let source = match (&policy, req.base) {
+        (Some((folder, card)), false) => folder.join(&card.file),
+        (Some((folder, card)), true) => base_gguf(models_dir, folder, card)?,
+        (None, true) => {
+            return Err(PolicyError::Invalid(format!(
+                "`{}` is not a trained policy (--base exports a policy's base model; to export a \
+                 model itself, name it without --base)",
+                req.name
+            )))
+        }
+        (None, false) => {
+            fetch::resolve_model(&req.name, models_dir)
+                .map_err(|e| PolicyError::Infer(e.into()))?
+                .path
+        }
+    };
+    if !source.is_file() {
+        return Err(PolicyError::Invalid(format!(
+            "`{}` is not a generator model file ({})",
+            req.name,
+            source.display()
+        )));
+    }
+    let mut written = Vec::new();
+    let mut base_ref = None;
+    match req.kind {
+        ExportKind::Gguf => {
+            std::fs::create_dir_all(&req.out).map_err(|e| io_err(&req.out, e))?;
+            let file = source.file_name().map_or_else(|| "model.gguf".into(), |n| n.to_owned());
+            let dest = req.out.join(file);
+            let tmp = req.out.join(".export.gguf.partial");
+            std::fs::copy(&source, &tmp).map_err(|e| io_err(&tmp, e))?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io_err(&tmp, e))?;
+            std::fs::rename(&tmp, &dest).map_err(|e| io_err(&dest, e))?;
+            written.push(dest);
+        }
+        ExportKind::Hf => {
+            hf::export_hf(&source, &req.out, req.dtype).map_err(export_err)?;
+            written.push(req.out.clone());
+        }
+        ExportKind::Peft => {
+            let Some((folder, card)) = policy.as_ref().filter(|_| !req.base) else {
+                return Err(PolicyError::Invalid(format!(
+                    "`{}`: --format peft exports a trained LoRA policy's adapters (the base model \
+                     has none; use --format hf)",
+                    req.name
+                )));
+            };
+            let Some((adapter, tensors)) = read_adapter(folder)? else {
+                return Err(PolicyError::Invalid(format!(
+                    "policy `{}` keeps no LoRA adapters (trained in full, or registered before \
+                     adapters were kept): only its merged weights exist; export them with \
+                     --format hf",
+                    req.name
+                )));
+            };
+            let base = base_gguf(models_dir, folder, card)?;
+            let reference = match &req.base_ref {
+                Some(r) => r.clone(),
+                None => {
+                    let dir = req.out.join("base");
+                    hf::export_hf(&base, &dir, req.dtype).map_err(export_err)?;
+                    written.push(dir.clone());
+                    std::fs::canonicalize(&dir).unwrap_or(dir).to_string_lossy().into_owned()
+                }
+            };
+            let layers = adapter.lora.top_layers.map(|_| {
+                let mut l: Vec<usize> = tensors
+                    .keys()
+                    .filter_map(|n| n.strip_prefix("blk.")?.split('.').next()?.parse().ok())
+                    .collect();
+                l.sort_unstable();
+                l.dedup();
+                l
+            });
+            let peft = PeftExport {
+                rank: adapter.lora.rank,
+                alpha: adapter.lora.alpha,
+                layers,
+                base_ref: reference.clone(),
+                tensors: &tensors,
+            };
+            hf::export_peft(&base, &peft, &req.out).map_err(export_err)?;
+            written.push(req.out.clone());
+            base_ref = Some(reference);
+        }
+    }
+    Ok(ExportReport { source, written, base_ref })
 }

@@ -1,0 +1,253 @@
+//! Hugging Face and PEFT round trips over tiny random models, measured in logits of the trainer
+//! (f32, exact arithmetic of the file's weights): a GGUF exported as a Hugging Face folder and
+//! resolved back as a model spec gives the same logits (llama and qwen2 shapes); a trained LoRA
+//! policy exported for PEFT and resolved back (adapter merged into its exported base) gives the
+//! merged policy's logits; `rrm policy export` from the command line.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use candle_core::{DType, Device, Tensor};
+use rrm::infer::fetch::resolve_model;
+use rrm::infer::hf::HfDType;
+use rrm::infer::testing::{tiny_gguf, TinyOptions};
+use rrm::infer::ModelIdentity;
+use rrm::lm::export::ExportFormat;
+use rrm::lm::lora::{LoraConfig, Target};
+use rrm::lm::model::{LoadOptions, Mode, TrainableLlama};
+use rrm::policy::registry::{self, DataCard, ExportKind, ExportRequest, PolicyCard};
+use rrm::policy::Method;
+
+/// Largest difference allowed between the logits of a model and its round trip. Both sides
+/// hold the same f32 weights (permuting rows is exact), so only the order of additions could
+/// differ; measured: exactly 0 on these models.
+const ROUND_TRIP_TOLERANCE: f32 = 1e-5;
+/// For an adapter merged by us against one merged by the trainer (`W + scale·B·A` summed in a
+/// different order, in f32): measured exactly 0 here.
+const MERGE_TOLERANCE: f32 = 1e-4;
+
+const PROMPTS: &[&[u32]] = &[&[1, 40, 41, 42, 43, 2, 1], &[1, 60, 70, 80, 90, 100, 110, 120, 2]];
+
+fn tiny(dir: &Path, arch: &'static str, tied: bool) -> PathBuf {
+    let path = dir.join(format!("{arch}-{tied}.gguf"));
+    tiny_gguf(&path, 11, &TinyOptions { arch, tied, ..TinyOptions::default() }).unwrap();
+    path
+}
+
+fn logits(path: &Path) -> Vec<f32> {
+    let options = LoadOptions { mode: Mode::Frozen, dtype: DType::F32 };
+    let (model, _) = TrainableLlama::load(path, &Device::Cpu, &options).unwrap();
+    model.logits(PROMPTS).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn hf_export_then_import_keeps_the_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    for (arch, tied) in [("llama", true), ("llama", false), ("qwen2", false), ("qwen2", true)] {
+        let gguf = tiny(dir.path(), arch, tied);
+        let out = dir.path().join(format!("{arch}-{tied}-hf"));
+        rrm::infer::hf::export_hf(&gguf, &out, HfDType::F32).unwrap();
+        let resolved = resolve_model(out.to_str().unwrap(), &models).unwrap();
+        assert!(resolved.path.starts_with(models.join("hf-gguf")), "{}", resolved.path.display());
+        let diff = max_abs_diff(&logits(&gguf), &logits(&resolved.path));
+        eprintln!("{arch} tied={tied}: max |Δlogit| after the round trip = {diff:e}");
+        assert!(diff <= ROUND_TRIP_TOLERANCE, "{arch} tied={tied}: {diff}");
+        // The engine serves the converted file too.
+        let loaded = rrm::infer::llama::LlamaModel::load(&resolved.path, &Device::Cpu).unwrap();
+        let mut cache = loaded.model.new_cache(PROMPTS[0].len()).unwrap();
+        let out = loaded.model.forward(&mut [(PROMPTS[0], &mut cache)]).unwrap();
+        assert_eq!(out.dims()[1], rrm::infer::testing::tiny_vocab().len());
+    }
+}
+
+#[test]
+fn a_quantized_model_exports_its_dequantized_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("q8.gguf");
+    let o = TinyOptions { weights: candle_core::quantized::GgmlDType::Q8_0, ..Default::default() };
+    tiny_gguf(&gguf, 4, &o).unwrap();
+    let out = dir.path().join("hf");
+    rrm::infer::hf::export_hf(&gguf, &out, HfDType::F32).unwrap();
+    let resolved = resolve_model(out.to_str().unwrap(), &dir.path().join("models")).unwrap();
+    let diff = max_abs_diff(&logits(&gguf), &logits(&resolved.path));
+    assert!(diff <= ROUND_TRIP_TOLERANCE, "{diff}");
+}
+
+/// Registers a LoRA policy on `base` with random (non-zero) adapters, as `rrm policy train`
+/// would; returns its merged GGUF.
+fn register_lora_policy(models: &Path, base: &Path, name: &str, top: Option<usize>) -> PathBuf {
+    let lora =
+        LoraConfig { rank: 4, alpha: 8.0, targets: Target::ALL.to_vec(), seed: 5, top_layers: top };
+    let options = LoadOptions { mode: Mode::Lora(lora.clone()), dtype: DType::F32 };
+    let (model, _) = TrainableLlama::load(base, &Device::Cpu, &options).unwrap();
+    for (i, (n, var)) in model.trainable().into_iter().enumerate() {
+        if n.ends_with("lora_b") {
+            let t = Tensor::randn(0f32, 0.2, var.shape(), &Device::Cpu).unwrap();
+            var.set(&(t + i as f64 * 1e-3).unwrap()).unwrap();
+        }
+    }
+    let card = PolicyCard::new(
+        name,
+        ModelIdentity { name: "tiny".into(), hash: "x".into() },
+        Method::Sft,
+        Mode::Lora(lora),
+        ExportFormat::F32,
+        serde_json::Value::Null,
+        DataCard::default(),
+    );
+    registry::register(models, card, &model, false).unwrap().0
+}
+
+fn request(name: &str, kind: ExportKind, out: &Path) -> ExportRequest {
+    ExportRequest {
+        name: name.into(),
+        kind,
+        out: out.to_path_buf(),
+        base: false,
+        dtype: HfDType::F32,
+        base_ref: None,
+    }
+}
+
+#[test]
+fn a_peft_export_imported_on_its_base_gives_the_merged_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    for (arch, top) in [("llama", None), ("qwen2", Some(1))] {
+        let base = tiny(dir.path(), arch, arch == "llama");
+        let name = format!("pol-{arch}");
+        let merged = register_lora_policy(&models, &base, &name, top);
+        let out = dir.path().join(format!("{name}-peft"));
+        let report = registry::export(&models, &request(&name, ExportKind::Peft, &out)).unwrap();
+        assert!(
+            out.join("adapter_config.json").is_file() && out.join("base/config.json").is_file()
+        );
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["r"], 4);
+        assert_eq!(config["base_model_name_or_path"].as_str(), report.base_ref.as_deref());
+        assert_eq!(config["layers_to_transform"].is_null(), top.is_none());
+        // The adapter folder as a model spec: its base resolved, the adapter merged in.
+        let resolved = resolve_model(out.to_str().unwrap(), &models).unwrap();
+        let diff = max_abs_diff(&logits(&merged), &logits(&resolved.path));
+        eprintln!("{arch}: max |Δlogit| PEFT import vs merged policy = {diff:e}");
+        assert!(diff <= MERGE_TOLERANCE, "{arch}: {diff}");
+        // The base exported with --base is the model the policy was trained from.
+        let base_out = dir.path().join(format!("{name}-base"));
+        let mut req = request(&name, ExportKind::Hf, &base_out);
+        req.base = true;
+        registry::export(&models, &req).unwrap();
+        let back = resolve_model(base_out.to_str().unwrap(), &models).unwrap();
+        assert!(max_abs_diff(&logits(&base), &logits(&back.path)) <= ROUND_TRIP_TOLERANCE);
+    }
+}
+
+#[test]
+fn peft_export_of_a_policy_without_adapters_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let base = tiny(dir.path(), "llama", true);
+    let options = LoadOptions { mode: Mode::Full, dtype: DType::F32 };
+    let (model, _) = TrainableLlama::load(&base, &Device::Cpu, &options).unwrap();
+    let card = PolicyCard::new(
+        "full",
+        ModelIdentity { name: "tiny".into(), hash: "x".into() },
+        Method::Sft,
+        Mode::Full,
+        ExportFormat::F32,
+        serde_json::Value::Null,
+        DataCard::default(),
+    );
+    registry::register(&models, card, &model, false).unwrap();
+    let err = registry::export(&models, &request("full", ExportKind::Peft, &dir.path().join("o")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no LoRA adapters") && err.contains("--format hf"), "{err}");
+    let err = registry::export(&models, &request("nothing-here", ExportKind::Hf, dir.path()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nothing-here"), "{err}");
+}
+
+#[test]
+fn cli_exports_hf_and_gguf_and_the_export_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let base = tiny(dir.path(), "qwen2", false);
+    let hf = dir.path().join("hf");
+    let run = |args: &[&str]| {
+        Command::cargo_bin("rrm")
+            .unwrap()
+            .args(args)
+            .arg("--models-dir")
+            .arg(&models)
+            .arg("--db")
+            .arg(dir.path().join("db"))
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "policy",
+        "export",
+        base.to_str().unwrap(),
+        "--format",
+        "hf",
+        "--out",
+        hf.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        assert!(hf.join(f).is_file(), "{f}");
+    }
+    let g = dir.path().join("g");
+    let out = run(&[
+        "policy",
+        "export",
+        base.to_str().unwrap(),
+        "--format",
+        "gguf",
+        "--out",
+        g.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(g.join("qwen2-false.gguf")).unwrap(), std::fs::read(&base).unwrap());
+    // The Hugging Face folder is a model spec for generation.
+    let out = Command::cargo_bin("rrm")
+        .unwrap()
+        .args([
+            "generate",
+            "--prompt",
+            "the tin",
+            "--max-tokens",
+            "4",
+            "--device",
+            "cpu",
+            "--model",
+        ])
+        .arg(&hf)
+        .arg("--models-dir")
+        .arg(&models)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Bad input: a folder that is no model, and an unknown format.
+    let out = run(&["policy", "export", "no-such-model", "--out", hf.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-model"));
+    let out = run(&["policy", "export", "x", "--format", "onnx", "--out", "y"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("onnx"));
+}
