@@ -38,7 +38,7 @@ pub use import::{convert_folder, merge_adapter, read_adapter, Adapter, GgufParts
 
 /// Changes whenever the converter would write different bytes for the same input (part of
 /// every cache key).
-pub const CONVERTER_VERSION: &str = "rrm-hf-gguf-1";
+pub const CONVERTER_VERSION: &str = "rrm-hf-gguf-2";
 
 /// The cache folder under the models folder.
 pub const CACHE_DIR: &str = "hf-gguf";

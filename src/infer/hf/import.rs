@@ -95,12 +95,22 @@ impl HfConfig {
                 });
             }
         }
-        if let Some(s) = c.get("rope_scaling").filter(|v| !v.is_null()) {
-            return Err(HfError::Unsupported {
-                path: path.to_path_buf(),
-                message: format!("rope_scaling {s} (the engine runs plain RoPE)"),
-            });
+        // transformers 5 writes `rope_parameters` ({rope_theta, rope_type}); older versions a
+        // top-level `rope_theta` and `rope_scaling`. Only plain RoPE runs here.
+        let rope = c.get("rope_parameters").filter(|v| !v.is_null());
+        for (key, v) in [("rope_scaling", c.get("rope_scaling")), ("rope_parameters", rope)] {
+            let Some(v) = v.filter(|v| !v.is_null()) else { continue };
+            let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Json::as_str);
+            if kind.is_some_and(|k| k != "default") || (kind.is_none() && key == "rope_scaling") {
+                return Err(HfError::Unsupported {
+                    path: path.to_path_buf(),
+                    message: format!("{key} {v} (the engine runs plain RoPE)"),
+                });
+            }
         }
+        let rope_theta = float("rope_theta")
+            .or_else(|| rope.and_then(|r| r.get("rope_theta")).and_then(Json::as_f64))
+            .unwrap_or(10_000.0);
         if c.get("use_sliding_window").and_then(Json::as_bool) == Some(true) {
             return Err(HfError::Unsupported {
                 path: path.to_path_buf(),
@@ -128,7 +138,7 @@ impl HfConfig {
             n_kv_head,
             head_dim,
             rms_eps: float("rms_norm_eps").unwrap_or(1e-6),
-            rope_theta: float("rope_theta").unwrap_or(10_000.0),
+            rope_theta,
             context_length: int("max_position_embeddings")?.unwrap_or(2048),
             vocab_size: int("vocab_size")?,
             tie: c.get("tie_word_embeddings").and_then(Json::as_bool),
@@ -261,15 +271,27 @@ fn tensor_err(path: &Path, name: &str, e: candle_core::Error) -> HfError {
     malformed(path, format!("tensor `{name}`: {e}"))
 }
 
+/// Whether the config in `dir` names a `…ForSequenceClassification` architecture.
+fn is_sequence_classifier(dir: &Path) -> bool {
+    super::read_json(&dir.join(super::CONFIG_FILE)).is_ok_and(|c| {
+        c.get("architectures").and_then(|a| a.as_array()).is_some_and(|a| {
+            a.iter().filter_map(|v| v.as_str()).any(|n| n.ends_with("ForSequenceClassification"))
+        })
+    })
+}
+
 /// Converts the Hugging Face model folder `dir` (llama or qwen2) into GGUF tensors and metadata.
 pub fn convert_folder(dir: &Path) -> Result<GgufParts, HfError> {
     let config = HfConfig::read(dir)?;
     let family = config.family;
+    // A sequence-classification checkpoint (a reward model) converts to its backbone; its head
+    // (`score.weight`) is read by the reward import, not here.
+    let classifier = is_sequence_classifier(dir);
     let mut tensors: BTreeMap<String, (Tensor, PathBuf)> = BTreeMap::new();
     let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
     for file in weight_files(dir)? {
         for (name, t) in read_safetensors(&file)? {
-            if name.ends_with("rotary_emb.inv_freq") {
+            if name.ends_with("rotary_emb.inv_freq") || (classifier && name == "score.weight") {
                 continue;
             }
             let Some(g) = gguf_name(&name) else {

@@ -361,6 +361,17 @@ fn bad_input_is_a_typed_error_naming_the_file() {
         "{err}"
     );
 
+    // transformers 5 keeps the RoPE base in `rope_parameters`.
+    let d = copy("rope-parameters");
+    edit_config(&d, &|c| {
+        c.as_object_mut().unwrap().remove("rope_theta");
+        c["rope_parameters"] = serde_json::json!({"rope_theta": 500000.0, "rope_type": "default"});
+    });
+    let md = md_map(&convert_folder(&d).unwrap());
+    assert!(matches!(md["llama.rope.freq_base"], Value::F32(x) if x == 500_000.0));
+    edit_config(&d, &|c| c["rope_parameters"]["rope_type"] = "yarn".into());
+    assert!(matches!(convert_folder(&d).unwrap_err(), HfError::Unsupported { .. }));
+
     let d = copy("scaling");
     edit_config(&d, &|c| {
         c["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0})
