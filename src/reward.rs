@@ -75,6 +75,15 @@ pub enum RewardError {
     Lm(#[from] crate::lm::LmError),
     #[error("{0}")]
     Invalid(String),
+    /// A Hugging Face checkpoint that could not be read or converted.
+    #[error(transparent)]
+    Hf(#[from] Box<crate::infer::hf::HfError>),
+}
+
+impl From<crate::infer::hf::HfError> for RewardError {
+    fn from(e: crate::infer::hf::HfError) -> Self {
+        RewardError::Hf(Box::new(e))
+    }
 }
 
 /// What a checkpoint was trained on.

@@ -53,6 +53,10 @@ pub enum RewardCommand {
     Eval(EvalArgs),
     /// Score a node's stored candidates.
     Score(ScoreArgs),
+    /// Bring in a reward model trained elsewhere: a Hugging Face sequence-classification
+    /// checkpoint with one label (TRL's RewardTrainer output, adapter merged). It becomes an LM
+    /// reward model in the reward folder, usable as `--reward-model HASH`.
+    Import(ImportArgs),
     /// Time featurizing, training on N synthetic comparisons, and scoring (built with
     /// `--features testing`: the synthetic data is test support).
     #[cfg(feature = "testing")]
@@ -254,6 +258,21 @@ pub struct ScoreArgs {
     pub lossy: bool,
 }
 
+#[derive(Debug, Args)]
+#[command(after_help = "Example:
+  python scripts/trl/train_reward.py --data prefs.jsonl --out trl-reward
+  rrm reward import trl-reward
+  rrm summarize alice --best-of 4 --reward-model HASH")]
+pub struct ImportArgs {
+    /// The checkpoint folder (config.json with a `…ForSequenceClassification` architecture and
+    /// one label, model.safetensors with `score.weight`, tokenizer.json).
+    pub dir: PathBuf,
+    /// Tokens per scored input (prompt + summary); longer inputs lose the end of the text
+    /// summarized, as in training.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_tokens: usize,
+}
+
 pub fn run(ctx: &mut Context, args: RewardArgs) -> anyhow::Result<()> {
     let progress = ctx.progress();
     let ws = ctx.workspace(&args.ws)?.clone();
@@ -262,6 +281,7 @@ pub fn run(ctx: &mut Context, args: RewardArgs) -> anyhow::Result<()> {
         RewardCommand::Train(a) => train(ctx, &ws, encoder()?, *a),
         RewardCommand::Eval(a) => eval(&ws, &encoder, a),
         RewardCommand::Score(a) => score(&ws, &encoder, a),
+        RewardCommand::Import(a) => import(ctx, &ws, a),
         #[cfg(feature = "testing")]
         RewardCommand::Bench(a) => bench::run(&ws, encoder()?, a),
     }
@@ -649,6 +669,34 @@ fn eval(ws: &Workspace, encoder: LoadEncoder<'_>, args: EvalArgs) -> anyhow::Res
     let refs: Vec<&Pair> = pairs.iter().collect();
     let baselines = report::report(&margins, &refs);
     print_eval(&model.card.hash, &what, &metrics, &baselines, args.json)
+}
+
+fn import(ctx: &Context, ws: &Workspace, args: ImportArgs) -> anyhow::Result<()> {
+    let imported = crate::reward::lm::import::import_hf(
+        &args.dir,
+        ws.reward_dir(),
+        ws.models_dir(),
+        args.max_tokens,
+    )
+    .with_context(|| format!("importing the reward model {}", args.dir.display()))?;
+    // Load it back: the backbone, the tokenizer and the head must work together.
+    LmRewardModel::load(&imported.path, None)
+        .with_context(|| format!("loading the imported model {}", imported.path.display()))?;
+    if !ctx.quiet {
+        println!(
+            "imported {} as the LM reward model {} ({})",
+            args.dir.display(),
+            imported.card.hash,
+            imported.path.display()
+        );
+        println!("  backbone: {}", imported.card.base);
+        println!(
+            "  use: rrm summarize BOOK --best-of 4 --reward-model {}; measure: rrm reward eval \\
+             --model {} --data FILE.jsonl",
+            imported.card.hash, imported.card.hash
+        );
+    }
+    Ok(())
 }
 
 fn score(ws: &Workspace, encoder: LoadEncoder<'_>, args: ScoreArgs) -> anyhow::Result<()> {

@@ -317,6 +317,7 @@ impl std::fmt::Debug for LmRewardModel {
 /// A pair's chosen and rejected token sequences.
 type TokenPair = (Vec<u32>, Vec<u32>);
 
+pub mod import;
 mod probe;
 
 /// blake3 of a file, hex.
