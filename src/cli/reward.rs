@@ -690,11 +690,9 @@ fn import(ctx: &Context, ws: &Workspace, args: ImportArgs) -> anyhow::Result<()>
             imported.path.display()
         );
         println!("  backbone: {}", imported.card.base);
-        println!(
-            "  use: rrm summarize BOOK --best-of 4 --reward-model {}; measure: rrm reward eval \\
-             --model {} --data FILE.jsonl",
-            imported.card.hash, imported.card.hash
-        );
+        let hash = &imported.card.hash;
+        println!("  use:     rrm summarize BOOK --best-of 4 --reward-model {hash}");
+        println!("  measure: rrm reward eval --model {hash} --data FILE.jsonl");
     }
     Ok(())
 }
