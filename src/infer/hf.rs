@@ -82,6 +82,28 @@ pub(crate) fn malformed(path: &Path, message: impl std::fmt::Display) -> HfError
     HfError::Malformed { path: path.to_path_buf(), message: message.to_string() }
 }
 
+/// A GGUF file opened (for reading its tensors next), its header (metadata and tensor list; no
+/// tensor data read), its architecture name and the family it belongs to: an unreadable file or
+/// an architecture other than llama and qwen2 is an error naming the file.
+pub(crate) fn read_gguf_header(
+    path: &Path,
+) -> Result<(std::fs::File, candle_core::quantized::gguf_file::Content, String, Family), HfError> {
+    let mut file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file)
+        .map_err(|e| malformed(path, format!("not a readable GGUF file: {e}")))?;
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    let family = Family::of(&arch).ok_or_else(|| HfError::Unsupported {
+        path: path.to_path_buf(),
+        message: format!("architecture `{arch}` (llama, qwen2)"),
+    })?;
+    Ok((file, content, arch, family))
+}
+
 /// Reads a JSON file; a missing file is [`HfError::Missing`].
 pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, HfError> {
     let bytes = match std::fs::read(path) {

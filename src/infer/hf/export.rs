@@ -6,11 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::Content;
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
-use super::{hf_name, io_err, malformed, md_u64, permuted_heads, unpermute_rows, Family, HfError};
+use super::{
+    hf_name, io_err, malformed, md_u64, permuted_heads, read_gguf_header, unpermute_rows, Family,
+    HfError,
+};
 use crate::infer::llama::LlamaConfig;
 use crate::infer::tokenizer::GgufTokenizer;
 
@@ -135,21 +137,9 @@ fn clean(x: f32) -> f64 {
 /// the same names are replaced): `config.json`, `model.safetensors`, `tokenizer.json`,
 /// `tokenizer_config.json`, `generation_config.json`.
 pub fn export_hf(gguf: &Path, out: &Path, dtype: HfDType) -> Result<(), HfError> {
-    let mut file = std::fs::File::open(gguf).map_err(|e| io_err(gguf, e))?;
-    let content = Content::read(&mut file)
-        .map_err(|e| malformed(gguf, format!("not a readable GGUF file: {e}")))?;
+    let (mut file, content, _, family) = read_gguf_header(gguf)?;
     let cfg = LlamaConfig::from_gguf(&content)
         .map_err(|message| HfError::Unsupported { path: gguf.to_path_buf(), message })?;
-    let arch = content
-        .metadata
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_default();
-    let family = Family::of(&arch).ok_or_else(|| HfError::Unsupported {
-        path: gguf.to_path_buf(),
-        message: format!("architecture `{arch}`"),
-    })?;
     let tokenizer = GgufTokenizer::from_metadata(&content.metadata)
         .map_err(|e| HfError::Tokenizer { path: gguf.to_path_buf(), message: e.to_string() })?;
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
@@ -283,21 +273,9 @@ pub struct PeftExport<'a> {
 /// Writes `adapter` (trained on the GGUF `base`) as a PEFT folder in `out`:
 /// `adapter_config.json` and `adapter_model.safetensors`.
 pub fn export_peft(base: &Path, adapter: &PeftExport<'_>, out: &Path) -> Result<(), HfError> {
-    let mut file = std::fs::File::open(base).map_err(|e| io_err(base, e))?;
-    let content = Content::read(&mut file)
-        .map_err(|e| malformed(base, format!("not a readable GGUF file: {e}")))?;
+    let (_, content, _, family) = read_gguf_header(base)?;
     let cfg = LlamaConfig::from_gguf(&content)
         .map_err(|message| HfError::Unsupported { path: base.to_path_buf(), message })?;
-    let arch = content
-        .metadata
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_default();
-    let family = Family::of(&arch).ok_or_else(|| HfError::Unsupported {
-        path: base.to_path_buf(),
-        message: format!("architecture `{arch}`"),
-    })?;
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
     let weights = out.join(super::ADAPTER_WEIGHTS_FILE);
     let mut tensors = BTreeMap::new();

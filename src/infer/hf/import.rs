@@ -3,15 +3,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value as Json;
 
 use super::{
-    gguf_name, io_err, malformed, md_u64, permute_rows, permuted_heads, read_json, vocab, Family,
-    HfError, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, BLOCK_NAMES, CONFIG_FILE, INDEX_FILE,
-    WEIGHTS_FILE,
+    gguf_name, io_err, malformed, md_u64, permute_rows, permuted_heads, read_gguf_header,
+    read_json, vocab, Family, HfError, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, BLOCK_NAMES,
+    CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE,
 };
 
 /// A model ready to be written as GGUF: metadata and tensors, in file order.
@@ -572,19 +572,7 @@ pub fn merge_adapter(base: &Path, adapter: &Adapter) -> Result<GgufParts, HfErro
         base: base.to_path_buf(),
         message,
     };
-    let mut file = std::fs::File::open(base).map_err(|e| io_err(base, e))?;
-    let content = Content::read(&mut file)
-        .map_err(|e| malformed(base, format!("not a readable GGUF file: {e}")))?;
-    let arch = content
-        .metadata
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_default();
-    let family = Family::of(&arch).ok_or_else(|| HfError::Unsupported {
-        path: base.to_path_buf(),
-        message: format!("architecture `{arch}` (llama, qwen2)"),
-    })?;
+    let (mut file, content, arch, family) = read_gguf_header(base)?;
     let n_head = md_u64(&content.metadata, &format!("{arch}.attention.head_count"))
         .ok_or_else(|| malformed(base, format!("no `{arch}.attention.head_count`")))?
         as usize;
