@@ -12,6 +12,7 @@
 //!   accumulation, clipping by global norm, warm-up + cosine schedule.
 //! - [`checkpoint`]: atomic training checkpoints (trainable tensors, optimizer moments, a JSON
 //!   state) that survive a kill at any point.
+//! - [`peft`]: a PEFT LoRA adapter (TRL's output) loaded into the model's own adapters.
 //! - [`export`]: the merged weights written as a GGUF (Q8_0, F16 or F32) with the base model's
 //!   metadata (tokenizer, chat template), which the engine loads like any other model.
 //!
@@ -29,6 +30,7 @@ pub mod lora;
 pub mod model;
 pub mod observe;
 pub mod optim;
+pub mod peft;
 #[cfg(test)]
 mod tests;
 

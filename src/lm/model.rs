@@ -995,6 +995,12 @@ impl TrainableLlama {
         out
     }
 
+    /// The LoRA adapter on projection `proj` (a GGUF name without `.weight`: `blk.3.attn_q`),
+    /// when the model carries one there.
+    pub fn lora(&self, proj: &str) -> Option<&Lora> {
+        self.blocks.iter().flat_map(|b| b.projs()).find(|p| p.name == proj)?.lora.as_ref()
+    }
+
     /// Number of trainable scalars.
     pub fn trainable_count(&self) -> usize {
         self.trainable().iter().map(|(_, v)| v.elem_count()).sum()

@@ -406,3 +406,54 @@ fn packed_completions_score_as_separate_sequences() {
         assert!(max_abs_diff(&g, &w) < 1e-4, "{arch}");
     }
 }
+
+/// A trained adapter written as PEFT and read back into a model whose own adapters started
+/// elsewhere gives the same log-probabilities: `B`'s Q/K rows go back into the GGUF order
+/// (llama) or stay (qwen2), and a different alpha is folded into `B`.
+#[test]
+fn a_peft_adapter_loads_into_the_trainers_adapters() {
+    use crate::infer::hf::{export_peft, read_adapter, PeftExport};
+    use std::collections::HashMap;
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ["llama", "qwen2"] {
+        let path = tiny(dir.path(), arch, false);
+        let trained = load(&path, lora_all(), DType::F32);
+        randomize_lora_b(&trained, 11);
+        let tensors: HashMap<String, Tensor> =
+            trained.trainable().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        let out = dir.path().join(format!("{arch}-peft"));
+        let export = PeftExport {
+            rank: 4,
+            alpha: 8.0,
+            layers: None,
+            base_ref: "tiny".into(),
+            tensors: &tensors,
+        };
+        export_peft(&path, &export, &out).unwrap();
+        let adapter = read_adapter(&out).unwrap();
+
+        // Another seed, and alpha 4 instead of 8: loading must still reproduce the adapter.
+        let other = Mode::Lora(LoraConfig {
+            rank: 4,
+            alpha: 4.0,
+            targets: Target::ALL.to_vec(),
+            seed: 99,
+            top_layers: None,
+        });
+        let fresh = load(&path, other, DType::F32);
+        let before = scalar(&(loss(&fresh) - loss(&trained)).unwrap().abs().unwrap());
+        assert!(before > 1e-4, "{arch}: the two models must differ before loading");
+        let set = super::peft::load_peft_adapter(&fresh, &adapter).unwrap();
+        assert_eq!(set, 7 * fresh.config.n_layer);
+        let a = fresh.packed_logprobs(&packed()).unwrap().tokens.to_vec1::<f32>().unwrap();
+        let b = trained.packed_logprobs(&packed()).unwrap().tokens.to_vec1::<f32>().unwrap();
+        assert!(max_abs_diff(&a, &b) < 1e-5, "{arch}: {}", max_abs_diff(&a, &b));
+
+        // An adapter of another rank is refused, naming the module.
+        let rank2 = Mode::Lora(LoraConfig { rank: 2, ..LoraConfig::default() });
+        let err = super::peft::load_peft_adapter(&load(&path, rank2, DType::F32), &adapter)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rank or shape differ") && err.contains("model.layers."), "{err}");
+    }
+}

@@ -238,8 +238,9 @@ fn micro_backward(
 }
 
 /// SFT's or DPO's loss (TRL's definitions) and metrics from a micro-batch's log-probabilities;
-/// `refs` are the reference's `[chosen, rejected]` sums per pair.
-fn loss_of(
+/// `refs` are the reference's `[chosen, rejected]` sums per pair. Public for the TRL parity
+/// test (`tests/trl_parity.rs`), which holds it to TRL's numbers.
+pub fn loss_of(
     s: &Scored,
     method: Method,
     refs: &[[f32; 2]],
