@@ -55,6 +55,11 @@ pub enum BenchCommand {
     /// Training tokens/s (forward + backward + AdamW) for LoRA and full fine-tuning, forward
     /// tokens/s, peak memory (e.g. `rrm --threads 2 bench train`).
     Train(BenchTrainArgs),
+    /// LM reward-model scoring: summaries/s of the trainer's forward beside the inference
+    /// engine's (which `summarize --reward-model` and `reward eval` use), on random sequences
+    /// with LoRA adapters, in one run (e.g. `rrm --threads 2 bench score`; the shape of
+    /// `scripts/trl/bench.py --modes score`).
+    Score(BenchScoreArgs),
     /// Time the prefill matmul kernels on SmolLM2's shapes (random weights): candle's Q8_0
     /// matmul against the f16 GEMM at each kernel level this CPU has.
     Kernels {
@@ -116,6 +121,7 @@ pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
         }
         BenchCommand::Encoder(args) => return encoder::run(ctx, args),
         BenchCommand::Train(args) => return bench_train(ctx, args),
+        BenchCommand::Score(args) => return bench_score(ctx, args),
         BenchCommand::Kernels { rows, reps, json } => return kernels(rows, reps, json),
         BenchCommand::Ask(a) => return bench_ask(ctx, *a),
     };
@@ -268,6 +274,68 @@ fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
         Ok(())
     };
     policy_bench(&request, &resolved, &mut print).context("benchmarking training")
+}
+
+#[derive(Debug, Args)]
+pub struct BenchScoreArgs {
+    /// Sequences scored.
+    #[arg(long, default_value_t = 16)]
+    pub count: usize,
+    /// Tokens per sequence (a prompt, its input and a summary).
+    #[arg(long, default_value_t = 512)]
+    pub len: usize,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// LoRA rank of the scored adapters.
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+    /// Print JSON rows.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: LocalModelArgs,
+}
+
+fn bench_score(ctx: &mut Context, args: BenchScoreArgs) -> anyhow::Result<()> {
+    let dir = crate::infer::fetch::models_dir(args.model.models.models_dir.as_deref());
+    let resolved = crate::infer::fetch::resolve_model_with(&args.model.model, &dir, ctx.progress())
+        .with_context(|| format!("finding the model `{}`", args.model.model))?;
+    let request = crate::reward::lm::bench::ScoreBenchRequest {
+        count: args.count,
+        len: args.len,
+        batch: args.batch,
+        lora_rank: args.lora_rank,
+        seed: 0,
+    };
+    let threads = crate::infer::kernels::pool::default_threads();
+    if !args.json {
+        println!(
+            "model {}, {threads} threads; {} sequences of {} tokens, {} per pass, LoRA rank {}",
+            resolved.name, args.count, args.len, args.batch, args.lora_rank
+        );
+        println!(
+            "{:>8} {:>10} {:>12} {:>10} {:>10} {:>16}",
+            "scorer", "setup s", "summaries/s", "tokens/s", "seconds", "max |Δ| trainer"
+        );
+    }
+    let json = args.json;
+    crate::reward::lm::bench::bench_scoring(&resolved.path, &request, &mut |row| {
+        if json {
+            println!("{}", serde_json::to_string(&row).unwrap_or_default());
+        } else {
+            println!(
+                "{:>8} {:>10.2} {:>12.2} {:>10.1} {:>10.2} {:>16.2e}",
+                row.scorer,
+                row.setup_seconds,
+                row.summaries_per_s,
+                row.tokens_per_s,
+                row.seconds,
+                row.max_abs_diff_vs_trainer
+            );
+        }
+    })
+    .context("benchmarking LM reward scoring")
 }
 
 /// `on` / `off` (also true/false, 1/0).

@@ -316,6 +316,13 @@ pub struct LlamaModel {
     scratch: std::sync::Mutex<Scratch>,
 }
 
+/// What a forward pass gives per sequence: logits, or the final hidden state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    Logits,
+    Hidden,
+}
+
 /// Activation buffers of the CPU forward pass, kept between steps (fresh multi-megabyte
 /// allocations per layer cost page faults and zeroing).
 #[derive(Debug, Default)]
@@ -363,6 +370,11 @@ impl KvCache {
     /// prefill). Without it, the first step's tokens are the prompt.
     pub fn set_prompt_len(&mut self, n: usize) {
         self.prompt_len = Some(n);
+    }
+    /// Forgets every position from `n` on (a shared prompt scored with one completion after
+    /// another: each completion's keys are overwritten by the next one's).
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
     }
     /// Bytes of K/V this cache holds.
     pub fn bytes(&self) -> usize {
@@ -612,6 +624,24 @@ impl LlamaModel {
     /// Runs one step for a batch of sequences: each gets its new `tokens` appended to its cache,
     /// and the result holds, per sequence, the logits after its last new token: `(B, vocab)`.
     pub fn forward(&self, batch: &mut [(&[u32], &mut KvCache)]) -> candle_core::Result<Tensor> {
+        self.forward_to(batch, Out::Logits)
+    }
+
+    /// [`Self::forward`], giving per sequence the final hidden state after its last new token
+    /// (after the output norm, before the output layer): `(B, hidden)`, f32. What a scalar head
+    /// reads (the LM reward model's scoring).
+    pub fn forward_hidden(
+        &self,
+        batch: &mut [(&[u32], &mut KvCache)],
+    ) -> candle_core::Result<Tensor> {
+        self.forward_to(batch, Out::Hidden)
+    }
+
+    fn forward_to(
+        &self,
+        batch: &mut [(&[u32], &mut KvCache)],
+        out: Out,
+    ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let mut tokens = Vec::new();
         let mut positions = Vec::new();
@@ -643,9 +673,9 @@ impl LlamaModel {
             prefill_gemm: self.prefill_gemm,
         };
         let logits = if self.host_attention {
-            self.forward_host(tokens, &positions, &spans, &prompt, batch, &k)?
+            self.forward_host(tokens, &positions, &spans, &prompt, batch, &k, out)?
         } else {
-            self.forward_tensors(tokens, &positions, &spans, &prompt, batch, &k)?
+            self.forward_tensors(tokens, &positions, &spans, &prompt, batch, &k, out)?
         };
         for (bi, &(_, t, _)) in spans.iter().enumerate() {
             batch[bi].1.len += t;
@@ -655,6 +685,7 @@ impl LlamaModel {
 
     /// The CPU forward pass over plain buffers: the kernels of [`super::kernels`] on their
     /// pool, candle only for the quantized matmuls of generated rows and the output layer.
+    #[allow(clippy::too_many_arguments)]
     fn forward_host(
         &self,
         tokens: Vec<u32>,
@@ -663,6 +694,7 @@ impl LlamaModel {
         prompt: &[bool],
         batch: &mut [(&[u32], &mut KvCache)],
         k: &Kernels,
+        out: Out,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let n = tokens.len();
@@ -718,6 +750,9 @@ impl LlamaModel {
             .collect();
         let mut normed = vec![0f32; last.len()];
         kernels::ops::rms_norm(&last, &self.out_norm_host, eps, &mut normed, k.level, k.pool);
+        if out == Out::Hidden {
+            return Tensor::from_vec(normed, (spans.len(), hd), &self.device);
+        }
         // Every sequence's last row through the 8-bit path, prompt or not.
         let decode_rows = vec![false; spans.len()];
         let mut logits = vec![0f32; spans.len() * c.vocab_size];
@@ -726,6 +761,7 @@ impl LlamaModel {
     }
 
     /// The forward pass with tensor ops (devices other than the CPU; on the CPU, for tests).
+    #[allow(clippy::too_many_arguments)]
     fn forward_tensors(
         &self,
         tokens: Vec<u32>,
@@ -734,6 +770,7 @@ impl LlamaModel {
         prompt: &[bool],
         batch: &mut [(&[u32], &mut KvCache)],
         k: &Kernels,
+        out: Out,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let dev = &self.device;
@@ -762,6 +799,9 @@ impl LlamaModel {
         let last = Tensor::from_vec(last, spans.len(), dev)?;
         let x = x.index_select(&last, 0)?;
         let x = candle_nn::ops::rms_norm(&x, &self.out_norm, c.rms_eps as f32)?;
+        if out == Out::Hidden {
+            return x.to_dtype(DType::F32);
+        }
         let decode_rows = vec![false; spans.len()];
         self.output.apply(&x, &decode_rows, k)?.to_dtype(DType::F32)
     }

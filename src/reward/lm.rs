@@ -299,6 +299,16 @@ pub struct LmMember {
     pub head_b: Tensor,
 }
 
+/// Which forward pass scores a loaded model's candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scoring {
+    /// The inference engine's kernels ([`engine`]): the default.
+    #[default]
+    Engine,
+    /// The trainer's forward, as training and validation score (for comparisons).
+    Trainer,
+}
+
 /// A trained LM reward ensemble with its backbone loaded.
 pub struct LmRewardModel {
     pub card: LmCard,
@@ -306,6 +316,9 @@ pub struct LmRewardModel {
     llama: Mutex<TrainableLlama>,
     tokenizer: GgufTokenizer,
     end: u32,
+    scoring: Scoring,
+    /// The members on the engine, built on the first score.
+    engine: Mutex<Option<std::sync::Arc<engine::EngineScorer>>>,
 }
 
 impl std::fmt::Debug for LmRewardModel {
@@ -317,6 +330,8 @@ impl std::fmt::Debug for LmRewardModel {
 /// A pair's chosen and rejected token sequences.
 type TokenPair = (Vec<u32>, Vec<u32>);
 
+pub mod bench;
+mod engine;
 pub mod import;
 mod probe;
 
@@ -1079,7 +1094,7 @@ impl LmRewardModel {
             train_seconds,
             pairs_per_second: pair_steps as f64 / train_seconds.max(1e-9),
         };
-        let mut model = LmRewardModel { card, members, llama: Mutex::new(llama), tokenizer, end };
+        let mut model = LmRewardModel::assemble(card, members, llama, tokenizer, end);
         let pick = |idx: &[usize]| idx.iter().map(|&i| pairs[i].clone()).collect::<Vec<Pair>>();
         if !val_idx.is_empty() {
             let val = pick(&val_idx);
@@ -1142,19 +1157,75 @@ impl LmRewardModel {
         if rows.is_empty() {
             return Ok(vec![Vec::new(); self.members.len()]);
         }
-        let llama = self
-            .llama
-            .lock()
-            .map_err(|_| RewardError::Invalid("the reward model's lock is poisoned".into()))?;
         let budget = score_budget(self.card.config.max_tokens);
         let t = self.card.temperature as f32;
         let mut out = Vec::with_capacity(self.members.len());
+        if self.scoring == Scoring::Engine {
+            let engine = self.engine()?;
+            let which =
+                head_rows(row_heads.iter().zip(&rows).map(|(&h, r)| (h, r.completions.len())));
+            for (i, m) in self.members.iter().enumerate() {
+                let hidden = engine.last_hidden(i, &rows, budget)?;
+                let which = Tensor::new(which.as_slice(), m.head_w.device())?;
+                let scores =
+                    head_scores(&hidden, &m.head_w, &m.head_b, &which)?.to_vec1::<f32>()?;
+                out.push(scores.into_iter().map(|s| s / t).collect());
+            }
+            return Ok(out);
+        }
+        let llama = self.lock_llama()?;
         for m in &self.members {
             llama.load_trainable(&m.weights)?;
             let scores = score_rows(&llama, &rows, &row_heads, &m.head_w, &m.head_b, budget)?;
             out.push(scores.into_iter().map(|s| s / t).collect());
         }
         Ok(out)
+    }
+
+    fn lock_llama(&self) -> Result<std::sync::MutexGuard<'_, TrainableLlama>, RewardError> {
+        self.llama
+            .lock()
+            .map_err(|_| RewardError::Invalid("the reward model's lock is poisoned".into()))
+    }
+
+    fn assemble(
+        card: LmCard,
+        members: Vec<LmMember>,
+        llama: TrainableLlama,
+        tokenizer: GgufTokenizer,
+        end: u32,
+    ) -> LmRewardModel {
+        LmRewardModel {
+            card,
+            members,
+            llama: Mutex::new(llama),
+            tokenizer,
+            end,
+            scoring: Scoring::default(),
+            engine: Mutex::new(None),
+        }
+    }
+
+    /// Chooses the forward pass that scores candidates from now on ([`Scoring::Engine`] by
+    /// default; the two agree to about 1e-2 of a score, the engine multiplying in f16).
+    pub fn set_scoring(&mut self, scoring: Scoring) {
+        self.scoring = scoring;
+    }
+
+    /// The members on the engine, built on first use.
+    fn engine(&self) -> Result<std::sync::Arc<engine::EngineScorer>, RewardError> {
+        let mut slot = self
+            .engine
+            .lock()
+            .map_err(|_| RewardError::Invalid("the reward model's lock is poisoned".into()))?;
+        if let Some(e) = slot.as_ref() {
+            return Ok(e.clone());
+        }
+        let llama = self.lock_llama()?;
+        let built =
+            std::sync::Arc::new(engine::EngineScorer::build(&llama, &self.members, &llama.path)?);
+        *slot = Some(built.clone());
+        Ok(built)
     }
 
     /// The ensemble-mean margin (chosen − rejected) of every pair.
@@ -1280,7 +1351,7 @@ impl LmRewardModel {
             members.push(LmMember { weights: w, head_w, head_b });
         }
         let end = end_token(&tokenizer)?;
-        Ok(LmRewardModel { card, members, llama: Mutex::new(llama), tokenizer, end })
+        Ok(LmRewardModel::assemble(card, members, llama, tokenizer, end))
     }
 }
 
@@ -1652,6 +1723,58 @@ mod tests {
         let old = LmRewardModel::load(&ckpt, None).unwrap();
         assert_eq!(old.card.heads, 1);
         assert_eq!(old.member_scores(0, input, &["zebra zebra 3", "cat dog 3"]).unwrap(), s);
+    }
+
+    /// The engine's forward (f16 GEMM, blockwise attention, the prompt once per packed row and
+    /// the cache cut back between completions) scores as the trainer's does: LoRA members each
+    /// merged, and a frozen backbone shared by every member; one node's candidates and many
+    /// pairs at once.
+    #[test]
+    fn engine_scores_equal_the_trainers() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = tiny(dir.path());
+        let pairs = separable();
+        let mut lora = LmRewardModel::train(&base, &pairs, &[], &config(), "test").unwrap();
+        let ckpt = lora.save(&dir.path().join("rm")).unwrap();
+        // The same heads on the frozen backbone (what `rrm reward import` makes): the adapters
+        // dropped from the checkpoint, the card's mode frozen.
+        let weights = ckpt.join(LM_WEIGHTS_FILE);
+        let tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+        let heads: HashMap<String, Tensor> =
+            tensors.into_iter().filter(|(n, _)| n.contains(".head.")).collect();
+        let frozen_dir = dir.path().join("frozen");
+        std::fs::create_dir_all(&frozen_dir).unwrap();
+        candle_core::safetensors::save(&heads, frozen_dir.join(LM_WEIGHTS_FILE)).unwrap();
+        let mut card: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ckpt.join(CARD_FILE)).unwrap()).unwrap();
+        card["config"]["mode"] = serde_json::json!({"mode": "frozen"});
+        let bytes = std::fs::read(frozen_dir.join(LM_WEIGHTS_FILE)).unwrap();
+        card["hash"] = blake3::hash(&bytes).to_hex()[..16].into();
+        std::fs::write(frozen_dir.join(CARD_FILE), serde_json::to_vec(&card).unwrap()).unwrap();
+        let frozen = LmRewardModel::load(&frozen_dir, None).unwrap();
+
+        for (name, mut model) in [("lora", lora), ("frozen", frozen)] {
+            let input = "passage number 3 about animals, and then a longer tail of words";
+            let cands = ["zebra zebra 3", "cat dog 3", "a zebra and a cat and a dog 3"];
+            let engine = model.member_scores(0, input, &cands).unwrap();
+            let engine_margins = model.margins(&pairs).unwrap();
+            model.set_scoring(Scoring::Trainer);
+            let trainer = model.member_scores(0, input, &cands).unwrap();
+            let trainer_margins = model.margins(&pairs).unwrap();
+            let gap = |a: &[f32], b: &[f32]| {
+                a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+            };
+            let spread = trainer.iter().flatten().fold(0f32, |m, x| m.max(x.abs())).max(1.0);
+            eprintln!("{name}: engine {engine:?} trainer {trainer:?}");
+            for (e, t) in engine.iter().zip(&trainer) {
+                assert!(gap(e, t) < 1e-2 * spread, "{name}: {e:?} vs {t:?}");
+            }
+            assert_eq!(engine_margins.len(), trainer_margins.len());
+            assert!(
+                gap(&engine_margins, &trainer_margins) < 1e-2 * spread,
+                "{name}: {engine_margins:?} vs {trainer_margins:?}"
+            );
+        }
     }
 
     /// With a head per height, the same summaries can be preferred one way at height 0 and the
