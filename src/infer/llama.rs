@@ -228,7 +228,9 @@ impl LlamaConfig {
         if gemma
             && md_f64(md, &format!("{arch_name}.rope.scaling.factor")).is_some_and(|f| f != 1.0)
         {
-            return Err("gemma3 with RoPE scaling (the 4B model and larger) is not supported".into());
+            return Err(
+                "gemma3 with RoPE scaling (the 4B model and larger) is not supported".into()
+            );
         }
         Ok(Self {
             arch,

@@ -242,9 +242,18 @@ pub fn tiny_gguf(path: &Path, seed: u64, o: &TinyOptions) -> Result<(), InferErr
         md.extend([
             ("tokenizer.ggml.model".into(), Value::String("llama".into())),
             ("tokenizer.ggml.pre".into(), Value::String("default".into())),
-            ("tokenizer.ggml.tokens".into(), Value::Array(tokens.into_iter().map(Value::String).collect())),
-            ("tokenizer.ggml.scores".into(), Value::Array(scores.into_iter().map(Value::F32).collect())),
-            ("tokenizer.ggml.token_type".into(), Value::Array(types.into_iter().map(Value::I32).collect())),
+            (
+                "tokenizer.ggml.tokens".into(),
+                Value::Array(tokens.into_iter().map(Value::String).collect()),
+            ),
+            (
+                "tokenizer.ggml.scores".into(),
+                Value::Array(scores.into_iter().map(Value::F32).collect()),
+            ),
+            (
+                "tokenizer.ggml.token_type".into(),
+                Value::Array(types.into_iter().map(Value::I32).collect()),
+            ),
             ("tokenizer.ggml.bos_token_id".into(), Value::U32(2)),
             ("tokenizer.ggml.eos_token_id".into(), Value::U32(1)),
             ("tokenizer.ggml.unknown_token_id".into(), Value::U32(3)),

@@ -99,8 +99,9 @@ fn opt_u32(md: &HashMap<String, Value>, key: &'static str) -> Option<u32> {
 }
 
 fn f32_array(md: &HashMap<String, Value>, key: &'static str) -> Result<Vec<f32>, TokenizerError> {
-    let values =
-        get(md, key)?.to_vec().map_err(|e| TokenizerError::Malformed { key, message: e.to_string() })?;
+    let values = get(md, key)?
+        .to_vec()
+        .map_err(|e| TokenizerError::Malformed { key, message: e.to_string() })?;
     values
         .iter()
         .map(|v| match v {
