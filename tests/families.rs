@@ -186,3 +186,19 @@ fn spm_tokenizer_joins_by_score_and_falls_back_to_bytes() {
     assert_eq!(text, "<bos><start_of_turn>user\nS\n\nHi<end_of_turn>\n<start_of_turn>model\n");
     assert!(tok.eos_ids.contains(&id("<end_of_turn>")) && tok.eos_ids.contains(&id("<eos>")));
 }
+
+#[test]
+fn the_trainer_refuses_these_families_by_name() {
+    for o in families() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        tiny_gguf(&path, 2, &o).unwrap();
+        let opts = rrm::lm::model::LoadOptions::default();
+        let err = rrm::lm::TrainableLlama::load(&path, &Device::Cpu, &opts).err().unwrap();
+        assert!(
+            matches!(err, rrm::lm::LmError::UnsupportedFamily { family, .. } if family == o.arch),
+            "{err}"
+        );
+        assert!(err.to_string().contains("inference engine only"), "{err}");
+    }
+}
