@@ -55,6 +55,9 @@ pub enum LmError {
     Tokenizer(#[from] crate::infer::tokenizer::TokenizerError),
     #[error("{0}")]
     Invalid(String),
+    /// A model family the inference engine runs but the trainer's forward pass does not.
+    #[error("{}: the {family} family runs in the inference engine only; training, reference log-probabilities and LM reward models need a llama or qwen2 model", path.display())]
+    UnsupportedFamily { path: PathBuf, family: &'static str },
 }
 
 pub(crate) fn io_err(path: &std::path::Path, error: std::io::Error) -> LmError {

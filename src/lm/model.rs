@@ -425,6 +425,12 @@ impl TrainableLlama {
             .map_err(|e| model_err(path, format!("not a readable GGUF file: {e}")))?;
         let config = LlamaConfig::from_gguf(&content)
             .map_err(|e| model_err(path, format!("{e}; training needs a llama-family model")))?;
+        if !matches!(config.arch, Arch::Llama | Arch::Qwen2) {
+            return Err(LmError::UnsupportedFamily {
+                path: path.to_path_buf(),
+                family: config.arch.name(),
+            });
+        }
         if let Mode::Lora(LoraConfig { top_layers: Some(top), .. }) = &options.mode {
             if *top > config.n_layer {
                 return Err(LmError::Invalid(format!(
@@ -792,7 +798,8 @@ impl TrainableLlama {
         let (q, k, v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?);
         let rope = |x: &Tensor| match c.arch {
             Arch::Llama => rope_interleaved(x, cos, sin),
-            Arch::Qwen2 => rope_halves(x, cos, sin),
+            // Only llama and qwen2 models load here (`UnsupportedFamily` otherwise).
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 => rope_halves(x, cos, sin),
         };
         let (q, k) = (rope(&q)?, rope(&k)?);
         let scale = 1.0 / (hd as f64).sqrt();

@@ -18,7 +18,7 @@ use std::cell::RefCell;
 
 use half::f16;
 
-use super::{Arch, LlamaConfig};
+use super::LlamaConfig;
 use crate::infer::kernels::gemm::{tile, tile_shape, BView, CTile, MAX_MR, NR};
 use crate::infer::kernels::ops::softmax_prefix;
 use crate::infer::kernels::pool::Pool;
@@ -56,15 +56,12 @@ impl HostKv {
 }
 
 /// Rotates each head of `row` (`heads * d` values) for one position.
-fn rope_row(row: &mut [f32], heads: usize, d: usize, arch: Arch, cos: &[f32], sin: &[f32]) {
+fn rope_row(row: &mut [f32], heads: usize, d: usize, halves: bool, cos: &[f32], sin: &[f32]) {
     let half = d / 2;
     for h in 0..heads {
         let x = &mut row[h * d..(h + 1) * d];
         for i in 0..half {
-            let (a, b) = match arch {
-                Arch::Llama => (2 * i, 2 * i + 1),
-                Arch::Qwen2 => (i, i + half),
-            };
+            let (a, b) = if halves { (i, i + half) } else { (2 * i, 2 * i + 1) };
             let (x0, x1) = (x[a], x[b]);
             x[a] = x0 * cos[i] - x1 * sin[i];
             x[b] = x0 * sin[i] + x1 * cos[i];
@@ -82,6 +79,8 @@ pub(super) struct Step<'a> {
     pub spans: &'a [(usize, usize, usize)],
     pub cos: &'a [f32],
     pub sin: &'a [f32],
+    /// The sliding window of a local layer: a query at p sees keys after p − window.
+    pub window: Option<usize>,
     pub level: Level,
     pub pool: &'a Pool,
 }
@@ -115,13 +114,14 @@ pub(super) fn attention(
     let group = nh / nkv;
     let half = d / 2;
     let width = (nh + 2 * nkv) * d;
-    let scale = 1.0 / (d as f32).sqrt();
+    let scale = cfg.attn_scale;
+    let halves = cfg.arch.rope_halves();
     for (row, &p) in qkv.chunks_exact_mut(width).zip(s.positions) {
         let p = p as usize;
         let (c, sn) = (&s.cos[p * half..(p + 1) * half], &s.sin[p * half..(p + 1) * half]);
         let (q, kv) = row.split_at_mut(nh * d);
-        rope_row(q, nh, d, cfg.arch, c, sn);
-        rope_row(&mut kv[..nkv * d], nkv, d, cfg.arch, c, sn);
+        rope_row(q, nh, d, halves, c, sn);
+        rope_row(&mut kv[..nkv * d], nkv, d, halves, c, sn);
         for x in q.iter_mut() {
             *x *= scale;
         }
@@ -206,10 +206,14 @@ pub(super) fn attention(
                     };
                 }
             }
-            // Causal softmax: query r sees positions 0..=p0 + r.
+            // Causal softmax: query r sees positions 0..=p0 + r (in a sliding window, only the
+            // last `window` of them).
             for j in 0..rows {
                 let visible = p0 + r0 + j / group + 1;
-                softmax_prefix(s.level, &mut sc[j * ld..j * ld + len], visible);
+                let first = s.window.map_or(0, |w| visible.saturating_sub(w));
+                let row = &mut sc[j * ld..j * ld + len];
+                row[..first].fill(0.0);
+                softmax_prefix(s.level, &mut row[first..], visible - first);
             }
             // Output: P (rows × len) · V (len × d).
             for j0 in (0..rows).step_by(mr) {
