@@ -244,6 +244,7 @@ fn eval(ctx: &Context, ws: &Workspace, encoder: &str, args: EvalArgs) -> anyhow:
         ("learned", &learned, limits),
     ];
     let mut rows: Vec<EvalRow> = Vec::new();
+    // (rows of the count-matched protocol have no leaves: their overseeability columns are -)
     for (name, book) in &books {
         let bar = ctx.spinner(format!("evaluating on {name}"));
         let result = learned::evaluate(name, book, args.hide, &methods);
@@ -277,7 +278,18 @@ fn eval(ctx: &Context, ws: &Workspace, encoder: &str, args: EvalArgs) -> anyhow:
             );
         }
     }
-    let means: Vec<EvalRow> = with_undefined.into_iter().map(|(m, _)| m).collect();
+    let mut means: Vec<EvalRow> = with_undefined.into_iter().map(|(m, _)| m).collect();
+    // Time to judge: from the decomposition comparisons people answered, per decomposer that
+    // drew one side.
+    let compared = crate::feedback::decomp::all(ws.store())?;
+    for row in rows.iter_mut().chain(means.iter_mut()) {
+        let ms: Vec<u64> = compared
+            .iter()
+            .filter(|d| d.a.decomposer == row.method || d.b.decomposer == row.method)
+            .filter_map(|d| d.judge_ms)
+            .collect();
+        row.median_judge_ms = crate::decompose::oversee::median(&ms);
+    }
     if args.json {
         for row in rows.iter().chain(&means) {
             println!("{}", serde_json::to_string(row)?);
@@ -285,12 +297,23 @@ fn eval(ctx: &Context, ws: &Workspace, encoder: &str, args: EvalArgs) -> anyhow:
         return Ok(());
     }
     println!(
-        "{:<28} {:<12} {:>6} {:>6} {:>6} {:>7} {:>7} {:>13}",
-        "book", "method", "sents", "ref", "hyp", "Pk", "WinDiff", "leaves in lim"
+        "{:<28} {:<12} {:>6} {:>6} {:>6} {:>7} {:>7} {:>13} {:>6} {:>6} {:>6} {:>8}",
+        "book",
+        "method",
+        "sents",
+        "ref",
+        "hyp",
+        "Pk",
+        "WinDiff",
+        "leaves in lim",
+        "selfst",
+        "parend",
+        "scene",
+        "judge ms"
     );
     for r in rows.iter().chain(&means) {
         println!(
-            "{:<28} {:<12} {:>6} {:>6} {:>6} {:>7} {:>7} {:>6}/{:<6}",
+            "{:<28} {:<12} {:>6} {:>6} {:>6} {:>7} {:>7} {:>6}/{:<6} {:>6} {:>6} {:>6} {:>8}",
             truncate(&r.book, 28),
             r.method,
             r.sentences,
@@ -299,14 +322,27 @@ fn eval(ctx: &Context, ws: &Workspace, encoder: &str, args: EvalArgs) -> anyhow:
             fmt_score(r.pk),
             fmt_score(r.window_diff),
             r.leaves_within_limits,
-            r.leaves
+            r.leaves,
+            fmt_share(r.self_contained_starts),
+            fmt_share(r.paragraph_ends),
+            fmt_share(r.scene_ends),
+            r.median_judge_ms.map_or("-".to_string(), |m| format!("{m:.0}")),
         );
     }
+    println!(
+        "selfst: share of leaves starting self-contained (no pronoun before a name, not \
+         mid-dialogue); parend/scene: share ending at a paragraph / scene boundary; judge ms: \
+         median time people took on decomposition comparisons with this decomposer (- none yet)"
+    );
     Ok(())
 }
 
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
+}
+
+fn fmt_share(x: Option<f64>) -> String {
+    x.map_or("-".to_string(), |x| format!("{x:.2}"))
 }
 
 fn fmt_score(x: Option<f64>) -> String {
