@@ -156,7 +156,7 @@ pub fn start_problem(book: &Book, at: usize) -> Option<StartProblem> {
     let sentences = book.sentences();
     // The first sentence that ends after `at`.
     let i = sentences.partition_point(|s| s.end <= at);
-    let Some(first) = sentences.get(i) else { return None };
+    let first = sentences.get(i)?;
     let head = text.get(at..first.start).unwrap_or("");
     if first.start < at || !head.trim().is_empty() {
         return Some(StartProblem::MidSentence);

@@ -561,7 +561,8 @@ mod tests {
         let d2 = sample(DecompAnswer::BadBoundary { side: Side::A, at: 119 });
         let timed = record("x", "y").timed(Some(1234));
         let mut out = Vec::new();
-        write_jsonl_all(&mut out, &[timed.clone()], &[], &[d1.clone(), d2.clone()]).unwrap();
+        write_jsonl_all(&mut out, std::slice::from_ref(&timed), &[], &[d1.clone(), d2.clone()])
+            .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().filter(|l| l.starts_with("{\"decomposition\"")).count(), 2);
         let path = dir.path().join("in.jsonl");

@@ -310,6 +310,7 @@ pub fn pair(
 }
 
 /// Stores the answer about `pair` (`a` and `b` in the order shown). Returns the stored record.
+#[allow(clippy::too_many_arguments)]
 pub fn record(
     ws: &Workspace,
     labeler: &str,
