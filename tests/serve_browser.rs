@@ -368,6 +368,8 @@ async fn a_labeler_rates_with_the_keyboard_in_a_real_browser() {
         .map(|r| {
             assert_eq!(r["labeler"], "ann");
             assert_eq!(r["book"], book_id.as_str());
+            // Every answer the pages sent carries its time to judge.
+            assert!(r["judge_ms"].is_u64(), "no judge_ms: {r}");
             let h = |k: &str| r[k]["hash"].as_str().unwrap_or_default().to_string();
             match r["kind"].as_str().unwrap() {
                 "comparison" => Expected {

@@ -387,3 +387,17 @@ pub fn store(
         Ok(fb)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judge_ms_is_optional_and_checked() {
+        assert_eq!(judge_ms_field("").unwrap(), None);
+        assert_eq!(judge_ms_field(" 4200 ").unwrap(), Some(4200));
+        assert!(judge_ms_field("-3").unwrap_err().message.contains("judge_ms"));
+        assert!(judge_ms_field("99999999999").is_err());
+        assert!(judge_ms_field("soon").is_err());
+    }
+}

@@ -553,6 +553,8 @@ pub async fn progress(
                 .map(|(h, a)| json!({ "height": h, "a": a }))
                 .collect::<Vec<_>>(),
             "kinds": ["comparison", "likert", "demonstration", "correction", "critique", "decomposition"],
+            // Decomposition comparisons are about spans of a book, not nodes of one height.
+            "height_kinds": ["comparison", "likert", "demonstration", "correction", "critique"],
             "has_model": s.scorer().is_some(),
         }))
     })
