@@ -12,6 +12,7 @@
 
 pub mod fixed;
 pub mod learned;
+pub mod oversee;
 
 use std::sync::Arc;
 

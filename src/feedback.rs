@@ -10,10 +10,12 @@
 //!
 //! Keys in [`Table::Feedback`]: `fb/<id>` for these records (the id hashes the record's content,
 //! so importing the same record twice stores it once). Other feedback kinds keep their own
-//! prefixes (split/merge corrections of the learned decomposition live under `split/`); nothing
+//! prefixes (split/merge corrections of the learned decomposition live under `split/`,
+//! decomposition comparisons under `decomp/`); nothing
 //! here reads or writes outside `fb/`.
 //!
-//! Submodules: [`io`] (JSONL import/export, TRL), [`sim`] (the simulated labeler), [`queue`]
+//! Submodules: [`io`] (JSONL import/export, TRL), [`decomp`] (decomposition comparisons, under
+//! `decomp/`), [`sim`] (the simulated labeler), [`queue`]
 //! (what to rate next), [`compared`] (which pairs were compared, by whom), [`split`] (split
 //! corrections for the learned decomposer, under `split/`), [`groups`] (train/validation/test
 //! groups: books, else clusters of near-identical inputs), [`stats`] (counts per labeler and
@@ -22,6 +24,7 @@
 //! Imports `store` only.
 
 pub mod compared;
+pub mod decomp;
 pub mod groups;
 pub mod io;
 pub mod learn;
@@ -139,6 +142,10 @@ pub struct Feedback {
     /// The node's label in that book's tree (`h1.3`), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Milliseconds from the item being shown to the answer, when the web app measured it
+    /// (older records and other front ends have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_ms: Option<u64>,
     #[serde(flatten)]
     pub kind: FeedbackKind,
 }
@@ -194,6 +201,7 @@ impl Feedback {
             height,
             book: None,
             node: None,
+            judge_ms: None,
             kind,
         };
         fb.id = fb.compute_id();
@@ -204,6 +212,13 @@ impl Feedback {
     pub fn at(mut self, book: Option<String>, node: Option<String>) -> Feedback {
         self.book = book;
         self.node = node;
+        self.id = self.compute_id();
+        self
+    }
+
+    /// Sets how long the answer took (ms from the item shown) and recomputes the id.
+    pub fn timed(mut self, judge_ms: Option<u64>) -> Feedback {
+        self.judge_ms = judge_ms;
         self.id = self.compute_id();
         self
     }
@@ -250,6 +265,9 @@ impl Feedback {
         }
         if self.height > 64 {
             return bad(format!("height {} is implausible (at most 64)", self.height));
+        }
+        if let Some(ms) = self.judge_ms.filter(|&ms| ms > decomp::MAX_JUDGE_MS) {
+            return bad(format!("judge_ms {ms} is more than a day"));
         }
         let check = |name: &str, j: &Judged| -> Result<(), Invalid> {
             if j.text.trim().is_empty() {
@@ -703,6 +721,24 @@ mod tests {
         let mut tampered = ok.clone();
         tampered.height = 3;
         assert!(tampered.validate().unwrap_err().0.contains("id"));
+    }
+
+    #[test]
+    fn time_to_judge_is_optional_and_old_records_keep_their_ids() {
+        let old = comparison("x", "input", "a", "b", Preference::A);
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("judge_ms"), "{json}");
+        let mut back: Feedback = serde_json::from_str(&json).unwrap();
+        back.validate().unwrap();
+        assert_eq!(back, old);
+        let timed = old.clone().timed(Some(5300));
+        assert_ne!(timed.id, old.id);
+        let mut again: Feedback =
+            serde_json::from_str(&serde_json::to_string(&timed).unwrap()).unwrap();
+        again.validate().unwrap();
+        assert_eq!(again.judge_ms, Some(5300));
+        let mut slow = old.timed(Some(decomp::MAX_JUDGE_MS + 1));
+        assert!(slow.validate().unwrap_err().0.contains("judge_ms"));
     }
 
     #[test]

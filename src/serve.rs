@@ -29,6 +29,7 @@ pub mod answers;
 pub mod api;
 pub mod ask;
 pub mod auth;
+pub mod decompositions;
 pub mod jobs;
 pub mod pages;
 pub mod queue;
@@ -154,6 +155,8 @@ pub struct AppState {
     /// A generator to use instead of starting one from the config (see `use_generator`).
     preset: Guarded<Option<Arc<dyn Generator>>>,
     trees: TreeCache,
+    /// The sentence encoder of the learned decomposer (loaded on first use).
+    encoder: Guarded<Option<Arc<dyn Encoder>>>,
 }
 
 /// Loaded trees by book id. A tree read while a job changes the store is not kept: every
@@ -238,7 +241,19 @@ impl AppState {
             generator: tokio::sync::OnceCell::new(),
             preset: Guarded::new("preset generator", rank::LEAF, None),
             trees: TreeCache::default(),
+            encoder: Guarded::new("sentence encoder", rank::LEAF, None),
         }))
+    }
+
+    /// The sentence encoder (`config.encoder`), loaded on first use (blocking: call it on the
+    /// blocking pool; the load happens outside the lock, so two first calls may both load).
+    pub fn sentence_encoder(&self) -> Result<Arc<dyn Encoder>, WorkspaceError> {
+        if let Some(e) = self.encoder.with(|e| e.clone()) {
+            return Ok(e);
+        }
+        let loaded = self.ws.encoder(&self.config.encoder, false)?;
+        self.encoder.with(|e| *e = Some(Arc::clone(&loaded)));
+        Ok(loaded)
     }
 
     /// Use `generator` for jobs instead of starting one from the config (before the first job;
@@ -462,6 +477,8 @@ pub fn router(state: Shared) -> Router {
         .route("/asks/{id}/answer", post(pages::ask_answer))
         .route("/asks/{id}/skip", post(pages::ask_skip))
         .route("/progress", get(pages::progress))
+        .route("/decompositions", get(decompositions::page))
+        .route("/decompositions/answer", post(decompositions::answer))
         .route("/jobs", get(pages::jobs))
         .route("/jobs/{id}/cancel", post(pages::cancel_job))
         .route("/report", get(pages::report_redirect))

@@ -37,6 +37,7 @@ pub mod books;
 pub mod check;
 pub mod corrections;
 pub mod decomposers;
+pub mod decompositions;
 pub mod embeddings;
 pub mod eval;
 pub mod gc;

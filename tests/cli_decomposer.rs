@@ -290,3 +290,109 @@ fn the_built_in_model_decomposes_and_caches_embeddings() {
     assert_eq!(first.stdout, second.stdout);
     assert_eq!(stats(&ws)["embeddings"].as_u64().unwrap(), embedded);
 }
+
+/// `rrm decomposer compare` from an empty database, fixed chunking against a seeded draw of
+/// it (no encoder): the pair as JSON stores nothing; an answer is stored, listed and carried
+/// through export and import; bad flags name what is wrong and store nothing.
+#[test]
+fn decomposition_comparisons_from_the_cli() {
+    let ws = Ws::new();
+    // No chapter headings: the span is the first ~4000 tokens, several leaves.
+    let text: String = (0..70)
+        .map(|i| {
+            format!(
+                "On day {i} the ferryman rowed the doctor across the river, and they spoke of \
+                 the weather, the harvest and the bridge the town meant to build one day.\n\n"
+            )
+        })
+        .collect();
+    let book = ws.write("tale.txt", text);
+    let book = book.to_str().unwrap();
+    let pair = stdout(
+        ws.rrm()
+            .args(["decomposer", "compare", book, "--a", "fixed", "--b", "fixed:3", "--json"])
+            .assert(),
+    );
+    let pair: serde_json::Value = serde_json::from_str(&pair).unwrap();
+    assert!(pair["a"]["leaves"].as_array().unwrap().len() >= 2, "{pair}");
+    assert_eq!(pair["b"]["segmentation"]["seed"], 3);
+    let leaf = &pair["a"]["leaves"][0];
+    assert!(leaf["first"].as_str().unwrap().len() > 5 && leaf["tokens"].as_u64().unwrap() > 0);
+    let listed =
+        stdout(ws.rrm().args(["feedback", "list", "--kind", "decomposition", "--json"]).assert());
+    assert_eq!(listed.trim(), "[]", "--json stores nothing");
+
+    fails_with(
+        ws.rrm().args(["decomposer", "compare", book, "--a", "chunky"]).assert(),
+        "'chunky' is not a decomposer",
+    );
+    fails_with(
+        ws.rrm()
+            .args([
+                "decomposer",
+                "compare",
+                book,
+                "--a",
+                "fixed",
+                "--b",
+                "fixed:3",
+                "--answer",
+                "bad-a:99",
+            ])
+            .assert(),
+        "N must be 1..=",
+    );
+    fails_with(
+        ws.rrm().args(["decomposer", "compare", book, "--a", "fixed", "--b", "fixed"]).assert(),
+        "cut this span",
+    );
+    fails_with(
+        ws.rrm().args(["decomposer", "compare", book, "--span", "h1.0", "--b", "fixed:3"]).assert(),
+        "no task tree yet",
+    );
+    let out = stdout(
+        ws.rrm()
+            .args(["decomposer", "compare", book, "--a", "fixed", "--b", "fixed:3"])
+            .args(["--answer", "b", "--confidence", "7", "--labeler", "ann"])
+            .assert(),
+    );
+    assert!(out.contains("prefer B (7/9)") && out.contains("B = fixed:3"), "{out}");
+    stdout(
+        ws.rrm()
+            .args(["decomposer", "compare", book, "--a", "fixed", "--b", "fixed:3"])
+            .args(["--answer", "bad-b:1", "--labeler", "ann"])
+            .assert(),
+    );
+    let listed = stdout(ws.rrm().args(["feedback", "list"]).assert());
+    assert_eq!(listed.matches("decomposition").count(), 2, "{listed}");
+    assert!(listed.contains("bad boundary B@"), "{listed}");
+
+    // Export, import into a fresh database: both come back; TRL leaves them out, saying so.
+    let export = ws.path("all.jsonl");
+    ws.rrm().args(["feedback", "export", "--out", export.to_str().unwrap()]).assert().success();
+    let trl = ws.rrm().args(["feedback", "export", "--format", "trl"]).assert().success();
+    let trl_err = String::from_utf8_lossy(&trl.get_output().stderr).into_owned();
+    assert!(trl_err.contains("2 decomposition comparison(s) left out"), "{trl_err}");
+    let other = Ws::new();
+    let imported =
+        stdout(other.rrm().args(["feedback", "import", export.to_str().unwrap()]).assert());
+    assert!(imported.contains("2 decomposition comparison(s)"), "{imported}");
+    let back = stdout(
+        other.rrm().args(["feedback", "list", "--kind", "decomposition", "--json"]).assert(),
+    );
+    let back: Vec<serde_json::Value> = serde_json::from_str(&back).unwrap();
+    assert_eq!(back.len(), 2);
+    // A line broken by hand: named by number, nothing stored.
+    let text = std::fs::read_to_string(&export).unwrap();
+    let broken =
+        other.write("broken.jsonl", text.replacen("\"confidence\":7", "\"confidence\":70", 1));
+    let third = Ws::new();
+    fails_with(
+        third.rrm().args(["feedback", "import", broken.to_str().unwrap()]).assert(),
+        "confidence 70 is not in 1..=9",
+    );
+    let none = stdout(
+        third.rrm().args(["feedback", "list", "--kind", "decomposition", "--json"]).assert(),
+    );
+    assert_eq!(none.trim(), "[]");
+}

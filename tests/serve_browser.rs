@@ -368,6 +368,8 @@ async fn a_labeler_rates_with_the_keyboard_in_a_real_browser() {
         .map(|r| {
             assert_eq!(r["labeler"], "ann");
             assert_eq!(r["book"], book_id.as_str());
+            // Every answer the pages sent carries its time to judge.
+            assert!(r["judge_ms"].is_u64(), "no judge_ms: {r}");
             let h = |k: &str| r[k]["hash"].as_str().unwrap_or_default().to_string();
             match r["kind"].as_str().unwrap() {
                 "comparison" => Expected {
@@ -609,4 +611,97 @@ async fn a_new_user_follows_the_readme_from_an_empty_database() {
     let hashes = [r["a"]["hash"].as_str().unwrap(), r["b"]["hash"].as_str().unwrap()];
     assert_eq!(hashes, [a.as_str(), b.as_str()], "{r}");
     rrm(dir.path(), &db, &["db", "check"]);
+}
+
+/// The decomposition-comparison screen: a labeler opens it from the nav, picks the book, sees
+/// two segmentations of its span (each leaf by its first and last sentence, the text a click
+/// away), answers with the keyboard (2, then confidence 7), and the answer is stored with its
+/// time to judge and counted on the Progress page. A screenshot of the screen is kept as
+/// `decomp-compare.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_labeler_compares_two_decompositions_in_a_real_browser() {
+    let Some((chrome, chromedriver)) = tools_or_skip() else { return };
+    let rrm::serve::testing::Fixture { dir: _dir, config, ws, book_id, .. } =
+        rrm::serve::testing::decomposed(30);
+    let mut cfg = ServeConfig::new("127.0.0.1:0".parse().unwrap());
+    cfg.reward_model = None;
+    let (state, listener) = serve::bind(ws, cfg).await.unwrap();
+    let url = state.url();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve::serve(state, listener, async move {
+        let _ = stopped.await;
+    }));
+    let (_driver, c, _profile) = browser(&chrome, &chromedriver).await;
+    let shots = artifacts();
+
+    // From the nav to the book's pair (fixed chunking against a seeded draw of it: no encoder
+    // needed here).
+    c.goto(&format!("{url}/")).await.unwrap();
+    c.find(Locator::Css("header nav a[href='/decompositions']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let list = wait_page(&c, &format!("{url}/"), "#decomp-books").await;
+    assert!(text_of(&c, "#decomp-books").await.contains("Orchard"));
+    c.goto(&format!("{url}/decompositions?book={book_id}&a=fixed&b=fixed:3")).await.unwrap();
+    let here = wait_page(&c, &list, "#decomp-answer").await;
+    let sides = c.find_all(Locator::Css("article.seg")).await.unwrap();
+    assert_eq!(sides.len(), 2);
+    let leaves = c.find_all(Locator::Css("article.seg li.leaf")).await.unwrap();
+    assert!(leaves.len() >= 4, "both sides have leaves ({})", leaves.len());
+    // The book's markup shows as text.
+    assert!(c.get_alert_text().await.is_err(), "an alert is open: the book's script ran");
+    // The full text is a click away.
+    let details = c.find(Locator::Css("#cand-1 details.leaf-text summary")).await.unwrap();
+    details.click().await.unwrap();
+    let opened = c
+        .execute("return document.querySelector('#cand-1 details.leaf-text').open", vec![])
+        .await
+        .unwrap();
+    assert_eq!(opened, json!(true));
+    details.click().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    press(&c, &['2']).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(text_of(&c, "#prompt").await.contains("How sure?"));
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(shots.join("decomp-compare.png"), &png).unwrap();
+    press(&c, &['7']).await;
+    wait_page(&c, &here, "#notice").await;
+    assert!(text_of(&c, "#notice").await.contains("stored"));
+
+    // Counted on the Progress page, with a time to judge.
+    c.goto(&format!("{url}/progress")).await.unwrap();
+    let row = text_of(&c, "#time-to-judge tr[data-kind=decomposition]").await;
+    assert!(row.starts_with("decomposition 1 "), "{row}");
+    assert!(row.ends_with(" s"), "a median time shows: {row}");
+    let labeler_row = text_of(&c, "#by-labeler tbody tr").await;
+    assert!(labeler_row.ends_with(" 1"), "the decomposition column counts it: {labeler_row}");
+    std::fs::write(shots.join("decomp-progress.png"), c.screenshot().await.unwrap()).unwrap();
+
+    c.close().await.unwrap();
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+
+    // Stored as the export carries it.
+    let out = Command::new(env!("CARGO_BIN_EXE_rrm"))
+        .args(["feedback", "export"])
+        .env("RRM_DB", &config.db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let d = &lines[0]["decomposition"];
+    assert_eq!(d["book"], book_id.as_str());
+    assert_eq!(d["answer"], "prefer");
+    assert_eq!(d["confidence"], 7);
+    assert!(d["judge_ms"].as_u64().is_some_and(|ms| ms >= 500), "{d}");
+    let specs = [d["a"]["seed"].clone(), d["b"]["seed"].clone()];
+    assert!(specs.contains(&json!(3)), "one side is the seeded draw: {specs:?}");
 }

@@ -1,10 +1,12 @@
-//! `rrm decomposer train|eval|bench`: training and evaluating the learned decomposer.
+//! `rrm decomposer train|eval|bench|compare`: training and evaluating the learned decomposer,
+//! and people comparing two decompositions of a span.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Subcommand};
 
+use super::args::labeler;
 use super::args::{EncoderArgs, WorkspaceArgs};
 use super::Context;
 use crate::decompose::learned::{
@@ -12,7 +14,11 @@ use crate::decompose::learned::{
     Scorer, TrainConfig, TrainingBook, Views,
 };
 use crate::decompose::{Decomposer, FixedChunker, FixedConfig};
+use crate::feedback::decomp::{DecompAnswer, Side};
+use crate::feedback::Preference;
+use crate::serve::views::blind_order;
 use crate::workspace::decomposers::boundary_model;
+use crate::workspace::decompositions::{self, Candidate, PairSpec};
 use crate::workspace::{books, corrections, embeddings, Workspace};
 
 /// Train and evaluate the learned decomposer.
@@ -41,6 +47,53 @@ pub enum DecomposerCommand {
     /// Time the learned decomposition of one book, encoder included (release builds only
     /// give meaningful numbers): embedding, then features, scoring, segmentation and tree.
     Bench(BenchArgs),
+    /// Compare two segmentations of one span of a book, blind, and store which gives the
+    /// better subtasks (or one bad boundary). List the answers with `rrm feedback list`.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Each leaf is shown by its first and last sentence and its length in \
+tokens. The two sides are shown as 1 and 2 in an order that hides which decomposer drew which. \
+Answer 1, 2 or t (then a confidence 1-9), or `bad 1 3` (the third boundary of side 1 is a bad \
+cut). With --answer the pair is not shown: a, b and bad-a:N / bad-b:N name the sides as --a and \
+--b give them.
+
+Examples:
+  rrm decomposer compare alice
+  rrm decomposer compare alice --span h1.2 --a fixed --b learned:3
+  rrm decomposer compare alice --json
+  rrm decomposer compare alice --answer b --confidence 7 --labeler ann")]
+pub struct CompareArgs {
+    /// The book (a file or catalog id).
+    pub book: String,
+    /// The node of the book's stored tree whose span to compare (default: the first chapter,
+    /// else the first paragraphs up to about 4000 tokens).
+    #[arg(long, value_name = "NODE_LABEL")]
+    pub span: Option<String>,
+    /// The first candidate: fixed, learned or similarity, optionally with :SEED (a seeded draw).
+    #[arg(long, default_value = "fixed", value_name = "DECOMPOSER[:SEED]")]
+    pub a: String,
+    /// The second candidate.
+    #[arg(long, default_value = "learned", value_name = "DECOMPOSER[:SEED]")]
+    pub b: String,
+    /// The learned model (default: the one built into rrm).
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Answer without asking: a, b, tie, or bad-a:N / bad-b:N (the N-th boundary, from 1).
+    #[arg(long, value_name = "ANSWER")]
+    pub answer: Option<String>,
+    /// Confidence 1 (a guess) to 9 (certain) of a preference given with --answer.
+    #[arg(long, default_value_t = 5)]
+    pub confidence: u8,
+    /// Who answers (default: $USER).
+    #[arg(long)]
+    pub labeler: Option<String>,
+    /// Print the pair as JSON and store nothing.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long)]
+    pub lossy: bool,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +172,7 @@ pub fn run(ctx: &mut Context, args: DecomposerArgs) -> anyhow::Result<()> {
         DecomposerCommand::Train(a) => train(ctx, &ws, &encoder, a),
         DecomposerCommand::Eval(a) => eval(ctx, &ws, &encoder, a),
         DecomposerCommand::Bench(a) => bench(ctx, &ws, &encoder, a),
+        DecomposerCommand::Compare(a) => compare(ctx, &ws, &encoder, a),
     }
 }
 
@@ -244,6 +298,7 @@ fn eval(ctx: &Context, ws: &Workspace, encoder: &str, args: EvalArgs) -> anyhow:
         ("learned", &learned, limits),
     ];
     let mut rows: Vec<EvalRow> = Vec::new();
+    // (rows of the count-matched protocol have no leaves: their overseeability columns are -)
     for (name, book) in &books {
         let bar = ctx.spinner(format!("evaluating on {name}"));
         let result = learned::evaluate(name, book, args.hide, &methods);
@@ -277,7 +332,18 @@ fn eval(ctx: &Context, ws: &Workspace, encoder: &str, args: EvalArgs) -> anyhow:
             );
         }
     }
-    let means: Vec<EvalRow> = with_undefined.into_iter().map(|(m, _)| m).collect();
+    let mut means: Vec<EvalRow> = with_undefined.into_iter().map(|(m, _)| m).collect();
+    // Time to judge: from the decomposition comparisons people answered, per decomposer that
+    // drew one side.
+    let compared = crate::feedback::decomp::all(ws.store())?;
+    for row in rows.iter_mut().chain(means.iter_mut()) {
+        let ms: Vec<u64> = compared
+            .iter()
+            .filter(|d| d.a.decomposer == row.method || d.b.decomposer == row.method)
+            .filter_map(|d| d.judge_ms)
+            .collect();
+        row.median_judge_ms = crate::decompose::oversee::median(&ms);
+    }
     if args.json {
         for row in rows.iter().chain(&means) {
             println!("{}", serde_json::to_string(row)?);
@@ -285,12 +351,23 @@ fn eval(ctx: &Context, ws: &Workspace, encoder: &str, args: EvalArgs) -> anyhow:
         return Ok(());
     }
     println!(
-        "{:<28} {:<12} {:>6} {:>6} {:>6} {:>7} {:>7} {:>13}",
-        "book", "method", "sents", "ref", "hyp", "Pk", "WinDiff", "leaves in lim"
+        "{:<28} {:<12} {:>6} {:>6} {:>6} {:>7} {:>7} {:>13} {:>6} {:>6} {:>6} {:>8}",
+        "book",
+        "method",
+        "sents",
+        "ref",
+        "hyp",
+        "Pk",
+        "WinDiff",
+        "leaves in lim",
+        "selfst",
+        "parend",
+        "scene",
+        "judge ms"
     );
     for r in rows.iter().chain(&means) {
         println!(
-            "{:<28} {:<12} {:>6} {:>6} {:>6} {:>7} {:>7} {:>6}/{:<6}",
+            "{:<28} {:<12} {:>6} {:>6} {:>6} {:>7} {:>7} {:>6}/{:<6} {:>6} {:>6} {:>6} {:>8}",
             truncate(&r.book, 28),
             r.method,
             r.sentences,
@@ -299,9 +376,18 @@ fn eval(ctx: &Context, ws: &Workspace, encoder: &str, args: EvalArgs) -> anyhow:
             fmt_score(r.pk),
             fmt_score(r.window_diff),
             r.leaves_within_limits,
-            r.leaves
+            r.leaves,
+            fmt_share(r.self_contained_starts),
+            fmt_share(r.paragraph_ends),
+            fmt_share(r.scene_ends),
+            r.median_judge_ms.map_or("-".to_string(), |m| format!("{m:.0}")),
         );
     }
+    println!(
+        "selfst: share of leaves starting self-contained (no pronoun before a name, not \
+         mid-dialogue); parend/scene: share ending at a paragraph / scene boundary; judge ms: \
+         median time people took on decomposition comparisons with this decomposer (- none yet)"
+    );
     Ok(())
 }
 
@@ -309,6 +395,188 @@ fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
+fn fmt_share(x: Option<f64>) -> String {
+    x.map_or("-".to_string(), |x| format!("{x:.2}"))
+}
+
 fn fmt_score(x: Option<f64>) -> String {
     x.map_or("undef".to_string(), |x| format!("{x:.3}"))
+}
+
+/// Parses `--answer` (sides named as --a/--b give them) against the two drawn segmentations.
+fn parse_answer(
+    answer: &str,
+    confidence: u8,
+    pair: &decompositions::Pair,
+) -> anyhow::Result<DecompAnswer> {
+    if !(1..=9).contains(&confidence) {
+        bail!("--confidence must be from 1 to 9 (got {confidence})");
+    }
+    let a = answer.trim().to_ascii_lowercase();
+    if let Some((side, n)) = a.strip_prefix("bad-").and_then(|r| r.split_once(':')) {
+        let (side, drawn) = match side {
+            "a" => (Side::A, &pair.a),
+            "b" => (Side::B, &pair.b),
+            other => bail!("--answer bad-{other}:N: the side must be a or b"),
+        };
+        let cuts = &drawn.segmentation.boundaries;
+        let at = n
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| cuts.get(i))
+            .ok_or_else(|| {
+            anyhow!(
+                "--answer {answer}: side {side:?} has {} boundaries; N must be 1..={}",
+                cuts.len(),
+                cuts.len()
+            )
+        })?;
+        return Ok(DecompAnswer::BadBoundary { side, at: *at });
+    }
+    let prefer = a.parse::<Preference>().map_err(|e| {
+        anyhow!("--answer: {e}; or bad-a:N / bad-b:N for the N-th boundary of one side")
+    })?;
+    Ok(DecompAnswer::Prefer { prefer, confidence })
+}
+
+fn print_side(name: &str, drawn: &decompositions::Drawn) {
+    println!("== {name}: {} leaves ==", drawn.leaves.len());
+    for (i, leaf) in drawn.leaves.iter().enumerate() {
+        if i > 0 {
+            println!("   --- boundary {i} ---");
+        }
+        println!("{:>3}. [{} tokens] {}", i + 1, leaf.tokens, preview(&leaf.first, 110));
+        if !leaf.last.is_empty() {
+            println!("     … {}", preview(&leaf.last, 110));
+        }
+    }
+}
+
+fn preview(s: &str, n: usize) -> String {
+    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() <= n {
+        one
+    } else {
+        format!("{}…", one.chars().take(n).collect::<String>())
+    }
+}
+
+fn compare(ctx: &Context, ws: &Workspace, encoder: &str, args: CompareArgs) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let a: Candidate = args.a.parse().map_err(|e| anyhow!("--a: {e}"))?;
+    let b: Candidate = args.b.parse().map_err(|e| anyhow!("--b: {e}"))?;
+    if !(1..=9).contains(&args.confidence) {
+        bail!("--confidence must be from 1 to 9 (got {})", args.confidence);
+    }
+    let bar = ctx.spinner(format!("reading {}", args.book));
+    let book = ws.open_book(&args.book, args.lossy, &|m| bar.set_message(m.to_string()));
+    bar.finish_and_clear();
+    let book = book?;
+    let encoder = if a.needs_encoder() || b.needs_encoder() {
+        // A bad model file fails before the encoder is loaded.
+        boundary_model(args.model.as_deref())?;
+        Some(ws.encoder(encoder, ctx.progress())?)
+    } else {
+        None
+    };
+    let spec = PairSpec { node: args.span.clone(), a, b, model: args.model.clone() };
+    let bar = ctx.spinner(format!("segmenting {} two ways", book.title()));
+    let pair = decompositions::pair(ws, &book, &spec, encoder);
+    bar.finish_and_clear();
+    let pair = pair.with_context(|| format!("comparing decompositions of {}", book.title()))?;
+    ws.store().flush()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&pair)?);
+        return Ok(());
+    }
+    let labeler = labeler(&args.labeler);
+    let span = crate::book::Span::new(pair.start, pair.end);
+    let (shown, answer, judge_ms) = match &args.answer {
+        Some(answer) => {
+            let answer = parse_answer(answer, args.confidence, &pair)?;
+            ((&pair.a, &pair.b), answer, None)
+        }
+        None => {
+            let a_first =
+                blind_order(&labeler, &pair.a.segmentation.label(), &pair.b.segmentation.label());
+            let shown = if a_first { (&pair.a, &pair.b) } else { (&pair.b, &pair.a) };
+            println!(
+                "{} — bytes {}..{} ({} tokens){}",
+                pair.title,
+                pair.start,
+                pair.end,
+                pair.tokens,
+                pair.node.as_deref().map(|n| format!(", node {n}")).unwrap_or_default()
+            );
+            print_side("1", shown.0);
+            print_side("2", shown.1);
+            let started = std::time::Instant::now();
+            eprintln!(
+                "Which gives the better subtasks? 1, 2 or t [confidence 1-9], `bad 1 N` / `bad 2 \
+                 N` for a bad boundary, q to quit:"
+            );
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).context("reading the answer")?;
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let answer = match words.as_slice() {
+                [] | ["q"] => {
+                    println!("nothing stored");
+                    return Ok(());
+                }
+                ["bad", side, n] => {
+                    let side = match *side {
+                        "1" => "a",
+                        "2" => "b",
+                        other => bail!("bad {other} {n}: the side must be 1 or 2"),
+                    };
+                    parse_answer(
+                        &format!("bad-{side}:{n}"),
+                        5,
+                        &decompositions::Pair {
+                            a: shown.0.clone(),
+                            b: shown.1.clone(),
+                            ..pair.clone()
+                        },
+                    )?
+                }
+                [p] | [p, _] => {
+                    let confidence = match words.get(1) {
+                        Some(c) => c.parse::<u8>().map_err(|_| {
+                            anyhow!("'{c}' is not a confidence (a number from 1 to 9)")
+                        })?,
+                        None => 5,
+                    };
+                    let p = match *p {
+                        "1" => "a",
+                        "2" => "b",
+                        "t" | "tie" => "tie",
+                        other => bail!("'{other}' is not an answer (1, 2, t or bad SIDE N)"),
+                    };
+                    parse_answer(p, confidence, &pair)?
+                }
+                _ => bail!("'{}' is not an answer (1, 2, t or bad SIDE N)", line.trim()),
+            };
+            let ms = u64::try_from(started.elapsed().as_millis()).ok();
+            ((shown.0, shown.1), answer, ms)
+        }
+    };
+    let record = decompositions::record(
+        ws,
+        &labeler,
+        &book,
+        (&shown.0.segmentation, &shown.1.segmentation),
+        span,
+        pair.node.clone(),
+        answer,
+        judge_ms,
+    )?;
+    println!(
+        "stored {} ({}; A = {}, B = {})",
+        &record.id[..12],
+        record.describe(),
+        record.a.label(),
+        record.b.label()
+    );
+    Ok(())
 }

@@ -10,7 +10,9 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::args::{EncoderArgs, WorkspaceArgs};
 use super::Context;
+use crate::feedback::decomp::DecompComparison;
 use crate::feedback::sim::{self, SimLabeler};
+use crate::feedback::stats::DECOMPOSITION;
 use crate::feedback::{self, io, Feedback, FeedbackKind};
 use crate::workspace::queue::{self, QueueFilter};
 use crate::workspace::summarize::load_reward_model_if_any;
@@ -56,7 +58,9 @@ pub enum FeedbackCommand {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Only this kind (comparison, likert, demonstration, correction, critique).
+    /// Only this kind (comparison, likert, demonstration, correction, critique,
+    /// decomposition). With --json, `decomposition` prints the decomposition comparisons and
+    /// any other choice (or none) the node feedback records.
     #[arg(long)]
     pub kind: Option<String>,
     /// Only this labeler.
@@ -145,9 +149,11 @@ pub fn run(ctx: &mut Context, args: FeedbackArgs) -> anyhow::Result<()> {
                 eprintln!("skipped line {n}: {why}");
             }
             println!(
-                "imported {} record(s) ({} split correction(s)) from {}{}",
-                report.imported + report.splits,
+                "imported {} record(s) ({} split correction(s), {} decomposition comparison(s)) \
+                 from {}{}",
+                report.imported + report.splits + report.decompositions,
                 report.splits,
+                report.decompositions,
                 a.file.display(),
                 if report.bad.is_empty() {
                     String::new()
@@ -227,11 +233,20 @@ fn list(ws: &Workspace, args: ListArgs) -> anyhow::Result<()> {
         .filter(|f| args.kind.as_deref().is_none_or(|k| f.kind.name() == k))
         .filter(|f| args.labeler.as_deref().is_none_or(|l| f.labeler == l))
         .collect();
+    let decompositions: Vec<DecompComparison> = feedback::decomp::all(ws.store())?
+        .into_iter()
+        .filter(|_| args.kind.as_deref().is_none_or(|k| k == DECOMPOSITION))
+        .filter(|d| args.labeler.as_deref().is_none_or(|l| d.labeler == l))
+        .collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&records)?);
+        if args.kind.as_deref() == Some(DECOMPOSITION) {
+            println!("{}", serde_json::to_string_pretty(&decompositions)?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&records)?);
+        }
         return Ok(());
     }
-    if records.is_empty() {
+    if records.is_empty() && decompositions.is_empty() {
         println!("no feedback yet (rate a node with `rrm rate ID`)");
     }
     for f in &records {
@@ -257,15 +272,42 @@ fn list(ws: &Workspace, args: ListArgs) -> anyhow::Result<()> {
             what
         );
     }
+    for d in &decompositions {
+        println!(
+            "{}  {:<13} {:<12} {:<9} {}..{} {}; A = {}, B = {}{}",
+            &d.id[..12],
+            DECOMPOSITION,
+            d.labeler,
+            d.node.as_deref().unwrap_or("-"),
+            d.start,
+            d.end,
+            d.describe(),
+            d.a.label(),
+            d.b.label(),
+            d.judge_ms.map(|ms| format!(", {:.1} s", ms as f64 / 1000.0)).unwrap_or_default()
+        );
+    }
     Ok(())
 }
 
 fn export(ws: &Workspace, args: ExportArgs) -> anyhow::Result<()> {
     let records = feedback::all(ws.store())?;
+    let decompositions = feedback::decomp::all(ws.store())?;
     let mut buf = Vec::new();
     match args.format {
-        ExportFormat::Jsonl => io::write_jsonl(&mut buf, &records, &corrections::all(ws)?)?,
-        ExportFormat::Trl => io::write_trl(&mut buf, &records)?,
+        ExportFormat::Jsonl => {
+            io::write_jsonl_all(&mut buf, &records, &corrections::all(ws)?, &decompositions)?
+        }
+        ExportFormat::Trl => {
+            io::write_trl(&mut buf, &records)?;
+            if !decompositions.is_empty() {
+                eprintln!(
+                    "note: {} decomposition comparison(s) left out: they are not text \
+                     preferences (use --format jsonl for them)",
+                    decompositions.len()
+                );
+            }
+        }
     }
     match &args.out {
         Some(path) => {

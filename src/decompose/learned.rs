@@ -97,6 +97,40 @@ pub struct LearnedConfig {
     pub max_input_tokens: usize,
     pub context: ContextMode,
     pub context_window: usize,
+    /// A seeded draw instead of the best segmentation: the exact DP under gap scores perturbed
+    /// by Gumbel noise (see [`Sample`]); `None` (the default) for the best one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample: Option<Sample>,
+}
+
+/// A reproducible draw of a segmentation ("perturb and MAP"): every gap's log-odds gets
+/// `scale ×` a standard Gumbel variable drawn from `seed` and the gap's index, and the exact DP
+/// runs on the perturbed scores. Scale 0 is the best segmentation; larger scales wander further.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub seed: u64,
+    pub scale: f64,
+}
+
+impl Sample {
+    /// The default scale: one log-odd unit of noise per gap.
+    pub const SCALE: f64 = 1.0;
+
+    /// `scores` with this draw's noise added.
+    pub fn perturb(&self, scores: &mut [f32]) {
+        for (g, s) in scores.iter_mut().enumerate() {
+            // SplitMix64 of (seed, gap): reproducible across platforms and crate updates.
+            let mut z = self.seed ^ (g as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            // Uniform in (0, 1), then Gumbel.
+            let u = ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            let gumbel = -(-u.ln()).ln();
+            *s += (self.scale * gumbel) as f32;
+        }
+    }
 }
 
 impl Default for LearnedConfig {
@@ -114,6 +148,7 @@ impl Default for LearnedConfig {
             max_input_tokens: 2048,
             context: ContextMode::None,
             context_window: 3,
+            sample: None,
         }
     }
 }
@@ -141,6 +176,9 @@ impl LearnedConfig {
         }
         if !(self.length_weight >= 0.0 && self.group_weight >= 0.0) {
             return err("prior weights must be non-negative".into());
+        }
+        if self.sample.is_some_and(|s| !(s.scale.is_finite() && s.scale >= 0.0)) {
+            return err("the sampling scale must be a non-negative number".into());
         }
         if !self.parent_bias.is_finite() {
             return err(format!(
@@ -285,12 +323,15 @@ impl LearnedDecomposer {
             return Err(DecomposeError::EmptyBook { title: book.title().to_string() });
         }
         let total: usize = units.tokens.iter().sum();
-        let (units, scores) = if total <= c.chunk_tokens {
+        let (units, mut scores) = if total <= c.chunk_tokens {
             // One leaf: no model needed.
             (units, Vec::new())
         } else {
             self.gap_scores(book).map_err(DecomposeError::from)?
         };
+        if let Some(sample) = &c.sample {
+            sample.perturb(&mut scores);
+        }
         let ends = if total <= c.chunk_tokens {
             vec![units.len()]
         } else {

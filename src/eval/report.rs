@@ -392,12 +392,14 @@ fn compare_figure(data: &ReportData) -> Result<Option<(String, String)>, EvalErr
 
 fn decomposition_figure(rows: &[EvalRow]) -> Result<(String, String), EvalError> {
     let mut csv = String::from(
-        "book,method,sentences,reference_boundaries,hypothesis_boundaries,pk,window_diff\n",
+        "book,method,sentences,reference_boundaries,hypothesis_boundaries,pk,window_diff,\
+         self_contained_starts,paragraph_ends,scene_ends,median_judge_ms\n",
     );
+    let cell = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.6}"));
     for r in rows {
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{}",
             csv_escape(&r.book),
             r.method,
             r.sentences,
@@ -405,7 +407,12 @@ fn decomposition_figure(rows: &[EvalRow]) -> Result<(String, String), EvalError>
             r.hypothesis_boundaries,
             // Undefined (too few sentences for the window) is an empty cell, not a zero.
             r.pk.map_or(String::new(), |v| format!("{v:.6}")),
-            r.window_diff.map_or(String::new(), |v| format!("{v:.6}"))
+            r.window_diff.map_or(String::new(), |v| format!("{v:.6}")),
+            // Overseeability (rows from before it was measured leave these empty).
+            cell(r.self_contained_starts),
+            cell(r.paragraph_ends),
+            cell(r.scene_ends),
+            r.median_judge_ms.map_or(String::new(), |v| format!("{v:.0}"))
         );
     }
     let mut books: Vec<String> = Vec::new();
@@ -439,7 +446,17 @@ fn decomposition_figure(rows: &[EvalRow]) -> Result<(String, String), EvalError>
         groups: books.clone(),
         series: table(|r| r.window_diff),
     });
-    Ok((plot::svg("decomposition.svg", &[pk, wd], WIDTH, PANEL)?, csv))
+    let mut panels = vec![pk, wd];
+    if rows.iter().any(|r| r.self_contained_starts.is_some()) {
+        panels.push(Panel::Bars(BarPanel {
+            title: "Overseeability: share of leaves that start self-contained (higher is better)"
+                .into(),
+            y_label: "share".into(),
+            groups: books.clone(),
+            series: table(|r| r.self_contained_starts),
+        }));
+    }
+    Ok((plot::svg("decomposition.svg", &panels, WIDTH, PANEL)?, csv))
 }
 
 fn policy_figure(logs: &[PolicyLog]) -> Result<(String, String), EvalError> {
@@ -603,7 +620,7 @@ pub fn write(dir: &Path, data: &ReportData) -> Result<Written, EvalError> {
     });
     figures.push(Figure {
         id: "decomposition",
-        title: "Decomposition: Pk and WindowDiff per book",
+        title: "Decomposition: Pk and WindowDiff per book, and self-contained leaf starts",
         caption: "Parents' boundaries against each book's hidden chapter starts (headings removed), for fixed chunking, \
                   the similarity baseline and the learned decomposer."
             .into(),

@@ -1,12 +1,15 @@
 //! JSONL import and export of feedback, and TRL's preference format.
 //!
 //! - Our JSONL: one [`Feedback`] record per line, exactly as stored, and one line
-//!   `{"split": {…}}` per split correction ([`SplitFeedback`]). Import validates every line
+//!   `{"split": {…}}` per split correction ([`SplitFeedback`]), and one line
+//!   `{"decomposition": {…}}` per decomposition comparison ([`DecompComparison`]; older files
+//!   without them load as before). Import validates every line
 //!   first and reports each bad one by its 1-based number; with any bad line nothing is stored
 //!   (all or nothing), unless `skip_bad`, which stores the good lines and reports the bad. The
 //!   good records are written in one atomic batch, so a crash mid-import stores none.
 //! - TRL (`{"prompt", "chosen", "rejected"}`, optional `"height"`): exported from comparisons,
-//!   corrections and Likert pairs (ties left out); read back as [`Pair`]s by [`read_trl`] for
+//!   corrections and Likert pairs (ties left out; decomposition comparisons are not text
+//!   preferences and stay out, see [`super::decomp`]); read back as [`Pair`]s by [`read_trl`] for
 //!   training and evaluating reward models on external preference sets.
 
 use std::io::{BufRead, Write};
@@ -14,6 +17,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::decomp::DecompComparison;
 use super::split::SplitFeedback;
 use super::{to_pairs, Feedback, FeedbackError, FeedbackKind, Judged, Likert, Origin, Pair};
 use crate::store::{Store, Table};
@@ -27,6 +31,9 @@ pub struct ImportReport {
     /// Split corrections stored.
     #[serde(default)]
     pub splits: usize,
+    /// Decomposition comparisons stored.
+    #[serde(default)]
+    pub decompositions: usize,
     /// Blank lines ignored.
     pub blank: usize,
     /// Bad lines (1-based number, what is wrong), skipped with `skip_bad`.
@@ -40,11 +47,20 @@ struct SplitLine {
     split: SplitFeedback,
 }
 
-/// What a JSONL text holds: good records, good split corrections, bad lines, blank lines.
+/// A decomposition-comparison line of our JSONL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecompLine {
+    decomposition: DecompComparison,
+}
+
+/// What a JSONL text holds: good records, good split corrections and decomposition
+/// comparisons, bad lines, blank lines.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Parsed {
     pub feedback: Vec<Feedback>,
     pub splits: Vec<SplitFeedback>,
+    pub decompositions: Vec<DecompComparison>,
     pub bad: Vec<(usize, String)>,
     pub blank: usize,
 }
@@ -65,6 +81,16 @@ pub fn parse_jsonl(text: &str) -> Parsed {
                     Err(e) => out.bad.push((n, format!("bad split correction: {e}"))),
                 },
                 Err(e) => out.bad.push((n, format!("not a split correction: {e}"))),
+            }
+            continue;
+        }
+        if line.trim_start().starts_with("{\"decomposition\"") {
+            match serde_json::from_str::<DecompLine>(line) {
+                Ok(DecompLine { mut decomposition }) => match decomposition.validate() {
+                    Ok(()) => out.decompositions.push(decomposition),
+                    Err(e) => out.bad.push((n, format!("bad decomposition comparison: {e}"))),
+                },
+                Err(e) => out.bad.push((n, format!("not a decomposition comparison: {e}"))),
             }
             continue;
         }
@@ -106,11 +132,15 @@ pub fn import_file(
     for split in &parsed.splits {
         items.push((split.key(), serde_json::to_value(split).map_err(encode)?));
     }
+    for d in &parsed.decompositions {
+        items.push((d.key(), serde_json::to_value(d).map_err(encode)?));
+    }
     store.put_batch(Table::Feedback, &items)?;
     store.flush()?;
     Ok(ImportReport {
         imported: parsed.feedback.len(),
         splits: parsed.splits.len(),
+        decompositions: parsed.decompositions.len(),
         blank: parsed.blank,
         bad: parsed.bad,
     })
@@ -122,12 +152,26 @@ pub fn write_jsonl(
     records: &[Feedback],
     splits: &[SplitFeedback],
 ) -> std::io::Result<()> {
+    write_jsonl_all(out, records, splits, &[])
+}
+
+/// Writes records, split corrections and decomposition comparisons as JSONL.
+pub fn write_jsonl_all(
+    out: &mut dyn Write,
+    records: &[Feedback],
+    splits: &[SplitFeedback],
+    decompositions: &[DecompComparison],
+) -> std::io::Result<()> {
     for fb in records {
         serde_json::to_writer(&mut *out, fb)?;
         out.write_all(b"\n")?;
     }
     for split in splits {
         serde_json::to_writer(&mut *out, &SplitLine { split: split.clone() })?;
+        out.write_all(b"\n")?;
+    }
+    for d in decompositions {
+        serde_json::to_writer(&mut *out, &DecompLine { decomposition: d.clone() })?;
         out.write_all(b"\n")?;
     }
     Ok(())
@@ -506,6 +550,49 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(store2.is_empty(Table::Feedback).unwrap());
+    }
+
+    #[test]
+    fn decomposition_comparisons_travel_with_the_export() {
+        use crate::feedback::decomp::{self, tests::sample, DecompAnswer, Side};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("db")).unwrap();
+        let d1 = sample(DecompAnswer::Prefer { prefer: Preference::A, confidence: 6 });
+        let d2 = sample(DecompAnswer::BadBoundary { side: Side::A, at: 119 });
+        let timed = record("x", "y").timed(Some(1234));
+        let mut out = Vec::new();
+        write_jsonl_all(&mut out, std::slice::from_ref(&timed), &[], &[d1.clone(), d2.clone()])
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().filter(|l| l.starts_with("{\"decomposition\"")).count(), 2);
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, &text).unwrap();
+        let report = import_file(&store, &path, false).unwrap();
+        assert_eq!((report.imported, report.decompositions), (1, 2));
+        let mut back = decomp::all(&store).unwrap();
+        back.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut want = vec![d1, d2];
+        want.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(back, want);
+        assert_eq!(all(&store).unwrap(), vec![timed]);
+        // The TRL export leaves them out (they are not text preferences).
+        let mut trl = Vec::new();
+        write_trl(&mut trl, &all(&store).unwrap()).unwrap();
+        assert!(!String::from_utf8(trl).unwrap().contains("decomposition"));
+        // A tampered line is named by number; nothing of the file is stored.
+        let store2 = Store::open(dir.path().join("db2")).unwrap();
+        let bad = text.replacen("\"labeler\":\"ann\"", "\"labeler\":\"eve\"", 1);
+        let bad_path = dir.path().join("bad.jsonl");
+        std::fs::write(&bad_path, format!("{bad}{{\"decomposition\": {{\"book\": 1}}}}\n"))
+            .unwrap();
+        let err = import_file(&store2, &bad_path, false).unwrap_err().to_string();
+        assert!(err.contains("line 4: not a decomposition comparison"), "{err}");
+        assert!(decomp::all(&store2).unwrap().is_empty() && all(&store2).unwrap().is_empty());
+        // An old export (no decomposition lines, no judge_ms) still imports.
+        let old_path = dir.path().join("old.jsonl");
+        std::fs::write(&old_path, jsonl(&[record("p", "q")])).unwrap();
+        let report = import_file(&store2, &old_path, false).unwrap();
+        assert_eq!((report.imported, report.decompositions), (1, 0));
     }
 
     #[test]

@@ -35,6 +35,58 @@ pub struct Progress {
     pub total: usize,
     pub by_labeler: BTreeMap<String, Counts>,
     pub by_height: BTreeMap<u32, Counts>,
+    /// kind name → how long answers of that kind took, over the records that say.
+    #[serde(default)]
+    pub time_to_judge: BTreeMap<String, TimeToJudge>,
+}
+
+/// Time to judge of one kind of answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeToJudge {
+    /// Answers of this kind that carry a time.
+    pub timed: usize,
+    /// Their median, in milliseconds (rounded); `None` when none is timed.
+    pub median_ms: Option<u64>,
+}
+
+/// The kind name decomposition comparisons are counted under.
+pub const DECOMPOSITION: &str = "decomposition";
+
+/// The median of `ms` (the rounded mean of the middle two for an even count).
+pub fn median_ms(mut ms: Vec<u64>) -> Option<u64> {
+    if ms.is_empty() {
+        return None;
+    }
+    ms.sort_unstable();
+    let m = ms.len() / 2;
+    Some(if ms.len() % 2 == 1 { ms[m] } else { (ms[m - 1] + ms[m]).div_ceil(2) })
+}
+
+/// Counts `records` per labeler and height, and decomposition comparisons per labeler (they
+/// belong to no tree height), with the median time to judge of every kind.
+pub fn progress_all(
+    records: &[Feedback],
+    decompositions: &[super::decomp::DecompComparison],
+) -> Progress {
+    let mut out = progress(records);
+    let mut times: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for fb in records {
+        if let Some(ms) = fb.judge_ms {
+            times.entry(fb.kind.name().to_string()).or_default().push(ms);
+        }
+    }
+    for d in decompositions {
+        out.total += 1;
+        out.by_labeler.entry(d.labeler.clone()).or_default().add(DECOMPOSITION);
+        if let Some(ms) = d.judge_ms {
+            times.entry(DECOMPOSITION.to_string()).or_default().push(ms);
+        }
+    }
+    out.time_to_judge = times
+        .into_iter()
+        .map(|(kind, ms)| (kind, TimeToJudge { timed: ms.len(), median_ms: median_ms(ms) }))
+        .collect();
+    out
 }
 
 /// Counts `records` per labeler and per height.
@@ -158,6 +210,20 @@ pub fn krippendorff_alpha_nominal<V: Ord + Clone>(units: &[Vec<V>]) -> Option<f6
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn progress_counts_decompositions_and_times_every_kind() {
+        use crate::feedback::decomp::{tests::sample, DecompAnswer};
+        let fb = |ms| cmp("ann", "k", 0, "a", "b", Preference::A).timed(ms);
+        let records = vec![fb(Some(1000)), fb(Some(3000)), fb(None)];
+        let d = sample(DecompAnswer::Prefer { prefer: Preference::A, confidence: 5 });
+        let p = progress_all(&records, &[d]);
+        assert_eq!(p.total, 4);
+        assert_eq!(p.by_labeler["ann"].of(DECOMPOSITION), 1);
+        assert_eq!(p.time_to_judge["comparison"], TimeToJudge { timed: 2, median_ms: Some(2000) });
+        assert_eq!(p.time_to_judge[DECOMPOSITION].median_ms, Some(4200));
+        assert_eq!(median_ms(vec![]), None);
+    }
+
     use super::*;
     use crate::feedback::{Feedback, FeedbackKind, Judged};
 

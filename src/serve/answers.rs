@@ -83,6 +83,25 @@ pub struct AnswerForm {
     pub text: String,
     /// `1`: go to the next queued item after a comparison.
     pub advance: String,
+    /// Milliseconds from the page shown to the answer (set by the page's script; empty
+    /// without it).
+    pub judge_ms: String,
+}
+
+/// Parses a form's `judge_ms`: empty is unmeasured; otherwise a whole number of milliseconds up
+/// to a day.
+pub fn judge_ms_field(value: &str) -> Result<Option<u64>, Failure> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    match v.parse::<u64>() {
+        Ok(ms) if ms <= crate::feedback::decomp::MAX_JUDGE_MS => Ok(Some(ms)),
+        _ => Err(Failure::bad_request(format!(
+            "judge_ms must be milliseconds from 0 to a day (got '{}')",
+            v.chars().take(20).flat_map(char::escape_default).collect::<String>()
+        ))),
+    }
 }
 
 fn number(name: &str, value: &str, range: std::ops::RangeInclusive<u8>) -> Result<u8, Failure> {
@@ -117,6 +136,11 @@ impl AnswerForm {
         self.a = hash_field("a", &self.a)?;
         self.b = hash_field("b", &self.b)?;
         Ok(self)
+    }
+
+    /// How long the answer took, when the page measured it.
+    pub fn judge_ms(&self) -> Result<Option<u64>, Failure> {
+        judge_ms_field(&self.judge_ms)
     }
 
     /// The answer the form describes.
@@ -236,7 +260,11 @@ pub fn store(
     book_id: &str,
     label: &str,
     answer: &Answer,
+    judge_ms: Option<u64>,
 ) -> Result<Feedback, Failure> {
+    if judge_ms.is_some_and(|ms| ms > crate::feedback::decomp::MAX_JUDGE_MS) {
+        return Err(Failure::bad_request("judge_ms must be at most a day"));
+    }
     let mut target = target(state, book_id, label)?;
     let mut cands = candidates(state, &target)?;
     // The pair may be of the node's input as the queue knows it, while the tree just reloaded
@@ -354,8 +382,22 @@ pub fn store(
                 return Ok(earlier);
             }
         }
-        let fb = rating::record_feedback(&state.ws, &target, labeler, kind)?;
+        let fb = rating::record_feedback_timed(&state.ws, &target, labeler, kind, judge_ms)?;
         state.queue.stored(fb.clone());
         Ok(fb)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judge_ms_is_optional_and_checked() {
+        assert_eq!(judge_ms_field("").unwrap(), None);
+        assert_eq!(judge_ms_field(" 4200 ").unwrap(), Some(4200));
+        assert!(judge_ms_field("-3").unwrap_err().message.contains("judge_ms"));
+        assert!(judge_ms_field("99999999999").is_err());
+        assert!(judge_ms_field("soon").is_err());
+    }
 }

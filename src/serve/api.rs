@@ -268,6 +268,9 @@ pub struct FeedbackRequest {
     pub node: String,
     #[serde(flatten)]
     pub answer: Answer,
+    /// Milliseconds from the item shown to the answer, when the client measured it.
+    #[serde(default)]
+    pub judge_ms: Option<u64>,
 }
 
 pub async fn feedback_post(
@@ -279,7 +282,7 @@ pub async fn feedback_post(
     let labeler = who.labeler()?.to_string();
     let fb = blocking(move || {
         let book = state.book_id(&req.book)?;
-        answers::store(&state, &labeler, &book, &req.node, &req.answer)
+        answers::store(&state, &labeler, &book, &req.node, &req.answer, req.judge_ms)
     })
     .await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": fb.id, "kind": fb.kind.name(), "record": fb })))
@@ -290,7 +293,7 @@ pub async fn progress(State(state): State<Shared>) -> ApiResult {
     let value = blocking(move || {
         let records = state.queue.records();
         Ok(json!({
-            "progress": stats::progress(&records),
+            "progress": stats::progress_all(&records, &feedback::decomp::all(state.ws.store())?),
             "agreement": feedback::agreement(&records),
             "by_height": stats::agreement_by_height(&records),
         }))
@@ -315,7 +318,12 @@ pub async fn export(
         let records = feedback::all(state.ws.store())?;
         let mut buf = Vec::new();
         let written = match format.as_str() {
-            "jsonl" => io::write_jsonl(&mut buf, &records, &corrections::all(&state.ws)?),
+            "jsonl" => io::write_jsonl_all(
+                &mut buf,
+                &records,
+                &corrections::all(&state.ws)?,
+                &feedback::decomp::all(state.ws.store())?,
+            ),
             "trl" => io::write_trl(&mut buf, &records),
             other => {
                 return Err(Failure::bad_request(format!(
@@ -403,7 +411,7 @@ pub async fn ask_answer(
     } else {
         let prefer =
             a.prefer.ok_or_else(|| Failure::bad_request("give prefer (a, b or tie) or skip"))?;
-        Reply::Prefer { prefer, confidence: a.confidence.unwrap_or(5) }
+        Reply::Prefer { prefer, confidence: a.confidence.unwrap_or(5), judge_ms: None }
     };
     let s = state.clone();
     let stored = blocking(move || asking::answer(&s, id, &labeler, &a.a, &a.b, reply)).await?;

@@ -216,7 +216,12 @@ impl AskHub {
 /// What a labeler answered to a question.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
-    Prefer { prefer: Preference, confidence: u8 },
+    /// `judge_ms`: how long the answer took, when the page measured it.
+    Prefer {
+        prefer: Preference,
+        confidence: u8,
+        judge_ms: Option<u64>,
+    },
     Skip,
 }
 
@@ -232,12 +237,12 @@ pub fn answer(
     reply: Reply,
 ) -> Result<Option<Feedback>, Failure> {
     let p = state.asks.take(id, labeler)?;
-    let (prefer, confidence) = match reply {
+    let (prefer, confidence, judge_ms) = match reply {
         Reply::Skip => {
             let _ = p.reply.try_send(Answer::Skip);
             return Ok(None);
         }
-        Reply::Prefer { prefer, confidence } => (prefer, confidence),
+        Reply::Prefer { prefer, confidence, judge_ms } => (prefer, confidence, judge_ms),
     };
     // The page names the pair as shown; the other order flips the preference.
     let prefer = if a == p.a_hash && b == p.b_hash {
@@ -294,7 +299,8 @@ pub fn answer(
                 confidence,
             };
             let mut fb = Feedback::new(labeler, &q.input_key, &q.input, q.height, kind)
-                .at(Some(q.book_id.clone()), Some(q.label.clone()));
+                .at(Some(q.book_id.clone()), Some(q.label.clone()))
+                .timed(judge_ms);
             match feedback::put(state.ws.store(), fb.clone()) {
                 Ok(stored_id) => fb.id = stored_id,
                 Err(e) => {

@@ -33,6 +33,7 @@ const JOBS: &str = include_str!("templates/jobs.html");
 const LOGIN: &str = include_str!("templates/login.html");
 const ERROR: &str = include_str!("templates/error.html");
 const ASK: &str = include_str!("templates/ask.html");
+const DECOMPOSITIONS: &str = include_str!("templates/decompositions.html");
 const REPORT: &str = include_str!("templates/report.html");
 const SCRIPT: &str = include_str!("static/app.js");
 const STYLE: &str = include_str!("static/app.css");
@@ -51,6 +52,7 @@ pub fn templates() -> minijinja::Environment<'static> {
         ("login.html", LOGIN),
         ("error.html", ERROR),
         ("ask.html", ASK),
+        ("decompositions.html", DECOMPOSITIONS),
         ("report.html", REPORT),
     ] {
         if let Err(err) = env.add_template(name, source) {
@@ -87,10 +89,10 @@ impl<E: Into<Failure>> From<E> for PageError {
     }
 }
 
-type PageResult = Result<Response, PageError>;
+pub(super) type PageResult = Result<Response, PageError>;
 
 /// Renders `name` with `ctx` plus what every page shows (who, CSRF token, running jobs).
-fn render(state: &Shared, who: &Identity, name: &str, mut ctx: Value) -> PageResult {
+pub(super) fn render(state: &Shared, who: &Identity, name: &str, mut ctx: Value) -> PageResult {
     if let Some(obj) = ctx.as_object_mut() {
         obj.insert("me".into(), json!(who.labeler));
         obj.insert("csrf".into(), json!(who.csrf));
@@ -106,15 +108,15 @@ fn render(state: &Shared, who: &Identity, name: &str, mut ctx: Value) -> PageRes
     Ok(Html(html).into_response())
 }
 
-fn form<T>(f: Result<Form<T>, FormRejection>) -> Result<T, Failure> {
+pub(super) fn form<T>(f: Result<Form<T>, FormRejection>) -> Result<T, Failure> {
     f.map(|Form(t)| t).map_err(|e| Failure::new(e.status(), e.body_text()))
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Failure> {
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Failure> {
     q.map(|Query(t)| t).map_err(|e| Failure::new(e.status(), e.body_text()))
 }
 
-fn see_other(to: &str) -> Response {
+pub(super) fn see_other(to: &str) -> Response {
     Redirect::to(to).into_response()
 }
 
@@ -331,10 +333,11 @@ pub async fn answer(
     let f = f.checked()?;
     let labeler = who.labeler()?.to_string();
     let answer = f.answer()?;
+    let judge_ms = f.judge_ms()?;
     let s = state.clone();
     let (book_id, fb) = blocking(move || {
         let book_id = s.book_id(&book)?;
-        let fb = answers::store(&s, &labeler, &book_id, &label, &answer)?;
+        let fb = answers::store(&s, &labeler, &book_id, &label, &answer, judge_ms)?;
         Ok((book_id, fb))
     })
     .await?;
@@ -543,13 +546,15 @@ pub async fn progress(
         let records = s.queue.records();
         Ok(json!({
             "page": "progress",
-            "progress": stats::progress(&records),
+            "progress": stats::progress_all(&records, &feedback::decomp::all(s.ws.store())?),
             "agreement": feedback::agreement(&records),
             "by_height": stats::agreement_by_height(&records)
                 .into_iter()
                 .map(|(h, a)| json!({ "height": h, "a": a }))
                 .collect::<Vec<_>>(),
-            "kinds": ["comparison", "likert", "demonstration", "correction", "critique"],
+            "kinds": ["comparison", "likert", "demonstration", "correction", "critique", "decomposition"],
+            // Decomposition comparisons are about spans of a book, not nodes of one height.
+            "height_kinds": ["comparison", "likert", "demonstration", "correction", "critique"],
             "has_model": s.scorer().is_some(),
         }))
     })
@@ -681,7 +686,7 @@ pub async fn ask_answer(
         .into());
     };
     let s = state.clone();
-    let reply = Reply::Prefer { prefer, confidence };
+    let reply = Reply::Prefer { prefer, confidence, judge_ms: f.judge_ms()? };
     blocking(move || asking::answer(&s, id, &labeler, &a, &b, reply)).await?;
     Ok(see_other("/next"))
 }

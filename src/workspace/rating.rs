@@ -231,6 +231,17 @@ pub fn record_feedback(
     labeler: &str,
     kind: FeedbackKind,
 ) -> Result<Feedback> {
+    record_feedback_timed(ws, target, labeler, kind, None)
+}
+
+/// [`record_feedback`] with how long the answer took (ms from the item shown), when measured.
+pub fn record_feedback_timed(
+    ws: &Workspace,
+    target: &RatingTarget,
+    labeler: &str,
+    kind: FeedbackKind,
+    judge_ms: Option<u64>,
+) -> Result<Feedback> {
     if labeler.trim().is_empty() {
         return Err(WorkspaceError::Invalid("the labeler name must not be empty".into()));
     }
@@ -241,7 +252,8 @@ pub fn record_feedback(
         target.input.height,
         kind,
     )
-    .at(Some(target.book_id().to_string()), Some(target.label().to_string()));
+    .at(Some(target.book_id().to_string()), Some(target.label().to_string()))
+    .timed(judge_ms);
     let id = feedback::put(ws.store(), fb.clone())?;
     debug_assert_eq!(id, fb.id);
     Ok(fb)

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{eval, strip_headings, Hide, LearnedDecomposer};
 use crate::book::Book;
+use crate::decompose::oversee;
 use crate::decompose::{DecomposeError, Decomposer};
 
 /// One decomposer's result on one book.
@@ -25,6 +26,18 @@ pub struct EvalRow {
     pub leaves: usize,
     /// Leaves whose tokens lie within the decomposer's limits.
     pub leaves_within_limits: usize,
+    /// Overseeability of the leaves ([`oversee`]): shares of self-contained starts, of leaves
+    /// ending at a paragraph and at a scene boundary (`None` for rows without leaves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_contained_starts: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paragraph_ends: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scene_ends: Option<f64>,
+    /// Median milliseconds people took to judge this decomposer's segmentations, where stored
+    /// decomposition comparisons say (filled in by the caller, which reads the store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub median_judge_ms: Option<f64>,
 }
 
 /// Decomposes each book with its headings hidden by every decomposer in `methods`, and scores
@@ -59,7 +72,17 @@ pub fn evaluate(
                 t <= *max && (t >= *min || leaves == 1)
             })
             .count();
-        out.push(held.row(name, method.to_string(), hypothesis, leaves, within));
+        let spans: Vec<_> = tree
+            .leaves()
+            .iter()
+            .filter_map(|&l| tree.node(l).span().map(|s| (s, tree.node(l).input_tokens)))
+            .collect();
+        let o = oversee::summarize(&oversee::check_leaves(&held.book, &spans, (*min, *max)), &[]);
+        let mut row = held.row(name, method.to_string(), hypothesis, leaves, within);
+        row.self_contained_starts = o.self_contained_starts;
+        row.paragraph_ends = o.paragraph_ends;
+        row.scene_ends = o.scene_ends;
+        out.push(row);
     }
     Ok(out)
 }
@@ -150,6 +173,10 @@ impl HeldOut {
             window_diff: eval::window_diff(n, &self.reference, &hypothesis, self.k),
             leaves,
             leaves_within_limits,
+            self_contained_starts: None,
+            paragraph_ends: None,
+            scene_ends: None,
+            median_judge_ms: None,
         }
     }
 }
@@ -181,6 +208,10 @@ pub fn means(rows: &[EvalRow], methods: &[&str]) -> Vec<(EvalRow, usize)> {
                     window_diff: mean(&|r| r.window_diff),
                     leaves: mine.iter().map(|r| r.leaves).sum(),
                     leaves_within_limits: mine.iter().map(|r| r.leaves_within_limits).sum(),
+                    self_contained_starts: mean(&|r| r.self_contained_starts),
+                    paragraph_ends: mean(&|r| r.paragraph_ends),
+                    scene_ends: mean(&|r| r.scene_ends),
+                    median_judge_ms: mine.iter().find_map(|r| r.median_judge_ms),
                 },
                 undefined,
             ))

@@ -297,3 +297,24 @@ fn the_built_in_model_matches_the_default_encoder_and_features() {
     let scores = model.score(&vec![0.0; model.dim() * 2]).unwrap();
     assert!(scores.iter().all(|s| s.is_finite()));
 }
+
+#[test]
+fn seeded_draws_are_reproducible_and_vary_by_seed() {
+    let book = Book::from_text("t", generated(4, 1, 9));
+    let cuts = |sample: Option<Sample>| {
+        let config = LearnedConfig { sample, ..small_config() };
+        let d =
+            LearnedDecomposer::new(config, Scorer::Similarity { window: 3 }, featurizer()).unwrap();
+        let tree = d.decompose(&book).unwrap();
+        check_leaves(&tree, &book, d.learned_config());
+        tree.leaves().iter().map(|&l| tree.node(l).span().unwrap().start).collect::<Vec<_>>()
+    };
+    let best = cuts(None);
+    assert_eq!(cuts(Some(Sample { seed: 0, scale: 0.0 })), best);
+    let draw = |seed| cuts(Some(Sample { seed, scale: 3.0 }));
+    assert_eq!(draw(7), draw(7));
+    let draws: Vec<_> = (1..6).map(draw).collect();
+    assert!(draws.iter().any(|d| *d != best), "no draw differs from the best segmentation");
+    let bad = LearnedConfig { sample: Some(Sample { seed: 1, scale: -1.0 }), ..small_config() };
+    assert!(bad.validate().is_err());
+}

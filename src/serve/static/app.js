@@ -8,6 +8,16 @@
 
   function $(selector) { return document.querySelector(selector); }
 
+  // --- time to judge: ms from the page shown to the answer, sent with every answer form ---
+  var shownAt = window.performance ? window.performance.now() : Date.now();
+  function now() { return window.performance ? window.performance.now() : Date.now(); }
+  window.addEventListener('pageshow', function (e) { if (e.persisted) shownAt = now(); });
+  function stamp(f) {
+    var ms = f && f.elements ? f.elements.namedItem('judge_ms') : null;
+    if (ms) ms.value = String(Math.max(0, Math.round(now() - shownAt)));
+  }
+  document.addEventListener('submit', function (e) { stamp(e.target); }, true);
+
   // --- auto-advance: a per-browser setting, default from the server ---
   function autoAdvance() {
     var stored = null;
@@ -98,6 +108,7 @@
     field('advance').value = autoAdvance() ? '1' : '0';
     mode = 'sent';
     say('Saving…');
+    stamp(form);
     form.submit();
   }
 
@@ -132,7 +143,7 @@
 
   function submitForm(selector) {
     var f = $(selector);
-    if (f) { mode = 'sent'; f.submit(); return true; }
+    if (f) { mode = 'sent'; stamp(f); f.submit(); return true; }
     return false;
   }
 
@@ -219,7 +230,48 @@
     }
   }
 
+  // --- the decomposition comparison: 1 / 2 / t, then a confidence (Enter = the box) ---
+  var decomp = $('#decomp-answer');
+  var decompPick = null;
+  function decompSubmit(prefer) {
+    var conf = decomp.elements.namedItem('confidence');
+    var hidden = document.createElement('input');
+    hidden.type = 'hidden';
+    hidden.name = 'prefer';
+    hidden.value = prefer;
+    decomp.appendChild(hidden);
+    mode = 'sent';
+    stamp(decomp);
+    say('Saving…');
+    if (conf && !/^[1-9]$/.test(conf.value)) conf.value = '5';
+    decomp.submit();
+  }
+  function decompKey(key) {
+    if (mode === 'sent') return true;
+    var conf = decomp.elements.namedItem('confidence');
+    if (decompPick !== null) {
+      if (/^[1-9]$/.test(key)) { conf.value = key; decompSubmit(decompPick); return true; }
+      if (key === 'Enter') { decompSubmit(decompPick); return true; }
+      return false;
+    }
+    if (key === '1' || key === '2' || key === 't') {
+      decompPick = key;
+      mark(key === 't' ? null : key);
+      say((key === 't' ? 'A tie' : 'Decomposition ' + key + ' is better') + '. How sure? 1 (a guess) … 9 (certain); Enter = ' + conf.value + '; Esc = back.');
+      return true;
+    }
+    return global(key);
+  }
+
   document.addEventListener('keydown', function (e) {
+    if (decomp) {
+      if (e.key === 'Escape') { decompPick = null; mark(null); say('Keys: 1, 2 or t, then a confidence 1–9.'); return; }
+      if (e.ctrlKey || e.metaKey || e.altKey) return;
+      var target = e.target;
+      if (target && target.closest && target.closest('input, textarea, select')) return;
+      if (decompKey(e.key)) e.preventDefault();
+      return;
+    }
     if (mode === 'text') {
       if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); submitText(); }
       else if (e.key === 'Escape') { e.preventDefault(); reset(); }
