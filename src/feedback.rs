@@ -227,8 +227,7 @@ impl Feedback {
     pub fn compute_id(&self) -> String {
         let mut copy = self.clone();
         copy.id = String::new();
-        let bytes = serde_json::to_vec(&copy).unwrap_or_default();
-        blake3::hash(&bytes).to_hex()[..32].to_string()
+        content_id(&copy)
     }
 
     pub fn key(&self) -> String {
@@ -619,6 +618,13 @@ pub(crate) fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The id of a stored record: blake3 (32 hex digits) of its JSON with the id field emptied
+/// (feedback records, decomposition comparisons).
+pub(crate) fn content_id(without_id: &impl Serialize) -> String {
+    let bytes = serde_json::to_vec(without_id).unwrap_or_default();
+    blake3::hash(&bytes).to_hex()[..32].to_string()
 }
 
 #[cfg(test)]

@@ -172,8 +172,7 @@ impl DecompComparison {
     pub fn compute_id(&self) -> String {
         let mut copy = self.clone();
         copy.id = String::new();
-        let bytes = serde_json::to_vec(&copy).unwrap_or_default();
-        blake3::hash(&bytes).to_hex()[..32].to_string()
+        super::content_id(&copy)
     }
 
     pub fn key(&self) -> String {
