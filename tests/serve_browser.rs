@@ -671,6 +671,15 @@ async fn a_labeler_compares_two_decompositions_in_a_real_browser() {
     press(&c, &['7']).await;
     wait_page(&c, &here, "#notice").await;
     assert!(text_of(&c, "#notice").await.contains("stored"));
+    // The same pair answered again (a double submit, or the page reopened) keeps the first
+    // answer: the export below holds one record.
+    c.goto(&here).await.unwrap();
+    let again = wait_page(&c, "", "#decomp-answer").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    press(&c, &['1']).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    press(&c, &['3']).await;
+    wait_page(&c, &again, "#notice").await;
 
     // Counted on the Progress page, with a time to judge.
     c.goto(&format!("{url}/progress")).await.unwrap();

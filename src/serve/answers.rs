@@ -197,7 +197,7 @@ impl Default for WriteLocks {
 }
 
 impl WriteLocks {
-    fn for_labeler(&self, labeler: &str) -> Arc<Guarded<()>> {
+    pub(super) fn for_labeler(&self, labeler: &str) -> Arc<Guarded<()>> {
         self.map.with(|m| {
             Arc::clone(
                 m.entry(labeler.to_string())

@@ -3,7 +3,8 @@
 //! text a click away); the labeler says which gives the better subtasks, or marks one bad
 //! boundary. Drawing the segmentations (and loading the sentence encoder on first use) runs on
 //! the blocking pool; the answer re-draws both sides and stores only when they are still what
-//! was shown (named by a hash of their cuts), so what is stored is what the decomposers drew.
+//! was shown (named by a hash of their cuts), so what is stored is what the decomposers drew;
+//! a labeler's second answer about the same two cuts keeps the first.
 
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Query, State};
@@ -231,16 +232,26 @@ pub async fn answer(
                 DecompAnswer::BadBoundary { side, at }
             }
         };
-        decompositions::record(
-            &s.ws,
-            &labeler,
-            &book,
-            (&pair.a.segmentation, &pair.b.segmentation),
-            span,
-            pair.node.clone(),
-            answer,
-            judge_ms,
-        )?;
+        // One labeler's answers one at a time, and a second answer about the same two cuts
+        // returns the first (a double submit is not a second opinion, as for node pairs).
+        let shown = (&pair.a.segmentation, &pair.b.segmentation);
+        s.writes.for_labeler(&labeler).with(|_| -> Result<(), Failure> {
+            if decompositions::earlier(&s.ws, &labeler, book.id().as_str(), span, shown)?
+                .is_none()
+            {
+                decompositions::record(
+                    &s.ws,
+                    &labeler,
+                    &book,
+                    shown,
+                    span,
+                    pair.node.clone(),
+                    answer,
+                    judge_ms,
+                )?;
+            }
+            Ok(())
+        })?;
         let mut to = format!(
             "/decompositions?book={}&a={}&b={}&done=1",
             pair.book,

@@ -309,6 +309,27 @@ pub fn pair(
     })
 }
 
+/// The labeler's earlier answer about the same two segmentations of the same span of `book`
+/// (in either order), if any.
+pub fn earlier(
+    ws: &Workspace,
+    labeler: &str,
+    book: &str,
+    span: Span,
+    shown: (&Segmentation, &Segmentation),
+) -> Result<Option<DecompComparison>> {
+    let same = |x: &Segmentation, y: &Segmentation| {
+        x.decomposer == y.decomposer && x.seed == y.seed && x.boundaries == y.boundaries
+    };
+    Ok(decomp::all(ws.store())?.into_iter().find(|r| {
+        r.labeler == labeler
+            && r.book == book
+            && (r.start, r.end) == (span.start, span.end)
+            && ((same(&r.a, shown.0) && same(&r.b, shown.1))
+                || (same(&r.a, shown.1) && same(&r.b, shown.0)))
+    }))
+}
+
 /// Stores the answer about `pair` (`a` and `b` in the order shown). Returns the stored record.
 #[allow(clippy::too_many_arguments)]
 pub fn record(
