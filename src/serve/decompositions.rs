@@ -236,8 +236,7 @@ pub async fn answer(
         // returns the first (a double submit is not a second opinion, as for node pairs).
         let shown = (&pair.a.segmentation, &pair.b.segmentation);
         s.writes.for_labeler(&labeler).with(|_| -> Result<(), Failure> {
-            if decompositions::earlier(&s.ws, &labeler, book.id().as_str(), span, shown)?
-                .is_none()
+            if decompositions::earlier(&s.ws, &labeler, book.id().as_str(), span, shown)?.is_none()
             {
                 decompositions::record(
                     &s.ws,
