@@ -180,7 +180,8 @@ pub fn run(ctx: &mut Context, args: BenchArgs) -> anyhow::Result<()> {
 
 #[derive(Debug, Args)]
 pub struct BenchTrainArgs {
-    /// Which modes to measure.
+    /// Which modes to measure: lora, full (SFT's loss), dpo (LoRA with DPO's loss on `batch`
+    /// pairs of two completions after one prompt, tokens counted as TRL counts them).
     #[arg(long, value_delimiter = ',', default_value = "lora,full")]
     pub modes: Vec<String>,
     /// Sequences per step.

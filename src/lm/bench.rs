@@ -58,14 +58,27 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// The loss a benchmarked step differentiates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Objective {
+    /// The mean negative log-probability of the scored tokens (SFT).
+    Sft,
+    /// TRL's sigmoid DPO (β 0.1) over `batch` pairs: one prompt of `seq_len − completion_len`
+    /// tokens and two completions of `completion_len`, packed as rrm's trainer packs them (the
+    /// prompt once), the reference log-probabilities computed before (as rrm's trainer and
+    /// `bench.py --dpo-precompute-ref` do). Tokens count as TRL counts them: 2 × batch × seq_len.
+    Dpo,
+}
+
 /// Measures `steps` training steps (after one warm-up) on `batch` sequences of `seq_len`
-/// tokens, the last `completion_len` of which are scored, with or without gradient
-/// checkpointing.
+/// tokens, the last `completion_len` of which are scored (or `batch` DPO pairs, see
+/// [`Objective::Dpo`]), with or without gradient checkpointing.
 #[allow(clippy::too_many_arguments)]
 pub fn bench_train(
     path: &Path,
     device: &Device,
     options: &LoadOptions,
+    objective: Objective,
     checkpointing: bool,
     batch: usize,
     seq_len: usize,
@@ -93,18 +106,40 @@ pub fn bench_train(
         .collect();
     let packed: Vec<Packed> = seqs
         .iter()
-        .map(|s| Packed {
-            prompt: s.tokens[..s.start].to_vec(),
-            completions: vec![s.tokens[s.start..].to_vec()],
+        .map(|s| {
+            let mut completions = vec![s.tokens[s.start..].to_vec()];
+            if objective == Objective::Dpo {
+                // The rejected completion: other tokens of the same length.
+                completions.push(
+                    completions[0].iter().map(|&t| 3 + (t * 31 + 17) % (vocab - 3)).collect(),
+                );
+            }
+            Packed { prompt: s.tokens[..s.start].to_vec(), completions }
         })
         .collect();
+    // DPO's reference log-probabilities, once before training (adapters as loaded: zero B).
+    let refs = match objective {
+        Objective::Sft => None,
+        Objective::Dpo => Some(model.packed_logprobs(&packed)?.sums.detach()),
+    };
+    let loss_of = |s: &super::model::Scored| -> Result<candle_core::Tensor, LmError> {
+        Ok(match &refs {
+            None => s.tokens.mean_all()?.neg()?,
+            Some(r) => {
+                let d = (&s.sums - r)?.reshape((batch, 2))?;
+                let z = ((d.narrow(1, 0, 1)? - d.narrow(1, 1, 1)?)? * 0.1)?;
+                // −log σ(z) = softplus(−z) = log(1 + e^(−z)).
+                (z.neg()?.exp()? + 1.0)?.log()?.mean_all()?
+            }
+        })
+    };
     let vars = model.trainable();
     let trainable_params = vars.iter().map(|(_, v)| v.elem_count()).sum();
     let mut opt = AdamW::new(vars, ParamsAdamW { lr: 1e-6, ..Default::default() })?;
     let mut times = Vec::new();
     for i in 0..steps.max(1) + 1 {
         let start = Instant::now();
-        let (_, grads) = model.packed_backward(&packed, |s| Ok(s.tokens.mean_all()?.neg()?))?;
+        let (_, grads) = model.packed_backward(&packed, loss_of)?;
         candle_nn::Optimizer::step(&mut opt, &grads)?;
         if i > 0 {
             times.push(start.elapsed().as_secs_f64());
@@ -114,13 +149,17 @@ pub fn bench_train(
     let mut ftimes = Vec::new();
     for _ in 0..steps.max(1) {
         let start = Instant::now();
-        let scored = model.completion_logprobs(&seqs)?;
+        let scored = model.packed_logprobs(&packed)?;
         let _ = scored.sums.detach().to_vec1::<f32>()?;
         ftimes.push(start.elapsed().as_secs_f64());
     }
-    let tokens = (batch * seq_len) as f64;
+    let per_row = if objective == Objective::Dpo { 2 } else { 1 };
+    let tokens = (per_row * batch * seq_len) as f64;
     Ok(TrainBench {
-        mode: model.mode.name().to_string(),
+        mode: match objective {
+            Objective::Sft => model.mode.name().to_string(),
+            Objective::Dpo => format!("{}-dpo", model.mode.name()),
+        },
         checkpointing,
         trainable_params,
         batch,

@@ -16,7 +16,7 @@ use crate::infer::engine::{DeviceChoice, EngineConfig, LocalGenerator};
 use crate::infer::fetch;
 use crate::infer::spec::GeneratorSpec;
 use crate::infer::{Generator, InferError, ModelIdentity};
-use crate::lm::bench::{bench_train as measure, TrainBench};
+use crate::lm::bench::{bench_train as measure, Objective, TrainBench};
 use crate::lm::export::ExportFormat;
 use crate::lm::model::{LoadOptions, Mode, TrainableLlama};
 use crate::lm::{LoraConfig, Target};
@@ -435,8 +435,9 @@ pub fn bench_train(
 ) -> Result<()> {
     let device = request.device.device()?;
     for name in &request.modes {
+        let objective = if name == "dpo" { Objective::Dpo } else { Objective::Sft };
         let adapt = match name.as_str() {
-            "lora" => Adapt::Lora {
+            "lora" | "dpo" => Adapt::Lora {
                 rank: request.lora_rank,
                 alpha: None,
                 targets: request.lora_targets.clone(),
@@ -444,7 +445,9 @@ pub fn bench_train(
             },
             "full" => Adapt::Full,
             other => {
-                return Err(WorkspaceError::Invalid(format!("unknown mode `{other}` (lora, full)")))
+                return Err(WorkspaceError::Invalid(format!(
+                    "unknown mode `{other}` (lora, full, dpo: LoRA with DPO's loss)"
+                )))
             }
         };
         let options = LoadOptions { mode: adapt.mode(0)?, dtype: DType::F32 };
@@ -453,6 +456,7 @@ pub fn bench_train(
                 &model.path,
                 &device,
                 &options,
+                objective,
                 checkpointing,
                 request.batch,
                 request.seq_len,
