@@ -222,27 +222,41 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// How long [`Store::open`] waits for a locked database before it says who holds it.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 impl Store {
     /// The default location, relative to the working directory.
     pub fn default_path() -> PathBuf {
         PathBuf::from(".rrm/db")
     }
 
-    /// Opens (or creates) the database at `path` and checks its schema version. Fails fast with
-    /// [`StoreError::Locked`] when another process holds it.
+    /// Opens (or creates) the database at `path` and checks its schema version. Fails with
+    /// [`StoreError::Locked`] when another process holds it, after [`LOCK_WAIT`] at most: a
+    /// database just closed in this process can stay locked for a moment while sled's flusher
+    /// thread lets go of its file.
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .map_err(|source| StoreError::CreateDir { path: parent.to_path_buf(), source })?;
         }
-        let db = sled::Config::new().path(&path).open().map_err(|source| {
-            if is_lock_error(&source) {
-                StoreError::Locked { path: path.clone(), owner: Owner::read(&path) }
-            } else {
-                StoreError::Open { path: path.clone(), source }
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(&path).open() {
+                Ok(db) => break db,
+                Err(source) if is_lock_error(&source) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Locked {
+                            path: path.clone(),
+                            owner: Owner::read(&path),
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(source) => return Err(StoreError::Open { path: path.clone(), source }),
             }
-        })?;
+        };
         let store = Store { db, path };
         store.check_schema()?;
         Ok(store)
