@@ -106,6 +106,18 @@ async fn wait_page(c: &Client, old: &str, selector: &str) -> String {
     }
 }
 
+/// Every record `rrm feedback export` prints for the database at `db` (run after the server
+/// has let it go).
+fn exported(db: &Path) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_rrm"))
+        .args(["feedback", "export"])
+        .env("RRM_DB", db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 async fn text_of(c: &Client, selector: &str) -> String {
     c.find(Locator::Css(selector)).await.unwrap().text().await.unwrap()
 }
@@ -353,16 +365,7 @@ async fn a_labeler_rates_with_the_keyboard_in_a_real_browser() {
     server.await.unwrap().unwrap();
 
     // The feedback, through the CLI (the server has let the database go).
-    let out = Command::new(env!("CARGO_BIN_EXE_rrm"))
-        .args(["feedback", "export"])
-        .env("RRM_DB", &config.db)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = exported(&config.db);
     let got: Vec<Expected> = records
         .iter()
         .map(|r| {
@@ -695,16 +698,7 @@ async fn a_labeler_compares_two_decompositions_in_a_real_browser() {
     server.await.unwrap().unwrap();
 
     // Stored as the export carries it.
-    let out = Command::new(env!("CARGO_BIN_EXE_rrm"))
-        .args(["feedback", "export"])
-        .env("RRM_DB", &config.db)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = exported(&config.db);
     assert_eq!(lines.len(), 1, "{lines:?}");
     let d = &lines[0]["decomposition"];
     assert_eq!(d["book"], book_id.as_str());
