@@ -90,6 +90,15 @@ pub struct SummariesArgs {
     /// Score each root summary with this reward model without picking by it.
     #[arg(long, value_name = "PATH|latest", conflicts_with = "reward_model")]
     pub score_with: Option<String>,
+    /// Also store each document's references as demonstrations at its root, by this labeler
+    /// (training stories: then `rrm policy train --method sft --labeler NAME` learns the upper
+    /// levels from human summaries). A re-run stores nothing twice.
+    #[arg(long, value_name = "LABELER")]
+    pub store_demonstrations: Option<String>,
+    /// With --store-demonstrations: cut each reference at a sentence end within this many words.
+    #[arg(long, value_name = "N", requires = "store_demonstrations",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub demonstration_words: Option<u32>,
     #[arg(long)]
     pub json: bool,
 }
@@ -285,6 +294,10 @@ fn summaries(e: &Env<'_>, args: SummariesArgs) -> anyhow::Result<()> {
         options,
         decomposer: decomposer.as_ref(),
         scorers: Scorers { reward: scorer, labeler: Some(labeler) },
+        demonstrations: args.store_demonstrations.clone().map(|labeler| ws_eval::Demonstrations {
+            labeler,
+            max_words: args.demonstration_words.map(|n| n as usize),
+        }),
     };
     let progress = Lines { quiet: e.quiet };
     let documents = super::args::runtime()?

@@ -29,6 +29,24 @@ pub struct Document {
     pub line: usize,
 }
 
+/// A reference cut to at most `max_words` words, at the last sentence end inside them (a `.`,
+/// `!` or `?`, possibly followed by closing quotes or brackets); with no sentence end inside,
+/// at the word limit. Used to turn a human summary into a demonstration of the length the
+/// policy writes, so a policy trained on it learns what people write, not to write longer.
+pub fn cut_at_sentence(text: &str, max_words: usize) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.len() <= max_words {
+        return words.join(" ");
+    }
+    let inside = &words[..max_words];
+    let ends = |w: &&str| {
+        let w = w.trim_end_matches(['"', '\'', ')', ']', '”', '’']);
+        w.ends_with(['.', '!', '?'])
+    };
+    let cut = inside.iter().rposition(ends).map(|i| i + 1).unwrap_or(max_words);
+    inside[..cut].join(" ")
+}
+
 /// Reads and checks a references file.
 pub fn read_file(path: &Path) -> Result<Vec<Document>, EvalError> {
     let bytes = std::fs::read(path)
@@ -188,6 +206,17 @@ fn squality(obj: &serde_json::Map<String, Value>) -> Result<Parsed, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cut_at_sentence_keeps_whole_sentences() {
+        let text = "One two three. Four \"five six!\" Seven eight nine ten.";
+        assert_eq!(cut_at_sentence(text, 100), text);
+        assert_eq!(cut_at_sentence(text, 7), "One two three. Four \"five six!\"");
+        assert_eq!(cut_at_sentence(text, 5), "One two three.");
+        // No sentence end inside the limit: cut at the limit.
+        assert_eq!(cut_at_sentence("a b c d e. f", 3), "a b c");
+        assert_eq!(cut_at_sentence("a  b\n c", 10), "a b c");
+    }
 
     #[test]
     fn both_layouts() {

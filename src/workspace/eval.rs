@@ -55,6 +55,70 @@ pub struct Summarizer<'a> {
     pub options: ComposeOptions,
     pub decomposer: &'a dyn Decomposer,
     pub scorers: Scorers,
+    /// Also store each document's references as demonstrations at its root.
+    pub demonstrations: Option<Demonstrations>,
+}
+
+/// Human reference summaries as training signal for the upper levels: each reference becomes a
+/// demonstration (`rrm policy train --method sft --labeler LABELER`) at the document's root,
+/// whose input is its children's summaries as this composition wrote them. The tree's root is
+/// where a whole-story summary fits; lower nodes summarize parts of the story, which no
+/// reference does.
+#[derive(Debug, Clone)]
+pub struct Demonstrations {
+    pub labeler: String,
+    /// Cut each reference at a sentence end within this many words (see
+    /// [`crate::eval::references::cut_at_sentence`]); `None` keeps it whole.
+    pub max_words: Option<usize>,
+}
+
+impl Demonstrations {
+    /// Stores one demonstration per reference of `doc` at the root (`set`), skipping one this
+    /// labeler already gave for the same input and text (a re-run stores nothing new); returns
+    /// how many were stored.
+    fn store(
+        &self,
+        ws: &Workspace,
+        doc: &Document,
+        book: &crate::book::Book,
+        root_label: &str,
+        set: &crate::compose::CandidateSet,
+    ) -> Result<usize> {
+        use crate::feedback::{self, Feedback, FeedbackKind, Judged};
+        if self.labeler.trim().is_empty() {
+            return Err(WorkspaceError::Invalid("the demonstrations' labeler is empty".into()));
+        }
+        let have: std::collections::HashSet<String> = feedback::all(ws.store())?
+            .into_iter()
+            .filter(|f| f.labeler == self.labeler && f.input_key == set.input_key)
+            .filter_map(|f| match f.kind {
+                FeedbackKind::Demonstration { summary } => Some(summary.hash),
+                _ => None,
+            })
+            .collect();
+        let mut stored = 0;
+        for reference in &doc.references {
+            let text = match self.max_words {
+                Some(n) => crate::eval::references::cut_at_sentence(reference, n),
+                None => reference.split_whitespace().collect::<Vec<_>>().join(" "),
+            };
+            let summary = Judged::new(text);
+            if summary.text.is_empty() || have.contains(&summary.hash) {
+                continue;
+            }
+            let fb = Feedback::new(
+                &self.labeler,
+                &set.input_key,
+                &set.input,
+                set.height,
+                FeedbackKind::Demonstration { summary },
+            )
+            .at(Some(book.id().to_string()), Some(root_label.to_string()));
+            feedback::put(ws.store(), fb)?;
+            stored += 1;
+        }
+        Ok(stored)
+    }
 }
 
 /// Documents composed at once: one document's upper levels hold a node or two, too few to fill
@@ -121,6 +185,10 @@ async fn summarize_document(
         .node_result(ws.store(), label)?
         .ok_or_else(|| missing("the root has no stored output"))?;
     let set = set.ok_or_else(|| missing("the root's candidates are not stored"))?;
+    if let Some(d) = &s.demonstrations {
+        let n = d.store(ws, doc, &book, label, &set)?;
+        tracing::info!(doc = %doc.id, stored = n, "references stored as demonstrations at the root");
+    }
     Ok(summaries::score(doc, &book, &report, (set.height, &set.input), &s.scorers)?)
 }
 
