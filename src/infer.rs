@@ -125,6 +125,11 @@ pub struct Completion {
     /// (empty where a remote backend does not report them).
     pub logprobs: Vec<f32>,
     pub finish: FinishReason,
+    /// The end-of-sequence token that ended it (`finish` is `Stop`), where the backend says
+    /// which: it is not in `token_ids` (the text ends before it), yet it is part of the
+    /// sampled sequence, so a sequence's log-probability needs it.
+    #[serde(default)]
+    pub stop_token: Option<u32>,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
 }

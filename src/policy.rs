@@ -13,12 +13,14 @@
 //!   temporary GGUF), post-processed as the composer does.
 //! - [`rmdpo`]: reward-model rounds: sample K, label pairs by the ensemble's mean − λ·std
 //!   (uncertain pairs skipped), DPO, repeat; KL(π‖π_ref) per round.
-//! - [`kl`]: KL(π‖π_ref) estimated on samples from π.
+//! - [`kl`]: KL(π‖π_ref) estimated on samples from π, scored on the weights that sampled, end
+//!   tokens included, per sequence and per token, with the samples cut at their cap counted.
 //! - [`judge`]: the judges an evaluation uses: the simulated labeler, an independent simulated
 //!   preference, the reward ensemble.
 //! - [`eval`]: policy against baseline, node by node: win rates per height and at the root,
 //!   length, loop rate.
-//! - [`registry`]: trained policies as GGUFs with a JSON card under the models folder.
+//! - [`registry`]: trained policies as GGUFs with a JSON card under the models folder, and the
+//!   base's zero-step export (the baseline a policy is compared with).
 //!
 //! Imports `lm`, `infer`, `compose` (prompts, text post-processing), `feedback` and `reward`;
 //! never the CLI.

@@ -157,6 +157,52 @@ fn trained_policies_register_list_and_summarize() {
     assert!(stderr_of(&out).contains("--overwrite"), "{}", stderr_of(&out));
 }
 
+/// `rrm policy eval` of a policy against its own base compares it with the base's zero-step
+/// export (the base exported as the policy was, no training) and says so; KL comes per sequence
+/// and per token, scored against that same file, with the samples cut at the cap counted.
+#[test]
+fn policy_eval_compares_with_the_bases_zero_step_export_and_says_so() {
+    let ws = Ws::new();
+    let mut args = ws.train_args("dpo", "prefs.jsonl", "t-eval");
+    args.extend(["--max-steps", "1"].map(String::from));
+    let out = ws.rrm().args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let eval = |extra: &[&str]| {
+        let out = ws
+            .rrm()
+            .args(["--threads", "1", "policy", "eval", "--model", "t-eval", "--baseline"])
+            .arg(&ws.model)
+            .args(["--books", "orchard.txt", "--max-height", "0", "--reward-model", "none"])
+            .args(["--kl-prompts", "2", "--kl-samples", "2", "--batch-size", "4"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let report: serde_json::Value = serde_json::from_str(&eval(&["--json"])).unwrap();
+    let used = &report["baseline_used"];
+    assert_eq!(used["zero_step"], "q8_0", "{report}");
+    let file = PathBuf::from(used["file"].as_str().unwrap());
+    assert!(file.starts_with(ws.path("models").join("zero-step")), "{}", file.display());
+    assert!(report["baseline"].as_str().unwrap().contains("zero-step q8_0"), "{report}");
+    let kl = &report["kl"];
+    assert_eq!(kl["reference"].as_str(), file.file_name().and_then(|n| n.to_str()), "{kl}");
+    assert_eq!(kl["policy"], "t-eval.gguf", "{kl}");
+    let (samples, cut) = (kl["samples"].as_u64().unwrap(), kl["truncated"].as_u64().unwrap());
+    assert!(samples > 0 && cut <= samples, "{kl}");
+    assert!(kl["per_token"].is_f64(), "{kl}");
+    // The text says which baseline and how KL was counted.
+    let text = eval(&[]);
+    assert!(text.contains("baseline: ") && text.contains("with no training step"), "{text}");
+    assert!(text.contains("per token") && text.contains("cut at the token cap"), "{text}");
+    // --baseline-as-is: the named file itself.
+    let report: serde_json::Value =
+        serde_json::from_str(&eval(&["--baseline-as-is", "--json"])).unwrap();
+    assert!(report["baseline_used"]["zero_step"].is_null(), "{report}");
+    assert_eq!(report["baseline_used"]["file"].as_str(), ws.model.to_str(), "{report}");
+}
+
 /// `rrm reward train --backbone lm` on the same tiny llama: trained, evaluated on a file beside
 /// the baselines, and picked up by `summarize --reward-model latest` for best-of-N.
 #[test]

@@ -284,9 +284,14 @@ pub struct EvalArgs {
     /// The trained policy (a name from `rrm models list`, or a .gguf).
     #[arg(long, value_name = "SPEC")]
     pub model: String,
-    /// What it is compared with.
+    /// What it is compared with. When this is the policy's base, the comparison uses the
+    /// base's zero-step export (the base exported as the policy was, with no training), so
+    /// the two sides differ by training, not also by quantization.
     #[arg(long, default_value = fetch::DEFAULT_GENERATOR, value_name = "SPEC")]
     pub baseline: String,
+    /// Compare with the baseline's own file even when it is the policy's base.
+    #[arg(long)]
+    pub baseline_as_is: bool,
     /// Held-out books (files, folders, catalog ids).
     #[arg(long, required = true, num_args = 1.., value_name = "BOOK")]
     pub books: Vec<String>,
@@ -448,17 +453,27 @@ fn train(ctx: &mut Context, args: TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(r) = &report.rounds {
         println!(
-            "{:>5} {:>7} {:>9} {:>11} {:>12} {:>8} {:>10}  judges (held-out)",
-            "round", "pairs", "uncertain", "RM (train)", "RM (held)", "KL", "words"
+            "{:>5} {:>7} {:>9} {:>11} {:>12} {:>8} {:>8} {:>5} {:>10}  judges (held-out)",
+            "round",
+            "pairs",
+            "uncertain",
+            "RM (train)",
+            "RM (held)",
+            "KL/seq",
+            "KL/tok",
+            "cut",
+            "words"
         );
         let row = |label: String, pairs: String, unc: String, m: &crate::policy::rmdpo::Measure| {
             let judges: Vec<String> =
                 m.heldout_judges.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
             println!(
-                "{label:>5} {pairs:>7} {unc:>9} {:>11.3} {:>12.3} {:>8.2} {:>10.1}  {}",
+                "{label:>5} {pairs:>7} {unc:>9} {:>11.3} {:>12.3} {:>8.2} {:>8.4} {:>5} {:>10.1}  {}",
                 m.train_reward,
                 m.heldout_reward,
                 m.kl.mean,
+                m.kl.per_token,
+                format!("{}/{}", m.kl.truncated, m.kl.samples),
                 m.heldout_words,
                 judges.join(", ")
             );
@@ -510,6 +525,7 @@ fn evaluate(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
     let request = EvalRequest {
         model: args.model.clone(),
         baseline: args.baseline.clone(),
+        baseline_as_is: args.baseline_as_is,
         books: args.books.clone(),
         max_height: args.max_height,
         reward_model: args.reward_model.clone(),
@@ -529,6 +545,12 @@ fn evaluate(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("{} vs {} on {}", report.policy, report.baseline, report.books.join(", "));
+    println!(
+        "baseline: {} ({}): {}",
+        report.baseline_used.spec,
+        report.baseline_used.file.display(),
+        report.baseline_used.note
+    );
     let names: Vec<String> = wp::judges_named(&args.judges)?.iter().map(|j| j.name()).collect();
     let mut header = format!("{:>6} {:>6}", "height", "nodes");
     for n in &names {
@@ -562,10 +584,7 @@ fn evaluate(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
         line("root".into(), c);
     }
     if let Some(k) = &report.kl {
-        println!(
-            "KL(policy‖baseline) on {} held-out samples: {:.2} ± {:.2} nats per summary ({:.0} tokens)",
-            k.samples, k.mean, k.std_err, k.mean_tokens
-        );
+        println!("KL(policy‖baseline) on held-out prompts: {}", k.describe());
     }
     for n in &names {
         if report.trained_on.contains(n) {

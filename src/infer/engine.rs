@@ -328,6 +328,7 @@ impl Engine {
                     token_ids: Vec::new(),
                     logprobs: Vec::new(),
                     finish: FinishReason::Length,
+                    stop_token: None,
                     prompt_tokens: prepared.prompt.len(),
                     completion_tokens: 0,
                 });
@@ -446,10 +447,11 @@ impl Engine {
                 }
             };
             if let Some(f) = finish {
-                finished.push((i, f));
+                let stop_token = (f == FinishReason::Stop).then_some(token);
+                finished.push((i, f, stop_token));
             }
         }
-        for (i, finish) in finished.into_iter().rev() {
+        for (i, finish, stop_token) in finished.into_iter().rev() {
             let seq = self.active.swap_remove(i);
             let text = match self.tokenizer.decode(&seq.generated) {
                 Ok(text) => text,
@@ -473,6 +475,7 @@ impl Engine {
                 token_ids: seq.generated,
                 logprobs: seq.logprobs,
                 finish,
+                stop_token,
             };
             if let Some(job) = self.jobs.get_mut(&seq.job) {
                 job.results[seq.index] = Some(completion);

@@ -9,8 +9,14 @@
 //! own children's summaries). The reward ensemble scores each side's summary against that
 //! side's own input, the text its policy summarized (above height 0 its children's summaries
 //! joined as the composer joins them), which is what the reward model was trained on.
+//!
+//! Against its own base, a policy is compared with the base's zero-step export (the base put
+//! through the policy's export with no training; [`BaselineUsed`]), not with the base's file:
+//! a Q8_0 policy exported from dequantized Q4_1 weights differs from the Q4_1 file by its
+//! quantization even before any training step.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +29,7 @@ use crate::compose::{
     prompt, ComposeError, ComposeOptions, Composer, MeanLogprob, RunRecord, Silent,
 };
 use crate::infer::Generator;
+use crate::lm::export::ExportFormat;
 use crate::store::Store;
 use crate::tree::{NodeKind, TaskTree};
 
@@ -103,16 +110,35 @@ pub struct Comparison {
     pub baseline: SideStats,
 }
 
+/// The model the baseline side really was.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BaselineUsed {
+    /// The model named as the baseline.
+    pub spec: String,
+    /// The GGUF that composed the baseline side and scored π_ref of the KL estimate.
+    pub file: PathBuf,
+    /// `Some(weight type)`: `file` is the zero-step export of `spec` (the policy's base put
+    /// through the policy's export with no training, `registry::zero_step_export`); `None`:
+    /// the named model's own file.
+    pub zero_step: Option<ExportFormat>,
+    /// Why this one, for people.
+    pub note: String,
+}
+
 /// The whole evaluation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
     pub policy: String,
     pub baseline: String,
+    /// Which file the baseline was (see [`BaselineUsed`]).
+    #[serde(default)]
+    pub baseline_used: BaselineUsed,
     pub books: Vec<String>,
     /// Height → comparison.
     pub heights: BTreeMap<u32, Comparison>,
     pub root: Option<Comparison>,
-    /// KL(π‖π_ref) on held-out prompts, π the policy and π_ref the baseline.
+    /// KL(π‖π_ref) on held-out prompts, π the policy and π_ref the baseline (the file in
+    /// `baseline_used`).
     pub kl: Option<KlEstimate>,
     /// Books the policy was trained on that were evaluated anyway.
     pub seen_books: Vec<String>,

@@ -237,7 +237,17 @@ pub fn run(
             } else {
                 None
             };
+            // KL is measured against the base as the rounds' samples see the policy: exported
+            // Q8_0 with no training step.
+            let reference_gguf = registry::zero_step_export(
+                &job.models_dir,
+                &job.base_path,
+                &job.base.hash,
+                ExportFormat::Q8_0,
+                job.dtype,
+            )?;
             let inputs = RmDpoInputs {
+                reference_gguf: &reference_gguf,
                 encoder: &encoder,
                 device: &job.device,
                 train_prompts: &train_prompts,

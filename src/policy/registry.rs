@@ -5,12 +5,19 @@
 //! file) change with it: old summaries stay, new ones are computed. A LoRA policy also keeps its
 //! adapters (`adapter.safetensors` + `adapter.json`, `lm::export::write_adapter`).
 //!
+//! [`zero_step_export`] is the base model put through a policy's export with no training (the
+//! base dequantized as the trainer loads it and written in the policy's weight type): the
+//! baseline a trained policy is compared with, so the comparison is not also between a Q4_1
+//! file and a Q8_0 one. It is cached under `<models>/zero-step/<key>.gguf` (key: blake3 of the
+//! export version, the base file's sha256, the weight type and the dtype).
+//!
 //! [`export`] writes a policy (or its base, or any model spec) for other tools: a Hugging Face
 //! folder, a PEFT adapter (with its base as a Hugging Face folder beside it), or the GGUF.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::Value;
+use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 use super::{io_err, unix_now, Method, PolicyError};
@@ -21,7 +28,7 @@ use crate::infer::ModelIdentity;
 use crate::lm::export::{
     read_adapter, write_adapter, write_gguf, ExportFormat, ADAPTER_CARD_FILE, ADAPTER_FILE,
 };
-use crate::lm::model::{Mode, TrainableLlama};
+use crate::lm::model::{LoadOptions, Mode, TrainableLlama};
 
 pub const CARD_FILE: &str = "card.json";
 const FORMAT: u32 = 1;
@@ -169,6 +176,44 @@ pub fn register(
     std::fs::write(&tmp, json).map_err(|e| io_err(&tmp, e))?;
     std::fs::rename(&tmp, &card_path).map_err(|e| io_err(&card_path, e))?;
     Ok((gguf, card))
+}
+
+/// Folder of zero-step exports under the models folder.
+pub const ZERO_STEP_DIR: &str = "zero-step";
+/// Part of every zero-step cache key: change it when the export writes other bytes.
+const ZERO_STEP_VERSION: &str = "rrm-zero-step-1";
+
+/// The zero-step export of the base GGUF `base` (whose sha256 is `base_sha256`): loaded as
+/// training loads it (frozen, in `dtype`), nothing trained, exported as [`register`] exports a
+/// policy (`format`). Cached under `models_dir/zero-step/`; written on first use (to a
+/// temporary file, fsynced, renamed). A LoRA policy exported before any step holds exactly
+/// these weights.
+pub fn zero_step_export(
+    models_dir: &Path,
+    base: &Path,
+    base_sha256: &str,
+    format: ExportFormat,
+    dtype: DType,
+) -> Result<PathBuf, PolicyError> {
+    let mut h = blake3::Hasher::new();
+    for part in [ZERO_STEP_VERSION, base_sha256, format.name(), &format!("{dtype:?}")] {
+        h.update(part.as_bytes());
+        h.update(b"\0");
+    }
+    let key = h.finalize().to_hex()[..32].to_string();
+    let out = models_dir.join(ZERO_STEP_DIR).join(format!("{key}.gguf"));
+    if out.is_file() {
+        return Ok(out);
+    }
+    tracing::info!("exporting {} with no training step to {}", base.display(), out.display());
+    let frozen = LoadOptions { mode: Mode::Frozen, dtype };
+    let (model, _) = TrainableLlama::load(base, &Device::Cpu, &frozen)?;
+    let extra = vec![
+        ("rrm.policy.method".to_string(), Value::String("zero-step".into())),
+        ("rrm.policy.base_sha256".to_string(), Value::String(base_sha256.to_string())),
+    ];
+    write_gguf(&model, &out, format, &extra)?;
+    Ok(out)
 }
 
 /// Reads the card in `folder`.

@@ -13,6 +13,15 @@
 //! held-out prompts, and, on the held-out prompts, the ensemble's and the judges' mean scores
 //! of its greedy summaries, so over-optimization (proxy up, independent judge down) shows.
 //!
+//! Which model is which: every sample (training candidates, greedy summaries, KL samples) is
+//! drawn by the engine from the round's Q8_0 export of the policy, the file a registered
+//! policy would be. KL is scored on that same export against the base's zero-step Q8_0 export
+//! ([`super::registry::zero_step_export`], [`RmDpoInputs::reference_gguf`]): both sides are the
+//! weights that sample, quantized the same way (see [`super::kl`]), so round 0, whose export is
+//! the zero-step export, measures exactly 0; the KL samples are kept in
+//! `round-N/kl-samples.json`. DPO itself trains the f32 weights against the f32 reference (the
+//! adapters off, or `reference`), as its loss needs.
+//!
 //! Resumable: a round's samples, its DPO run (checkpointed) and its result are kept in
 //! `<run>/round-N/`; a restarted run skips finished rounds and loads their adapters.
 
@@ -162,6 +171,9 @@ pub struct RmDpoInputs<'a> {
     pub judges: &'a [&'a dyn Judge],
     /// The reference when the model is fully fine-tuned (LoRA: the adapters turned off).
     pub reference: Option<&'a TrainableLlama>,
+    /// π_ref of the KL measurements: the base's zero-step Q8_0 export (the policy's rounds are
+    /// sampled and scored from their own Q8_0 export).
+    pub reference_gguf: &'a Path,
 }
 
 /// Runs the rounds (see the module docs) in `run_dir`, resuming finished rounds.
@@ -222,7 +234,7 @@ pub fn run(
                 s
             }
         };
-        let measure = measure(model, &gguf, inputs, cfg, &samples, round)?;
+        let measure = measure(&gguf, inputs, cfg, &samples, round, &dir)?;
         let _ = std::fs::remove_file(&gguf);
         if round == cfg.rounds {
             write_json(&dir.join("measure.json"), &measure)?;
@@ -300,14 +312,14 @@ pub fn run(
     Ok(report)
 }
 
-/// Measures the policy exported at `gguf` (see [`Measure`]).
+/// Measures the policy exported at `gguf` (see [`Measure`]); the KL samples go to `dir`.
 fn measure(
-    model: &mut TrainableLlama,
     gguf: &Path,
     inputs: &RmDpoInputs<'_>,
     cfg: &RmDpoConfig,
     samples: &[Vec<Sampled>],
     round: usize,
+    dir: &Path,
 ) -> Result<Measure, PolicyError> {
     let mut m = Measure::default();
     let mut scores = Vec::new();
@@ -343,12 +355,11 @@ fn measure(
     if cfg.kl_samples > 0 {
         let opts =
             SampleOptions::pure(cfg.kl_samples, cfg.sample.max_tokens.clone(), 7919 + round as u64);
-        let kl_samples = sample_gguf(gguf, inputs.device, held, &opts)?;
-        let pair = match inputs.reference {
-            Some(r) => kl::Pair::Models { policy: model, reference: r },
-            None => kl::Pair::Adapters(model),
-        };
-        m.kl = kl::estimate(pair, inputs.encoder, held, &kl_samples)?;
+        let (mut kl, kl_samples) =
+            kl::estimate_files(gguf, inputs.reference_gguf, inputs.device, held, &opts)?;
+        kl.policy = format!("round-{round}/policy.gguf (q8_0)");
+        write_json(&dir.join("kl-samples.json"), &kl_samples)?;
+        m.kl = kl;
     }
     Ok(m)
 }

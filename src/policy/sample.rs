@@ -88,10 +88,14 @@ pub struct Sampled {
     pub text: String,
     /// The model's raw completion.
     pub raw: String,
-    /// The generated token ids (raw).
+    /// The generated token ids (raw), without the end-of-sequence token.
     pub token_ids: Vec<u32>,
     pub looped: bool,
     pub finish: FinishReason,
+    /// The end-of-sequence token the sample stopped with (`finish` is `Stop`, from the local
+    /// engine); `None` in samples stored before it was kept.
+    #[serde(default)]
+    pub stop_token: Option<u32>,
 }
 
 /// The composer's post-processing of a raw completion.
@@ -154,6 +158,7 @@ pub async fn sample_with(
                         token_ids: c.token_ids.clone(),
                         looped,
                         finish: c.finish,
+                        stop_token: c.stop_token,
                     }
                 })
                 .collect(),

@@ -312,7 +312,12 @@ fn rm_dpo_rounds_measure_train_and_resume() {
     let held: Vec<Prompt> = ["a river", "the hat"].iter().map(|i| prompt(i)).collect();
     let alt = AltLabeler::default();
     let judges: [&dyn Judge; 1] = [&alt];
+    let models = dir.path().join("models");
+    let sha = crate::infer::engine::file_sha256(&path).unwrap();
+    let zero =
+        registry::zero_step_export(&models, &path, &sha, ExportFormat::Q8_0, DType::F32).unwrap();
     let inputs = RmDpoInputs {
+        reference_gguf: &zero,
         encoder: &enc,
         device: &Device::Cpu,
         train_prompts: &train_prompts,
@@ -333,9 +338,38 @@ fn rm_dpo_rounds_measure_train_and_resume() {
     let report = run(&mut model, &inputs, &cfg, &run_dir, &Quiet).unwrap();
     assert_eq!(report.rounds.len(), 2);
     let r0 = &report.rounds[0];
-    // Round 0 starts from the reference itself: KL is exactly 0.
+    // Round 0 starts from the reference itself (its Q8_0 export is the zero-step export): KL
+    // is exactly 0.
     assert_eq!(r0.start.kl.mean, 0.0);
+    assert_eq!(r0.start.kl.per_token, 0.0);
     assert!(r0.start.kl.samples > 0);
+    assert!(r0.start.kl.truncated <= r0.start.kl.samples);
+    // The same model samples and is scored: the final KL is the Q8_0 export of the final
+    // weights (what sampled) scored against the zero-step export, on the samples kept.
+    let last = &report.last.kl;
+    assert!(last.policy.contains("round-2") && last.policy.contains("q8_0"), "{last:?}");
+    assert_eq!(last.reference, zero.file_name().unwrap().to_string_lossy());
+    let kept: Vec<Vec<super::sample::Sampled>> = serde_json::from_slice(
+        &std::fs::read(run_dir.join("round-2").join("kl-samples.json")).unwrap(),
+    )
+    .unwrap();
+    let exported = dir.path().join("final.gguf");
+    crate::lm::export::write_gguf(&model, &exported, ExportFormat::Q8_0, &[]).unwrap();
+    let (p, _) = super::kl::load_scorer(&exported, &Device::Cpu).unwrap();
+    let (r, _) = super::kl::load_scorer(&zero, &Device::Cpu).unwrap();
+    let again = super::kl::estimate(&p, &r, &enc, &held, &kept).unwrap();
+    assert!((again.mean - last.mean).abs() < 1e-9, "{again:?} vs {last:?}");
+    assert_eq!((again.samples, again.truncated), (last.samples, last.truncated));
+    // The f32 weights the policy was exported from are another model: scored on them, the
+    // same samples give another number (what this estimate was before it scored the export).
+    let (f32_policy, _) = {
+        let f = dir.path().join("final-f32.gguf");
+        crate::lm::export::write_gguf(&model, &f, ExportFormat::F32, &[]).unwrap();
+        super::kl::load_scorer(&f, &Device::Cpu).unwrap()
+    };
+    let (base, _) = super::kl::load_scorer(&path, &Device::Cpu).unwrap();
+    let f32_kl = super::kl::estimate(&f32_policy, &base, &enc, &held, &kept).unwrap();
+    assert!((f32_kl.mean - last.mean).abs() > 1e-6, "{f32_kl:?} vs {last:?}");
     assert!(r0.pairs > 0 && r0.pairs <= 3);
     assert!(r0.start.heldout_judges.contains_key("sim-alt"));
     assert!(report.last.kl.samples > 0);
@@ -352,4 +386,151 @@ fn rm_dpo_rounds_measure_train_and_resume() {
         assert!((a.start.train_reward - b.start.train_reward).abs() < 1e-9);
     }
     assert!((resumed.last.kl.mean - report.last.kl.mean).abs() < 1e-9);
+}
+
+/// A tiny llama whose weights are Q4_1, like the real base file.
+fn tiny_q4_1(dir: &Path) -> PathBuf {
+    use crate::infer::testing::{tiny_gguf, TinyOptions};
+    let p = dir.join("tiny-q4_1.gguf");
+    let o =
+        TinyOptions { weights: candle_core::quantized::GgmlDType::Q4_1, ..TinyOptions::default() };
+    tiny_gguf(&p, 11, &o).unwrap();
+    p
+}
+
+/// Every tensor of a GGUF file, dequantized, with its stored type.
+fn gguf_tensors(
+    path: &Path,
+) -> std::collections::BTreeMap<String, (candle_core::quantized::GgmlDType, Vec<f32>)> {
+    use candle_core::quantized::gguf_file::Content;
+    let mut f = std::fs::File::open(path).unwrap();
+    let content = Content::read(&mut f).unwrap();
+    content
+        .tensor_infos
+        .iter()
+        .map(|(name, info)| {
+            let t = content.tensor(&mut f, name, &Device::Cpu).unwrap();
+            let v = t.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            (name.clone(), (info.ggml_dtype, v))
+        })
+        .collect()
+}
+
+#[test]
+fn the_zero_step_export_is_the_base_exported_like_an_untrained_policy_and_cached() {
+    use candle_core::quantized::GgmlDType;
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_q4_1(dir.path());
+    let sha = crate::infer::engine::file_sha256(&base).unwrap();
+    let models = dir.path().join("models");
+    let zero =
+        registry::zero_step_export(&models, &base, &sha, ExportFormat::Q8_0, DType::F32).unwrap();
+    assert!(zero.starts_with(models.join(registry::ZERO_STEP_DIR)), "{}", zero.display());
+    // A LoRA policy exported before any training step holds exactly these weights.
+    let (policy, _) = load(&base, lora(4));
+    let exported = dir.path().join("untrained.gguf");
+    crate::lm::export::write_gguf(&policy, &exported, ExportFormat::Q8_0, &[]).unwrap();
+    let (z, e, b) = (gguf_tensors(&zero), gguf_tensors(&exported), gguf_tensors(&base));
+    assert_eq!(z, e);
+    // …and not the base file's: its matrices were Q4_1, the export's are Q8_0.
+    let q = "blk.0.attn_q.weight";
+    assert_eq!((b[q].0, z[q].0), (GgmlDType::Q4_1, GgmlDType::Q8_0));
+    assert_ne!(b[q].1, z[q].1);
+    // Cached by content: the same request is the same file, not written again; another
+    // weight type is another file.
+    let modified = std::fs::metadata(&zero).unwrap().modified().unwrap();
+    let again =
+        registry::zero_step_export(&models, &base, &sha, ExportFormat::Q8_0, DType::F32).unwrap();
+    assert_eq!(again, zero);
+    assert_eq!(std::fs::metadata(&again).unwrap().modified().unwrap(), modified);
+    let f16 =
+        registry::zero_step_export(&models, &base, &sha, ExportFormat::F16, DType::F32).unwrap();
+    assert_ne!(f16, zero);
+    // It is no trained policy: `rrm models list` does not list it.
+    assert!(registry::list(&models).is_empty());
+}
+
+#[test]
+fn kl_scores_the_end_token_of_stopped_samples_and_counts_cut_ones() {
+    use super::kl::{estimate, estimate_files, scored_tokens};
+    use super::sample::{SampleOptions, Sampled};
+    use crate::infer::FinishReason;
+    use crate::lm::model::Packed;
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = tiny(dir.path());
+    let reference_path = dir.path().join("other.gguf");
+    tiny_llama_gguf(&reference_path, 12).unwrap();
+    let (policy, tok) = load(&policy_path, Mode::Frozen);
+    let (reference, _) = load(&reference_path, Mode::Frozen);
+    let enc = Encoder::new(&tok, 4096, 4096).unwrap();
+    let end = enc.end_token();
+    let prompts = vec![prompt("the mill burnt")];
+    let ids = |s: &str| tok.encode(s).unwrap();
+    let sample = |tokens: Vec<u32>, finish: FinishReason, stop: Option<u32>| Sampled {
+        text: String::new(),
+        raw: String::new(),
+        token_ids: tokens,
+        looped: false,
+        finish,
+        stop_token: stop,
+    };
+    let other_eos = *tok.eos_ids.iter().find(|&&e| e != end).unwrap();
+    let samples = vec![vec![
+        // Stopped with the chat's end token; stopped with another end-of-sequence token.
+        sample(ids("the cat"), FinishReason::Stop, Some(end)),
+        sample(ids("a hat"), FinishReason::Stop, Some(other_eos)),
+        // Stopped at once: only the end token (a sample stored before stop tokens were kept).
+        sample(Vec::new(), FinishReason::Stop, None),
+        // Cut at its cap: no end token.
+        sample(ids("in the river"), FinishReason::Length, None),
+    ]];
+    let expected: Vec<Vec<u32>> = vec![
+        [ids("the cat"), vec![end]].concat(),
+        [ids("a hat"), vec![other_eos]].concat(),
+        vec![end],
+        ids("in the river"),
+    ];
+    let scored: Vec<Vec<u32>> = samples[0].iter().map(|s| scored_tokens(s, end).unwrap()).collect();
+    assert_eq!(scored, expected);
+    let row = Packed { prompt: enc.prompt(&prompts[0]).unwrap(), completions: expected.clone() };
+    let lp = |m: &TrainableLlama| -> Vec<f64> {
+        let s = m.packed_logprobs(std::slice::from_ref(&row)).unwrap();
+        s.sums.to_dtype(DType::F64).unwrap().to_vec1().unwrap()
+    };
+    let d: Vec<f64> = lp(&policy).iter().zip(lp(&reference)).map(|(a, b)| a - b).collect();
+    let kl = estimate(&policy, &reference, &enc, &prompts, &samples).unwrap();
+    let tokens: usize = expected.iter().map(Vec::len).sum();
+    assert_eq!((kl.samples, kl.truncated), (4, 1));
+    assert!((kl.mean - d.iter().sum::<f64>() / 4.0).abs() < 1e-9, "{kl:?} vs {d:?}");
+    assert!((kl.per_token - d.iter().sum::<f64>() / tokens as f64).abs() < 1e-9, "{kl:?}");
+    assert!((kl.mean_tokens - tokens as f64 / 4.0).abs() < 1e-12);
+    // A sample cut at a cap of 0 has nothing to score.
+    assert_eq!(scored_tokens(&sample(Vec::new(), FinishReason::Length, None), end), None);
+
+    // The engine says which end token a sample stopped with (it is not in the token ids), and
+    // a sample at its cap has none. (A random tiny model hardly ever stops: a few SFT steps
+    // teach it a short answer and its end.)
+    let (mut stops, _) = load(&policy_path, lora(8));
+    let batch = vec![enc.encode(&prompts[0], &["a."]).unwrap().encoded];
+    let run = dir.path().join("sft");
+    train(&mut stops, Method::Sft, &batch, &[], &fast(15, 1e-2), &run, None, &Quiet).unwrap();
+    let exported = dir.path().join("stops.gguf");
+    crate::lm::export::write_gguf(&stops, &exported, ExportFormat::F32, &[]).unwrap();
+    let options = SampleOptions::pure(48, vec![24], 3);
+    let (kl, drawn) =
+        estimate_files(&exported, &policy_path, &Device::Cpu, &prompts, &options).unwrap();
+    let (stopped, cut): (Vec<&Sampled>, Vec<&Sampled>) =
+        drawn[0].iter().partition(|s| s.finish == FinishReason::Stop);
+    assert!(!stopped.is_empty(), "{drawn:?}");
+    for s in &stopped {
+        let t = s.stop_token.expect("a stopped sample names its end token");
+        assert!(tok.eos_ids.contains(&t) && !s.token_ids.contains(&t), "{s:?}");
+    }
+    assert!(cut.iter().all(|s| s.stop_token.is_none() && s.token_ids.len() == 24));
+    assert_eq!((kl.samples, kl.truncated), (48, cut.len()));
+    assert_eq!((kl.policy.as_str(), kl.reference.as_str()), ("stops.gguf", "tiny.gguf"));
+    // Scored on the file that sampled, with every stopped sample's end token.
+    let tokens: usize = drawn[0].iter().map(|s| scored_tokens(s, end).unwrap().len()).sum();
+    assert!((kl.mean_tokens - tokens as f64 / 48.0).abs() < 1e-12, "{kl:?}");
+    assert_eq!(tokens, drawn[0].iter().map(|s| s.token_ids.len()).sum::<usize>() + stopped.len());
 }

@@ -18,16 +18,16 @@ use crate::infer::spec::GeneratorSpec;
 use crate::infer::{Generator, InferError, ModelIdentity};
 use crate::lm::bench::{bench_train as measure, Objective, TrainBench};
 use crate::lm::export::ExportFormat;
-use crate::lm::model::{LoadOptions, Mode, TrainableLlama};
+use crate::lm::model::{LoadOptions, Mode};
 use crate::lm::{LoraConfig, Target};
-use crate::policy::data::{self, Encoder, Prompt};
-use crate::policy::eval::{self, EvalReport};
+use crate::policy::data::{self, Prompt};
+use crate::policy::eval::{self, BaselineUsed, EvalReport};
 use crate::policy::job::{self, JobReport, TrainJob};
 use crate::policy::judge::{AltLabeler, EnsembleScorer, GroundingScorer, Judge, MemberScorer};
 use crate::policy::kl::{self, KlEstimate};
 use crate::policy::registry;
 use crate::policy::rmdpo::RmDpoConfig;
-use crate::policy::sample::{sample_gguf, SampleOptions};
+use crate::policy::sample::SampleOptions;
 use crate::policy::train::{Observer, TrainConfig};
 use crate::policy::Method;
 
@@ -270,6 +270,9 @@ pub struct EvalRequest {
     /// The trained policy (a registered name or a .gguf) and what it is compared with.
     pub model: String,
     pub baseline: String,
+    /// Compare with the baseline's own file even when it is the policy's base (by default the
+    /// base's zero-step export stands in for it: see [`choose_baseline`]).
+    pub baseline_as_is: bool,
     /// Held-out books (files, folders, catalog ids).
     pub books: Vec<String>,
     pub max_height: Option<u32>,
@@ -298,7 +301,8 @@ pub trait EvalObserver {
 impl EvalObserver for () {}
 
 /// Summarizes the held-out books with both models and judges them node by node (the judges,
-/// the reward ensemble if any), with KL(policy‖baseline) on held-out leaf prompts.
+/// the reward ensemble if any), with KL(policy‖baseline) on held-out leaf prompts. The
+/// baseline is the file [`choose_baseline`] picks (the report's `baseline_used` names it).
 pub fn evaluate(
     ws: &Workspace,
     request: &EvalRequest,
@@ -325,10 +329,12 @@ pub fn evaluate(
         device: request.device,
         ..GeneratorSpec::local_default()
     };
+    let baseline_used = choose_baseline(ws, request, card.as_ref(), progress)?;
     let policy: Arc<dyn Generator> =
         Arc::new(spec_of(&request.model).load_lazy(config.clone(), progress)?);
+    let baseline_spec = baseline_used.file.to_string_lossy().into_owned();
     let baseline: Arc<dyn Generator> =
-        Arc::new(spec_of(&request.baseline).load_lazy(config, progress)?);
+        Arc::new(spec_of(&baseline_spec).load_lazy(config, progress)?);
     let options =
         ComposeOptions { batch_size: batch, max_height: request.max_height, ..Default::default() };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -337,7 +343,10 @@ pub fn evaluate(
         .map_err(|e| WorkspaceError::Invalid(format!("starting the async runtime: {e}")))?;
     let mut report = EvalReport {
         policy: policy.identity().name.clone(),
-        baseline: baseline.identity().name.clone(),
+        baseline: match baseline_used.zero_step {
+            Some(f) => format!("{} (zero-step {} export)", request.baseline, f.name()),
+            None => baseline.identity().name.clone(),
+        },
         trained_on: card.as_ref().map(|c| c.data.labelers.clone()).unwrap_or_default(),
         ..EvalReport::default()
     };
@@ -374,31 +383,92 @@ pub fn evaluate(
     report.root = root;
     if request.kl_prompts > 0 && !kl_prompts.is_empty() {
         observer.stage("estimating KL(policy‖baseline)");
-        let result = estimate_kl(ws, request, &kl_prompts);
+        let result = estimate_kl(ws, request, &baseline_used.file, &kl_prompts);
         observer.stage_done();
         report.kl = Some(result?);
     }
+    report.baseline_used = baseline_used;
     Ok(report)
 }
 
-/// KL(policy‖baseline) on up to `kl_prompts` prompts spread evenly over `prompts`.
-fn estimate_kl(ws: &Workspace, request: &EvalRequest, prompts: &[Prompt]) -> Result<KlEstimate> {
+/// The file the baseline side is: the zero-step export of the policy's base when the baseline
+/// named is that base (the policy's card says its base, export format and dtype), else the
+/// named model's own file. `--baseline-as-is` keeps the named file.
+pub fn choose_baseline(
+    ws: &Workspace,
+    request: &EvalRequest,
+    card: Option<&registry::PolicyCard>,
+    progress: bool,
+) -> Result<BaselineUsed> {
+    let models_dir = ws.models_dir();
+    let resolved = fetch::resolve_model_with(&request.baseline, models_dir, progress)
+        .map_err(InferError::from)?;
+    let as_is = |note: String| BaselineUsed {
+        spec: request.baseline.clone(),
+        file: resolved.path.clone(),
+        zero_step: None,
+        note,
+    };
+    if request.baseline_as_is {
+        return Ok(as_is("the named model's own file (--baseline-as-is)".into()));
+    }
+    let Some(card) = card else {
+        return Ok(as_is(format!(
+            "the named model's own file: `{}` has no policy card, so how it was exported is \
+             unknown",
+            request.model
+        )));
+    };
+    if registry::find(models_dir, &request.baseline).is_some() {
+        return Ok(as_is("a trained policy, compared as it was registered".into()));
+    }
+    let sha = match &resolved.sha256 {
+        Some(s) => s.clone(),
+        None => crate::infer::engine::file_sha256(&resolved.path)?,
+    };
+    if sha != card.base.hash {
+        return Ok(as_is(format!(
+            "the named model's own file: it is not the base `{}` was trained from",
+            card.name
+        )));
+    }
+    let dtype = match card.config.get("dtype").and_then(|d| d.as_str()) {
+        Some("BF16") => DType::BF16,
+        Some("F16") => DType::F16,
+        _ => DType::F32,
+    };
+    let file =
+        registry::zero_step_export(models_dir, &resolved.path, &sha, card.export_format, dtype)?;
+    Ok(BaselineUsed {
+        spec: request.baseline.clone(),
+        file,
+        zero_step: Some(card.export_format),
+        note: format!(
+            "the policy's base exported as the policy was ({}, from {:?} weights) with no \
+             training step, so quantization is not part of the difference",
+            card.export_format.name(),
+            dtype
+        ),
+    })
+}
+
+/// KL(policy‖baseline) on up to `kl_prompts` prompts spread evenly over `prompts`: sampled
+/// from the policy's file, both sides scored on their own files' weights (`kl::estimate_files`).
+fn estimate_kl(
+    ws: &Workspace,
+    request: &EvalRequest,
+    baseline: &std::path::Path,
+    prompts: &[Prompt],
+) -> Result<KlEstimate> {
     let step = (prompts.len() / request.kl_prompts.max(1)).max(1);
     let chosen: Vec<Prompt> =
         prompts.iter().step_by(step).take(request.kl_prompts).cloned().collect();
     let policy = fetch::resolve_model_with(&request.model, ws.models_dir(), false)
         .map_err(InferError::from)?;
-    let baseline = fetch::resolve_model_with(&request.baseline, ws.models_dir(), false)
-        .map_err(InferError::from)?;
     let device = request.device.device()?;
     let opts = SampleOptions::pure(request.kl_samples.max(1), vec![128, 192, 384], 7919);
-    let samples = sample_gguf(&policy.path, &device, &chosen, &opts)?;
-    let frozen = LoadOptions { mode: Mode::Frozen, dtype: DType::F32 };
-    let (p, tok) = TrainableLlama::load(&policy.path, &device, &frozen)?;
-    let (b, _) = TrainableLlama::load(&baseline.path, &device, &frozen)?;
-    let encoder = Encoder::new(&tok, 4096, 4096)?;
-    let pair = kl::Pair::Models { policy: &p, reference: &b };
-    Ok(kl::estimate(pair, &encoder, &chosen, &samples)?)
+    let (estimate, _) = kl::estimate_files(&policy.path, baseline, &device, &chosen, &opts)?;
+    Ok(estimate)
 }
 
 /// One `rrm bench train`.

@@ -160,6 +160,8 @@ pub(super) fn completion(
         token_ids: Vec::new(),
         logprobs,
         finish,
+        // The server's token ids are unknown here.
+        stop_token: None,
         prompt_tokens,
         completion_tokens,
     })
