@@ -12,7 +12,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::engine::EngineScorer;
-use super::{head_rows, head_scores, score_rows, LmMember};
+use super::pack::{head_rows, head_scores, score_rows};
+use super::LmMember;
 use crate::lm::model::LoadOptions;
 use crate::lm::{Checkpointing, LoraConfig, Mode, Packed, TrainableLlama};
 use crate::reward::RewardError;
