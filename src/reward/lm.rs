@@ -16,6 +16,12 @@
 //! initialisation and data order); the base model is loaded once for scoring and each member's
 //! trainable tensors are swapped in, so `K` members cost `K` adapters, not `K` models.
 //!
+//! With `hybrid` ([`crate::reward::hybrid`]) each member's score is the head's plus `wᵀ·g` of
+//! the summary's grounding features, `w` fitted on the training pairs before the first step
+//! (the head at zero: step 0 is the features-only model, validated like every step) and
+//! trained with the head. The features are added after the last hidden state, so the engine's
+//! forward and the trainer's score them alike.
+//!
 //! A checkpoint is a folder with `lm_reward.safetensors` (every member's trainable tensors and
 //! head, prefixed `m{i}.`) and `card.json` ([`LmCard`], `"backbone": "lm"`, with the base
 //! model's hash, the data's hash and the metrics).
@@ -57,6 +63,9 @@ pub struct LmMember {
     pub head_w: Tensor,
     /// `(heads,)`.
     pub head_b: Tensor,
+    /// A hybrid model's grounding weights `w` (`(FEATURES,)`): `wᵀ·g` of the summary's
+    /// [`crate::reward::hybrid::features`] is added to the head's score.
+    pub grounding: Option<Tensor>,
 }
 
 /// Which forward pass scores a loaded model's candidates.

@@ -72,6 +72,7 @@ pub fn bench_scoring(
     let head: Vec<f32> =
         (0..hidden).map(|_| rng.random_range(-1.0..1.0) / (hidden as f32).sqrt()).collect();
     let member = LmMember {
+        grounding: None,
         // Copies: setting a variable to a view of itself is refused.
         weights: llama
             .trainable()

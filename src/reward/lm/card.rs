@@ -14,7 +14,11 @@ use super::train::LmTrainConfig;
 use super::{LmMember, LmRewardModel, BACKBONE, LM_FORMAT_VERSION, LM_WEIGHTS_FILE};
 use crate::lm::model::LoadOptions;
 use crate::lm::TrainableLlama;
+use crate::reward::hybrid::FEATURES;
 use crate::reward::train::Metrics;
+
+/// A member's grounding weights in the weights file: `m{i}.grounding.weight`.
+const GROUNDING_TENSOR: &str = "grounding.weight";
 use crate::reward::{RewardError, CARD_FILE};
 
 /// What an LM checkpoint was trained on and how it did.
@@ -92,6 +96,10 @@ pub struct LmCard {
     /// pair), not in `train_seconds`.
     #[serde(default)]
     pub probe_seconds: f64,
+    /// A hybrid model's grounding part (`config.hybrid`): the features' version, the `w`
+    /// fitted before the first step (`all`) and the step each member kept (0: features only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hybrid: Option<crate::reward::hybrid::HybridCard>,
     /// Mean Bradley–Terry loss of each member's last epoch.
     pub final_loss: Vec<f64>,
     pub train_seconds: f64,
@@ -138,6 +146,9 @@ impl LmRewardModel {
             }
             t.insert(format!("m{i}.head.weight"), m.head_w.clone());
             t.insert(format!("m{i}.head.bias"), m.head_b.clone());
+            if let Some(g) = &m.grounding {
+                t.insert(format!("m{i}.{GROUNDING_TENSOR}"), g.clone());
+            }
         }
         t
     }
@@ -178,6 +189,13 @@ impl LmRewardModel {
                 &weights,
                 "does not match the card's hash (corrupt or replaced)".into(),
             ));
+        }
+        match (&card.hybrid, card.config.hybrid) {
+            (Some(h), true) => h.check().map_err(|e| bad(&card_path, e))?,
+            (None, true) => {
+                return Err(bad(&card_path, "hybrid, but records no grounding features".into()))
+            }
+            _ => {}
         }
         if !(card.temperature.is_finite() && card.temperature > 0.0) {
             return Err(bad(
@@ -231,7 +249,35 @@ impl LmRewardModel {
                     ),
                 ));
             }
-            members.push(LmMember { weights: w, head_w, head_b });
+            let grounding = match (
+                card.config.hybrid,
+                tensors.get(&format!("m{i}.{GROUNDING_TENSOR}")),
+            ) {
+                (true, Some(g)) if g.dims() == [FEATURES] => Some(g.clone()),
+                (true, Some(g)) => {
+                    return Err(bad(
+                        &weights,
+                        format!(
+                            "member {i}: grounding weights of shape {:?}, expected [{FEATURES}]",
+                            g.dims()
+                        ),
+                    ))
+                }
+                (true, None) => {
+                    return Err(bad(
+                        &weights,
+                        format!("member {i} of a hybrid model has no grounding weights"),
+                    ))
+                }
+                (false, Some(_)) => return Err(bad(
+                    &weights,
+                    format!(
+                        "member {i} has grounding weights, the card says the model is not hybrid"
+                    ),
+                )),
+                (false, None) => None,
+            };
+            members.push(LmMember { weights: w, head_w, head_b, grounding });
         }
         let end = end_token(&tokenizer)?;
         Ok(LmRewardModel::assemble(card, members, llama, tokenizer, end))

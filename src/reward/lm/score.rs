@@ -8,10 +8,11 @@ use candle_core::Tensor;
 
 use super::engine;
 use super::pack::{encode, head_of, head_rows, head_scores, rows_of, score_budget, score_rows};
-use super::{LmRewardModel, Scoring};
+use super::{LmMember, LmRewardModel, Scoring};
 use crate::compose::select::SelectError;
 use crate::compose::{Candidate, CandidateScore, Selector};
 use crate::feedback::Pair;
+use crate::reward::hybrid;
 use crate::reward::model::mean_std;
 use crate::reward::train::{metrics, Metrics};
 use crate::reward::RewardError;
@@ -27,17 +28,33 @@ impl LmRewardModel {
     ) -> Result<Vec<Vec<f32>>, RewardError> {
         let max = self.card.config.max_tokens;
         let seqs = encode(&self.tokenizer, self.end, max, height, input, summaries)?.0;
-        self.score_tokens(&[seqs], &[height])
+        let grounding =
+            if self.card.config.hybrid { hybrid::features(input, summaries) } else { Vec::new() };
+        self.score_tokens(&[seqs], &[height], &grounding)
     }
 
     /// Per-member scores (K × n) of tokenized sequences, given in groups that share a prompt
     /// (scored as packed rows, several rows per forward pass) and the groups' heights; scores
-    /// in the groups' order.
+    /// in the groups' order. A hybrid model adds each member's `wᵀ·g` with `grounding`, one
+    /// row per sequence in the same order (whichever forward pass gave the hidden states).
     fn score_tokens(
         &self,
         groups: &[Vec<Vec<u32>>],
         heights: &[u32],
+        grounding: &[hybrid::Row],
     ) -> Result<Vec<Vec<f32>>, RewardError> {
+        let n: usize = groups.iter().map(Vec::len).sum();
+        if self.card.config.hybrid && grounding.len() != n {
+            return Err(RewardError::Invalid(format!(
+                "internal: {} grounding rows for {n} summaries",
+                grounding.len()
+            )));
+        }
+        let add = |m: &LmMember, scores: Vec<f32>| -> Result<Vec<f32>, RewardError> {
+            let Some(g) = &m.grounding else { return Ok(scores) };
+            let w = g.to_vec1::<f32>()?;
+            Ok(scores.into_iter().zip(grounding).map(|(s, g)| s + hybrid::dot(&w, g)).collect())
+        };
         let heads = self.card.heads;
         let heads: Vec<u32> = heights.iter().map(|&h| head_of(h, heads)).collect();
         let (rows, row_heads, _) = rows_of(groups, &heads);
@@ -55,7 +72,7 @@ impl LmRewardModel {
                 let hidden = engine.last_hidden(i, &rows, budget)?;
                 let which = Tensor::new(which.as_slice(), m.head_w.device())?;
                 let scores =
-                    head_scores(&hidden, &m.head_w, &m.head_b, &which)?.to_vec1::<f32>()?;
+                    add(m, head_scores(&hidden, &m.head_w, &m.head_b, &which)?.to_vec1::<f32>()?)?;
                 out.push(scores.into_iter().map(|s| s / t).collect());
             }
             return Ok(out);
@@ -63,7 +80,8 @@ impl LmRewardModel {
         let llama = self.lock_llama()?;
         for m in &self.members {
             llama.load_trainable(&m.weights)?;
-            let scores = score_rows(&llama, &rows, &row_heads, &m.head_w, &m.head_b, budget)?;
+            let scores =
+                add(m, score_rows(&llama, &rows, &row_heads, &m.head_w, &m.head_b, budget)?)?;
             out.push(scores.into_iter().map(|s| s / t).collect());
         }
         Ok(out)
@@ -95,12 +113,16 @@ impl LmRewardModel {
     pub fn margins(&self, pairs: &[Pair]) -> Result<Vec<f32>, RewardError> {
         let max = self.card.config.max_tokens;
         let mut groups = Vec::with_capacity(pairs.len());
+        let mut grounding = Vec::new();
         for p in pairs {
             let summaries = [p.chosen.as_str(), p.rejected.as_str()];
             groups.push(encode(&self.tokenizer, self.end, max, p.height, &p.input, &summaries)?.0);
+            if self.card.config.hybrid {
+                grounding.extend(hybrid::features(&p.input, &summaries));
+            }
         }
         let heights: Vec<u32> = pairs.iter().map(|p| p.height).collect();
-        let scores = self.score_tokens(&groups, &heights)?;
+        let scores = self.score_tokens(&groups, &heights, &grounding)?;
         let stats = mean_std(&scores);
         Ok((0..pairs.len()).map(|i| stats[2 * i].0 - stats[2 * i + 1].0).collect())
     }

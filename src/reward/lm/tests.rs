@@ -531,3 +531,73 @@ fn bad_inputs_are_clear_errors() {
         ));
     }
 }
+
+/// A hybrid model with no steps is its grounding features alone (`wᵀ·g` through either forward
+/// pass); trained, validation keeps a step no worse than that step 0; save → load scores the
+/// same; a card that does not match its weights is refused.
+#[test]
+fn hybrid_step_zero_is_the_features_only_model_and_validation_never_goes_below_it() {
+    use crate::reward::hybrid;
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny(dir.path());
+    let pairs = separable_pairs(16);
+    let c = LmTrainConfig { members: 1, steps: Some(0), hybrid: true, ..config() };
+    let mut model = LmRewardModel::train(&base, &pairs, &[], &c, "test").unwrap();
+    let h = model.card.hybrid.clone().expect("a hybrid card");
+    assert_eq!(h.features, hybrid::VERSION);
+    assert_eq!(model.card.best_step, vec![0]);
+    let w = h.fitted["all"].clone();
+    let input = "passage number 3 about animals";
+    let texts = ["zebra zebra 3", "cat dog 3", "the passage number 3 is about animals"];
+    let g = hybrid::features(input, &texts);
+    for scoring in [Scoring::Engine, Scoring::Trainer] {
+        model.set_scoring(scoring);
+        let s = model.member_scores(0, input, &texts).unwrap();
+        for (score, g) in s[0].iter().zip(&g) {
+            assert!((score - hybrid::dot(&w, g)).abs() < 1e-5, "{scoring:?}: {s:?} {w:?}");
+        }
+    }
+    let margins = model.margins(&pairs).unwrap();
+    for (d, p) in margins.iter().zip(&pairs) {
+        let g = hybrid::features(&p.input, &[&p.chosen, &p.rejected]);
+        assert!((d - (hybrid::dot(&w, &g[0]) - hybrid::dot(&w, &g[1]))).abs() < 1e-5);
+    }
+
+    // Trained with validation: step 0 is on the curve and nothing kept is worse than it.
+    let c = LmTrainConfig { steps: Some(20), eval_every: Some(10), val_percent: 25, ..c };
+    let mut model = LmRewardModel::train(&base, &pairs, &[], &c, "test").unwrap();
+    let curve = &model.card.validation_curve[0];
+    assert_eq!(curve.iter().map(|c| c.0).collect::<Vec<_>>(), vec![0, 10, 20]);
+    let raw = model.card.validation_log_loss_uncalibrated.unwrap();
+    assert!(raw <= curve[0].1 + 1e-4, "kept {raw}, features alone {}", curve[0].1);
+    assert_eq!(model.card.hybrid.as_ref().unwrap().best_step["all"], model.card.best_step);
+    let before = model.member_scores(0, input, &texts).unwrap();
+    let ckpt = model.save(&dir.path().join("rm")).unwrap();
+    let loaded = LmRewardModel::load(&ckpt, None).unwrap();
+    assert_eq!(loaded.card.hybrid, model.card.hybrid);
+    assert!(loaded.members[0].grounding.is_some());
+    assert_eq!(loaded.member_scores(0, input, &texts).unwrap(), before);
+
+    // Cards that do not add up.
+    let card_path = ckpt.join(CARD_FILE);
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&card_path).unwrap()).unwrap();
+    let refused = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut card = original.clone();
+        f(&mut card);
+        std::fs::write(&card_path, serde_json::to_vec(&card).unwrap()).unwrap();
+        LmRewardModel::load(&ckpt, None).unwrap_err().to_string()
+    };
+    let err = refused(&|c| c["hybrid"]["features"] = "grounding-features@0".into());
+    assert!(err.contains("grounding-features@0"), "{err}");
+    let err = refused(&|c| c["config"]["hybrid"] = false.into());
+    assert!(err.contains("not hybrid"), "{err}");
+    let err = refused(&|c| {
+        c.as_object_mut().unwrap().remove("hybrid");
+    });
+    assert!(err.contains("no grounding features"), "{err}");
+    // A hybrid model starts from its features, not from a probe.
+    let c = LmTrainConfig { probe_epochs: 5, ..c };
+    let err = LmRewardModel::train(&base, &pairs, &[], &c, "test").unwrap_err();
+    assert!(matches!(err, RewardError::Invalid(_)) && err.to_string().contains("probe"), "{err}");
+}

@@ -23,6 +23,7 @@ use crate::lm::model::LoadOptions;
 use crate::lm::observe::{EvalLog, Observer, Quiet, StepLog};
 use crate::lm::optim::{Accumulator, AdamW, ParamsAdamW, Schedule};
 use crate::lm::{Checkpointing, LoraConfig, Mode, Packed, TrainableLlama};
+use crate::reward::hybrid::{self, HybridCard, Row, FEATURES};
 use crate::reward::train::{
     bt_loss_weighted, check_label_smoothing, fit_temperature, init_thresholds, keep_val_kinds,
     metrics, ordinal_loss, smooth_target, split_group_names,
@@ -90,6 +91,12 @@ pub struct LmTrainConfig {
     /// `probe`). With `steps` 0 the probe is the whole training.
     #[serde(default)]
     pub probe_epochs: usize,
+    /// A hybrid model ([`crate::reward::hybrid`]): the head's score plus `wᵀ·g` of grounding
+    /// features, `w` fitted before the first step with the head at zero (step 0, validated like
+    /// every step: the features-only model) and trained with the head. With `steps` 0 the
+    /// features-only model is the whole training.
+    #[serde(default)]
+    pub hybrid: bool,
 }
 
 fn default_eval_pairs() -> usize {
@@ -122,6 +129,7 @@ impl Default for LmTrainConfig {
             label_smoothing: 0.0,
             val_kinds: Kinds::ALL,
             probe_epochs: 0,
+            hybrid: false,
         }
     }
 }
@@ -139,8 +147,14 @@ impl LmTrainConfig {
             return bad("max tokens must be at least 8");
         }
         let no_steps = self.steps == Some(0) || (self.steps.is_none() && self.epochs == 0);
-        if no_steps && self.probe_epochs == 0 {
+        if no_steps && self.probe_epochs == 0 && !self.hybrid {
             return bad("train for at least one step (or epoch), or probe for at least one pass");
+        }
+        if self.hybrid && self.probe_epochs > 0 {
+            return bad(
+                "a hybrid model starts from its grounding features, not from a linear probe: \
+                        use one or the other",
+            );
         }
         if self.probe_epochs > 10_000 {
             return bad("probe passes must be at most 10000");
@@ -176,7 +190,12 @@ impl LmTrainConfig {
 }
 
 /// A copy of a member's trainable tensors and head as they are now.
-fn snapshot(body: &[(String, Var)], w: &Var, b: &Var) -> Result<LmMember, RewardError> {
+fn snapshot(
+    body: &[(String, Var)],
+    w: &Var,
+    b: &Var,
+    grounding: Option<&Var>,
+) -> Result<LmMember, RewardError> {
     // Copies, not views: a view shares the variable's storage, and setting a variable to a
     // tensor derived from it is refused (and would alias the members).
     let weights: HashMap<String, Tensor> = body
@@ -187,6 +206,7 @@ fn snapshot(body: &[(String, Var)], w: &Var, b: &Var) -> Result<LmMember, Reward
         weights,
         head_w: w.as_tensor().detach().copy()?,
         head_b: b.as_tensor().detach().copy()?,
+        grounding: grounding.map(|g| g.as_tensor().detach().copy()).transpose()?,
     })
 }
 
@@ -241,6 +261,8 @@ pub(super) struct BatchTargets {
     rw: Vec<f32>,
     /// Every score's head row.
     pub(super) which: Tensor,
+    /// A hybrid model's grounding features of every score, `(scores, FEATURES)`.
+    grounding: Option<Tensor>,
 }
 
 impl BatchTargets {
@@ -272,7 +294,28 @@ impl BatchTargets {
             levels,
             rw,
             which: Tensor::new(which, device)?,
+            grounding: None,
         })
+    }
+
+    /// The same targets with every score's grounding features (pairs' chosen and rejected,
+    /// then the ratings', in the scores' order).
+    fn with_grounding(
+        mut self,
+        rows: &[Row],
+        device: &Device,
+    ) -> Result<BatchTargets, RewardError> {
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        self.grounding = Some(Tensor::from_vec(flat, (rows.len(), FEATURES), device)?);
+        Ok(self)
+    }
+
+    /// The head's scores `all` plus `wᵀ·g` of each score's grounding features (hybrid).
+    fn add_grounding(&self, all: Tensor, w: Option<&Var>) -> candle_core::Result<Tensor> {
+        match (&self.grounding, w) {
+            (Some(g), Some(w)) => all + g.matmul(&w.as_tensor().unsqueeze(1)?)?.squeeze(1)?,
+            _ => Ok(all),
+        }
     }
 
     /// The loss of the batch's scores `all` (in the order above).
@@ -408,6 +451,39 @@ impl LmRewardModel {
         let mut probe_features: Option<probe::Features> = None;
         let mut probe_seconds = 0.0;
         let mut probe_kept = Vec::with_capacity(config.members);
+        // Hybrid: every pair's grounding features (chosen, rejected), the training ratings',
+        // and `w` fitted on the training pairs (the same start for every member).
+        let pair_g: Vec<[Row; 2]> = if config.hybrid {
+            pairs
+                .iter()
+                .map(|p| {
+                    let g = hybrid::features(&p.input, &[&p.chosen, &p.rejected]);
+                    [g[0], g[1]]
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let rating_g: Vec<Row> = if config.hybrid {
+            train_ratings.iter().map(|r| hybrid::features(&r.input, &[&r.summary])[0]).collect()
+        } else {
+            Vec::new()
+        };
+        let fitted: Option<Row> = config.hybrid.then(|| {
+            let diffs: Vec<Row> = train_idx
+                .iter()
+                .map(|&i| std::array::from_fn(|k| pair_g[i][0][k] - pair_g[i][1][k]))
+                .collect();
+            let t: Vec<f32> = train_idx
+                .iter()
+                .map(|&i| smooth_target(pairs[i].target, config.label_smoothing))
+                .collect();
+            let w: Vec<f32> = train_idx.iter().map(|&i| pairs[i].weight).collect();
+            hybrid::fit(&diffs, &t, &w)
+        });
+        // The grounding part of pair `i`'s margin under weights `w`.
+        let grounding_margin =
+            |w: &[f32], i: usize| hybrid::dot(w, &pair_g[i][0]) - hybrid::dot(w, &pair_g[i][1]);
         // A batch's targets: each pair's (smoothed) target and weight, each rating's level
         // and weight, and every score's head row.
         let targets_of = |batch: &[usize],
@@ -426,6 +502,17 @@ impl LmRewardModel {
                 heads,
                 device,
             )
+            .and_then(|t| {
+                if !config.hybrid {
+                    return Ok(t);
+                }
+                let rows: Vec<Row> = batch
+                    .iter()
+                    .flat_map(|&i| pair_g[i])
+                    .chain(rbatch.iter().map(|&i| rating_g[i]))
+                    .collect();
+                t.with_grounding(&rows, device)
+            })
         };
         let mut train_seconds = 0.0;
         for m in 0..config.members {
@@ -460,9 +547,14 @@ impl LmRewardModel {
             let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed.wrapping_add(m as u64));
             let hidden = llama.config.hidden;
             let std = 1.0 / (hidden as f64).sqrt();
+            // A hybrid head starts at zero: step 0 scores the grounding features alone.
             let w0: Vec<f32> = (0..heads * hidden)
                 .map(|_| (rng.random_range(-1.0..1.0) * std * 0.1) as f32)
+                .map(|x| if config.hybrid { 0.0 } else { x })
                 .collect();
+            let ground_w = fitted
+                .map(|w| Var::from_tensor(&Tensor::from_slice(&w, FEATURES, &device)?))
+                .transpose()?;
             let head_w = Var::from_tensor(&Tensor::from_vec(w0, (heads, hidden), &device)?)?;
             let head_b = Var::from_tensor(&Tensor::zeros(heads, DType::F32, &device)?)?;
             let body = llama.trainable();
@@ -472,7 +564,10 @@ impl LmRewardModel {
                 ("head.weight".to_string(), head_w.clone()),
                 ("head.bias".into(), head_b.clone()),
                 ("ordinal.thresholds".into(), thresholds.clone()),
-            ];
+            ]
+            .into_iter()
+            .chain(ground_w.iter().map(|g| ("grounding.weight".to_string(), g.clone())))
+            .collect::<Vec<_>>();
             let mut all_vars = body.clone();
             all_vars.extend(head_vars.iter().cloned());
             let params = ParamsAdamW {
@@ -543,8 +638,24 @@ impl LmRewardModel {
                 probe_kept.push(fit.epoch);
                 if let Some(loss) = fit.val_loss {
                     curve.push((0, loss));
-                    best = Some((loss, 0, snapshot(&body, &head_w, &head_b)?));
+                    best = Some((loss, 0, snapshot(&body, &head_w, &head_b, None)?));
                 }
+            }
+            if let (Some(w), false) = (&fitted, val_idx.is_empty()) {
+                // Step 0 of a hybrid model: the head is zero, so the margins are the features'.
+                let margins: Vec<f32> = val_idx.iter().map(|&i| grounding_margin(w, i)).collect();
+                let t: Vec<f32> = val_idx.iter().map(|&i| pairs[i].target).collect();
+                let loss = metrics(&margins, &t).log_loss;
+                observer.message(&format!(
+                    "hybrid: step 0 (grounding features alone), validation log-loss {loss:.4}"
+                ));
+                observer.eval(&EvalLog {
+                    step: 0,
+                    epoch: 0,
+                    metrics: BTreeMap::from([("log_loss".to_string(), loss)]),
+                });
+                curve.push((0, loss));
+                best = Some((loss, 0, snapshot(&body, &head_w, &head_b, ground_w.as_ref())?));
             }
             let started = Instant::now();
             let mut validating = 0.0;
@@ -565,7 +676,8 @@ impl LmRewardModel {
                         .sum::<usize>();
                     let n = batch.len();
                     let targets = targets_of(&batch, &rbatch, &device)?;
-                    let heads = [head_w.clone(), head_b.clone(), thresholds.clone()];
+                    let mut heads = vec![head_w.clone(), head_b.clone(), thresholds.clone()];
+                    heads.extend(ground_w.clone());
                     let (loss, grads) =
                         llama.packed_last_hidden_backward(&packed, &heads, |h| {
                             let all = head_scores(
@@ -574,6 +686,7 @@ impl LmRewardModel {
                                 head_b.as_tensor(),
                                 &targets.which,
                             )?;
+                            let all = targets.add_grounding(all, ground_w.as_ref())?;
                             Ok(targets.loss(&all, thresholds.as_tensor(), config.ordinal_weight)?)
                         })?;
                     let lv = f64::from(loss.to_scalar::<f32>()?);
@@ -613,7 +726,7 @@ impl LmRewardModel {
                 });
                 if !val_idx.is_empty() && (done % eval_every == 0 || done == total) {
                     let v0 = Instant::now();
-                    let margins = pair_margins(
+                    let mut margins = pair_margins(
                         &llama,
                         data,
                         &pair_heights,
@@ -622,6 +735,12 @@ impl LmRewardModel {
                         head_b.as_tensor(),
                         config.max_tokens,
                     )?;
+                    if let Some(g) = &ground_w {
+                        let w = g.as_tensor().to_vec1::<f32>()?;
+                        for (d, &i) in margins.iter_mut().zip(&val_idx) {
+                            *d += grounding_margin(&w, i);
+                        }
+                    }
                     let t: Vec<f32> = val_idx.iter().map(|&i| pairs[i].target).collect();
                     let loss = metrics(&margins, &t).log_loss;
                     tracing::debug!("member {m}, step {done}: validation log-loss {loss:.4}");
@@ -632,7 +751,11 @@ impl LmRewardModel {
                     });
                     curve.push((done, loss));
                     if best.as_ref().is_none_or(|b| loss < b.0) {
-                        best = Some((loss, done, snapshot(&body, &head_w, &head_b)?));
+                        best = Some((
+                            loss,
+                            done,
+                            snapshot(&body, &head_w, &head_b, ground_w.as_ref())?,
+                        ));
                     }
                     validating += v0.elapsed().as_secs_f64();
                 }
@@ -643,7 +766,7 @@ impl LmRewardModel {
             final_loss.push(tail.iter().sum::<f64>() / tail.len().max(1) as f64);
             let (step, member) = match best {
                 Some((_, step, member)) => (step, member),
-                None => (total, snapshot(&body, &head_w, &head_b)?),
+                None => (total, snapshot(&body, &head_w, &head_b, ground_w.as_ref())?),
             };
             best_steps.push(step);
             curves.push(curve);
@@ -657,6 +780,12 @@ impl LmRewardModel {
         let data_json = serde_json::to_vec(pairs)
             .map_err(|e| RewardError::Invalid(format!("hashing the data: {e}")))?;
         let held_out = !test_idx.is_empty();
+        let hybrid_card = fitted.map(|w| {
+            let mut h = HybridCard::new();
+            h.fitted.insert("all".into(), w.to_vec());
+            h.best_step.insert("all".into(), best_steps.clone());
+            h
+        });
         let card = LmCard {
             format: LM_FORMAT_VERSION,
             backbone: BACKBONE.into(),
@@ -686,6 +815,7 @@ impl LmRewardModel {
             validation_log_loss_uncalibrated: None,
             probe_epoch: probe_kept,
             probe_seconds,
+            hybrid: hybrid_card,
             final_loss,
             train_seconds,
             pairs_per_second: pair_steps as f64 / train_seconds.max(1e-9),
