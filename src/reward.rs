@@ -6,6 +6,7 @@
 //!   height embedding).
 //! - [`train`]: Bradley–Terry training with bootstrap ensembles and early stopping, the split by
 //!   book, and the metrics.
+//! - [`hybrid`]: grounding features beside either backbone's learned score (`--hybrid`).
 //! - [`lm`]: the language-model reward model (the trainable llama with a scalar head on the
 //!   last token, LoRA by default), its Bradley–Terry training, checkpoints and selector.
 //! - [`RewardModel`]: a trained checkpoint (safetensors + a JSON [`Card`]: data used, metrics,
@@ -19,6 +20,7 @@ pub mod data;
 pub mod eval;
 pub mod features;
 pub mod grounded;
+pub mod hybrid;
 pub mod lm;
 pub mod model;
 /// Synthetic books and candidates of known quality (the `testing` feature: tests and benches).
@@ -142,6 +144,10 @@ pub struct Card {
     pub epochs: BTreeMap<String, Vec<usize>>,
     pub train_seconds: f64,
     pub featurize_seconds: f64,
+    /// A hybrid model's grounding part (`config.hybrid`): the features' version, the fitted
+    /// `w` per scope and the epoch each member kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hybrid: Option<hybrid::HybridCard>,
 }
 
 /// A trained reward model: the card and the heads.
@@ -164,12 +170,32 @@ pub fn pair_tensors(
     featurizer: &Featurizer<'_>,
     pairs: &[&Pair],
 ) -> Result<PairTensors, RewardError> {
-    let d = featurizer.dim();
+    pair_tensors_as(featurizer, pairs, false)
+}
+
+/// The width of a feature row: the encoder's features, then for a hybrid model the grounding
+/// features.
+fn row_dim(featurizer: &Featurizer<'_>, hybrid: bool) -> usize {
+    featurizer.dim() + if hybrid { hybrid::FEATURES } else { 0 }
+}
+
+/// [`pair_tensors`]; with `hybrid` every row ends in its grounding features.
+pub fn pair_tensors_as(
+    featurizer: &Featurizer<'_>,
+    pairs: &[&Pair],
+    hybrid: bool,
+) -> Result<PairTensors, RewardError> {
+    let d = row_dim(featurizer, hybrid);
     let mut c = Vec::with_capacity(pairs.len() * d);
     let mut r = Vec::with_capacity(pairs.len() * d);
     for p in pairs {
         c.extend(featurizer.row(&p.input, &p.chosen)?);
         r.extend(featurizer.row(&p.input, &p.rejected)?);
+        if hybrid {
+            let g = hybrid::features(&p.input, &[&p.chosen, &p.rejected]);
+            c.extend(g[0]);
+            r.extend(g[1]);
+        }
     }
     Ok(PairTensors {
         chosen: Tensor::from_vec(c, (pairs.len(), d), &Device::Cpu)?,
@@ -185,10 +211,22 @@ pub fn rating_tensors(
     featurizer: &Featurizer<'_>,
     ratings: &[&Rating],
 ) -> Result<RatingTensors, RewardError> {
-    let d = featurizer.dim();
+    rating_tensors_as(featurizer, ratings, false)
+}
+
+/// [`rating_tensors`]; with `hybrid` every row ends in its grounding features.
+pub fn rating_tensors_as(
+    featurizer: &Featurizer<'_>,
+    ratings: &[&Rating],
+    hybrid: bool,
+) -> Result<RatingTensors, RewardError> {
+    let d = row_dim(featurizer, hybrid);
     let mut x = Vec::with_capacity(ratings.len() * d);
     for r in ratings {
         x.extend(featurizer.row(&r.input, &r.summary)?);
+        if hybrid {
+            x.extend(hybrid::features(&r.input, &[&r.summary])[0]);
+        }
     }
     Ok(RatingTensors {
         x: Tensor::from_vec(x, (ratings.len(), d), &Device::Cpu)?,
@@ -295,6 +333,8 @@ impl RewardModel {
         train::check_label_smoothing(config.label_smoothing).map_err(RewardError::Invalid)?;
         let t0 = Instant::now();
         let pairs = &data.pairs;
+        let hy = config.hybrid;
+        let mut hybrid_card = hy.then(hybrid::HybridCard::new);
         let (val_groups, test_groups) = train::split_group_names(
             pairs
                 .iter()
@@ -351,11 +391,13 @@ impl RewardModel {
                 tracing::warn!("height scope {} has no training pairs; skipped", scope.name());
                 continue;
             }
-            let tr = pair_tensors(featurizer, &tr)?;
-            let va = if va.is_empty() { None } else { Some(pair_tensors(featurizer, &va)?) };
-            let trr = if trr.is_empty() { None } else { Some(rating_tensors(featurizer, &trr)?) };
-            let var = if var.is_empty() { None } else { Some(rating_tensors(featurizer, &var)?) };
-            let (members, ran) = train::train_ensemble_with(
+            let tr = pair_tensors_as(featurizer, &tr, hy)?;
+            let va = if va.is_empty() { None } else { Some(pair_tensors_as(featurizer, &va, hy)?) };
+            let trr =
+                if trr.is_empty() { None } else { Some(rating_tensors_as(featurizer, &trr, hy)?) };
+            let var =
+                if var.is_empty() { None } else { Some(rating_tensors_as(featurizer, &var, hy)?) };
+            let trained = train::train_ensemble_full(
                 &tr,
                 trr.as_ref(),
                 va.as_ref(),
@@ -364,8 +406,12 @@ impl RewardModel {
                 scope,
                 config,
             )?;
-            heads.by_scope.insert(scope, members);
-            epochs.insert(scope.name(), ran);
+            if let (Some(card), Some(w)) = (hybrid_card.as_mut(), trained.fitted) {
+                card.fitted.insert(scope.name(), w);
+                card.best_step.insert(scope.name(), trained.best_epoch);
+            }
+            heads.by_scope.insert(scope, trained.heads);
+            epochs.insert(scope.name(), trained.epochs);
         }
         let train_seconds = t0.elapsed().as_secs_f64();
         let held_out = !test.is_empty();
@@ -379,16 +425,20 @@ impl RewardModel {
                 if !at.is_empty() && heads.for_height(h).is_some() {
                     out.insert(
                         format!("h{h}"),
-                        train::evaluate(&heads, &pair_tensors(featurizer, &at)?)?,
+                        train::evaluate(&heads, &pair_tensors_as(featurizer, &at, hy)?)?,
                     );
                 }
             }
-            out.insert("all".into(), train::evaluate(&heads, &pair_tensors(featurizer, set)?)?);
+            out.insert(
+                "all".into(),
+                train::evaluate(&heads, &pair_tensors_as(featurizer, set, hy)?)?,
+            );
             Ok(out)
         };
         let metrics = if held_out { metrics_on(&test)? } else { metrics_on(&train)? };
         let report = if held_out {
-            let margins = train::ensemble_margins(&heads, &pair_tensors(featurizer, &test)?)?;
+            let margins =
+                train::ensemble_margins(&heads, &pair_tensors_as(featurizer, &test, hy)?)?;
             Some(eval::report(&margins, &test))
         } else {
             None
@@ -428,6 +478,7 @@ impl RewardModel {
             epochs,
             train_seconds,
             featurize_seconds,
+            hybrid: hybrid_card,
         };
         Ok(RewardModel { card, heads })
     }
@@ -496,7 +547,13 @@ impl RewardModel {
             .collect::<Result<_, _>>()?;
         let heads = Heads::from_tensors(&tensors, &scopes, card.config.members.max(1))
             .map_err(|e| bad(&weights, e))?;
+        check_hybrid(&card, &heads).map_err(|e| bad(&weights, e))?;
         Ok(RewardModel { card, heads })
+    }
+
+    /// Whether the heads score `learned + wᵀ·g` (their rows end in the grounding features).
+    pub fn is_hybrid(&self) -> bool {
+        self.card.config.hybrid
     }
 
     /// Checks that `encoder` is the one this model was trained with.
@@ -552,10 +609,13 @@ impl RewardModel {
         let mut texts = vec![input];
         texts.extend_from_slice(summaries);
         featurizer.prepare(&texts)?;
-        let d = featurizer.dim();
+        let hy = self.is_hybrid();
+        let d = row_dim(featurizer, hy);
+        let grounding = if hy { hybrid::features(input, summaries) } else { Vec::new() };
         let mut rows: Vec<f32> = Vec::with_capacity(summaries.len() * d);
-        for s in summaries {
+        for (i, s) in summaries.iter().enumerate() {
             rows.extend(featurizer.row(input, s)?);
+            rows.extend(grounding.get(i).into_iter().flatten());
         }
         let x = Tensor::from_vec(rows, (summaries.len(), d), &Device::Cpu)?;
         let scores = self
@@ -587,7 +647,10 @@ impl RewardModel {
         }
         prepare_pairs(featurizer, pairs)?;
         let all: Vec<&Pair> = pairs.iter().collect();
-        Ok(train::ensemble_margins(&self.heads, &pair_tensors(featurizer, &all)?)?)
+        Ok(train::ensemble_margins(
+            &self.heads,
+            &pair_tensors_as(featurizer, &all, self.is_hybrid())?,
+        )?)
     }
 
     /// Evaluates on pairs (embedding what is needed).
@@ -603,13 +666,51 @@ impl RewardModel {
             let at: Vec<&Pair> = pairs.iter().filter(|p| p.height == h).collect();
             out.insert(
                 format!("h{h}"),
-                train::evaluate(&self.heads, &pair_tensors(featurizer, &at)?)?,
+                train::evaluate(&self.heads, &pair_tensors_as(featurizer, &at, self.is_hybrid())?)?,
             );
         }
         let all: Vec<&Pair> = pairs.iter().collect();
-        out.insert("all".into(), train::evaluate(&self.heads, &pair_tensors(featurizer, &all)?)?);
+        out.insert(
+            "all".into(),
+            train::evaluate(&self.heads, &pair_tensors_as(featurizer, &all, self.is_hybrid())?)?,
+        );
         Ok(out)
     }
+}
+
+/// Whether the card and the heads agree on being hybrid, and the card's features are the ones
+/// this build computes.
+fn check_hybrid(card: &Card, heads: &Heads) -> Result<(), String> {
+    let hybrid = card.config.hybrid;
+    match (heads.hybrid(), &card.hybrid) {
+        (Some(h), _) if h != hybrid => {
+            return Err(format!(
+                "the card says the model is {}hybrid, its heads {} grounding weights",
+                if hybrid { "" } else { "not " },
+                if h { "have" } else { "have no" }
+            ))
+        }
+        (None, _) => return Err("some heads have grounding weights and some do not".into()),
+        (_, None) if hybrid => {
+            return Err("the card says the model is hybrid but records no features".into())
+        }
+        _ => {}
+    }
+    if let Some(h) = &card.hybrid {
+        h.check()?;
+    }
+    for head in heads.by_scope.values().flatten() {
+        if let Some(g) = &head.grounding {
+            if g.as_tensor().dims() != [hybrid::FEATURES] {
+                return Err(format!(
+                    "grounding weights of shape {:?}, expected [{}]",
+                    g.as_tensor().dims(),
+                    hybrid::FEATURES
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How much the ensemble members disagree about candidate `i` against `j`: the standard
@@ -931,5 +1032,146 @@ mod tests {
         let report = model.card.report.as_ref().expect("a report on the test pairs");
         assert_eq!(report.all.model.pairs, model.card.data.test_pairs);
         assert!((0.0..=1.0).contains(&report.all.length_accuracy));
+    }
+
+    /// The features-only model's margin of a pair: `wᵀ·(g(chosen) − g(rejected))`, with the
+    /// `w` fitted for the pair's height.
+    fn features_margin(card: &hybrid::HybridCard, p: &Pair) -> f32 {
+        let w = &card.fitted[&format!("h{}", p.height)];
+        let g = hybrid::features(&p.input, &[&p.chosen, &p.rejected]);
+        hybrid::dot(w, &g[0]) - hybrid::dot(w, &g[1])
+    }
+
+    #[test]
+    fn hybrid_step_zero_is_the_features_only_model() {
+        let encoder = BowEncoder::new();
+        let pairs = pairs(4);
+        // No epochs: every member is its step 0.
+        let config = TrainConfig {
+            members: 2,
+            max_epochs: 0,
+            val_percent: 0,
+            test_percent: 0,
+            hybrid: true,
+            ..TrainConfig::default()
+        };
+        let model = RewardModel::train(&encoder, None, &pairs, &config, "test").unwrap();
+        let card = model.card.hybrid.as_ref().expect("a hybrid card");
+        assert_eq!(card.features, hybrid::VERSION);
+        let w = &card.fitted["h0"];
+        // The fitted w is the logistic regression on the training pairs' feature differences.
+        let leaves: Vec<&Pair> = pairs.iter().filter(|p| p.height == 0).collect();
+        let diffs: Vec<hybrid::Row> = leaves
+            .iter()
+            .map(|p| {
+                let g = hybrid::features(&p.input, &[&p.chosen, &p.rejected]);
+                std::array::from_fn(|k| g[0][k] - g[1][k])
+            })
+            .collect();
+        let targets: Vec<f32> = leaves.iter().map(|p| p.target).collect();
+        let weights: Vec<f32> = leaves.iter().map(|p| p.weight).collect();
+        let direct = hybrid::fit(&diffs, &targets, &weights);
+        for (a, b) in w.iter().zip(direct) {
+            assert!((a - b).abs() < 1e-4, "{w:?} vs {direct:?}");
+        }
+        assert!(w.iter().any(|&x| x != 0.0), "{w:?}");
+        // Every member scores every summary exactly wᵀ·g.
+        let p = leaves[0];
+        let texts = [p.chosen.as_str(), p.rejected.as_str(), "an unrelated sentence"];
+        let mut featurizer = Featurizer::new(&encoder, None);
+        let s = model.member_scores(&mut featurizer, 0, &p.input, &texts).unwrap();
+        let g = hybrid::features(&p.input, &texts);
+        assert_eq!(s.len(), 2);
+        for member in &s {
+            for (score, g) in member.iter().zip(&g) {
+                assert!((score - hybrid::dot(w, g)).abs() < 1e-5, "{member:?} vs {g:?}");
+            }
+        }
+        let margins = model.margins(&mut featurizer, &pairs).unwrap();
+        for (m, p) in margins.iter().zip(&pairs) {
+            assert!((m - features_margin(card, p)).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn hybrid_validation_is_never_above_its_features_and_save_load_keeps_the_scores() {
+        let encoder = BowEncoder::new();
+        let pairs = pairs(8);
+        let config =
+            TrainConfig { members: 3, max_epochs: 15, hybrid: true, ..TrainConfig::default() };
+        let mut model = RewardModel::train(&encoder, None, &pairs, &config, "test").unwrap();
+        let data = model.card.data.clone();
+        assert!(!data.val_groups.is_empty());
+        let hy = model.card.hybrid.clone().unwrap();
+        assert_eq!(hy.best_step["h0"].len(), 3);
+        // On the validation pairs the ensemble's weighted loss is at most the features' (each
+        // member kept a step no worse than step 0; the mean margin, by convexity, no worse).
+        let val: Vec<Pair> =
+            pairs.iter().filter(|p| data.val_groups.contains(&p.group)).cloned().collect();
+        let loss = |margins: &[f32]| -> f64 {
+            let (mut total, mut weight) = (0.0, 0.0);
+            for (d, p) in margins.iter().zip(&val) {
+                let (d, t, wt) = (f64::from(*d), f64::from(p.target), f64::from(p.weight));
+                let sp = |x: f64| x.max(0.0) + (-x.abs()).exp().ln_1p();
+                total += wt * (t * sp(-d) + (1.0 - t) * sp(d));
+                weight += wt;
+            }
+            total / weight
+        };
+        let mut featurizer = Featurizer::new(&encoder, None);
+        let model_loss = loss(&model.margins(&mut featurizer, &val).unwrap());
+        let features: Vec<f32> = val.iter().map(|p| features_margin(&hy, p)).collect();
+        assert!(model_loss <= loss(&features) + 1e-4, "{model_loss} vs {}", loss(&features));
+
+        // Save → load: the same card and the same scores.
+        let dir = tempfile::tempdir().unwrap();
+        let path = model.save(dir.path()).unwrap();
+        let loaded = RewardModel::load(&path).unwrap();
+        assert!(loaded.is_hybrid() && loaded.card.hybrid == model.card.hybrid);
+        let p = &pairs[1];
+        let texts = [p.chosen.as_str(), p.rejected.as_str()];
+        let before = model.member_scores(&mut featurizer, 0, &p.input, &texts).unwrap();
+        let after = loaded.member_scores(&mut featurizer, 0, &p.input, &texts).unwrap();
+        assert_eq!(before, after);
+        assert_eq!(
+            model.margins(&mut featurizer, &pairs).unwrap(),
+            loaded.margins(&mut featurizer, &pairs).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_hybrid_checkpoint_that_does_not_add_up_is_refused() {
+        let encoder = BowEncoder::new();
+        let config =
+            TrainConfig { members: 1, max_epochs: 2, hybrid: true, ..TrainConfig::default() };
+        let mut model = RewardModel::train(&encoder, None, &pairs(3), &config, "test").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = model.save(dir.path()).unwrap();
+        let card_path = path.join(CARD_FILE);
+        let original: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&card_path).unwrap()).unwrap();
+        let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut card = original.clone();
+            f(&mut card);
+            std::fs::write(&card_path, serde_json::to_vec(&card).unwrap()).unwrap();
+            RewardModel::load(&path).unwrap_err().to_string()
+        };
+        // Other features than this build computes.
+        let err = edit(&|c| c["hybrid"]["features"] = "grounding-features@0".into());
+        assert!(err.contains("grounding-features@0"), "{err}");
+        // The card says not hybrid, the heads have grounding weights.
+        let err = edit(&|c| c["config"]["hybrid"] = false.into());
+        assert!(err.contains("not hybrid"), "{err}");
+        // Hybrid without the features' record.
+        let err = edit(&|c| {
+            c.as_object_mut().unwrap().remove("hybrid");
+        });
+        assert!(err.contains("records no features"), "{err}");
+        std::fs::write(&card_path, serde_json::to_vec(&original).unwrap()).unwrap();
+        assert!(RewardModel::load(&path).is_ok());
+        // Rows without the grounding columns are an error, not a silent score.
+        let x = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let head = &model.heads.by_scope.values().next().unwrap()[0];
+        assert!(head.forward(&x, None).is_err());
     }
 }

@@ -124,6 +124,12 @@ pub struct TrainArgs {
     /// fast) or `lm` (the policy language model with a scalar head, trained end to end).
     #[arg(long, value_enum, default_value_t = Backbone::Minilm)]
     pub backbone: Backbone,
+    /// A hybrid model (either backbone): each member scores the learned score plus w·g, g the
+    /// grounding features (unsupported content and names, coverage, copying, length ratio), w
+    /// fitted on the training pairs first and then trained jointly; validation may keep that
+    /// features-only start.
+    #[arg(long)]
+    pub hybrid: bool,
     #[command(flatten)]
     pub lm: LmArgs,
 }
@@ -368,6 +374,7 @@ fn train(
         test_percent: args.test_percent,
         label_smoothing: args.label_smoothing,
         val_kinds,
+        hybrid: args.hybrid,
         ..TrainConfig::default()
     };
     let bar = ctx.spinner(format!(
@@ -405,6 +412,9 @@ fn train(
     );
     print_metrics(&model.card.metrics);
     println!("by kind: {:?}", model.card.data.by_kind);
+    if let Some(h) = &model.card.hybrid {
+        print_hybrid(h);
+    }
     if let Some(r) = &model.card.report {
         println!("test pairs beside the baselines:");
         for line in report::lines(r) {
@@ -412,6 +422,17 @@ fn train(
         }
     }
     Ok(())
+}
+
+/// A hybrid card's fitted grounding weights and the steps validation kept.
+fn print_hybrid(h: &crate::reward::hybrid::HybridCard) {
+    println!("hybrid ({}): w fitted on the training pairs, per scope:", h.features);
+    for (scope, w) in &h.fitted {
+        let parts: Vec<String> =
+            h.names.iter().zip(w).map(|(n, x)| format!("{n} {x:+.3}")).collect();
+        let kept = h.best_step.get(scope).map_or(String::new(), |s| format!(" (kept step {s:?})"));
+        println!("  {scope}: {}{kept}", parts.join(", "));
+    }
 }
 
 /// `rrm reward train --backbone lm`: the language-model reward model on the same pairs.
@@ -456,6 +477,7 @@ fn train_lm(
         label_smoothing: args.label_smoothing,
         val_kinds,
         probe_epochs: args.lm.probe_epochs,
+        hybrid: args.hybrid,
         ..LmTrainConfig::default()
     };
     let observer = TrainProgress::new(ctx.quiet || args.json);
@@ -535,6 +557,9 @@ fn train_lm(
         println!("metrics on a sample of the training pairs (no test groups):");
     }
     print_metrics(&c.metrics);
+    if let Some(h) = &c.hybrid {
+        print_hybrid(h);
+    }
     if let Some(r) = &c.report {
         println!("test pairs beside the baselines:");
         for line in report::lines(r) {

@@ -2,7 +2,9 @@
 //! height (or one shared ensemble with a learned height embedding), as plain candle tensors.
 //!
 //! Tensor names in the checkpoint: `{scope}.k{member}.{w1,b1,w2,b2}` where scope is `h{height}`
-//! or `shared`, and `shared.k{member}.height_emb` for the shared height embedding.
+//! or `shared`, and `shared.k{member}.height_emb` for the shared height embedding. A hybrid head
+//! ([`super::hybrid`]) adds `{scope}.k{member}.grounding`, the weights of the grounding features,
+//! which are then the last [`super::hybrid::FEATURES`] columns of every feature row.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,6 +25,8 @@ pub struct Head {
     pub b2: Var,
     /// Shared mode only.
     pub height_emb: Option<Var>,
+    /// Hybrid heads only: `w` of `wᵀ·g`, `(FEATURES,)`; the rows end in the grounding features.
+    pub grounding: Option<Var>,
 }
 
 impl Head {
@@ -57,27 +61,59 @@ impl Head {
             w2: Var::from_tensor(&w2)?,
             b2: Var::from_tensor(&b2)?,
             height_emb,
+            grounding: None,
         })
+    }
+
+    /// This head made hybrid at its step 0: the grounding weights `w` added and the output
+    /// layer zeroed, so it scores exactly `wᵀ·g` until training moves it.
+    pub fn into_hybrid(mut self, w: &[f32]) -> candle_core::Result<Head> {
+        let device = self.w2.as_tensor().device().clone();
+        self.w2 = Var::from_tensor(&self.w2.as_tensor().zeros_like()?)?;
+        self.b2 = Var::from_tensor(&self.b2.as_tensor().zeros_like()?)?;
+        self.grounding = Some(Var::from_tensor(&Tensor::from_slice(w, w.len(), &device)?)?);
+        Ok(self)
     }
 
     pub fn vars(&self) -> Vec<Var> {
         let mut v = vec![self.w1.clone(), self.b1.clone(), self.w2.clone(), self.b2.clone()];
         v.extend(self.height_emb.clone());
+        v.extend(self.grounding.clone());
         v
     }
 
-    /// Scores of `x` (n × feature_dim) at `heights` (n, u32; shared mode only): n scalars.
+    /// Scores of `x` (n × feature_dim, + the grounding features for a hybrid head) at
+    /// `heights` (n, u32; shared mode only): n scalars.
     pub fn forward(&self, x: &Tensor, heights: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let (x, grounded) = match &self.grounding {
+            Some(w) => {
+                let g = w.as_tensor().dim(0)?;
+                let d = x.dim(1)?.checked_sub(g).ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "a hybrid head needs {g} grounding features after the encoder's, the \
+                         rows have {} columns",
+                        x.dim(1).unwrap_or(0)
+                    ))
+                })?;
+                let part = x.narrow(1, d, g)?.matmul(&w.as_tensor().unsqueeze(1)?)?;
+                (x.narrow(1, 0, d)?, Some(part.squeeze(D::Minus1)?))
+            }
+            None => (x.clone(), None),
+        };
         let x = match (&self.height_emb, heights) {
             (Some(emb), Some(h)) => {
                 let rows = emb.as_tensor().index_select(h, 0)?;
-                Tensor::cat(&[x, &rows], 1)?
+                Tensor::cat(&[&x, &rows], 1)?
             }
-            _ => x.clone(),
+            _ => x,
         };
         let h = x.matmul(&self.w1.as_tensor().t()?)?.broadcast_add(self.b1.as_tensor())?.relu()?;
         let out = h.matmul(&self.w2.as_tensor().t()?)?.broadcast_add(self.b2.as_tensor())?;
-        out.squeeze(D::Minus1)
+        let out = out.squeeze(D::Minus1)?;
+        match grounded {
+            Some(g) => out + g,
+            None => Ok(out),
+        }
     }
 
     fn tensors(&self, prefix: &str, out: &mut HashMap<String, Tensor>) {
@@ -87,6 +123,9 @@ impl Head {
         out.insert(format!("{prefix}.b2"), self.b2.as_tensor().clone());
         if let Some(e) = &self.height_emb {
             out.insert(format!("{prefix}.height_emb"), e.as_tensor().clone());
+        }
+        if let Some(g) = &self.grounding {
+            out.insert(format!("{prefix}.grounding"), g.as_tensor().clone());
         }
     }
 
@@ -107,6 +146,11 @@ impl Head {
             w2: get("w2")?,
             b2: get("b2")?,
             height_emb: if shared { Some(get("height_emb")?) } else { None },
+            grounding: if map.contains_key(&format!("{prefix}.grounding")) {
+                Some(get("grounding")?)
+            } else {
+                None
+            },
         })
     }
 }
@@ -166,6 +210,13 @@ impl Heads {
             out.push(head.forward(x, heights.as_ref())?.to_vec1::<f32>()?);
         }
         Ok(Some(out))
+    }
+
+    /// Whether every head is hybrid (`Some(true)`), none is (`Some(false)`), or they are mixed.
+    pub fn hybrid(&self) -> Option<bool> {
+        let mut kinds = self.by_scope.values().flatten().map(|h| h.grounding.is_some());
+        let first = kinds.next().unwrap_or(false);
+        kinds.all(|k| k == first).then_some(first)
     }
 
     pub fn to_tensors(&self) -> HashMap<String, Tensor> {

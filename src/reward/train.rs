@@ -53,6 +53,11 @@ pub struct TrainConfig {
     /// validation groups are set aside, not trained on).
     #[serde(default)]
     pub val_kinds: Kinds,
+    /// Hybrid heads ([`super::hybrid`]): each member's score is the MLP's plus `wᵀ·g` of the
+    /// grounding features, `w` fitted first and trained jointly; epoch 0 is the features-only
+    /// model and validation may keep it.
+    #[serde(default)]
+    pub hybrid: bool,
     /// Set from another thread to stop training at the next epoch (not part of the card).
     #[serde(skip)]
     pub stop: StopFlag,
@@ -96,6 +101,7 @@ impl Default for TrainConfig {
             ordinal_weight: default_ordinal_weight(),
             label_smoothing: 0.0,
             val_kinds: Kinds::ALL,
+            hybrid: false,
             stop: StopFlag::default(),
         }
     }
@@ -401,6 +407,53 @@ pub fn train_ensemble_with(
     scope: Scope,
     config: &TrainConfig,
 ) -> candle_core::Result<(Vec<Head>, Vec<usize>)> {
+    let t = train_ensemble_full(train, ratings, val, val_ratings, feature_dim, scope, config)?;
+    Ok((t.heads, t.epochs))
+}
+
+/// What [`train_ensemble_full`] trained.
+pub struct Trained {
+    pub heads: Vec<Head>,
+    /// Epochs each member ran.
+    pub epochs: Vec<usize>,
+    /// The epoch each member kept (the last one run without validation; 0: the initial head,
+    /// for a hybrid head the features-only model).
+    pub best_epoch: Vec<usize>,
+    /// The grounding weights fitted before training (hybrid only).
+    pub fitted: Option<Vec<f32>>,
+}
+
+/// The grounding features' differences (chosen − rejected) of `data`, whose rows end in them.
+fn grounding_diffs(data: &PairTensors) -> candle_core::Result<Vec<super::hybrid::Row>> {
+    let g = super::hybrid::FEATURES;
+    let cols = data.chosen.dim(1)?;
+    if cols < g {
+        candle_core::bail!("hybrid training needs {g} grounding features per row, got {cols}");
+    }
+    let d = (data.chosen.narrow(1, cols - g, g)? - data.rejected.narrow(1, cols - g, g)?)?;
+    Ok(d.to_vec2::<f32>()?
+        .into_iter()
+        .map(|r| {
+            let mut row = [0f32; super::hybrid::FEATURES];
+            row.copy_from_slice(&r);
+            row
+        })
+        .collect())
+}
+
+/// [`train_ensemble_with`], saying which epoch each member kept and, for hybrid heads
+/// (`config.hybrid`: the rows end in [`super::hybrid::FEATURES`] grounding features,
+/// `feature_dim` counts the encoder's alone), the fitted grounding weights.
+#[allow(clippy::too_many_arguments)]
+pub fn train_ensemble_full(
+    train: &PairTensors,
+    ratings: Option<&RatingTensors>,
+    val: Option<&PairTensors>,
+    val_ratings: Option<&RatingTensors>,
+    feature_dim: usize,
+    scope: Scope,
+    config: &TrainConfig,
+) -> candle_core::Result<Trained> {
     let device = Device::Cpu;
     let shared = scope == Scope::Shared;
     let smoothed;
@@ -414,8 +467,17 @@ pub fn train_ensemble_with(
     let nr = ratings.map_or(0, RatingTensors::len);
     let has_val = val.is_some_and(|v| !v.is_empty())
         || (val_ratings.is_some_and(|v| !v.is_empty()) && config.ordinal_weight > 0.0);
+    // Hybrid: `w` fitted on the training pairs (smoothed targets, loss weights), the same
+    // start for every member.
+    let fitted = if config.hybrid {
+        let diffs = if n == 0 { Vec::new() } else { grounding_diffs(train)? };
+        Some(super::hybrid::fit(&diffs, &train.target, &train.weight).to_vec())
+    } else {
+        None
+    };
     let mut heads = Vec::new();
     let mut epochs_run = Vec::new();
+    let mut best_epochs = Vec::new();
     for k in 0..config.members.max(1) {
         let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(k as u64 * 7919 + 1);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -429,7 +491,10 @@ pub fn train_ensemble_with(
         };
         let sample = boot(n, &mut rng);
         let rsample = boot(nr, &mut rng);
-        let head = Head::init(feature_dim, config.hidden, shared, seed, &device)?;
+        let mut head = Head::init(feature_dim, config.hidden, shared, seed, &device)?;
+        if let Some(w) = &fitted {
+            head = head.into_hybrid(w)?;
+        }
         let theta = init_thresholds(&device)?;
         let mut vars = head.vars();
         if nr > 0 {
@@ -442,9 +507,27 @@ pub fn train_ensemble_with(
         };
         let mut opt = AdamW::new(vars, params)?;
         let mut best: Option<(f32, Vec<Tensor>)> = None;
+        let mut best_epoch = 0;
         let mut since_best = 0;
         let mut epochs = 0;
-        let max_epochs = if has_val { config.max_epochs } else { config.max_epochs / 3 + 1 };
+        let max_epochs = match (config.max_epochs, has_val) {
+            (0, _) => 0,
+            (m, true) => m,
+            (m, false) => m / 3 + 1,
+        };
+        let val_loss = |head: &Head| -> candle_core::Result<f32> {
+            Ok(objective(head, theta.as_tensor(), val, val_ratings, shared, config.ordinal_weight)?
+                .map(|t| t.to_scalar::<f32>())
+                .transpose()?
+                .unwrap_or(0.0))
+        };
+        let copy = |head: &Head| -> candle_core::Result<Vec<Tensor>> {
+            head.vars().iter().map(|v| v.as_tensor().copy()).collect()
+        };
+        if has_val && fitted.is_some() {
+            // Step 0, the features-only model, is a candidate like every epoch.
+            best = Some((val_loss(&head)?, copy(&head)?));
+        }
         let batch = config.batch_size.max(1);
         let steps = n.div_ceil(batch).max(nr.div_ceil(batch)).max(1);
         for _ in 0..max_epochs {
@@ -479,24 +562,10 @@ pub fn train_ensemble_with(
                 }
             }
             if has_val {
-                let l = objective(
-                    &head,
-                    theta.as_tensor(),
-                    val,
-                    val_ratings,
-                    shared,
-                    config.ordinal_weight,
-                )?
-                .map(|t| t.to_scalar::<f32>())
-                .transpose()?
-                .unwrap_or(0.0);
+                let l = val_loss(&head)?;
                 if best.as_ref().is_none_or(|(b, _)| l < *b - 1e-5) {
-                    let snapshot = head
-                        .vars()
-                        .iter()
-                        .map(|v| v.as_tensor().copy())
-                        .collect::<candle_core::Result<Vec<_>>>()?;
-                    best = Some((l, snapshot));
+                    best = Some((l, copy(&head)?));
+                    best_epoch = epochs;
                     since_best = 0;
                 } else {
                     since_best += 1;
@@ -510,11 +579,14 @@ pub fn train_ensemble_with(
             for (var, t) in head.vars().iter().zip(snapshot) {
                 var.set(&t)?;
             }
+        } else {
+            best_epoch = epochs;
         }
         heads.push(head);
         epochs_run.push(epochs);
+        best_epochs.push(best_epoch);
     }
-    Ok((heads, epochs_run))
+    Ok(Trained { heads, epochs: epochs_run, best_epoch: best_epochs, fitted })
 }
 
 /// Metrics of the ensemble `heads` (the mean of the members' margins) on `data`.

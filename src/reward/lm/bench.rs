@@ -12,7 +12,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::engine::EngineScorer;
-use super::{head_rows, head_scores, score_rows, LmMember};
+use super::pack::{head_rows, head_scores, score_rows};
+use super::LmMember;
 use crate::lm::model::LoadOptions;
 use crate::lm::{Checkpointing, LoraConfig, Mode, Packed, TrainableLlama};
 use crate::reward::RewardError;
@@ -71,6 +72,7 @@ pub fn bench_scoring(
     let head: Vec<f32> =
         (0..hidden).map(|_| rng.random_range(-1.0..1.0) / (hidden as f32).sqrt()).collect();
     let member = LmMember {
+        grounding: None,
         // Copies: setting a variable to a view of itself is refused.
         weights: llama
             .trainable()

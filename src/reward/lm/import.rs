@@ -131,6 +131,7 @@ pub fn import_hf(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut card = LmCard {
+        hybrid: None,
         format: LM_FORMAT_VERSION,
         backbone: BACKBONE.to_string(),
         hash: String::new(),

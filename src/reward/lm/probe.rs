@@ -16,10 +16,8 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor, Var};
 
-use super::{
-    head_of, head_scores, last_hidden_rows, rows_of, score_budget, BatchTargets, Draw,
-    LmTrainConfig, TokenPair,
-};
+use super::pack::{head_of, head_scores, last_hidden_rows, rows_of, score_budget, TokenPair};
+use super::train::{BatchTargets, Draw, LmTrainConfig};
 use crate::feedback::Pair;
 use crate::lm::optim::{AdamW, ParamsAdamW};
 use crate::lm::TrainableLlama;
