@@ -646,6 +646,9 @@ impl RewardModel {
             return Ok(Vec::new());
         }
         prepare_pairs(featurizer, pairs)?;
+        for h in pairs.iter().map(|p| p.height).collect::<BTreeSet<u32>>() {
+            self.scope_for(h)?;
+        }
         let all: Vec<&Pair> = pairs.iter().collect();
         Ok(train::ensemble_margins(
             &self.heads,
@@ -663,6 +666,8 @@ impl RewardModel {
         let heights: BTreeSet<u32> = pairs.iter().map(|p| p.height).collect();
         let mut out = BTreeMap::new();
         for h in heights {
+            // Says in the log when a height has no head of its own and a nearer one scores it.
+            self.scope_for(h)?;
             let at: Vec<&Pair> = pairs.iter().filter(|p| p.height == h).collect();
             out.insert(
                 format!("h{h}"),

@@ -328,6 +328,26 @@ fn simulate_queue_train_eval_score_and_best_of_with_the_reward_model() {
     assert!(err.contains("--label-smoothing") && err.contains("got 1.5"), "{err}");
     let err = ws.stderr_fail(&["reward", "train", "--val-kinds", "none"]);
     assert!(err.contains("--val-kinds none"), "{err}");
+    let err = ws.stderr_fail(&["reward", "train", "--max-epochs", "0"]);
+    assert!(err.contains("--max-epochs 0") && err.contains("--hybrid"), "{err}");
+    // With --hybrid, no epochs is the features-only model: every member keeps step 0.
+    let features_only = ws.stdout(&[
+        "reward",
+        "train",
+        "--all",
+        "--hybrid",
+        "--max-epochs",
+        "0",
+        "--members",
+        "2",
+        "--json",
+    ]);
+    let card: serde_json::Value = serde_json::from_str(&features_only).unwrap();
+    let kept = card["hybrid"]["best_step"].as_object().expect("kept steps on a hybrid card");
+    assert!(
+        !kept.is_empty() && kept.values().flat_map(|v| v.as_array().unwrap()).all(|s| s == 0),
+        "{card}"
+    );
     let err = ws.stderr_fail(&["reward", "train", "--val-kinds", "vibes"]);
     assert!(err.contains("--val-kinds") && err.contains("vibes"), "{err}");
 

@@ -107,6 +107,8 @@ pub struct TrainArgs {
     /// Hidden units per head.
     #[arg(long, default_value_t = 64)]
     pub hidden: usize,
+    /// Training epochs at most (validation keeps the best). 0 only with --hybrid: the
+    /// features-only model (each member's learned output at zero, w the fit).
     #[arg(long, default_value_t = 40)]
     pub max_epochs: usize,
     #[arg(long, default_value_t = 0)]
@@ -324,6 +326,9 @@ fn train(
     {
         bail!("--ordinal-weight and --critique-weight must be between 0 and 100");
     }
+    if args.max_epochs == 0 && !args.hybrid {
+        bail!("--max-epochs 0 trains nothing; it is for --hybrid (the features-only model)");
+    }
     if args.val_percent + args.test_percent >= 100 {
         bail!(
             "--val-percent {} and --test-percent {} leave no groups to train on (together under 100)",
@@ -366,7 +371,7 @@ fn train(
     let config = TrainConfig {
         members: args.members,
         hidden: args.hidden,
-        max_epochs: args.max_epochs.max(1),
+        max_epochs: args.max_epochs,
         shared: args.shared,
         seed: args.seed,
         ordinal_weight: args.ordinal_weight,
@@ -402,14 +407,17 @@ fn train(
         model.card.featurize_seconds,
         model.card.train_seconds
     );
-    println!(
-        "metrics on {}:",
-        if model.card.held_out {
-            "held-out test books (validation books chose the epoch and are not reported)"
-        } else {
-            "the training pairs (only one book: nothing to hold out)"
-        }
-    );
+    let on = if model.card.held_out {
+        "held-out test groups (validation groups chose the epoch and are not reported)".to_string()
+    } else if model.card.data.groups <= 1 {
+        "the training pairs (one group: nothing to hold out)".to_string()
+    } else {
+        format!(
+            "the training pairs (no test group: --test-percent {} of {} groups)",
+            args.test_percent, model.card.data.groups
+        )
+    };
+    println!("metrics on {on}:");
     print_metrics(&model.card.metrics);
     println!("by kind: {:?}", model.card.data.by_kind);
     if let Some(h) = &model.card.hybrid {

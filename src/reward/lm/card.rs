@@ -249,34 +249,34 @@ impl LmRewardModel {
                     ),
                 ));
             }
-            let grounding = match (
-                card.config.hybrid,
-                tensors.get(&format!("m{i}.{GROUNDING_TENSOR}")),
-            ) {
-                (true, Some(g)) if g.dims() == [FEATURES] => Some(g.clone()),
-                (true, Some(g)) => {
-                    return Err(bad(
-                        &weights,
-                        format!(
+            let grounding =
+                match (card.config.hybrid, tensors.get(&format!("m{i}.{GROUNDING_TENSOR}"))) {
+                    (true, Some(g)) if g.dims() == [FEATURES] => Some(g.clone()),
+                    (true, Some(g)) => {
+                        return Err(bad(
+                            &weights,
+                            format!(
                             "member {i}: grounding weights of shape {:?}, expected [{FEATURES}]",
                             g.dims()
                         ),
-                    ))
-                }
-                (true, None) => {
-                    return Err(bad(
-                        &weights,
-                        format!("member {i} of a hybrid model has no grounding weights"),
-                    ))
-                }
-                (false, Some(_)) => return Err(bad(
-                    &weights,
-                    format!(
+                        ))
+                    }
+                    (true, None) => {
+                        return Err(bad(
+                            &weights,
+                            format!("member {i} of a hybrid model has no grounding weights"),
+                        ))
+                    }
+                    (false, Some(_)) => {
+                        return Err(bad(
+                            &weights,
+                            format!(
                         "member {i} has grounding weights, the card says the model is not hybrid"
                     ),
-                )),
-                (false, None) => None,
-            };
+                        ))
+                    }
+                    (false, None) => None,
+                };
             members.push(LmMember { weights: w, head_w, head_b, grounding });
         }
         let end = end_token(&tokenizer)?;
