@@ -216,3 +216,61 @@ fn bad_references_are_refused_and_nothing_is_stored() {
         .success()
         .stdout(predicate::str::contains("no evaluation runs"));
 }
+
+/// The demonstrations a labeler gave, as `rrm feedback export` writes them: (node, text).
+fn demonstrations(ws: &Ws, labeler: &str) -> Vec<(String, String)> {
+    let out = ws.rrm().args(["-q", "feedback", "export"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["labeler"] == labeler && r["kind"] == "demonstration")
+        .map(|r| {
+            (r["node"].as_str().unwrap().to_string(), r["summary"]["text"].as_str().unwrap().into())
+        })
+        .collect()
+}
+
+#[test]
+fn references_become_demonstrations_at_the_root_once() {
+    let ws = Ws::new();
+    let refs = references_file(&ws);
+    let run = |name: &str, extra: &[&str]| {
+        let out = ws
+            .rrm()
+            .args(["-q", "eval", "summaries", "--references"])
+            .arg(&refs)
+            .args(["--run", name, "--chunk-tokens", "60", "--fanout", "2..3"])
+            .args(["--output-tokens", "8,10,12"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let words = ["--store-demonstrations", "people", "--demonstration-words", "7"];
+    run("a", &words);
+    let stored = demonstrations(&ws, "people");
+    // Three references in all, each at its document's root, cut at a sentence end.
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    assert!(stored.iter().all(|(node, _)| node.starts_with('h') && node != "h0.0"), "{stored:?}");
+    let texts: Vec<&str> = stored.iter().map(|(_, t)| t.as_str()).collect();
+    assert!(texts.contains(&"A girl counts gulls on a pier."), "{texts:?}");
+    // Over seven words with no sentence end inside them: cut at seven.
+    assert!(texts.contains(&"Marigold rows to the island and counts"), "{texts:?}");
+    // A re-run stores nothing twice.
+    run("b", &words);
+    assert_eq!(demonstrations(&ws, "people").len(), 3);
+    // Support 1: only sentences whose every content word and name the root's input has.
+    run("c", &["--store-demonstrations", "strict", "--demonstration-support", "1"]);
+    assert!(demonstrations(&ws, "strict").len() < 3);
+    let err = ws
+        .rrm()
+        .args(["eval", "summaries", "--references"])
+        .arg(&refs)
+        .args(["--run", "d", "--store-demonstrations", "x", "--demonstration-support", "1.5"])
+        .output()
+        .unwrap();
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("--demonstration-support"));
+}

@@ -99,6 +99,11 @@ pub struct SummariesArgs {
     #[arg(long, value_name = "N", requires = "store_demonstrations",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub demonstration_words: Option<u32>,
+    /// With --store-demonstrations: keep only the reference sentences the root's input (its
+    /// children's summaries) supports: no name it lacks and at most 1 − S of the sentence's
+    /// content words missing from it (S between 0 and 1, e.g. 0.8).
+    #[arg(long, value_name = "S", requires = "store_demonstrations")]
+    pub demonstration_support: Option<f64>,
     #[arg(long)]
     pub json: bool,
 }
@@ -242,6 +247,11 @@ impl DocProgress for Lines {
 
 fn summaries(e: &Env<'_>, args: SummariesArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    if let Some(s) = args.demonstration_support {
+        if !(0.0..=1.0).contains(&s) {
+            bail!("--demonstration-support must be between 0 and 1, got {s}");
+        }
+    }
     let ws = e.ws;
     let name = args.run.clone().unwrap_or_else(|| format!("run-{}", crate::feedback::unix_now()));
     runs::check_name(&name)?;
@@ -297,6 +307,7 @@ fn summaries(e: &Env<'_>, args: SummariesArgs) -> anyhow::Result<()> {
         demonstrations: args.store_demonstrations.clone().map(|labeler| ws_eval::Demonstrations {
             labeler,
             max_words: args.demonstration_words.map(|n| n as usize),
+            min_support: args.demonstration_support,
         }),
     };
     let progress = Lines { quiet: e.quiet };

@@ -39,12 +39,29 @@ pub fn cut_at_sentence(text: &str, max_words: usize) -> String {
         return words.join(" ");
     }
     let inside = &words[..max_words];
-    let ends = |w: &&str| {
-        let w = w.trim_end_matches(['"', '\'', ')', ']', '”', '’']);
-        w.ends_with(['.', '!', '?'])
-    };
-    let cut = inside.iter().rposition(ends).map(|i| i + 1).unwrap_or(max_words);
+    let cut = inside.iter().rposition(|w| ends_sentence(w)).map(|i| i + 1).unwrap_or(max_words);
     inside[..cut].join(" ")
+}
+
+/// The sentences of `text` (ends as [`cut_at_sentence`] reads them), whitespace normalized.
+pub fn sentences(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current: Vec<&str> = Vec::new();
+    for w in text.split_whitespace() {
+        current.push(w);
+        if ends_sentence(w) {
+            out.push(current.join(" "));
+            current.clear();
+        }
+    }
+    if !current.is_empty() {
+        out.push(current.join(" "));
+    }
+    out
+}
+
+fn ends_sentence(word: &str) -> bool {
+    word.trim_end_matches(['"', '\'', ')', ']', '”', '’']).ends_with(['.', '!', '?'])
 }
 
 /// Reads and checks a references file.
@@ -216,6 +233,12 @@ mod tests {
         // No sentence end inside the limit: cut at the limit.
         assert_eq!(cut_at_sentence("a b c d e. f", 3), "a b c");
         assert_eq!(cut_at_sentence("a  b\n c", 10), "a b c");
+        assert_eq!(
+            sentences(text),
+            ["One two three.", "Four \"five six!\"", "Seven eight nine ten."]
+        );
+        assert_eq!(sentences("no end  here"), ["no end here"]);
+        assert!(sentences("  ").is_empty());
     }
 
     #[test]

@@ -70,6 +70,12 @@ pub struct Demonstrations {
     /// Cut each reference at a sentence end within this many words (see
     /// [`crate::eval::references::cut_at_sentence`]); `None` keeps it whole.
     pub max_words: Option<usize>,
+    /// Keep only the reference's sentences whose content words the root's input supports at
+    /// least this well: a sentence's unsupported rate ([`crate::grounding`], against the
+    /// children's summaries) at most `1 − min_support`, and no name the input lacks. `None`
+    /// keeps every sentence. A person's summary says what the story says; the root sees only
+    /// its children's summaries, so imitating the rest teaches the policy to invent.
+    pub min_support: Option<f64>,
 }
 
 impl Demonstrations {
@@ -97,10 +103,22 @@ impl Demonstrations {
             })
             .collect();
         let mut stored = 0;
+        let source = crate::grounding::Source::new(&set.input);
         for reference in &doc.references {
-            let text = match self.max_words {
-                Some(n) => crate::eval::references::cut_at_sentence(reference, n),
+            let kept = match self.min_support {
+                Some(min) => crate::eval::references::sentences(reference)
+                    .into_iter()
+                    .filter(|s| {
+                        let r = source.check(s);
+                        r.unsupported_names == 0 && r.unsupported_rate <= 1.0 - min
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 None => reference.split_whitespace().collect::<Vec<_>>().join(" "),
+            };
+            let text = match self.max_words {
+                Some(n) => crate::eval::references::cut_at_sentence(&kept, n),
+                None => kept,
             };
             let summary = Judged::new(text);
             if summary.text.is_empty() || have.contains(&summary.hash) {
