@@ -36,6 +36,7 @@ pub mod ask;
 pub mod books;
 pub mod check;
 pub mod corrections;
+pub mod decomposer_tuning;
 pub mod decomposers;
 pub mod decompositions;
 pub mod embeddings;

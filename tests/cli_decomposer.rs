@@ -396,3 +396,105 @@ fn decomposition_comparisons_from_the_cli() {
     );
     assert_eq!(none.trim(), "[]");
 }
+
+/// `rrm decomposer tune` from an empty database: the simulated decomposition labeler scores K
+/// draws per document and the model moves toward the preferred ones (reproducibly, and the
+/// result decomposes books); people's stored comparisons feed the same fit; bad flags and
+/// nothing to learn from are named.
+#[test]
+fn tune_from_the_simulated_labeler_and_from_comparisons() {
+    let ws = Ws::new();
+    let docs: String = (0..3)
+        .map(|i| {
+            let doc = serde_json::json!({
+                "id": format!("doc{i}"),
+                "text": generated(18, i, 40 + i as u64),
+                "references": ["A summary of the chapters."],
+            });
+            format!("{doc}\n")
+        })
+        .collect();
+    let docs = ws.write("docs.jsonl", docs);
+    let docs = docs.to_str().unwrap();
+    let out = ws.path("sim.safetensors");
+    let tune = |out: &std::path::Path| -> serde_json::Value {
+        let json = stdout(
+            ws.rrm()
+                .args(["-q", "decomposer", "tune", "--references", docs, "--signal", "simulated"])
+                .args(["--draws", "3", "--scale", "2", "--json", "--out"])
+                .arg(out)
+                .assert(),
+        );
+        serde_json::from_str(&json).unwrap()
+    };
+    let first = tune(&out);
+    assert_eq!(first["draws"].as_array().unwrap().len(), 9, "3 documents × 3 draws");
+    let signals = &first["report"]["signals"];
+    assert_eq!(signals[0][0], "simulated", "{first}");
+    assert!(signals[0][1].as_u64().unwrap() > 0, "{first}");
+    assert_eq!(first["report"]["val_groups"].as_array().unwrap().len(), 1, "a held-out document");
+    // The model file records what it learned from.
+    let bytes = std::fs::read(&out).unwrap();
+    assert!(String::from_utf8_lossy(&bytes[..16384.min(bytes.len())]).contains("simulated"));
+    // The same run gives the same model; the model decomposes a book.
+    let again = tune(&ws.path("again.safetensors"));
+    assert_eq!(first["hash"], again["hash"]);
+    let book = ws.write("book.txt", generated(6, 2, 5));
+    let tree = stdout(
+        ws.rrm()
+            .args(["-q", "decompose"])
+            .arg(&book)
+            .args(["--decomposer", "learned", "--json", "--decomposer-model"])
+            .arg(&out)
+            .assert(),
+    );
+    assert!(tree.contains("\"learned\""), "{tree}");
+
+    // Nothing to learn from, and bad values: named, no model written.
+    let none = ws.path("none.safetensors");
+    fails_with(
+        ws.rrm().args(["decomposer", "tune", "--comparisons", "--out"]).arg(&none).assert(),
+        "no preference pair",
+    );
+    fails_with(
+        ws.rrm()
+            .args(["decomposer", "tune", "--references", docs, "--signal", "simulated"])
+            .args(["--draws", "1", "--out"])
+            .arg(&none)
+            .assert(),
+        "--draws must be at least 2",
+    );
+    fails_with(
+        ws.rrm()
+            .args(["decomposer", "tune", "--references", docs, "--signal", "rouge"])
+            .args(["--anchor=-1", "--out"])
+            .arg(&none)
+            .assert(),
+        "--anchor must be a non-negative number",
+    );
+    assert!(!none.exists());
+
+    // A person's comparison of two draws (of a book without chapters, so that the span is
+    // several leaves): one pair, learned from alone.
+    let plain: String = generated(12, 2, 5)
+        .lines()
+        .filter(|l| !l.starts_with("CHAPTER"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let plain = ws.write("plain.txt", plain);
+    stdout(
+        ws.rrm()
+            .args(["decomposer", "compare"])
+            .arg(&plain)
+            .args(["--a", "learned", "--b", "learned:4", "--answer", "b", "--labeler", "ann"])
+            .assert(),
+    );
+    let people = stdout(
+        ws.rrm()
+            .args(["-q", "decomposer", "tune", "--comparisons", "--json", "--out"])
+            .arg(ws.path("people.safetensors"))
+            .assert(),
+    );
+    let people: serde_json::Value = serde_json::from_str(&people).unwrap();
+    assert_eq!(people["report"]["signals"], serde_json::json!([["people", 1]]), "{people}");
+}

@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Subcommand};
 
 use super::args::labeler;
-use super::args::{EncoderArgs, WorkspaceArgs};
+use super::args::{ComposeArgs, EncoderArgs, GeneratorOptions, ModelsDir, WorkspaceArgs};
 use super::Context;
 use crate::decompose::learned::{
     self, memory_cache, EvalRow, FeatureConfig, Featurizer, Hide, LearnedConfig, LearnedDecomposer,
@@ -19,7 +19,7 @@ use crate::feedback::Preference;
 use crate::serve::views::blind_order;
 use crate::workspace::decomposers::boundary_model;
 use crate::workspace::decompositions::{self, Candidate, PairSpec};
-use crate::workspace::{books, corrections, embeddings, Workspace};
+use crate::workspace::{books, corrections, decomposer_tuning, embeddings, Workspace};
 
 /// Train and evaluate the learned decomposer.
 #[derive(Debug, Args)]
@@ -50,6 +50,84 @@ pub enum DecomposerCommand {
     /// Compare two segmentations of one span of a book, blind, and store which gives the
     /// better subtasks (or one bad boundary). List the answers with `rrm feedback list`.
     Compare(CompareArgs),
+    /// Move a boundary model toward the segmentations that lead to better summaries (ROUGE
+    /// against human references, the grounded check) or that a simulated labeler or people
+    /// (`rrm decomposer compare`) prefer: K draws per document, pairwise Bradley–Terry.
+    Tune(Box<TuneArgs>),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Each round draws K segmentations of every document (the model's best \
+one and K−1 seeded draws), scores each, and fits the model to every pair of draws whose scores \
+differ by more than --margin, anchored to the starting model; a quarter of the documents are \
+held out to pick the step. Summaries go through the cache: a killed run, started again, \
+resumes where it stopped.
+
+Examples:
+  rrm decomposer tune --references train.jsonl --signal rouge --draws 4 --out tuned.safetensors
+  rrm decomposer tune --references train.jsonl --signal simulated --out sim.safetensors
+  rrm decomposer tune --comparisons --out people.safetensors
+  rrm summarize book.txt --decomposer learned --decomposer-model tuned.safetensors")]
+pub struct TuneArgs {
+    /// Documents to draw segmentations of (JSONL `{id, text, references: [..]}`, or SQuALITY's
+    /// layout); the rouge signal needs their references.
+    #[arg(long, value_name = "FILE.jsonl", required_unless_present = "comparisons")]
+    pub references: Option<PathBuf>,
+    /// What scores a drawn segmentation: rouge (the root summary's mean ROUGE-1/L F1 against
+    /// the references), grounded (the share of the root's content words the document
+    /// supports), or simulated (self-contained leaf starts plus leaves ending at a scene
+    /// change; no language model).
+    #[arg(long, value_enum, requires = "references")]
+    pub signal: Option<SignalArg>,
+    /// Also learn from the decomposition comparisons stored by people.
+    #[arg(long)]
+    pub comparisons: bool,
+    /// Where to write the tuned model (safetensors).
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+    /// The boundary model to start from (default: the one built into rrm).
+    #[arg(long, value_name = "PATH")]
+    pub decomposer_model: Option<PathBuf>,
+    /// Segmentations per document and round, the best one included.
+    #[arg(long, default_value_t = 4, value_name = "K")]
+    pub draws: usize,
+    /// Gumbel noise scale of the draws, in log-odds.
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Rounds; each draws from the model the last one fitted.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Two draws form a pair only when their scores differ by more than this.
+    #[arg(long, default_value_t = 0.0)]
+    pub margin: f64,
+    /// λ of the anchor to the starting model.
+    #[arg(long, default_value_t = 1.0, value_name = "λ")]
+    pub anchor: f64,
+    /// Full-batch steps of each fit.
+    #[arg(long, default_value_t = 200)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 0.01)]
+    pub learning_rate: f64,
+    /// Percent of documents held out to pick the step.
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u8).range(0..=90))]
+    pub val_percent: u8,
+    /// Seed of the draws and of the held-out split.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub generator: GeneratorOptions,
+    #[command(flatten)]
+    pub compose: ComposeArgs,
+    /// Print the report and every scored draw as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignalArg {
+    Rouge,
+    Grounded,
+    Simulated,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +251,7 @@ pub fn run(ctx: &mut Context, args: DecomposerArgs) -> anyhow::Result<()> {
         DecomposerCommand::Eval(a) => eval(ctx, &ws, &encoder, a),
         DecomposerCommand::Bench(a) => bench(ctx, &ws, &encoder, a),
         DecomposerCommand::Compare(a) => compare(ctx, &ws, &encoder, a),
+        DecomposerCommand::Tune(a) => tune(ctx, &ws, &encoder, &args.ws.models, *a),
     }
 }
 
@@ -578,5 +657,154 @@ fn compare(ctx: &Context, ws: &Workspace, encoder: &str, args: CompareArgs) -> a
         record.a.label(),
         record.b.label()
     );
+    Ok(())
+}
+
+struct TuneLines {
+    quiet: bool,
+}
+
+impl crate::compose::Observer for TuneLines {}
+
+impl crate::eval::summaries::DocProgress for TuneLines {
+    fn observer(&self) -> &dyn crate::compose::Observer {
+        self
+    }
+}
+
+impl decomposer_tuning::TuneProgress for TuneLines {
+    fn draw(&self, round: usize, draw: usize, draws: usize) {
+        if !self.quiet {
+            let what = if draw == 0 {
+                "the best segmentation".to_string()
+            } else {
+                format!("draw {draw}")
+            };
+            eprintln!("round {} · {}/{draws}: {what}", round + 1, draw + 1);
+        }
+    }
+
+    fn scored(&self, s: &decomposer_tuning::DrawScore) {
+        if !self.quiet {
+            eprintln!("  {} {} leaves  score {:.4}", s.document, s.leaves, s.score);
+        }
+    }
+}
+
+fn metrics(m: &learned::PairMetrics) -> String {
+    match (m.accuracy, m.loss) {
+        (Some(a), Some(l)) => {
+            format!("{} pairs, accuracy {:.1} %, loss {l:.4}", m.pairs, 100.0 * a)
+        }
+        (None, Some(l)) => format!("{} pairs (ties), loss {l:.4}", m.pairs),
+        _ => "none".to_string(),
+    }
+}
+
+fn tune(
+    ctx: &Context,
+    ws: &Workspace,
+    encoder: &str,
+    models: &ModelsDir,
+    args: TuneArgs,
+) -> anyhow::Result<()> {
+    use crate::workspace::decomposer_tuning::{Composing, Signal, TuneSpec};
+    use crate::workspace::decomposers::{DecomposerKind, DecomposerSpec};
+    let started = std::time::Instant::now();
+    if args.signal.is_none() && !args.comparisons {
+        bail!("nothing to learn from: give --signal rouge|grounded|simulated or --comparisons");
+    }
+    if !(args.anchor.is_finite() && args.anchor >= 0.0) {
+        bail!("--anchor must be a non-negative number, got {}", args.anchor);
+    }
+    if !(args.scale.is_finite() && args.scale > 0.0) {
+        bail!("--scale must be a positive number, got {}", args.scale);
+    }
+    if args.signal.is_some() && args.draws < 2 {
+        bail!("--draws must be at least 2 to compare segmentations, got {}", args.draws);
+    }
+    // Bad input fails before any model is loaded.
+    let docs = match &args.references {
+        Some(path) => crate::eval::references::read_file(path)?,
+        None => Vec::new(),
+    };
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the folder of {}", args.out.display()))?;
+    }
+    let start = boundary_model(args.decomposer_model.as_deref())?;
+    let signal = args.signal.map(|s| match s {
+        SignalArg::Rouge => Signal::Rouge,
+        SignalArg::Grounded => Signal::Grounded,
+        SignalArg::Simulated => Signal::Simulated,
+    });
+    let decomposer = DecomposerSpec { kind: DecomposerKind::Learned, ..DecomposerSpec::default() };
+    let spec = TuneSpec {
+        signal,
+        draws: args.draws,
+        scale: args.scale,
+        rounds: args.rounds,
+        margin: args.margin,
+        feedback: args.comparisons,
+        fit: learned::TuneConfig {
+            epochs: args.epochs,
+            learning_rate: args.learning_rate,
+            anchor: args.anchor,
+            val_fraction: f64::from(args.val_percent) / 100.0,
+            seed: args.seed,
+        },
+        config: decomposer.learned_config(),
+    };
+    let encoder = ws.encoder(encoder, ctx.progress())?;
+    let composing = match signal {
+        Some(Signal::Rouge | Signal::Grounded) => Some(Composing {
+            generator: args.generator.start(models, args.compose.batch_size, ctx.progress())?,
+            selector: crate::workspace::summarize::SelectorSpec {
+                reward_model: None,
+                pessimism: 1.0,
+                encoder: crate::infer::fetch::DEFAULT_ENCODER.to_string(),
+            }
+            .build(ws, ctx.progress())?,
+            options: args.compose.options()?,
+        }),
+        _ => None,
+    };
+    let progress = TuneLines { quiet: ctx.quiet };
+    let tuned = super::args::runtime()?
+        .block_on(decomposer_tuning::tune(
+            ws,
+            start,
+            encoder,
+            &docs,
+            composing.as_ref(),
+            &spec,
+            &progress,
+        ))
+        .context("tuning the boundary model")?;
+    ws.store().flush()?;
+    tuned.model.save(&args.out)?;
+    let r = &tuned.report;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "model": args.out.display().to_string(),
+                "hash": tuned.model.hash()?,
+                "report": r,
+                "draws": tuned.draws,
+                "seconds": started.elapsed().as_secs_f64(),
+            }))?
+        );
+        return Ok(());
+    }
+    let signals: Vec<String> = r.signals.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    println!("pairs        {}", signals.join(", "));
+    println!("groups       {} train, {} held out", r.train_groups.len(), r.val_groups.len());
+    println!("train        before {}", metrics(&r.train_before));
+    println!("             after  {}", metrics(&r.train_after));
+    println!("held out     before {}", metrics(&r.val_before));
+    println!("             after  {}", metrics(&r.val_after));
+    println!("kept step    {} (0: the starting model)", r.kept_step);
+    println!("model        {} ({:.1} s)", args.out.display(), started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -16,6 +16,8 @@
 //! - [`train`](mod@train): training rows from books (chapter structure in several views, split
 //!   corrections) and the boundary model's training.
 //! - [`feedback`]: split/merge corrections, the sixth feedback kind, as training labels.
+//! - [`prefer`]: fitting the boundary model to preferences between whole segmentations (the
+//!   summaries they led to, people's decomposition comparisons, a simulated labeler).
 //!
 //! [`LearnedDecomposer`] scores gaps with a trained [`BoundaryModel`] ([`Scorer::Model`]) or, as
 //! the untrained baseline, with the depth of the embedding-similarity valley
@@ -28,6 +30,7 @@ pub mod evaluate;
 pub mod features;
 pub mod feedback;
 pub mod model;
+pub mod prefer;
 pub mod segment;
 pub mod train;
 
@@ -46,6 +49,7 @@ pub use evaluate::{evaluate, evaluate_count, means, EvalRow};
 pub use features::{strip_headings, FeatureConfig, Hide, Units};
 pub use feedback::{SplitAction, SplitFeedback};
 pub use model::{BoundaryModel, ModelMeta, TrainConfig, TrainSummary, TrainingData};
+pub use prefer::{cut_gaps, PairMetrics, PreferenceData, SegmentationPair, TuneConfig, TuneReport};
 pub use segment::{segment, LengthPrior, SegmentError};
 pub use train::{train, training_data, TrainingBook, Views};
 
@@ -295,6 +299,10 @@ impl LearnedDecomposer {
 
     pub fn learned_config(&self) -> &LearnedConfig {
         &self.config
+    }
+
+    pub fn featurizer(&self) -> &Featurizer {
+        &self.featurizer
     }
 
     /// Calibrated boundary scores of every gap between units.

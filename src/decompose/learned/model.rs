@@ -62,6 +62,10 @@ pub struct TrainSummary {
     pub feedback_examples: usize,
     pub epochs: usize,
     pub final_loss: f32,
+    /// Set when the model was then fitted to preferences between segmentations
+    /// (`rrm decomposer tune`): the signals, pairs and held-out figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferences: Option<super::prefer::TuneReport>,
 }
 
 /// Training settings.
@@ -150,7 +154,7 @@ impl Rng {
     }
 }
 
-fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
+pub(super) fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
     // relu(x) + ln(1 + exp(-|x|)), stable for large |x|.
     x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
 }
@@ -304,6 +308,27 @@ impl BoundaryModel {
             add(&t.flatten_all()?.to_vec1::<f32>()?);
         }
         Ok(hasher.finalize().to_hex().to_string())
+    }
+
+    /// The feature standardization (mean, std per column).
+    pub(super) fn standardization(&self) -> (&[f32], &[f32]) {
+        (&self.mean, &self.std)
+    }
+
+    /// The layers' parameters: (hidden weight, bias) if any, and the output (weight, bias).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn params(&self) -> (Option<(Tensor, Tensor)>, (Tensor, Tensor)) {
+        (self.l1.clone(), self.l2.clone())
+    }
+
+    /// This model with other parameters of the same shapes and `meta`.
+    pub(super) fn with_params(
+        &self,
+        meta: ModelMeta,
+        l1: Option<(Tensor, Tensor)>,
+        l2: (Tensor, Tensor),
+    ) -> BoundaryModel {
+        BoundaryModel { meta, mean: self.mean.clone(), std: self.std.clone(), l1, l2 }
     }
 
     /// Feature columns this model expects.
@@ -473,7 +498,7 @@ impl BoundaryModel {
 }
 
 /// Logits (n) for standardized rows `xs` (n, dim).
-fn forward(
+pub(super) fn forward(
     xs: &Tensor,
     l1: Option<(&Tensor, &Tensor)>,
     l2: (&Tensor, &Tensor),
