@@ -209,8 +209,16 @@ pub struct TrainArgs {
     pub hidden_view_only: bool,
     /// Leave out the view with the blank lines around chapter breaks hidden too (`--hide
     /// layout` in eval), which teaches the cues of the prose alone.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prose_view_only")]
     pub no_prose_view: bool,
+    /// Train on that prose view only: the model never sees a heading or a blank-line run
+    /// that marks a chapter (for books whose layout says nothing, `--hide layout` in eval).
+    #[arg(long, conflicts_with = "hidden_view_only")]
+    pub prose_view_only: bool,
+    /// Add the features that read the prose rather than the layout: long-window similarity,
+    /// name turnover, time and place cues, dialogue giving way to narration.
+    #[arg(long)]
+    pub prose_features: bool,
     /// Replace invalid UTF-8 instead of failing.
     #[arg(long)]
     pub lossy: bool,
@@ -326,11 +334,16 @@ fn train(ctx: &Context, ws: &Workspace, encoder: &str, args: TrainArgs) -> anyho
     let encoder = ws.encoder(encoder, ctx.progress())?;
     let features = FeatureConfig {
         sentence_embeddings: !args.no_sentence_embeddings,
+        prose: args.prose_features,
         ..FeatureConfig::default()
     };
     let mut featurizer = Featurizer::new(encoder, features);
     featurizer.cache = Some(embeddings::shared_cache(ws));
-    let views = Views { hidden: true, prose: !args.no_prose_view, visible: !args.hidden_view_only };
+    let views = if args.prose_view_only {
+        Views { hidden: false, prose: true, visible: false }
+    } else {
+        Views { hidden: true, prose: !args.no_prose_view, visible: !args.hidden_view_only }
+    };
     let config = TrainConfig { hidden: args.hidden, epochs: args.epochs, ..TrainConfig::default() };
     let bar = ctx.spinner("training");
     let started = std::time::Instant::now();

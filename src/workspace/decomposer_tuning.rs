@@ -222,7 +222,11 @@ pub async fn tune(
                         (Signal::Grounded, Some(s)) => {
                             1.0 - s[d].grounding.map_or(1.0, |g| g.unsupported_rate)
                         }
-                        _ => unreachable!("summaries are made for the summary signals"),
+                        (Signal::Rouge | Signal::Grounded, None) => {
+                            return Err(WorkspaceError::Invalid(
+                                "this signal needs a model to summarize with".into(),
+                            ))
+                        }
                     };
                     let scored = DrawScore {
                         round,

@@ -39,6 +39,75 @@ pub const LAYOUT_FEATURES: &[&str] = &[
     "intra_sentence",
 ];
 
+/// Features that read the prose, not the layout ([`FeatureConfig::prose`]): cues a reader
+/// sees where a scene changes even when no blank line or heading marks it.
+pub const PROSE_FEATURES: &[&str] = &[
+    // Embedding similarity of 24-sentence windows on each side, and its depth: a chapter is
+    // longer than the 8-sentence window sees.
+    "similarity_24",
+    "depth_24",
+    // Names (capitalized words inside sentences) of the next 3 sentences absent from the last
+    // 20: who is on stage changes.
+    "names_new_after",
+    // Jaccard overlap of the names of 8 sentences on each side.
+    "names_overlap",
+    // The next sentence opens with a time or place shift ("The next morning", "Meanwhile").
+    "time_cue_after",
+    // Share of quoted sentences among the 5 before and the 5 after: a scene often ends as a
+    // dialogue does and opens in narration.
+    "dialogue_before",
+    "dialogue_after",
+];
+
+/// Openings that shift time or place, matched at the start of a sentence (lower case).
+const TIME_CUES: &[&str] = &[
+    "the next ",
+    "next day",
+    "next morning",
+    "the following",
+    "that evening",
+    "that night",
+    "that morning",
+    "that afternoon",
+    "in the morning",
+    "in the evening",
+    "early next",
+    "early the next",
+    "later that",
+    "some time",
+    "some days",
+    "some weeks",
+    "a few days",
+    "a week",
+    "a month",
+    "a year",
+    "years ",
+    "days ",
+    "weeks ",
+    "months ",
+    "meanwhile",
+    "in the meantime",
+    "at last",
+    "at length",
+    "when morning",
+    "when the morning",
+    "on the morrow",
+    "the morrow",
+    "it was ",
+    "it was not until",
+    "by the time",
+    "the day ",
+    "one day",
+    "one morning",
+    "one evening",
+    "on the ",
+    "after ",
+    "long before",
+    "the sun",
+    "morning came",
+    "dawn",
+];
+
 /// Which features to compute (recorded in the model file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeatureConfig {
@@ -46,11 +115,14 @@ pub struct FeatureConfig {
     pub windows: Vec<usize>,
     /// Append the embeddings of the sentence before and the sentence after the gap.
     pub sentence_embeddings: bool,
+    /// Add [`PROSE_FEATURES`] (off in the built-in model, which older files share).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prose: bool,
 }
 
 impl Default for FeatureConfig {
     fn default() -> Self {
-        FeatureConfig { windows: vec![1, 3, 8], sentence_embeddings: true }
+        FeatureConfig { windows: vec![1, 3, 8], sentence_embeddings: true, prose: false }
     }
 }
 
@@ -59,6 +131,7 @@ impl FeatureConfig {
     pub fn dim(&self, encoder_dim: usize) -> usize {
         2 * self.windows.len()
             + LAYOUT_FEATURES.len()
+            + if self.prose { PROSE_FEATURES.len() } else { 0 }
             + if self.sentence_embeddings { 2 * encoder_dim } else { 0 }
     }
 
@@ -70,6 +143,9 @@ impl FeatureConfig {
             names.push(format!("depth_{w}"));
         }
         names.extend(LAYOUT_FEATURES.iter().map(|s| s.to_string()));
+        if self.prose {
+            names.extend(PROSE_FEATURES.iter().map(|s| s.to_string()));
+        }
         if self.sentence_embeddings {
             names.extend((0..encoder_dim).map(|i| format!("emb_before.{i}")));
             names.extend((0..encoder_dim).map(|i| format!("emb_after.{i}")));
@@ -281,6 +357,20 @@ pub fn gap_features(
         depths.push(depth_scores(&sim, 2 * w + 2));
         sims.push(sim);
     }
+    let prose = if config.prose {
+        let sim: Vec<f32> = (0..sentence_gaps)
+            .map(|a| {
+                cosine64(
+                    &window((a + 1).saturating_sub(24), a + 1),
+                    &window(a + 1, (a + 25).min(n_sent)),
+                )
+            })
+            .collect();
+        let depth = depth_scores(&sim, 50);
+        Some(Prose::new(book, &info, sim, depth))
+    } else {
+        None
+    };
     let n_units = units.len() as f32;
     // Blank lines at each gap, and how rare a run at least that long is among the book's
     // paragraph breaks: layouts differ between books (one blank line between paragraphs and
@@ -351,6 +441,11 @@ pub fn gap_features(
         ];
         row[col..col + layout.len()].copy_from_slice(&layout);
         col += layout.len();
+        if let Some(p) = &prose {
+            let values = if intra { p.inside() } else { p.at(a) };
+            row[col..col + values.len()].copy_from_slice(&values);
+            col += values.len();
+        }
         if config.sentence_embeddings && dim_e > 0 {
             for (slot, s) in [(col, a), (col + dim_e, b)] {
                 if let Some(e) = embeddings.get(s) {
@@ -407,6 +502,98 @@ impl SentenceInfo {
         }
         info
     }
+}
+
+/// What [`PROSE_FEATURES`] need per sentence.
+struct Prose {
+    /// Lower-cased names per sentence (capitalized words after the sentence's first word).
+    names: Vec<Vec<String>>,
+    time_cue: Vec<bool>,
+    quote: Vec<bool>,
+    sim24: Vec<f32>,
+    depth24: Vec<f32>,
+}
+
+impl Prose {
+    fn new(book: &Book, info: &SentenceInfo, sim24: Vec<f32>, depth24: Vec<f32>) -> Prose {
+        let text = book.text();
+        let mut names = Vec::with_capacity(info.spans.len());
+        let mut time_cue = Vec::with_capacity(info.spans.len());
+        for s in &info.spans {
+            let body = s.slice(text);
+            names.push(sentence_names(body));
+            let opening = body
+                .trim_start_matches(|c: char| !c.is_alphanumeric())
+                .chars()
+                .take(24)
+                .collect::<String>()
+                .to_lowercase();
+            time_cue.push(TIME_CUES.iter().any(|cue| opening.starts_with(cue)));
+        }
+        Prose { names, time_cue, quote: info.quote.clone(), sim24, depth24 }
+    }
+
+    /// The row at the gap after sentence `a`.
+    fn at(&self, a: usize) -> [f32; 7] {
+        let n = self.names.len();
+        let collect = |from: usize, to: usize| -> std::collections::HashSet<&str> {
+            self.names[from.min(n)..to.min(n)].iter().flatten().map(String::as_str).collect()
+        };
+        let after = collect(a + 1, a + 4);
+        let before = collect((a + 1).saturating_sub(20), a + 1);
+        let new_after = if after.is_empty() {
+            0.0
+        } else {
+            after.iter().filter(|x| !before.contains(*x)).count() as f32 / after.len() as f32
+        };
+        let left = collect((a + 1).saturating_sub(8), a + 1);
+        let right = collect(a + 1, a + 9);
+        let union = left.union(&right).count();
+        let overlap =
+            if union == 0 { 1.0 } else { left.intersection(&right).count() as f32 / union as f32 };
+        let share = |from: usize, to: usize| {
+            let (from, to) = (from.min(n), to.min(n));
+            if to <= from {
+                0.0
+            } else {
+                self.quote[from..to].iter().filter(|q| **q).count() as f32 / (to - from) as f32
+            }
+        };
+        let (sim, depth) = match (self.sim24.get(a), self.depth24.get(a)) {
+            (Some(s), Some(d)) => (*s, *d),
+            _ => (1.0, 0.0),
+        };
+        [
+            sim,
+            depth,
+            new_after,
+            overlap,
+            f32::from(u8::from(self.time_cue.get(a + 1).copied().unwrap_or(false))),
+            share((a + 1).saturating_sub(5), a + 1),
+            share(a + 1, a + 6),
+        ]
+    }
+
+    /// The row of a cut inside a sentence: nothing changes there.
+    fn inside(&self) -> [f32; 7] {
+        [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    }
+}
+
+/// Capitalized words after a sentence's first word, lower-cased ("I" and words after an
+/// opening quote left out): mostly names of people and places.
+fn sentence_names(sentence: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, raw) in sentence.split_whitespace().enumerate() {
+        // A word opening a quote starts a quoted sentence: capitalized for that reason.
+        let opens_quote = raw.starts_with(['"', '\u{201C}', '\'', '\u{2018}']);
+        let word: String = raw.chars().filter(|c| c.is_alphabetic()).collect();
+        let capital = word.chars().next().is_some_and(char::is_uppercase);
+        if i > 0 && !opens_quote && capital && word != "I" && word.chars().count() > 1 {
+            out.push(word.to_lowercase());
+        }
+    }
+    out
 }
 
 /// Blank lines between two byte offsets (line breaks minus one, at least 0).
@@ -593,7 +780,8 @@ mod tests {
     #[test]
     fn features_hide_headings_in_the_stripped_view() {
         let book = Book::from_text("t", BOOK);
-        let config = FeatureConfig { windows: vec![1, 2], sentence_embeddings: false };
+        let config =
+            FeatureConfig { windows: vec![1, 2], sentence_embeddings: false, prose: false };
         let names = config.names(4);
         let col = |name: &str| names.iter().position(|n| n == name).unwrap();
         let emb = |n: usize| (0..n).map(|i| vec![1.0, i as f32, 0.0, 0.5]).collect::<Vec<_>>();
@@ -621,7 +809,7 @@ mod tests {
 
     #[test]
     fn blank_rarity_is_relative_to_the_book() {
-        let config = FeatureConfig { windows: vec![1], sentence_embeddings: false };
+        let config = FeatureConfig { windows: vec![1], sentence_embeddings: false, prose: false };
         let names = config.names(2);
         let col = |name: &str| names.iter().position(|n| n == name).unwrap();
         let dim = config.dim(2);
@@ -646,6 +834,36 @@ mod tests {
         let u = units(&book, &ApproxCounter, 600);
         let rows = gap_features(&book, &u, &emb, &config);
         assert!((0..u.len() - 1).all(|g| rows[g * dim + col("blank_rarity")] < 0.05));
+    }
+
+    #[test]
+    fn prose_features_see_new_names_time_cues_and_dialogue_ending() {
+        let config = FeatureConfig { windows: vec![1], sentence_embeddings: false, prose: true };
+        let names = config.names(2);
+        assert_eq!(config.dim(2), names.len());
+        let col = |name: &str| names.iter().position(|n| n == name).unwrap();
+        let dim = config.dim(2);
+        let text =
+            "Then Alice met the Rabbit. Later Alice chased the Rabbit. \"Stop!\" said Alice. \
+                    \"No,\" said the Rabbit.\n\nThe next morning the Captain woke in Boston. \
+                    Then the Captain walked to Salem. He sat down.\n";
+        let book = Book::from_text("t", text);
+        let u = units(&book, &ApproxCounter, 600);
+        let emb = vec![vec![1.0, 0.0]; book.sentences().len()];
+        let rows = gap_features(&book, &u, &emb, &config);
+        let at = |g: usize, name: &str| rows[g * dim + col(name)];
+        let scene = u.gap_at(text.find("The next morning").unwrap()).unwrap();
+        assert_eq!(at(scene, "time_cue_after"), 1.0);
+        assert_eq!(at(scene, "names_new_after"), 1.0, "captain, boston, salem are all new");
+        assert!(at(scene, "dialogue_before") > 0.4 && at(scene, "dialogue_after") == 0.0);
+        let inside = u.gap_at(text.find("Later Alice").unwrap()).unwrap();
+        assert_eq!(at(inside, "time_cue_after"), 0.0);
+        assert_eq!(at(inside, "names_new_after"), 0.0, "Alice and the Rabbit stay");
+        assert!(at(inside, "names_overlap") > at(scene, "names_overlap"));
+        assert_eq!(sentence_names("\"Stop!\" said Alice to I Rabbit."), vec!["alice", "rabbit"]);
+        // Off by default: the built-in model's features are unchanged.
+        assert!(!FeatureConfig::default().prose);
+        assert!(!FeatureConfig::default().names(4).iter().any(|n| n == "names_new_after"));
     }
 
     #[test]

@@ -518,7 +518,7 @@ mod tests {
         ModelMeta {
             format: MODEL_FORMAT.into(),
             version: MODEL_VERSION,
-            features: FeatureConfig { windows: vec![], sentence_embeddings: true },
+            features: FeatureConfig { windows: vec![], sentence_embeddings: true, prose: false },
             encoder_name: "test".into(),
             encoder_hash: "0".into(),
             encoder_dim: (dim - super::super::features::LAYOUT_FEATURES.len()) / 2,

@@ -65,7 +65,7 @@ impl PreferenceData {
         signal: &str,
     ) -> bool {
         let dim = self.dim;
-        let n_gaps = if dim == 0 { 0 } else { rows.len() / dim };
+        let n_gaps = rows.len().checked_div(dim).unwrap_or(0);
         let a: BTreeSet<usize> = a.iter().copied().collect();
         let b: BTreeSet<usize> = b.iter().copied().collect();
         if a == b || a.iter().chain(&b).any(|&g| g >= n_gaps) {
@@ -446,7 +446,7 @@ mod tests {
         ModelMeta {
             format: MODEL_FORMAT.into(),
             version: MODEL_VERSION,
-            features: FeatureConfig { windows: vec![], sentence_embeddings: false },
+            features: FeatureConfig { windows: vec![], sentence_embeddings: false, prose: false },
             encoder_name: "test".into(),
             encoder_hash: "0".repeat(64),
             encoder_dim: dim,
