@@ -366,6 +366,13 @@ fn decomposition_comparisons_from_the_cli() {
     let listed = stdout(ws.rrm().args(["feedback", "list"]).assert());
     assert_eq!(listed.matches("decomposition").count(), 2, "{listed}");
     assert!(listed.contains("bad boundary B@"), "{listed}");
+    // `feedback show` finds a comparison by the start of its id.
+    let records =
+        stdout(ws.rrm().args(["feedback", "list", "--kind", "decomposition", "--json"]).assert());
+    let records: Vec<serde_json::Value> = serde_json::from_str(&records).unwrap();
+    let id = records[0]["id"].as_str().unwrap();
+    let shown = stdout(ws.rrm().args(["feedback", "show", &id[..10]]).assert());
+    assert!(shown.contains(id) && shown.contains("\"answer\""), "{shown}");
 
     // Export, import into a fresh database: both come back; TRL leaves them out, saying so.
     let export = ws.path("all.jsonl");

@@ -226,7 +226,8 @@ pub struct TrainArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// Evaluation books (files, folders, catalog ids); books without headings are skipped.
+    /// Evaluation books (files, folders, catalog ids); a book without headings gets no Pk,
+    /// only the overseeability of its leaves.
     #[arg(long, value_delimiter = ',', num_args = 1.., required = true, value_name = "BOOK")]
     pub books: Vec<String>,
     /// The learned model (default: the one built into rrm).
@@ -396,8 +397,8 @@ fn eval(ctx: &Context, ws: &Workspace, encoder: &str, args: EvalArgs) -> anyhow:
         let result = learned::evaluate(name, book, args.hide, &methods);
         bar.finish_and_clear();
         let got = result.with_context(|| format!("evaluating on {name}"))?;
-        if got.is_empty() {
-            tracing::warn!("{name} has no headings: skipped");
+        if book.headings().is_empty() {
+            tracing::info!("{name} has no headings: overseeability only, no Pk");
         }
         rows.extend(got);
         let counted = learned::evaluate_count(
@@ -411,14 +412,14 @@ fn eval(ctx: &Context, ws: &Workspace, encoder: &str, args: EvalArgs) -> anyhow:
     }
     ws.store().flush()?;
     if rows.is_empty() {
-        bail!("none of the books has chapter headings to evaluate against");
+        bail!("no book to evaluate");
     }
     let names = ["fixed", "similarity", "learned", "fixed@K", "similarity@K", "learned@K"];
     let with_undefined = learned::means(&rows, &names);
     for (mean, undefined) in &with_undefined {
         if *undefined > 0 {
             eprintln!(
-                "note: {}: Pk/WindowDiff undefined on {undefined} book(s) (shorter than one window); \
+                "note: {}: Pk/WindowDiff undefined on {undefined} book(s) (no headings, or shorter than one window); \
                  left out of the mean",
                 mean.method
             );

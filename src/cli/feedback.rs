@@ -135,11 +135,26 @@ pub fn run(ctx: &mut Context, args: FeedbackArgs) -> anyhow::Result<()> {
     match args.command {
         FeedbackCommand::List(a) => list(&ws, a),
         FeedbackCommand::Show { id } => {
-            let fb = feedback::find(ws.store(), &id)?.ok_or_else(|| {
-                anyhow!("no feedback record with id '{id}…' (see `rrm feedback list`)")
-            })?;
-            println!("{}", serde_json::to_string_pretty(&fb)?);
-            Ok(())
+            if let Some(fb) = feedback::find(ws.store(), &id)? {
+                println!("{}", serde_json::to_string_pretty(&fb)?);
+                return Ok(());
+            }
+            // Decomposition comparisons live apart from node feedback.
+            let found: Vec<_> = crate::feedback::decomp::all(ws.store())?
+                .into_iter()
+                .filter(|r| !id.is_empty() && r.id.starts_with(&id))
+                .collect();
+            match found.as_slice() {
+                [one] => {
+                    println!("{}", serde_json::to_string_pretty(one)?);
+                    Ok(())
+                }
+                [] => Err(anyhow!("no feedback record with id '{id}…' (see `rrm feedback list`)")),
+                many => Err(anyhow!(
+                    "id '{id}…' matches {} decomposition comparisons; give more of it",
+                    many.len()
+                )),
+            }
         }
         FeedbackCommand::Export(a) => export(&ws, a),
         FeedbackCommand::Import(a) => {

@@ -42,15 +42,16 @@ pub struct EvalRow {
 
 /// Decomposes each book with its headings hidden by every decomposer in `methods`, and scores
 /// the boundaries of the parents just above the leaves against the hidden chapter starts
-/// (Pk and WindowDiff over sentences). `limits` gives each method's leaf token range. Books
-/// without headings give no rows.
+/// (Pk and WindowDiff over sentences). `limits` gives each method's leaf token range. A book
+/// without headings has nothing to compare against: its rows give Pk and WindowDiff as `None`
+/// and only the leaves' overseeability.
 pub fn evaluate(
     name: &str,
     book: &Book,
     hide: Hide,
     methods: &[(&str, &dyn Decomposer, (usize, usize))],
 ) -> Result<Vec<EvalRow>, DecomposeError> {
-    let Some(held) = HeldOut::new(book, hide) else { return Ok(Vec::new()) };
+    let held = HeldOut::new(book, hide).unwrap_or_else(|| HeldOut::unlabelled(book));
     let mut out = Vec::new();
     for (method, decomposer, (min, max)) in methods {
         let tree = decomposer.decompose(&held.book)?;
@@ -148,6 +149,11 @@ impl HeldOut {
         Some(held)
     }
 
+    /// A book without chapter structure: no reference, so no Pk.
+    fn unlabelled(book: &Book) -> HeldOut {
+        HeldOut { book: book.clone(), reference: Vec::new(), k: 0 }
+    }
+
     /// The index of the sentence that starts at or after byte `offset`.
     fn sentence_at(&self, offset: usize) -> usize {
         self.book.sentences().partition_point(|s| s.start < offset)
@@ -169,8 +175,12 @@ impl HeldOut {
             reference_boundaries: self.reference.len(),
             hypothesis_boundaries: hypothesis.len(),
             k: self.k,
-            pk: eval::pk(n, &self.reference, &hypothesis, self.k),
-            window_diff: eval::window_diff(n, &self.reference, &hypothesis, self.k),
+            pk: (!self.reference.is_empty())
+                .then(|| eval::pk(n, &self.reference, &hypothesis, self.k))
+                .flatten(),
+            window_diff: (!self.reference.is_empty())
+                .then(|| eval::window_diff(n, &self.reference, &hypothesis, self.k))
+                .flatten(),
             leaves,
             leaves_within_limits,
             self_contained_starts: None,
