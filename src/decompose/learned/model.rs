@@ -511,17 +511,18 @@ pub(super) fn forward(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn meta(dim: usize) -> ModelMeta {
+    /// Metadata of a test model over `dim` columns (the prefer tests use it too).
+    pub(in crate::decompose::learned) fn meta(dim: usize) -> ModelMeta {
         ModelMeta {
             format: MODEL_FORMAT.into(),
             version: MODEL_VERSION,
             features: FeatureConfig { windows: vec![], sentence_embeddings: true, prose: false },
             encoder_name: "test".into(),
             encoder_hash: "0".into(),
-            encoder_dim: (dim - super::super::features::LAYOUT_FEATURES.len()) / 2,
+            encoder_dim: dim.saturating_sub(super::super::features::LAYOUT_FEATURES.len()) / 2,
             hidden: 0,
             prior_shift: 0.0,
             training: TrainSummary::default(),

@@ -437,24 +437,8 @@ fn split_groups(data: &PreferenceData, config: &TuneConfig) -> (Vec<String>, BTr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decompose::learned::features::FeatureConfig;
-    use crate::decompose::learned::model::{
-        ModelMeta, TrainConfig, TrainingData, MODEL_FORMAT, MODEL_VERSION,
-    };
-
-    fn meta(dim: usize) -> ModelMeta {
-        ModelMeta {
-            format: MODEL_FORMAT.into(),
-            version: MODEL_VERSION,
-            features: FeatureConfig { windows: vec![], sentence_embeddings: false, prose: false },
-            encoder_name: "test".into(),
-            encoder_hash: "0".repeat(64),
-            encoder_dim: dim,
-            hidden: 0,
-            prior_shift: 0.0,
-            training: Default::default(),
-        }
-    }
+    use crate::decompose::learned::model::tests::meta;
+    use crate::decompose::learned::model::{TrainConfig, TrainingData};
 
     /// A model that learned from "structure" that feature 0 marks boundaries; feature 1 is
     /// noise it ignores.
