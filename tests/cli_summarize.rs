@@ -152,6 +152,25 @@ fn several_books_and_out_file() {
         .success();
     let files: Vec<_> = std::fs::read_dir(ws.path("out")).unwrap().flatten().collect();
     assert_eq!(files.len(), 2);
+    // Both books composed together, in a database of their own: the same summaries (it only
+    // fills the batch).
+    ws.rrm()
+        .arg("summarize")
+        .arg(ws.path("shelf"))
+        .args(SMALL_TREE)
+        .args(["--books-at-once", "2", "--db"])
+        .arg(ws.path("db-one"))
+        .arg("--out")
+        .arg(ws.path("out-one"))
+        .assert()
+        .success();
+    for f in files {
+        let one = std::fs::read_to_string(ws.path("out-one").join(f.file_name())).unwrap();
+        assert_eq!(std::fs::read_to_string(f.path()).unwrap(), one, "{:?}", f.file_name());
+    }
+    let zero = ws.rrm().args(["summarize", "x.txt", "--books-at-once", "0"]).assert().failure();
+    let stderr = String::from_utf8_lossy(&zero.get_output().stderr).into_owned();
+    assert!(stderr.contains("--books-at-once"), "{stderr}");
 }
 
 fn fails(ws: &Ws, args: &[&str], needle: &str) {
