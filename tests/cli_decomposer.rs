@@ -428,7 +428,7 @@ fn tune_from_the_simulated_labeler_and_from_comparisons() {
         let json = stdout(
             ws.rrm()
                 .args(["-q", "decomposer", "tune", "--references", docs, "--signal", "simulated"])
-                .args(["--draws", "3", "--scale", "2", "--json", "--out"])
+                .args(["--draws", "3", "--scale", "2", "--chunk-tokens", "300", "--json", "--out"])
                 .arg(out)
                 .assert(),
         );

@@ -88,6 +88,13 @@ pub struct TuneArgs {
     /// The boundary model to start from (default: the one built into rrm).
     #[arg(long, value_name = "PATH")]
     pub decomposer_model: Option<PathBuf>,
+    /// Most tokens per leaf (the learned decomposer's limit the model is tuned under; use the
+    /// same with `--decomposer-model` later).
+    #[arg(long, default_value_t = 600, value_name = "N")]
+    pub chunk_tokens: usize,
+    /// Children per parent, MIN..MAX (default 3..13, the learned decomposer's).
+    #[arg(long, value_parser = crate::decompose::fixed::parse_fanout, value_name = "MIN..MAX")]
+    pub fanout: Option<(usize, usize)>,
     /// Segmentations per document and round, the best one included.
     #[arg(long, default_value_t = 4, value_name = "K")]
     pub draws: usize,
@@ -752,7 +759,14 @@ fn tune(
         SignalArg::Grounded => Signal::Grounded,
         SignalArg::Simulated => Signal::Simulated,
     });
-    let decomposer = DecomposerSpec { kind: DecomposerKind::Learned, ..DecomposerSpec::default() };
+    let decomposer = DecomposerSpec {
+        kind: DecomposerKind::Learned,
+        chunk_tokens: args.chunk_tokens,
+        fanout: args.fanout,
+        ..DecomposerSpec::default()
+    };
+    let learned_config = decomposer.learned_config();
+    learned_config.validate()?;
     let spec = TuneSpec {
         signal,
         draws: args.draws,
@@ -767,7 +781,7 @@ fn tune(
             val_fraction: f64::from(args.val_percent) / 100.0,
             seed: args.seed,
         },
-        config: decomposer.learned_config(),
+        config: learned_config,
     };
     let encoder = ws.encoder(encoder, ctx.progress())?;
     let composing = match signal {
