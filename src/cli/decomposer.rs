@@ -732,28 +732,6 @@ fn tune(
     use crate::workspace::decomposer_tuning::{Composing, Signal, TuneSpec};
     use crate::workspace::decomposers::{DecomposerKind, DecomposerSpec};
     let started = std::time::Instant::now();
-    if args.signal.is_none() && !args.comparisons {
-        bail!("nothing to learn from: give --signal rouge|grounded|simulated or --comparisons");
-    }
-    if !(args.anchor.is_finite() && args.anchor >= 0.0) {
-        bail!("--anchor must be a non-negative number, got {}", args.anchor);
-    }
-    if !(args.scale.is_finite() && args.scale > 0.0) {
-        bail!("--scale must be a positive number, got {}", args.scale);
-    }
-    if args.signal.is_some() && args.draws < 2 {
-        bail!("--draws must be at least 2 to compare segmentations, got {}", args.draws);
-    }
-    // Bad input fails before any model is loaded.
-    let docs = match &args.references {
-        Some(path) => crate::eval::references::read_file(path)?,
-        None => Vec::new(),
-    };
-    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating the folder of {}", args.out.display()))?;
-    }
-    let start = boundary_model(args.decomposer_model.as_deref())?;
     let signal = args.signal.map(|s| match s {
         SignalArg::Rouge => Signal::Rouge,
         SignalArg::Grounded => Signal::Grounded,
@@ -765,8 +743,6 @@ fn tune(
         fanout: args.fanout,
         ..DecomposerSpec::default()
     };
-    let learned_config = decomposer.learned_config();
-    learned_config.validate()?;
     let spec = TuneSpec {
         signal,
         draws: args.draws,
@@ -781,8 +757,19 @@ fn tune(
             val_fraction: f64::from(args.val_percent) / 100.0,
             seed: args.seed,
         },
-        config: learned_config,
+        config: decomposer.learned_config(),
     };
+    // Bad input fails before any model is loaded.
+    spec.check()?;
+    let docs = match &args.references {
+        Some(path) => crate::eval::references::read_file(path)?,
+        None => Vec::new(),
+    };
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the folder of {}", args.out.display()))?;
+    }
+    let start = boundary_model(args.decomposer_model.as_deref())?;
     let encoder = ws.encoder(encoder, ctx.progress())?;
     let composing = match signal {
         Some(Signal::Rouge | Signal::Grounded) => Some(Composing {

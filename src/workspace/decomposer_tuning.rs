@@ -73,6 +73,32 @@ pub struct TuneSpec {
     pub config: LearnedConfig,
 }
 
+impl TuneSpec {
+    /// Refuses settings that cannot work, naming the flag (call it before loading models).
+    pub fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(WorkspaceError::Invalid(m));
+        if self.signal.is_none() && !self.feedback {
+            return bad("nothing to learn from: give --signal rouge|grounded|simulated or \
+                        --comparisons"
+                .into());
+        }
+        if self.signal.is_some() && self.draws < 2 {
+            return bad(format!(
+                "--draws must be at least 2 to compare segmentations, got {}",
+                self.draws
+            ));
+        }
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            return bad(format!("--scale must be a positive number, got {}", self.scale));
+        }
+        if !(self.fit.anchor.is_finite() && self.fit.anchor >= 0.0) {
+            return bad(format!("--anchor must be a non-negative number, got {}", self.fit.anchor));
+        }
+        self.config.validate()?;
+        Ok(())
+    }
+}
+
 /// The models and settings that summarize drawn decompositions (the `rouge` and `grounded`
 /// signals).
 pub struct Composing {
@@ -120,25 +146,9 @@ pub async fn tune(
     spec: &TuneSpec,
     progress: &dyn TuneProgress,
 ) -> Result<Tuned> {
+    spec.check()?;
     if spec.signal.is_some() && docs.is_empty() {
         return Err(WorkspaceError::Invalid("no documents to draw segmentations of".into()));
-    }
-    if spec.signal.is_some() && spec.draws < 2 {
-        return Err(WorkspaceError::Invalid(format!(
-            "--draws must be at least 2 to compare segmentations (got {})",
-            spec.draws
-        )));
-    }
-    if spec.signal.is_none() && !spec.feedback {
-        return Err(WorkspaceError::Invalid(
-            "nothing to learn from: give a signal or use the stored comparisons".into(),
-        ));
-    }
-    if !(spec.scale.is_finite() && spec.scale > 0.0) {
-        return Err(WorkspaceError::Invalid(format!(
-            "the draws' scale must be a positive number (got {})",
-            spec.scale
-        )));
     }
     let needs_composing = spec.signal.is_some_and(Signal::needs_summaries);
     if needs_composing && composing.is_none() {
