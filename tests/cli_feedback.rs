@@ -488,6 +488,8 @@ fn simulate_queue_train_eval_score_and_best_of_with_the_reward_model() {
     let asked = ws.rrm().args(summarize).write_stdin("2 7\n2 7\n2 7\n").assert().success();
     let err = String::from_utf8_lossy(&asked.get_output().stderr).into_owned();
     assert!(err.contains("summary 1") && err.contains("asked 2 question(s)"), "{err}");
+    // With a budget the questions go to the least sure nodes of the tree: a planning pass first.
+    assert!(err.contains("where the ensemble is least sure"), "{err}");
     let after = ws.feedback_json();
     assert_eq!(after.len(), before + 2, "two answers stored");
     let new: Vec<_> = after.iter().filter(|r| r["labeler"] == "ida").collect();

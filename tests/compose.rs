@@ -387,3 +387,71 @@ fn a_sure_ensemble_asks_nobody() {
     assert!(asker.asked.lock().unwrap().is_empty());
     assert!(rrm::feedback::all(&f.store).unwrap().is_empty());
 }
+
+/// An ensemble stand-in that is sure above the leaves and, at each leaf, unsure by an amount
+/// set by the leaf's text: two members whose difference between neighbouring candidates is
+/// `0.1 ± 2·std`, so a leaf's doubt (gap over spread) is `0.1 / (2·std)`.
+struct LeafDoubt;
+
+impl rrm::compose::Selector for LeafDoubt {
+    fn id(&self) -> String {
+        "leaf-doubt".into()
+    }
+    fn score(
+        &self,
+        height: u32,
+        input: &str,
+        candidates: &[rrm::compose::Candidate],
+    ) -> Result<Vec<rrm::compose::CandidateScore>, rrm::compose::select::SelectError> {
+        let byte = blake3::hash(input.as_bytes()).as_bytes()[0];
+        let std = if height == 0 { 0.01 + f32::from(byte) / 255.0 } else { 0.0 };
+        let member = |sign: f32| -> Vec<f32> {
+            (0..candidates.len())
+                .map(|k| {
+                    let alternate = if k % 2 == 0 { 1.0 } else { -1.0 };
+                    -(k as f32) * 0.1 + sign * alternate * std
+                })
+                .collect()
+        };
+        Ok(rrm::reward::ensemble_scores(&[member(1.0), member(-1.0)], 0.0))
+    }
+}
+
+#[test]
+fn a_ranked_budget_asks_where_the_ensemble_is_least_sure_not_where_it_comes_first() {
+    use rrm::compose::ask::{ranked_threshold, run_doubts, AskPolicy, AskingSelector};
+    let f = fixture(8);
+    let book = Book::from_text("Mill", book_text(false));
+    let tree = chunker(ContextMode::None).decompose(&book).unwrap();
+    let options = ComposeOptions { best_of: 3, ..sampled(8) };
+    // The planning pass: the ensemble alone.
+    let plain =
+        Composer::new(f.generator.clone(), Arc::new(LeafDoubt), f.store.clone(), options.clone());
+    run(&plain, &book, &tree);
+    let planned = RunRecord::for_book(&f.store, book.id().as_str()).unwrap().pop().unwrap();
+    let mut doubts = run_doubts(&f.store, &planned).unwrap();
+    let leaves = tree.leaves().len();
+    assert!(doubts.len() >= leaves.min(6), "every leaf with two different texts has a doubt");
+    doubts.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let budget = 3;
+    let values: Vec<f32> = doubts.iter().map(|(_, d)| *d).collect();
+    let threshold = ranked_threshold(&values, budget, 1e6);
+    let expected: BTreeSet<String> = doubts[..budget].iter().map(|(l, _)| l.clone()).collect();
+    assert!(doubts[budget].1 > doubts[budget - 1].1, "the test needs distinct doubts");
+
+    // The asking pass, under the planned threshold, asks exactly those nodes.
+    let asker = Arc::new(Scripted::default());
+    let selector = Arc::new(AskingSelector::new(
+        Arc::new(LeafDoubt),
+        asker.clone(),
+        AskPolicy { threshold, budget: Some(budget) },
+        f.store.clone(),
+    ));
+    let c = Composer::new(f.generator.clone(), selector.clone(), f.store.clone(), options);
+    let report = run(&c, &book, &tree);
+    let asked: BTreeSet<String> =
+        asker.asked.lock().unwrap().iter().map(|q| q.label.clone()).collect();
+    assert_eq!(asked, expected);
+    // Every leaf came from the planning pass's cache: planning costs no second generation.
+    assert!(report.cache_hits >= leaves);
+}

@@ -16,7 +16,7 @@ use crate::compose::select::SelectError;
 use crate::compose::Selector;
 use crate::compose::{ComposeOptions, ComposeReport, Observer};
 use crate::infer::Generator;
-use crate::workspace::ask::{asking_selector, Budget};
+use crate::workspace::ask::{asking_selector, ranked_threshold_for, Budget};
 use crate::workspace::books;
 use crate::workspace::summarize::{self, SelectorSpec};
 
@@ -70,6 +70,12 @@ pub struct SummarizeArgs {
     /// With --ask: ask when |mean_a − mean_b| < T · the members' spread of (a − b).
     #[arg(long, default_value_t = 1.0, value_name = "T", requires = "ask")]
     pub ask_threshold: f32,
+    /// With --ask and a budget: which unsure nodes get the questions. `ranked` (the default)
+    /// composes the book once without asking, then spends the budget on the nodes where the
+    /// ensemble is least sure (the first question waits for that pass; its candidates are
+    /// reused); `arrival` asks at unsure nodes as they finish, until the budget is spent.
+    #[arg(long, value_enum, default_value_t = AskOrder::Ranked, requires = "ask_budget")]
+    pub ask_order: AskOrder,
     /// With --ask: who answers — `terminal` (you), or `sim` (the simulated labeler, for
     /// measurements).
     #[arg(long, value_enum, default_value_t = AskerArg::Terminal, requires = "ask")]
@@ -94,6 +100,12 @@ pub struct SummarizeArgs {
     pub lossy: bool,
     #[command(flatten)]
     pub ws: WorkspaceArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AskOrder {
+    Ranked,
+    Arrival,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -167,14 +179,45 @@ pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
                 )),
             };
             let budget = args.ask_budget.map(|b| b.questions(tree.len()));
-            asking_selector(&ws, Arc::clone(&selector), asker, args.ask_threshold, budget)
-                .map(|s| (s.clone() as Arc<dyn Selector>, Some(s)))
+            Some((asker, budget))
         } else {
-            Ok((Arc::clone(&selector), None))
+            None
         };
-        let (ws, generator, options) = (&ws, Arc::clone(&generator), options.clone());
+        let (ws, generator, options, inner, bars) =
+            (&ws, Arc::clone(&generator), options.clone(), Arc::clone(&selector), &bars);
         async move {
-            let (selector, asking) = chosen?;
+            let (selector, asking): (Arc<dyn Selector>, _) = match chosen {
+                None => (inner, None),
+                Some((asker, budget)) => {
+                    let mut threshold = args.ask_threshold;
+                    if let (Some(questions), AskOrder::Ranked) = (budget, args.ask_order) {
+                        if !quiet {
+                            bars.suspend(|| {
+                                eprintln!(
+                                    "{}: composing once without asking, to find the {questions} \
+                                     node(s) where the ensemble is least sure",
+                                    book.title()
+                                )
+                            });
+                        }
+                        threshold = ranked_threshold_for(
+                            ws,
+                            book,
+                            tree,
+                            Arc::clone(&generator),
+                            Arc::clone(&inner),
+                            options.clone(),
+                            questions,
+                            threshold,
+                            &progress_bar,
+                        )
+                        .await
+                        .with_context(|| format!("planning the questions for {}", book.source()))?;
+                    }
+                    let s = asking_selector(ws, inner, asker, threshold, budget)?;
+                    (s.clone() as Arc<dyn Selector>, Some(s))
+                }
+            };
             let report =
                 summarize::compose(ws, book, tree, generator, selector, options, &progress_bar)
                     .await
@@ -332,6 +375,7 @@ impl Progress {
 impl Observer for Progress {
     fn started(&self, total: usize) {
         self.bar.set_length(total as u64);
+        self.bar.set_position(0);
     }
 
     fn node_done(&self, label: &str, cached: bool, tokens_generated: usize) {

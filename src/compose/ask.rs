@@ -12,6 +12,12 @@
 //! or a skip keeps the ensemble's pick. Scoring runs on a blocking thread, so a node waiting for
 //! its answer holds up only its parents: other nodes go on.
 //!
+//! On its own the selector asks wherever it is unsure, in the order nodes finish. To spend a
+//! budget on the nodes the ensemble is *least* sure about, compose once without asking, read
+//! each node's doubt ([`run_doubts`]: mean gap over the members' spread), and ask with the
+//! threshold that lets exactly the budget's most doubtful nodes through ([`ranked_threshold`]);
+//! nodes whose inputs did not change keep their doubt, so the budget goes where it was planned.
+//!
 //! The selector's id names the inner selector and the policy: a run with asking is cached apart
 //! from one without, and a re-run finds the answered picks stored (no one is asked twice).
 
@@ -22,9 +28,9 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::select::{pair_spread, CandidateScore, SelectError, SelectNode, Selector};
-use super::Candidate;
+use super::{Candidate, CandidateSet, NodeOutput, RunRecord};
 use crate::feedback::{self, Feedback, FeedbackKind, Judged, Preference};
-use crate::store::Store;
+use crate::store::{Store, StoreError, Table};
 
 /// One question: which of two summaries of a node is better.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,24 +154,82 @@ impl AskingSelector {
     }
 }
 
-/// The two best candidates by ensemble mean, and whether the ensemble can tell them apart: the
-/// gap between their means is below `threshold` times the spread over members of their
-/// difference ([`pair_spread`]). Without members there is no spread to act on, so only an
-/// infinite threshold (always ask) asks.
-pub fn top_two_uncertain(
-    scores: &[CandidateScore],
-    threshold: f32,
-) -> Option<(usize, usize, bool)> {
+/// The two best candidates by ensemble mean, and how unsure the ensemble is between them: the
+/// gap between their means over the spread over members of their difference ([`pair_spread`]).
+/// 0 means the members cannot tell them apart at all; ∞ means every member agrees on the
+/// difference (also when that difference is zero). `None` as the doubt when the scores carry no
+/// members (nothing to measure doubt with).
+pub fn top_two(scores: &[CandidateScore]) -> Option<(usize, usize, Option<f32>)> {
     if scores.len() < 2 {
         return None;
     }
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].mean().total_cmp(&scores[a].mean()));
     let (i, j) = (order[0], order[1]);
-    let uncertain = threshold.is_infinite()
-        || pair_spread(&scores[i], &scores[j])
-            .is_some_and(|spread| scores[i].mean() - scores[j].mean() < threshold * spread);
+    let doubt = pair_spread(&scores[i], &scores[j]).map(|spread| {
+        let gap = scores[i].mean() - scores[j].mean();
+        if spread > 0.0 {
+            gap / spread
+        } else {
+            f32::INFINITY
+        }
+    });
+    Some((i, j, doubt))
+}
+
+/// The two best candidates by ensemble mean, and whether the ensemble can tell them apart: the
+/// gap between their means is below `threshold` times the spread over members of their
+/// difference (the doubt of [`top_two`] is below `threshold`). Without members there is no
+/// spread to act on, so only an infinite threshold (always ask) asks.
+pub fn top_two_uncertain(
+    scores: &[CandidateScore],
+    threshold: f32,
+) -> Option<(usize, usize, bool)> {
+    let (i, j, doubt) = top_two(scores)?;
+    let uncertain = threshold.is_infinite() || doubt.is_some_and(|d| d < threshold);
     Some((i, j, uncertain))
+}
+
+/// The doubt ([`top_two`]) at every node of a composed run whose two best candidates differ in
+/// text: what ranking questions across the tree works from. Nodes with one candidate, without
+/// members, or whose two best are the same text (nothing to ask) are left out.
+pub fn run_doubts(store: &Store, run: &RunRecord) -> Result<Vec<(String, f32)>, StoreError> {
+    let mut doubts = Vec::new();
+    for (label, key) in &run.outputs {
+        let Some(out) = store.get::<NodeOutput>(Table::Outputs, key)? else { continue };
+        let Some((i, j, Some(doubt))) = top_two(&out.scores) else { continue };
+        let Some(set) = store.get::<CandidateSet>(Table::Candidates, &out.gen_key)? else {
+            continue;
+        };
+        let same = match (set.candidates.get(i), set.candidates.get(j)) {
+            (Some(a), Some(b)) => a.text == b.text,
+            _ => true,
+        };
+        if !same {
+            doubts.push((label.clone(), doubt));
+        }
+    }
+    Ok(doubts)
+}
+
+/// The threshold that spends a budget of `budget` questions on the most doubtful nodes: halfway
+/// between the `budget`-th smallest doubt and the next, never above `cap` (the user's threshold:
+/// a node the ensemble is sure about is not asked even when the budget would allow it). With
+/// no more doubtful nodes than the budget, `cap` itself. Always positive.
+pub fn ranked_threshold(doubts: &[f32], budget: usize, cap: f32) -> f32 {
+    let mut d: Vec<f32> = doubts.iter().copied().filter(|d| !d.is_nan()).collect();
+    d.sort_by(f32::total_cmp);
+    let rank = if budget == 0 {
+        d.first().map(|first| first / 2.0)
+    } else if budget < d.len() {
+        Some((d[budget - 1] + d[budget]) / 2.0)
+    } else {
+        None
+    };
+    match rank {
+        Some(t) if t.is_finite() => t.min(cap).max(f32::MIN_POSITIVE),
+        _ => cap,
+    }
 }
 
 impl Selector for AskingSelector {
@@ -342,5 +406,37 @@ mod tests {
         assert!(s[2].score < s[1].score);
         let (i, j, _) = top_two_uncertain(&s, 1.0).unwrap();
         assert_eq!((i, j), (2, 1));
+    }
+
+    #[test]
+    fn the_doubt_is_the_gap_over_the_spread_and_infinite_when_members_agree() {
+        // Differences 1 and 3: gap 2 (their mean), spread 1, doubt 2.
+        let (_, _, d) = top_two(&scores(&[vec![0.0, 1.0], vec![0.0, 3.0]])).unwrap();
+        assert!((d.unwrap() - 2.0).abs() < 1e-5);
+        // Every member says the same difference, even zero: sure.
+        assert_eq!(
+            top_two(&scores(&[vec![0.0, 0.0], vec![1.0, 1.0]])).unwrap().2,
+            Some(f32::INFINITY)
+        );
+        assert_eq!(top_two(&[CandidateScore::new(0.0), CandidateScore::new(1.0)]).unwrap().2, None);
+    }
+
+    #[test]
+    fn a_ranked_budget_goes_to_the_most_doubtful_nodes_and_never_past_the_cap() {
+        let doubts = [0.9, 0.1, 3.0, 0.5, f32::INFINITY, 0.3];
+        // Two questions: the nodes at 0.1 and 0.3 fall below, 0.5 does not.
+        let t = ranked_threshold(&doubts, 2, f32::INFINITY);
+        assert!(t > 0.3 && t < 0.5, "{t}");
+        assert_eq!(doubts.iter().filter(|&&d| d < t).count(), 2);
+        // The user's threshold still bounds it: at most the nodes the ensemble is unsure about.
+        assert_eq!(ranked_threshold(&doubts, 5, 1.0), 1.0);
+        assert_eq!(ranked_threshold(&doubts, 4, 1.0), 1.0);
+        // More budget than nodes: the cap.
+        assert_eq!(ranked_threshold(&doubts, 10, 2.0), 2.0);
+        // No budget: nobody is below it; ties at zero still give a positive threshold.
+        let none = ranked_threshold(&doubts, 0, f32::INFINITY);
+        assert_eq!(doubts.iter().filter(|&&d| d < none).count(), 0);
+        assert!(ranked_threshold(&[0.0, 0.0, 0.0], 1, 1.0) > 0.0);
+        assert_eq!(ranked_threshold(&[], 3, 1.0), 1.0);
     }
 }

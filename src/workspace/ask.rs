@@ -1,7 +1,9 @@
 //! `summarize --ask` in a workspace: question budgets, the selector that asks, and the
 //! measurement of what asking buys ([`experiment`]): with the simulated labeler answering, the
 //! labeler's score of every node and of the root, against the number of questions, for several
-//! budgets, asking where the ensemble is unsure and (as the baseline) asking regardless.
+//! budgets: asking where the ensemble is unsure as nodes finish, asking at the budget's most
+//! doubtful nodes of the whole tree ([`ranked_threshold_for`]), and (as the baseline) asking at
+//! the first nodes regardless.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -10,8 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{Result, Workspace, WorkspaceError};
 use crate::book::Book;
-use crate::compose::ask::{AskPolicy, Asker, AskingSelector, SimAsker};
-use crate::compose::{CandidateSet, ComposeOptions, NodeOutput, RunRecord, Selector, Silent};
+use crate::compose::ask::{
+    ranked_threshold, run_doubts, AskPolicy, Asker, AskingSelector, SimAsker,
+};
+use crate::compose::{
+    CandidateSet, ComposeOptions, NodeOutput, Observer, RunRecord, Selector, Silent,
+};
 use crate::feedback::sim::SimLabeler;
 use crate::infer::Generator;
 use crate::store::Table;
@@ -73,6 +79,45 @@ pub fn asking_selector(
     )))
 }
 
+/// The latest run of `book` over `tree` with the selector `selector_id`.
+pub fn latest_run(
+    ws: &Workspace,
+    book: &Book,
+    tree: &TaskTree,
+    selector_id: &str,
+) -> Result<RunRecord> {
+    RunRecord::for_book(ws.store(), book.id().as_str())?
+        .into_iter()
+        .rev()
+        .find(|r| r.selector == selector_id && r.matches(tree))
+        .ok_or_else(|| {
+            WorkspaceError::NotFound(format!("the run of {} with {selector_id}", book.title()))
+        })
+}
+
+/// Plans a budget of `budget` questions for `book`: composes it once with `inner` alone (every
+/// candidate is cached, so the asking run after it generates only above the nodes whose pick
+/// changes), reads each node's doubt, and returns the threshold that lets the `budget` most
+/// doubtful nodes through, never above `cap` ([`ranked_threshold`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn ranked_threshold_for(
+    ws: &Workspace,
+    book: &Book,
+    tree: &TaskTree,
+    generator: Arc<dyn Generator>,
+    inner: Arc<dyn Selector>,
+    options: ComposeOptions,
+    budget: usize,
+    cap: f32,
+    observer: &dyn Observer,
+) -> Result<f32> {
+    let id = inner.id();
+    super::summarize::compose(ws, book, tree, generator, inner, options, observer).await?;
+    let run = latest_run(ws, book, tree, &id)?;
+    let doubts: Vec<f32> = run_doubts(ws.store(), &run)?.into_iter().map(|(_, d)| d).collect();
+    Ok(ranked_threshold(&doubts, budget, cap))
+}
+
 /// The simulated labeler's score of a run's nodes: (root, mean over every node with an output).
 pub fn labeler_scores(ws: &Workspace, run: &RunRecord, sim: &SimLabeler) -> Result<(f64, f64)> {
     let store = ws.store();
@@ -108,7 +153,8 @@ pub fn asked_in(ws: &Workspace, run: &RunRecord) -> Result<usize> {
 /// One configuration of the experiment, summed over books.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AskRow {
-    /// `none`, `uncertain`, `always`.
+    /// `none`; `uncertain` (where unsure, as nodes finish); `ranked` (the budget's most
+    /// doubtful nodes of the tree); `always` (the first nodes, unsure or not).
     pub strategy: String,
     pub budget: String,
     pub questions: usize,
@@ -130,8 +176,18 @@ pub struct Experiment<'a> {
     pub threshold: f32,
 }
 
-/// (strategy, budget name, (threshold, budget) when asking).
-type Config = (String, String, Option<(f32, Budget)>);
+/// How a configuration asks.
+#[derive(Debug, Clone, Copy)]
+enum Asking {
+    Never,
+    /// Below this threshold, as nodes finish, until the budget is spent.
+    Threshold(f32, Budget),
+    /// The budget's most doubtful nodes of the tree.
+    Ranked(Budget),
+}
+
+/// (strategy, budget name, how it asks).
+type Config = (String, String, Asking);
 
 /// Runs every (strategy, budget) over every book; each run is composed (cached by content, so
 /// candidates are generated once and only picks and what depends on them change).
@@ -140,7 +196,7 @@ pub async fn experiment(
     e: &Experiment<'_>,
     budgets: &[Budget],
 ) -> Result<Vec<AskRow>> {
-    let mut configs: Vec<Config> = vec![("none".into(), "0".into(), None)];
+    let mut configs: Vec<Config> = vec![("none".into(), "0".into(), Asking::Never)];
     for &b in budgets {
         let name = match b {
             Budget::Count(n) => n.to_string(),
@@ -149,19 +205,41 @@ pub async fn experiment(
         if b.questions(1000) == 0 {
             continue;
         }
-        configs.push(("uncertain".into(), name.clone(), Some((e.threshold, b))));
-        configs.push(("always".into(), name, Some((f32::INFINITY, b))));
+        configs.push(("uncertain".into(), name.clone(), Asking::Threshold(e.threshold, b)));
+        configs.push(("ranked".into(), name.clone(), Asking::Ranked(b)));
+        configs.push(("always".into(), name, Asking::Threshold(f32::INFINITY, b)));
     }
     let mut rows = Vec::new();
     for (strategy, budget_name, ask) in configs {
         let (mut questions, mut nodes, mut root, mut node) = (0, 0, 0.0, 0.0);
         for (book, tree) in e.books {
-            let selector: Arc<dyn Selector> = match ask {
+            let asking = match ask {
+                Asking::Never => None,
+                Asking::Threshold(threshold, budget) => {
+                    Some((threshold, budget.questions(tree.len())))
+                }
+                Asking::Ranked(budget) => {
+                    let questions = budget.questions(tree.len());
+                    let threshold = ranked_threshold_for(
+                        ws,
+                        book,
+                        tree,
+                        Arc::clone(&e.generator),
+                        Arc::clone(&e.reward),
+                        e.options.clone(),
+                        questions,
+                        f32::INFINITY,
+                        &Silent,
+                    )
+                    .await?;
+                    Some((threshold, questions))
+                }
+            };
+            let selector: Arc<dyn Selector> = match asking {
                 None => Arc::clone(&e.reward),
-                Some((threshold, budget)) => {
+                Some((threshold, questions)) => {
                     let asker = Arc::new(SimAsker::measuring(e.labeler.clone(), 7));
-                    let questions = Some(budget.questions(tree.len()));
-                    asking_selector(ws, Arc::clone(&e.reward), asker, threshold, questions)?
+                    asking_selector(ws, Arc::clone(&e.reward), asker, threshold, Some(questions))?
                 }
             };
             let generator = Arc::clone(&e.generator);
@@ -176,17 +254,7 @@ pub async fn experiment(
                 &Silent,
             )
             .await?;
-            let run = RunRecord::for_book(ws.store(), book.id().as_str())?
-                .into_iter()
-                .rev()
-                .find(|r| r.selector == selector.id() && r.matches(tree))
-                .ok_or_else(|| {
-                    WorkspaceError::NotFound(format!(
-                        "the run of {} with {}",
-                        book.title(),
-                        selector.id()
-                    ))
-                })?;
+            let run = latest_run(ws, book, tree, &selector.id())?;
             let (r, n) = labeler_scores(ws, &run, &e.labeler)?;
             questions += asked_in(ws, &run)?;
             root += r;
