@@ -57,6 +57,10 @@ pub const PROSE_FEATURES: &[&str] = &[
     // dialogue does and opens in narration.
     "dialogue_before",
     "dialogue_after",
+    // The next sentence uses a third-person pronoun before any name: a leaf starting there
+    // would not be self-contained (`oversee::pronoun_before_name`, what the overseeability
+    // measure and the simulated decomposition labeler check).
+    "pronoun_after",
 ];
 
 /// Openings that shift time or place, matched at the start of a sentence (lower case).
@@ -509,6 +513,7 @@ struct Prose {
     /// Lower-cased names per sentence (capitalized words after the sentence's first word).
     names: Vec<Vec<String>>,
     time_cue: Vec<bool>,
+    pronoun: Vec<bool>,
     quote: Vec<bool>,
     sim24: Vec<f32>,
     depth24: Vec<f32>,
@@ -519,6 +524,7 @@ impl Prose {
         let text = book.text();
         let mut names = Vec::with_capacity(info.spans.len());
         let mut time_cue = Vec::with_capacity(info.spans.len());
+        let mut pronoun = Vec::with_capacity(info.spans.len());
         for s in &info.spans {
             let body = s.slice(text);
             names.push(sentence_names(body));
@@ -529,12 +535,13 @@ impl Prose {
                 .collect::<String>()
                 .to_lowercase();
             time_cue.push(TIME_CUES.iter().any(|cue| opening.starts_with(cue)));
+            pronoun.push(crate::decompose::oversee::pronoun_before_name(body));
         }
-        Prose { names, time_cue, quote: info.quote.clone(), sim24, depth24 }
+        Prose { names, time_cue, pronoun, quote: info.quote.clone(), sim24, depth24 }
     }
 
     /// The row at the gap after sentence `a`.
-    fn at(&self, a: usize) -> [f32; 7] {
+    fn at(&self, a: usize) -> [f32; 8] {
         let n = self.names.len();
         let collect = |from: usize, to: usize| -> std::collections::HashSet<&str> {
             self.names[from.min(n)..to.min(n)].iter().flatten().map(String::as_str).collect()
@@ -571,12 +578,14 @@ impl Prose {
             f32::from(u8::from(self.time_cue.get(a + 1).copied().unwrap_or(false))),
             share((a + 1).saturating_sub(5), a + 1),
             share(a + 1, a + 6),
+            f32::from(u8::from(self.pronoun.get(a + 1).copied().unwrap_or(false))),
         ]
     }
 
-    /// The row of a cut inside a sentence: nothing changes there.
-    fn inside(&self) -> [f32; 7] {
-        [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    /// The row of a cut inside a sentence: nothing changes there, and what follows the cut
+    /// does not stand on its own.
+    fn inside(&self) -> [f32; 8] {
+        [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     }
 }
 
@@ -837,7 +846,7 @@ mod tests {
     }
 
     #[test]
-    fn prose_features_see_new_names_time_cues_and_dialogue_ending() {
+    fn prose_features_see_new_names_time_cues_dialogue_ending_and_pronoun_starts() {
         let config = FeatureConfig { windows: vec![1], sentence_embeddings: false, prose: true };
         let names = config.names(2);
         assert_eq!(config.dim(2), names.len());
@@ -860,6 +869,13 @@ mod tests {
         assert_eq!(at(inside, "time_cue_after"), 0.0);
         assert_eq!(at(inside, "names_new_after"), 0.0, "Alice and the Rabbit stay");
         assert!(at(inside, "names_overlap") > at(scene, "names_overlap"));
+        let pronoun = u.gap_at(text.find("He sat").unwrap()).unwrap();
+        assert_eq!(
+            at(pronoun, "pronoun_after"),
+            1.0,
+            "a leaf starting at \"He sat\" needs context"
+        );
+        assert_eq!(at(scene, "pronoun_after"), 0.0);
         assert_eq!(sentence_names("\"Stop!\" said Alice to I Rabbit."), vec!["alice", "rabbit"]);
         // Off by default: the built-in model's features are unchanged.
         assert!(!FeatureConfig::default().prose);

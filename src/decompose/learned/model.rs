@@ -474,6 +474,16 @@ impl BoundaryModel {
         let tensor = |values: Vec<f32>, shape: &[usize]| -> Result<Tensor, LearnedError> {
             Ok(Tensor::from_vec(values, shape, &device)?)
         };
+        if let Ok(view) = st.tensor("mean") {
+            if view.shape() != [dim] {
+                return Err(bad(format!(
+                    "it has {:?} feature columns where this rrm computes {dim} for its settings \
+                     (trained by an rrm with other features, e.g. before `pronoun_after` joined \
+                     the prose features); retrain it",
+                    view.shape()
+                )));
+            }
+        }
         let mean = get("mean", &[dim])?;
         let std = get("std", &[dim])?;
         if std.iter().any(|&s| s <= 0.0) {
