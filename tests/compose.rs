@@ -291,16 +291,22 @@ impl rrm::compose::Selector for Ensemble {
         _input: &str,
         candidates: &[rrm::compose::Candidate],
     ) -> Result<Vec<rrm::compose::CandidateScore>, rrm::compose::select::SelectError> {
-        let member = |sign: f32| -> Vec<f32> {
-            (0..candidates.len())
-                .map(|k| {
-                    let alternate = if k % 2 == 0 { 1.0 } else { -1.0 };
-                    -(k as f32) * self.gap + sign * alternate * self.std
-                })
-                .collect()
-        };
-        Ok(rrm::reward::ensemble_scores(&[member(1.0), member(-1.0)], 0.0))
+        Ok(two_members(candidates.len(), self.gap, self.std))
     }
+}
+
+/// Scores of `n` candidates by two members whose means fall by `gap` per candidate and who
+/// disagree by `std` in opposite directions on alternate candidates.
+fn two_members(n: usize, gap: f32, std: f32) -> Vec<rrm::compose::CandidateScore> {
+    let member = |sign: f32| -> Vec<f32> {
+        (0..n)
+            .map(|k| {
+                let alternate = if k % 2 == 0 { 1.0 } else { -1.0 };
+                -(k as f32) * gap + sign * alternate * std
+            })
+            .collect()
+    };
+    rrm::reward::ensemble_scores(&[member(1.0), member(-1.0)], 0.0)
 }
 
 /// A person who always prefers the second summary shown, and remembers what they were asked.
@@ -405,15 +411,7 @@ impl rrm::compose::Selector for LeafDoubt {
     ) -> Result<Vec<rrm::compose::CandidateScore>, rrm::compose::select::SelectError> {
         let byte = blake3::hash(input.as_bytes()).as_bytes()[0];
         let std = if height == 0 { 0.01 + f32::from(byte) / 255.0 } else { 0.0 };
-        let member = |sign: f32| -> Vec<f32> {
-            (0..candidates.len())
-                .map(|k| {
-                    let alternate = if k % 2 == 0 { 1.0 } else { -1.0 };
-                    -(k as f32) * 0.1 + sign * alternate * std
-                })
-                .collect()
-        };
-        Ok(rrm::reward::ensemble_scores(&[member(1.0), member(-1.0)], 0.0))
+        Ok(two_members(candidates.len(), 0.1, std))
     }
 }
 
