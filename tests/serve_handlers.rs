@@ -465,6 +465,15 @@ async fn a_running_ask_waits_at_the_head_of_the_queue() {
         .post_json(&format!("/api/books/{}/summarize?ask=1&best_of=1", f.book_id), None, &json!({}))
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+    let bad = c
+        .post_json(
+            &format!("/api/books/{}/summarize?ask=1&best_of=2&budget=2&order=sideways", f.book_id),
+            None,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+    assert!(bad.body.contains("ranked"), "{}", bad.body);
     // Best of 2, no reward model: it asks at every node, two questions at most.
     let r = c
         .post_json(

@@ -161,7 +161,7 @@ pub async fn draw(
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response())
 }
 
-/// `POST /api/books/{book}/summarize[?ask=1&best_of=2&budget=N&threshold=T]`.
+/// `POST /api/books/{book}/summarize[?ask=1&best_of=2&budget=N&threshold=T&order=ranked|arrival]`.
 pub async fn summarize(
     State(state): State<Shared>,
     Extension(who): Extension<Identity>,

@@ -374,7 +374,7 @@ impl Asker for WebAsker {
 
 /// The asking settings a form or query gives as strings: `ask` (`1`/`on`/`true` to ask),
 /// `best_of` (2–16, default 2), `budget` (questions, empty: no limit), `threshold` (> 0,
-/// default 1).
+/// default 1), `order` (`ranked`, the default, or `arrival`; see [`AskSettings::ranked`]).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(default)]
 pub struct AskParams {
@@ -382,6 +382,7 @@ pub struct AskParams {
     pub best_of: String,
     pub budget: String,
     pub threshold: String,
+    pub order: String,
 }
 
 impl AskParams {
@@ -408,6 +409,11 @@ impl AskParams {
                 _ => return Err(Failure::bad_request("threshold must be a positive number")),
             };
         }
+        s.ranked = match self.order.trim() {
+            "" | "ranked" => true,
+            "arrival" => false,
+            _ => return Err(Failure::bad_request("order must be `ranked` or `arrival`")),
+        };
         Ok(Some(s))
     }
 }
@@ -424,10 +430,14 @@ pub struct AskSettings {
     pub threshold: f32,
     /// At most this many questions (`None`: no limit).
     pub budget: Option<usize>,
+    /// With a budget and a reward model: compose the book once without asking and spend the
+    /// budget on the nodes where the ensemble is least sure (the first question waits for that
+    /// pass), rather than on unsure nodes in the order they finish.
+    pub ranked: bool,
 }
 
 impl Default for AskSettings {
     fn default() -> AskSettings {
-        AskSettings { best_of: 2, threshold: 1.0, budget: None }
+        AskSettings { best_of: 2, threshold: 1.0, budget: None, ranked: true }
     }
 }

@@ -430,7 +430,9 @@ struct JobObserver {
 
 impl Observer for JobObserver {
     fn started(&self, total: usize) {
+        // A ranked ask composes twice (planning, then asking): each pass counts from zero.
         self.total.store(total as u64, Ordering::SeqCst);
+        self.done.store(0, Ordering::SeqCst);
         self.state.jobs.progress(self.id, 0, total);
     }
 
@@ -478,7 +480,7 @@ pub fn summarize_book(
                     ));
                 }
                 options.best_of = settings.best_of;
-                let (inner, threshold): (Arc<dyn Selector>, f32) = match state.scorer() {
+                let (inner, mut threshold): (Arc<dyn Selector>, f32) = match state.scorer() {
                     Some(scorer) => {
                         let cache = embeddings::cache(state.ws.store());
                         let selector =
@@ -488,6 +490,23 @@ pub fn summarize_book(
                     }
                     None => (Arc::new(MeanLogprob), f32::INFINITY),
                 };
+                // Without a reward model there is no doubt to rank by: the first nodes are asked.
+                if let (Some(budget), true, true) =
+                    (settings.budget, settings.ranked, threshold.is_finite())
+                {
+                    threshold = crate::workspace::ask::ranked_threshold_for(
+                        &state.ws,
+                        &book,
+                        &loaded.tree,
+                        Arc::clone(&generator),
+                        Arc::clone(&inner),
+                        ComposeOptions { best_of: settings.best_of, ..ComposeOptions::default() },
+                        budget,
+                        threshold,
+                        &observer,
+                    )
+                    .await?;
+                }
                 let stop = cancel.flag();
                 let asker = Arc::new(WebAsker {
                     hub: Arc::clone(&state.asks),
