@@ -95,6 +95,8 @@ struct State {
     ids: HashSet<String>,
     /// (labeler, pair) → index into `records` of that labeler's comparison of the pair.
     compared: HashMap<(String, PairKey), usize>,
+    /// pair → how many labelers compared it (the overlap check under the lock reads it).
+    judges: HashMap<PairKey, usize>,
     /// labeler → their current lease.
     leases: HashMap<String, Lease>,
 }
@@ -115,6 +117,7 @@ impl State {
             records: Arc::new(Vec::new()),
             ids: HashSet::new(),
             compared: HashMap::new(),
+            judges: HashMap::new(),
             leases: HashMap::new(),
         };
         s.records = Arc::new(Vec::with_capacity(records.len()));
@@ -129,7 +132,10 @@ impl State {
             return;
         }
         if let Some(key) = comparison_key(&fb) {
-            self.compared.entry(key).or_insert(self.records.len());
+            if let std::collections::hash_map::Entry::Vacant(e) = self.compared.entry(key) {
+                *self.judges.entry(e.key().1.clone()).or_default() += 1;
+                e.insert(self.records.len());
+            }
         }
         Arc::make_mut(&mut self.records).push(fb);
     }
@@ -259,37 +265,46 @@ impl Queue {
             return with_texts(item, &nodes);
         }
         let (snap, in_flight) = self.state.with(|s| (s.snapshot(), s.in_flight()));
-        let before: HashSet<(String, PairKey)> = in_flight
-            .iter()
-            .map(|f| (f.labeler.clone(), pair_key(&f.input_key, &f.a_hash, &f.b_hash)))
-            .collect();
         let open: Vec<QueueItem> = rank_items(&snap, Some(labeler), overlap, in_flight)
             .into_iter()
             .filter(|i| offerable(i, skipped))
             .collect();
-        let chosen = self.state.with(|s| {
+        let chosen = self.lease_first(labeler, overlap, open)?;
+        with_texts(chosen, &snap.nodes)
+    }
+
+    /// Leases `labeler` the first of `open` (ranked from an earlier snapshot) that is still open
+    /// now, under the lock.
+    fn lease_first(
+        &self,
+        labeler: &str,
+        overlap: usize,
+        open: Vec<QueueItem>,
+    ) -> Option<QueueItem> {
+        self.state.with(|s| {
             s.expire();
-            let taken_since: HashSet<PairKey> = s
-                .leases
-                .iter()
-                .filter(|(who, _)| who.as_str() != labeler)
-                .map(|(who, l)| {
-                    (who.clone(), pair_key(&l.item.input_key, &l.item.a_hash, &l.item.b_hash))
-                })
-                .filter(|k| !before.contains(k))
-                .map(|(_, key)| key)
-                .collect();
+            // What changed since the ranking's snapshot counts too: a pair another labeler leased
+            // since, and a pair others leased *and answered* since (the lease is gone then, the
+            // answer is not), so the overlap holds however slow the ranking was.
+            let mut leased: HashMap<PairKey, usize> = HashMap::new();
+            for (who, l) in &s.leases {
+                if who.as_str() != labeler {
+                    let key = pair_key(&l.item.input_key, &l.item.a_hash, &l.item.b_hash);
+                    *leased.entry(key).or_default() += 1;
+                }
+            }
             let item = open.into_iter().find(|i| {
                 let key = pair_key(&i.input_key, &i.a_hash, &i.b_hash);
-                !taken_since.contains(&key) && !s.compared.contains_key(&(labeler.to_string(), key))
+                let busy = s.judges.get(&key).copied().unwrap_or(0)
+                    + leased.get(&key).copied().unwrap_or(0);
+                busy < overlap.max(1) && !s.compared.contains_key(&(labeler.to_string(), key))
             })?;
             s.leases.insert(
                 labeler.to_string(),
                 Lease { item: item.clone(), until: Instant::now() + LEASE },
             );
             Some(item)
-        })?;
-        with_texts(chosen, &snap.nodes)
+        })
     }
 
     /// The item [`Queue::next`] would hand `labeler` now, leasing nothing (for a request that
@@ -439,5 +454,25 @@ mod tests {
         assert_eq!(q.leases(), 0);
         assert!(q.next("ann", 1, &HashSet::new()).is_none());
         assert!(q.next("bob", 2, &HashSet::new()).is_some());
+    }
+
+    /// Found by the load benchmark under a busy CI machine: a pair ranked open for dan went to a
+    /// fourth labeler, because between dan's ranking and his lease another labeler leased the
+    /// pair *and answered it* (the lease was gone, so the check under the lock missed it).
+    #[test]
+    fn a_pair_leased_and_answered_while_ranking_is_not_leased_past_the_overlap() {
+        let q = Queue::from_parts(nodes(vec![node("k1", &["x", "y"])]), Vec::new());
+        // dan ranks from a snapshot where nobody has the pair.
+        let (snap, in_flight) = q.state.with(|s| (s.snapshot(), s.in_flight()));
+        let stale = rank_items(&snap, Some("dan"), 1, in_flight);
+        assert_eq!(stale.len(), 1);
+        // Meanwhile ann leases the pair and answers it.
+        assert!(q.next("ann", 1, &HashSet::new()).is_some());
+        q.stored(compare("ann", "k1", "x", "y"));
+        assert_eq!(q.leases(), 0);
+        // With overlap 1 the pair is done: dan's stale ranking must not lease it.
+        assert!(q.lease_first("dan", 1, stale.clone()).is_none());
+        // With overlap 2 it is still open for dan.
+        assert!(q.lease_first("dan", 2, stale).is_some());
     }
 }
