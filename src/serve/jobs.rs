@@ -500,7 +500,7 @@ pub fn summarize_book(
                         &loaded.tree,
                         Arc::clone(&generator),
                         Arc::clone(&inner),
-                        ComposeOptions { best_of: settings.best_of, ..ComposeOptions::default() },
+                        options.clone(),
                         budget,
                         threshold,
                         &observer,
