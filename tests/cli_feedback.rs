@@ -313,10 +313,31 @@ fn simulate_queue_train_eval_score_and_best_of_with_the_reward_model() {
     // The grounded reward needs no checkpoint: the supported summary wins this pair.
     let g = ws.stdout(&["reward", "eval", "--model", "grounding", "--data", "ext.jsonl", "--json"]);
     let g: serde_json::Value = serde_json::from_str(&g).unwrap();
-    assert_eq!(g["model"], "grounding@1", "{g}");
+    assert_eq!(g["model"], "grounding@1:copy=leaves", "{g}");
     assert_eq!(g["metrics"]["all"]["accuracy"], 1.0, "{g}");
     let err = ws.stderr_fail(&["reward", "eval", "--model", "grounding"]);
     assert!(err.contains("--data"), "{err}");
+    // A configuration of it is named in the spec; an unknown option is refused by name.
+    let g = ws.stdout(&[
+        "reward",
+        "eval",
+        "--model",
+        "grounding:copy=all",
+        "--data",
+        "ext.jsonl",
+        "--json",
+    ]);
+    let g: serde_json::Value = serde_json::from_str(&g).unwrap();
+    assert_eq!(g["model"], "grounding@1", "{g}");
+    let err = ws.stderr_fail(&[
+        "reward",
+        "eval",
+        "--model",
+        "grounding:copy=most",
+        "--data",
+        "ext.jsonl",
+    ]);
+    assert!(err.contains("copy=most") && err.contains("copy=leaves"), "{err}");
     let ext_json = ws.stdout(&["reward", "eval", "--data", "ext.jsonl", "--json"]);
     let ext_json: serde_json::Value = serde_json::from_str(&ext_json).unwrap();
     assert_eq!(ext_json["report"]["all"]["length_accuracy"], 1.0, "{ext_json}");

@@ -81,7 +81,7 @@ pub struct SummariesArgs {
     #[command(flatten)]
     pub compose: ComposeArgs,
     /// Pick among candidates with this reward model (`latest`, a hash or a folder, or
-    /// `grounding`); a MiniLM one also scores each root summary.
+    /// `grounding[:copy=all]`); a MiniLM one also scores each root summary.
     #[arg(long, value_name = "PATH|latest|grounding")]
     pub reward_model: Option<String>,
     /// λ of the reward pick (mean − λ·std).
@@ -275,7 +275,7 @@ fn summaries(e: &Env<'_>, args: SummariesArgs) -> anyhow::Result<()> {
     .build(ws, e.progress)?;
     // The root's reward column: a MiniLM ensemble (`--score-with`, or the one that picked).
     let score_spec = args.score_with.as_ref().or(args.reward_model.as_ref().filter(|spec| {
-        spec.as_str() != crate::reward::grounded::NAME
+        crate::reward::grounded::Grounded::parse(spec).is_none()
             && crate::reward::RewardModel::resolve(spec, ws.reward_dir())
                 .is_ok_and(|p| !crate::reward::lm::is_lm_checkpoint(&p))
     }));

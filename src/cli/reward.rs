@@ -192,8 +192,8 @@ pub struct LmArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// The checkpoint: `latest`, a hash, a folder, or `grounding` (no model: the summary
-    /// checked against its input; needs `--data`).
+    /// The checkpoint: `latest`, a hash, a folder, or `grounding[:copy=all]` (no model: the
+    /// summary checked against its input; needs `--data`).
     #[arg(long, default_value = "latest", value_name = "PATH|latest|grounding")]
     pub model: String,
     /// Evaluate on a TRL preference file instead of the stored feedback's held-out books.
@@ -645,16 +645,17 @@ fn eval(ws: &Workspace, encoder: LoadEncoder<'_>, args: EvalArgs) -> anyhow::Res
         }
         Ok((pairs, path.display().to_string()))
     };
-    if args.model == grounded::NAME {
+    if let Some(grounded) = grounded::Grounded::parse(&args.model) {
+        let grounded = grounded.map_err(anyhow::Error::msg)?;
         let Some(path) = &args.data else {
             bail!("the grounded reward is evaluated on a file: `rrm reward eval --model grounding --data FILE.jsonl`");
         };
         let (pairs, what) = file_pairs(path)?;
-        let margins = grounded::margins(&pairs);
+        let margins = grounded.margins(&pairs);
         let metrics = metrics_by_height(&pairs, &margins);
         let refs: Vec<&Pair> = pairs.iter().collect();
         let baselines = report::report(&margins, &refs);
-        return print_eval(crate::grounding::VERSION, &what, &metrics, &baselines, args.json);
+        return print_eval(&grounded.id(), &what, &metrics, &baselines, args.json);
     }
     let checkpoint = RewardModel::resolve(&args.model, ws.reward_dir())?;
     if is_lm_checkpoint(&checkpoint) {

@@ -118,20 +118,20 @@ pub trait MemberScorer {
 /// The grounded reward ([`crate::reward::grounded`]) as a [`MemberScorer`]: its member
 /// weightings are the members, so rm-dpo's pairs and the eval's reward column work as with a
 /// trained ensemble, with no feedback.
-pub struct GroundingScorer;
+pub struct GroundingScorer(pub crate::reward::grounded::Grounded);
 
 impl MemberScorer for GroundingScorer {
     fn name(&self) -> String {
-        crate::grounding::VERSION.to_string()
+        self.0.id()
     }
 
     fn member_scores(
         &self,
-        _height: u32,
+        height: u32,
         input: &str,
         summaries: &[&str],
     ) -> Result<Vec<Vec<f32>>, RewardError> {
-        Ok(crate::reward::grounded::member_scores(input, summaries))
+        Ok(self.0.member_scores(height, input, summaries))
     }
 }
 
@@ -211,12 +211,15 @@ mod tests {
     #[test]
     fn the_grounded_scorer_labels_pairs_like_an_ensemble() {
         let input = "The miller stood at the mill while the flood rose over the meadow.";
-        let m = GroundingScorer
+        let m = GroundingScorer(Default::default())
             .member_scores(0, input, &["The flood rose at the mill.", "Procopius sailed to Rome."])
             .unwrap();
         assert_eq!(m.len(), crate::grounding::member_weights().len());
         assert!(m.iter().all(|member| member.len() == 2 && member[0] > member[1]), "{m:?}");
-        assert_eq!(GroundingScorer.name(), crate::grounding::VERSION);
+        assert_eq!(
+            GroundingScorer(Default::default()).name(),
+            crate::reward::grounded::Grounded::default().id()
+        );
     }
 
     #[test]

@@ -20,55 +20,135 @@ pub const NAME: &str = "grounding";
 /// 0.5), never fitted on an evaluation set.
 pub const LOGIT_SCALE: f32 = 4.0;
 
+/// Where the copying penalty of the grounded reward applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CopyScope {
+    /// At the leaves only (the default): above them the input is already summaries, and
+    /// repeating their sentences is how a summary of summaries keeps what they say. Chosen on
+    /// SQuALITY training stories over `All` (docs/eval/README.md).
+    #[default]
+    Leaves,
+    /// At every height: a summary of summaries that repeats its children's sentences loses too
+    /// (the only behaviour before the choice; its picks keep their own id).
+    All,
+}
+
+/// One configuration of the grounded reward, as a reward-model spec names it: `grounding` (the
+/// copying penalty at the leaves only), or `grounding:copy=all` (at every height).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Grounded {
+    pub copy: CopyScope,
+}
+
+impl Grounded {
+    /// The configuration `spec` names; `None` when `spec` does not name the grounded reward, an
+    /// error (naming the option) when it names it with an option we do not know.
+    pub fn parse(spec: &str) -> Option<Result<Self, String>> {
+        let rest = spec.strip_prefix(NAME)?;
+        if rest.is_empty() {
+            return Some(Ok(Grounded::default()));
+        }
+        let options = rest.strip_prefix(':')?;
+        let mut g = Grounded::default();
+        for option in options.split(',') {
+            g.copy = match option.trim() {
+                "copy=all" => CopyScope::All,
+                "copy=leaves" => CopyScope::Leaves,
+                other => {
+                    return Some(Err(format!(
+                        "unknown option `{other}` of the grounded reward `{spec}` (known: \
+                         copy=all, copy=leaves)"
+                    )))
+                }
+            };
+        }
+        Some(Ok(g))
+    }
+
+    /// The spec that names this configuration (what `parse` reads back).
+    pub fn spec(&self) -> String {
+        match self.copy {
+            CopyScope::Leaves => NAME.to_string(),
+            CopyScope::All => format!("{NAME}:copy=all"),
+        }
+    }
+
+    /// The version of the check and this configuration: stored with every pick it makes (the
+    /// id of copying at every height is the one its picks were stored under before there was a
+    /// choice, so they stay cached).
+    pub fn id(&self) -> String {
+        match self.copy {
+            CopyScope::All => grounding::VERSION.to_string(),
+            CopyScope::Leaves => format!("{}:copy=leaves", grounding::VERSION),
+        }
+    }
+
+    /// The member weightings at `height`.
+    fn weights(&self, height: u32) -> Vec<grounding::Weights> {
+        let mut ws = grounding::member_weights().to_vec();
+        if self.copy == CopyScope::Leaves && height > 0 {
+            for w in &mut ws {
+                w.copying = 0.0;
+            }
+        }
+        ws
+    }
+
+    /// Per-member scores (K × n) of the checked summaries at `height`.
+    fn members_of(&self, height: u32, reports: &[grounding::Report]) -> Vec<Vec<f32>> {
+        self.weights(height)
+            .iter()
+            .map(|w| reports.iter().map(|r| grounding::score_with(r, w) as f32).collect())
+            .collect()
+    }
+
+    /// Per-member scores (K × n) of `summaries` of `input` at `height`.
+    pub fn member_scores(&self, height: u32, input: &str, summaries: &[&str]) -> Vec<Vec<f32>> {
+        self.members_of(height, &reports(input, summaries))
+    }
+
+    /// Margins (chosen − rejected, in log-odds, the members' mean) of `pairs`, for `rrm reward
+    /// eval`.
+    pub fn margins(&self, pairs: &[Pair]) -> Vec<f32> {
+        pairs
+            .iter()
+            .map(|p| {
+                let m = self.member_scores(p.height, &p.input, &[&p.chosen, &p.rejected]);
+                let diff: f32 = m.iter().map(|s| s[0] - s[1]).sum::<f32>() / m.len() as f32;
+                LOGIT_SCALE * diff
+            })
+            .collect()
+    }
+}
+
 /// Each summary of `input` checked against it (the input read once).
 fn reports(input: &str, summaries: &[&str]) -> Vec<grounding::Report> {
     let source = grounding::Source::new(input);
     summaries.iter().map(|s| source.check(s)).collect()
 }
 
-/// Per-member scores (K × n) of the checked summaries.
-fn members_of(reports: &[grounding::Report]) -> Vec<Vec<f32>> {
-    let per_summary: Vec<Vec<f64>> = reports.iter().map(grounding::members).collect();
-    let k = grounding::member_weights().len();
-    (0..k).map(|m| per_summary.iter().map(|s| s[m] as f32).collect()).collect()
-}
-
-/// Per-member scores (K × n) of `summaries` of `input`.
-pub fn member_scores(input: &str, summaries: &[&str]) -> Vec<Vec<f32>> {
-    members_of(&reports(input, summaries))
-}
-
-/// Margins (chosen − rejected, in log-odds) of `pairs`, for `rrm reward eval`.
-pub fn margins(pairs: &[Pair]) -> Vec<f32> {
-    pairs
-        .iter()
-        .map(|p| {
-            let r = reports(&p.input, &[&p.chosen, &p.rejected]);
-            LOGIT_SCALE * (grounding::score(&r[0]) - grounding::score(&r[1])) as f32
-        })
-        .collect()
-}
-
 /// The grounded reward as a [`Selector`].
 #[derive(Debug, Clone, Copy)]
 pub struct GroundingSelector {
     pub pessimism: f32,
+    pub grounded: Grounded,
 }
 
 impl Selector for GroundingSelector {
     fn id(&self) -> String {
-        format!("{}:lambda={}", grounding::VERSION, self.pessimism)
+        format!("{}:lambda={}", self.grounded.id(), self.pessimism)
     }
 
     fn score(
         &self,
-        _height: u32,
+        height: u32,
         input: &str,
         candidates: &[Candidate],
     ) -> Result<Vec<CandidateScore>, SelectError> {
         let texts: Vec<&str> = candidates.iter().map(|c| c.text.as_str()).collect();
         let checked = reports(input, &texts);
-        let mut scores = super::ensemble_scores(&members_of(&checked), self.pessimism);
+        let members = self.grounded.members_of(height, &checked);
+        let mut scores = super::ensemble_scores(&members, self.pessimism);
         for (s, r) in scores.iter_mut().zip(&checked) {
             s.parts.insert("unsupported_rate".into(), r.unsupported_rate as f32);
             s.parts.insert("coverage".into(), r.coverage as f32);
@@ -100,7 +180,7 @@ mod tests {
 
     #[test]
     fn the_grounded_candidate_wins_and_the_parts_say_why() {
-        let sel = GroundingSelector { pessimism: 0.0 };
+        let sel = GroundingSelector { pessimism: 0.0, grounded: Grounded::default() };
         let cands = [
             candidate("The miller's son Procopius sails to King Tranquil's castle."),
             candidate("As the flood rises, the miller's daughter Anna saves the flour."),
@@ -122,6 +202,43 @@ mod tests {
             1.0,
             "g",
         );
-        assert!(margins(&[p])[0] > 0.0);
+        assert!(Grounded::default().margins(&[p])[0] > 0.0);
+    }
+
+    #[test]
+    fn a_spec_names_the_configuration_and_an_unknown_option_is_refused_by_name() {
+        assert_eq!(Grounded::parse("grounding"), Some(Ok(Grounded::default())));
+        assert_eq!(Grounded::default().copy, CopyScope::Leaves);
+        let all = Grounded::parse("grounding:copy=all").unwrap().unwrap();
+        assert_eq!(all.copy, CopyScope::All);
+        assert_eq!(Grounded::parse(&all.spec()), Some(Ok(all)));
+        assert_eq!(Grounded::parse("grounding:copy=leaves"), Some(Ok(Grounded::default())));
+        assert_ne!(all.id(), Grounded::default().id());
+        assert_eq!(all.id(), grounding::VERSION);
+        assert_eq!(Grounded::parse("latest"), None);
+        assert_eq!(Grounded::parse("groundingx"), None);
+        let err = Grounded::parse("grounding:copy=some").unwrap().unwrap_err();
+        assert!(err.contains("copy=some") && err.contains("copy=leaves"), "{err}");
+    }
+
+    #[test]
+    fn with_copy_at_the_leaves_only_a_summary_of_summaries_may_repeat_its_input() {
+        // A verbatim repeat of the input: penalized for copying at a leaf under both, and above
+        // the leaves only under the default.
+        let copy = "The miller stood at the mill while the flood rose over the meadow.";
+        let all = Grounded { copy: CopyScope::All };
+        let leaves = Grounded::default();
+        let mean = |g: &Grounded, h| {
+            let m = g.member_scores(h, INPUT, &[copy]);
+            m.iter().map(|s| s[0]).sum::<f32>() / m.len() as f32
+        };
+        assert_eq!(mean(&all, 0), mean(&leaves, 0));
+        assert_eq!(mean(&all, 1), mean(&all, 0));
+        assert!(
+            mean(&leaves, 1) > mean(&all, 1) + 0.1,
+            "{} vs {}",
+            mean(&leaves, 1),
+            mean(&all, 1)
+        );
     }
 }

@@ -135,8 +135,9 @@ pub fn reward_scorer(
     if spec == "none" {
         return Ok(None);
     }
-    if spec == crate::reward::grounded::NAME {
-        return Ok(Some(Box::new(GroundingScorer)));
+    if let Some(grounded) = crate::reward::grounded::Grounded::parse(spec) {
+        let grounded = grounded.map_err(WorkspaceError::Invalid)?;
+        return Ok(Some(Box::new(GroundingScorer(grounded))));
     }
     let model = if required {
         summarize::load_reward_model(ws, spec)?

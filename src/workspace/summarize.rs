@@ -56,9 +56,13 @@ impl SelectorSpec {
                 self.pessimism
             )));
         }
-        if spec == grounded::NAME {
+        if let Some(grounded) = grounded::Grounded::parse(spec) {
             // No model file: the summary checked against its input.
-            return Ok(Arc::new(grounded::GroundingSelector { pessimism: self.pessimism }));
+            let grounded = grounded.map_err(WorkspaceError::Invalid)?;
+            return Ok(Arc::new(grounded::GroundingSelector {
+                pessimism: self.pessimism,
+                grounded,
+            }));
         }
         let path = RewardModel::resolve(spec, ws.reward_dir())?;
         if lm::is_lm_checkpoint(&path) {
