@@ -446,16 +446,31 @@ fn tune_from_the_simulated_labeler_and_from_comparisons() {
     // The same run gives the same model; the model decomposes a book.
     let again = tune(&ws.path("again.safetensors"));
     assert_eq!(first["hash"], again["hash"]);
+    // It records the limits it was tuned under, and a run under other limits says so.
+    let limits = &first["report"]["config"]["limits"];
+    assert_eq!(limits["chunk_tokens"], 300, "{first}");
     let book = ws.write("book.txt", generated(6, 2, 5));
-    let tree = stdout(
-        ws.rrm()
-            .args(["-q", "decompose"])
+    let decompose = |extra: &[&str]| {
+        let run = ws
+            .rrm()
+            .arg("decompose")
             .arg(&book)
             .args(["--decomposer", "learned", "--json", "--decomposer-model"])
             .arg(&out)
-            .assert(),
-    );
+            .args(extra)
+            .assert()
+            .success();
+        let out = run.get_output();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (tree, warned) = decompose(&[]);
     assert!(tree.contains("\"learned\""), "{tree}");
+    assert!(warned.contains("tuned under `--chunk-tokens 300"), "{warned}");
+    let (_, quiet) = decompose(&["--chunk-tokens", "300"]);
+    assert!(!quiet.contains("tuned under"), "{quiet}");
 
     // Nothing to learn from, and bad values: named, no model written.
     let none = ws.path("none.safetensors");

@@ -756,6 +756,8 @@ fn tune(
             anchor: args.anchor,
             val_fraction: f64::from(args.val_percent) / 100.0,
             seed: args.seed,
+            // Filled in by the tuning from `config`.
+            limits: None,
         },
         config: decomposer.learned_config(),
     };
@@ -820,6 +822,9 @@ fn tune(
     println!("held out     before {}", metrics(&r.val_before));
     println!("             after  {}", metrics(&r.val_after));
     println!("kept step    {} (0: the starting model)", r.kept_step);
+    if let Some(limits) = r.config.as_ref().and_then(|c| c.limits) {
+        println!("tuned under  {} (use the same when decomposing with it)", limits.flags());
+    }
     println!("model        {} ({:.1} s)", args.out.display(), started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -49,7 +49,9 @@ pub use evaluate::{evaluate, evaluate_count, means, EvalRow};
 pub use features::{strip_headings, FeatureConfig, Hide, Units};
 pub use feedback::{SplitAction, SplitFeedback};
 pub use model::{BoundaryModel, ModelMeta, TrainConfig, TrainSummary, TrainingData};
-pub use prefer::{cut_gaps, PairMetrics, PreferenceData, SegmentationPair, TuneConfig, TuneReport};
+pub use prefer::{
+    cut_gaps, PairMetrics, PreferenceData, SegmentationPair, TuneConfig, TuneLimits, TuneReport,
+};
 pub use segment::{segment, LengthPrior, SegmentError};
 pub use train::{train, training_data, TrainingBook, Views};
 

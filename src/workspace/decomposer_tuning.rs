@@ -23,7 +23,7 @@ use crate::book::{Book, BookId};
 use crate::compose::{ComposeOptions, Selector};
 use crate::decompose::learned::{
     cut_gaps, BoundaryModel, FeatureConfig, Featurizer, LearnedConfig, LearnedDecomposer,
-    PreferenceData, Sample, Scorer, TuneConfig, TuneReport,
+    PreferenceData, Sample, Scorer, TuneConfig, TuneLimits, TuneReport,
 };
 use crate::decompose::oversee;
 use crate::eval::references::Document;
@@ -271,7 +271,9 @@ pub async fn tune(
                 }
             }
         }
-        let fitted = start.tune(&data, &spec.fit)?;
+        // The limits the pairs were drawn under go into the model file with the fit.
+        let fit = TuneConfig { limits: Some(TuneLimits::of(&spec.config)), ..spec.fit.clone() };
+        let fitted = start.tune(&data, &fit)?;
         current = Arc::new(fitted.0.clone());
         last = Some(fitted);
     }

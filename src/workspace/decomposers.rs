@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{embeddings, Result, Workspace};
 use crate::decompose::learned::{
-    BoundaryModel, FeatureConfig, Featurizer, LearnedConfig, LearnedDecomposer, Scorer,
+    BoundaryModel, FeatureConfig, Featurizer, LearnedConfig, LearnedDecomposer, Scorer, TuneLimits,
 };
 use crate::decompose::{ContextMode, Decomposer, FixedChunker, FixedConfig};
 use crate::infer::fetch::DEFAULT_ENCODER;
@@ -105,7 +105,13 @@ impl DecomposerSpec {
                 let scorer = if self.kind == DecomposerKind::Similarity {
                     Scorer::Similarity { window: 3 }
                 } else {
-                    Scorer::Model(boundary_model(self.model.as_deref())?)
+                    let model = boundary_model(self.model.as_deref())?;
+                    let now = TuneLimits::of(&self.learned_config());
+                    if let Some(note) = model.tuned_limits().and_then(|t| t.mismatch(&now)) {
+                        let path = self.model.as_deref().unwrap_or(Path::new("the model"));
+                        tracing::warn!("{}: {note}", path.display());
+                    }
+                    Scorer::Model(model)
                 };
                 let encoder = ws.encoder(&self.encoder, progress)?;
                 let mut featurizer = Featurizer::new(encoder, FeatureConfig::default());

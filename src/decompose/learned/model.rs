@@ -290,6 +290,11 @@ impl BoundaryModel {
         &self.meta
     }
 
+    /// The segmentation limits `rrm decomposer tune` fitted this model under, when recorded.
+    pub fn tuned_limits(&self) -> Option<super::TuneLimits> {
+        self.meta.training.preferences.as_ref()?.config.as_ref()?.limits
+    }
+
     /// blake3 of the model's parameters (hex): tells two models apart whose metadata agree.
     pub fn hash(&self) -> Result<String, LearnedError> {
         let mut hasher = blake3::Hasher::new();

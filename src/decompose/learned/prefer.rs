@@ -116,11 +116,62 @@ pub struct TuneConfig {
     /// Share of groups held out to pick the step (none when there is one group).
     pub val_fraction: f64,
     pub seed: u64,
+    /// The segmentation limits the preferences were drawn under (recorded in the model file,
+    /// so a later run with other limits can say so; absent in files tuned before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<TuneLimits>,
 }
 
 impl Default for TuneConfig {
     fn default() -> Self {
-        TuneConfig { epochs: 200, learning_rate: 0.01, anchor: 1.0, val_fraction: 0.25, seed: 0 }
+        TuneConfig {
+            epochs: 200,
+            learning_rate: 0.01,
+            anchor: 1.0,
+            val_fraction: 0.25,
+            seed: 0,
+            limits: None,
+        }
+    }
+}
+
+/// The leaf size and fanout a boundary model was tuned under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TuneLimits {
+    pub chunk_tokens: usize,
+    pub fanout_min: usize,
+    pub fanout_max: usize,
+}
+
+impl TuneLimits {
+    /// The limits of `config`.
+    pub fn of(config: &super::LearnedConfig) -> Self {
+        TuneLimits {
+            chunk_tokens: config.chunk_tokens,
+            fanout_min: config.fanout_min,
+            fanout_max: config.fanout_max,
+        }
+    }
+
+    /// `--chunk-tokens N --fanout MIN..MAX`, as a user would type them.
+    pub fn flags(&self) -> String {
+        format!(
+            "--chunk-tokens {} --fanout {}..{}",
+            self.chunk_tokens, self.fanout_min, self.fanout_max
+        )
+    }
+
+    /// What to tell a user who runs a model tuned under `self` with the limits `now`; `None`
+    /// when they agree.
+    pub fn mismatch(&self, now: &TuneLimits) -> Option<String> {
+        (self != now).then(|| {
+            format!(
+                "this boundary model was tuned under `{}`, and this run uses `{}`: its \
+                 preferences were learned for other leaves (pass the same limits to use it as tuned)",
+                self.flags(),
+                now.flags()
+            )
+        })
     }
 }
 
@@ -544,5 +595,21 @@ mod tests {
         let data = prefer_feature_1(2);
         let bad = TuneConfig { anchor: -1.0, ..TuneConfig::default() };
         assert!(start.tune(&data, &bad).unwrap_err().to_string().contains("anchor"));
+    }
+
+    #[test]
+    fn a_run_under_other_limits_is_told_which_ones_the_model_was_tuned_under() {
+        let tuned = TuneLimits { chunk_tokens: 200, fanout_min: 3, fanout_max: 13 };
+        assert_eq!(tuned.mismatch(&tuned), None);
+        let now = TuneLimits { chunk_tokens: 600, ..tuned };
+        let note = tuned.mismatch(&now).unwrap();
+        assert!(note.contains("--chunk-tokens 200 --fanout 3..13"), "{note}");
+        assert!(note.contains("--chunk-tokens 600"), "{note}");
+        // Files tuned before the limits were kept read as "not recorded".
+        let old: TuneConfig = serde_json::from_str(
+            r#"{"epochs":1,"learning_rate":0.1,"anchor":1.0,"val_fraction":0.25,"seed":0}"#,
+        )
+        .unwrap();
+        assert_eq!(old.limits, None);
     }
 }
