@@ -13,11 +13,12 @@
 //! - **copying**: the share of the summary's word 4-grams found verbatim in the input, and the
 //!   longest verbatim run in words.
 //!
-//! [`score`] turns a report into a reward that needs no feedback at all (`grounding` wherever a
-//! reward model is named): supported content, plus coverage, minus copying beyond what a summary
-//! needs. [`members`] gives the same score under several weightings, so that the ensemble machinery
-//! (pessimism, asking where unsure) has a spread to work with: a node is "unsure" when the
-//! weightings disagree about the two best candidates.
+//! [`score_with`] turns a report into a reward that needs no feedback at all: supported content,
+//! plus coverage, minus copying beyond what a summary needs. [`member_weights`] are several
+//! weightings of it, so that the ensemble machinery (pessimism, asking where unsure) has a spread
+//! to work with: a node is "unsure" when the weightings disagree about the two best candidates.
+//! `reward::grounded` makes them the `grounding` reward model (and decides at which heights
+//! copying counts).
 //!
 //! The lexical check is what it is: a paraphrase with new words counts as unsupported, and a
 //! supported word in a false statement counts as supported. Its errors are visible (the spans),
@@ -423,12 +424,6 @@ pub fn score_with(report: &Report, w: &Weights) -> f64 {
         - w.copying * (report.copied_4gram_share - w.copy_free).max(0.0)
 }
 
-/// The grounded reward: the mean of the [`members`] (what `--reward-model grounding` ranks by).
-pub fn score(report: &Report) -> f64 {
-    let m = members(report);
-    m.iter().sum::<f64>() / m.len() as f64
-}
-
 /// The weightings whose scores form the grounding "ensemble": the default, one that cares more
 /// about invention, one more about coverage, one stricter about copying.
 pub fn member_weights() -> [Weights; 4] {
@@ -441,13 +436,18 @@ pub fn member_weights() -> [Weights; 4] {
     ]
 }
 
-/// Each member weighting's score of `report`.
-pub fn members(report: &Report) -> Vec<f64> {
-    member_weights().iter().map(|w| score_with(report, w)).collect()
-}
-
 #[cfg(test)]
 mod tests {
+    /// Each member weighting's score of `report`.
+    fn members(report: &Report) -> Vec<f64> {
+        member_weights().iter().map(|w| score_with(report, w)).collect()
+    }
+
+    /// The members' mean (what the `grounding` reward ranks leaves by).
+    fn score(report: &Report) -> f64 {
+        let m = members(report);
+        m.iter().sum::<f64>() / m.len() as f64
+    }
     use super::*;
 
     const INPUT: &str = "Alice was beginning to get very tired of sitting by her sister on the \
