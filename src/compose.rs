@@ -22,6 +22,7 @@
 pub mod ask;
 pub mod cache;
 pub mod keys;
+pub mod models;
 pub mod prompt;
 pub mod record;
 pub mod sample;
@@ -43,6 +44,7 @@ use crate::store::{Store, StoreError, Table};
 use crate::tree::{NodeId, NodeKind, TaskTree};
 
 pub use keys::input_key;
+pub use models::{Level, Models};
 pub use record::{Candidate, CandidateOrigin, CandidateSet, NodeOutput, RunRecord};
 pub use select::{CandidateScore, MeanLogprob, SelectNode, Selector};
 
@@ -168,7 +170,7 @@ pub enum ComposeError {
 
 /// Walks a task tree bottom-up with a generator, a selector and the store.
 pub struct Composer {
-    generator: Arc<dyn Generator>,
+    models: Models,
     selector: Arc<dyn Selector>,
     store: Store,
     options: ComposeOptions,
@@ -187,6 +189,8 @@ struct Prepared {
     gen_key: String,
     output_key: String,
     requests: Vec<GenerationRequest>,
+    /// The model that summarizes this node.
+    generator: Arc<dyn Generator>,
 }
 
 /// What an in-flight node comes back with: its candidates (new, or found stored) and the pick.
@@ -206,13 +210,14 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Composer {
+    /// `models`: one generator for every node, or [`Models`] with exceptions per level.
     pub fn new(
-        generator: Arc<dyn Generator>,
+        models: impl Into<Models>,
         selector: Arc<dyn Selector>,
         store: Store,
         options: ComposeOptions,
     ) -> Self {
-        Self { generator, selector, store, options }
+        Self { models: models.into(), selector, store, options }
     }
 
     pub fn options(&self) -> &ComposeOptions {
@@ -247,9 +252,15 @@ impl Composer {
         // which happens here, on a blocking thread, not inside the scheduler.
         let has_context = order.iter().any(|&id| !tree.context_inputs(id).is_empty());
         let context_length = if has_context {
-            let generator = Arc::clone(&self.generator);
-            let n = blocking(move || generator.context_length()).await?.map_err(|source| {
-                ComposeError::Model { node: tree.node(tree.root()).label.clone(), source }
+            // The smallest window of the models in use (each is loaded here).
+            let models: Vec<_> = self.models.all().cloned().collect();
+            let n = blocking(move || {
+                models.iter().map(|g| g.context_length()).try_fold(usize::MAX, |m, n| Ok(m.min(n?)))
+            })
+            .await?
+            .map_err(|source| ComposeError::Model {
+                node: tree.node(tree.root()).label.clone(),
+                source,
             })?;
             Some(n)
         } else {
@@ -271,7 +282,7 @@ impl Composer {
         let mut outputs: HashMap<NodeId, String> = HashMap::new();
         let mut run = RunRecord::start(
             tree,
-            self.generator.identity().clone(),
+            &self.models,
             self.selector.id(),
             self.options.clone(),
             std::time::SystemTime::now(),
@@ -420,9 +431,9 @@ impl Composer {
             None => {
                 let t0 = Instant::now();
                 let completions =
-                    self.generator.generate(prepared.requests.clone()).await.map_err(|source| {
-                        ComposeError::Generate { node: prepared.label.clone(), source }
-                    })?;
+                    prepared.generator.generate(prepared.requests.clone()).await.map_err(
+                        |source| ComposeError::Generate { node: prepared.label.clone(), source },
+                    )?;
                 (self.candidate_set(&prepared, completions, t0.elapsed())?, true)
             }
         };
@@ -480,6 +491,7 @@ impl Composer {
                 prompt::join_children(&texts)
             }
         };
+        let generator = Arc::clone(self.models.for_node(node.height, id == tree.root()));
         let context_sources = tree.context_inputs(id);
         let template = prompt::template_for(node.height);
         // The tree records each node's output cap (by height, from the decomposer's config).
@@ -503,11 +515,11 @@ impl Composer {
             let bare = prompt::render(template, &input, None)?;
             let mut used = max_tokens + 32;
             for m in &bare {
-                used += self.generator.count_tokens(&m.content).map_err(model_err)? + 8;
+                used += generator.count_tokens(&m.content).map_err(model_err)? + 8;
             }
             let room = window.saturating_sub(used).min(1024);
-            let generator = Arc::clone(&self.generator);
-            let count = move |s: &str| generator.count_tokens(s);
+            let counter = Arc::clone(&generator);
+            let count = move |s: &str| counter.count_tokens(s);
             Some(prompt::truncate_context_start(&joined, room, &count).map_err(model_err)?)
         };
         let messages = prompt::render(template, &input, context.as_deref())?;
@@ -519,7 +531,7 @@ impl Composer {
         let gen_key = keys::generation_key(
             &input_key,
             &keys::GenerationParts {
-                model_hash: &self.generator.identity().hash,
+                model_hash: &generator.identity().hash,
                 sampling: &sampling,
                 max_tokens,
                 best_of,
@@ -553,6 +565,7 @@ impl Composer {
             gen_key,
             output_key,
             requests,
+            generator,
         })
     }
 
@@ -585,7 +598,7 @@ impl Composer {
             height: prepared.height,
             input: prepared.input.clone(),
             context: prepared.context.clone(),
-            model: self.generator.identity().clone(),
+            model: prepared.generator.identity().clone(),
             template: format!("{}@{}", template.id, template.version),
             sampling: first.sampling.clone(),
             max_tokens: first.max_tokens,

@@ -136,6 +136,65 @@ fn summarize_then_rerun_from_cache_then_inspect() {
     assert_eq!(stats["outputs"], stats["live_outputs"], "{stats}");
 }
 
+/// `--model-at root=SPEC`: another model summarizes the root only; every other node is the base
+/// model's, shared with a run of the base alone through the cache.
+#[test]
+fn another_model_at_the_root_only() {
+    let ws = Ws::new(TinyOptions { context_length: 2048, ..TinyOptions::default() });
+    let top = ws.path("top.gguf");
+    tiny_gguf(&top, 12, &TinyOptions { context_length: 2048, ..TinyOptions::default() }).unwrap();
+    let book = ws.write_book("keeper.txt", false);
+    let base =
+        ws.rrm().arg("summarize").arg(&book).args(SMALL_TREE).arg("--json").assert().success();
+    let base = json_report(&base.get_output().stdout);
+    assert!(base["models_at"].as_object().is_some_and(|m| m.is_empty()), "{base}");
+
+    let at = format!("root={}", top.display());
+    let mixed = ws
+        .rrm()
+        .arg("summarize")
+        .arg(&book)
+        .args(SMALL_TREE)
+        .args(["--model-at", &at, "--json"])
+        .assert()
+        .success();
+    let mixed = json_report(&mixed.get_output().stdout);
+    // Only the root is new: the base model's nodes come from the first run's cache.
+    assert_eq!(mixed["report"]["computed"], 1, "{mixed}");
+    assert_eq!(mixed["models_at"]["root"]["name"], "top", "{mixed}");
+    let root = base["report"]["computed_labels"]
+        .as_array()
+        .and_then(|l| l.last())
+        .and_then(|l| l.as_str())
+        .unwrap()
+        .to_string();
+    let model_of = |label: &str| {
+        let out = ws
+            .rrm()
+            .args(["node", "show", label, "--json", "--book"])
+            .arg(&book)
+            .assert()
+            .success();
+        json_report(&out.get_output().stdout)["result"]["candidates"]["model"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(model_of(&root), "top");
+    assert_eq!(model_of("h0.0"), "tiny");
+
+    // A level that is not one, and a model that does not exist, are named.
+    let out =
+        ws.rrm().arg("summarize").arg(&book).args(["--model-at", "top=x.gguf"]).assert().failure();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(stderr.contains("`top` is not a tree level"), "{stderr}");
+    fails(
+        &ws,
+        &["summarize", book.to_str().unwrap(), "--model-at", "1=no-such-model"],
+        "no-such-model",
+    );
+}
+
 #[test]
 fn several_books_and_out_file() {
     let ws = Ws::new(TinyOptions { context_length: 2048, ..TinyOptions::default() });

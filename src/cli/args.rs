@@ -5,9 +5,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::compose::{Level, Models};
 use crate::decompose::fixed::parse_fanout;
 use crate::decompose::ContextMode;
 use crate::infer::engine::DeviceChoice;
@@ -225,6 +227,55 @@ impl GeneratorOptions {
             api_key_env: self.api_key_env.clone(),
             context_length: self.context_length,
         }
+    }
+}
+
+/// Other models at chosen levels of the tree (`summarize`, `eval summaries`).
+#[derive(Debug, Clone, Args)]
+pub struct LevelModelArgs {
+    /// Run another model at one level of the tree: `root=SPEC` (the root, whatever its
+    /// height) or `H=SPEC` (every node at height H; 0 is the leaves); repeatable. E.g. a policy
+    /// trained on demonstrations at the root, used only there, on the inputs the base model
+    /// writes below it. Same backend and flags as --model; the nodes the base model runs keep
+    /// their cached results.
+    #[arg(long = "model-at", value_name = "LEVEL=SPEC", value_parser = parse_level_model)]
+    pub model_at: Vec<(Level, String)>,
+}
+
+fn parse_level_model(s: &str) -> Result<(Level, String), String> {
+    let (level, spec) = s.split_once('=').ok_or_else(|| {
+        format!("`{s}` is not LEVEL=MODEL (e.g. root=my-policy or 0=smollm2-135m)")
+    })?;
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return Err(format!("`{s}` names no model after `=`"));
+    }
+    Ok((level.parse()?, spec.to_string()))
+}
+
+impl LevelModelArgs {
+    /// Starts the model of every node (`generator`) and one per named level.
+    pub fn start(
+        &self,
+        generator: &GeneratorOptions,
+        models: &ModelsDir,
+        max_batch: usize,
+        progress: bool,
+    ) -> anyhow::Result<Models> {
+        let mut set = Models::new(generator.start(models, max_batch, progress)?);
+        let mut seen = Vec::new();
+        for (level, spec) in &self.model_at {
+            if seen.contains(level) {
+                anyhow::bail!("--model-at names level {level} twice");
+            }
+            seen.push(*level);
+            let options = GeneratorOptions { model: Some(spec.clone()), ..generator.clone() };
+            let model = options
+                .start(models, max_batch, progress)
+                .with_context(|| format!("--model-at {level}={spec}"))?;
+            set = set.at(*level, model);
+        }
+        Ok(set)
     }
 }
 

@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 
-use super::args::{ComposeArgs, DecomposerOptions, EncoderArgs, GeneratorOptions, WorkspaceArgs};
+use super::args::{
+    ComposeArgs, DecomposerOptions, EncoderArgs, GeneratorOptions, LevelModelArgs, WorkspaceArgs,
+};
 use super::Context;
 use crate::compose::{Observer, Selector};
 use crate::eval::references;
@@ -78,6 +80,8 @@ pub struct SummariesArgs {
     pub decomposer: DecomposerOptions,
     #[command(flatten)]
     pub generator: GeneratorOptions,
+    #[command(flatten)]
+    pub level_models: LevelModelArgs,
     #[command(flatten)]
     pub compose: ComposeArgs,
     /// Pick among candidates with this reward model (`latest`, a hash or a folder, or
@@ -285,10 +289,12 @@ fn summaries(e: &Env<'_>, args: SummariesArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let generator = args.generator.start(e.models, args.compose.batch_size, e.progress)?;
+    let models =
+        args.level_models.start(&args.generator, e.models, args.compose.batch_size, e.progress)?;
     let labeler = ws_eval::labeler();
     let settings = serde_json::json!({
-        "model": generator.identity(),
+        "model": models.default_model().identity(),
+        "models_at": models.identities_at(),
         "selector": selector.id(),
         "compose": options,
         "decomposer": decomposer.info(),
@@ -299,7 +305,7 @@ fn summaries(e: &Env<'_>, args: SummariesArgs) -> anyhow::Result<()> {
         "rrm": env!("CARGO_PKG_VERSION"),
     });
     let summarizer = Summarizer {
-        generator,
+        models,
         selector,
         options,
         decomposer: decomposer.as_ref(),

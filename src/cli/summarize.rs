@@ -8,14 +8,15 @@ use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::args::{ComposeArgs, DecomposerOptions, EncoderArgs, GeneratorOptions, WorkspaceArgs};
+use super::args::{
+    ComposeArgs, DecomposerOptions, EncoderArgs, GeneratorOptions, LevelModelArgs, WorkspaceArgs,
+};
 use super::Context;
 use crate::book::Book;
 use crate::compose::ask::{Answer, Asker, Question};
 use crate::compose::select::SelectError;
 use crate::compose::Selector;
-use crate::compose::{ComposeOptions, ComposeReport, Observer};
-use crate::infer::Generator;
+use crate::compose::{ComposeOptions, ComposeReport, Models, Observer};
 use crate::workspace::ask::{asking_selector, ranked_threshold_for, Budget};
 use crate::workspace::books;
 use crate::workspace::summarize::{self, SelectorSpec};
@@ -48,6 +49,8 @@ pub struct SummarizeArgs {
     pub decomposer: DecomposerOptions,
     #[command(flatten)]
     pub generator: GeneratorOptions,
+    #[command(flatten)]
+    pub level_models: LevelModelArgs,
     #[command(flatten)]
     pub compose: ComposeArgs,
     /// Pick among candidates with this reward model (`latest`, a checkpoint hash or folder, or
@@ -148,7 +151,12 @@ pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
         encoder: args.encoder.encoder.clone(),
     }
     .build(&ws, progress)?;
-    let generator = args.generator.start(&args.ws.models, args.compose.batch_size, progress)?;
+    let models = args.level_models.start(
+        &args.generator,
+        &args.ws.models,
+        args.compose.batch_size,
+        progress,
+    )?;
     let runtime = super::args::runtime()?;
     let several = opened.len() > 1;
     let mut trees = Vec::with_capacity(opened.len());
@@ -184,8 +192,8 @@ pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
         } else {
             None
         };
-        let (ws, generator, options, inner, bars) =
-            (&ws, Arc::clone(&generator), options.clone(), Arc::clone(&selector), &bars);
+        let (ws, models, options, inner, bars) =
+            (&ws, models.clone(), options.clone(), Arc::clone(&selector), &bars);
         async move {
             let (selector, asking): (Arc<dyn Selector>, _) = match chosen {
                 None => (inner, None),
@@ -205,7 +213,7 @@ pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
                             ws,
                             book,
                             tree,
-                            Arc::clone(&generator),
+                            models.clone(),
                             Arc::clone(&inner),
                             options.clone(),
                             questions,
@@ -219,10 +227,17 @@ pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
                     (s.clone() as Arc<dyn Selector>, Some(s))
                 }
             };
-            let report =
-                summarize::compose(ws, book, tree, generator, selector, options, &progress_bar)
-                    .await
-                    .with_context(|| format!("summarizing {}", book.source()))?;
+            let report = summarize::compose(
+                ws,
+                book,
+                tree,
+                models.clone(),
+                selector,
+                options,
+                &progress_bar,
+            )
+            .await
+            .with_context(|| format!("summarizing {}", book.source()))?;
             progress_bar.finish();
             anyhow::Ok((book, report, asking))
         }
@@ -235,7 +250,7 @@ pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
             if let Some(s) = asking {
                 eprintln!("asked {} question(s)", s.stats().asked);
             }
-            bars.suspend(|| output(&args, book, &report, generator.as_ref(), several))?;
+            bars.suspend(|| output(&args, book, &report, &models, several))?;
         }
         anyhow::Ok(())
     })
@@ -245,7 +260,7 @@ fn output(
     args: &SummarizeArgs,
     book: &Book,
     report: &ComposeReport,
-    generator: &dyn Generator,
+    models: &Models,
     several: bool,
 ) -> anyhow::Result<()> {
     if let Some(out) = &args.out {
@@ -264,7 +279,8 @@ fn output(
             "book_id": book.id().as_str(),
             "title": book.title(),
             "source": book.source().to_string(),
-            "model": generator.identity(),
+            "model": models.default_model().identity(),
+            "models_at": models.identities_at(),
             "summary": report.root_summary,
             "report": report,
         });

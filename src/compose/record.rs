@@ -91,7 +91,11 @@ pub struct RunRecord {
     #[serde(default)]
     pub run_id: String,
     pub book_id: String,
+    /// The model of every node, except at the levels in `models_at`.
     pub model: ModelIdentity,
+    /// Level (`root`, or a height) → the model that ran there instead (`compose::Models`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models_at: BTreeMap<String, ModelIdentity>,
     pub selector: String,
     pub options: ComposeOptions,
     /// Node label → output key, for every node stored so far.
@@ -115,26 +119,33 @@ pub struct RunRecord {
 pub const RUN_PREFIX: &str = "run/";
 
 impl RunRecord {
-    /// A new, empty run of `tree` starting now.
+    /// A new, empty run of `tree` by `models` starting now.
     pub fn start(
         tree: &TaskTree,
-        model: ModelIdentity,
+        models: &super::Models,
         selector: String,
         options: ComposeOptions,
         started: std::time::SystemTime,
     ) -> RunRecord {
         let since = started.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let started_unix = since.as_secs();
-        let settings = hash_parts(&[
-            &model.hash,
-            &selector,
-            &serde_json::to_string(&options).unwrap_or_default(),
-            &tree.node(tree.root()).content_hash,
-        ]);
+        let model = models.default_model().identity().clone();
+        let models_at = models.identities_at();
+        let options_json = serde_json::to_string(&options).unwrap_or_default();
+        let mut parts = vec![
+            model.hash.clone(),
+            selector.clone(),
+            options_json,
+            tree.node(tree.root()).content_hash.clone(),
+        ];
+        // Only a run with per-level models adds them (a one-model run's id is as before).
+        parts.extend(models_at.iter().map(|(level, m)| format!("{level}={}", m.hash)));
+        let settings = hash_parts(&parts.iter().map(String::as_str).collect::<Vec<_>>());
         RunRecord {
             run_id: format!("{started_unix:010}.{:09}-{}", since.subsec_nanos(), &settings[..8]),
             book_id: tree.book_id().to_string(),
             model,
+            models_at,
             selector,
             options,
             outputs: BTreeMap::new(),
@@ -163,6 +174,7 @@ impl RunRecord {
         self.book_id == other.book_id
             && self.tree_hash == other.tree_hash
             && self.model == other.model
+            && self.models_at == other.models_at
             && self.selector == other.selector
             && self.options == other.options
             && self.outputs == other.outputs

@@ -16,7 +16,7 @@ use crate::compose::ask::{
     ranked_threshold, run_doubts, AskPolicy, Asker, AskingSelector, SimAsker,
 };
 use crate::compose::{
-    CandidateSet, ComposeOptions, NodeOutput, Observer, RunRecord, Selector, Silent,
+    CandidateSet, ComposeOptions, Models, NodeOutput, Observer, RunRecord, Selector, Silent,
 };
 use crate::feedback::sim::SimLabeler;
 use crate::infer::Generator;
@@ -104,7 +104,7 @@ pub async fn ranked_threshold_for(
     ws: &Workspace,
     book: &Book,
     tree: &TaskTree,
-    generator: Arc<dyn Generator>,
+    models: impl Into<Models>,
     inner: Arc<dyn Selector>,
     options: ComposeOptions,
     budget: usize,
@@ -112,7 +112,7 @@ pub async fn ranked_threshold_for(
     observer: &dyn Observer,
 ) -> Result<f32> {
     let id = inner.id();
-    super::summarize::compose(ws, book, tree, generator, inner, options, observer).await?;
+    super::summarize::compose(ws, book, tree, models, inner, options, observer).await?;
     let run = latest_run(ws, book, tree, &id)?;
     let doubts: Vec<f32> = run_doubts(ws.store(), &run)?.into_iter().map(|(_, d)| d).collect();
     Ok(ranked_threshold(&doubts, budget, cap))

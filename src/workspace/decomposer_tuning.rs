@@ -200,7 +200,7 @@ pub async fn tune(
                 let summarized = match (signal.needs_summaries(), composing) {
                     (true, Some(c)) => {
                         let s = Summarizer {
-                            generator: Arc::clone(&c.generator),
+                            models: Arc::clone(&c.generator).into(),
                             selector: Arc::clone(&c.selector),
                             options: c.options.clone(),
                             decomposer: &decomposer,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{summarize, Result, Workspace, WorkspaceError};
-use crate::compose::{ComposeOptions, RunRecord, Selector};
+use crate::compose::{ComposeOptions, Models, RunRecord, Selector};
 use crate::decompose::learned::EvalRow;
 use crate::decompose::Decomposer;
 use crate::eval::curves::{
@@ -19,7 +19,6 @@ use crate::eval::runs::{self, BootstrapOptions, DocScores};
 use crate::eval::summaries::{self, DocProgress, Scorers};
 use crate::eval::EvalError;
 use crate::feedback::sim::SimLabeler;
-use crate::infer::Generator;
 use crate::reward::train::TrainConfig;
 use crate::reward::RewardSelector;
 use crate::store::Table;
@@ -50,7 +49,8 @@ pub fn reward_scorer(
 
 /// What summarizes the documents of an evaluation.
 pub struct Summarizer<'a> {
-    pub generator: Arc<dyn Generator>,
+    /// The model of every node, or per level.
+    pub models: Models,
     pub selector: Arc<dyn Selector>,
     pub options: ComposeOptions,
     pub decomposer: &'a dyn Decomposer,
@@ -176,7 +176,7 @@ async fn summarize_document(
         ws,
         &book,
         &tree,
-        Arc::clone(&s.generator),
+        s.models.clone(),
         Arc::clone(&s.selector),
         s.options.clone(),
         progress.observer(),
@@ -186,13 +186,15 @@ async fn summarize_document(
     // This composition's own record: the newest run of this tree with the same model, selector
     // and options. (A fully cached re-run writes no new record, so the newest run of the tree
     // may be another configuration's, whose root had another input.)
-    let (model, selector) = (s.generator.identity().hash.clone(), s.selector.id());
+    let (model, selector) = (s.models.default_model().identity().hash.clone(), s.selector.id());
+    let models_at = s.models.identities_at();
     let run = RunRecord::for_book(ws.store(), book.id().as_str())?
         .into_iter()
         .rev()
         .find(|r| {
             r.matches(&tree)
                 && r.model.hash == model
+                && r.models_at == models_at
                 && r.selector == selector
                 && r.options == s.options
                 && !r.outputs.is_empty()

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use super::{books, trees, Result, Workspace, WorkspaceError};
 use crate::book::Book;
-use crate::compose::{ComposeOptions, ComposeReport, Composer, MeanLogprob, Observer, Selector};
+use crate::compose::{
+    ComposeOptions, ComposeReport, Composer, MeanLogprob, Models, Observer, Selector,
+};
 use crate::decompose::Decomposer;
-use crate::infer::Generator;
 use crate::reward::{grounded, lm, RewardModel, RewardSelector};
 use crate::tree::TaskTree;
 
@@ -25,12 +26,12 @@ pub async fn compose(
     ws: &Workspace,
     book: &Book,
     tree: &TaskTree,
-    generator: Arc<dyn Generator>,
+    models: impl Into<Models>,
     selector: Arc<dyn Selector>,
     options: ComposeOptions,
     observer: &dyn Observer,
 ) -> Result<ComposeReport> {
-    let composer = Composer::new(generator, selector, ws.store().clone(), options);
+    let composer = Composer::new(models, selector, ws.store().clone(), options);
     Ok(composer.compose(book, tree, observer).await?)
 }
 
