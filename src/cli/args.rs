@@ -353,6 +353,11 @@ pub struct DecomposerOptions {
     /// Most input tokens of a parent (its children's output caps must fit).
     #[arg(long, default_value_t = 2048, value_name = "N")]
     pub max_input_tokens: usize,
+    /// With --decomposer learned: log-odds taken from a cut where the next leaf would not
+    /// stand on its own (mid-quotation, a reply line, a pronoun before any name); 0 turns it off
+    /// (default: the built-in setting).
+    #[arg(long, value_name = "LOGODDS")]
+    pub start_penalty: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -394,6 +399,7 @@ impl DecomposerOptions {
             seed: self.seed,
             output_tokens: self.output_tokens.clone(),
             max_input_tokens: self.max_input_tokens,
+            start_penalty: self.start_penalty,
         }
     }
 }

@@ -248,6 +248,10 @@ pub struct EvalArgs {
     /// prose tells where a chapter starts).
     #[arg(long, default_value = "headings", value_name = "WHAT")]
     pub hide: Hide,
+    /// The learned decomposer's start penalty (log-odds taken from a cut before a leaf that
+    /// would not stand on its own; default: the built-in setting).
+    #[arg(long, value_name = "LOGODDS")]
+    pub start_penalty: Option<f64>,
     #[arg(long)]
     pub lossy: bool,
 }
@@ -382,7 +386,11 @@ fn eval(ctx: &Context, ws: &Workspace, encoder: &str, args: EvalArgs) -> anyhow:
     let encoder = ws.encoder(encoder, ctx.progress())?;
     let mut featurizer = Featurizer::new(encoder, FeatureConfig::default());
     featurizer.cache = Some(embeddings::shared_cache(ws));
-    let config = LearnedConfig::default();
+    let defaults = LearnedConfig::default();
+    let config = LearnedConfig {
+        start_penalty: args.start_penalty.unwrap_or(defaults.start_penalty),
+        ..defaults
+    };
     let limits = (config.min_tokens, config.chunk_tokens);
     let fixed_config = FixedConfig::default();
     let fixed = FixedChunker::new(fixed_config.clone())?;

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ApproxCounter, ContextMode, DecomposeError, Decomposer, TokenCounter};
+use super::{oversee, ApproxCounter, ContextMode, DecomposeError, Decomposer, TokenCounter};
 use crate::book::{Book, Span};
 use crate::infer::encoder::{embed_cached, EmbeddingKey};
 use crate::infer::{Encoder, InferError};
@@ -59,6 +59,12 @@ pub use train::{train, training_data, TrainingBook, Views};
 const INTRA_SENTENCE_SCORE: f32 = -20.0;
 /// Weight of a split correction relative to one structure label.
 pub const FEEDBACK_WEIGHT: f32 = 5.0;
+
+/// The default [`LearnedConfig::start_penalty`]: chosen on the first 24 SQuALITY training stories
+/// and the validation books (Moby Dick, Frankenstein, A Christmas Carol), where 2 raised the
+/// leaves' self-contained starts from 0.80 to 0.95 and 0.56 to 0.85 for +0.012 Pk (1: 0.92,
+/// 0.76; 4: 0.99, 0.87 for +0.046 Pk). See docs/decomposition.md.
+pub const DEFAULT_START_PENALTY: f64 = 2.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LearnedError {
@@ -99,6 +105,13 @@ pub struct LearnedConfig {
     /// fanout allows, several chapters each. Chosen on validation books (see ARCHITECTURE.md).
     /// The untrained similarity scorer's scores are not log-odds: it gets no bias.
     pub parent_bias: f64,
+    /// Log-odds taken from every gap where a leaf starting there would not stand on its own
+    /// (`oversee::start_problem`: inside a sentence or a quotation, a reply line of a
+    /// dialogue, a pronoun before any name): a prior for leaves a person can judge without
+    /// the text before them, beside the length prior. Not for the similarity scorer (its
+    /// scores are not log-odds). Records written before it existed read as 0.
+    #[serde(default)]
+    pub start_penalty: f64,
     pub output_tokens: Vec<usize>,
     pub max_input_tokens: usize,
     pub context: ContextMode,
@@ -150,6 +163,7 @@ impl Default for LearnedConfig {
             fanout_max: 13,
             group_weight: 0.2,
             parent_bias: 3.0,
+            start_penalty: DEFAULT_START_PENALTY,
             output_tokens: vec![128, 192, 384],
             max_input_tokens: 2048,
             context: ContextMode::None,
@@ -185,6 +199,12 @@ impl LearnedConfig {
         }
         if self.sample.is_some_and(|s| !(s.scale.is_finite() && s.scale >= 0.0)) {
             return err("the sampling scale must be a non-negative number".into());
+        }
+        if !(self.start_penalty.is_finite() && self.start_penalty >= 0.0) {
+            return err(format!(
+                "the start penalty must be a non-negative number (got {})",
+                self.start_penalty
+            ));
         }
         if !self.parent_bias.is_finite() {
             return err(format!(
@@ -339,6 +359,15 @@ impl LearnedDecomposer {
         } else {
             self.gap_scores(book).map_err(DecomposeError::from)?
         };
+        if c.start_penalty > 0.0 && matches!(self.scorer, Scorer::Model(_)) {
+            for (g, score) in scores.iter_mut().enumerate() {
+                if let Some(&at) = units.starts.get(g + 1) {
+                    if oversee::start_problem(book, at).is_some() {
+                        *score -= c.start_penalty as f32;
+                    }
+                }
+            }
+        }
         if let Some(sample) = &c.sample {
             sample.perturb(&mut scores);
         }

@@ -42,6 +42,8 @@ pub struct DecomposerSpec {
     pub seed: Option<u64>,
     pub output_tokens: Vec<usize>,
     pub max_input_tokens: usize,
+    /// The learned decomposers' start penalty (default: [`LearnedConfig`]'s).
+    pub start_penalty: Option<f64>,
 }
 
 impl Default for DecomposerSpec {
@@ -58,6 +60,7 @@ impl Default for DecomposerSpec {
             seed: fixed.seed,
             output_tokens: fixed.output_tokens,
             max_input_tokens: fixed.max_input_tokens,
+            start_penalty: None,
         }
     }
 }
@@ -92,6 +95,7 @@ impl DecomposerSpec {
             max_input_tokens: self.max_input_tokens,
             context: self.context,
             context_window: self.context_window,
+            start_penalty: self.start_penalty.unwrap_or(defaults.start_penalty),
             ..defaults
         }
     }

@@ -318,3 +318,24 @@ fn seeded_draws_are_reproducible_and_vary_by_seed() {
     let bad = LearnedConfig { sample: Some(Sample { seed: 1, scale: -1.0 }), ..small_config() };
     assert!(bad.validate().is_err());
 }
+
+#[test]
+fn the_start_penalty_moves_cuts_to_leaves_that_stand_on_their_own() {
+    // Every sentence but a paragraph's first starts with a pronoun and no name: a leaf starting
+    // there would not stand on its own, one starting at a paragraph would.
+    let text = generated(6, 2, 41).replace(". ", ". She saw that ");
+    let book = Book::from_text("pronouns", text);
+    let problems = |penalty: f64| {
+        let config = LearnedConfig { start_penalty: penalty, ..small_config() };
+        let d =
+            LearnedDecomposer::new(config.clone(), Scorer::Model(trained()), featurizer()).unwrap();
+        let tree = d.decompose(&book).unwrap();
+        check_leaves(&tree, &book, &config);
+        let starts: Vec<usize> =
+            tree.leaves().iter().skip(1).map(|&l| tree.node(l).span().unwrap().start).collect();
+        starts.iter().filter(|&&at| oversee::start_problem(&book, at).is_some()).count()
+    };
+    let (without, with) = (problems(0.0), problems(20.0));
+    assert!(without > 0, "the test book must tempt the model into a dependent start");
+    assert_eq!(with, 0, "{without} dependent starts without the penalty");
+}
