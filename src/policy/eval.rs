@@ -232,7 +232,13 @@ fn outputs(
         .map_err(store_err)?
         .into_iter()
         .rev()
-        .find(|r| r.matches(tree) && r.model.hash == model_hash && !r.outputs.is_empty())
+        .find(|r| {
+            // One model for every node (a run with another model at some level is not it).
+            r.matches(tree)
+                && r.model.hash == model_hash
+                && r.models_at.is_empty()
+                && !r.outputs.is_empty()
+        })
         .ok_or_else(|| {
             PolicyError::Invalid(format!("{}: no composition was stored", book.title()))
         })?;

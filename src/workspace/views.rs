@@ -77,6 +77,7 @@ pub fn tree_header_json(loaded: &LoadedTree) -> Value {
         "run": loaded.run.as_ref().map(|r| json!({
             "run_id": r.run_id,
             "model": r.model,
+            "models_at": r.models_at,
             "selector": r.selector,
             "complete": r.complete,
             "outputs": r.outputs.len(),
