@@ -170,7 +170,7 @@ def main():
     f = lambda t: [float(x) for x in t.detach()]  # noqa: E731
     dump = {
         "format": "rrm-trl-parity/1",
-        "model_dir": model_dir,
+        "model_dir": str(Path(model_dir).resolve()),  # the test reads it from another folder
         "gguf_file": gguf,
         "versions": rc.versions(),
         "dtype": "float32",
