@@ -338,4 +338,13 @@ fn the_start_penalty_moves_cuts_to_leaves_that_stand_on_their_own() {
     let (without, with) = (problems(0.0), problems(20.0));
     assert!(without > 0, "the test book must tempt the model into a dependent start");
     assert_eq!(with, 0, "{without} dependent starts without the penalty");
+    for bad in [-1.0, f64::NAN, f64::INFINITY] {
+        let err = LearnedConfig { start_penalty: bad, ..small_config() }.validate().unwrap_err();
+        assert!(err.to_string().contains("start penalty"), "{err}");
+    }
+    // A config recorded before the penalty existed reads as 0 (the cuts it made), not the default.
+    let old = serde_json::json!({ "chunk_tokens": 120 });
+    let read: LearnedConfig = serde_json::from_value(old).unwrap();
+    assert_eq!(read.start_penalty, 0.0);
+    assert_eq!(LearnedConfig::default().start_penalty, DEFAULT_START_PENALTY);
 }
