@@ -15,6 +15,8 @@
 //!   (uncertain pairs skipped), DPO, repeat; KL(π‖π_ref) per round.
 //! - [`kl`]: KL(π‖π_ref) estimated on samples from π, scored on the weights that sampled, end
 //!   tokens included, per sequence and per token, with the samples cut at their cap counted.
+//! - [`reference`]: people's summaries of a prompt as rm-dpo's labeler (`--reward-model
+//!   reference`): model-vs-model pairs by ROUGE against them, less unsupported content.
 //! - [`judge`]: the judges an evaluation uses: the simulated labeler, an independent simulated
 //!   preference, the reward ensemble.
 //! - [`eval`]: policy against baseline, node by node: win rates per height and at the root,
@@ -30,6 +32,7 @@ pub mod eval;
 pub mod job;
 pub mod judge;
 pub mod kl;
+pub mod reference;
 pub mod registry;
 pub mod rmdpo;
 pub mod sample;

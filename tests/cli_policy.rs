@@ -346,6 +346,55 @@ fn bad_input_is_a_clear_error() {
     check(args, &["not a valid model name"]);
 }
 
+/// rm-dpo labelled by people's summaries (`--reward-model reference`): each prompt's samples
+/// are scored against the demonstrations of the same prompt in the data file. A file without
+/// demonstrations cannot be scored, and says so.
+#[test]
+fn rm_dpo_labels_pairs_by_the_datas_human_summaries() {
+    let ws = Ws::new();
+    let mut args = ws.train_args("rm-dpo", "sft.jsonl", "t-ref");
+    args.extend(
+        [
+            "--reward-model",
+            "reference",
+            "--rounds",
+            "1",
+            "-k",
+            "3",
+            "--output-tokens",
+            "12",
+            "--max-steps",
+            "1",
+            "--val-percent",
+            "30",
+            "--test-percent",
+            "0",
+            "--json",
+        ]
+        .map(String::from),
+    );
+    let out = ws.rrm().args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let round = &report["rounds"]["rounds"][0];
+    let labelled = round["pairs"].as_u64().unwrap() + round["uncertain_pairs"].as_u64().unwrap();
+    assert!(labelled > 0, "every prompt's samples were scored: {round}");
+    assert_eq!(report["card"]["method"], "rm-dpo");
+
+    let mut args = ws.train_args("rm-dpo", "prefs.jsonl", "x");
+    args.extend(["--reward-model", "reference", "--rounds", "1"].map(String::from));
+    let out = ws.rrm().args(&args).output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no demonstrations") && err.contains("prefs.jsonl"), "{err}");
+    let mut args = ws.train_args("rm-dpo", "sft.jsonl", "x");
+    args.extend(["--reward-model", "reference:length=-1", "--rounds", "1"].map(String::from));
+    let out = ws.rrm().args(&args).output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("length=-1") && err.contains("non-negative"), "{err}");
+}
+
 fn checkpoints(runs: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for run in std::fs::read_dir(runs).into_iter().flatten().flatten() {

@@ -230,9 +230,11 @@ pub struct TrainArgs {
     /// rm-dpo: pairs kept per prompt (most certain first).
     #[arg(long, default_value_t = 1)]
     pub pairs_per_prompt: usize,
-    /// rm-dpo: the reward ensemble that labels (`latest`, a hash, a folder, or `grounding`:
-    /// the summary checked against its input, no feedback needed).
-    #[arg(long, default_value = "latest", value_name = "PATH|latest|grounding")]
+    /// rm-dpo: the reward ensemble that labels (`latest`, a hash, a folder, `grounding`: the
+    /// summary checked against its input, no feedback needed; or `reference`: ROUGE against
+    /// people's summaries of the same prompt in the training data, less unsupported content,
+    /// one member per summary; options `reference:unsupported=0.25,length=0.1`).
+    #[arg(long, default_value = "latest", value_name = "PATH|latest|grounding|reference")]
     pub reward_model: String,
     /// rm-dpo: sampling temperature of the candidates.
     #[arg(long, default_value_t = 0.8)]

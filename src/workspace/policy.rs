@@ -25,6 +25,7 @@ use crate::policy::eval::{self, BaselineUsed, EvalReport};
 use crate::policy::job::{self, JobReport, TrainJob};
 use crate::policy::judge::{AltLabeler, EnsembleScorer, GroundingScorer, Judge, MemberScorer};
 use crate::policy::kl::{self, KlEstimate};
+use crate::policy::reference::{ReferenceScorer, ReferenceWeights};
 use crate::policy::registry;
 use crate::policy::rmdpo::RmDpoConfig;
 use crate::policy::sample::SampleOptions;
@@ -134,6 +135,13 @@ pub fn reward_scorer(
 ) -> Result<Option<Box<dyn MemberScorer>>> {
     if spec == "none" {
         return Ok(None);
+    }
+    if ReferenceWeights::parse(spec).is_some() {
+        return Err(WorkspaceError::Invalid(format!(
+            "`{spec}` scores against people's summaries of the training prompts: it labels \
+             rm-dpo's pairs (`policy train --method rm-dpo --reward-model {spec}`) and judges \
+             nothing else; here name a reward model (`latest`, a hash, a folder, `grounding`)"
+        )));
     }
     if let Some(grounded) = crate::reward::grounded::Grounded::parse(spec) {
         let grounded = grounded.map_err(WorkspaceError::Invalid)?;
@@ -255,10 +263,18 @@ pub fn train(
     observer: &dyn Observer,
 ) -> Result<JobReport> {
     let job = train_job(ws, request, progress)?;
-    let scorer = if request.method == Method::RmDpo {
-        reward_scorer(ws, &request.reward_model, &request.encoder, true, progress)?
-    } else {
-        None
+    let scorer = match ReferenceWeights::parse(&request.reward_model) {
+        // People's summaries of the training prompts, from the same data.
+        Some(weights) if request.method == Method::RmDpo => {
+            let weights = weights.map_err(WorkspaceError::Invalid)?;
+            let scorer = ReferenceScorer::from_dataset(&job.data, weights)
+                .map_err(|e| WorkspaceError::Invalid(e.to_string()))?;
+            Some(Box::new(scorer) as Box<dyn MemberScorer>)
+        }
+        _ if request.method == Method::RmDpo => {
+            reward_scorer(ws, &request.reward_model, &request.encoder, true, progress)?
+        }
+        _ => None,
     };
     let judges = judges_named(&request.judges)?;
     let judge_refs: Vec<&dyn Judge> = judges.iter().map(|j| j.as_ref()).collect();
