@@ -107,6 +107,24 @@ impl ReferenceScorer {
                 data.source
             )));
         }
+        // rm-dpo samples every prompt of the data: one without a reference would stop the run
+        // after its sampling, so refuse it before.
+        let missing: Vec<&str> = data
+            .prefs
+            .iter()
+            .map(|e| e.prompt.input.as_str())
+            .filter(|input| !references.contains_key(*input))
+            .collect();
+        if let Some(first) = missing.first() {
+            let preview: String = first.chars().take(60).collect();
+            return Err(RewardError::Invalid(format!(
+                "--reward-model {NAME}: {} preference pair(s) in {} have an input with no \
+                 person's summary to score against (the first: \"{preview}…\"); keep only \
+                 demonstrations (e.g. `--labeler`) or add them",
+                missing.len(),
+                data.source
+            )));
+        }
         Ok(ReferenceScorer { references, weights })
     }
 
@@ -246,6 +264,15 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("no demonstrations") && e.contains("test"), "{e}");
+        let mut mixed = data(&["Retief met the farmer."]);
+        mixed.prefs.push(crate::policy::data::PrefExample {
+            prompt: Prompt::for_node("A pair with no reference.", 0, "h").unwrap(),
+            chosen: "a".into(),
+            rejected: "b".into(),
+        });
+        let e =
+            ReferenceScorer::from_dataset(&mixed, Default::default()).err().unwrap().to_string();
+        assert!(e.contains("1 preference pair(s)") && e.contains("A pair with no"), "{e}");
         assert_eq!(ReferenceWeights::parse("latest"), None);
         assert_eq!(ReferenceWeights::parse("reference"), Some(Ok(ReferenceWeights::default())));
         assert_eq!(
