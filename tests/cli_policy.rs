@@ -381,18 +381,16 @@ fn rm_dpo_labels_pairs_by_the_datas_human_summaries() {
     assert!(labelled > 0, "every prompt's samples were scored: {round}");
     assert_eq!(report["card"]["method"], "rm-dpo");
 
-    let mut args = ws.train_args("rm-dpo", "prefs.jsonl", "x");
-    args.extend(["--reward-model", "reference", "--rounds", "1"].map(String::from));
-    let out = ws.rrm().args(&args).output().unwrap();
-    let err = stderr_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("no demonstrations") && err.contains("prefs.jsonl"), "{err}");
-    let mut args = ws.train_args("rm-dpo", "sft.jsonl", "x");
-    args.extend(["--reward-model", "reference:length=-1", "--rounds", "1"].map(String::from));
-    let out = ws.rrm().args(&args).output().unwrap();
-    let err = stderr_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("length=-1") && err.contains("non-negative"), "{err}");
+    let refused = |data: &str, spec: &str, want: &[&str]| {
+        let mut args = ws.train_args("rm-dpo", data, "x");
+        args.extend(["--reward-model", spec, "--rounds", "1"].map(String::from));
+        let out = ws.rrm().args(&args).output().unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(want.iter().all(|w| err.contains(w)), "missing one of {want:?} in: {err}");
+    };
+    refused("prefs.jsonl", "reference", &["no demonstrations", "prefs.jsonl"]);
+    refused("sft.jsonl", "reference:length=-1", &["length=-1", "non-negative"]);
 }
 
 fn checkpoints(runs: &Path) -> Vec<PathBuf> {
