@@ -20,6 +20,7 @@ use std::collections::HashMap;
 
 use super::data::Dataset;
 use super::judge::MemberScorer;
+use crate::decompose::oversee::median;
 use crate::eval::rouge::{score_tokens, Tokens};
 use crate::grounding;
 use crate::reward::RewardError;
@@ -134,19 +135,6 @@ impl ReferenceScorer {
     }
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n == 0 {
-        return 0.0;
-    }
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
-}
-
 impl MemberScorer for ReferenceScorer {
     fn name(&self) -> String {
         let w = self.weights;
@@ -168,15 +156,16 @@ impl MemberScorer for ReferenceScorer {
         })?;
         let source = grounding::Source::new(input);
         let tokens: Vec<Tokens> = summaries.iter().map(|s| Tokens::new(s)).collect();
-        let words: Vec<f64> =
-            summaries.iter().map(|s| s.split_whitespace().count() as f64).collect();
-        let mid = median(words.clone()).max(1.0);
+        let words: Vec<u64> =
+            summaries.iter().map(|s| s.split_whitespace().count() as u64).collect();
+        let mid = median(&words).unwrap_or(1.0).max(1.0);
         let penalty: Vec<f64> = summaries
             .iter()
             .zip(&words)
             .map(|(s, &n)| {
                 let unsupported = source.check(s).unsupported_rate;
-                let length = if summaries.len() > 1 { (n.max(1.0) / mid).ln().abs() } else { 0.0 };
+                let length =
+                    if summaries.len() > 1 { ((n as f64).max(1.0) / mid).ln().abs() } else { 0.0 };
                 self.weights.unsupported * unsupported + self.weights.length * length
             })
             .collect();
