@@ -6,6 +6,9 @@
 //!   weights multiply through [`model::frozen_matmul`], whose backward computes the input's
 //!   gradient only (candle's own matmul computes the weight's gradient too, even for a
 //!   constant: for LoRA that doubles the backward's cost).
+//! - [`attention`]: attention on the CPU (f32) as one op with its own backward, which keeps
+//!   one log-sum-exp per query instead of the `(heads, T, T)` score and probability tensors,
+//!   and computes only the causal half; the model falls back to candle's ops elsewhere.
 //! - [`lora`]: LoRA adapters (rank, alpha, target projections; A random, B zero), merged on
 //!   export. Full fine-tuning is the other [`model::Mode`].
 //! - [`optim`]: AdamW (candle-nn's update rule, with its state saved for resuming), gradient
@@ -18,11 +21,12 @@
 //!
 //! The differentiable forms matter: in candle 0.11 the fused `rms_norm`, `softmax_last_dim`,
 //! `rope`/`rope_i` and `layer_norm` ops have no backward, so this module uses `rms_norm_slow`,
-//! `ops::softmax` and `rope_i_slow`/`rope_slow` (llama GGUFs store Q and K permuted for the
-//! interleaved RoPE, as the engine reads them).
+//! `ops::softmax` (off the fused attention's path) and `rope_i_slow`/`rope_slow` (llama GGUFs
+//! store Q and K permuted for the interleaved RoPE, as the engine reads them).
 //!
-//! Imports `infer` (the GGUF config and tokenizer) only.
+//! Imports `infer` (the GGUF config and tokenizer, the vectorized `exp`) only.
 
+pub mod attention;
 pub mod bench;
 pub mod checkpoint;
 pub mod export;

@@ -208,11 +208,24 @@ pub struct BenchTrainArgs {
     /// Gradient checkpointing settings to measure each mode with (off, on).
     #[arg(long, value_delimiter = ',', default_value = "off,on", value_parser = on_off)]
     pub checkpointing: Vec<bool>,
+    /// Attention to measure each setting with: fused (one op whose backward recomputes the
+    /// probabilities; f32 on the CPU), dense (candle's ops with a mask tensor).
+    #[arg(long, value_delimiter = ',', default_value = "fused", value_parser = attention_kind)]
+    pub attention: Vec<bool>,
     /// Print JSON rows.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub model: LocalModelArgs,
+}
+
+/// `fused` → true, `dense` → false.
+fn attention_kind(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "fused" => Ok(true),
+        "dense" => Ok(false),
+        other => Err(format!("`{other}`: attention is fused or dense")),
+    }
 }
 
 fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
@@ -229,6 +242,7 @@ fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
         lora_targets: args.lora_targets.clone(),
         lora_top_layers: args.lora_top_layers.map(|n| n as usize),
         checkpointing: args.checkpointing.clone(),
+        fused_attention: args.attention.clone(),
     };
     let resolved = bench_model(&request, ctx.progress())
         .with_context(|| format!("finding the model `{}`", args.model.model))?;
@@ -244,9 +258,10 @@ fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
             args.lora_top_layers.map_or(String::new(), |n| format!("; LoRA in the top {n} blocks"))
         );
         println!(
-            "{:>5} {:>10} {:>12} {:>12} {:>8} {:>14} {:>13} {:>14}",
+            "{:>5} {:>10} {:>9} {:>12} {:>12} {:>8} {:>14} {:>13} {:>14}",
             "mode",
             "checkpoint",
+            "attention",
             "trainable",
             "train tok/s",
             "s/step",
@@ -261,9 +276,10 @@ fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&row).unwrap_or_default());
         } else {
             println!(
-                "{:>5} {:>10} {:>12} {:>12.1} {:>8.2} {:>14.1} {:>13} {:>14.0}",
+                "{:>5} {:>10} {:>9} {:>12} {:>12.1} {:>8.2} {:>14.1} {:>13} {:>14.0}",
                 row.mode,
                 if row.checkpointing { "on" } else { "off" },
+                row.attention,
                 row.trainable_params,
                 row.train_tokens_per_s,
                 row.step_seconds,

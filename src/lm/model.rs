@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::backprop::GradStore;
@@ -20,6 +21,7 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::{CpuStorage, CudaStorage, DType, Device, Layout, Shape, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
+use super::attention;
 use super::lora::{self, Lora, LoraConfig, Target};
 use super::{io_err, LmError};
 use crate::infer::llama::{Arch, LlamaConfig};
@@ -365,14 +367,16 @@ pub struct Scored {
 }
 
 /// The constants of one forward pass: batch size, padded length, token ids `(B·T,)`, RoPE
-/// tables at each token's position, the attention mask.
+/// tables at each token's position, and what attention masks with: each token's segment id
+/// for the fused op (padding: `u32::MAX`), or the dense additive mask where it is not used.
 struct Pass {
     b: usize,
     t: usize,
     ids: Tensor,
     cos: Tensor,
     sin: Tensor,
-    mask: Tensor,
+    segments: Arc<Vec<u32>>,
+    mask: Option<Tensor>,
 }
 
 /// A llama-family model whose forward pass can be differentiated.
@@ -397,6 +401,8 @@ pub struct TrainableLlama {
     activation_budget: u64,
     /// Whether `Auto` has said that it turned checkpointing on (said once a model).
     auto_announced: AtomicBool,
+    /// Whether attention may use the fused op ([`Self::set_fused_attention`]).
+    fused_attention: bool,
 }
 
 fn model_err(path: &Path, message: impl std::fmt::Display) -> LmError {
@@ -526,6 +532,7 @@ impl TrainableLlama {
             checkpointing: Checkpointing::default(),
             activation_budget: default_activation_budget(device),
             auto_announced: AtomicBool::new(false),
+            fused_attention: true,
         };
         Ok((model, tokenizer))
     }
@@ -589,8 +596,12 @@ impl TrainableLlama {
         let half = c.head_dim / 2;
         let cos = self.cos.index_select(&pos, 0)?.reshape((b, 1, t, half, 1))?;
         let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, t, half, 1))?;
-        let mask = self.mask(rows, t)?;
-        Ok(Pass { b, t, ids, cos, sin, mask })
+        let segments = rows
+            .iter()
+            .flat_map(|r| (0..t).map(|i| r.segments.get(i).copied().unwrap_or(u32::MAX)))
+            .collect();
+        let mask = if self.fuses_attention() { None } else { Some(self.mask(rows, t)?) };
+        Ok(Pass { b, t, ids, cos, sin, segments: Arc::new(segments), mask })
     }
 
     /// One transformer block: `(B·T, hidden)` rows in and out.
@@ -601,7 +612,7 @@ impl TrainableLlama {
         let q = blk.q.forward(&hn, on)?;
         let k = blk.k.forward(&hn, on)?;
         let v = blk.v.forward(&hn, on)?;
-        let att = self.attention(&q, &k, &v, p.b, p.t, (&p.cos, &p.sin), &p.mask)?;
+        let att = self.attention(&q, &k, &v, p, (&p.cos, &p.sin))?;
         let x = (x + blk.o.forward(&att, on)?)?;
         let hn = candle_nn::ops::rms_norm_slow(&x, blk.ffn_norm.tensor(), eps)?;
         let gate = blk.gate.forward(&hn, on)?.silu()?;
@@ -646,13 +657,15 @@ impl TrainableLlama {
 
     /// An estimate of the peak memory a backward without checkpointing needs for `batch` rows
     /// padded to `t` tokens: every block from the lowest trained one up keeps, per token, about
-    /// ten hidden-sized tensors, four FFN-sized ones and three attention rows (scores, masked
-    /// scores, probabilities: `heads × t` each), and the backward allocates about as much again
-    /// for their gradients (`rrm bench train` prints it beside the measured peak).
+    /// ten hidden-sized tensors and four FFN-sized ones, plus, unless attention is fused, three
+    /// attention rows (scores, masked scores, probabilities: `heads × t` each); the backward
+    /// allocates about as much again for their gradients (`rrm bench train` prints it beside
+    /// the measured peak).
     pub fn kept_activation_bytes(&self, batch: usize, t: usize) -> u64 {
         let c = &self.config;
         let kept_blocks = self.blocks.len() - self.lowest_trained_block();
-        let per_token = 10 * c.hidden + 4 * c.ffn + 3 * c.n_head * t;
+        let rows = if self.fuses_attention() { 0 } else { 3 * c.n_head * t };
+        let per_token = 10 * c.hidden + 4 * c.ffn + rows;
         let elem = self.dtype.size_in_bytes();
         (2 * elem * batch * t * kept_blocks * per_token) as u64
     }
@@ -778,18 +791,28 @@ impl TrainableLlama {
         Tensor::from_vec(m, (rows.len(), 1, group * t, t), &self.device)?.to_dtype(self.dtype)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Whether attention runs as [`attention::fused_attention`] (f32 on the CPU, unless turned
+    /// off) rather than out of candle's ops with a dense mask.
+    pub fn fuses_attention(&self) -> bool {
+        self.fused_attention && self.device.is_cpu() && self.dtype == DType::F32
+    }
+
+    /// Uses the fused attention op where it applies (the default), or candle's ops with a
+    /// dense mask (for measuring one against the other).
+    pub fn set_fused_attention(&mut self, on: bool) {
+        self.fused_attention = on;
+    }
+
     fn attention(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        b: usize,
-        t: usize,
+        p: &Pass,
         (cos, sin): (&Tensor, &Tensor),
-        mask: &Tensor,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
+        let (b, t) = (p.b, p.t);
         let (nh, nkv, hd) = (c.n_head, c.n_kv_head, c.head_dim);
         let group = nh / nkv;
         let heads = |x: &Tensor, n: usize| -> candle_core::Result<Tensor> {
@@ -803,16 +826,22 @@ impl TrainableLlama {
         };
         let (q, k) = (rope(&q)?, rope(&k)?);
         let scale = 1.0 / (hd as f64).sqrt();
-        // The query heads that share a KV head become the rows of one matmul.
-        let q = (q.contiguous()?.reshape((b, nkv, group * t, hd))? * scale)?;
-        let att = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let att = if matches!(self.dtype, DType::BF16 | DType::F16) {
-            candle_nn::ops::softmax(&att.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(self.dtype)?
-        } else {
-            candle_nn::ops::softmax(&att, D::Minus1)?
+        let o = match &p.mask {
+            None => attention::fused_attention(&(q * scale)?, &k, &v, p.segments.clone())?,
+            Some(mask) => {
+                // The query heads that share a KV head become the rows of one matmul.
+                let q = (q.contiguous()?.reshape((b, nkv, group * t, hd))? * scale)?;
+                let att = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+                let att = if matches!(self.dtype, DType::BF16 | DType::F16) {
+                    let att = candle_nn::ops::softmax(&att.to_dtype(DType::F32)?, D::Minus1)?;
+                    att.to_dtype(self.dtype)?
+                } else {
+                    candle_nn::ops::softmax(&att, D::Minus1)?
+                };
+                att.matmul(&v)?.reshape((b, nh, t, hd))? // (b, nkv, group·t, hd)
+            }
         };
-        let o = att.matmul(&v)?; // (b, nkv, group·t, hd)
-        o.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b * t, nh * hd))
+        o.transpose(1, 2)?.reshape((b * t, nh * hd))
     }
 
     /// Logits (f32; f64 for an f64 model) of hidden-state rows `(N, hidden)`: `(N, vocab)`.

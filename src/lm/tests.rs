@@ -135,8 +135,12 @@ fn auto_checkpointing_recomputes_exactly_the_batches_over_the_budget() {
     let path = tiny(dir.path(), "llama", true);
     let mut model = load(&path, lora_all(), DType::F32);
     let kept = model.kept_activation_bytes(2, 64);
-    // Attention grows with T²: twice the tokens keep more than twice the bytes.
-    assert!(model.kept_activation_bytes(2, 128) > 2 * kept);
+    // Fused attention keeps nothing that grows with T²: twice the tokens, twice the bytes.
+    assert_eq!(model.kept_activation_bytes(2, 128), 2 * kept);
+    // Dense attention keeps its score rows: twice the tokens keep more than twice the bytes.
+    model.set_fused_attention(false);
+    assert!(model.kept_activation_bytes(2, 128) > 2 * model.kept_activation_bytes(2, 64));
+    model.set_fused_attention(true);
     assert_eq!(model.kept_activation_bytes(4, 64), 2 * kept);
     // Adapters only on top keep only the blocks from there up; a frozen model keeps none.
     let top = load(&path, lora_top(), DType::F32);
@@ -220,6 +224,48 @@ fn checkpointed_gradients_equal_the_plain_backward() {
                     assert!(size > 0.0, "{what}: {name} has a zero gradient");
                     assert!(diff <= 1e-9 * size.max(1.0), "{what}: {name} differs by {diff}");
                 }
+            }
+        }
+    }
+}
+
+/// The fused attention op (f32 on the CPU, the default) against candle's ops with a dense
+/// mask, through the whole model: packed rows with two completions and padding, every
+/// trainable tensor's gradient, with and without checkpointing.
+#[test]
+fn fused_attention_trains_as_the_dense_ops_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let packed = [
+        Packed {
+            prompt: vec![1, 40, 41, 42, 43, 2, 1, 44, 45, 46],
+            completions: vec![vec![50, 51, 2], vec![52, 53, 54, 55]],
+        },
+        Packed { prompt: vec![1, 60, 61], completions: vec![vec![70, 71, 72, 73, 74, 2]] },
+    ];
+    for (arch, tied) in [("llama", true), ("qwen2", false)] {
+        let path = tiny(dir.path(), arch, tied);
+        let mut model = load(&path, lora_all(), DType::F32);
+        randomize_lora_b(&model, 9);
+        let run =
+            |model: &TrainableLlama| model.packed_backward(&packed, |s| Ok(loss_of(s)?)).unwrap();
+        assert!(model.fuses_attention());
+        let fused = run(&model);
+        model.set_checkpointing(Checkpointing::On);
+        let fused_ckpt = run(&model);
+        model.set_checkpointing(Checkpointing::Off);
+        model.set_fused_attention(false);
+        assert!(!model.fuses_attention());
+        let dense = run(&model);
+        let (lf, ld) = (scalar(&fused.0), scalar(&dense.0));
+        assert!((lf - ld).abs() <= 1e-5 * ld.abs().max(1.0), "{arch}: loss {lf} vs {ld}");
+        assert!((lf - scalar(&fused_ckpt.0)).abs() <= 1e-6 * lf.abs().max(1.0), "{arch}");
+        for (name, var) in model.trainable() {
+            let d = dense.1.get(var.as_tensor()).unwrap();
+            let size = scalar(&d.abs().unwrap().max_all().unwrap()).max(1e-6);
+            for (what, g) in [("fused", &fused.1), ("checkpointed", &fused_ckpt.1)] {
+                let g = g.get(var.as_tensor()).unwrap();
+                let diff = scalar(&(g - d).unwrap().abs().unwrap().max_all().unwrap());
+                assert!(diff <= 1e-3 * size, "{arch} {what}: {name} differs by {diff} of {size}");
             }
         }
     }

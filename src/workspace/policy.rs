@@ -506,6 +506,8 @@ pub struct BenchRequest {
     pub lora_top_layers: Option<usize>,
     /// Each mode is measured once per entry: without and/or with gradient checkpointing.
     pub checkpointing: Vec<bool>,
+    /// And once per entry here: with the fused attention op (true) and/or candle's ops.
+    pub fused_attention: Vec<bool>,
 }
 
 /// The model a bench measures, resolved (fetched on first use): its name.
@@ -539,18 +541,21 @@ pub fn bench_train(
         };
         let options = LoadOptions { mode: adapt.mode(0)?, dtype: DType::F32 };
         for &checkpointing in &request.checkpointing {
-            let measured = measure(
-                &model.path,
-                &device,
-                &options,
-                objective,
-                checkpointing,
-                request.batch,
-                request.seq_len,
-                request.completion_len,
-                request.steps,
-            )?;
-            row(measured)?;
+            for &fused in &request.fused_attention {
+                let measured = measure(
+                    &model.path,
+                    &device,
+                    &options,
+                    objective,
+                    checkpointing,
+                    fused,
+                    request.batch,
+                    request.seq_len,
+                    request.completion_len,
+                    request.steps,
+                )?;
+                row(measured)?;
+            }
         }
     }
     Ok(())
