@@ -10,7 +10,8 @@
 //!   one log-sum-exp per query instead of the `(heads, T, T)` score and probability tensors,
 //!   and computes only the causal half; the model falls back to candle's ops elsewhere.
 //! - [`lora`]: LoRA adapters (rank, alpha, target projections; A random, B zero), merged on
-//!   export. Full fine-tuning is the other [`model::Mode`].
+//!   export; a frozen projection and its adapter run as one op on the CPU
+//!   ([`lora::frozen_linear`]), so the graph keeps one `(N, out)` tensor per projection, not four. Full fine-tuning is the other [`model::Mode`].
 //! - [`optim`]: AdamW (candle-nn's update rule, with its state saved for resuming), gradient
 //!   accumulation, clipping by global norm, warm-up + cosine schedule.
 //! - [`checkpoint`]: atomic training checkpoints (trainable tensors, optimizer moments, a JSON

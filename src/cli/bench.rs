@@ -208,10 +208,11 @@ pub struct BenchTrainArgs {
     /// Gradient checkpointing settings to measure each mode with (off, on).
     #[arg(long, value_delimiter = ',', default_value = "off,on", value_parser = on_off)]
     pub checkpointing: Vec<bool>,
-    /// Attention to measure each setting with: fused (one op whose backward recomputes the
-    /// probabilities; f32 on the CPU), dense (candle's ops with a mask tensor).
-    #[arg(long, value_delimiter = ',', default_value = "fused", value_parser = attention_kind)]
-    pub attention: Vec<bool>,
+    /// Ops to measure each setting with: fused (attention, and each frozen projection with its
+    /// adapter, as single ops that keep less for the backward; f32 on the CPU), plain (candle's
+    /// ops, attention with a mask tensor).
+    #[arg(long, value_delimiter = ',', default_value = "fused", value_parser = ops_kind)]
+    pub ops: Vec<bool>,
     /// Print JSON rows.
     #[arg(long)]
     pub json: bool,
@@ -219,12 +220,12 @@ pub struct BenchTrainArgs {
     pub model: LocalModelArgs,
 }
 
-/// `fused` → true, `dense` → false.
-fn attention_kind(s: &str) -> Result<bool, String> {
+/// `fused` → true, `plain` → false.
+fn ops_kind(s: &str) -> Result<bool, String> {
     match s.trim() {
         "fused" => Ok(true),
-        "dense" => Ok(false),
-        other => Err(format!("`{other}`: attention is fused or dense")),
+        "plain" => Ok(false),
+        other => Err(format!("`{other}`: ops are fused or plain")),
     }
 }
 
@@ -242,7 +243,7 @@ fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
         lora_targets: args.lora_targets.clone(),
         lora_top_layers: args.lora_top_layers.map(|n| n as usize),
         checkpointing: args.checkpointing.clone(),
-        fused_attention: args.attention.clone(),
+        fused_ops: args.ops.clone(),
     };
     let resolved = bench_model(&request, ctx.progress())
         .with_context(|| format!("finding the model `{}`", args.model.model))?;
@@ -261,7 +262,7 @@ fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
             "{:>5} {:>10} {:>9} {:>12} {:>12} {:>8} {:>14} {:>13} {:>14}",
             "mode",
             "checkpoint",
-            "attention",
+            "ops",
             "trainable",
             "train tok/s",
             "s/step",
@@ -279,7 +280,7 @@ fn bench_train(ctx: &mut Context, args: BenchTrainArgs) -> anyhow::Result<()> {
                 "{:>5} {:>10} {:>9} {:>12} {:>12.1} {:>8.2} {:>14.1} {:>13} {:>14.0}",
                 row.mode,
                 if row.checkpointing { "on" } else { "off" },
-                row.attention,
+                row.ops,
                 row.trainable_params,
                 row.train_tokens_per_s,
                 row.step_seconds,

@@ -18,8 +18,8 @@ pub struct TrainBench {
     pub mode: String,
     /// Gradient checkpointing (block activations recomputed in the backward).
     pub checkpointing: bool,
-    /// `fused` ([`super::attention`]) or `dense` (candle's ops with a mask tensor).
-    pub attention: String,
+    /// `fused` (attention and LoRA projections as single ops) or `plain` (candle's ops).
+    pub ops: String,
     pub trainable_params: usize,
     pub batch: usize,
     pub seq_len: usize,
@@ -74,8 +74,8 @@ pub enum Objective {
 
 /// Measures `steps` training steps (after one warm-up) on `batch` sequences of `seq_len`
 /// tokens, the last `completion_len` of which are scored (or `batch` DPO pairs, see
-/// [`Objective::Dpo`]), with or without gradient checkpointing, with the fused attention op
-/// or candle's ops.
+/// [`Objective::Dpo`]), with or without gradient checkpointing, with the fused ops or
+/// candle's ([`TrainableLlama::set_fused_ops`]).
 #[allow(clippy::too_many_arguments)]
 pub fn bench_train(
     path: &Path,
@@ -83,7 +83,7 @@ pub fn bench_train(
     options: &LoadOptions,
     objective: Objective,
     checkpointing: bool,
-    fused_attention: bool,
+    fused_ops: bool,
     batch: usize,
     seq_len: usize,
     completion_len: usize,
@@ -98,7 +98,7 @@ pub fn bench_train(
     let t0 = Instant::now();
     let (mut model, _) = TrainableLlama::load(path, device, options)?;
     model.set_checkpointing(if checkpointing { Checkpointing::On } else { Checkpointing::Off });
-    model.set_fused_attention(fused_attention);
+    model.set_fused_ops(fused_ops);
     let load_seconds = t0.elapsed().as_secs_f64();
     let vocab = model.config.vocab_size as u32;
     let seqs: Vec<SeqSpec> = (0..batch)
@@ -166,7 +166,7 @@ pub fn bench_train(
             Objective::Dpo => format!("{}-dpo", model.mode.name()),
         },
         checkpointing,
-        attention: if model.fuses_attention() { "fused" } else { "dense" }.to_string(),
+        ops: if model.fuses_attention() { "fused" } else { "plain" }.to_string(),
         trainable_params,
         batch,
         seq_len,

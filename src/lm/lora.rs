@@ -3,7 +3,7 @@
 //! (Kaiming-uniform, bound `1/√in`) and `B` (out × rank) zero, so training starts exactly at
 //! the base model. Merging adds `(alpha / rank) · B·A` to `W`.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -174,6 +174,158 @@ impl Lora {
     }
 }
 
+/// `x·Wᵀ + scale·(x·Aᵀ)·Bᵀ` for a frozen `W` (out × in) and rows `x` (N × in), as one op when
+/// everything is f32 on the CPU ([`fuses`]). Out of candle's ops, each projection would keep
+/// three more `(N, out)` tensors in the autograd graph (the base product, the adapter's product
+/// and its scaled copy, all inputs of later ops): for SmolLM2's seven projections that is
+/// ~15.5 k floats per token per block. The op keeps only its inputs and output, and its
+/// backward gives `x`, `A` and `B` their gradients (none for `W`).
+pub fn frozen_linear(x: &Tensor, w: &Tensor, lora: &Lora) -> candle_core::Result<Tensor> {
+    let (n, inp) = x.dims2()?;
+    let (out, inp_w) = w.dims2()?;
+    let (rank, inp_a) = lora.a.dims2()?;
+    if inp != inp_w || inp != inp_a || lora.b.dims2()? != (out, rank) {
+        candle_core::bail!(
+            "LoRA projection: x {:?}, W {:?}, A {:?} and B {:?} do not fit together",
+            x.dims(),
+            w.dims(),
+            lora.a.dims(),
+            lora.b.dims()
+        );
+    }
+    let op = FrozenLinear { w: w.contiguous()?, scale: lora.scale as f32, n, inp, out, rank };
+    x.contiguous()?.apply_op3(
+        &lora.a.as_tensor().contiguous()?,
+        &lora.b.as_tensor().contiguous()?,
+        op,
+    )
+}
+
+/// Whether [`frozen_linear`] runs as one op for these tensors (f32 on the CPU).
+pub fn fuses(x: &Tensor, w: &Tensor, lora: &Lora) -> bool {
+    x.device().is_cpu()
+        && [x.dtype(), w.dtype(), lora.a.dtype(), lora.b.dtype()].iter().all(|&d| d == DType::F32)
+}
+
+struct FrozenLinear {
+    w: Tensor,
+    scale: f32,
+    n: usize,
+    inp: usize,
+    out: usize,
+    rank: usize,
+}
+
+fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
+        _ => candle_core::bail!("LoRA projection: {what} is not contiguous f32"),
+    }
+}
+
+/// `dst (m × n) [+]= beta · a (m × k) · b (k × n)` through the `gemm` crate, row/column strides
+/// given; `dst` is row-major with `n` columns.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    beta: f32,
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let reach = |rs: usize, cs: usize, rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(m * n <= dst.len(), "LoRA projection: output too small");
+    assert!(reach(a_rs, a_cs, m, k) < a.len(), "LoRA projection: lhs too small");
+    assert!(reach(b_rs, b_cs, k, n) < b.len(), "LoRA projection: rhs too small");
+    let threads = rayon::current_num_threads();
+    let parallelism = if m * n * k >= 1 << 18 && threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every index the strides reach is inside its slice (checked above); `dst` is a
+    // `&mut` and cannot alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+impl CustomOp3 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "lora-frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, a, b) = (f32s(s1, l1, "x")?, f32s(s2, l2, "A")?, f32s(s3, l3, "B")?);
+        let (storage, layout) = self.w.storage_and_layout();
+        let Storage::Cpu(ws) = &*storage else {
+            candle_core::bail!("LoRA projection: W is not on the CPU");
+        };
+        let w = f32s(ws, layout, "W")?;
+        let (n, inp, out, r) = (self.n, self.inp, self.out, self.rank);
+        let mut y = vec![0f32; n * out];
+        // y = x · Wᵀ
+        gemm_into((n, out, inp), &mut y, false, 1.0, x, (inp, 1), w, (1, inp));
+        // t = x · Aᵀ; y += scale · t · Bᵀ
+        let mut t = vec![0f32; n * r];
+        gemm_into((n, r, inp), &mut t, false, 1.0, x, (inp, 1), a, (1, inp));
+        gemm_into((n, out, r), &mut y, true, self.scale, &t, (r, 1), b, (1, r));
+        Ok((CpuStorage::F32(y), Shape::from((n, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let s = self.scale as f64;
+        let (x, a, b, grad) = (x.detach(), a.detach(), b.detach(), grad.detach());
+        let gb = (grad.matmul(&b)? * s)?; // (N, r): the gradient at x·Aᵀ
+        let dx = (grad.matmul(&self.w)? + gb.matmul(&a)?)?;
+        let da = gb.t()?.matmul(&x)?;
+        let t = x.matmul(&a.t()?)?;
+        let db = (grad.t()?.matmul(&t)? * s)?;
+        Ok((Some(dx), Some(da), Some(db)))
+    }
+}
+
 /// The RNG adapters draw from.
 pub fn rng(seed: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
@@ -182,6 +334,55 @@ pub fn rng(seed: u64) -> rand::rngs::StdRng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn random(shape: (usize, usize), seed: u64) -> Tensor {
+        let mut r = rng(seed);
+        let data: Vec<f32> = (0..shape.0 * shape.1).map(|_| r.random_range(-1.0..1.0)).collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The one-op projection against candle's ops (`frozen_matmul` plus the adapter's
+    /// `forward`): output and the gradients of `x`, `A` and `B`.
+    #[test]
+    fn frozen_linear_equals_the_composed_ops() {
+        let (n, inp, out, rank) = (37, 48, 72, 4);
+        let x = Var::from_tensor(&random((n, inp), 1)).unwrap();
+        let w = random((out, inp), 2);
+        let lora = Lora {
+            a: Var::from_tensor(&random((rank, inp), 3)).unwrap(),
+            b: Var::from_tensor(&random((out, rank), 4)).unwrap(),
+            scale: 2.0,
+        };
+        assert!(fuses(x.as_tensor(), &w, &lora));
+        let fused = frozen_linear(x.as_tensor(), &w, &lora).unwrap();
+        let plain = (super::super::model::frozen_matmul(x.as_tensor(), &w).unwrap()
+            + lora.forward(x.as_tensor()).unwrap())
+        .unwrap();
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert!(diff(&fused, &plain) < 1e-4, "output differs by {}", diff(&fused, &plain));
+        let weights = random((n, out), 5);
+        let gf = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (plain * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("x", &x), ("A", &lora.a), ("B", &lora.b)] {
+            let (a, b) = (gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
+            assert!(diff(a, b) < 1e-3, "d{name} differs by {}", diff(a, b));
+        }
+        assert!(gf.get(&w).is_none(), "no gradient for the frozen weight");
+        // Shapes that do not fit are an error, not a panic.
+        let err = frozen_linear(&random((n, inp + 1), 6), &w, &lora).unwrap_err();
+        assert!(err.to_string().contains("do not fit"), "{err}");
+    }
 
     #[test]
     fn targets_parse() {

@@ -203,18 +203,27 @@ struct Proj {
 }
 
 impl Proj {
-    fn forward(&self, x: &Tensor, adapters: bool) -> candle_core::Result<Tensor> {
-        let mut y = match &self.w {
-            Weight::Frozen(w) => frozen_matmul(x, w)?,
-            Weight::Trainable(w) => x.matmul(&w.as_tensor().t()?)?,
+    /// `x·Wᵀ (+ bias) (+ the adapter's term)`; with `fused`, a frozen weight and its adapter
+    /// run as one op where [`lora::fuses`] allows.
+    fn forward(&self, x: &Tensor, adapters: bool, fused: bool) -> candle_core::Result<Tensor> {
+        let lora = self.lora.as_ref().filter(|_| adapters);
+        let mut y = match (&self.w, lora) {
+            (Weight::Frozen(w), Some(l)) if fused && lora::fuses(x, w, l) => {
+                lora::frozen_linear(x, w, l)?
+            }
+            (w, l) => {
+                let y = match w {
+                    Weight::Frozen(w) => frozen_matmul(x, w)?,
+                    Weight::Trainable(w) => x.matmul(&w.as_tensor().t()?)?,
+                };
+                match l {
+                    Some(l) => (y + l.forward(x)?)?,
+                    None => y,
+                }
+            }
         };
         if let Some(b) = &self.b {
             y = y.broadcast_add(b.tensor())?;
-        }
-        if adapters {
-            if let Some(l) = &self.lora {
-                y = (y + l.forward(x)?)?;
-            }
         }
         Ok(y)
     }
@@ -401,8 +410,8 @@ pub struct TrainableLlama {
     activation_budget: u64,
     /// Whether `Auto` has said that it turned checkpointing on (said once a model).
     auto_announced: AtomicBool,
-    /// Whether attention may use the fused op ([`Self::set_fused_attention`]).
-    fused_attention: bool,
+    /// Whether attention and LoRA projections may run as fused ops ([`Self::set_fused_ops`]).
+    fused: bool,
 }
 
 fn model_err(path: &Path, message: impl std::fmt::Display) -> LmError {
@@ -532,7 +541,7 @@ impl TrainableLlama {
             checkpointing: Checkpointing::default(),
             activation_budget: default_activation_budget(device),
             auto_announced: AtomicBool::new(false),
-            fused_attention: true,
+            fused: true,
         };
         Ok((model, tokenizer))
     }
@@ -606,18 +615,18 @@ impl TrainableLlama {
 
     /// One transformer block: `(B·T, hidden)` rows in and out.
     fn block(&self, blk: &Block, x: &Tensor, p: &Pass) -> candle_core::Result<Tensor> {
-        let on = self.adapters;
+        let (on, fused) = (self.adapters, self.fused);
         let eps = self.config.rms_eps as f32;
         let hn = candle_nn::ops::rms_norm_slow(x, blk.attn_norm.tensor(), eps)?;
-        let q = blk.q.forward(&hn, on)?;
-        let k = blk.k.forward(&hn, on)?;
-        let v = blk.v.forward(&hn, on)?;
+        let q = blk.q.forward(&hn, on, fused)?;
+        let k = blk.k.forward(&hn, on, fused)?;
+        let v = blk.v.forward(&hn, on, fused)?;
         let att = self.attention(&q, &k, &v, p, (&p.cos, &p.sin))?;
-        let x = (x + blk.o.forward(&att, on)?)?;
+        let x = (x + blk.o.forward(&att, on, fused)?)?;
         let hn = candle_nn::ops::rms_norm_slow(&x, blk.ffn_norm.tensor(), eps)?;
-        let gate = blk.gate.forward(&hn, on)?.silu()?;
-        let up = blk.up.forward(&hn, on)?;
-        x + blk.down.forward(&(gate * up)?, on)?
+        let gate = blk.gate.forward(&hn, on, fused)?.silu()?;
+        let up = blk.up.forward(&hn, on, fused)?;
+        x + blk.down.forward(&(gate * up)?, on, fused)?
     }
 
     fn final_norm(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -791,16 +800,17 @@ impl TrainableLlama {
         Tensor::from_vec(m, (rows.len(), 1, group * t, t), &self.device)?.to_dtype(self.dtype)
     }
 
-    /// Whether attention runs as [`attention::fused_attention`] (f32 on the CPU, unless turned
-    /// off) rather than out of candle's ops with a dense mask.
+    /// Whether attention runs as [`attention::fused_attention`] (f32 on the CPU, unless fused
+    /// ops are turned off) rather than out of candle's ops with a dense mask.
     pub fn fuses_attention(&self) -> bool {
-        self.fused_attention && self.device.is_cpu() && self.dtype == DType::F32
+        self.fused && self.device.is_cpu() && self.dtype == DType::F32
     }
 
-    /// Uses the fused attention op where it applies (the default), or candle's ops with a
-    /// dense mask (for measuring one against the other).
-    pub fn set_fused_attention(&mut self, on: bool) {
-        self.fused_attention = on;
+    /// Runs attention and each frozen projection with its LoRA adapter as single ops where
+    /// they apply (f32 on the CPU; the default), or everything out of candle's ops (for
+    /// measuring one against the other; the results agree to rounding).
+    pub fn set_fused_ops(&mut self, on: bool) {
+        self.fused = on;
     }
 
     fn attention(
@@ -847,7 +857,7 @@ impl TrainableLlama {
     /// Logits (f32; f64 for an f64 model) of hidden-state rows `(N, hidden)`: `(N, vocab)`.
     pub fn logits_of(&self, hidden: &Tensor) -> Result<Tensor, LmError> {
         let y = match &self.output {
-            Some(p) => p.forward(hidden, self.adapters)?,
+            Some(p) => p.forward(hidden, self.adapters, self.fused)?,
             None => match &self.embed {
                 Weight::Frozen(w) => frozen_matmul(hidden, w)?,
                 Weight::Trainable(w) => hidden.matmul(&w.as_tensor().t()?)?,

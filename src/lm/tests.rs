@@ -138,9 +138,9 @@ fn auto_checkpointing_recomputes_exactly_the_batches_over_the_budget() {
     // Fused attention keeps nothing that grows with T²: twice the tokens, twice the bytes.
     assert_eq!(model.kept_activation_bytes(2, 128), 2 * kept);
     // Dense attention keeps its score rows: twice the tokens keep more than twice the bytes.
-    model.set_fused_attention(false);
+    model.set_fused_ops(false);
     assert!(model.kept_activation_bytes(2, 128) > 2 * model.kept_activation_bytes(2, 64));
-    model.set_fused_attention(true);
+    model.set_fused_ops(true);
     assert_eq!(model.kept_activation_bytes(4, 64), 2 * kept);
     // Adapters only on top keep only the blocks from there up; a frozen model keeps none.
     let top = load(&path, lora_top(), DType::F32);
@@ -229,11 +229,11 @@ fn checkpointed_gradients_equal_the_plain_backward() {
     }
 }
 
-/// The fused attention op (f32 on the CPU, the default) against candle's ops with a dense
-/// mask, through the whole model: packed rows with two completions and padding, every
-/// trainable tensor's gradient, with and without checkpointing.
+/// The fused ops (attention, LoRA projections; f32 on the CPU, the default) against candle's
+/// ops with a dense mask, through the whole model: packed rows with two completions and
+/// padding, every trainable tensor's gradient, with and without checkpointing.
 #[test]
-fn fused_attention_trains_as_the_dense_ops_do() {
+fn fused_ops_train_as_candles_ops_do() {
     let dir = tempfile::tempdir().unwrap();
     let packed = [
         Packed {
@@ -253,7 +253,7 @@ fn fused_attention_trains_as_the_dense_ops_do() {
         model.set_checkpointing(Checkpointing::On);
         let fused_ckpt = run(&model);
         model.set_checkpointing(Checkpointing::Off);
-        model.set_fused_attention(false);
+        model.set_fused_ops(false);
         assert!(!model.fuses_attention());
         let dense = run(&model);
         let (lf, ld) = (scalar(&fused.0), scalar(&dense.0));

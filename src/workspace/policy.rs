@@ -506,8 +506,8 @@ pub struct BenchRequest {
     pub lora_top_layers: Option<usize>,
     /// Each mode is measured once per entry: without and/or with gradient checkpointing.
     pub checkpointing: Vec<bool>,
-    /// And once per entry here: with the fused attention op (true) and/or candle's ops.
-    pub fused_attention: Vec<bool>,
+    /// And once per entry here: with the fused ops (true) and/or candle's ops.
+    pub fused_ops: Vec<bool>,
 }
 
 /// The model a bench measures, resolved (fetched on first use): its name.
@@ -541,7 +541,7 @@ pub fn bench_train(
         };
         let options = LoadOptions { mode: adapt.mode(0)?, dtype: DType::F32 };
         for &checkpointing in &request.checkpointing {
-            for &fused in &request.fused_attention {
+            for &fused in &request.fused_ops {
                 let measured = measure(
                     &model.path,
                     &device,
