@@ -3,6 +3,7 @@
 //! resolved back as a model spec gives the same logits (llama and qwen2 shapes); a trained LoRA
 //! policy exported for PEFT and resolved back (adapter merged into its exported base) gives the
 //! merged policy's logits; `rrm policy export` from the command line.
+//! The adapter committed under `policies/squality-root` reads as what its card says.
 
 use std::path::{Path, PathBuf};
 
@@ -250,4 +251,38 @@ fn cli_exports_hf_and_gguf_and_the_export_resolves() {
     let out = run(&["policy", "export", "x", "--format", "onnx", "--out", "y"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("onnx"));
+}
+
+// The adapter committed under `policies/squality-root` (see its README): it must stay a LoRA
+// adapter rrm reads, for SmolLM2-135M's shapes, naming rrm's default model as its base, with
+// the bytes its card's hashes name. No model is fetched.
+
+const SHIPPED_ADAPTER: &str = "policies/squality-root";
+
+fn sha256(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[test]
+fn the_shipped_root_adapter_reads_as_smollm2_lora_and_matches_its_card() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(SHIPPED_ADAPTER);
+    assert_eq!(rrm::infer::hf::adapter_base_spec(&dir).unwrap(), "smollm2-135m");
+    let adapter = rrm::infer::hf::read_adapter(&dir).unwrap();
+    // 30 blocks × 7 projections, rank 8, alpha 16.
+    assert_eq!(adapter.pairs.len(), 30 * 7);
+    for (name, (a, b, scale)) in &adapter.pairs {
+        assert_eq!(a.dims()[0], 8, "{name}: rank");
+        assert_eq!(b.dims()[1], 8, "{name}: rank");
+        assert_eq!(*scale, 2.0, "{name}: alpha / rank");
+        let inp = a.dims()[1];
+        let out = b.dims()[0];
+        assert!([576, 1536].contains(&inp) && [192, 576, 1536].contains(&out), "{name}");
+    }
+    let card = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    for file in ["adapter_model.safetensors", "adapter_config.json"] {
+        let hash = sha256(&dir.join(file));
+        assert!(card.contains(&hash), "{file}: sha256 {hash} is not the one the card names");
+    }
 }
