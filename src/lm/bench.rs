@@ -50,9 +50,28 @@ pub fn peak_rss_mib() -> Option<f64> {
 }
 
 /// Resets the process's peak resident set size to its current size (Linux ≥ 4.0; elsewhere a
-/// no-op, and the peak is the process's).
+/// no-op, and the peak is the process's). Memory the allocator still holds from freed
+/// tensors is handed back first (glibc), or it would count in the next configuration's peak:
+/// measured in one process after a 4.2 GiB configuration, a 1 GiB one read 4.1 GiB.
 pub fn reset_peak_rss() {
+    release_freed_memory();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Returns the pages of freed allocations in every malloc arena to the OS (glibc's
+/// `malloc_trim`); elsewhere nothing.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: glibc's malloc_trim only releases free memory; it takes the arenas' locks
+        // itself and is safe to call at any time from any thread.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
