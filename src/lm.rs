@@ -30,6 +30,7 @@
 pub mod attention;
 pub mod bench;
 pub mod checkpoint;
+mod cpu;
 pub mod export;
 pub mod lora;
 pub mod model;

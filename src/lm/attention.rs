@@ -14,9 +14,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
+
+use super::cpu::{f32_slice, matmul, Write};
 
 use crate::infer::kernels::ops::exp;
 
@@ -72,16 +73,6 @@ struct FusedAttention {
     lse: Mutex<Option<Vec<f32>>>,
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("fused attention: {what} is {:?}, not f32", s.dtype());
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("fused attention: {what} is not contiguous"),
-    }
-}
-
 impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-attention"
@@ -96,7 +87,8 @@ impl CustomOp3 for FusedAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (f32_slice(s1, l1, "q")?, f32_slice(s2, l2, "k")?, f32_slice(s3, l3, "v")?);
+        let slice = |s, l, what| f32_slice(s, l, "fused attention", what);
+        let (q, k, v) = (slice(s1, l1, "q")?, slice(s2, l2, "k")?, slice(s3, l3, "v")?);
         let (out, lse) = forward(self.dims, &self.segments, q, k, v);
         if let Ok(mut slot) = self.lse.lock() {
             *slot = Some(lse);
@@ -156,54 +148,6 @@ fn runs(segments: &[u32]) -> Vec<(usize, usize, u32)> {
     out
 }
 
-/// `dst (m × n) = [dst +] a (m × k) · b (k × n)`, each given by its row and column strides.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    a: &[f32],
-    (a_rs, a_cs): (usize, usize),
-    b: &[f32],
-    (b_rs, b_cs): (usize, usize),
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let reach = |rs: usize, cs: usize, rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(reach(dst_rs, 1, m, n) < dst.len(), "matmul: dst too small");
-    if k > 0 {
-        assert!(reach(a_rs, a_cs, m, k) < a.len(), "matmul: lhs too small");
-        assert!(reach(b_rs, b_cs, k, n) < b.len(), "matmul: rhs too small");
-    }
-    // SAFETY: every index the strides reach is inside its slice (checked above), and `dst`
-    // does not alias `a` or `b` (a `&mut` and two `&`).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
 /// One query head's slices: its queries `(T, d)` and its KV head's keys and values.
 struct Head<'a> {
     q: &'a [f32],
@@ -254,11 +198,11 @@ fn forward(d: Dims, segments: &[u32], q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f
                     (c, keys, d.hd),
                     s,
                     keys,
-                    false,
                     &head.q[q0 * d.hd..],
                     (d.hd, 1),
                     head.k,
                     (1, d.hd),
+                    Write::SET,
                 );
                 for i in 0..c {
                     let qi = q0 + i;
@@ -274,11 +218,11 @@ fn forward(d: Dims, segments: &[u32], q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f
                     (c, d.hd, keys),
                     &mut out[q0 * d.hd..q1 * d.hd],
                     d.hd,
-                    false,
                     s,
                     (keys, 1),
                     head.v,
                     (d.hd, 1),
+                    Write::SET,
                 );
             }
         },
@@ -346,16 +290,16 @@ fn backward(
                 let (p, dp) = (&mut p[..c * keys], &mut dp[..c * keys]);
                 let qt = &head.q[q0 * d.hd..q1 * d.hd];
                 let gt = &g[q0 * d.hd..q1 * d.hd];
-                matmul((c, keys, d.hd), p, keys, false, qt, (d.hd, 1), head.k, (1, d.hd));
+                matmul((c, keys, d.hd), p, keys, qt, (d.hd, 1), head.k, (1, d.hd), Write::SET);
                 for i in 0..c {
                     let qi = q0 + i;
                     visible(head.runs, qi, head.segments[qi], &mut spans);
                     softmax_spans(&mut p[i * keys..(i + 1) * keys], &spans, Some(lse[qi]));
                 }
                 // dv += pᵀ (keys × c) · g (c × d)
-                matmul((keys, d.hd, c), dv, d.hd, true, p, (1, keys), gt, (d.hd, 1));
+                matmul((keys, d.hd, c), dv, d.hd, p, (1, keys), gt, (d.hd, 1), Write::ADD);
                 // dp = g (c × d) · vᵀ (d × keys)
-                matmul((c, keys, d.hd), dp, keys, false, gt, (d.hd, 1), head.v, (1, d.hd));
+                matmul((c, keys, d.hd), dp, keys, gt, (d.hd, 1), head.v, (1, d.hd), Write::SET);
                 // ds = p ∘ (dp − rowsum(g ∘ o)), in place of dp.
                 for i in 0..c {
                     let at = (q0 + i) * d.hd;
@@ -372,14 +316,14 @@ fn backward(
                     (c, d.hd, keys),
                     &mut dq[q0 * d.hd..q1 * d.hd],
                     d.hd,
-                    false,
                     dp,
                     (keys, 1),
                     head.k,
                     (d.hd, 1),
+                    Write::SET,
                 );
                 // dk += dsᵀ (keys × c) · q (c × d)
-                matmul((keys, d.hd, c), dk, d.hd, true, dp, (1, keys), qt, (d.hd, 1));
+                matmul((keys, d.hd, c), dk, d.hd, dp, (1, keys), qt, (d.hd, 1), Write::ADD);
             }
         });
     let group = d.group();

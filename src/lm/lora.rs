@@ -4,6 +4,8 @@
 //! the base model. Merging adds `(alpha / rank) · B·A` to `W`.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor, Var};
+
+use super::cpu::{f32_slice, matmul, Write};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -216,66 +218,6 @@ struct FrozenLinear {
     rank: usize,
 }
 
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        _ => candle_core::bail!("LoRA projection: {what} is not contiguous f32"),
-    }
-}
-
-/// `dst (m × n) [+]= beta · a (m × k) · b (k × n)` through the `gemm` crate, row/column strides
-/// given; `dst` is row-major with `n` columns.
-#[allow(clippy::too_many_arguments)]
-fn gemm_into(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    accumulate: bool,
-    beta: f32,
-    a: &[f32],
-    (a_rs, a_cs): (usize, usize),
-    b: &[f32],
-    (b_rs, b_cs): (usize, usize),
-) {
-    if m == 0 || n == 0 || k == 0 {
-        return;
-    }
-    let reach = |rs: usize, cs: usize, rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(m * n <= dst.len(), "LoRA projection: output too small");
-    assert!(reach(a_rs, a_cs, m, k) < a.len(), "LoRA projection: lhs too small");
-    assert!(reach(b_rs, b_cs, k, n) < b.len(), "LoRA projection: rhs too small");
-    let threads = rayon::current_num_threads();
-    let parallelism = if m * n * k >= 1 << 18 && threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: every index the strides reach is inside its slice (checked above); `dst` is a
-    // `&mut` and cannot alias `a` or `b`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
-}
-
 impl CustomOp3 for FrozenLinear {
     fn name(&self) -> &'static str {
         "lora-frozen-linear"
@@ -290,20 +232,23 @@ impl CustomOp3 for FrozenLinear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, a, b) = (f32s(s1, l1, "x")?, f32s(s2, l2, "A")?, f32s(s3, l3, "B")?);
+        let slice = |s, l, what| f32_slice(s, l, "LoRA projection", what);
+        let (x, a, b) = (slice(s1, l1, "x")?, slice(s2, l2, "A")?, slice(s3, l3, "B")?);
         let (storage, layout) = self.w.storage_and_layout();
         let Storage::Cpu(ws) = &*storage else {
             candle_core::bail!("LoRA projection: W is not on the CPU");
         };
-        let w = f32s(ws, layout, "W")?;
+        let w = slice(ws, layout, "W")?;
         let (n, inp, out, r) = (self.n, self.inp, self.out, self.rank);
+        let set = Write { parallel: true, ..Write::SET };
         let mut y = vec![0f32; n * out];
         // y = x · Wᵀ
-        gemm_into((n, out, inp), &mut y, false, 1.0, x, (inp, 1), w, (1, inp));
+        matmul((n, out, inp), &mut y, out, x, (inp, 1), w, (1, inp), set);
         // t = x · Aᵀ; y += scale · t · Bᵀ
         let mut t = vec![0f32; n * r];
-        gemm_into((n, r, inp), &mut t, false, 1.0, x, (inp, 1), a, (1, inp));
-        gemm_into((n, out, r), &mut y, true, self.scale, &t, (r, 1), b, (1, r));
+        matmul((n, r, inp), &mut t, r, x, (inp, 1), a, (1, inp), set);
+        let add = Write { accumulate: true, beta: self.scale, parallel: true };
+        matmul((n, out, r), &mut y, out, &t, (r, 1), b, (1, r), add);
         Ok((CpuStorage::F32(y), Shape::from((n, out))))
     }
 
