@@ -605,11 +605,11 @@ impl TrainableLlama {
         let half = c.head_dim / 2;
         let cos = self.cos.index_select(&pos, 0)?.reshape((b, 1, t, half, 1))?;
         let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, t, half, 1))?;
-        let segments = rows
+        let segments: Vec<u32> = rows
             .iter()
             .flat_map(|r| (0..t).map(|i| r.segments.get(i).copied().unwrap_or(u32::MAX)))
             .collect();
-        let mask = if self.fuses_attention() { None } else { Some(self.mask(rows, t)?) };
+        let mask = if self.fuses_attention() { None } else { Some(self.mask(&segments, t)?) };
         Ok(Pass { b, t, ids, cos, sin, segments: Arc::new(segments), mask })
     }
 
@@ -776,11 +776,14 @@ impl TrainableLlama {
     /// The additive attention masks `(B, 1, group·T, T)`, each row's laid out as the rows of a
     /// head group: a token sees the tokens before it in its own segment and in the prompt
     /// (segment 0). Padding (after every real token) is never seen by a real token.
-    fn mask(&self, rows: &[Row], t: usize) -> candle_core::Result<Tensor> {
+    /// `segments` holds each row's `t` segment ids (padding: `u32::MAX`), as the fused op reads
+    /// them.
+    fn mask(&self, segments: &[u32], t: usize) -> candle_core::Result<Tensor> {
         let group = self.config.n_head / self.config.n_kv_head;
-        let mut m = vec![-1e9f32; rows.len() * group * t * t];
-        for (bi, r) in rows.iter().enumerate() {
-            let seg = |i: usize| r.segments.get(i).copied().unwrap_or(u32::MAX);
+        let b = segments.len() / t.max(1);
+        let mut m = vec![-1e9f32; b * group * t * t];
+        for (bi, row) in segments.chunks(t).enumerate() {
+            let seg = |i: usize| row[i];
             for q in 0..t {
                 let sq = seg(q);
                 let base = (bi * group * t + q) * t;
@@ -797,7 +800,7 @@ impl TrainableLlama {
                 m.copy_within(first..first + t * t, first + g * t * t);
             }
         }
-        Tensor::from_vec(m, (rows.len(), 1, group * t, t), &self.device)?.to_dtype(self.dtype)
+        Tensor::from_vec(m, (b, 1, group * t, t), &self.device)?.to_dtype(self.dtype)
     }
 
     /// Whether attention runs as [`attention::fused_attention`] (f32 on the CPU, unless fused
