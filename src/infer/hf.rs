@@ -34,11 +34,13 @@ mod tests;
 mod vocab;
 
 pub use export::{export_hf, export_peft, HfDType, PeftExport};
-pub use import::{convert_folder, merge_adapter, read_adapter, Adapter, GgufParts};
+pub use import::{
+    convert_folder, merge_adapter, merged_matrix_dtype, read_adapter, Adapter, GgufParts,
+};
 
 /// Changes whenever the converter would write different bytes for the same input (part of
 /// every cache key).
-pub const CONVERTER_VERSION: &str = "rrm-hf-gguf-2";
+pub const CONVERTER_VERSION: &str = "rrm-hf-gguf-3";
 
 /// The cache folder under the models folder.
 pub const CACHE_DIR: &str = "hf-gguf";

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::TrainableLlama;
 use super::{io_err, LmError};
+use crate::infer::hf::merged_matrix_dtype;
 
 /// The weight type of an exported model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,13 +86,8 @@ pub fn write_gguf(
         let dtype = match (t.rank(), format) {
             (1, _) | (_, ExportFormat::F32) => GgmlDType::F32,
             (_, ExportFormat::F16) => GgmlDType::F16,
-            (_, ExportFormat::Q8_0) => {
-                if t.dims().last().is_some_and(|k| k % 32 == 0) {
-                    GgmlDType::Q8_0
-                } else {
-                    GgmlDType::F16
-                }
-            }
+            // The rule a PEFT adapter merged into a quantized base follows too.
+            (_, ExportFormat::Q8_0) => merged_matrix_dtype(GgmlDType::Q8_0, t.dims()),
         };
         tensors.push((name, QTensor::quantize(&t, dtype)?));
     }

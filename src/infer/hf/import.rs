@@ -563,9 +563,22 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter, HfError> {
     Ok(Adapter { dir: dir.to_path_buf(), pairs })
 }
 
+/// How a matrix of a base stored as `base` is stored once an adapter is merged into it: a float
+/// type stays; a quantized one becomes Q8_0, or F16 when its rows are not a multiple of Q8_0's
+/// 32-value block (the rule of `lm::export` for trained policies).
+pub fn merged_matrix_dtype(base: GgmlDType, dims: &[usize]) -> GgmlDType {
+    match base {
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => base,
+        _ if dims.last().is_some_and(|k| k % 32 == 0) => GgmlDType::Q8_0,
+        _ => GgmlDType::F16,
+    }
+}
+
 /// The base GGUF's tensors with `adapter` merged in (`W += scale·B·A`, `B`'s rows permuted like
-/// the weight's). Merged matrices keep a float type (F32/F16/BF16) or become F16 when the base
-/// is quantized; the other tensors are copied as they are.
+/// the weight's). Merged matrices keep a float type (F32/F16/BF16); in a quantized base they
+/// become Q8_0 ([`merged_matrix_dtype`]), as `rrm policy train` exports the same merge, so a
+/// LoRA policy exported for PEFT and loaded back is the model that was trained and measured.
+/// The other tensors are copied as they are.
 pub fn merge_adapter(base: &Path, adapter: &Adapter) -> Result<GgufParts, HfError> {
     let mismatch = |message: String| HfError::AdapterMismatch {
         path: adapter.dir.clone(),
@@ -615,11 +628,7 @@ pub fn merge_adapter(base: &Path, adapter: &Adapter) -> Result<GgufParts, HfErro
             let w = q.dequantize(&Device::Cpu)?;
             let delta = (b.matmul(a)? * *scale)?;
             let w = (w + delta)?;
-            let dtype = match q.dtype() {
-                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => q.dtype(),
-                _ => GgmlDType::F16,
-            };
-            QTensor::quantize(&w, dtype)
+            QTensor::quantize(&w, merged_matrix_dtype(q.dtype(), &dims))
         };
         tensors.push((name.clone(), merge().map_err(|e| tensor_err(base, &name, e))?));
     }
