@@ -142,6 +142,16 @@ impl LocalGenerator {
         config: EngineConfig,
     ) -> Result<Self, InferError> {
         let identity = Self::identity_of(path, sha256)?;
+        Self::load_as(path, identity, device, config)
+    }
+
+    /// [`LocalGenerator::load`] under an identity already worked out.
+    pub fn load_as(
+        path: &Path,
+        identity: ModelIdentity,
+        device: &Device,
+        config: EngineConfig,
+    ) -> Result<Self, InferError> {
         let loaded = LlamaModel::load(path, device)?;
         Self::from_model(loaded.model, loaded.tokenizer, identity, config)
     }

@@ -14,7 +14,7 @@ use super::engine::{DeviceChoice, EngineConfig, LocalGenerator};
 use super::fetch::{self, DEFAULT_GENERATOR};
 use super::lazy::LazyGenerator;
 use super::openai::{OpenAiConfig, OpenAiGenerator};
-use super::{Generator, InferError};
+use super::{Generator, InferError, ModelIdentity};
 
 /// Where text generation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -106,8 +106,9 @@ impl GeneratorSpec {
         progress: bool,
     ) -> Result<LocalGenerator, InferError> {
         let resolved = fetch::resolve_model_with(self.local_model(), &self.models_dir(), progress)?;
+        let identity = identity(&resolved)?;
         let device = self.device.device()?;
-        LocalGenerator::load(&resolved.path, resolved.sha256, &device, config)
+        LocalGenerator::load_as(&resolved.path, identity, &device, config)
     }
 
     /// Resolves (fetching on first use) the local model now; loads it when first used.
@@ -117,15 +118,31 @@ impl GeneratorSpec {
         progress: bool,
     ) -> Result<LazyGenerator, InferError> {
         let resolved = fetch::resolve_model_with(self.local_model(), &self.models_dir(), progress)?;
-        let identity = LocalGenerator::identity_of(&resolved.path, resolved.sha256.clone())?;
+        let identity = identity(&resolved)?;
         let device = self.device.device()?;
-        Ok(LazyGenerator::new(identity, move || {
+        Ok(LazyGenerator::new(identity.clone(), move || {
             let path = resolved.path;
-            LocalGenerator::load(&path, resolved.sha256, &device, config)
+            LocalGenerator::load_as(&path, identity, &device, config)
                 .map(|g| Arc::new(g) as Arc<dyn Generator>)
                 .map_err(|e| {
                     InferError::Other(format!("loading the model {}: {e}", path.display()))
                 })
         }))
     }
+}
+
+/// The identity of a resolved local model: its file's stem and hash, except for a file the
+/// resolver made (a Hugging Face conversion or a merged adapter, named by its cache key), which
+/// goes by the name it was asked for (`squality-root`, the adapter folder's name).
+fn identity(resolved: &fetch::ResolvedModel) -> Result<ModelIdentity, InferError> {
+    let mut identity = LocalGenerator::identity_of(&resolved.path, resolved.sha256.clone())?;
+    let made_here = resolved
+        .path
+        .parent()
+        .and_then(|p| p.file_name())
+        .is_some_and(|dir| dir == super::hf::CACHE_DIR);
+    if made_here {
+        identity.name = resolved.name.clone();
+    }
+    Ok(identity)
 }
