@@ -3,7 +3,9 @@
 //! resolved back as a model spec gives the same logits (llama and qwen2 shapes); a trained LoRA
 //! policy exported for PEFT and resolved back (adapter merged into its exported base) gives the
 //! merged policy's logits; `rrm policy export` from the command line.
-//! The adapter committed under `policies/squality-root` reads as what its card says.
+//! A policy registered as Q8_0 on a quantized base and its PEFT export loaded back are the same
+//! file. The adapter committed under `policies/squality-root` reads as what its card says, and
+//! is the binary's built-in root policy.
 
 use std::path::{Path, PathBuf};
 
@@ -83,6 +85,16 @@ fn a_quantized_model_exports_its_dequantized_weights() {
 /// Registers a LoRA policy on `base` with random (non-zero) adapters, as `rrm policy train`
 /// would; returns its merged GGUF.
 fn register_lora_policy(models: &Path, base: &Path, name: &str, top: Option<usize>) -> PathBuf {
+    register_lora_policy_as(models, base, name, top, ExportFormat::F32)
+}
+
+fn register_lora_policy_as(
+    models: &Path,
+    base: &Path,
+    name: &str,
+    top: Option<usize>,
+    format: ExportFormat,
+) -> PathBuf {
     let lora =
         LoraConfig { rank: 4, alpha: 8.0, targets: Target::ALL.to_vec(), seed: 5, top_layers: top };
     let options = LoadOptions { mode: Mode::Lora(lora.clone()), dtype: DType::F32 };
@@ -98,7 +110,7 @@ fn register_lora_policy(models: &Path, base: &Path, name: &str, top: Option<usiz
         ModelIdentity { name: "tiny".into(), hash: "x".into() },
         Method::Sft,
         Mode::Lora(lora),
-        ExportFormat::F32,
+        format,
         serde_json::Value::Null,
         DataCard::default(),
     );
@@ -148,6 +160,46 @@ fn a_peft_export_imported_on_its_base_gives_the_merged_policy() {
         let back = resolve_model(base_out.to_str().unwrap(), &models).unwrap();
         assert!(max_abs_diff(&logits(&base), &logits(&back.path)) <= ROUND_TRIP_TOLERANCE);
     }
+}
+
+/// Every tensor of a GGUF file: name → (type, raw bytes).
+fn raw_tensors(path: &Path) -> std::collections::BTreeMap<String, (String, Vec<u8>)> {
+    let mut file = std::fs::File::open(path).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    names
+        .into_iter()
+        .map(|name| {
+            let q = content.tensor(&mut file, &name, &Device::Cpu).unwrap();
+            let bytes = q.data().unwrap().to_vec();
+            (name, (format!("{:?}", q.dtype()), bytes))
+        })
+        .collect()
+}
+
+/// A LoRA policy trained on a quantized base is registered as Q8_0; its PEFT export (f32 B and
+/// A), loaded back on that base, must be that file bit for bit, so the adapter a user loads is
+/// the model that was measured. (Merged at f16 it was not, and greedy roots differed.)
+#[test]
+fn a_peft_export_on_a_quantized_base_is_the_registered_q8_0_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let base = dir.path().join("q8-base.gguf");
+    let o = TinyOptions { weights: candle_core::quantized::GgmlDType::Q8_0, ..Default::default() };
+    tiny_gguf(&base, 11, &o).unwrap();
+    let merged = register_lora_policy_as(&models, &base, "pol-q8", None, ExportFormat::Q8_0);
+    let out = dir.path().join("pol-q8-peft");
+    let mut req = request("pol-q8", ExportKind::Peft, &out);
+    req.base_ref = Some(base.to_string_lossy().into_owned());
+    registry::export(&models, &req).unwrap();
+    let resolved = resolve_model(out.to_str().unwrap(), &models).unwrap();
+    let (want, got) = (raw_tensors(&merged), raw_tensors(&resolved.path));
+    assert_eq!(want.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>());
+    for (name, (dtype, bytes)) in &want {
+        assert_eq!(&got[name].0, dtype, "{name}: tensor type");
+        assert!(&got[name].1 == bytes, "{name}: the bytes differ");
+    }
+    assert!(want["blk.0.attn_q.weight"].0.contains("Q8_0"), "{:?}", want["blk.0.attn_q.weight"].0);
 }
 
 #[test]
@@ -268,6 +320,14 @@ fn sha256(path: &Path) -> String {
 #[test]
 fn the_shipped_root_adapter_reads_as_smollm2_lora_and_matches_its_card() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(SHIPPED_ADAPTER);
+    // The binary's built-in copy, written out under the models folder, is these files.
+    let models = tempfile::tempdir().unwrap();
+    let builtin = rrm::infer::fetch::builtin_adapter(rrm::infer::fetch::DEFAULT_ROOT_POLICY)
+        .expect("the default root policy is built in");
+    let written = rrm::infer::fetch::materialize_builtin(builtin, models.path()).unwrap();
+    for file in ["adapter_model.safetensors", "adapter_config.json"] {
+        assert_eq!(sha256(&written.join(file)), sha256(&dir.join(file)), "{file}");
+    }
     assert_eq!(rrm::infer::hf::adapter_base_spec(&dir).unwrap(), "smollm2-135m");
     let adapter = rrm::infer::hf::read_adapter(&dir).unwrap();
     // 30 blocks × 7 projections, rank 8, alpha 16.

@@ -237,7 +237,9 @@ pub struct LevelModelArgs {
     /// height) or `H=SPEC` (every node at height H; 0 is the leaves); repeatable. E.g. a policy
     /// trained on demonstrations at the root, used only there, on the inputs the base model
     /// writes below it. Same backend and flags as --model; the nodes the base model runs keep
-    /// their cached results.
+    /// their cached results. When no model is named (no --model, no RRM_MODEL, local backend)
+    /// the root runs the built-in `squality-root` policy (policies/squality-root/README.md);
+    /// `--model smollm2-135m` runs the base model everywhere.
     #[arg(long = "model-at", value_name = "LEVEL=SPEC", value_parser = parse_level_model)]
     pub model_at: Vec<(Level, String)>,
 }
@@ -254,7 +256,18 @@ fn parse_level_model(s: &str) -> Result<(Level, String), String> {
 }
 
 impl LevelModelArgs {
-    /// Starts the model of every node (`generator`) and one per named level.
+    /// The models named per level, with the default root policy added when no model at all was
+    /// named (the base model is the default generator and nothing is asked of the root).
+    pub fn levels(&self, generator: &GeneratorOptions) -> Vec<(Level, String)> {
+        let mut levels = self.model_at.clone();
+        let default_generator = generator.backend == BackendArg::Local && generator.model.is_none();
+        if default_generator && !levels.iter().any(|(l, _)| *l == Level::Root) {
+            levels.push((Level::Root, fetch::DEFAULT_ROOT_POLICY.to_string()));
+        }
+        levels
+    }
+
+    /// Starts the model of every node (`generator`) and one per level of [`Self::levels`].
     pub fn start(
         &self,
         generator: &GeneratorOptions,
@@ -264,7 +277,7 @@ impl LevelModelArgs {
     ) -> anyhow::Result<Models> {
         let mut set = Models::new(generator.start(models, max_batch, progress)?);
         let mut seen = Vec::new();
-        for (level, spec) in &self.model_at {
+        for (level, spec) in &self.levels(generator) {
             if seen.contains(level) {
                 anyhow::bail!("--model-at names level {level} twice");
             }
@@ -431,4 +444,41 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        generator: GeneratorOptions,
+        #[command(flatten)]
+        levels: LevelModelArgs,
+    }
+
+    fn levels(args: &[&str]) -> Vec<(Level, String)> {
+        let cli = Cli::try_parse_from(std::iter::once("rrm").chain(args.iter().copied())).unwrap();
+        cli.levels.levels(&cli.generator)
+    }
+
+    #[test]
+    fn the_root_policy_runs_only_when_no_model_is_named() {
+        // RRM_MODEL names a model as --model does (then there is no default to check).
+        if std::env::var_os("RRM_MODEL").is_some() {
+            return;
+        }
+        let root = (Level::Root, fetch::DEFAULT_ROOT_POLICY.to_string());
+        assert_eq!(levels(&[]), vec![root]);
+        assert!(levels(&["--model", "smollm2-135m"]).is_empty());
+        assert_eq!(levels(&["--model-at", "root=x.gguf"]), vec![(Level::Root, "x.gguf".into())]);
+        let below = levels(&["--model-at", "0=x.gguf"]);
+        assert_eq!(below.len(), 2, "{below:?}");
+        assert!(
+            levels(&["--backend", "openai", "--endpoint", "http://h", "--model", "m"]).is_empty()
+        );
+    }
 }

@@ -12,7 +12,8 @@
 //!
 //! A model spec is resolved, in order, as: an existing path (a `.gguf` file, or a folder: a
 //! Hugging Face snapshot or any folder holding one `.gguf` or `model.safetensors`); a registry
-//! name (fetched on first use); a folder of that name in the models folder (a policy trained
+//! name (fetched on first use); a built-in adapter's name ([`BUILTIN_ADAPTERS`], written out
+//! under `<models>/builtin/` and merged into its base like any adapter folder); a folder of that name in the models folder (a policy trained
 //! here, `rrm policy train --name NAME`); a Hugging Face cache entry `ORG/NAME` (offline, read
 //! from `$HF_HOME/hub` or `~/.cache/huggingface/hub`).
 //!
@@ -206,8 +207,68 @@ pub const REGISTRY: &[RegistryModel] = &[
     },
 ];
 
+/// A PEFT adapter built into the binary (committed under `policies/NAME/`, with its card): a
+/// spec of its name resolves to its base with it merged in, like any adapter folder.
+#[derive(Debug, Clone, Copy)]
+pub struct BuiltinAdapter {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// `adapter_config.json`.
+    pub config: &'static [u8],
+    /// `adapter_model.safetensors`.
+    pub weights: &'static [u8],
+}
+
+/// The policy `summarize` and `eval summaries` run at the root when no model is named.
+pub const DEFAULT_ROOT_POLICY: &str = "squality-root";
+
+/// Every adapter built into the binary.
+pub const BUILTIN_ADAPTERS: &[BuiltinAdapter] = &[BuiltinAdapter {
+    name: "squality-root",
+    description: "LoRA for smollm2-135m at a tree's root: reference-labelled rm-dpo on the 50 \
+                  SQuALITY training stories (policies/squality-root/README.md)",
+    config: include_bytes!("../../policies/squality-root/adapter_config.json"),
+    weights: include_bytes!("../../policies/squality-root/adapter_model.safetensors"),
+}];
+
+/// The built-in adapter called `name`.
+pub fn builtin_adapter(name: &str) -> Option<&'static BuiltinAdapter> {
+    BUILTIN_ADAPTERS.iter().find(|a| a.name == name)
+}
+
+/// Writes `adapter`'s files into `<models_dir>/builtin/NAME/` unless the same bytes are there
+/// (each file under a temporary name, then renamed); returns the folder.
+pub fn materialize_builtin(
+    adapter: &BuiltinAdapter,
+    models_dir: &Path,
+) -> Result<PathBuf, FetchError> {
+    let dir = models_dir.join("builtin").join(adapter.name);
+    std::fs::create_dir_all(&dir).map_err(|error| FetchError::Io { path: dir.clone(), error })?;
+    for (file, bytes) in
+        [(hf::ADAPTER_CONFIG_FILE, adapter.config), (hf::ADAPTER_WEIGHTS_FILE, adapter.weights)]
+    {
+        let path = dir.join(file);
+        if std::fs::read(&path).is_ok_and(|on_disk| on_disk == bytes) {
+            continue;
+        }
+        let tmp = dir.join(format!("{file}.tmp-{}", std::process::id()));
+        let io = |error| FetchError::Io { path: path.clone(), error };
+        std::fs::write(&tmp, bytes).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io(e)
+        })?;
+    }
+    Ok(dir)
+}
+
 fn known_names() -> String {
-    REGISTRY.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+    REGISTRY
+        .iter()
+        .map(|m| m.name)
+        .chain(BUILTIN_ADAPTERS.iter().map(|a| a.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The registry entry called `name`.
@@ -294,6 +355,13 @@ fn resolve_depth(
             path: registry_path(model, models_dir),
             sha256: Some(model.files[0].sha256.to_string()),
         });
+    }
+    if let Some(adapter) = builtin_adapter(spec) {
+        let dir = materialize_builtin(adapter, models_dir)?;
+        if let Some(mut found) = resolve_path(&dir, models_dir, progress, depth)? {
+            found.name = spec.to_string();
+            return Ok(found);
+        }
     }
     // A model trained here and registered under the models folder (`<dir>/<NAME>/…gguf`).
     let local = models_dir.join(spec);
@@ -700,6 +768,22 @@ pub fn extract_verified(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_builtin_adapter_is_written_once_and_repaired_when_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let adapter = builtin_adapter(DEFAULT_ROOT_POLICY).unwrap();
+        let folder = materialize_builtin(adapter, dir.path()).unwrap();
+        let weights = folder.join(hf::ADAPTER_WEIGHTS_FILE);
+        assert_eq!(std::fs::read(&weights).unwrap(), adapter.weights);
+        assert!(hf::is_adapter_dir(&folder));
+        // A damaged copy is replaced by the built-in bytes; nothing else is left behind.
+        std::fs::write(&weights, b"not an adapter").unwrap();
+        assert_eq!(materialize_builtin(adapter, dir.path()).unwrap(), folder);
+        assert_eq!(std::fs::read(&weights).unwrap(), adapter.weights);
+        assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 2);
+        assert!(known_names().contains(DEFAULT_ROOT_POLICY));
+    }
 
     fn wheel_with(dir: &Path, files: &[(&str, &[u8])]) -> PathBuf {
         let path = dir.join("pkg-0.1-py3-none-any.whl");
