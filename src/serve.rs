@@ -51,6 +51,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::compose::{Level, Models};
 use crate::infer::spec::GeneratorSpec;
 use crate::infer::{Encoder, Generator};
 use crate::reward::RewardModel;
@@ -74,6 +75,9 @@ pub struct ServeConfig {
     pub local_labeler: String,
     /// The generator jobs draw candidates and summarize with (started on first use).
     pub generator: GeneratorSpec,
+    /// Other models at chosen levels of a summarized tree (`--model-at`, and the built-in root
+    /// policy when no model is named, as `rrm summarize` runs them); started on first use.
+    pub level_generators: Vec<(Level, GeneratorSpec)>,
     /// The reward checkpoint for queue ranking and uncertainty (`latest`, a hash, a folder),
     /// or `None` for none.
     pub reward_model: Option<String>,
@@ -94,6 +98,7 @@ impl ServeConfig {
             auto_advance: true,
             local_labeler: "local".into(),
             generator: GeneratorSpec::local_default(),
+            level_generators: Vec::new(),
             reward_model: Some("latest".into()),
             encoder: crate::infer::fetch::DEFAULT_ENCODER.into(),
             ask_wait: Duration::from_secs(10 * 60),
@@ -152,6 +157,7 @@ pub struct AppState {
     /// The last drawn evaluation report (`/report/`).
     pub report: report::ReportCache,
     generator: tokio::sync::OnceCell<Arc<dyn Generator>>,
+    level_generators: tokio::sync::OnceCell<Vec<(Level, Arc<dyn Generator>)>>,
     /// A generator to use instead of starting one from the config (see `use_generator`).
     preset: Guarded<Option<Arc<dyn Generator>>>,
     trees: TreeCache,
@@ -239,6 +245,7 @@ impl AppState {
             asks: Arc::new(ask::AskHub::default()),
             report: report::ReportCache::default(),
             generator: tokio::sync::OnceCell::new(),
+            level_generators: tokio::sync::OnceCell::new(),
             preset: Guarded::new("preset generator", rank::LEAF, None),
             trees: TreeCache::default(),
             encoder: Guarded::new("sentence encoder", rank::LEAF, None),
@@ -285,6 +292,31 @@ impl AppState {
             })
             .await
             .cloned()
+    }
+
+    /// The models a summarize job composes with: the generator at every node, and the
+    /// config's level generators where they apply (each started once, on the blocking pool).
+    pub async fn models(&self) -> Result<Models, WorkspaceError> {
+        let mut models = Models::new(self.generator().await?);
+        let specs = self.config.level_generators.clone();
+        let started = self
+            .level_generators
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || {
+                    specs
+                        .into_iter()
+                        .map(|(level, spec)| Ok((level, spec.start(8, false)?)))
+                        .collect::<Result<Vec<_>, crate::infer::InferError>>()
+                })
+                .await
+                .map_err(|e| WorkspaceError::Invalid(format!("starting the models: {e}")))?
+                .map_err(WorkspaceError::from)
+            })
+            .await?;
+        for (level, generator) in started {
+            models = models.at(*level, Arc::clone(generator));
+        }
+        Ok(models)
     }
 
     /// The tree of book `book_id` with its book and newest run (cached until a job changes it).

@@ -664,3 +664,37 @@ async fn the_eval_report_is_served_from_the_store() {
         );
     }
 }
+
+/// The web app's Summarize runs the level models `rrm summarize` would (`--model-at`, the
+/// built-in root policy): after a run of the base model alone, a run with another model at the
+/// root computes only the root; the other nodes come from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summarize_in_the_web_app_runs_the_root_model() {
+    let f = fixture(6, 0, 1).await;
+    let top = f.dir.path().join("top.gguf");
+    let tiny = rrm::infer::testing::TinyOptions { context_length: 2048, ..Default::default() };
+    rrm::infer::testing::tiny_gguf(&top, 12, &tiny).unwrap();
+    let ann = labelers::add(&f.ws, "ann", false).unwrap();
+    let summarize = |cfg: serve::ServeConfig| {
+        let (ws, book, ann) = (f.ws.clone(), f.book_id.clone(), ann.clone());
+        async move {
+            let state = AppState::new(ws, cfg, serve_common::ADDR.parse().unwrap()).unwrap();
+            let mut c = Client { bearer: Some(ann), ..Client::new(&state) };
+            let r = c.post_json(&format!("/api/books/{book}/summarize"), None, &json!({})).await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+            let done = wait_for_job(&mut c, r.json()["job"].as_u64().unwrap()).await;
+            assert_eq!(done["state"], "done", "{done}");
+            done["message"].as_str().unwrap().to_string()
+        }
+    };
+    let base = summarize(config(&f, 1)).await;
+    assert!(base.contains("0 from cache"), "{base}");
+    let mut cfg = config(&f, 1);
+    let spec = rrm::infer::spec::GeneratorSpec {
+        model: Some(top.display().to_string()),
+        ..f.generator_spec()
+    };
+    cfg.level_generators = vec![(rrm::compose::Level::Root, spec)];
+    let mixed = summarize(cfg).await;
+    assert!(mixed.contains("(1 generated,"), "only the root is new: {mixed} (before: {base})");
+}

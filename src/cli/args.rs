@@ -267,6 +267,22 @@ impl LevelModelArgs {
         levels
     }
 
+    /// What [`Self::levels`] names, as generator specs with `generator`'s other settings (for
+    /// `serve`, which starts them on first use).
+    pub fn specs(
+        &self,
+        generator: &GeneratorOptions,
+        models: &ModelsDir,
+    ) -> Vec<(Level, GeneratorSpec)> {
+        self.levels(generator)
+            .into_iter()
+            .map(|(level, spec)| {
+                let options = GeneratorOptions { model: Some(spec), ..generator.clone() };
+                (level, options.spec(models))
+            })
+            .collect()
+    }
+
     /// Starts the model of every node (`generator`) and one per level of [`Self::levels`].
     pub fn start(
         &self,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::args::{labeler, EncoderArgs, GeneratorOptions, WorkspaceArgs};
+use super::args::{labeler, EncoderArgs, GeneratorOptions, LevelModelArgs, WorkspaceArgs};
 use super::Context;
 use crate::serve::{self, ServeConfig};
 
@@ -52,6 +52,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub generator: GeneratorOptions,
     #[command(flatten)]
+    pub level_models: LevelModelArgs,
+    #[command(flatten)]
     pub encoder: EncoderArgs,
     #[command(flatten)]
     pub ws: WorkspaceArgs,
@@ -65,6 +67,7 @@ pub fn run(ctx: &mut Context, args: ServeArgs) -> anyhow::Result<()> {
         auto_advance: !args.no_auto_advance,
         local_labeler: labeler(&args.labeler),
         generator: args.generator.spec(&args.ws.models),
+        level_generators: args.level_models.specs(&args.generator, &args.ws.models),
         reward_model: (args.reward_model != "none").then(|| args.reward_model.clone()),
         encoder: args.encoder.encoder.clone(),
         ask_wait: std::time::Duration::from_secs(args.ask_wait),

@@ -462,7 +462,7 @@ pub fn summarize_book(
         let s = Arc::clone(&state);
         let loaded = blocking(move || Ok(s.tree(&book)?)).await?;
         let book = loaded.require_book()?.clone();
-        let generator = state.generator().await?;
+        let models = state.models().await?;
         let observer = JobObserver {
             state: Arc::clone(&state),
             id,
@@ -498,7 +498,7 @@ pub fn summarize_book(
                         &state.ws,
                         &book,
                         &loaded.tree,
-                        Arc::clone(&generator),
+                        models.clone(),
                         Arc::clone(&inner),
                         options.clone(),
                         budget,
@@ -529,7 +529,7 @@ pub fn summarize_book(
             &state.ws,
             &book,
             &loaded.tree,
-            generator,
+            models,
             selector,
             options,
             &observer,
