@@ -132,6 +132,8 @@ fn trained_policies_register_list_and_summarize() {
     let names: Vec<&str> =
         rows.as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
     assert!(names.contains(&"t-sft") && names.contains(&"t-dpo"), "{names:?}");
+    let builtin = rows.as_array().unwrap().iter().find(|r| r["name"] == "squality-root");
+    assert!(builtin.is_some_and(|r| r["default_at"] == "root"), "{rows}");
 
     // The engine serves the trained policy by name.
     let out = ws

@@ -85,6 +85,13 @@ pub fn run(ctx: &mut Context, args: ModelsArgs) -> anyhow::Result<()> {
                     })
                 })
                 .collect();
+            rows.extend(fetch::BUILTIN_ADAPTERS.iter().map(|a| {
+                serde_json::json!({
+                    "name": a.name, "kind": "adapter", "description": a.description,
+                    "built_in": true, "present": true,
+                    "default_at": (a.name == fetch::DEFAULT_ROOT_POLICY).then_some("root"),
+                })
+            }));
             rows.extend(trained.iter().map(|(folder, card)| {
                 serde_json::json!({
                     "name": card.name, "kind": "policy", "folder": folder, "present": true,
@@ -103,6 +110,17 @@ pub fn run(ctx: &mut Context, args: ModelsArgs) -> anyhow::Result<()> {
                 };
                 let present = if fetch::is_present(m, &dir) { "fetched" } else { "not fetched" };
                 println!("  {:<14} {:<9} {:<11} {}", m.name, kind, present, m.description);
+            }
+            for a in fetch::BUILTIN_ADAPTERS {
+                let default = if a.name == fetch::DEFAULT_ROOT_POLICY {
+                    " (the root's model when none is named)"
+                } else {
+                    ""
+                };
+                println!(
+                    "  {:<14} {:<9} {:<11} {}{default}",
+                    a.name, "adapter", "built in", a.description
+                );
             }
             for (_, c) in &trained {
                 let beta = c.beta.map_or(String::new(), |b| format!(", β {b}"));
