@@ -251,6 +251,31 @@ fn train_then_decompose_and_eval_with_the_model() {
         .clone();
     let err = String::from_utf8_lossy(&err);
     assert!(err.contains("`chapters` is not one of: headings, layout"), "{err}");
+
+    // A lower parent bias cuts between parents less often; a bias that is no number is named.
+    let parents = |bias: &str| {
+        let rows = stdout(
+            ws.rrm()
+                .args(["-q", "decomposer", "eval", "--parent-bias", bias, "--books"])
+                .arg(&held_out)
+                .args(["--model", "model/m.safetensors", "--json"])
+                .assert(),
+        );
+        rows.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["method"] == "learned")
+            .map(|r| r["hypothesis_boundaries"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert!(parents("-6") <= parents("6"), "more parent cuts at a lower bias");
+    let out = ws
+        .rrm()
+        .args(["decomposer", "eval", "--parent-bias", "inf", "--books"])
+        .arg(&held_out)
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("parent bias must be a finite number"), "{err}");
 }
 
 /// Without `--decomposer-model` the built-in model is used: no training, nothing printed with

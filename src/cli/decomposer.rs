@@ -252,6 +252,11 @@ pub struct EvalArgs {
     /// would not stand on its own; default: the built-in setting).
     #[arg(long, value_name = "LOGODDS")]
     pub start_penalty: Option<f64>,
+    /// The learned decomposer's parent bias (log-odds added to every cut between parents:
+    /// lower gives fewer, larger parents; default: the built-in setting, chosen for the
+    /// built-in model).
+    #[arg(long, value_name = "LOGODDS", allow_hyphen_values = true)]
+    pub parent_bias: Option<f64>,
     #[arg(long)]
     pub lossy: bool,
 }
@@ -389,8 +394,10 @@ fn eval(ctx: &Context, ws: &Workspace, encoder: &str, args: EvalArgs) -> anyhow:
     let defaults = LearnedConfig::default();
     let config = LearnedConfig {
         start_penalty: args.start_penalty.unwrap_or(defaults.start_penalty),
+        parent_bias: args.parent_bias.unwrap_or(defaults.parent_bias),
         ..defaults
     };
+    config.validate().with_context(|| "--parent-bias / --start-penalty")?;
     let limits = (config.min_tokens, config.chunk_tokens);
     let fixed_config = FixedConfig::default();
     let fixed = FixedChunker::new(fixed_config.clone())?;
