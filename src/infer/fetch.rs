@@ -13,9 +13,10 @@
 //! A model spec is resolved, in order, as: an existing path (a `.gguf` file, or a folder: a
 //! Hugging Face snapshot or any folder holding one `.gguf` or `model.safetensors`); a registry
 //! name (fetched on first use); a built-in adapter's name ([`BUILTIN_ADAPTERS`], written out
-//! under `<models>/builtin/` and merged into its base like any adapter folder); a folder of that name in the models folder (a policy trained
-//! here, `rrm policy train --name NAME`); a Hugging Face cache entry `ORG/NAME` (offline, read
-//! from `$HF_HOME/hub` or `~/.cache/huggingface/hub`).
+//! under `<models>/builtin/` and merged into its base like any adapter folder); a folder of
+//! that name in the models folder (a policy trained here, `rrm policy train --name NAME`); a
+//! Hugging Face cache entry `ORG/NAME` (offline, read from `$HF_HOME/hub` or
+//! `~/.cache/huggingface/hub`).
 //!
 //! A folder holding a Hugging Face causal language model (`config.json` of a llama or qwen2
 //! model + safetensors) resolves to its conversion to GGUF, and a PEFT adapter folder
@@ -219,7 +220,8 @@ pub struct BuiltinAdapter {
     pub weights: &'static [u8],
 }
 
-/// The policy `summarize` and `eval summaries` run at the root when no model is named.
+/// The policy `summarize`, `eval summaries` and the web app's Summarize run at the root when
+/// no model is named (`cli::args::LevelModelArgs::levels`).
 pub const DEFAULT_ROOT_POLICY: &str = "squality-root";
 
 /// Every adapter built into the binary.
