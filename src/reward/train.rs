@@ -154,7 +154,9 @@ pub struct Metrics {
     pub pairs: usize,
     /// Pairs with a clear winner (ties count only in the log-loss).
     pub decided: usize,
-    /// Share of decided pairs where the chosen text scores higher (ensemble mean).
+    /// Share of decided pairs where the chosen text scores higher (ensemble mean); a pair the
+    /// model scores level counts half, as it does for the baselines beside it (a lexical
+    /// reward such as `grounding` often scores two summaries the same).
     pub accuracy: f64,
     /// Mean Bradley–Terry log-loss with P(chosen wins) = σ(mean margin).
     pub log_loss: f64,
@@ -622,9 +624,9 @@ pub fn metrics(margins: &[f32], targets: &[f32]) -> Metrics {
     if margins.is_empty() {
         return m;
     }
-    let mut correct = 0usize;
+    let mut correct = 0f64;
     let mut loss = 0f64;
-    let mut bins = [(0usize, 0f64, 0usize); 10];
+    let mut bins = [(0usize, 0f64, 0f64); 10];
     for (&d, &t) in margins.iter().zip(targets) {
         let p = 1.0 / (1.0 + (-f64::from(d)).exp());
         let p = p.clamp(1e-7, 1.0 - 1e-7);
@@ -632,23 +634,29 @@ pub fn metrics(margins: &[f32], targets: &[f32]) -> Metrics {
         loss += -(t * p.ln() + (1.0 - t) * (1.0 - p).ln());
         if (t - 0.5).abs() > 1e-6 {
             m.decided += 1;
-            let right = (d > 0.0) == (t > 0.5);
-            correct += usize::from(right);
+            let right = if d == 0.0 {
+                0.5
+            } else if (d > 0.0) == (t > 0.5) {
+                1.0
+            } else {
+                0.0
+            };
+            correct += right;
             let conf = p.max(1.0 - p);
             let bin = (((conf - 0.5) * 20.0) as usize).min(9);
             bins[bin].0 += 1;
             bins[bin].1 += conf;
-            bins[bin].2 += usize::from(right);
+            bins[bin].2 += right;
         }
     }
     m.log_loss = loss / margins.len() as f64;
     if m.decided > 0 {
-        m.accuracy = correct as f64 / m.decided as f64;
+        m.accuracy = correct / m.decided as f64;
         m.ece = bins
             .iter()
             .filter(|b| b.0 > 0)
             .map(|&(n, conf, right)| {
-                (n as f64 / m.decided as f64) * (conf / n as f64 - right as f64 / n as f64).abs()
+                (n as f64 / m.decided as f64) * (conf / n as f64 - right / n as f64).abs()
             })
             .sum();
     }
@@ -724,6 +732,12 @@ mod tests {
         assert_eq!(m.decided, 3);
         assert!((m.accuracy - 2.0 / 3.0).abs() < 1e-9);
         assert!(m.log_loss > 0.0 && m.ece >= 0.0 && m.ece <= 1.0);
+        // A decided pair scored level counts half (as the baselines count it), and a model
+        // that scores every pair level is at a coin's accuracy and perfectly calibrated.
+        let m = metrics(&[2.0, 0.0], &[1.0, 1.0]);
+        assert!((m.accuracy - 0.75).abs() < 1e-9, "{}", m.accuracy);
+        let level = metrics(&[0.0; 4], &[1.0, 0.0, 1.0, 1.0]);
+        assert!((level.accuracy - 0.5).abs() < 1e-9 && level.ece.abs() < 1e-9);
     }
 
     #[test]
