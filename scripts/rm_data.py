@@ -338,6 +338,8 @@ def frank(args):
     ann = json.loads(git_show(repo, "HEAD", "data/human_annotations.json"))
     by_article = {}
     for a in ann:
+        if args.split and a.get("split") != args.split:
+            continue
         by_article.setdefault(a["hash"], []).append(a)
     names = {  # FRANK model names → keys in the article files
         "bart": "bart", "bert_sum": "bert_sum", "bus": "bus", "pgn": "pgn", "s2s": "s2s",
@@ -432,6 +434,8 @@ def main():
     s = sub.add_parser("frank", help="REPO: the git directory of a FRANK snapshot")
     s.add_argument("repo"); s.add_argument("out"); s.add_argument("--rev", default="5860706")
     s.add_argument("--margin", type=float, default=0.2); s.add_argument("--exclude", nargs="*")
+    s.add_argument("--split", choices=("test", "valid"),
+                   help="only FRANK's own test or validation articles (its `split` field)")
     s.add_argument("--no-demonstrations", action="store_true",
                    help="no reference > system summary pairs")
     s.set_defaults(f=frank)
