@@ -313,7 +313,7 @@ fn simulate_queue_train_eval_score_and_best_of_with_the_reward_model() {
     // The grounded reward needs no checkpoint: the supported summary wins this pair.
     let g = ws.stdout(&["reward", "eval", "--model", "grounding", "--data", "ext.jsonl", "--json"]);
     let g: serde_json::Value = serde_json::from_str(&g).unwrap();
-    assert_eq!(g["model"], "grounding@1:copy=leaves", "{g}");
+    assert_eq!(g["model"], "grounding@1:copy=none", "{g}");
     assert_eq!(g["metrics"]["all"]["accuracy"], 1.0, "{g}");
     let err = ws.stderr_fail(&["reward", "eval", "--model", "grounding"]);
     assert!(err.contains("--data"), "{err}");

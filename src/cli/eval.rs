@@ -85,7 +85,7 @@ pub struct SummariesArgs {
     #[command(flatten)]
     pub compose: ComposeArgs,
     /// Pick among candidates with this reward model (`latest`, a hash or a folder, or
-    /// `grounding[:copy=all]`); a MiniLM one also scores each root summary.
+    /// `grounding[:copy=leaves|all]`); a MiniLM one also scores each root summary.
     #[arg(long, value_name = "PATH|latest|grounding")]
     pub reward_model: Option<String>,
     /// λ of the reward pick (mean − λ·std).

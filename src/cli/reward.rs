@@ -192,7 +192,7 @@ pub struct LmArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// The checkpoint: `latest`, a hash, a folder, or `grounding[:copy=all]` (no model: the
+    /// The checkpoint: `latest`, a hash, a folder, or `grounding[:copy=leaves|all]` (no model: the
     /// summary checked against its input; needs `--data`).
     #[arg(long, default_value = "latest", value_name = "PATH|latest|grounding")]
     pub model: String,

@@ -55,9 +55,9 @@ pub struct SummarizeArgs {
     pub compose: ComposeArgs,
     /// Pick among candidates with this reward model (`latest`, a checkpoint hash or folder, or
     /// `grounding`: no model, each candidate checked against the node's input for invented
-    /// names, numbers and words, coverage, and copying at the leaves; `grounding:copy=all`
-    /// penalizes copying at every height): by ensemble mean − λ·std, recording every
-    /// candidate's scores.
+    /// names, numbers and words, and coverage; `grounding:copy=leaves` also penalizes copying
+    /// the input at the leaves, `grounding:copy=all` at every height): by ensemble mean −
+    /// λ·std, recording every candidate's scores.
     #[arg(long, value_name = "PATH|latest|grounding")]
     pub reward_model: Option<String>,
     /// λ, the pessimism of the reward pick (mean − λ·std).

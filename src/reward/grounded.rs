@@ -23,18 +23,26 @@ pub const LOGIT_SCALE: f32 = 4.0;
 /// Where the copying penalty of the grounded reward applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CopyScope {
-    /// At the leaves only (the default): above them the input is already summaries, and
-    /// repeating their sentences is how a summary of summaries keeps what they say. Chosen on
-    /// SQuALITY training stories over `All` (docs/eval/README.md).
+    /// Nowhere (the default): only what the input does not support and what the summary covers
+    /// count. People judging faithfulness never count copying against a summary: with the
+    /// penalty at the leaves the reward ranked FRANK's held-out factuality comparisons at
+    /// 46.6 %, below a coin; without it at 71.2 % (docs/reward-human-data.md), while best-of-4
+    /// on SQuALITY training stories moved within noise (docs/eval/README.md).
     #[default]
+    Never,
+    /// At the leaves only: above them the input is already summaries, and repeating their
+    /// sentences is how a summary of summaries keeps what they say. The default before FRANK
+    /// was measured; for policy training, where copying the passage is an exploit to guard
+    /// against.
     Leaves,
     /// At every height: a summary of summaries that repeats its children's sentences loses too
-    /// (the only behaviour before the choice; its picks keep their own id).
+    /// (the only behaviour before there was a choice; its picks keep their own id).
     All,
 }
 
-/// One configuration of the grounded reward, as a reward-model spec names it: `grounding` (the
-/// copying penalty at the leaves only), or `grounding:copy=all` (at every height).
+/// One configuration of the grounded reward, as a reward-model spec names it: `grounding` (no
+/// copying penalty; also `grounding:copy=none`), `grounding:copy=leaves` (at the leaves only) or
+/// `grounding:copy=all` (at every height).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Grounded {
     pub copy: CopyScope,
@@ -54,10 +62,11 @@ impl Grounded {
             g.copy = match option.trim() {
                 "copy=all" => CopyScope::All,
                 "copy=leaves" => CopyScope::Leaves,
+                "copy=none" => CopyScope::Never,
                 other => {
                     return Some(Err(format!(
                         "unknown option `{other}` of the grounded reward `{spec}` (known: \
-                         copy=all, copy=leaves)"
+                         copy=all, copy=leaves, copy=none)"
                     )))
                 }
             };
@@ -68,7 +77,8 @@ impl Grounded {
     /// The spec that names this configuration (what `parse` reads back).
     pub fn spec(&self) -> String {
         match self.copy {
-            CopyScope::Leaves => NAME.to_string(),
+            CopyScope::Never => NAME.to_string(),
+            CopyScope::Leaves => format!("{NAME}:copy=leaves"),
             CopyScope::All => format!("{NAME}:copy=all"),
         }
     }
@@ -80,13 +90,19 @@ impl Grounded {
         match self.copy {
             CopyScope::All => grounding::VERSION.to_string(),
             CopyScope::Leaves => format!("{}:copy=leaves", grounding::VERSION),
+            CopyScope::Never => format!("{}:copy=none", grounding::VERSION),
         }
     }
 
     /// The member weightings at `height`.
     fn weights(&self, height: u32) -> Vec<grounding::Weights> {
         let mut ws = grounding::member_weights().to_vec();
-        if self.copy == CopyScope::Leaves && height > 0 {
+        let copying_counts = match self.copy {
+            CopyScope::All => true,
+            CopyScope::Leaves => height == 0,
+            CopyScope::Never => false,
+        };
+        if !copying_counts {
             for w in &mut ws {
                 w.copying = 0.0;
             }
@@ -208,12 +224,17 @@ mod tests {
     #[test]
     fn a_spec_names_the_configuration_and_an_unknown_option_is_refused_by_name() {
         assert_eq!(Grounded::parse("grounding"), Some(Ok(Grounded::default())));
-        assert_eq!(Grounded::default().copy, CopyScope::Leaves);
+        assert_eq!(Grounded::default().copy, CopyScope::Never);
+        assert_eq!(Grounded::parse("grounding:copy=none"), Some(Ok(Grounded::default())));
+        assert_eq!(Grounded::default().spec(), "grounding");
         let all = Grounded::parse("grounding:copy=all").unwrap().unwrap();
         assert_eq!(all.copy, CopyScope::All);
         assert_eq!(Grounded::parse(&all.spec()), Some(Ok(all)));
-        assert_eq!(Grounded::parse("grounding:copy=leaves"), Some(Ok(Grounded::default())));
+        let leaves = Grounded::parse("grounding:copy=leaves").unwrap().unwrap();
+        assert_eq!(leaves.copy, CopyScope::Leaves);
+        assert_eq!(Grounded::parse(&leaves.spec()), Some(Ok(leaves)));
         assert_ne!(all.id(), Grounded::default().id());
+        assert_ne!(leaves.id(), Grounded::default().id());
         assert_eq!(all.id(), grounding::VERSION);
         assert_eq!(Grounded::parse("latest"), None);
         assert_eq!(Grounded::parse("groundingx"), None);
@@ -224,10 +245,10 @@ mod tests {
     #[test]
     fn with_copy_at_the_leaves_only_a_summary_of_summaries_may_repeat_its_input() {
         // A verbatim repeat of the input: penalized for copying at a leaf under both, and above
-        // the leaves only under the default.
+        // the leaves only under `copy=leaves`.
         let copy = "The miller stood at the mill while the flood rose over the meadow.";
         let all = Grounded { copy: CopyScope::All };
-        let leaves = Grounded::default();
+        let leaves = Grounded { copy: CopyScope::Leaves };
         let mean = |g: &Grounded, h| {
             let m = g.member_scores(h, INPUT, &[copy]);
             m.iter().map(|s| s[0]).sum::<f32>() / m.len() as f32
@@ -240,5 +261,13 @@ mod tests {
             mean(&leaves, 1),
             mean(&all, 1)
         );
+        // Never (the default): the copy scores at a leaf as it does above the leaves under
+        // `copy=leaves`.
+        let never = Grounded::default();
+        assert_eq!(never.copy, CopyScope::Never);
+        assert_eq!(mean(&never, 0), mean(&leaves, 1));
+        assert_eq!(mean(&never, 1), mean(&never, 0));
+        assert!(mean(&never, 0) > mean(&leaves, 0) + 0.1);
+        assert!(never.id() != leaves.id() && never.id() != all.id());
     }
 }
