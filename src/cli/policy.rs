@@ -558,7 +558,10 @@ fn evaluate(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
     for n in &names {
         header.push_str(&format!(" {:>17}", format!("win {n}")));
     }
-    header.push_str(&format!(" {:>15} {:>13} {:>11}", "win reward", "words p/b", "loops p/b"));
+    header.push_str(&format!(
+        " {:>15} {:>13} {:>11} {:>17} {:>15}",
+        "win reward", "words p/b", "loops p/b", "unsupported p/b", "4-grams copied p/b"
+    ));
     println!("{header}");
     let line = |label: String, c: &Comparison| {
         let mut s = format!("{label:>6} {:>6}", c.nodes);
@@ -572,10 +575,13 @@ fn evaluate(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
         let r = c
             .reward
             .map_or("-".to_string(), |w| format!("{:.1}% ±{:.1}", 100.0 * w.rate, 100.0 * w.ci95));
+        let pct = |p: f64, b: f64| format!("{:.1}%/{:.1}%", 100.0 * p, 100.0 * b);
         s.push_str(&format!(
-            " {r:>15} {:>13} {:>11}",
+            " {r:>15} {:>13} {:>11} {:>17} {:>15}",
             format!("{:.0}/{:.0}", c.policy.mean_words, c.baseline.mean_words),
-            format!("{:.0}%/{:.0}%", 100.0 * c.policy.loop_rate, 100.0 * c.baseline.loop_rate)
+            format!("{:.0}%/{:.0}%", 100.0 * c.policy.loop_rate, 100.0 * c.baseline.loop_rate),
+            pct(c.policy.unsupported_rate, c.baseline.unsupported_rate),
+            pct(c.policy.copied_4gram_share, c.baseline.copied_4gram_share),
         ));
         println!("{s}");
     };

@@ -88,11 +88,18 @@ impl WinRate {
     }
 }
 
-/// Length and loops of one side.
+/// Length, loops and grounding of one side.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct SideStats {
     pub mean_words: f64,
     pub loop_rate: f64,
+    /// Mean over nodes of the share of content words the side's own input does not support
+    /// ([`crate::grounding`]; absent in reports written before it was measured).
+    #[serde(default)]
+    pub unsupported_rate: f64,
+    /// Mean over nodes of the share of word 4-grams copied verbatim from the side's own input.
+    #[serde(default)]
+    pub copied_4gram_share: f64,
 }
 
 /// The comparison at one height (or at the root).
@@ -191,10 +198,25 @@ pub fn compare(
         c.reward = Some(WinRate::from_margins(&margins));
         c.reward_means = Some((sp, sb));
     }
-    let side = |f: &dyn Fn(&EvalItem) -> &Output| SideStats {
-        mean_words: items.iter().map(|i| f(i).text.split_whitespace().count() as f64).sum::<f64>()
-            / n,
-        loop_rate: items.iter().filter(|i| f(i).looped).count() as f64 / n,
+    let side = |f: &dyn Fn(&EvalItem) -> &Output| {
+        let checked: Vec<crate::grounding::Report> = items
+            .iter()
+            .map(|i| {
+                let o = f(i);
+                let input = if o.input.is_empty() { i.input.as_str() } else { o.input.as_str() };
+                crate::grounding::check(input, &o.text)
+            })
+            .collect();
+        SideStats {
+            mean_words: items
+                .iter()
+                .map(|i| f(i).text.split_whitespace().count() as f64)
+                .sum::<f64>()
+                / n,
+            loop_rate: items.iter().filter(|i| f(i).looped).count() as f64 / n,
+            unsupported_rate: checked.iter().map(|r| r.unsupported_rate).sum::<f64>() / n,
+            copied_4gram_share: checked.iter().map(|r| r.copied_4gram_share).sum::<f64>() / n,
+        }
     };
     c.policy = side(&|i| &i.policy);
     c.baseline = side(&|i| &i.baseline);
@@ -361,6 +383,13 @@ mod tests {
         assert!((h0.judges["sim"].rate - 0.75).abs() < 1e-9);
         assert_eq!(h0.baseline.loop_rate, 1.0);
         assert_eq!(h0.policy.loop_rate, 0.0);
+        // Each side checked against the input: an invented summary against a copied one.
+        let pair = [item(1, true, "Bob sold fish in Rome.", "The flood drowned the sheep.")];
+        let checked = report(&pair, &[&sim], None).unwrap().1.unwrap();
+        assert!(checked.policy.unsupported_rate > 0.9, "{checked:?}");
+        assert_eq!(checked.baseline.unsupported_rate, 0.0);
+        assert!(checked.baseline.copied_4gram_share > 0.99, "{checked:?}");
+        assert_eq!(checked.policy.copied_4gram_share, 0.0);
         let root = root.unwrap();
         assert_eq!(root.judges["sim"].losses, 1);
     }
