@@ -16,7 +16,7 @@ use crate::infer::engine::DeviceChoice;
 use crate::infer::fetch;
 use crate::infer::hf::HfDType;
 use crate::lm::export::ExportFormat;
-use crate::policy::eval::Comparison;
+use crate::policy::eval::{Comparison, WinRate};
 use crate::policy::registry::{self, ExportKind, ExportRequest};
 use crate::policy::rmdpo::RmDpoConfig;
 use crate::policy::sample::SampleOptions;
@@ -556,28 +556,32 @@ fn evaluate(ctx: &mut Context, args: EvalArgs) -> anyhow::Result<()> {
     let names: Vec<String> = wp::judges_named(&args.judges)?.iter().map(|j| j.name()).collect();
     let mut header = format!("{:>6} {:>6}", "height", "nodes");
     for n in &names {
-        header.push_str(&format!(" {:>17}", format!("win {n}")));
+        header.push_str(&format!(" {:>30}", format!("win {n}")));
     }
     header.push_str(&format!(
-        " {:>15} {:>13} {:>11} {:>17} {:>15}",
+        " {:>30} {:>13} {:>11} {:>17} {:>15}",
         "win reward", "words p/b", "loops p/b", "unsupported p/b", "4-grams copied p/b"
     ));
     println!("{header}");
+    // The rate, its normal interval over nodes, and the interval over books when there are
+    // several (nodes of one book are not independent), with the number of books: over a
+    // handful of books the bootstrap is itself rough.
+    let win_rate = |w: &WinRate| {
+        let by_book = w.interval_by_book.map_or(String::new(), |(lo, hi)| {
+            format!(" [{:.1}, {:.1}]/{}", 100.0 * lo, 100.0 * hi, w.books)
+        });
+        format!("{:.1}% ±{:.1}{by_book}", 100.0 * w.rate, 100.0 * w.ci95)
+    };
     let line = |label: String, c: &Comparison| {
         let mut s = format!("{label:>6} {:>6}", c.nodes);
         for n in &names {
             let w = c.judges.get(n).copied().unwrap_or_default();
-            s.push_str(&format!(
-                " {:>17}",
-                format!("{:.1}% ±{:.1}", 100.0 * w.rate, 100.0 * w.ci95)
-            ));
+            s.push_str(&format!(" {:>30}", win_rate(&w)));
         }
-        let r = c
-            .reward
-            .map_or("-".to_string(), |w| format!("{:.1}% ±{:.1}", 100.0 * w.rate, 100.0 * w.ci95));
+        let r = c.reward.map_or("-".to_string(), |w| win_rate(&w));
         let pct = |p: f64, b: f64| format!("{:.1}%/{:.1}%", 100.0 * p, 100.0 * b);
         s.push_str(&format!(
-            " {r:>15} {:>13} {:>11} {:>17} {:>15}",
+            " {r:>30} {:>13} {:>11} {:>17} {:>15}",
             format!("{:.0}/{:.0}", c.policy.mean_words, c.baseline.mean_words),
             format!("{:.0}%/{:.0}%", 100.0 * c.policy.loop_rate, 100.0 * c.baseline.loop_rate),
             pct(c.policy.unsupported_rate, c.baseline.unsupported_rate),

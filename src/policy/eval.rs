@@ -65,13 +65,40 @@ pub struct WinRate {
     pub losses: usize,
     /// (wins + ties / 2) / n.
     pub rate: f64,
-    /// Half-width of a 95% normal interval on `rate`.
+    /// Half-width of a 95% normal interval on `rate` (treats every node as independent).
     pub ci95: f64,
+    /// A 95% bootstrap interval on `rate` that resamples whole books, since the nodes of one
+    /// book are not independent; `None` with fewer than two books.
+    #[serde(default)]
+    pub interval_by_book: Option<(f64, f64)>,
+    /// How many books the nodes came from (a bootstrap over a handful of books is itself
+    /// rough: read the interval with this count).
+    #[serde(default)]
+    pub books: usize,
 }
 
 impl WinRate {
-    fn from_margins(margins: &[f64]) -> WinRate {
+    /// From the policy-minus-baseline margin of each node and the book each node is from.
+    fn from_margins(margins: &[f64], books: &[&str]) -> WinRate {
         let mut w = WinRate::default();
+        let credits: Vec<f64> = margins
+            .iter()
+            .map(|&m| {
+                if m.abs() < 1e-9 {
+                    0.5
+                } else if m > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let distinct: std::collections::BTreeSet<&str> = books.iter().copied().collect();
+        w.books = distinct.len();
+        if distinct.len() >= 2 {
+            w.interval_by_book =
+                crate::eval::bootstrap::clustered_mean_interval(&credits, books, 2000, 0.95, 0);
+        }
         for &m in margins {
             if m.abs() < 1e-9 {
                 w.ties += 1;
@@ -165,6 +192,7 @@ pub fn compare(
         return Ok(c);
     }
     let n = items.len() as f64;
+    let books: Vec<&str> = items.iter().map(|i| i.book.as_str()).collect();
     for j in judges {
         let mut margins = Vec::with_capacity(items.len());
         let (mut sp, mut sb) = (0.0, 0.0);
@@ -175,7 +203,7 @@ pub fn compare(
             sp += p / n;
             sb += b / n;
         }
-        c.judges.insert(j.name(), WinRate::from_margins(&margins));
+        c.judges.insert(j.name(), WinRate::from_margins(&margins, &books));
         c.judge_means.insert(j.name(), (sp, sb));
     }
     if let Some(r) = reward {
@@ -195,7 +223,7 @@ pub fn compare(
             sp += p / n;
             sb += b / n;
         }
-        c.reward = Some(WinRate::from_margins(&margins));
+        c.reward = Some(WinRate::from_margins(&margins, &books));
         c.reward_means = Some((sp, sb));
     }
     let side = |f: &dyn Fn(&EvalItem) -> &Output| {
@@ -392,6 +420,15 @@ mod tests {
         assert_eq!(checked.policy.copied_4gram_share, 0.0);
         let root = root.unwrap();
         assert_eq!(root.judges["sim"].losses, 1);
+        // One book: no interval over books; two books whose nodes all go one way each: the
+        // interval over books spans what resampling whole books can give.
+        assert_eq!(h0.judges["sim"].interval_by_book, None);
+        let m = [1.0, 1.0, 1.0, -1.0, -1.0, -1.0];
+        let w = WinRate::from_margins(&m, &["a", "a", "a", "b", "b", "b"]);
+        assert_eq!((w.wins, w.losses, w.rate, w.books), (3, 3, 0.5, 2));
+        let (lo, hi) = w.interval_by_book.unwrap();
+        assert!(lo < 0.1 && hi > 0.9, "{lo} {hi}");
+        assert!(w.ci95 < 0.45, "the node interval is narrower: {}", w.ci95);
     }
 
     /// Records the inputs it is asked to score against; scores a summary by its length.
