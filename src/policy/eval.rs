@@ -47,7 +47,12 @@ pub struct Output {
 /// A node with both sides' outputs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalItem {
+    /// The book's title, for people.
     pub book: String,
+    /// The book's content id: what groups nodes by book (two books can share a title); empty in
+    /// items written before it was kept, and then the title stands in.
+    #[serde(default)]
+    pub book_id: String,
     pub node: String,
     pub height: u32,
     pub is_root: bool,
@@ -192,7 +197,10 @@ pub fn compare(
         return Ok(c);
     }
     let n = items.len() as f64;
-    let books: Vec<&str> = items.iter().map(|i| i.book.as_str()).collect();
+    let books: Vec<&str> = items
+        .iter()
+        .map(|i| if i.book_id.is_empty() { i.book.as_str() } else { i.book_id.as_str() })
+        .collect();
     for j in judges {
         let mut margins = Vec::with_capacity(items.len());
         let (mut sp, mut sb) = (0.0, 0.0);
@@ -368,6 +376,7 @@ pub async fn compose_both(
         };
         items.push(EvalItem {
             book: book.title().to_string(),
+            book_id: book.id().as_str().to_string(),
             node: node.label.clone(),
             height: node.height,
             is_root: node.label == root,
@@ -387,6 +396,7 @@ mod tests {
     fn item(h: u32, root: bool, p: &str, b: &str) -> EvalItem {
         EvalItem {
             book: "b".into(),
+            book_id: String::new(),
             node: format!("h{h}.0"),
             height: h,
             is_root: root,
@@ -429,6 +439,12 @@ mod tests {
         let (lo, hi) = w.interval_by_book.unwrap();
         assert!(lo < 0.1 && hi > 0.9, "{lo} {hi}");
         assert!(w.ci95 < 0.45, "the node interval is narrower: {}", w.ci95);
+        // Two books with one title are two books: nodes are grouped by content id.
+        let mut a = item(0, false, "Marigold saw the flood.", "Someone went somewhere.");
+        let mut b = a.clone();
+        (a.book_id, b.book_id) = ("id-a".into(), "id-b".into());
+        let (by_height, _) = report(&[a, b], &[&sim], None).unwrap();
+        assert_eq!(by_height[&0].judges["sim"].books, 2);
     }
 
     /// Records the inputs it is asked to score against; scores a summary by its length.
