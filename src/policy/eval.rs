@@ -44,6 +44,18 @@ pub struct Output {
     pub input: String,
 }
 
+impl Output {
+    /// What this side summarized, or `book_text` (the text the node covers) in items written
+    /// before the side's own input was kept.
+    fn input_or<'a>(&'a self, book_text: &'a str) -> &'a str {
+        if self.input.is_empty() {
+            book_text
+        } else {
+            &self.input
+        }
+    }
+}
+
 /// A node with both sides' outputs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalItem {
@@ -86,14 +98,18 @@ impl WinRate {
     /// From the policy-minus-baseline margin of each node and the book each node is from.
     fn from_margins(margins: &[f64], books: &[&str]) -> WinRate {
         let mut w = WinRate::default();
+        // Each node's credit (1 win, ½ tie, 0 loss), counted and kept for the interval.
         let credits: Vec<f64> = margins
             .iter()
             .map(|&m| {
                 if m.abs() < 1e-9 {
+                    w.ties += 1;
                     0.5
                 } else if m > 0.0 {
+                    w.wins += 1;
                     1.0
                 } else {
+                    w.losses += 1;
                     0.0
                 }
             })
@@ -103,15 +119,6 @@ impl WinRate {
         if distinct.len() >= 2 {
             w.interval_by_book =
                 crate::eval::bootstrap::clustered_mean_interval(&credits, books, 2000, 0.95, 0);
-        }
-        for &m in margins {
-            if m.abs() < 1e-9 {
-                w.ties += 1;
-            } else if m > 0.0 {
-                w.wins += 1;
-            } else {
-                w.losses += 1;
-            }
         }
         let n = margins.len().max(1) as f64;
         w.rate = (w.wins as f64 + 0.5 * w.ties as f64) / n;
@@ -220,7 +227,7 @@ pub fn compare(
         // Each side against its own input: above height 0 the two policies summarized
         // different children's summaries.
         let score = |height: u32, o: &Output, book: &str| -> Result<f64, PolicyError> {
-            let input = if o.input.is_empty() { book } else { o.input.as_str() };
+            let input = o.input_or(book);
             let members = r.member_scores(height, input, &[o.text.as_str()])?;
             Ok(mean_std(&members).first().map_or(0.0, |m| m.0))
         };
@@ -239,8 +246,7 @@ pub fn compare(
             .iter()
             .map(|i| {
                 let o = f(i);
-                let input = if o.input.is_empty() { i.input.as_str() } else { o.input.as_str() };
-                crate::grounding::check(input, &o.text)
+                crate::grounding::check(o.input_or(&i.input), &o.text)
             })
             .collect();
         SideStats {
