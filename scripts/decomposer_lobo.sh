@@ -9,7 +9,9 @@
 #          "noemb:--prose-features --prose-view-only --no-sentence-embeddings" \
 #          "noemb-b1:--prose-features --prose-view-only --no-sentence-embeddings|--parent-bias 1"
 #
-# Books are catalog ids or paths (RRM_BOOKS, RRM_DB as for rrm). Models go to ./lobo-NAME-I.
+# Books are catalog ids or paths (RRM_BOOKS, RRM_DB as for rrm). EXTRA (optional, comma-separated
+# books or folders) joins every fold's training set and is never left out or evaluated on.
+# Models go to ./lobo-NAME-I.
 # Prints each fold's fixed-chunking and learned Pk, then the mean per configuration.
 set -euo pipefail
 RRM=${RRM:-rrm}
@@ -26,6 +28,7 @@ for cfg in "$@"; do
   for i in "${!BOOKS[@]}"; do
     held=${BOOKS[$i]}
     train=$(printf "%s\n" "${BOOKS[@]}" | grep -v -x -F -- "$held" | paste -sd,)
+    [[ -n ${EXTRA:-} ]] && train="$train,$EXTRA"
     # shellcheck disable=SC2086
     $RRM -q decomposer train --books "$train" $flags --out "lobo-$name-$i.safetensors" > /dev/null
     # shellcheck disable=SC2086
