@@ -7,6 +7,8 @@
 //! - [`train`]: Bradley–Terry training with bootstrap ensembles and early stopping, the split by
 //!   book, and the metrics.
 //! - [`hybrid`]: grounding features beside either backbone's learned score (`--hybrid`).
+//! - [`support`]: `lm-support`, a language model's support for a summary (how much reading the
+//!   input raises its probability), a reward with no feedback beside [`grounded`]'s lexical one.
 //! - [`lm`]: the language-model reward model (the trainable llama with a scalar head on the
 //!   last token, LoRA by default), its Bradley–Terry training, checkpoints and selector.
 //! - [`RewardModel`]: a trained checkpoint (safetensors + a JSON [`Card`]: data used, metrics,
@@ -23,6 +25,7 @@ pub mod grounded;
 pub mod hybrid;
 pub mod lm;
 pub mod model;
+pub mod support;
 /// Synthetic books and candidates of known quality (the `testing` feature: tests and benches).
 #[cfg(any(test, feature = "testing"))]
 pub mod synth;

@@ -233,7 +233,8 @@ pub struct TrainArgs {
     /// rm-dpo: the reward ensemble that labels (`latest`, a hash, a folder, `grounding`: the
     /// summary checked against its input, no feedback needed; or `reference`: ROUGE against
     /// people's summaries of the same prompt in the training data, less unsupported content,
-    /// one member per summary; options `reference:unsupported=0.25,length=0.1`).
+    /// one member per summary; options `reference:unsupported=0.25,length=0.1`; or
+    /// `lm-support[:MODEL]`: a language model's support for the summary given its input).
     #[arg(long, default_value = "latest", value_name = "PATH|latest|grounding|reference")]
     pub reward_model: String,
     /// rm-dpo: sampling temperature of the candidates.
@@ -300,7 +301,8 @@ pub struct EvalArgs {
     /// Compare nodes up to this height (default: up to the root).
     #[arg(long, value_name = "H")]
     pub max_height: Option<u32>,
-    /// The reward ensemble to judge by (`latest`, a hash, a folder, `grounding`, or `none`).
+    /// The reward ensemble to judge by (`latest`, a hash, a folder, `grounding`, `lm-support`, or
+    /// `none`).
     #[arg(long, default_value = "latest", value_name = "PATH|latest|grounding|none")]
     pub reward_model: String,
     /// Judges (sim-coverage: the simulated labeler; sim-alt: an independent simulated preference).

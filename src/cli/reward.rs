@@ -19,7 +19,7 @@ use crate::lm::{LoraConfig, Mode};
 use crate::reward::lm::{is_lm_checkpoint, metrics_by_height, LmRewardModel, LmTrainConfig};
 use crate::reward::model::mean_std;
 use crate::reward::train::{Metrics, TrainConfig, MIN_TEMPERATURE_PAIRS};
-use crate::reward::{data, eval as report, grounded, RewardModel};
+use crate::reward::{data, eval as report, grounded, support, RewardModel};
 use crate::workspace::summarize::load_reward_model;
 use crate::workspace::views::preview;
 use crate::workspace::{embeddings, rating, Workspace};
@@ -192,9 +192,10 @@ pub struct LmArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// The checkpoint: `latest`, a hash, a folder, or `grounding[:copy=leaves|all]` (no model: the
-    /// summary checked against its input; needs `--data`).
-    #[arg(long, default_value = "latest", value_name = "PATH|latest|grounding")]
+    /// The checkpoint: `latest`, a hash, a folder, `grounding[:copy=leaves|all]` (no model: the
+    /// summary checked against its input) or `lm-support[:MODEL]` (a language model's support
+    /// for the summary given its input); the last two need `--data`.
+    #[arg(long, default_value = "latest", value_name = "PATH|latest|grounding|lm-support")]
     pub model: String,
     /// Evaluate on a TRL preference file instead of the stored feedback's held-out books.
     #[arg(long, value_name = "FILE.jsonl")]
@@ -633,6 +634,12 @@ fn print_eval(
     Ok(())
 }
 
+/// A reward that needs no feedback, as `reward eval --model` names it.
+enum Rule {
+    Grounded(grounded::Grounded),
+    Support(Box<support::LmSupport>),
+}
+
 type LoadEncoder<'a> = &'a dyn Fn() -> Result<Arc<dyn Encoder>, crate::workspace::WorkspaceError>;
 
 fn eval(ws: &Workspace, encoder: LoadEncoder<'_>, args: EvalArgs) -> anyhow::Result<()> {
@@ -645,17 +652,33 @@ fn eval(ws: &Workspace, encoder: LoadEncoder<'_>, args: EvalArgs) -> anyhow::Res
         }
         Ok((pairs, path.display().to_string()))
     };
-    if let Some(grounded) = grounded::Grounded::parse(&args.model) {
-        let grounded = grounded.map_err(anyhow::Error::msg)?;
+    // The rewards that need no feedback: the grounded check, a language model's support.
+    let rule = if let Some(grounded) = grounded::Grounded::parse(&args.model) {
+        Some(Rule::Grounded(grounded.map_err(anyhow::Error::msg)?))
+    } else if let Some(model) = support::parse(&args.model) {
+        let model = model.map_err(anyhow::Error::msg)?;
+        Some(Rule::Support(Box::new(support::load(&model, ws.models_dir())?)))
+    } else {
+        None
+    };
+    if let Some(rule) = rule {
         let Some(path) = &args.data else {
-            bail!("the grounded reward is evaluated on a file: `rrm reward eval --model grounding --data FILE.jsonl`");
+            bail!(
+                "`{}` needs no feedback and is evaluated on a file: `rrm reward eval --model {} \
+                 --data FILE.jsonl`",
+                args.model,
+                args.model
+            );
         };
         let (pairs, what) = file_pairs(path)?;
-        let margins = grounded.margins(&pairs);
+        let (id, margins) = match &rule {
+            Rule::Grounded(g) => (g.id(), g.margins(&pairs)),
+            Rule::Support(s) => (s.id(), s.margins(&pairs)?),
+        };
         let metrics = metrics_by_height(&pairs, &margins);
         let refs: Vec<&Pair> = pairs.iter().collect();
         let baselines = report::report(&margins, &refs);
-        return print_eval(&grounded.id(), &what, &metrics, &baselines, args.json);
+        return print_eval(&id, &what, &metrics, &baselines, args.json);
     }
     let checkpoint = RewardModel::resolve(&args.model, ws.reward_dir())?;
     if is_lm_checkpoint(&checkpoint) {

@@ -120,6 +120,25 @@ pub trait MemberScorer {
 /// trained ensemble, with no feedback.
 pub struct GroundingScorer(pub crate::reward::grounded::Grounded);
 
+/// A language model's support for the summary ([`crate::reward::support`]) as a
+/// [`MemberScorer`] of one member: no feedback, no checkpoint.
+pub struct SupportScorer(pub crate::reward::support::LmSupport);
+
+impl MemberScorer for SupportScorer {
+    fn name(&self) -> String {
+        self.0.id()
+    }
+
+    fn member_scores(
+        &self,
+        _height: u32,
+        input: &str,
+        summaries: &[&str],
+    ) -> Result<Vec<Vec<f32>>, RewardError> {
+        Ok(vec![self.0.scores(input, summaries)?])
+    }
+}
+
 impl MemberScorer for GroundingScorer {
     fn name(&self) -> String {
         self.0.id()

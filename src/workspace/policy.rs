@@ -23,7 +23,9 @@ use crate::lm::{LoraConfig, Target};
 use crate::policy::data::{self, Prompt};
 use crate::policy::eval::{self, BaselineUsed, EvalReport};
 use crate::policy::job::{self, JobReport, TrainJob};
-use crate::policy::judge::{AltLabeler, EnsembleScorer, GroundingScorer, Judge, MemberScorer};
+use crate::policy::judge::{
+    AltLabeler, EnsembleScorer, GroundingScorer, Judge, MemberScorer, SupportScorer,
+};
 use crate::policy::kl::{self, KlEstimate};
 use crate::policy::reference::{ReferenceScorer, ReferenceWeights};
 use crate::policy::registry;
@@ -124,7 +126,7 @@ pub fn judges_named(names: &[String]) -> Result<Vec<Box<dyn Judge>>> {
 }
 
 /// The reward ensemble `spec` names as a scorer (`grounding`: the grounded reward, no
-/// checkpoint); `None` for `none`, and for `latest` when
+/// checkpoint; `lm-support[:MODEL]`: a language model's support, no checkpoint); `None` for `none`, and for `latest` when
 /// nothing is trained yet unless `required`.
 pub fn reward_scorer(
     ws: &Workspace,
@@ -140,12 +142,18 @@ pub fn reward_scorer(
         return Err(WorkspaceError::Invalid(format!(
             "`{spec}` scores against people's summaries of the training prompts: it labels \
              rm-dpo's pairs (`policy train --method rm-dpo --reward-model {spec}`) and judges \
-             nothing else; here name a reward model (`latest`, a hash, a folder, `grounding`)"
+             nothing else; here name a reward model (`latest`, a hash, a folder, `grounding`, \
+             `lm-support`)"
         )));
     }
     if let Some(grounded) = crate::reward::grounded::Grounded::parse(spec) {
         let grounded = grounded.map_err(WorkspaceError::Invalid)?;
         return Ok(Some(Box::new(GroundingScorer(grounded))));
+    }
+    if let Some(model) = crate::reward::support::parse(spec) {
+        let model = model.map_err(WorkspaceError::Invalid)?;
+        let support = crate::reward::support::load(&model, ws.models_dir())?;
+        return Ok(Some(Box::new(SupportScorer(support))));
     }
     let model = if required {
         summarize::load_reward_model(ws, spec)?

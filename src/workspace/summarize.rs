@@ -10,7 +10,7 @@ use crate::compose::{
     ComposeOptions, ComposeReport, Composer, MeanLogprob, Models, Observer, Selector,
 };
 use crate::decompose::Decomposer;
-use crate::reward::{grounded, lm, RewardModel, RewardSelector};
+use crate::reward::{grounded, lm, support, RewardModel, RewardSelector};
 use crate::tree::TaskTree;
 
 /// Decomposes `book` and stores its tree (the record, then the file copy).
@@ -38,8 +38,9 @@ pub async fn compose(
 /// How candidates are picked: the policy's own mean log-probability, or a reward model.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SelectorSpec {
-    /// `latest`, a checkpoint hash in the reward folder, a checkpoint folder, or `grounding`
-    /// (the summary checked against its input; no model).
+    /// `latest`, a checkpoint hash in the reward folder, a checkpoint folder, `grounding`
+    /// (the summary checked against its input; no model) or `lm-support[:MODEL]` (a language
+    /// model's support for the summary given its input; no checkpoint).
     pub reward_model: Option<String>,
     /// λ in mean − λ·std.
     pub pessimism: f32,
@@ -64,6 +65,12 @@ impl SelectorSpec {
                 pessimism: self.pessimism,
                 grounded,
             }));
+        }
+        if let Some(model) = support::parse(spec) {
+            // No checkpoint: a language model reads the input and each candidate.
+            let model = model.map_err(WorkspaceError::Invalid)?;
+            let support = Arc::new(support::load(&model, ws.models_dir())?);
+            return Ok(Arc::new(support::LmSupportSelector { support, pessimism: self.pessimism }));
         }
         let path = RewardModel::resolve(spec, ws.reward_dir())?;
         if lm::is_lm_checkpoint(&path) {
