@@ -120,6 +120,21 @@ pub trait MemberScorer {
 /// trained ensemble, with no feedback.
 pub struct GroundingScorer(pub crate::reward::grounded::Grounded);
 
+impl MemberScorer for GroundingScorer {
+    fn name(&self) -> String {
+        self.0.id()
+    }
+
+    fn member_scores(
+        &self,
+        height: u32,
+        input: &str,
+        summaries: &[&str],
+    ) -> Result<Vec<Vec<f32>>, RewardError> {
+        Ok(self.0.member_scores(height, input, summaries))
+    }
+}
+
 /// A language model's support for the summary ([`crate::reward::support`]) as a
 /// [`MemberScorer`] of one member: no feedback, no checkpoint.
 pub struct SupportScorer(pub crate::reward::support::LmSupport);
@@ -136,21 +151,6 @@ impl MemberScorer for SupportScorer {
         summaries: &[&str],
     ) -> Result<Vec<Vec<f32>>, RewardError> {
         Ok(vec![self.0.scores(input, summaries)?])
-    }
-}
-
-impl MemberScorer for GroundingScorer {
-    fn name(&self) -> String {
-        self.0.id()
-    }
-
-    fn member_scores(
-        &self,
-        height: u32,
-        input: &str,
-        summaries: &[&str],
-    ) -> Result<Vec<Vec<f32>>, RewardError> {
-        Ok(self.0.member_scores(height, input, summaries))
     }
 }
 
