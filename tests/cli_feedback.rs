@@ -317,6 +317,10 @@ fn simulate_queue_train_eval_score_and_best_of_with_the_reward_model() {
     assert_eq!(g["metrics"]["all"]["accuracy"], 1.0, "{g}");
     let err = ws.stderr_fail(&["reward", "eval", "--model", "grounding"]);
     assert!(err.contains("--data"), "{err}");
+    // So does a language model's support: the missing file is said before any model is looked
+    // for (this name resolves to nothing, so a model lookup would fail first).
+    let err = ws.stderr_fail(&["reward", "eval", "--model", "lm-support:no-such-model"]);
+    assert!(err.contains("--data") && !err.contains("neither a model file"), "{err}");
     // A configuration of it is named in the spec; an unknown option is refused by name.
     let g = ws.stdout(&[
         "reward",

@@ -634,10 +634,12 @@ fn print_eval(
     Ok(())
 }
 
-/// A reward that needs no feedback, as `reward eval --model` names it.
+/// A reward that needs no feedback, as `reward eval --model` names it (its model, if any, is
+/// loaded only once the data file has been read).
 enum Rule {
     Grounded(grounded::Grounded),
-    Support(Box<support::LmSupport>),
+    /// The language model `lm-support[:MODEL]` names.
+    Support(String),
 }
 
 type LoadEncoder<'a> = &'a dyn Fn() -> Result<Arc<dyn Encoder>, crate::workspace::WorkspaceError>;
@@ -656,8 +658,7 @@ fn eval(ws: &Workspace, encoder: LoadEncoder<'_>, args: EvalArgs) -> anyhow::Res
     let rule = if let Some(grounded) = grounded::Grounded::parse(&args.model) {
         Some(Rule::Grounded(grounded.map_err(anyhow::Error::msg)?))
     } else if let Some(model) = support::parse(&args.model) {
-        let model = model.map_err(anyhow::Error::msg)?;
-        Some(Rule::Support(Box::new(support::load(&model, ws.models_dir())?)))
+        Some(Rule::Support(model.map_err(anyhow::Error::msg)?))
     } else {
         None
     };
@@ -673,7 +674,10 @@ fn eval(ws: &Workspace, encoder: LoadEncoder<'_>, args: EvalArgs) -> anyhow::Res
         let (pairs, what) = file_pairs(path)?;
         let (id, margins) = match &rule {
             Rule::Grounded(g) => (g.id(), g.margins(&pairs)),
-            Rule::Support(s) => (s.id(), s.margins(&pairs)?),
+            Rule::Support(model) => {
+                let support = support::load(model, ws.models_dir())?;
+                (support.id(), support.margins(&pairs)?)
+            }
         };
         let metrics = metrics_by_height(&pairs, &margins);
         let refs: Vec<&Pair> = pairs.iter().collect();
