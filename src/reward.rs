@@ -731,14 +731,12 @@ pub fn pair_disagreement(per_member: &[Vec<f32>], i: usize, j: usize) -> f64 {
 }
 
 /// The reward ensemble as a [`Selector`]: score = mean − λ·std over the ensemble's members, each
-/// measured from its mean over the node's candidates or from candidate 0 ([`ensemble_scores`]);
-/// the parts record `mean` and `std`.
+/// centred over the node's candidates ([`ensemble_scores`]); the parts record `mean` and `std`.
 pub struct RewardSelector {
     model: Arc<RewardModel>,
     encoder: Arc<dyn Encoder>,
     cache: Option<SharedCache>,
     pessimism: f32,
-    anchor: Anchor,
 }
 
 impl RewardSelector {
@@ -749,12 +747,7 @@ impl RewardSelector {
         pessimism: f32,
     ) -> Result<RewardSelector, RewardError> {
         model.check_encoder(encoder.as_ref())?;
-        Ok(RewardSelector { model, encoder, cache, pessimism, anchor: Anchor::Mean })
-    }
-
-    /// The same selector measuring every member from `anchor`.
-    pub fn with_anchor(self, anchor: Anchor) -> RewardSelector {
-        RewardSelector { anchor, ..self }
+        Ok(RewardSelector { model, encoder, cache, pessimism })
     }
 
     /// Mean and std of each summary of `input`.
@@ -782,12 +775,7 @@ impl RewardSelector {
 impl Selector for RewardSelector {
     fn id(&self) -> String {
         // `centred`: picks made before members were centred are not reused.
-        format!(
-            "reward:{}:lambda={}:centred{}",
-            self.model.card.hash,
-            self.pessimism,
-            self.anchor.id_suffix()
-        )
+        format!("reward:{}:lambda={}:centred", self.model.card.hash, self.pessimism)
     }
 
     fn score(
@@ -800,56 +788,23 @@ impl Selector for RewardSelector {
         let members = self
             .member_scores(height, input, &texts)
             .map_err(|e| SelectError { selector: self.id(), message: e.to_string() })?;
-        Ok(ensemble_scores(&members, self.pessimism, self.anchor))
-    }
-}
-
-/// What each member's scores are measured from before an ensemble's mean − λ·std is taken.
-///
-/// Bradley–Terry fixes each member's scores only up to an offset of its own (the loss sees
-/// differences; the final bias gets no gradient), so raw member scores disagree by offsets that
-/// say nothing about the candidates; every rule here works on differences within one member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Anchor {
-    /// The member's mean over the node's candidates: `std` is how much the members disagree
-    /// about a candidate against the field.
-    #[default]
-    Mean,
-    /// Candidate 0 (the greedy decode under best-of-N): every candidate scores its margin over
-    /// it, `mean − λ·std` of the margin over members, and candidate 0 scores exactly 0. A sample
-    /// replaces the greedy decode only where the members agree it is better; the greedy decode
-    /// never loses a pick because the members disagree about *it* against the field.
-    First,
-}
-
-impl Anchor {
-    /// The suffix this rule adds to a selector's id (none for the rule older picks were made by).
-    pub fn id_suffix(self) -> &'static str {
-        match self {
-            Anchor::Mean => "",
-            Anchor::First => ":vs-first",
-        }
+        Ok(ensemble_scores(&members, self.pessimism))
     }
 }
 
 /// A reward ensemble's selection score per candidate of one node (`per_member`: K × n).
 ///
-/// Each member is measured from its `anchor` first ([`Anchor`]). `score` = mean − λ·std of the
-/// anchored scores; the parts keep `mean` and `std`, and `members` the anchored scores, from
-/// which the spread of any pair's difference follows ([`crate::compose::select::pair_spread`]).
-/// A single candidate gets 0 from every member.
-pub fn ensemble_scores(
-    per_member: &[Vec<f32>],
-    pessimism: f32,
-    anchor: Anchor,
-) -> Vec<CandidateScore> {
+/// Bradley–Terry fixes each member's scores only up to an offset of its own (the loss sees
+/// differences; the final bias gets no gradient), so raw member scores disagree by offsets that
+/// say nothing about the candidates. Each member is therefore centred over the node's candidates
+/// first. `score` = mean − λ·std of the centred scores; the parts keep `mean` and `std`, and
+/// `members` the centred scores, from which the spread of any pair's difference follows
+/// ([`crate::compose::select::pair_spread`]). A single candidate gets 0 from every member.
+pub fn ensemble_scores(per_member: &[Vec<f32>], pessimism: f32) -> Vec<CandidateScore> {
     let centred: Vec<Vec<f32>> = per_member
         .iter()
         .map(|m| {
-            let centre = match anchor {
-                Anchor::Mean => m.iter().sum::<f32>() / m.len().max(1) as f32,
-                Anchor::First => m.first().copied().unwrap_or(0.0),
-            };
+            let centre = m.iter().sum::<f32>() / m.len().max(1) as f32;
             m.iter().map(|x| x - centre).collect()
         })
         .collect();
@@ -987,38 +942,15 @@ mod tests {
     fn member_offsets_do_not_count_as_disagreement() {
         // Two members that rank three candidates identically but sit 5 apart: before centring
         // each candidate's std was 2.5 and pessimism subtracted pure offset noise.
-        let s = ensemble_scores(&[vec![0.0, 1.0, 2.0], vec![5.0, 6.0, 7.0]], 1.0, Anchor::Mean);
+        let s = ensemble_scores(&[vec![0.0, 1.0, 2.0], vec![5.0, 6.0, 7.0]], 1.0);
         for c in &s {
             assert!(c.parts["std"].abs() < 1e-6, "{c:?}");
             assert_eq!(c.members.len(), 2);
         }
         assert!(s[2].score > s[1].score && s[1].score > s[0].score);
         // Real disagreement stays: the members swap candidates 0 and 1.
-        let s = ensemble_scores(&[vec![0.0, 1.0], vec![1.0, 0.0]], 1.0, Anchor::Mean);
+        let s = ensemble_scores(&[vec![0.0, 1.0], vec![1.0, 0.0]], 1.0);
         assert!(s[0].parts["std"] > 0.4);
-    }
-
-    #[test]
-    fn measured_from_the_greedy_decode_a_sample_must_beat_it_by_more_than_the_members_doubt() {
-        // Three members. Candidate 1 beats candidate 0 (the greedy decode) by 0.2 in every
-        // member; candidate 2 by 1.0 on average but the members disagree (+3, −1, +1).
-        let members = [vec![0.0, 0.2, 3.0], vec![0.0, 0.2, -1.0], vec![0.0, 0.2, 1.0]];
-        let s = ensemble_scores(&members, 1.0, Anchor::First);
-        assert_eq!(s[0].score, 0.0);
-        assert_eq!(s[0].parts["std"], 0.0);
-        assert!((s[1].score - 0.2).abs() < 1e-6, "{:?}", s[1]);
-        assert!(s[2].score < 0.0, "{:?}", s[2]);
-        assert_eq!(crate::compose::select::argmax(&s), 1);
-        // Measured from the mean, candidate 2's higher mean and the greedy decode's own spread
-        // against the field decide differently; the two rules agree on every mean difference.
-        let m = ensemble_scores(&members, 1.0, Anchor::Mean);
-        assert_eq!(crate::compose::select::argmax(&m), 2);
-        for (a, b) in s.iter().zip(&m) {
-            assert!(((a.mean() - s[0].mean()) - (b.mean() - m[0].mean())).abs() < 1e-6);
-        }
-        // With nobody better than the greedy decode it keeps the pick (ties go to candidate 0).
-        let s = ensemble_scores(&[vec![1.0, 1.0], vec![2.0, 2.0]], 1.0, Anchor::First);
-        assert_eq!(crate::compose::select::argmax(&s), 0);
     }
 
     #[test]

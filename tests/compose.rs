@@ -306,7 +306,7 @@ fn two_members(n: usize, gap: f32, std: f32) -> Vec<rrm::compose::CandidateScore
             })
             .collect()
     };
-    rrm::reward::ensemble_scores(&[member(1.0), member(-1.0)], 0.0, rrm::reward::Anchor::Mean)
+    rrm::reward::ensemble_scores(&[member(1.0), member(-1.0)], 0.0)
 }
 
 /// A person who always prefers the second summary shown, and remembers what they were asked.

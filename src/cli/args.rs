@@ -109,27 +109,6 @@ pub struct ComposeArgs {
     pub all_sampled: bool,
 }
 
-/// What a reward pick measures each candidate against (`--anchor`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AnchorArg {
-    /// Its margin over the greedy decode (candidate 1): a sample replaces it only where the
-    /// ensemble's members agree it is better (mean − λ·std of the margin above 0).
-    Greedy,
-    /// Each member centred over the node's candidates (the rule before 2026-12-08).
-    Mean,
-}
-
-impl AnchorArg {
-    /// The ensemble rule for candidates composed with `compose`: from the greedy decode only
-    /// where candidate 1 is one (not with --all-sampled).
-    pub fn resolve(self, compose: &ComposeArgs) -> crate::reward::Anchor {
-        match self {
-            AnchorArg::Greedy if !compose.all_sampled => crate::reward::Anchor::First,
-            _ => crate::reward::Anchor::Mean,
-        }
-    }
-}
-
 impl ComposeArgs {
     /// The compose options these flags give (checked).
     pub fn options(&self) -> anyhow::Result<crate::compose::ComposeOptions> {

@@ -406,7 +406,6 @@ fn bench_ask(ctx: &mut Context, args: AskArgs) -> anyhow::Result<()> {
     let reward = SelectorSpec {
         reward_model: Some(args.reward_model.clone()),
         pessimism: args.pessimism,
-        anchor: crate::reward::Anchor::Mean,
         encoder: args.encoder.encoder.clone(),
     }
     .build(&ws, progress)?;

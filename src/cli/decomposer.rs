@@ -794,7 +794,6 @@ fn tune(
             selector: crate::workspace::summarize::SelectorSpec {
                 reward_model: None,
                 pessimism: 1.0,
-                anchor: crate::reward::Anchor::Mean,
                 encoder: crate::infer::fetch::DEFAULT_ENCODER.to_string(),
             }
             .build(ws, ctx.progress())?,

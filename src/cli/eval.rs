@@ -10,8 +10,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 
 use super::args::{
-    AnchorArg, ComposeArgs, DecomposerOptions, EncoderArgs, GeneratorOptions, LevelModelArgs,
-    WorkspaceArgs,
+    ComposeArgs, DecomposerOptions, EncoderArgs, GeneratorOptions, LevelModelArgs, WorkspaceArgs,
 };
 use super::Context;
 use crate::compose::{Observer, Selector};
@@ -92,10 +91,6 @@ pub struct SummariesArgs {
     /// λ of the reward pick (mean − λ·std).
     #[arg(long, default_value_t = 1.0, value_name = "λ")]
     pub pessimism: f32,
-    /// What the reward pick measures each candidate against: `greedy` (its margin over the
-    /// greedy decode) or `mean` (each member centred over the node's candidates).
-    #[arg(long, value_enum, default_value_t = AnchorArg::Greedy)]
-    pub anchor: AnchorArg,
     /// Score each root summary with this reward model without picking by it.
     #[arg(long, value_name = "PATH|latest", conflicts_with = "reward_model")]
     pub score_with: Option<String>,
@@ -279,7 +274,6 @@ fn summaries(e: &Env<'_>, args: SummariesArgs) -> anyhow::Result<()> {
     let selector = SelectorSpec {
         reward_model: args.reward_model.clone(),
         pessimism: args.pessimism,
-        anchor: args.anchor.resolve(&args.compose),
         encoder: e.encoder.to_string(),
     }
     .build(ws, e.progress)?;

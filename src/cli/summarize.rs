@@ -9,8 +9,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::args::{
-    AnchorArg, ComposeArgs, DecomposerOptions, EncoderArgs, GeneratorOptions, LevelModelArgs,
-    WorkspaceArgs,
+    ComposeArgs, DecomposerOptions, EncoderArgs, GeneratorOptions, LevelModelArgs, WorkspaceArgs,
 };
 use super::Context;
 use crate::book::Book;
@@ -66,11 +65,6 @@ pub struct SummarizeArgs {
     /// λ, the pessimism of the reward pick (mean − λ·std).
     #[arg(long, default_value_t = 1.0, value_name = "λ", requires = "reward_model")]
     pub pessimism: f32,
-    /// What the reward pick measures each candidate against: `greedy`, its margin over the
-    /// greedy decode (a sample must beat it by more than λ times the members' doubt about the
-    /// margin), or `mean`, each member centred over the node's candidates.
-    #[arg(long, value_enum, default_value_t = AnchorArg::Greedy, requires = "reward_model")]
-    pub anchor: AnchorArg,
     /// Where the reward ensemble cannot tell the two best candidates apart, ask a person (in
     /// the terminal: 1 / 2 / t, then a confidence) instead of guessing; answers are stored as
     /// comparisons. Needs --reward-model and --best-of 2 or more.
@@ -156,7 +150,6 @@ pub fn run(ctx: &mut Context, args: SummarizeArgs) -> anyhow::Result<()> {
     let selector = SelectorSpec {
         reward_model: args.reward_model.clone(),
         pessimism: args.pessimism,
-        anchor: args.anchor.resolve(&args.compose),
         encoder: args.encoder.encoder.clone(),
     }
     .build(&ws, progress)?;

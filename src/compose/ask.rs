@@ -369,7 +369,7 @@ mod tests {
     use super::*;
 
     fn scores(per_member: &[Vec<f32>]) -> Vec<CandidateScore> {
-        crate::reward::ensemble_scores(per_member, 1.0, crate::reward::Anchor::Mean)
+        crate::reward::ensemble_scores(per_member, 1.0)
     }
 
     #[test]

@@ -147,13 +147,12 @@ fn reports(input: &str, summaries: &[&str]) -> Vec<grounding::Report> {
 #[derive(Debug, Clone, Copy)]
 pub struct GroundingSelector {
     pub pessimism: f32,
-    pub anchor: super::Anchor,
     pub grounded: Grounded,
 }
 
 impl Selector for GroundingSelector {
     fn id(&self) -> String {
-        format!("{}:lambda={}{}", self.grounded.id(), self.pessimism, self.anchor.id_suffix())
+        format!("{}:lambda={}", self.grounded.id(), self.pessimism)
     }
 
     fn score(
@@ -165,7 +164,7 @@ impl Selector for GroundingSelector {
         let texts: Vec<&str> = candidates.iter().map(|c| c.text.as_str()).collect();
         let checked = reports(input, &texts);
         let members = self.grounded.members_of(height, &checked);
-        let mut scores = super::ensemble_scores(&members, self.pessimism, self.anchor);
+        let mut scores = super::ensemble_scores(&members, self.pessimism);
         for (s, r) in scores.iter_mut().zip(&checked) {
             s.parts.insert("unsupported_rate".into(), r.unsupported_rate as f32);
             s.parts.insert("coverage".into(), r.coverage as f32);
@@ -197,11 +196,7 @@ mod tests {
 
     #[test]
     fn the_grounded_candidate_wins_and_the_parts_say_why() {
-        let sel = GroundingSelector {
-            pessimism: 0.0,
-            anchor: crate::reward::Anchor::Mean,
-            grounded: Grounded::default(),
-        };
+        let sel = GroundingSelector { pessimism: 0.0, grounded: Grounded::default() };
         let cands = [
             candidate("The miller's son Procopius sails to King Tranquil's castle."),
             candidate("As the flood rises, the miller's daughter Anna saves the flour."),

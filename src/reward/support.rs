@@ -165,8 +165,7 @@ pub fn load(model_spec: &str, models_dir: &Path) -> Result<LmSupport, RewardErro
     LmSupport::load(&resolved.path, &resolved.name)
 }
 
-/// The reward as a [`Selector`]. It has one member, so its std is 0 and measuring from the mean
-/// or from the greedy decode picks the same candidate ([`super::Anchor`] does not apply).
+/// The reward as a [`Selector`].
 #[derive(Debug, Clone)]
 pub struct LmSupportSelector {
     pub support: std::sync::Arc<LmSupport>,
@@ -189,11 +188,7 @@ impl Selector for LmSupportSelector {
             .support
             .scores(input, &texts)
             .map_err(|e| SelectError { selector: self.id(), message: e.to_string() })?;
-        let mut out = super::ensemble_scores(
-            std::slice::from_ref(&scores),
-            self.pessimism,
-            super::Anchor::Mean,
-        );
+        let mut out = super::ensemble_scores(std::slice::from_ref(&scores), self.pessimism);
         for (s, v) in out.iter_mut().zip(&scores) {
             s.parts.insert("support_per_token".into(), *v);
         }

@@ -114,7 +114,7 @@ pub struct TreeNodeView {
 /// candidate against its closest rival (the other candidate with the highest mean): the spread
 /// over members of their score difference. `None` with fewer than two candidates.
 fn rival_spread(members: &[Vec<f32>]) -> Option<f32> {
-    let scores = crate::reward::ensemble_scores(members, 0.0, crate::reward::Anchor::Mean);
+    let scores = crate::reward::ensemble_scores(members, 0.0);
     let rival = (1..scores.len()).max_by(|&a, &b| scores[a].mean().total_cmp(&scores[b].mean()))?;
     crate::compose::select::pair_spread(&scores[0], &scores[rival])
 }

@@ -10,7 +10,7 @@ use crate::compose::{
     ComposeOptions, ComposeReport, Composer, MeanLogprob, Models, Observer, Selector,
 };
 use crate::decompose::Decomposer;
-use crate::reward::{grounded, lm, support, Anchor, RewardModel, RewardSelector};
+use crate::reward::{grounded, lm, support, RewardModel, RewardSelector};
 use crate::tree::TaskTree;
 
 /// Decomposes `book` and stores its tree (the record, then the file copy).
@@ -44,9 +44,6 @@ pub struct SelectorSpec {
     pub reward_model: Option<String>,
     /// λ in mean − λ·std.
     pub pessimism: f32,
-    /// What each member's scores are measured from: their mean over the node's candidates, or
-    /// candidate 0 (only where it is the greedy decode).
-    pub anchor: Anchor,
     /// The sentence encoder the reward model's features come from.
     pub encoder: String,
 }
@@ -66,7 +63,6 @@ impl SelectorSpec {
             let grounded = grounded.map_err(WorkspaceError::Invalid)?;
             return Ok(Arc::new(grounded::GroundingSelector {
                 pessimism: self.pessimism,
-                anchor: self.anchor,
                 grounded,
             }));
         }
@@ -80,14 +76,13 @@ impl SelectorSpec {
         if lm::is_lm_checkpoint(&path) {
             // The language-model backbone scores with its own base model; no sentence encoder.
             let model = lm::LmRewardModel::load(&path, None)?;
-            let selector = lm::LmRewardSelector::new(Arc::new(model), self.pessimism);
-            return Ok(Arc::new(selector.with_anchor(self.anchor)));
+            return Ok(Arc::new(lm::LmRewardSelector::new(Arc::new(model), self.pessimism)));
         }
         let model = load_reward_model(ws, spec)?;
         let encoder = ws.encoder(&self.encoder, progress)?;
         let cache = super::embeddings::cache(ws.store());
         let selector = RewardSelector::new(Arc::new(model), encoder, Some(cache), self.pessimism)?;
-        Ok(Arc::new(selector.with_anchor(self.anchor)))
+        Ok(Arc::new(selector))
     }
 }
 

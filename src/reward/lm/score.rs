@@ -158,28 +158,17 @@ pub fn metrics_by_height(pairs: &[Pair], margins: &[f32]) -> BTreeMap<String, Me
 pub struct LmRewardSelector {
     model: std::sync::Arc<LmRewardModel>,
     pessimism: f32,
-    anchor: crate::reward::Anchor,
 }
 
 impl LmRewardSelector {
     pub fn new(model: std::sync::Arc<LmRewardModel>, pessimism: f32) -> LmRewardSelector {
-        LmRewardSelector { model, pessimism, anchor: crate::reward::Anchor::Mean }
-    }
-
-    /// The same selector measuring every member from `anchor`.
-    pub fn with_anchor(self, anchor: crate::reward::Anchor) -> LmRewardSelector {
-        LmRewardSelector { anchor, ..self }
+        LmRewardSelector { model, pessimism }
     }
 }
 
 impl Selector for LmRewardSelector {
     fn id(&self) -> String {
-        format!(
-            "reward-lm:{}:lambda={}:centred{}",
-            self.model.card.hash,
-            self.pessimism,
-            self.anchor.id_suffix()
-        )
+        format!("reward-lm:{}:lambda={}:centred", self.model.card.hash, self.pessimism)
     }
 
     fn score(
@@ -193,6 +182,6 @@ impl Selector for LmRewardSelector {
             .model
             .member_scores(height, input, &texts)
             .map_err(|e| SelectError { selector: self.id(), message: e.to_string() })?;
-        Ok(crate::reward::ensemble_scores(&members, self.pessimism, self.anchor))
+        Ok(crate::reward::ensemble_scores(&members, self.pessimism))
     }
 }
