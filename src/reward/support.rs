@@ -5,8 +5,8 @@
 //! likely once the model has read it; one that invents names or events does not, and neither
 //! does generic text that was likely anyway.
 //!
-//! Named `lm-support` (the base policy, SmolLM2-135M) or `lm-support:MODEL` (any GGUF the
-//! resolver knows) wherever a reward model is named: `summarize --reward-model`, `reward eval
+//! Named `lm-support` (the base policy, SmolLM2-135M) or `lm-support:MODEL` (a GGUF of the
+//! llama or qwen2 family the resolver knows; the f32 scorer runs no other) wherever a reward model is named: `summarize --reward-model`, `reward eval
 //! --model`, the DPO labelling and `policy eval` judges. It is the model-based counterpart of the
 //! lexical [`crate::grounding`] check (which no entailment model on the package registries could
 //! replace); docs/reward-human-data.md compares the two on FRANK's held-out factuality
