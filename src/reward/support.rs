@@ -6,11 +6,11 @@
 //! does generic text that was likely anyway.
 //!
 //! Named `lm-support` (the base policy, SmolLM2-135M) or `lm-support:MODEL` (a GGUF of the
-//! llama or qwen2 family the resolver knows; the f32 scorer runs no other) wherever a reward model is named: `summarize --reward-model`, `reward eval
-//! --model`, the DPO labelling and `policy eval` judges. It is the model-based counterpart of the
-//! lexical [`crate::grounding`] check (which no entailment model on the package registries could
-//! replace); docs/reward-human-data.md compares the two on FRANK's held-out factuality
-//! judgements.
+//! llama or qwen2 family the resolver knows; the f32 scorer runs no other) wherever a reward
+//! model is named: `summarize --reward-model`, `reward eval --model`, the DPO labelling and
+//! `policy eval` judges. It is the model-based counterpart of the lexical [`crate::grounding`]
+//! check (which no entailment model on the package registries could replace);
+//! docs/reward-human-data.md compares the two on FRANK's held-out factuality judgements.
 //!
 //! The input is cut to its first [`MAX_INPUT_TOKENS`] tokens and each summary to
 //! [`MAX_SUMMARY_TOKENS`]; the input's prompt is computed once for all summaries of it. It has one
