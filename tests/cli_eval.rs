@@ -137,6 +137,53 @@ fn summaries_are_scored_stored_compared_and_reported() {
         .assert()
         .success()
         .stdout(predicate::str::contains("greedy").and(predicate::str::contains("sampled")));
+    // Each run's own outputs stay inspectable: `--run` names the evaluation run (and `--book`
+    // its document), while without it the newest run's outputs are shown.
+    let sampled: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    let summary_of =
+        |run: &serde_json::Value| run["documents"][0]["summary"].as_str().unwrap().to_string();
+    // With an evaluation run the document id names the book; otherwise the tree file does.
+    let book_id = run["documents"][0]["book_id"].as_str().unwrap().to_string();
+    let tree_file = ws.path("trees").join(format!("{book_id}.json")).display().to_string();
+    let root_output = |target: &str, run: Option<&str>| {
+        let mut cmd = ws.rrm();
+        cmd.args(["tree", "show", target, "--json"]);
+        if let Some(run) = run {
+            cmd.args(["--run", run]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let tree: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let root = tree["root"].as_str().unwrap().to_string();
+        let mut cmd = ws.rrm();
+        cmd.args(["node", "show", &root, "--book", target, "--json"]);
+        if let Some(run) = run {
+            cmd.args(["--run", run]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let node: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (tree["run"]["run_id"].clone(), node["output"].as_str().unwrap().trim().to_string())
+    };
+    let (greedy_id, greedy_root) = root_output("marigold", Some("greedy"));
+    let (sampled_id, sampled_root) = root_output("marigold", Some("sampled"));
+    assert_eq!(greedy_root, summary_of(&run));
+    assert_eq!(sampled_root, summary_of(&sampled));
+    assert_ne!(greedy_id, sampled_id);
+    assert_eq!(root_output(&tree_file, None), (sampled_id.clone(), sampled_root));
+    // A summarize run id (or its prefix) names a run too.
+    let prefix = &greedy_id.as_str().unwrap()[..16];
+    assert_eq!(root_output(&tree_file, Some(prefix)), (greedy_id, greedy_root));
+    ws.rrm()
+        .args(["node", "show", "h0.0", "--book", &tree_file, "--run", "no-such-run"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("'no-such-run' names no evaluation run or summarize run"));
+    ws.rrm()
+        .args(["tree", "show", "marigold", "--run", "no-such-run"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("'no-such-run' names no evaluation run"));
     ws.rrm()
         .args(["eval", "compare", "sampled", "greedy", "--resamples", "500"])
         .assert()

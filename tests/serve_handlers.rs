@@ -580,6 +580,7 @@ fn eval_doc(id: &str, r1: f64) -> rrm::eval::runs::DocScores {
         nodes: 3,
         computed: 3,
         tokens_generated: 30,
+        run_id: None,
     }
 }
 

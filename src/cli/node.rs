@@ -19,6 +19,7 @@ use crate::workspace::{rating, trees};
   rrm node show h1.2 --book alice
   rrm node show 3fa2c1d0
   rrm node show h0.0 --book alice --json
+  rrm node show h2.0 --book DOC-ID --run my-eval-run
   rrm node sample h0.3 --book alice -n 4
   rrm node split h0.3 --book alice --after-sentence 4")]
 pub struct NodeArgs {
@@ -32,7 +33,9 @@ pub enum NodeCommand {
     /// and its candidates and output once summarized.
     ///
     /// ID is a node id like h1.7 or a prefix (4+ hex digits) of a node's content hash. Without
-    /// --book it is looked up in every stored tree. Example: rrm node show h0.3 --book alice
+    /// --book it is looked up in every stored tree. The outputs shown are the newest run's unless
+    /// --run names another (an evaluation run's, or a summarize run's). Example: rrm node show
+    /// h0.3 --book alice
     Show(ShowArgs),
     /// Draw K candidate summaries for a node with the policy model and store them (for rating).
     ///
@@ -56,6 +59,10 @@ pub struct ShowArgs {
     /// Look only in the tree of this book (a file, a catalog id, or a tree file).
     #[arg(long, value_name = "BOOK|TREE.json")]
     pub book: Option<String>,
+    /// Show the outputs of this run instead of the newest: an evaluation run's name (`rrm eval
+    /// list`; then BOOK may be one of its document ids) or a summarize run id or its prefix.
+    #[arg(long, value_name = "NAME|RUN-ID")]
+    pub run: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -138,8 +145,14 @@ pub fn run(ctx: &mut Context, args: NodeArgs) -> anyhow::Result<()> {
 
 fn show(ctx: &mut Context, args: ShowArgs) -> anyhow::Result<()> {
     let ws = ctx.workspace(&args.ws)?;
-    let (loaded, id) = trees::find_node(ws, &args.id, args.book.as_deref(), args.lossy)
-        .with_context(|| format!("showing node {}", args.id))?;
+    let (loaded, id) = trees::find_node_in_run(
+        ws,
+        &args.id,
+        args.book.as_deref(),
+        args.run.as_deref(),
+        args.lossy,
+    )
+    .with_context(|| format!("showing node {}", args.id))?;
     let (tree, book) = (&loaded.tree, loaded.book.as_ref());
     let node = tree.node(id);
     let result = match &loaded.run {

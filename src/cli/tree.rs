@@ -15,7 +15,8 @@ use crate::workspace::views::{child_range, depth_first, node_json, preview, tree
 #[command(after_help = "Examples:
   rrm tree show alice
   rrm tree show alice --depth 1
-  rrm tree show task_trees/<book-id>.json --json")]
+  rrm tree show task_trees/<book-id>.json --json
+  rrm tree show DOC-ID --run my-eval-run --depth 0")]
 pub struct TreeArgs {
     #[command(subcommand)]
     pub command: TreeCommand,
@@ -38,6 +39,10 @@ pub struct ShowArgs {
     /// Show nodes down to this depth below the root (0: the root only).
     #[arg(long, value_name = "N")]
     pub depth: Option<u32>,
+    /// Show the outputs of this run instead of the newest: an evaluation run's name (`rrm eval
+    /// list`; then the target may be one of its document ids) or a summarize run id or its prefix.
+    #[arg(long, value_name = "NAME|RUN-ID")]
+    pub run: Option<String>,
     /// Print JSON instead of an indented tree.
     #[arg(long)]
     pub json: bool,
@@ -79,7 +84,7 @@ fn node_line(tree: &TaskTree, id: NodeId, book: Option<&Book>) -> String {
 
 fn show(ctx: &mut Context, args: ShowArgs) -> anyhow::Result<()> {
     let ws = ctx.workspace(&args.ws)?;
-    let loaded = trees::load_target(ws, &args.target, args.lossy)
+    let loaded = trees::load_target_in_run(ws, &args.target, args.run.as_deref(), args.lossy)
         .with_context(|| format!("showing the tree of {}", args.target))?;
     let (tree, book) = (&loaded.tree, loaded.book.as_ref());
     let order = depth_first(tree, args.depth.unwrap_or(u32::MAX));

@@ -47,6 +47,10 @@ pub struct DocScores {
     /// Nodes generated in this run (the rest came from the cache).
     pub computed: usize,
     pub tokens_generated: usize,
+    /// The summarize run whose outputs made this summary: `rrm node show --run NAME` shows
+    /// them. Absent in runs stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// What [`crate::grounding`] finds in a root summary, against the document and against the
@@ -298,6 +302,7 @@ pub(crate) mod tests {
             nodes: 3,
             computed: 3,
             tokens_generated: 30,
+            run_id: None,
         }
     }
 

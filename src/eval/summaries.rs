@@ -115,6 +115,7 @@ pub fn score(
         nodes: report.nodes_total,
         computed: report.computed,
         tokens_generated: report.tokens_generated,
+        run_id: None,
     })
 }
 

@@ -209,7 +209,9 @@ async fn summarize_document(
         let n = d.store(ws, doc, &book, label, &set)?;
         tracing::info!(doc = %doc.id, stored = n, "references stored as demonstrations at the root");
     }
-    Ok(summaries::score(doc, &book, &report, (set.height, &set.input), &s.scorers)?)
+    let mut scores = summaries::score(doc, &book, &report, (set.height, &set.input), &s.scorers)?;
+    scores.run_id = Some(run.run_id.clone());
+    Ok(scores)
 }
 
 /// The reward models' learning curve and calibration from the stored feedback; stored for the

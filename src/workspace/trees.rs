@@ -193,6 +193,144 @@ pub fn by_book_id(ws: &Workspace, book_id: &str) -> Result<LoadedTree> {
     load_tree(ws, record.tree()?)
 }
 
+/// The tree named by `target`, with the outputs of the run `run` names attached (the newest
+/// when `None`; see [`attach_named_run`]). With an evaluation run, `target` may also be one of
+/// its document ids.
+pub fn load_target_in_run(
+    ws: &Workspace,
+    target: &str,
+    run: Option<&str>,
+    lossy: bool,
+) -> Result<LoadedTree> {
+    let Some(run) = run else { return load_target(ws, target, lossy) };
+    let eval = eval_run(ws, run)?;
+    let mut loaded = match eval.as_ref().and_then(|e| e.documents.iter().find(|d| d.id == target)) {
+        Some(doc) => by_book_id(ws, &doc.book_id)?,
+        None => load_target(ws, target, lossy).map_err(|e| match &eval {
+            Some(_) => WorkspaceError::NotFound(format!(
+                "{e}; nor is '{target}' a document of evaluation run '{run}'"
+            )),
+            None => WorkspaceError::NotFound(format!(
+                "{e}; and '{run}' names no evaluation run (`rrm eval list`) whose document it \
+                 could be"
+            )),
+        })?,
+    };
+    attach_named_run(ws, &mut loaded, run, eval.as_ref())?;
+    Ok(loaded)
+}
+
+/// [`find_node`], with the outputs of the run `run` names attached (the newest when `None`; see
+/// [`attach_named_run`]). With an evaluation run, `book` may also be one of its document ids.
+pub fn find_node_in_run(
+    ws: &Workspace,
+    id: &str,
+    book: Option<&str>,
+    run: Option<&str>,
+    lossy: bool,
+) -> Result<(LoadedTree, NodeId)> {
+    let Some(run) = run else { return find_node(ws, id, book, lossy) };
+    let (mut loaded, nid) = match book {
+        Some(book) => {
+            let loaded = load_target_in_run(ws, book, Some(run), lossy)?;
+            let nid = loaded.node_id(id)?;
+            return Ok((loaded, nid));
+        }
+        None => find_node(ws, id, None, lossy)?,
+    };
+    let eval = eval_run(ws, run)?;
+    attach_named_run(ws, &mut loaded, run, eval.as_ref())?;
+    Ok((loaded, nid))
+}
+
+/// The evaluation run named `name`, if there is one.
+fn eval_run(ws: &Workspace, name: &str) -> Result<Option<crate::eval::runs::EvalRun>> {
+    use crate::eval::runs;
+    if !runs::exists(ws.store(), name)? {
+        return Ok(None);
+    }
+    Ok(Some(runs::load(ws.store(), name)?))
+}
+
+/// Replaces the outputs attached to `loaded` with those of the run `spec` names: the composition
+/// that made an evaluation run's summary of this book (`eval` is that run, when `spec` names
+/// one), or a summarize run id or a prefix of it (`tree show` prints the id). The run must have
+/// composed this very tree.
+pub fn attach_named_run(
+    ws: &Workspace,
+    loaded: &mut LoadedTree,
+    spec: &str,
+    eval: Option<&crate::eval::runs::EvalRun>,
+) -> Result<()> {
+    let store = ws.store();
+    let tree = &loaded.tree;
+    let title = format!("{} [{}]", tree.book_title(), tree.book_id().short());
+    let runs = RunRecord::for_book(store, tree.book_id().as_str())?;
+    let record = match eval {
+        Some(eval) => {
+            let doc =
+                eval.documents.iter().find(|d| d.book_id == tree.book_id().as_str()).ok_or_else(
+                    || {
+                        let ids: Vec<&str> =
+                            eval.documents.iter().map(|d| d.id.as_str()).take(8).collect();
+                        WorkspaceError::NotFound(format!(
+                            "evaluation run '{spec}' has no document whose text is the book \
+                             {title}; its documents include: {}",
+                            ids.join(", ")
+                        ))
+                    },
+                )?;
+            let run_id = doc.run_id.as_deref().ok_or_else(|| {
+                WorkspaceError::NotFound(format!(
+                    "evaluation run '{spec}' was stored before runs recorded which summarize run \
+                     made each summary; store it again (`rrm eval summaries … --run {spec} \
+                     --replace`, served from the cache)"
+                ))
+            })?;
+            runs.into_iter().find(|r| r.run_id == run_id).ok_or_else(|| {
+                WorkspaceError::NotFound(format!(
+                    "the summarize run {run_id} that made evaluation run '{spec}''s summary of \
+                     {title} is no longer stored"
+                ))
+            })?
+        }
+        None => {
+            let mut hits: Vec<RunRecord> =
+                runs.iter().filter(|r| r.run_id.starts_with(spec)).cloned().collect();
+            if hits.len() != 1 {
+                let known: Vec<String> = runs
+                    .iter()
+                    .rev()
+                    .take(6)
+                    .map(|r| format!("{} ({})", r.run_id, r.selector))
+                    .collect();
+                let what = if hits.is_empty() { "names no" } else { "names more than one" };
+                return Err(WorkspaceError::NotFound(format!(
+                    "'{spec}' {what} evaluation run or summarize run of {title} (an evaluation \
+                     run's name, see `rrm eval list`, or a run id or its prefix); its newest \
+                     runs: {}",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )));
+            }
+            hits.remove(0)
+        }
+    };
+    if !record.matches(tree) {
+        return Err(WorkspaceError::Invalid(format!(
+            "run {} composed another tree of {title} (the tree was rebuilt since); its outputs \
+             do not fit this tree's nodes",
+            record.run_id
+        )));
+    }
+    let ids: Vec<NodeId> = loaded.tree.nodes_topological();
+    for id in ids {
+        loaded.tree.set_output(id, None);
+    }
+    record.attach(store, &mut loaded.tree)?;
+    loaded.run = Some(record);
+    Ok(())
+}
+
 /// Finds node `id` in the tree of `book` (a book or tree file), or in every known tree when no
 /// book is given (an id found in several trees is an error naming them).
 pub fn find_node(
