@@ -96,6 +96,10 @@ pub struct ComposeArgs {
     /// Sampling temperature (0: greedy). With --best-of > 1 a temperature of 0 becomes 0.8.
     #[arg(long, value_name = "T")]
     pub temperature: Option<f32>,
+    /// With --best-of N: the temperature of the sampled candidates only (default 0.8, or
+    /// --temperature when above 0); candidate 1 stays the greedy decode.
+    #[arg(long, value_name = "T")]
+    pub sample_temperature: Option<f32>,
     /// Repetition penalty applied to recently generated tokens (1.0: off).
     #[arg(long, default_value_t = 1.15, value_name = "P")]
     pub repetition_penalty: f32,
@@ -142,6 +146,21 @@ impl ComposeArgs {
             if t > 0.0 {
                 options.sampling_best_of.temperature = t;
             }
+        }
+        if let Some(t) = self.sample_temperature {
+            if self.best_of < 2 {
+                anyhow::bail!(
+                    "--sample-temperature sets the sampled candidates of best-of-N; it needs \
+                     --best-of 2 or more (a single decode follows --temperature)"
+                );
+            }
+            if !(t > 0.0 && t <= 5.0) {
+                anyhow::bail!(
+                    "--sample-temperature must be above 0 and at most 5 (got {t}): sampled \
+                     candidates at 0 would all be the greedy decode"
+                );
+            }
+            options.sampling_best_of.temperature = t;
         }
         Ok(options)
     }
@@ -479,6 +498,38 @@ mod tests {
     fn levels(args: &[&str]) -> Vec<(Level, String)> {
         let cli = Cli::try_parse_from(std::iter::once("rrm").chain(args.iter().copied())).unwrap();
         cli.levels.levels(&cli.generator)
+    }
+
+    fn compose(args: &[&str]) -> anyhow::Result<crate::compose::ComposeOptions> {
+        #[derive(Parser)]
+        struct C {
+            #[command(flatten)]
+            compose: ComposeArgs,
+        }
+        C::try_parse_from(std::iter::once("rrm").chain(args.iter().copied()))
+            .unwrap()
+            .compose
+            .options()
+    }
+
+    #[test]
+    fn sample_temperature_moves_the_sampled_candidates_only() {
+        let default = compose(&["--best-of", "4"]).unwrap();
+        assert_eq!(default.sampling.temperature, 0.0);
+        assert_eq!(default.sampling_best_of.temperature, 0.8);
+        let cooler = compose(&["--best-of", "4", "--sample-temperature", "0.5"]).unwrap();
+        assert_eq!(cooler.sampling.temperature, 0.0, "candidate 1 stays greedy");
+        assert_eq!(cooler.sampling_best_of.temperature, 0.5);
+        assert!(cooler.greedy_first);
+        // --temperature moves both (candidate 1 is what a single decode gives).
+        let both = compose(&["--best-of", "4", "--temperature", "0.5"]).unwrap();
+        assert_eq!((both.sampling.temperature, both.sampling_best_of.temperature), (0.5, 0.5));
+        for bad in
+            [&["--best-of", "4", "--sample-temperature", "0"][..], &["--sample-temperature", "0.5"]]
+        {
+            let err = compose(bad).unwrap_err().to_string();
+            assert!(err.contains("--sample-temperature"), "{err}");
+        }
     }
 
     #[test]
