@@ -72,6 +72,11 @@ pub struct ComposeOptions {
     /// existed read as off, which is what those runs did.
     #[serde(default)]
     pub greedy_first: bool,
+    /// Where best-of-N draws its `best_of` candidates: at every level when empty, else only at
+    /// these levels (e.g. the root); every other node gets the single decode, as with
+    /// `best_of = 1` (and shares its cached result).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub best_of_at: Vec<Level>,
 }
 
 impl Default for ComposeOptions {
@@ -100,14 +105,26 @@ impl Default for ComposeOptions {
             loop_max_repeats: 3,
             max_height: None,
             greedy_first: true,
+            best_of_at: Vec::new(),
         }
     }
 }
 
 impl ComposeOptions {
-    /// The sampling the candidates of a node are drawn with.
-    pub fn sampling_for_candidates(&self) -> &SamplingParams {
-        if self.best_of > 1 {
+    /// How many candidates a node of `height` gets (`root`: the tree's root).
+    pub fn best_of_for(&self, height: u32, root: bool) -> usize {
+        let here =
+            self.best_of_at.is_empty() || self.best_of_at.iter().any(|l| l.holds(height, root));
+        if here {
+            self.best_of.max(1)
+        } else {
+            1
+        }
+    }
+
+    /// The sampling a node's `candidates` are drawn with.
+    pub fn sampling_for(&self, candidates: usize) -> &SamplingParams {
+        if candidates > 1 {
             &self.sampling_best_of
         } else {
             &self.sampling
@@ -523,8 +540,8 @@ impl Composer {
             Some(prompt::truncate_context_start(&joined, room, &count).map_err(model_err)?)
         };
         let messages = prompt::render(template, &input, context.as_deref())?;
-        let sampling = self.options.sampling_for_candidates().clone();
-        let best_of = self.options.best_of.max(1);
+        let best_of = self.options.best_of_for(node.height, id == tree.root());
+        let sampling = self.options.sampling_for(best_of).clone();
         let greedy_first = best_of > 1 && self.options.greedy_first;
 
         let input_key = input_key(template, &input, context.as_deref());

@@ -174,6 +174,34 @@ fn summaries_are_scored_stored_compared_and_reported() {
     // A summarize run id (or its prefix) names a run too.
     let prefix = &greedy_id.as_str().unwrap()[..16];
     assert_eq!(root_output(&tree_file, Some(prefix)), (greedy_id, greedy_root));
+    // Best-of-N at the root only: below it the greedy decode, served from the greedy run's cache.
+    let out = ws
+        .rrm()
+        .args(["-q", "eval", "summaries", "--references"])
+        .arg(&refs)
+        .args(["--run", "root2", "--chunk-tokens", "60", "--fanout", "2..3"])
+        .args(["--output-tokens", "8,10,12", "--best-of", "2", "--best-of-at", "root", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let root2: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(root2["documents"][0]["computed"], 1, "only the root is generated: {root2}");
+    let candidates = |label: &str| {
+        let out = ws
+            .rrm()
+            .args(["node", "show", label, "--book", "marigold", "--run", "root2", "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let node: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        node["result"]["candidates"]["candidates"].as_array().unwrap().len()
+    };
+    let tree: serde_json::Value = serde_json::from_slice(
+        &ws.rrm().args(["tree", "show", &tree_file, "--json"]).output().unwrap().stdout,
+    )
+    .unwrap();
+    assert_eq!(candidates(tree["root"].as_str().unwrap()), 2);
+    assert_eq!(candidates("h0.0"), 1);
     ws.rrm()
         .args(["node", "show", "h0.0", "--book", &tree_file, "--run", "no-such-run"])
         .assert()

@@ -96,6 +96,11 @@ pub struct ComposeArgs {
     /// Sampling temperature (0: greedy). With --best-of > 1 a temperature of 0 becomes 0.8.
     #[arg(long, value_name = "T")]
     pub temperature: Option<f32>,
+    /// With --best-of N: draw the N candidates only at these levels (`root`, or a height: 0
+    /// the leaves; repeat or separate by commas); every other node gets the single decode.
+    /// Default: every level.
+    #[arg(long, value_name = "LEVEL", value_delimiter = ',')]
+    pub best_of_at: Vec<crate::compose::Level>,
     /// With --best-of N: the temperature of the sampled candidates only (default 0.8, or
     /// --temperature when above 0); candidate 1 stays the greedy decode.
     #[arg(long, value_name = "T")]
@@ -146,6 +151,18 @@ impl ComposeArgs {
             if t > 0.0 {
                 options.sampling_best_of.temperature = t;
             }
+        }
+        if !self.best_of_at.is_empty() {
+            if self.best_of < 2 {
+                anyhow::bail!(
+                    "--best-of-at says where best-of-N draws its candidates; it needs --best-of \
+                     2 or more"
+                );
+            }
+            let mut levels = self.best_of_at.clone();
+            levels.sort();
+            levels.dedup();
+            options.best_of_at = levels;
         }
         if let Some(t) = self.sample_temperature {
             if self.best_of < 2 {
@@ -530,6 +547,35 @@ mod tests {
             let err = compose(bad).unwrap_err().to_string();
             assert!(err.contains("--sample-temperature"), "{err}");
         }
+    }
+
+    #[test]
+    fn best_of_at_names_the_levels_that_draw_candidates() {
+        let everywhere = compose(&["--best-of", "4"]).unwrap();
+        assert!(everywhere.best_of_at.is_empty());
+        assert_eq!(everywhere.best_of_for(0, false), 4);
+        let root = compose(&["--best-of", "4", "--best-of-at", "root"]).unwrap();
+        assert_eq!(root.best_of_at, vec![crate::compose::Level::Root]);
+        assert_eq!((root.best_of_for(0, false), root.best_of_for(2, true)), (1, 4));
+        assert_eq!(root.sampling_for(1).temperature, 0.0, "below the root: the greedy decode");
+        let two = compose(&["--best-of", "3", "--best-of-at", "1,0"]).unwrap();
+        assert_eq!((two.best_of_for(0, false), two.best_of_for(1, false)), (3, 3));
+        assert_eq!(two.best_of_for(2, true), 1);
+        // Stored as words, so a run record reads back the same.
+        let json = serde_json::to_string(&root).unwrap();
+        assert!(json.contains(r#""best_of_at":["root"]"#), "{json}");
+        assert_eq!(serde_json::from_str::<crate::compose::ComposeOptions>(&json).unwrap(), root);
+        // Without it the stored options are what they were (cache keys and run ids unchanged).
+        assert!(!serde_json::to_string(&everywhere).unwrap().contains("best_of_at"));
+        let err = compose(&["--best-of-at", "root"]).unwrap_err().to_string();
+        assert!(err.contains("--best-of 2"), "{err}");
+        assert!(C2::try_parse_from(["rrm", "--best-of-at", "top"]).is_err());
+    }
+
+    #[derive(Parser)]
+    struct C2 {
+        #[command(flatten)]
+        compose: ComposeArgs,
     }
 
     #[test]

@@ -13,8 +13,12 @@ use std::sync::Arc;
 
 use crate::infer::{Generator, ModelIdentity};
 
-/// A level of a task tree a model can be assigned to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// A level of a task tree a model (or best-of-N) can be assigned to. Stored as its display
+/// form (`root`, or a height such as `0`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(into = "String", try_from = "String")]
 pub enum Level {
     /// The root, whatever its height.
     Root,
@@ -27,6 +31,30 @@ impl fmt::Display for Level {
         match self {
             Level::Root => f.write_str("root"),
             Level::Height(h) => write!(f, "{h}"),
+        }
+    }
+}
+
+impl From<Level> for String {
+    fn from(level: Level) -> String {
+        level.to_string()
+    }
+}
+
+impl TryFrom<String> for Level {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl Level {
+    /// Whether a node of `height` (`root`: the tree's root) is at this level.
+    pub fn holds(&self, height: u32, root: bool) -> bool {
+        match self {
+            Level::Root => root,
+            Level::Height(h) => *h == height,
         }
     }
 }
