@@ -74,7 +74,7 @@ pub enum Command {
     /// Show one node of a task tree in full (e.g. `rrm node show h0.3 --book alice`).
     Node(node::NodeArgs),
     /// Summarize books with the policy model, recursively, cached (e.g. `rrm summarize alice`).
-    Summarize(summarize::SummarizeArgs),
+    Summarize(Box<summarize::SummarizeArgs>),
     /// Inspect and clean the node cache (e.g. `rrm cache stats`, `rrm cache gc`).
     Cache(cache::CacheArgs),
     /// Fetch and list model files (e.g. `rrm models pull`, `rrm models list`).
@@ -190,7 +190,7 @@ fn run(ctx: &mut Context, command: Command) -> anyhow::Result<()> {
         Command::Decomposer(args) => decomposer::run(ctx, args),
         Command::Tree(args) => tree::run(ctx, args),
         Command::Node(args) => node::run(ctx, args),
-        Command::Summarize(args) => summarize::run(ctx, args),
+        Command::Summarize(args) => summarize::run(ctx, *args),
         Command::Cache(args) => cache::run(ctx, args),
         Command::Models(args) => models::run(ctx, args),
         Command::Generate(args) => models::generate(ctx, args),
