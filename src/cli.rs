@@ -164,9 +164,24 @@ fn error_chain(err: &anyhow::Error) -> String {
     message
 }
 
+/// `rrm tree show alice | head`: once the reader is gone, the process ends as other Unix tools
+/// do (by SIGPIPE, without a word) instead of panicking in `println!`. Rust ignores SIGPIPE by
+/// default; the web server keeps that (a client that leaves is an error on its socket).
+fn end_quietly_when_stdout_closes() {
+    #[cfg(unix)]
+    // SAFETY: restores one signal's default action, first thing in `main`, before any other
+    // thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        end_quietly_when_stdout_closes();
+    }
     init_tracing(cli.verbose, cli.quiet);
     if let Some(n) = cli.threads.filter(|&n| n > 0) {
         // Read once by candle's thread pools, which start later; no other thread runs yet.

@@ -365,3 +365,25 @@ fn catalog_override_is_validated() {
     let err = ws.rrm().args(["books", "list"]).env("RRM_CATALOG", &catalog).assert();
     fails_with(err, "catalog.toml");
 }
+
+/// `rrm books list | head` with the reader already gone: no panic, and not a normal exit.
+#[test]
+fn a_closed_stdout_ends_the_command_without_a_panic() {
+    let ws = Ws::new();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rrm"))
+        .args(["books", "list"])
+        .env("RRM_DB", ws.path("db"))
+        .env("RRM_BOOKS", ws.path("books"))
+        .env("RRM_TREES", ws.path("trees"))
+        .env_remove("RRM_CATALOG")
+        .env_remove("RRM_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}
