@@ -517,13 +517,15 @@ mod tests {
         cli.levels.levels(&cli.generator)
     }
 
+    /// The compose flags alone, as clap parses them.
+    #[derive(Parser)]
+    struct ComposeCli {
+        #[command(flatten)]
+        compose: ComposeArgs,
+    }
+
     fn compose(args: &[&str]) -> anyhow::Result<crate::compose::ComposeOptions> {
-        #[derive(Parser)]
-        struct C {
-            #[command(flatten)]
-            compose: ComposeArgs,
-        }
-        C::try_parse_from(std::iter::once("rrm").chain(args.iter().copied()))
+        ComposeCli::try_parse_from(std::iter::once("rrm").chain(args.iter().copied()))
             .unwrap()
             .compose
             .options()
@@ -569,13 +571,7 @@ mod tests {
         assert!(!serde_json::to_string(&everywhere).unwrap().contains("best_of_at"));
         let err = compose(&["--best-of-at", "root"]).unwrap_err().to_string();
         assert!(err.contains("--best-of 2"), "{err}");
-        assert!(C2::try_parse_from(["rrm", "--best-of-at", "top"]).is_err());
-    }
-
-    #[derive(Parser)]
-    struct C2 {
-        #[command(flatten)]
-        compose: ComposeArgs,
+        assert!(ComposeCli::try_parse_from(["rrm", "--best-of-at", "top"]).is_err());
     }
 
     #[test]
