@@ -7,6 +7,8 @@
 //! - [`train`]: Bradley–Terry training with bootstrap ensembles and early stopping, the split by
 //!   book, and the metrics.
 //! - [`hybrid`]: grounding features beside either backbone's learned score (`--hybrid`).
+//! - [`consensus`]: grounded minimum-Bayes-risk selection, the candidate the node's other
+//!   candidates agree with most on what the input supports (no feedback, picks only).
 //! - [`support`]: `lm-support`, a language model's support for a summary (how much reading the
 //!   input raises its probability), a reward with no feedback beside [`grounded`]'s lexical one.
 //! - [`lm`]: the language-model reward model (the trainable llama with a scalar head on the
@@ -18,6 +20,7 @@
 //! Imports `feedback` (pairs), `infer` (the `Encoder` seam), `store` (the embedding cache) and
 //! the `compose` selector seam; never the CLI.
 
+pub mod consensus;
 pub mod data;
 pub mod eval;
 pub mod features;

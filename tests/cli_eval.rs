@@ -202,6 +202,48 @@ fn summaries_are_scored_stored_compared_and_reported() {
     .unwrap();
     assert_eq!(candidates(tree["root"].as_str().unwrap()), 2);
     assert_eq!(candidates("h0.0"), 1);
+    // Grounded consensus (minimum Bayes risk) picks at the root among three candidates, its
+    // three agreement utilities recorded for each; below the root the greedy cache serves.
+    let out = ws
+        .rrm()
+        .args(["-q", "eval", "summaries", "--references"])
+        .arg(&refs)
+        .args(["--run", "root3c", "--chunk-tokens", "60", "--fanout", "2..3"])
+        .args(["--output-tokens", "8,10,12", "--best-of", "3", "--best-of-at", "root"])
+        .args(["--reward-model", "consensus", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let root3: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(root3["documents"][0]["computed"], 1, "only the root is picked anew: {root3}");
+    let out = ws
+        .rrm()
+        .args(["node", "show", tree["root"].as_str().unwrap(), "--book", "marigold"])
+        .args(["--run", "root3c", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let node: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let picked = &node["result"]["output"];
+    assert!(picked["selector"].as_str().unwrap().starts_with("consensus@1"), "{node}");
+    let scores = picked["scores"].as_array().unwrap();
+    assert_eq!(scores.len(), 3, "{node}");
+    for s in scores {
+        let agree = s["parts"]["agree_rouge1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&agree), "{s}");
+        assert_eq!(s["members"].as_array().unwrap().len(), 3, "{s}");
+    }
+    // It ranks candidates against each other, so it cannot judge a pair file.
+    std::fs::write(
+        ws.path("pair.jsonl"),
+        "{\"prompt\":\"a\",\"chosen\":\"a\",\"rejected\":\"b\"}\n",
+    )
+    .unwrap();
+    ws.rrm()
+        .args(["reward", "eval", "--model", "consensus", "--data", "pair.jsonl"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--best-of N"));
     ws.rrm()
         .args(["node", "show", "h0.0", "--book", &tree_file, "--run", "no-such-run"])
         .assert()

@@ -19,7 +19,7 @@ use crate::lm::{LoraConfig, Mode};
 use crate::reward::lm::{is_lm_checkpoint, metrics_by_height, LmRewardModel, LmTrainConfig};
 use crate::reward::model::mean_std;
 use crate::reward::train::{Metrics, TrainConfig, MIN_TEMPERATURE_PAIRS};
-use crate::reward::{data, eval as report, grounded, support, RewardModel};
+use crate::reward::{consensus, data, eval as report, grounded, support, RewardModel};
 use crate::workspace::summarize::load_reward_model;
 use crate::workspace::views::preview;
 use crate::workspace::{embeddings, rating, Workspace};
@@ -654,6 +654,9 @@ fn eval(ws: &Workspace, encoder: LoadEncoder<'_>, args: EvalArgs) -> anyhow::Res
         }
         Ok((pairs, path.display().to_string()))
     };
+    if consensus::is(&args.model) {
+        bail!(consensus::needs_candidates("a pair of summaries"));
+    }
     // The rewards that need no feedback: the grounded check, a language model's support.
     let rule = if let Some(grounded) = grounded::Grounded::parse(&args.model) {
         Some(Rule::Grounded(grounded.map_err(anyhow::Error::msg)?))

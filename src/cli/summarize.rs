@@ -57,10 +57,12 @@ pub struct SummarizeArgs {
     /// `grounding`: no model, each candidate checked against the node's input for invented
     /// names, numbers and words, and coverage; `grounding:copy=leaves` also penalizes copying
     /// the input at the leaves, `grounding:copy=all` at every height): by ensemble mean −
-    /// λ·std, recording every candidate's scores. `lm-support[:MODEL]`: no checkpoint, a
-    /// language model's support for each candidate (how much reading the input raises its
-    /// probability; SmolLM2-135M unless a model is named).
-    #[arg(long, value_name = "PATH|latest|grounding|lm-support")]
+    /// λ·std, recording every candidate's scores. `consensus`: no model, the candidate the
+    /// node's other candidates agree with most (ROUGE F1), counting only words the input
+    /// supports (minimum Bayes risk; needs `--best-of 3` or more to differ from the first).
+    /// `lm-support[:MODEL]`: no checkpoint, a language model's support for each candidate (how
+    /// much reading the input raises its probability; SmolLM2-135M unless a model is named).
+    #[arg(long, value_name = "PATH|latest|grounding|consensus|lm-support")]
     pub reward_model: Option<String>,
     /// λ, the pessimism of the reward pick (mean − λ·std).
     #[arg(long, default_value_t = 1.0, value_name = "λ", requires = "reward_model")]

@@ -80,6 +80,11 @@ impl Tokens {
         Tokens(tokenize(text))
     }
 
+    /// Tokens made elsewhere (e.g. with some replaced by tokens that match nothing).
+    pub fn from_tokens(tokens: Vec<String>) -> Tokens {
+        Tokens(tokens)
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

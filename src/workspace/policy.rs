@@ -146,6 +146,11 @@ pub fn reward_scorer(
              `lm-support`)"
         )));
     }
+    if crate::reward::consensus::is(spec) {
+        return Err(WorkspaceError::Invalid(crate::reward::consensus::needs_candidates(
+            "one summary at a time",
+        )));
+    }
     if let Some(grounded) = crate::reward::grounded::Grounded::parse(spec) {
         let grounded = grounded.map_err(WorkspaceError::Invalid)?;
         return Ok(Some(Box::new(GroundingScorer(grounded))));

@@ -10,7 +10,7 @@ use crate::compose::{
     ComposeOptions, ComposeReport, Composer, MeanLogprob, Models, Observer, Selector,
 };
 use crate::decompose::Decomposer;
-use crate::reward::{grounded, lm, support, RewardModel, RewardSelector};
+use crate::reward::{consensus, grounded, lm, support, RewardModel, RewardSelector};
 use crate::tree::TaskTree;
 
 /// Decomposes `book` and stores its tree (the record, then the file copy).
@@ -39,7 +39,8 @@ pub async fn compose(
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SelectorSpec {
     /// `latest`, a checkpoint hash in the reward folder, a checkpoint folder, `grounding`
-    /// (the summary checked against its input; no model) or `lm-support[:MODEL]` (a language
+    /// (the summary checked against its input; no model), `consensus` (the candidate the others
+    /// agree with most on what the input supports; no model) or `lm-support[:MODEL]` (a language
     /// model's support for the summary given its input; no checkpoint).
     pub reward_model: Option<String>,
     /// λ in mean − λ·std.
@@ -65,6 +66,10 @@ impl SelectorSpec {
                 pessimism: self.pessimism,
                 grounded,
             }));
+        }
+        if consensus::is(spec) {
+            // No model file: the candidates' agreement on what the input supports.
+            return Ok(Arc::new(consensus::ConsensusSelector { pessimism: self.pessimism }));
         }
         if let Some(model) = support::parse(spec) {
             // No checkpoint: a language model reads the input and each candidate.
