@@ -181,6 +181,11 @@ pub enum ComposeError {
     BookMismatch { tree: String, book: String },
     #[error("node {node}: {what}")]
     Tree { node: String, what: String },
+    #[error(
+        "best-of-N is asked for only at {levels}, and the tree of book {book} has no such level \
+         (its heights are 0 to {max_height}, the root): no node would draw candidates"
+    )]
+    NoSuchLevel { levels: String, book: String, max_height: u32 },
     #[error("a background task of the composer failed: {0}")]
     Join(String),
 }
@@ -254,6 +259,20 @@ impl Composer {
             return Err(ComposeError::BookMismatch {
                 tree: tree.book_id().to_string(),
                 book: book.id().to_string(),
+            });
+        }
+        let opts = &self.options;
+        if opts.best_of > 1
+            && !opts.best_of_at.is_empty()
+            && !tree.nodes_topological().into_iter().any(|id| {
+                let node = tree.node(id);
+                opts.best_of_for(node.height, id == tree.root()) > 1
+            })
+        {
+            return Err(ComposeError::NoSuchLevel {
+                levels: opts.best_of_at.iter().map(Level::to_string).collect::<Vec<_>>().join(","),
+                book: tree.book_id().to_string(),
+                max_height: tree.max_height(),
             });
         }
         // With a height limit, only the nodes up to it (a leaf-level pass, say).

@@ -246,6 +246,8 @@ fn bad_arguments_are_clear_errors() {
     let book = book.to_str().unwrap();
     fails(&ws, &["summarize", "no-such-book.txt"], "no-such-book");
     fails(&ws, &["summarize", book, "--best-of", "0"], "--best-of");
+    // Best-of-N at a level the tree does not have would draw candidates nowhere.
+    fails(&ws, &["summarize", book, "--best-of", "2", "--best-of-at", "9"], "no such level");
     fails(&ws, &["summarize", book, "--backend", "openai"], "--endpoint");
     fails(&ws, &["summarize", book, "--model", "no-such-model"], "no-such-model");
     let broken = ws.path("broken.gguf");
