@@ -170,7 +170,9 @@ fn summaries_are_scored_stored_compared_and_reported() {
     assert_eq!(greedy_root, summary_of(&run));
     assert_eq!(sampled_root, summary_of(&sampled));
     assert_ne!(greedy_id, sampled_id);
-    assert_eq!(root_output(&tree_file, None), (sampled_id.clone(), sampled_root));
+    assert_eq!(root_output(&tree_file, None), (sampled_id.clone(), sampled_root.clone()));
+    // Without `--run` a document id still names its book: the newest run's outputs.
+    assert_eq!(root_output("marigold", None), (sampled_id.clone(), sampled_root));
     // A summarize run id (or its prefix) names a run too.
     let prefix = &greedy_id.as_str().unwrap()[..16];
     assert_eq!(root_output(&tree_file, Some(prefix)), (greedy_id, greedy_root));
@@ -249,6 +251,21 @@ fn summaries_are_scored_stored_compared_and_reported() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("'no-such-run' names no evaluation run or summarize run"));
+    // A second file that gives the id to another text: the id alone no longer says which book.
+    let other = serde_json::json!({"id": "marigold", "text": story("Rosalind", 6),
+        "references": ["Rosalind counts gulls."]});
+    let other_refs = ws.write("other.jsonl", &format!("{other}\n"));
+    ws.rrm()
+        .args(["-q", "eval", "summaries", "--references"])
+        .arg(&other_refs)
+        .args(["--run", "other", "--chunk-tokens", "60", "--fanout", "2..3"])
+        .args(["--output-tokens", "8,10,12"])
+        .assert()
+        .success();
+    ws.rrm().args(["tree", "show", "marigold"]).assert().failure().stderr(
+        predicate::str::contains("several evaluation runs")
+            .and(predicate::str::contains("--run NAME")),
+    );
     ws.rrm()
         .args(["tree", "show", "marigold", "--run", "no-such-run"])
         .assert()

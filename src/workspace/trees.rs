@@ -170,7 +170,14 @@ pub fn load_target(ws: &Workspace, target: &str, lossy: bool) -> Result<LoadedTr
         attach_run(ws, &mut loaded)?;
         return Ok(loaded);
     }
-    let book = ws.open_book(target, lossy, &|_| {})?;
+    let book = match ws.open_book(target, lossy, &|_| {}) {
+        Ok(book) => book,
+        // An evaluation document's id (`rrm eval show`) names the book whose text it is.
+        Err(e) => match eval_document_book(ws, target)? {
+            Some(book_id) => return by_book_id(ws, &book_id),
+            None => return Err(e),
+        },
+    };
     let tree = for_book(ws, &book)?.ok_or_else(|| {
         WorkspaceError::NotFound(format!(
             "no task tree for '{}' yet; build one with `rrm decompose {target}`",
@@ -180,6 +187,32 @@ pub fn load_target(ws: &Workspace, target: &str, lossy: bool) -> Result<LoadedTr
     let mut loaded = LoadedTree { tree, book: Some(book), run: None };
     attach_run(ws, &mut loaded)?;
     Ok(loaded)
+}
+
+/// The book id of the evaluation document `id` (`rrm eval show`), if one stored evaluation run
+/// has it. Ids come from the references file (or are `line-N`), so two runs may give one id to
+/// different texts: then `--run` must say which.
+fn eval_document_book(ws: &Workspace, id: &str) -> Result<Option<String>> {
+    let mut found: Vec<(String, String)> = Vec::new();
+    for run in crate::eval::runs::all(ws.store())? {
+        if let Some(doc) = run.documents.iter().find(|d| d.id == id) {
+            if !found.iter().any(|(_, book)| *book == doc.book_id) {
+                found.push((run.name.clone(), doc.book_id.clone()));
+            }
+        }
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop().map(|(_, book)| book)),
+        _ => {
+            let runs: Vec<&str> = found.iter().map(|(run, _)| run.as_str()).collect();
+            Err(WorkspaceError::Invalid(format!(
+                "'{id}' is a document of several evaluation runs with different texts ({}); say \
+                 which with `--run NAME`",
+                runs.join(", ")
+            )))
+        }
+    }
 }
 
 /// The tree of the book with id `book_id` (as recorded in the store).
