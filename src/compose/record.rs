@@ -28,6 +28,23 @@ pub struct Candidate {
     pub seed: u64,
 }
 
+#[cfg(test)]
+impl Candidate {
+    /// A finished candidate with only its text (selector tests).
+    pub(crate) fn of_text(text: &str) -> Candidate {
+        Candidate {
+            text: text.into(),
+            raw_text: text.into(),
+            completion_tokens: 0,
+            mean_logprob: None,
+            sum_logprob: None,
+            finish: FinishReason::Stop,
+            looped: false,
+            seed: 0,
+        }
+    }
+}
+
 /// All candidates of a node, stored under its generation key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CandidateSet {

@@ -135,16 +135,7 @@ mod tests {
                          miller barred the door against the water.";
 
     fn candidate(text: &str) -> Candidate {
-        Candidate {
-            text: text.into(),
-            raw_text: text.into(),
-            completion_tokens: 0,
-            mean_logprob: None,
-            sum_logprob: None,
-            finish: crate::infer::FinishReason::Stop,
-            looped: false,
-            seed: 0,
-        }
+        Candidate::of_text(text)
     }
 
     fn pick(texts: &[&str]) -> (usize, Vec<CandidateScore>) {

@@ -182,16 +182,7 @@ mod tests {
                          His daughter Anna carried the sacks of flour up to the loft.";
 
     fn candidate(text: &str) -> Candidate {
-        Candidate {
-            text: text.into(),
-            raw_text: text.into(),
-            completion_tokens: 0,
-            mean_logprob: None,
-            sum_logprob: None,
-            finish: crate::infer::FinishReason::Stop,
-            looped: false,
-            seed: 0,
-        }
+        Candidate::of_text(text)
     }
 
     #[test]
