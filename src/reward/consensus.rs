@@ -160,7 +160,7 @@ mod tests {
 
     #[test]
     fn a_shared_invention_earns_no_agreement() {
-        // Three candidates repeat an invented name; only its supported words can agree.
+        // Both candidates repeat invented names; only their supported words can agree.
         let with = ["Procopius Tranquil Procopius Tranquil flood", "Procopius Tranquil flood"];
         let u = member_utilities(INPUT, &with);
         let without = ["flood", "flood"];
