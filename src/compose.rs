@@ -182,7 +182,7 @@ pub enum ComposeError {
     #[error("node {node}: {what}")]
     Tree { node: String, what: String },
     #[error(
-        "best-of-N is asked for only at {levels}, and the tree of book {book} has no such level \
+        "best-of-N is asked for only at {levels}, and the tree of {book} has no such level \
          (its heights are 0 to {max_height}, the root): no node would draw candidates"
     )]
     NoSuchLevel { levels: String, book: String, max_height: u32 },
@@ -271,7 +271,7 @@ impl Composer {
         {
             return Err(ComposeError::NoSuchLevel {
                 levels: opts.best_of_at.iter().map(Level::to_string).collect::<Vec<_>>().join(","),
-                book: tree.book_id().to_string(),
+                book: format!("{} [{}]", tree.book_title(), tree.book_id().short()),
                 max_height: tree.max_height(),
             });
         }
